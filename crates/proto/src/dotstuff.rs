@@ -1,0 +1,270 @@
+//! Streaming message transfer for RETR and TOP (RFC 1939 sections 3, 7 and 11).
+//!
+//! [`MessageEncoder`] turns stored message bytes, fed in chunks of any size, into what goes on the
+//! wire: every line ends in CRLF (a bare LF gains a CR), a line starting with `.` is stuffed with a
+//! second `.`, a missing final line end is supplied before the terminating `.CRLF`, and for TOP
+//! output stops after the header, the blank line and exactly the requested number of body lines.
+//! It holds no message data of its own, so a 50 MB message costs no more memory than one chunk.
+//!
+//! [`CrlfCounter`] counts the octets of the same CRLF form (what LIST and STAT report, RFC 1939
+//! section 11: sizes are of the message as sent, before stuffing, with CRLF line ends) using
+//! exactly the same line-end rule, so the two can never disagree.
+
+use std::io::{self, Read};
+
+use bytes::{BufMut, BytesMut};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    /// RETR: everything.
+    All,
+    /// TOP: still in the header; after it, this many body lines.
+    Header { body_lines: u64 },
+    /// TOP: in the body, this many lines still to send.
+    Body { left: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct MessageEncoder {
+    at_line_start: bool,
+    prev_cr: bool,
+    line_len: u64,
+    limit: Limit,
+    done: bool,
+}
+
+impl MessageEncoder {
+    /// The whole message (RETR).
+    pub fn retr() -> Self {
+        Self::with_limit(Limit::All)
+    }
+
+    /// The header, the blank line that ends it, and `body_lines` lines of the body (TOP).
+    pub fn top(body_lines: u64) -> Self {
+        Self::with_limit(Limit::Header { body_lines })
+    }
+
+    fn with_limit(limit: Limit) -> Self {
+        Self { at_line_start: true, prev_cr: false, line_len: 0, limit, done: false }
+    }
+
+    /// Whether the encoder wants no more input (TOP reached its last line).
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Encode one chunk of the stored message into `out`.
+    pub fn encode(&mut self, mut input: &[u8], out: &mut BytesMut) {
+        while !input.is_empty() && !self.done {
+            if self.at_line_start && input[0] == b'.' {
+                out.put_u8(b'.');
+            }
+            match memchr::memchr(b'\n', input) {
+                Some(i) => {
+                    let content = &input[..i];
+                    out.put_slice(content);
+                    let cr_before = if i > 0 { content[i - 1] == b'\r' } else { self.prev_cr };
+                    if cr_before {
+                        out.put_u8(b'\n');
+                    } else {
+                        out.put_slice(b"\r\n");
+                    }
+                    let content_len = self.line_len + i as u64 - u64::from(cr_before);
+                    self.end_line(content_len == 0);
+                    input = &input[i + 1..];
+                }
+                None => {
+                    out.put_slice(input);
+                    self.line_len += input.len() as u64;
+                    self.prev_cr = input.last() == Some(&b'\r');
+                    self.at_line_start = false;
+                    input = &[];
+                }
+            }
+        }
+    }
+
+    fn end_line(&mut self, empty: bool) {
+        self.at_line_start = true;
+        self.prev_cr = false;
+        self.line_len = 0;
+        match self.limit {
+            Limit::All => {}
+            Limit::Header { body_lines } => {
+                if empty {
+                    self.limit = Limit::Body { left: body_lines };
+                    self.done = body_lines == 0;
+                }
+            }
+            Limit::Body { left } => {
+                let left = left.saturating_sub(1);
+                self.limit = Limit::Body { left };
+                self.done = left == 0;
+            }
+        }
+    }
+
+    /// Close the response: a CRLF if the message did not end with one, then `.CRLF`.
+    pub fn finish(self, out: &mut BytesMut) {
+        if !self.at_line_start {
+            out.put_slice(b"\r\n");
+        }
+        out.put_slice(b".\r\n");
+    }
+}
+
+/// Counts the octets of a message's CRLF form, chunk by chunk.
+#[derive(Debug, Clone, Default)]
+pub struct CrlfCounter {
+    size: u64,
+    prev_cr: bool,
+}
+
+impl CrlfCounter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.size += chunk.len() as u64;
+        for i in memchr::memchr_iter(b'\n', chunk) {
+            let cr_before = if i > 0 { chunk[i - 1] == b'\r' } else { self.prev_cr };
+            if !cr_before {
+                self.size += 1;
+            }
+        }
+        if let Some(&last) = chunk.last() {
+            self.prev_cr = last == b'\r';
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+/// The CRLF size of everything `reader` yields.
+pub fn crlf_size(mut reader: impl Read) -> io::Result<u64> {
+    let mut counter = CrlfCounter::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(counter.size()),
+            Ok(n) => counter.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn encode_chunked(enc: MessageEncoder, input: &[u8], size: usize) -> Vec<u8> {
+        let mut enc = enc;
+        let mut out = BytesMut::new();
+        for chunk in input.chunks(size.max(1)) {
+            enc.encode(chunk, &mut out);
+        }
+        enc.finish(&mut out);
+        out.to_vec()
+    }
+
+    /// Reference: normalise to CRLF the slow way.
+    fn to_crlf(input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, &b) in input.iter().enumerate() {
+            if b == b'\n' && (i == 0 || input[i - 1] != b'\r') {
+                out.push(b'\r');
+            }
+            out.push(b);
+        }
+        out
+    }
+
+    /// Reference: undo dot-stuffing and strip the terminator, as a client would.
+    fn unstuff(wire: &[u8]) -> Vec<u8> {
+        assert!(wire.ends_with(b".\r\n"), "no terminator");
+        let body = &wire[..wire.len() - 3];
+        let mut out = Vec::new();
+        for line in body.split_inclusive(|&b| b == b'\n') {
+            out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+        }
+        out
+    }
+
+    const SIZES: [usize; 10] = [1, 2, 3, 4, 8, 16, 64, 128, 512, 4096];
+
+    #[test]
+    fn known_answers_retr() {
+        let table: &[(&[u8], &[u8])] = &[
+            (b"", b".\r\n"),
+            (b"a\nb\n", b"a\r\nb\r\n.\r\n"),
+            (b"a\r\nb\r\n", b"a\r\nb\r\n.\r\n"),
+            (b"no final newline", b"no final newline\r\n.\r\n"),
+            (b".\n..\n.x\nx.\n", b"..\r\n...\r\n..x\r\nx.\r\n.\r\n"),
+            (b"a\r\r\nb", b"a\r\r\nb\r\n.\r\n"),
+            (b"lone\rcr\n", b"lone\rcr\r\n.\r\n"),
+        ];
+        for (input, expected) in table {
+            for size in SIZES {
+                assert_eq!(
+                    encode_chunked(MessageEncoder::retr(), input, size),
+                    expected.to_vec(),
+                    "input {:?} chunk {size}",
+                    String::from_utf8_lossy(input)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn top_counts_from_the_body_not_the_start() {
+        let msg = b"From: a\nSubject: b\n\nline1\n.line2\nline3\n";
+        let cases: &[(u64, &[u8])] = &[
+            (0, b"From: a\r\nSubject: b\r\n\r\n.\r\n"),
+            (1, b"From: a\r\nSubject: b\r\n\r\nline1\r\n.\r\n"),
+            (2, b"From: a\r\nSubject: b\r\n\r\nline1\r\n..line2\r\n.\r\n"),
+            (3, b"From: a\r\nSubject: b\r\n\r\nline1\r\n..line2\r\nline3\r\n.\r\n"),
+            (99, b"From: a\r\nSubject: b\r\n\r\nline1\r\n..line2\r\nline3\r\n.\r\n"),
+        ];
+        for (n, expected) in cases {
+            for size in SIZES {
+                assert_eq!(
+                    encode_chunked(MessageEncoder::top(*n), msg, size),
+                    expected.to_vec(),
+                    "TOP {n} chunk {size}"
+                );
+            }
+        }
+        // CRLF storage, and a header without a body at all.
+        assert_eq!(
+            encode_chunked(MessageEncoder::top(1), b"A: b\r\n\r\nx\r\ny\r\n", 3),
+            b"A: b\r\n\r\nx\r\n.\r\n".to_vec()
+        );
+        assert_eq!(encode_chunked(MessageEncoder::top(0), b"A: b", 3), b"A: b\r\n.\r\n".to_vec());
+    }
+
+    proptest! {
+        #[test]
+        fn retr_roundtrips_and_size_matches(
+            msg in proptest::collection::vec(prop_oneof![Just(b'.'), Just(b'\r'), Just(b'\n'), Just(b'a'), any::<u8>()], 0..600),
+            size in 1usize..70,
+        ) {
+            let wire = encode_chunked(MessageEncoder::retr(), &msg, size);
+            let crlf = to_crlf(&msg);
+            let mut counter = CrlfCounter::new();
+            for chunk in msg.chunks(size) { counter.update(chunk); }
+            prop_assert_eq!(counter.size(), crlf.len() as u64);
+            // The wire form contains no bare LF.
+            for (i, &b) in wire.iter().enumerate() {
+                if b == b'\n' { prop_assert!(i > 0 && wire[i - 1] == b'\r'); }
+            }
+            let mut expected = crlf.clone();
+            if !expected.is_empty() && !expected.ends_with(b"\n") { expected.extend_from_slice(b"\r\n"); }
+            prop_assert_eq!(unstuff(&wire), expected);
+        }
+    }
+}

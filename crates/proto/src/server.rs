@@ -1,0 +1,560 @@
+//! The server side of a POP3 session as a sans-IO state machine (RFC 1939 sections 3-7,
+//! RFC 2449 CAPA and PIPELINING, RFC 2595 STLS, RFC 3206 response codes).
+//!
+//! The driver feeds received bytes with [`ServerSession::feed`], then calls
+//! [`ServerSession::poll`] until it returns [`Event::NeedInput`], writing out
+//! [`ServerSession::take_output`] whenever it likes (at the latest before reading again, which
+//! coalesces the answers to a pipelined batch into one write). Events that need the outside world
+//! (checking credentials, streaming a message, TLS, applying deletions) are answered by the
+//! matching method before the next `poll`.
+
+use bytes::BytesMut;
+
+use crate::command::{self, Command, ParseError};
+use crate::dotstuff::MessageEncoder;
+use crate::limits::{MAX_AUTH_FAILURES, MAX_BAD_COMMANDS, MAX_COMMAND_LINE};
+use crate::line::{LineDecoder, LineEvent};
+use crate::response::{self, RespCode};
+use crate::types::{MsgNum, Secret, UniqueId};
+
+/// What the driver tells a new session about its connection.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Text after `+OK` in the greeting.
+    pub greeting: String,
+    /// The APOP timestamp (`<...>`, RFC 1939 section 7), present only when APOP can succeed for
+    /// some user; then it is also appended to the greeting.
+    pub apop_timestamp: Option<String>,
+    /// Whether the connection is already encrypted (implicit TLS, RFC 8314).
+    pub tls_active: bool,
+    /// Whether STLS can be offered (TLS is configured and the connection is plaintext).
+    pub stls_available: bool,
+    /// Whether USER/PASS may be used on this connection while it is not encrypted
+    /// (a trusted network). Over TLS they are always allowed.
+    pub cleartext_allowed: bool,
+    /// Value of the IMPLEMENTATION capability (RFC 2449 section 6.9); `None` hides it.
+    pub implementation: Option<String>,
+}
+
+/// One message in a session's fixed listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListingEntry {
+    /// Octets of the message with CRLF line ends, before dot-stuffing.
+    pub size: u64,
+    pub uid: UniqueId,
+}
+
+/// The maildrop as this session sees it, fixed at login (RFC 1939 section 5).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub entries: Vec<ListingEntry>,
+}
+
+/// The credential a client presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// USER/PASS.
+    Password(Secret<Vec<u8>>),
+    /// APOP: the greeting's timestamp and the client's lowercase hex digest.
+    Apop { timestamp: String, digest: Secret<String> },
+}
+
+/// Why a login did not open the maildrop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// Wrong name or credential (`-ERR [AUTH]`); the same answer for both.
+    Credentials,
+    /// The maildrop is locked by another session (`-ERR [IN-USE]`).
+    InUse,
+    /// A temporary problem on the server (`-ERR [SYS/TEMP]`).
+    Temporary,
+    /// A permanent problem with this account (`-ERR [SYS/PERM]`).
+    Permanent,
+}
+
+/// What the session needs from the driver next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// All buffered input is handled: write the pending output, then read more.
+    NeedInput,
+    /// Check the credential and open (and lock) the maildrop; answer with
+    /// [`ServerSession::authenticated`] or [`ServerSession::auth_failed`].
+    Authenticate { user: String, credential: Credential },
+    /// Send a message: open it, then call [`ServerSession::begin_message`] and stream it through
+    /// the returned encoder, or call [`ServerSession::message_unavailable`].
+    Retrieve { index: usize, top: Option<u64> },
+    /// `+OK` to STLS is in the output: write it, discard everything read so far, run the TLS
+    /// handshake and call [`ServerSession::tls_established`] (or close on failure).
+    StartTls,
+    /// The client sent QUIT in the TRANSACTION state: the session is in UPDATE. Remove these
+    /// messages (0-based indexes into the listing), release the maildrop, and call
+    /// [`ServerSession::committed`].
+    Commit { deleted: Vec<usize> },
+    /// Write the pending output and close the connection. Nothing is to be deleted.
+    Close,
+}
+
+/// Counters for the end-of-session log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    pub listed: usize,
+    pub retrieved: usize,
+    pub deleted: usize,
+    pub commands: u64,
+}
+
+#[derive(Debug)]
+enum State {
+    Authorization {
+        user: Option<String>,
+    },
+    /// Waiting for the driver to check credentials.
+    Authenticating,
+    /// Waiting for the TLS handshake.
+    StartingTls,
+    Transaction {
+        listing: Listing,
+        deleted: Vec<bool>,
+    },
+    /// QUIT received in TRANSACTION; waiting for the deletions to be applied.
+    Update,
+    Closed,
+}
+
+#[derive(Debug)]
+pub struct ServerSession {
+    config: SessionConfig,
+    state: State,
+    decoder: LineDecoder,
+    out: BytesMut,
+    user: Option<String>,
+    auth_failures: u32,
+    bad_commands: u32,
+    stats: SessionStats,
+}
+
+const NO_SUCH_MESSAGE: &str = "no such message";
+const WRONG_STATE: &str = "command not valid in this state";
+
+impl ServerSession {
+    /// A new session; the greeting is already in the output.
+    pub fn new(config: SessionConfig) -> Self {
+        let mut out = BytesMut::with_capacity(16 * 1024);
+        match &config.apop_timestamp {
+            Some(ts) => response::ok_fmt(&mut out, format_args!("{} {ts}", config.greeting)),
+            None => response::ok(&mut out, &config.greeting),
+        }
+        Self {
+            config,
+            state: State::Authorization { user: None },
+            decoder: LineDecoder::new(MAX_COMMAND_LINE),
+            out,
+            user: None,
+            auth_failures: 0,
+            bad_commands: 0,
+            stats: SessionStats::default(),
+        }
+    }
+
+    /// Bytes received from the client.
+    pub fn feed(&mut self, data: &[u8]) {
+        // Nothing received while TLS is being set up, or after the end, may be interpreted.
+        if matches!(self.state, State::StartingTls | State::Closed) {
+            return;
+        }
+        self.decoder.feed(data);
+    }
+
+    /// The pending output, for writing to the peer.
+    pub fn take_output(&mut self) -> BytesMut {
+        self.out.split()
+    }
+
+    pub fn output_len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// The authenticated user, once logged in (and the name given, while authenticating).
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.config.tls_active
+    }
+
+    /// Whether the session is in TRANSACTION (or UPDATE), i.e. holds a maildrop.
+    pub fn holds_maildrop(&self) -> bool {
+        matches!(self.state, State::Transaction { .. } | State::Update)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// The next thing the driver must do.
+    pub fn poll(&mut self) -> Event {
+        loop {
+            match self.state {
+                State::Closed => return Event::Close,
+                // The driver answers these before polling again; if it does not, stop safely.
+                State::Authenticating | State::StartingTls | State::Update => return Event::Close,
+                State::Authorization { .. } | State::Transaction { .. } => {}
+            }
+            let Some(event) = self.decoder.next_event() else {
+                return Event::NeedInput;
+            };
+            match event {
+                LineEvent::Line(line) => {
+                    self.stats.commands += 1;
+                    if let Some(ev) = self.handle_line(&line) {
+                        return ev;
+                    }
+                }
+                LineEvent::TooLong => self.bad_command("line too long"),
+                LineEvent::Overflow => {
+                    response::err(&mut self.out, None, "line too long, closing connection");
+                    self.close();
+                }
+            }
+        }
+    }
+
+    fn bad_command(&mut self, text: &str) {
+        self.bad_commands += 1;
+        if self.bad_commands >= MAX_BAD_COMMANDS {
+            response::err(&mut self.out, None, "too many invalid commands, closing connection");
+            self.close();
+        } else {
+            response::err(&mut self.out, None, text);
+        }
+    }
+
+    fn close(&mut self) {
+        self.state = State::Closed;
+        self.decoder.clear();
+    }
+
+    fn handle_line(&mut self, line: &[u8]) -> Option<Event> {
+        let cmd = match command::parse(line) {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                let text = match e {
+                    ParseError::Empty => "empty command",
+                    ParseError::Unknown => "unknown command",
+                    ParseError::MissingArgument => "missing argument",
+                    ParseError::TooManyArguments => "too many arguments",
+                    ParseError::BadNumber => "invalid message number",
+                    ParseError::BadArgument => "invalid argument",
+                };
+                self.bad_command(text);
+                return None;
+            }
+        };
+        self.bad_commands = 0;
+        let out = &mut self.out;
+        match (&mut self.state, cmd) {
+            (_, Command::Capa) => {
+                self.write_capa();
+                None
+            }
+            (State::Authorization { .. }, Command::Quit) => {
+                response::ok(out, "Pillarbox signing off");
+                self.close();
+                None
+            }
+            (State::Authorization { user }, Command::User(name)) => {
+                if !self.config.tls_active && !self.config.cleartext_allowed {
+                    *user = None;
+                    response::err(out, Some(RespCode::Auth), cleartext_refusal(self.config.stls_available));
+                } else {
+                    *user = Some(name);
+                    response::ok(out, "send PASS");
+                }
+                None
+            }
+            (State::Authorization { user }, Command::Pass(secret)) => match user.take() {
+                None => {
+                    response::err(out, None, "send USER first");
+                    None
+                }
+                Some(name) => {
+                    self.user = Some(name.clone());
+                    self.state = State::Authenticating;
+                    Some(Event::Authenticate { user: name, credential: Credential::Password(secret) })
+                }
+            },
+            (State::Authorization { user }, Command::Apop { name, digest }) => match &self.config.apop_timestamp {
+                None => {
+                    response::err(out, None, "APOP is not available");
+                    None
+                }
+                Some(ts) => {
+                    *user = None;
+                    let credential = Credential::Apop { timestamp: ts.clone(), digest };
+                    self.user = Some(name.clone());
+                    self.state = State::Authenticating;
+                    Some(Event::Authenticate { user: name, credential })
+                }
+            },
+            (State::Authorization { .. }, Command::Auth(None)) => {
+                // RFC 5034 section 4 notes that some clients send a bare AUTH to list mechanisms.
+                // No SASL mechanism is offered yet, so the list is empty.
+                response::ok(out, "no SASL mechanisms are offered");
+                response::end(out);
+                None
+            }
+            (State::Authorization { .. }, Command::Auth(Some(_))) => {
+                response::err(out, None, "unsupported SASL mechanism; use USER and PASS");
+                None
+            }
+            (State::Authorization { user }, Command::Stls) => {
+                if self.config.tls_active {
+                    response::err(out, None, "already using TLS");
+                    None
+                } else if !self.config.stls_available {
+                    response::err(out, None, "TLS is not available");
+                    None
+                } else {
+                    *user = None;
+                    response::ok(out, "begin TLS negotiation");
+                    // RFC 2595 section 4 and the STARTTLS injection class: nothing that arrived in
+                    // plaintext after the STLS line may be interpreted inside TLS.
+                    self.decoder.clear();
+                    self.state = State::StartingTls;
+                    Some(Event::StartTls)
+                }
+            }
+            (State::Transaction { .. }, Command::Stls) => {
+                response::err(out, None, "STLS is only valid before login");
+                None
+            }
+            (State::Transaction { listing, deleted }, cmd) => {
+                let event = Self::transaction(out, &mut self.stats, listing, deleted, cmd);
+                if matches!(event, Some(Event::Commit { .. })) {
+                    self.state = State::Update;
+                }
+                event
+            }
+            (State::Authorization { .. }, _) => {
+                response::err(out, None, WRONG_STATE);
+                None
+            }
+            (State::Authenticating | State::StartingTls | State::Update | State::Closed, _) => None,
+        }
+    }
+
+    fn transaction(
+        out: &mut BytesMut,
+        stats: &mut SessionStats,
+        listing: &Listing,
+        deleted: &mut [bool],
+        cmd: Command,
+    ) -> Option<Event> {
+        // A message number that exists and is not marked deleted.
+        let live = |n: MsgNum, deleted: &[bool]| -> Option<usize> {
+            let i = n.index();
+            (i < listing.entries.len() && !deleted[i]).then_some(i)
+        };
+        match cmd {
+            Command::Stat => {
+                let (count, size) = totals(listing, deleted);
+                response::ok_fmt(out, format_args!("{count} {size}"));
+            }
+            Command::List(None) => {
+                let (count, size) = totals(listing, deleted);
+                response::ok_fmt(out, format_args!("{count} messages ({size} octets)"));
+                for (i, e) in listing.entries.iter().enumerate().filter(|(i, _)| !deleted[*i]) {
+                    response::line_fmt(out, format_args!("{} {}", i + 1, e.size));
+                }
+                response::end(out);
+            }
+            Command::List(Some(n)) => match live(n, deleted) {
+                Some(i) => response::ok_fmt(out, format_args!("{n} {}", listing.entries[i].size)),
+                None => response::err(out, None, NO_SUCH_MESSAGE),
+            },
+            Command::Uidl(None) => {
+                response::ok(out, "unique-id listing follows");
+                for (i, e) in listing.entries.iter().enumerate().filter(|(i, _)| !deleted[*i]) {
+                    response::line_fmt(out, format_args!("{} {}", i + 1, e.uid));
+                }
+                response::end(out);
+            }
+            Command::Uidl(Some(n)) => match live(n, deleted) {
+                Some(i) => response::ok_fmt(out, format_args!("{n} {}", listing.entries[i].uid)),
+                None => response::err(out, None, NO_SUCH_MESSAGE),
+            },
+            Command::Retr(n) => match live(n, deleted) {
+                Some(index) => return Some(Event::Retrieve { index, top: None }),
+                None => response::err(out, None, NO_SUCH_MESSAGE),
+            },
+            Command::Top(n, lines) => match live(n, deleted) {
+                Some(index) => {
+                    return Some(Event::Retrieve { index, top: Some(lines) });
+                }
+                None => response::err(out, None, NO_SUCH_MESSAGE),
+            },
+            Command::Dele(n) => match live(n, deleted) {
+                Some(i) => {
+                    deleted[i] = true;
+                    response::ok_fmt(out, format_args!("message {n} deleted"));
+                }
+                None => response::err(out, None, NO_SUCH_MESSAGE),
+            },
+            Command::Noop => response::ok(out, ""),
+            Command::Rset => {
+                deleted.iter_mut().for_each(|d| *d = false);
+                let (count, size) = totals(listing, deleted);
+                response::ok_fmt(out, format_args!("maildrop has {count} messages ({size} octets)"));
+            }
+            Command::Quit => {
+                let list: Vec<usize> = deleted.iter().enumerate().filter(|(_, d)| **d).map(|(i, _)| i).collect();
+                stats.deleted = list.len();
+                return Some(Event::Commit { deleted: list });
+            }
+            Command::User(_) | Command::Pass(_) | Command::Apop { .. } | Command::Auth(_) => {
+                response::err(out, None, "already authenticated");
+            }
+            Command::Capa | Command::Stls => response::err(out, None, WRONG_STATE),
+        }
+        None
+    }
+
+    fn write_capa(&mut self) {
+        let out = &mut self.out;
+        response::ok(out, "capability list follows");
+        for cap in ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"] {
+            response::line(out, cap);
+        }
+        // USER stays listed after login: RFC 2449 section 5 asks that capabilities which remain
+        // true keep being announced, and clients re-read CAPA after login.
+        if self.config.tls_active || self.config.cleartext_allowed {
+            response::line(out, "USER");
+        }
+        if matches!(self.state, State::Authorization { .. }) && self.config.stls_available && !self.config.tls_active {
+            response::line(out, "STLS");
+        }
+        if let Some(imp) = &self.config.implementation {
+            response::line(out, &format!("IMPLEMENTATION {imp}"));
+        }
+        response::end(out);
+    }
+
+    /// The driver's answer to [`Event::Authenticate`].
+    pub fn authenticated(&mut self, listing: Listing) {
+        if !matches!(self.state, State::Authenticating) {
+            return;
+        }
+        let (count, size) = (listing.entries.len(), listing.entries.iter().map(|e| e.size).sum::<u64>());
+        response::ok_fmt(&mut self.out, format_args!("maildrop has {count} messages ({size} octets)"));
+        self.stats.listed = count;
+        let deleted = vec![false; count];
+        self.state = State::Transaction { listing, deleted };
+    }
+
+    /// The driver's answer to [`Event::Authenticate`] when the login fails.
+    pub fn auth_failed(&mut self, failure: AuthFailure) {
+        if !matches!(self.state, State::Authenticating) {
+            return;
+        }
+        self.user = None;
+        let (code, text) = match failure {
+            AuthFailure::Credentials => (RespCode::Auth, "authentication failed"),
+            AuthFailure::InUse => (RespCode::InUse, "maildrop is locked by another session; try again later"),
+            AuthFailure::Temporary => (RespCode::SysTemp, "temporary server problem; try again later"),
+            AuthFailure::Permanent => (RespCode::SysPerm, "this maildrop cannot be opened; contact your administrator"),
+        };
+        response::err(&mut self.out, Some(code), text);
+        self.auth_failures += 1;
+        if self.auth_failures >= MAX_AUTH_FAILURES {
+            response::err(&mut self.out, None, "too many failed logins, closing connection");
+            self.close();
+        } else {
+            self.state = State::Authorization { user: None };
+        }
+    }
+
+    /// The driver opened the message of an [`Event::Retrieve`]: writes `+OK` and returns the
+    /// encoder to stream the message through (into [`Self::output_mut`]), then `finish` it there.
+    pub fn begin_message(&mut self, index: usize, top: Option<u64>) -> MessageEncoder {
+        let size = match &self.state {
+            State::Transaction { listing, .. } => listing.entries.get(index).map(|e| e.size).unwrap_or(0),
+            _ => 0,
+        };
+        match top {
+            None => {
+                self.stats.retrieved += 1;
+                response::ok_fmt(&mut self.out, format_args!("{size} octets"));
+                MessageEncoder::retr()
+            }
+            Some(n) => {
+                response::ok(&mut self.out, "top of message follows");
+                MessageEncoder::top(n)
+            }
+        }
+    }
+
+    /// The output buffer, for streaming message content through a [`MessageEncoder`].
+    pub fn output_mut(&mut self) -> &mut BytesMut {
+        &mut self.out
+    }
+
+    /// The message of an [`Event::Retrieve`] could not be opened (removed by another program).
+    pub fn message_unavailable(&mut self) {
+        response::err(&mut self.out, Some(RespCode::SysTemp), "message is no longer available");
+    }
+
+    /// The TLS handshake after STLS succeeded: the session starts over in AUTHORIZATION.
+    pub fn tls_established(&mut self) {
+        if matches!(self.state, State::StartingTls) {
+            self.config.tls_active = true;
+            self.config.stls_available = false;
+            self.decoder.clear();
+            self.state = State::Authorization { user: None };
+        }
+    }
+
+    /// The driver's answer to [`Event::Commit`].
+    pub fn committed(&mut self, result: Result<(), ()>) {
+        if !matches!(self.state, State::Update) {
+            return;
+        }
+        match result {
+            Ok(()) => response::ok(&mut self.out, "Pillarbox signing off"),
+            Err(()) => response::err(&mut self.out, Some(RespCode::SysTemp), "some deleted messages were not removed"),
+        }
+        self.close();
+    }
+
+    /// Autologout (RFC 1939 section 3): the session ends without entering UPDATE.
+    pub fn idle_timeout(&mut self) {
+        if !self.is_closed() {
+            response::err(&mut self.out, None, "autologout: idle for too long");
+            self.close();
+        }
+    }
+
+    /// The server is shutting down: the session ends without entering UPDATE.
+    pub fn shutdown(&mut self) {
+        if !self.is_closed() {
+            response::err(&mut self.out, Some(RespCode::SysTemp), "server shutting down; try again later");
+            self.close();
+        }
+    }
+}
+
+fn totals(listing: &Listing, deleted: &[bool]) -> (usize, u64) {
+    listing.entries.iter().zip(deleted).filter(|(_, d)| !**d).fold((0, 0), |(c, s), (e, _)| (c + 1, s + e.size))
+}
+
+fn cleartext_refusal(stls: bool) -> &'static str {
+    if stls {
+        "plaintext login is not allowed on an unencrypted connection; use STLS first, or port 995"
+    } else {
+        "plaintext login is not allowed on an unencrypted connection; use port 995 (TLS)"
+    }
+}
