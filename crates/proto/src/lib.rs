@@ -21,4 +21,4 @@ pub use dotstuff::{CrlfCounter, MessageEncoder, crlf_size};
 pub use line::{LineDecoder, LineEvent};
 pub use response::RespCode;
 pub use server::{AuthFailure, Credential, Event, Listing, ListingEntry, ServerSession, SessionConfig};
-pub use types::{MsgNum, Secret, UniqueId, UniqueIdError};
+pub use types::{MsgNum, Secret, UniqueId, UniqueIdError, UserName, UserNameError};

@@ -137,3 +137,57 @@ mod tests {
         assert!(MsgNum::new(0).is_none());
     }
 }
+
+/// A local user name: 1 to 64 characters of `a-z 0-9 . _ + @ -`, not starting with `.` or `-`.
+/// Names are case-insensitive and kept in lowercase. The rules keep a name safe as a single path
+/// component of a maildrop and as a field of the user file.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UserName(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid user name {0:?}: use 1 to 64 characters from a-z, 0-9 and . _ + @ -, not starting with . or -")]
+pub struct UserNameError(pub String);
+
+impl UserName {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn new(name: &str) -> Result<Self, UserNameError> {
+        let lower = name.to_ascii_lowercase();
+        let ok = !lower.is_empty()
+            && lower.len() <= Self::MAX_LEN
+            && !lower.starts_with(['.', '-'])
+            && lower.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._+@-".contains(&b));
+        if ok { Ok(Self(lower)) } else { Err(UserNameError(name.chars().take(80).collect())) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for UserName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UserName({})", self.0)
+    }
+}
+
+impl fmt::Display for UserName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod user_name_tests {
+    use super::*;
+
+    #[test]
+    fn user_names() {
+        assert_eq!(UserName::new("Alice").map(|u| u.0), Ok("alice".into()));
+        assert!(UserName::new("alice@example.org").is_ok());
+        assert!(UserName::new("a.b+c_d-e").is_ok());
+        for bad in ["", ".", "..", ".hidden", "-x", "a/b", "a:b", "a b", "a\0", &"x".repeat(65), "é"] {
+            assert!(UserName::new(bad).is_err(), "{bad:?}");
+        }
+    }
+}

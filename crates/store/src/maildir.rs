@@ -1,0 +1,462 @@
+//! Maildir backend, compatible with what Postfix, Dovecot and Courier write: messages live in
+//! `new/` and `cur/` (flags after `:2,`), are written in `tmp/` and renamed into place, and may
+//! carry size hints in their names (`,S=` stored octets, `,W=` CRLF octets, Dovecot's convention).
+//!
+//! A per-maildrop index (`pillarbox-index`) caches each message's stored and CRLF size, so a
+//! large maildrop is opened from one directory listing and one small file instead of reading
+//! every message. The index is only a cache: every open reconciles it with the directories, so
+//! files that other programs add, remove or rename are picked up, a stale or damaged index is
+//! rebuilt, and an entry is used only if its stored size still matches the file.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use pillarbox_proto::{CrlfCounter, Listing, ListingEntry, UserName};
+use tracing::{debug, warn};
+
+use crate::{Delivered, Maildrop, Mailstore, Opened, StoreError, uid_for_name};
+
+const INDEX_FILE: &str = "pillarbox-index";
+const INDEX_MAGIC: &str = "pillarbox-index 1";
+const LOCK_FILE: &str = "pillarbox-pop3.lock";
+const SUBDIRS: [&str; 3] = ["cur", "new", "tmp"];
+
+/// Maildrops under one directory: user `alice` lives in `ROOT/alice/{cur,new,tmp}`.
+#[derive(Debug, Clone)]
+pub struct MaildirStore {
+    root: PathBuf,
+}
+
+impl MaildirStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The Maildir of `user`.
+    pub fn maildir(&self, user: &UserName) -> PathBuf {
+        self.root.join(user.as_str())
+    }
+
+    fn ensure(&self, dir: &Path) -> Result<(), StoreError> {
+        for sub in SUBDIRS {
+            let p = dir.join(sub);
+            if !p.is_dir() {
+                fs::create_dir_all(&p).map_err(|e| StoreError::io(format!("creating {}", p.display()), e))?;
+                let _ = fs::set_permissions(&p, fs::Permissions::from_mode(0o700));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One message found in the directories.
+#[derive(Debug, Clone)]
+struct Found {
+    /// `cur` or `new`.
+    sub: &'static str,
+    /// The full file name, flags included.
+    file: String,
+    /// The permanent part of the name (before `:`).
+    base_len: usize,
+    raw_size: u64,
+    size: u64,
+}
+
+impl Found {
+    fn base(&self) -> &str {
+        &self.file[..self.base_len]
+    }
+}
+
+/// A size hint `,X=<digits>` in a Maildir base name.
+fn size_hint(base: &str, key: char) -> Option<u64> {
+    let pat = [',', key, '='];
+    let mut rest = base;
+    while let Some(i) = rest.find(',') {
+        let tail = &rest[i..];
+        if tail.chars().take(3).eq(pat.iter().copied()) {
+            let digits: &str = &tail[3..tail[3..].find(|c: char| !c.is_ascii_digit()).map_or(tail.len(), |e| e + 3)];
+            return digits.parse().ok();
+        }
+        rest = &rest[i + 1..];
+    }
+    None
+}
+
+/// Sort key: delivery time from the name (`<secs>.M<usec>...`), then the name itself.
+fn order_key(base: &str) -> (u64, u64, &str) {
+    let secs_end = base.find(|c: char| !c.is_ascii_digit()).unwrap_or(base.len());
+    let secs = base[..secs_end].parse().unwrap_or(u64::MAX);
+    let usec = base[secs_end..]
+        .strip_prefix(".M")
+        .map(|r| &r[..r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len())])
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0);
+    (secs, usec, base)
+}
+
+/// The cached sizes for one base name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IndexEntry {
+    raw_size: u64,
+    size: u64,
+}
+
+fn read_index(path: &Path) -> HashMap<String, IndexEntry> {
+    let mut map = HashMap::new();
+    let Ok(file) = File::open(path) else { return map };
+    let mut lines = BufReader::new(file).lines();
+    if !matches!(lines.next(), Some(Ok(ref l)) if l == INDEX_MAGIC) {
+        warn!(index = %path.display(), "index has an unknown format; rebuilding it");
+        return map;
+    }
+    for line in lines {
+        let Ok(line) = line else { break };
+        if let Some(count) = line.strip_prefix("end ") {
+            // The trailer proves the file is complete.
+            if count.parse::<usize>().ok() == Some(map.len()) {
+                return map;
+            }
+            break;
+        }
+        let mut f = line.split('\t');
+        let parsed = (|| {
+            let name = f.next()?;
+            let raw_size = f.next()?.parse().ok()?;
+            let size = f.next()?.parse().ok()?;
+            f.next().is_none().then(|| (name.to_owned(), IndexEntry { raw_size, size }))
+        })();
+        match parsed {
+            Some((name, entry)) => {
+                map.insert(name, entry);
+            }
+            None => break,
+        }
+    }
+    warn!(index = %path.display(), "index is damaged or incomplete; rebuilding it");
+    HashMap::new()
+}
+
+fn write_index(dir: &Path, found: &[Found]) -> io::Result<()> {
+    let tmp = dir.join(format!("{INDEX_FILE}.tmp.{}", unique_suffix()));
+    let result = (|| {
+        let mut w = io::BufWriter::new(OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?);
+        writeln!(w, "{INDEX_MAGIC}")?;
+        for f in found {
+            writeln!(w, "{}\t{}\t{}", f.base(), f.raw_size, f.size)?;
+        }
+        writeln!(w, "end {}", found.len())?;
+        w.into_inner().map_err(io::IntoInnerError::into_error)?;
+        fs::rename(&tmp, dir.join(INDEX_FILE))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Scan `new/` and `cur/`, reconcile with the index, and return the messages in delivery order.
+fn scan(dir: &Path) -> Result<Vec<Found>, StoreError> {
+    let index_path = dir.join(INDEX_FILE);
+    let index = read_index(&index_path);
+    let mut found: Vec<Found> = Vec::with_capacity(index.len() + 16);
+    let mut seen: HashSet<String> = HashSet::with_capacity(index.len() + 16);
+    let mut changed = false;
+    for sub in ["new", "cur"] {
+        let path = dir.join(sub);
+        let entries = fs::read_dir(&path).map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
+            let Ok(file) = entry.file_name().into_string() else {
+                warn!(dir = %path.display(), "skipping a file whose name is not UTF-8");
+                continue;
+            };
+            if file.starts_with('.') {
+                continue;
+            }
+            let base_len = file.find(':').unwrap_or(file.len());
+            let base = &file[..base_len];
+            if !seen.insert(base.to_owned()) {
+                // The same message in new/ and cur/ at once (another program mid-rename): once.
+                continue;
+            }
+            // The stored size: from the name's S= hint, else from the file system.
+            let raw_size = match size_hint(base, 'S') {
+                Some(s) => s,
+                None => match entry.metadata() {
+                    Ok(m) if m.is_file() => m.len(),
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StoreError::io(format!("reading {}", path.join(&file).display()), e)),
+                },
+            };
+            let size = match (size_hint(base, 'W'), index.get(base)) {
+                (Some(w), cached) => {
+                    changed |= cached != Some(&IndexEntry { raw_size, size: w });
+                    w
+                }
+                (None, Some(c)) if c.raw_size == raw_size => c.size,
+                (None, _) => {
+                    changed = true;
+                    match File::open(path.join(&file)).and_then(pillarbox_proto::crlf_size) {
+                        Ok(s) => s,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(StoreError::io(format!("reading {}", path.join(&file).display()), e)),
+                    }
+                }
+            };
+            found.push(Found { sub, file, base_len, raw_size, size });
+        }
+    }
+    changed |= found.len() != index.len();
+    found.sort_by(|a, b| order_key(a.base()).cmp(&order_key(b.base())));
+    if changed && let Err(e) = write_index(dir, &found) {
+        // Only a cache: serving the maildrop does not depend on it.
+        warn!(dir = %dir.display(), error = %e, "could not write the maildrop index");
+    }
+    Ok(found)
+}
+
+/// Find a message's current file by its base name (another program may have renamed it, e.g.
+/// moved it from new/ to cur/ or changed its flags).
+fn relocate(dir: &Path, base: &str) -> Option<(&'static str, String)> {
+    for sub in ["cur", "new"] {
+        let Ok(entries) = fs::read_dir(dir.join(sub)) else { continue };
+        for entry in entries.flatten() {
+            if let Ok(name) = entry.file_name().into_string()
+                && name.split(':').next() == Some(base)
+            {
+                return Some((sub, name));
+            }
+        }
+    }
+    None
+}
+
+fn fsync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+impl Mailstore for MaildirStore {
+    fn open(&self, user: &UserName, exclusive: bool) -> Result<Opened, StoreError> {
+        let dir = self.maildir(user);
+        self.ensure(&dir)?;
+        let lock = if exclusive {
+            let path = dir.join(LOCK_FILE);
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+            // flock(2): released by the kernel when the file is closed or the process dies, so a
+            // crashed server never leaves a stale lock.
+            match file.try_lock() {
+                Ok(()) => Some(file),
+                Err(fs::TryLockError::WouldBlock) => return Err(StoreError::InUse),
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(StoreError::io(format!("locking {}", path.display()), e));
+                }
+            }
+        } else {
+            None
+        };
+        let found = scan(&dir)?;
+        let listing = Listing {
+            entries: found.iter().map(|f| ListingEntry { size: f.size, uid: uid_for_name(f.base()) }).collect(),
+        };
+        debug!(user = %user, messages = found.len(), "maildrop opened");
+        Ok(Opened { listing, maildrop: Box::new(MaildirDrop { dir, found, _lock: lock }) })
+    }
+
+    fn deliver(&self, user: &UserName, message: &mut dyn Read, max_size: Option<u64>) -> Result<Delivered, StoreError> {
+        let dir = self.maildir(user);
+        self.ensure(&dir)?;
+        let unique = unique_name();
+        let tmp = dir.join("tmp").join(&unique);
+        let result = write_tmp(&tmp, message, max_size).and_then(|(raw_size, size)| {
+            let name = format!("{unique},S={raw_size},W={size}");
+            let new_dir = dir.join("new");
+            let dest = new_dir.join(&name);
+            fs::rename(&tmp, &dest)
+                .map_err(|e| StoreError::io(format!("moving message into {}", new_dir.display()), e))?;
+            fsync_dir(&new_dir).map_err(|e| StoreError::io(format!("syncing {}", new_dir.display()), e))?;
+            Ok(Delivered { name, raw_size, size })
+        });
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// Copy the message into `tmp`, counting its stored and CRLF sizes, and make it durable.
+fn write_tmp(tmp: &Path, message: &mut dyn Read, max_size: Option<u64>) -> Result<(u64, u64), StoreError> {
+    let ctx = |what: &str| format!("{what} {}", tmp.display());
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
+        .map_err(|e| StoreError::io(ctx("creating"), e))?;
+    let mut counter = CrlfCounter::new();
+    let mut raw: u64 = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match message.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(StoreError::io("reading the message", e)),
+        };
+        raw += n as u64;
+        if let Some(limit) = max_size
+            && raw > limit
+        {
+            return Err(StoreError::TooLarge { limit });
+        }
+        counter.update(&buf[..n]);
+        file.write_all(&buf[..n]).map_err(|e| StoreError::io(ctx("writing"), e))?;
+    }
+    file.sync_all().map_err(|e| StoreError::io(ctx("syncing"), e))?;
+    Ok((raw, counter.size()))
+}
+
+static DELIVERIES: AtomicU64 = AtomicU64::new(0);
+
+fn hostname() -> String {
+    let raw = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let mut host = String::new();
+    for c in raw.trim().chars() {
+        match c {
+            // The Maildir convention for the two characters that cannot appear in the name.
+            '/' => host.push_str("\\057"),
+            ':' => host.push_str("\\072"),
+            c if c.is_ascii_graphic() && c != ',' => host.push(c),
+            _ => {}
+        }
+    }
+    if host.is_empty() { "localhost".into() } else { host }
+}
+
+fn unique_suffix() -> String {
+    let mut r = [0u8; 4];
+    let _ = getrandom::fill(&mut r);
+    format!("{}{:08x}", std::process::id(), u32::from_le_bytes(r))
+}
+
+/// A Maildir unique name: `<secs>.M<usec>P<pid>Q<n>R<random>.<host>` (the Dovecot/Courier shape
+/// with random bits, so names from several processes or hosts never collide).
+fn unique_name() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let q = DELIVERIES.fetch_add(1, Ordering::Relaxed);
+    let mut r = [0u8; 4];
+    let _ = getrandom::fill(&mut r);
+    format!(
+        "{}.M{}P{}Q{}R{:08x}.{}",
+        now.as_secs(),
+        now.subsec_micros(),
+        std::process::id(),
+        q,
+        u32::from_le_bytes(r),
+        hostname()
+    )
+}
+
+struct MaildirDrop {
+    dir: PathBuf,
+    found: Vec<Found>,
+    /// The exclusive lock, released on drop.
+    _lock: Option<File>,
+}
+
+impl MaildirDrop {
+    /// The current path of message `index`, following it if another program renamed it;
+    /// `None` if it no longer exists.
+    fn path_of(&mut self, index: usize) -> Option<PathBuf> {
+        let f = self.found.get(index)?;
+        let path = self.dir.join(f.sub).join(&f.file);
+        if path.exists() {
+            return Some(path);
+        }
+        let (sub, file) = relocate(&self.dir, f.base())?;
+        let f = &mut self.found[index];
+        f.sub = sub;
+        f.file = file;
+        Some(self.dir.join(f.sub).join(&f.file))
+    }
+
+    /// Remove message `index`; one that is already gone counts as removed.
+    fn remove(&mut self, index: usize) -> io::Result<()> {
+        // Two tries: the file may be renamed between finding and removing it.
+        for _ in 0..2 {
+            let Some(path) = self.path_of(index) else { return Ok(()) };
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                other => return other,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Maildrop for MaildirDrop {
+    fn open_message(&mut self, index: usize) -> Result<Box<dyn Read + Send>, StoreError> {
+        for _ in 0..2 {
+            let path = self.path_of(index).ok_or(StoreError::Gone)?;
+            match File::open(&path) {
+                Ok(f) => return Ok(Box::new(f)),
+                // Renamed between finding and opening it: look again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::io(format!("opening {}", path.display()), e)),
+            }
+        }
+        Err(StoreError::Gone)
+    }
+
+    fn delete(&mut self, indexes: &[usize]) -> Result<(), StoreError> {
+        let mut first_error = None;
+        for &i in indexes {
+            if let Err(e) = self.remove(i) {
+                warn!(dir = %self.dir.display(), error = %e, "could not remove a deleted message");
+                first_error.get_or_insert(StoreError::io(format!("removing a message in {}", self.dir.display()), e));
+            }
+        }
+        // Make the removals durable before the client is told they happened.
+        for sub in ["cur", "new"] {
+            let p = self.dir.join(sub);
+            if let Err(e) = fsync_dir(&p) {
+                first_error.get_or_insert(StoreError::io(format!("syncing {}", p.display()), e));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_hints() {
+        assert_eq!(size_hint("1.M2P3.host,S=120,W=124", 'S'), Some(120));
+        assert_eq!(size_hint("1.M2P3.host,S=120,W=124", 'W'), Some(124));
+        assert_eq!(size_hint("1.M2P3.host,W=124", 'S'), None);
+        assert_eq!(size_hint("1.M2P3.host", 'W'), None);
+        assert_eq!(size_hint("1.M2P3.host,S=", 'S'), None);
+        assert_eq!(size_hint("1.M2P3.ho,st,S=5", 'S'), Some(5));
+    }
+
+    #[test]
+    fn order_by_time_then_usec() {
+        let mut v = vec!["20.M5P1.h", "10.M20P1.h", "10.M3P1.h", "junk"];
+        v.sort_by_key(|b| order_key(b));
+        assert_eq!(v, vec!["10.M3P1.h", "10.M20P1.h", "20.M5P1.h", "junk"]);
+    }
+}

@@ -1,0 +1,116 @@
+//! Maildir specifics: files written by other programs, renames behind the server's back, and an
+//! index that is never trusted blindly.
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+
+use pillarbox_proto::UserName;
+use pillarbox_store::maildir::MaildirStore;
+use pillarbox_store::{Mailstore, StoreError};
+
+fn alice() -> UserName {
+    UserName::new("alice").expect("valid")
+}
+
+fn setup() -> (tempfile::TempDir, MaildirStore, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = MaildirStore::new(dir.path());
+    let md = store.maildir(&alice());
+    for sub in ["cur", "new", "tmp"] {
+        fs::create_dir_all(md.join(sub)).expect("mkdir");
+    }
+    (dir, store, md)
+}
+
+fn listing(store: &MaildirStore) -> Vec<(u64, String)> {
+    store
+        .open(&alice(), false)
+        .expect("open")
+        .listing
+        .entries
+        .into_iter()
+        .map(|e| (e.size, e.uid.to_string()))
+        .collect()
+}
+
+fn write(path: &Path, data: &[u8]) {
+    fs::write(path, data).expect("write");
+}
+
+#[test]
+fn foreign_files_with_and_without_size_hints() {
+    let (_d, store, md) = setup();
+    // Postfix-style name, no hints, bare LF: size computed from the content.
+    write(&md.join("new/1700000001.V801I2M3.mx"), b"A: b\n\nline\n");
+    // Dovecot-style name with S= and W= hints and flags: the hint is used as is.
+    write(&md.join("cur/1700000000.M1P2Q3.host,S=11,W=14:2,S"), b"A: b\n\nline\n");
+    // Dot files and the index itself are not messages.
+    write(&md.join("cur/.hidden"), b"x");
+    let l = listing(&store);
+    assert_eq!(l, vec![(14, "1700000000.M1P2Q3.host,S=11,W=14".into()), (14, "1700000001.V801I2M3.mx".into())]);
+}
+
+#[test]
+fn uids_survive_index_loss_and_flag_renames() {
+    let (_d, store, md) = setup();
+    for i in 0..5 {
+        store.deliver(&alice(), &mut format!("Subject: {i}\n\nbody {i}\n").as_bytes(), None).expect("deliver");
+    }
+    let before = listing(&store);
+    // Another program moves a message to cur/ and sets a flag.
+    let name = fs::read_dir(md.join("new")).expect("new").next().expect("one").expect("entry").file_name();
+    let name = name.to_str().expect("utf8").to_owned();
+    fs::rename(md.join("new").join(&name), md.join("cur").join(format!("{name}:2,S"))).expect("rename");
+    assert_eq!(listing(&store), before, "a rename does not change ids, sizes or order");
+    fs::remove_file(md.join("pillarbox-index")).expect("index exists");
+    assert_eq!(listing(&store), before, "a rebuilt index gives the same ids");
+    write(&md.join("pillarbox-index"), b"pillarbox-index 1\nnonsense\n");
+    assert_eq!(listing(&store), before, "a damaged index is rebuilt");
+}
+
+#[test]
+fn index_entry_is_not_trusted_when_the_file_changed() {
+    let (_d, store, md) = setup();
+    let f = md.join("new/1700000000.X1.host");
+    write(&f, b"short\n");
+    assert_eq!(listing(&store)[0].0, 7);
+    // Rewritten in place by another tool: different stored size, so the cached size is dropped.
+    write(&f, b"a much longer message\nwith two lines\n");
+    assert_eq!(listing(&store)[0].0, 39);
+}
+
+#[test]
+fn message_renamed_during_a_session_is_still_served() {
+    let (_d, store, md) = setup();
+    store.deliver(&alice(), &mut &b"Subject: x\n\nhello\n"[..], None).expect("deliver");
+    let mut opened = store.open(&alice(), true).expect("open");
+    let name = fs::read_dir(md.join("new")).expect("new").next().expect("one").expect("entry").file_name();
+    let name = name.to_str().expect("utf8").to_owned();
+    fs::rename(md.join("new").join(&name), md.join("cur").join(format!("{name}:2,S"))).expect("rename");
+    let mut content = Vec::new();
+    opened.maildrop.open_message(0).expect("relocated").read_to_end(&mut content).expect("read");
+    assert_eq!(content, b"Subject: x\n\nhello\n");
+    opened.maildrop.delete(&[0]).expect("delete follows the rename too");
+    assert_eq!(fs::read_dir(md.join("cur")).expect("cur").count(), 0);
+}
+
+#[test]
+fn message_removed_behind_the_session_is_gone_not_an_error_to_delete() {
+    let (_d, store, md) = setup();
+    store.deliver(&alice(), &mut &b"x\n"[..], None).expect("deliver");
+    let mut opened = store.open(&alice(), true).expect("open");
+    for e in fs::read_dir(md.join("new")).expect("new") {
+        fs::remove_file(e.expect("entry").path()).expect("rm");
+    }
+    assert!(matches!(opened.maildrop.open_message(0), Err(StoreError::Gone)));
+    opened.maildrop.delete(&[0]).expect("already gone counts as deleted");
+}
+
+#[test]
+fn delivered_file_names_carry_both_size_hints() {
+    let (_d, store, md) = setup();
+    let d = store.deliver(&alice(), &mut &b"a\nb\n"[..], None).expect("deliver");
+    assert!(d.name.ends_with(",S=4,W=6"), "{}", d.name);
+    assert!(md.join("new").join(&d.name).is_file());
+}
