@@ -1,1 +1,345 @@
-//! placeholder
+//! The user database: a text file of users with argon2id password hashes and optional APOP
+//! secrets, password hashing and verification.
+//!
+//! File format, one user per line (`#` starts a comment):
+//!
+//! ```text
+//! alice:$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>
+//! bob:$argon2id$...:apop=<base64 secret>
+//! ```
+//!
+//! The APOP secret (RFC 1939 section 7) is necessarily stored in a form equivalent to plaintext,
+//! so it exists only for users the administrator explicitly gives one.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use pillarbox_proto::{Secret, UserName};
+
+/// Shortest password `user add` and `user passwd` accept.
+pub const MIN_PASSWORD_LEN: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{path}:{line}: {message}")]
+    Parse { path: PathBuf, line: usize, message: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> AuthError {
+    let context = context.into();
+    move |source| AuthError::Io { context, source }
+}
+
+/// One user's secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// PHC-format password hash.
+    pub password_hash: String,
+    pub apop_secret: Option<Secret<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("password_hash", &"[redacted]")
+            .field("apop_secret", &self.apop_secret.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+/// All users, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Users {
+    pub users: BTreeMap<UserName, UserRecord>,
+}
+
+impl Users {
+    pub fn parse(text: &str, path: &Path) -> Result<Self, AuthError> {
+        let mut users = BTreeMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let err = |message: String| AuthError::Parse { path: path.to_owned(), line: n + 1, message };
+            let line = line.trim_end();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut fields = line.split(':');
+            let name = fields.next().unwrap_or_default();
+            let name = UserName::new(name).map_err(|e| err(e.to_string()))?;
+            let hash = fields.next().ok_or_else(|| err(format!("user {name}: missing password hash")))?;
+            if PasswordHash::new(hash).is_err() {
+                return Err(err(format!("user {name}: the password hash is not in PHC format ($argon2id$...)")));
+            }
+            let mut apop_secret = None;
+            for extra in fields {
+                match extra.split_once('=') {
+                    Some(("apop", b64)) => {
+                        let secret = B64.decode(b64).map_err(|_| err(format!("user {name}: apop= is not base64")))?;
+                        apop_secret = Some(Secret::new(secret));
+                    }
+                    _ if extra.is_empty() => {}
+                    _ => {
+                        return Err(err(format!(
+                            "user {name}: unknown field {:?}",
+                            extra.split('=').next().unwrap_or("")
+                        )));
+                    }
+                }
+            }
+            if users.insert(name.clone(), UserRecord { password_hash: hash.to_owned(), apop_secret }).is_some() {
+                return Err(err(format!("user {name} is listed twice")));
+            }
+        }
+        Ok(Self { users })
+    }
+
+    pub fn render(&self) -> String {
+        let mut s =
+            String::from("# Pillarbox users: name:password-hash[:apop=base64-secret]. Edit with `pillarbox user`.\n");
+        for (name, rec) in &self.users {
+            s.push_str(name.as_str());
+            s.push(':');
+            s.push_str(&rec.password_hash);
+            if let Some(secret) = &rec.apop_secret {
+                s.push_str(":apop=");
+                s.push_str(&B64.encode(secret.expose()));
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    /// Whether any user can log in with APOP (then the greeting carries a timestamp).
+    pub fn any_apop(&self) -> bool {
+        self.users.values().any(|r| r.apop_secret.is_some())
+    }
+}
+
+/// Hash a password with argon2id and a random salt.
+pub fn hash_password(password: &[u8]) -> Result<String, AuthError> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| AuthError::Hash(e.to_string()))?;
+    Argon2::default()
+        .hash_password_with_salt(password, &salt)
+        .map(|h: PasswordHash| h.to_string())
+        .map_err(|e| AuthError::Hash(e.to_string()))
+}
+
+/// A hash of the same cost as real ones, verified for unknown users so that an unknown name and a
+/// wrong password take the same time.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| hash_password(b"pillarbox-dummy-password").unwrap_or_default())
+}
+
+/// Check `password` against `record` (or against a dummy hash when there is no such user).
+pub fn verify_password(record: Option<&UserRecord>, password: &[u8]) -> bool {
+    let hash: &str = match record {
+        Some(r) => &r.password_hash,
+        None => dummy_hash(),
+    };
+    let ok = Argon2::default().verify_password(password, hash).is_ok();
+    ok && record.is_some()
+}
+
+/// Reject passwords that are obviously too weak.
+pub fn check_password_policy(password: &[u8]) -> Result<(), String> {
+    let s = std::str::from_utf8(password).map_err(|_| "the password is not valid UTF-8".to_owned())?;
+    if s.chars().count() < MIN_PASSWORD_LEN {
+        return Err(format!("the password is too short: use at least {MIN_PASSWORD_LEN} characters"));
+    }
+    if s.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
+        return Err("the password contains a line break or NUL".into());
+    }
+    Ok(())
+}
+
+/// The user file on disk.
+#[derive(Debug, Clone)]
+pub struct UserFile {
+    path: PathBuf,
+}
+
+impl UserFile {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Load the users; a missing file is an empty database.
+    pub fn load(&self) -> Result<Users, AuthError> {
+        match fs::read_to_string(&self.path) {
+            Ok(text) => Users::parse(&text, &self.path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Users::default()),
+            Err(e) => Err(io_err(format!("reading {}", self.path.display()))(e)),
+        }
+    }
+
+    /// Create an empty user file if there is none.
+    pub fn create_if_missing(&self) -> Result<(), AuthError> {
+        if self.path.exists() {
+            return Ok(());
+        }
+        self.write(&Users::default())
+    }
+
+    /// Read, change and write the file under a lock, so concurrent edits are not lost.
+    pub fn update<T>(&self, f: impl FnOnce(&mut Users) -> Result<T, String>) -> Result<Result<T, String>, AuthError> {
+        let lock_path = self.path.with_extension("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err(format!("opening {}", lock_path.display())))?;
+        lock.lock().map_err(io_err(format!("locking {}", lock_path.display())))?;
+        let mut users = self.load()?;
+        let result = f(&mut users);
+        if result.is_ok() {
+            self.write(&users)?;
+        }
+        Ok(result)
+    }
+
+    fn write(&self, users: &Users) -> Result<(), AuthError> {
+        if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(io_err(format!("creating {}", parent.display())))?;
+        }
+        let tmp = self.path.with_extension(format!("tmp.{}", std::process::id()));
+        let result = (|| {
+            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            f.write_all(users.render().as_bytes())?;
+            f.sync_all()?;
+            fs::rename(&tmp, &self.path)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map_err(io_err(format!("writing {}", self.path.display())))
+    }
+}
+
+/// The user file as the server sees it: reloaded whenever it changes on disk, so `pillarbox user`
+/// takes effect without a restart.
+#[derive(Debug)]
+pub struct UserDb {
+    file: UserFile,
+    cached: Mutex<(Option<(i64, i64, u64, u64)>, Arc<Users>)>,
+}
+
+impl UserDb {
+    pub fn new(file: UserFile) -> Self {
+        Self { file, cached: Mutex::new((None, Arc::new(Users::default()))) }
+    }
+
+    /// The current users. If the file cannot be read or parsed, the last good copy is kept and
+    /// the error is returned alongside it for logging.
+    pub fn current(&self) -> (Arc<Users>, Option<AuthError>) {
+        let stamp = fs::metadata(self.file.path()).ok().map(|m| (m.mtime(), m.mtime_nsec(), m.size(), m.ino()));
+        let mut cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
+        if cached.0.is_some() && cached.0 == stamp {
+            return (Arc::clone(&cached.1), None);
+        }
+        match self.file.load() {
+            Ok(users) => {
+                *cached = (stamp, Arc::new(users));
+                (Arc::clone(&cached.1), None)
+            }
+            Err(e) => (Arc::clone(&cached.1), Some(e)),
+        }
+    }
+}
+
+/// Read a secret piped in by a script: everything up to EOF, less one trailing line break.
+pub fn read_secret_line(mut input: impl io::Read) -> Result<Secret<Vec<u8>>, AuthError> {
+    let mut buf = Vec::new();
+    input.read_to_end(&mut buf).map_err(io_err("reading standard input"))?;
+    // One line: drop the trailing newline that `echo` and here-strings add.
+    if buf.ends_with(b"\n") {
+        buf.pop();
+        if buf.ends_with(b"\r") {
+            buf.pop();
+        }
+    }
+    Ok(Secret::new(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_and_verify() {
+        let h = hash_password(b"correct horse").expect("hash");
+        assert!(h.starts_with("$argon2id$"));
+        let rec = UserRecord { password_hash: h, apop_secret: None };
+        assert!(verify_password(Some(&rec), b"correct horse"));
+        assert!(!verify_password(Some(&rec), b"wrong horse"));
+        assert!(!verify_password(None, b"pillarbox-dummy-password"), "no user never verifies");
+    }
+
+    #[test]
+    fn parse_render_roundtrip_and_errors_name_the_line() {
+        let h = hash_password(b"password1").expect("hash");
+        let text = format!("# comment\n\nalice:{h}\nbob:{h}:apop=dGFuc3RhYWY=\n");
+        let users = Users::parse(&text, Path::new("users")).expect("parse");
+        assert_eq!(users.users.len(), 2);
+        assert!(users.any_apop());
+        assert_eq!(Users::parse(&users.render(), Path::new("users")).expect("reparse"), users);
+        let bad = format!("alice:{h}\nbad name:{h}\n");
+        let e = Users::parse(&bad, Path::new("/etc/users")).expect_err("bad name");
+        assert!(e.to_string().starts_with("/etc/users:2: invalid user name"), "{e}");
+        let e = Users::parse("carol:plaintext\n", Path::new("u")).expect_err("bad hash");
+        assert!(e.to_string().contains("u:1: user carol"), "{e}");
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let rec =
+            UserRecord { password_hash: "$argon2id$x".into(), apop_secret: Some(Secret::new(b"tanstaaf".to_vec())) };
+        let s = format!("{rec:?}");
+        assert!(!s.contains("argon2id") && !s.contains("tanstaaf"), "{s}");
+    }
+
+    #[test]
+    fn user_db_reloads_on_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = UserFile::new(dir.path().join("users"));
+        let db = UserDb::new(file.clone());
+        assert!(db.current().0.users.is_empty());
+        let h = hash_password(b"password1").expect("hash");
+        file.update(|u| {
+            u.users.insert(UserName::new("alice").expect("name"), UserRecord { password_hash: h, apop_secret: None });
+            Ok(())
+        })
+        .expect("io")
+        .expect("update");
+        assert_eq!(db.current().0.users.len(), 1);
+    }
+
+    #[test]
+    fn password_policy() {
+        assert!(check_password_policy(b"short").is_err());
+        assert!(check_password_policy(b"long enough").is_ok());
+        assert!(check_password_policy(b"line\nbreak!").is_err());
+    }
+}
