@@ -243,8 +243,11 @@ impl UserFile {
 #[derive(Debug)]
 pub struct UserDb {
     file: UserFile,
-    cached: Mutex<(Option<(i64, i64, u64, u64)>, Arc<Users>)>,
+    cached: Mutex<(Option<FileStamp>, Arc<Users>)>,
 }
+
+/// What identifies one version of the file: modification time (s, ns), size and inode.
+type FileStamp = (i64, i64, u64, u64);
 
 impl UserDb {
     pub fn new(file: UserFile) -> Self {

@@ -1,1 +1,360 @@
-fn main() {}
+//! `pillarbox`: the command-line front end. It parses arguments, finds the configuration, and
+//! hands over to the library crates; it is the only crate that uses `anyhow`.
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use pillarbox_auth::{UserFile, UserRecord, check_password_policy, hash_password, read_secret_line};
+use pillarbox_proto::{Secret, UserName};
+use pillarbox_server::config::{CONFIG_FILE, Config};
+use pillarbox_server::datadir::{self, Prepared};
+use pillarbox_server::{Listeners, Server};
+use pillarbox_store::maildir::MaildirStore;
+use pillarbox_store::{Mailstore, StoreError};
+
+/// Pillarbox: a POP3 mail system.
+#[derive(Debug, Parser)]
+#[command(name = "pillarbox", version, about, long_about = None)]
+struct Cli {
+    /// Data folder for the embedded default configuration, users, certificate and mail
+    /// (created on first use).
+    #[arg(long, global = true, env = "PILLARBOX_DATA_DIR", conflicts_with = "config")]
+    data_dir: Option<PathBuf>,
+    /// Configuration file (instead of a data folder).
+    #[arg(long, global = true, env = "PILLARBOX_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the POP3 server.
+    Serve(ServeArgs),
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Deliver one message from standard input into a user's maildrop (for an MTA's pipe).
+    Deliver {
+        /// The recipient.
+        user: String,
+        /// Refuse messages larger than this many octets.
+        #[arg(long)]
+        max_size: Option<u64>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Listen for POP3 (with STLS) here instead of the configured addresses; repeatable.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pop3: Vec<SocketAddr>,
+    /// Listen for POP3S (implicit TLS) here instead of the configured addresses; repeatable.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pop3s: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a user (asks for the password, or reads it from standard input).
+    Add {
+        name: String,
+        #[command(flatten)]
+        password: PasswordSource,
+    },
+    /// Change a user's password.
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        password: PasswordSource,
+    },
+    /// Remove a user (the maildrop is kept).
+    Del { name: String },
+    /// List users.
+    List,
+    /// Give a user an APOP secret (RFC 1939 section 7), or remove it with --clear. APOP needs the
+    /// secret stored in a plaintext-equivalent form, so only set one for clients that need APOP.
+    Apop {
+        name: String,
+        /// Read the secret from standard input.
+        #[arg(long, conflicts_with = "clear")]
+        secret_stdin: bool,
+        /// Remove the user's APOP secret.
+        #[arg(long)]
+        clear: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct PasswordSource {
+    /// Read the password from standard input (one line) instead of asking.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PILLARBOX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pillarbox: {e:#}");
+            e.downcast_ref::<Exit>().map_or(ExitCode::from(1), |x| ExitCode::from(x.0))
+        }
+    }
+}
+
+/// An error with a specific exit status (sysexits.h, which MTAs understand for `deliver`).
+#[derive(Debug)]
+struct Exit(u8, String);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+const EX_DATAERR: u8 = 65;
+const EX_NOUSER: u8 = 67;
+const EX_CANTCREAT: u8 = 73;
+const EX_TEMPFAIL: u8 = 75;
+const EX_CONFIG: u8 = 78;
+
+/// Where the configuration comes from.
+fn load_config(cli: &Cli) -> Result<(Config, Prepared)> {
+    match &cli.config {
+        Some(path) => {
+            let config = Config::load(path).map_err(|e| Exit(EX_CONFIG, e.to_string()))?;
+            let prepared = datadir::prepare(&config, false)?;
+            Ok((config, prepared))
+        }
+        None => {
+            let dir = cli.data_dir.clone().unwrap_or_else(|| PathBuf::from("pillarbox-data"));
+            datadir::load_or_create(&dir).map_err(|e| match e {
+                datadir::DataDirError::Config(c) => Exit(EX_CONFIG, c.to_string()).into(),
+                other => anyhow::Error::new(other),
+            })
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let (config, prepared) = load_config(&cli)?;
+    match cli.command {
+        Command::Serve(args) => serve(config, prepared, args),
+        Command::User(cmd) => user(&config, cmd),
+        Command::Deliver { user, max_size } => deliver(&config, &user, max_size),
+    }
+}
+
+fn serve(mut config: Config, prepared: Prepared, args: ServeArgs) -> Result<ExitCode> {
+    if !args.pop3.is_empty() || !args.pop3s.is_empty() {
+        config.pop3 = args.pop3;
+        config.pop3s = args.pop3s;
+    }
+    if prepared.created_anything() {
+        println!("pillarbox: prepared data folder {}", config.data_dir.display());
+        if prepared.created_config {
+            println!("  configuration: {}", config.data_dir.join(CONFIG_FILE).display());
+        }
+        if prepared.created_certificate
+            && let Some(t) = &config.tls
+        {
+            println!("  self-signed TLS certificate for localhost: {}", t.cert.display());
+        }
+    }
+    let config = Arc::new(config);
+    let store: Arc<dyn Mailstore> = Arc::new(MaildirStore::new(&config.maildir_root));
+    let server = Server::new(config.clone(), store)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async {
+        let listeners = Listeners::bind(&config.pop3, &config.pop3s).await?;
+        for (kind, addr) in listeners.local_addrs() {
+            let note = if kind == "pop3" { "plain POP3, STLS to upgrade" } else { "implicit TLS" };
+            println!("pillarbox: {kind} listening on {addr} ({note})");
+        }
+        let users = UserFile::new(&config.users_file).load().map(|u| u.users.len()).unwrap_or(0);
+        let flag = config_flag(&config);
+        if users == 0 {
+            println!("pillarbox: no users yet. Add one with:  pillarbox {flag} user add NAME");
+        }
+        if let Some((_, addr)) = listeners.local_addrs().into_iter().find(|(k, _)| *k == "pop3s") {
+            println!("pillarbox: connect a mail client to {} port {} with SSL/TLS", addr.ip(), addr.port());
+        }
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        server.run(listeners, shutdown_signal()).await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The flag that points another command at the same configuration.
+fn config_flag(config: &Config) -> String {
+    if config.source.file_name().is_some_and(|f| f == CONFIG_FILE) && config.data_dir.join(CONFIG_FILE) == config.source
+    {
+        format!("--data-dir {}", config.data_dir.display())
+    } else {
+        format!("--config {}", config.source.display())
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the process can still be stopped; it just skips the drain.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn parse_user(name: &str) -> Result<UserName> {
+    UserName::new(name).map_err(|e| Exit(EX_DATAERR, e.to_string()).into())
+}
+
+fn read_password(source: &PasswordSource, prompt_for: &str) -> Result<Secret<Vec<u8>>> {
+    if source.password_stdin {
+        return Ok(read_secret_line(std::io::stdin().lock())?);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no terminal to ask for the password on; use --password-stdin");
+    }
+    let first = Secret::new(rpassword::prompt_password(format!("Password for {prompt_for}: "))?.into_bytes());
+    let second = Secret::new(rpassword::prompt_password("Repeat the password: ")?.into_bytes());
+    if first != second {
+        bail!("the passwords do not match");
+    }
+    Ok(first)
+}
+
+fn new_password(source: &PasswordSource, name: &UserName) -> Result<String> {
+    let password = read_password(source, name.as_str())?;
+    check_password_policy(password.expose()).map_err(|why| Exit(EX_DATAERR, why))?;
+    Ok(hash_password(password.expose())?)
+}
+
+fn user(config: &Config, cmd: UserCommand) -> Result<ExitCode> {
+    let file = UserFile::new(&config.users_file);
+    match cmd {
+        UserCommand::Add { name, password } => {
+            let name = parse_user(&name)?;
+            if file.load()?.users.contains_key(&name) {
+                bail!("user {name} already exists; use `user passwd` to change the password");
+            }
+            let hash = new_password(&password, &name)?;
+            file.update(|u| match u.users.entry(name.clone()) {
+                std::collections::btree_map::Entry::Occupied(_) => Err(format!("user {name} already exists")),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(UserRecord { password_hash: hash, apop_secret: None });
+                    Ok(())
+                }
+            })?
+            .map_err(anyhow::Error::msg)?;
+            let store = MaildirStore::new(&config.maildir_root);
+            // Create the maildrop now, so an MTA can deliver before the first login.
+            drop(store.open(&name, false).context("creating the maildrop")?);
+            println!("added user {name}");
+        }
+        UserCommand::Passwd { name, password } => {
+            let name = parse_user(&name)?;
+            if !file.load()?.users.contains_key(&name) {
+                return Err(Exit(EX_NOUSER, format!("no such user: {name}")).into());
+            }
+            let hash = new_password(&password, &name)?;
+            file.update(|u| match u.users.get_mut(&name) {
+                Some(rec) => {
+                    rec.password_hash = hash;
+                    Ok(())
+                }
+                None => Err(format!("no such user: {name}")),
+            })?
+            .map_err(anyhow::Error::msg)?;
+            println!("changed the password of {name}");
+        }
+        UserCommand::Del { name } => {
+            let name = parse_user(&name)?;
+            file.update(|u| u.users.remove(&name).map(|_| ()).ok_or_else(|| format!("no such user: {name}")))?
+                .map_err(|e| Exit(EX_NOUSER, e))?;
+            println!(
+                "removed user {name} (the maildrop {} is kept)",
+                MaildirStore::new(&config.maildir_root).maildir(&name).display()
+            );
+        }
+        UserCommand::List => {
+            for (name, rec) in file.load()?.users {
+                let apop = if rec.apop_secret.is_some() { "\tapop" } else { "" };
+                println!("{name}{apop}");
+            }
+        }
+        UserCommand::Apop { name, secret_stdin, clear } => {
+            let name = parse_user(&name)?;
+            let secret = if clear {
+                None
+            } else if secret_stdin {
+                Some(read_secret_line(std::io::stdin().lock())?)
+            } else {
+                bail!("give --secret-stdin to set the APOP secret, or --clear to remove it");
+            };
+            if secret.as_ref().is_some_and(|s| s.expose().is_empty()) {
+                return Err(Exit(EX_DATAERR, "the APOP secret is empty".into()).into());
+            }
+            file.update(|u| match u.users.get_mut(&name) {
+                Some(rec) => {
+                    rec.apop_secret = secret;
+                    Ok(())
+                }
+                None => Err(format!("no such user: {name}")),
+            })?
+            .map_err(|e| Exit(EX_NOUSER, e))?;
+            println!("{} the APOP secret of {name}", if clear { "removed" } else { "set" });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn deliver(config: &Config, user: &str, max_size: Option<u64>) -> Result<ExitCode> {
+    let name = UserName::new(user).map_err(|e| Exit(EX_NOUSER, e.to_string()))?;
+    let users = UserFile::new(&config.users_file).load().map_err(|e| Exit(EX_TEMPFAIL, e.to_string()))?;
+    if !users.users.contains_key(&name) {
+        return Err(Exit(EX_NOUSER, format!("no such user: {name}")).into());
+    }
+    let store = MaildirStore::new(&config.maildir_root);
+    let mut stdin = std::io::stdin().lock();
+    match store.deliver(&name, &mut stdin, max_size) {
+        Ok(d) => {
+            tracing::info!(user = %name, file = %d.name, size = d.size, "delivered");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(StoreError::TooLarge { limit }) => {
+            Err(Exit(EX_DATAERR, format!("message refused: larger than {limit} octets")).into())
+        }
+        Err(e @ StoreError::Io { .. }) => {
+            let code = if matches!(&e, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
+            {
+                EX_CANTCREAT
+            } else {
+                EX_TEMPFAIL
+            };
+            Err(Exit(code, format!("delivery to {name} failed, nothing was stored: {e}")).into())
+        }
+        Err(e) => Err(Exit(EX_TEMPFAIL, format!("delivery to {name} failed, nothing was stored: {e}")).into()),
+    }
+}

@@ -130,6 +130,7 @@ pub struct ServerSession {
     user: Option<String>,
     auth_failures: u32,
     bad_commands: u32,
+    quit: bool,
     stats: SessionStats,
 }
 
@@ -152,6 +153,7 @@ impl ServerSession {
             user: None,
             auth_failures: 0,
             bad_commands: 0,
+            quit: false,
             stats: SessionStats::default(),
         }
     }
@@ -190,6 +192,11 @@ impl ServerSession {
     /// Whether the session is in TRANSACTION (or UPDATE), i.e. holds a maildrop.
     pub fn holds_maildrop(&self) -> bool {
         matches!(self.state, State::Transaction { .. } | State::Update)
+    }
+
+    /// Whether the client ended the session with QUIT.
+    pub fn quit_received(&self) -> bool {
+        self.quit
     }
 
     pub fn is_closed(&self) -> bool {
@@ -263,6 +270,7 @@ impl ServerSession {
                 None
             }
             (State::Authorization { .. }, Command::Quit) => {
+                self.quit = true;
                 response::ok(out, "Pillarbox signing off");
                 self.close();
                 None
@@ -336,6 +344,7 @@ impl ServerSession {
             (State::Transaction { listing, deleted }, cmd) => {
                 let event = Self::transaction(out, &mut self.stats, listing, deleted, cmd);
                 if matches!(event, Some(Event::Commit { .. })) {
+                    self.quit = true;
                     self.state = State::Update;
                 }
                 event

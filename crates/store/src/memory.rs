@@ -8,10 +8,13 @@ use pillarbox_proto::{CrlfCounter, Listing, ListingEntry, UniqueId, UserName};
 
 use crate::{Delivered, Maildrop, Mailstore, Opened, StoreError};
 
+/// A stored message: its unique id and content.
+type Message = (UniqueId, Arc<Vec<u8>>);
+
 #[derive(Default)]
 struct Inner {
     /// Per user: (unique id, content), in delivery order.
-    boxes: HashMap<UserName, Vec<(UniqueId, Arc<Vec<u8>>)>>,
+    boxes: HashMap<UserName, Vec<Message>>,
     locked: HashSet<UserName>,
     next_id: u64,
 }
@@ -75,7 +78,7 @@ struct MemoryDrop {
     store: MemoryStore,
     user: UserName,
     exclusive: bool,
-    messages: Vec<(UniqueId, Arc<Vec<u8>>)>,
+    messages: Vec<Message>,
 }
 
 /// A reader over shared message bytes.
