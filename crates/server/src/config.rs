@@ -37,6 +37,9 @@ key = "tls/key.pem"
 lock = true
 # Inactivity autologout (RFC 1939 section 3; at least 10 minutes). Units: s, m, h.
 idle_timeout = "10m"
+# Allow an idle_timeout below the RFC's 10 minutes (not recommended; some clients idle between
+# commands while the user reads).
+allow_short_idle_timeout = false
 # Offer APOP to users who were given an APOP secret (`pillarbox user apop`).
 apop = true
 
@@ -212,12 +215,19 @@ struct RawTls {
 struct RawPop3 {
     lock: bool,
     idle_timeout: HumanDuration,
+    /// Accept an idle_timeout below RFC 1939's 10-minute minimum (for tests and special setups).
+    allow_short_idle_timeout: bool,
     apop: bool,
 }
 
 impl Default for RawPop3 {
     fn default() -> Self {
-        Self { lock: true, idle_timeout: HumanDuration(Duration::from_secs(MIN_AUTOLOGOUT_SECS)), apop: true }
+        Self {
+            lock: true,
+            idle_timeout: HumanDuration(Duration::from_secs(MIN_AUTOLOGOUT_SECS)),
+            allow_short_idle_timeout: false,
+            apop: true,
+        }
     }
 }
 
@@ -300,14 +310,18 @@ impl Config {
         let data_dir = base.join(&raw.data_dir);
         let rel = |p: &Path| data_dir.join(p);
         let invalid = |message: String| ConfigError::Invalid { path: path.to_owned(), message };
-        if raw.pop3.idle_timeout.0 < Duration::from_secs(MIN_AUTOLOGOUT_SECS) {
+        if raw.pop3.idle_timeout.0.is_zero()
+            || (!raw.pop3.allow_short_idle_timeout
+                && raw.pop3.idle_timeout.0 < Duration::from_secs(MIN_AUTOLOGOUT_SECS))
+        {
             return Err(field_at(
                 text,
                 path,
                 "pop3",
                 "idle_timeout",
                 format!(
-                    "must be at least 10m: RFC 1939 section 3 requires an autologout timer of at least 10 minutes (got {}s)",
+                    "must be at least 10m: RFC 1939 section 3 requires an autologout timer of at least 10 minutes (got {}s; \
+                 set allow_short_idle_timeout = true to override)",
                     raw.pop3.idle_timeout.0.as_secs()
                 ),
             ));

@@ -1,0 +1,304 @@
+//! Test harness: runs the real `pillarbox` binary on loopback in a fresh data folder, and a
+//! minimal line-oriented POP3 client over std sockets for raw-protocol tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PASSWORD: &str = "correct horse battery";
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pillarbox"))
+}
+
+/// Fail with a clear message when an external client the tests need is missing.
+pub fn require_tool(name: &str) {
+    let found =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file())).unwrap_or(false);
+    assert!(found, "{name} is not installed; run ./scripts/test.sh, which installs the test dependencies");
+}
+
+/// A data folder with a configuration and users, and optionally a running server.
+pub struct Pillarbox {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub pop3: Option<SocketAddr>,
+    pub pop3s: Option<SocketAddr>,
+    stderr_path: PathBuf,
+}
+
+impl Pillarbox {
+    /// A fresh data folder with user `alice` (password [`PASSWORD`]).
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stderr_path = dir.path().join("server.log");
+        let pb = Self { dir, child: None, pop3: None, pop3s: None, stderr_path };
+        pb.add_user("alice", PASSWORD);
+        pb
+    }
+
+    pub fn data(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("--data-dir").arg(self.data());
+        c
+    }
+
+    /// Run a command with `input` on stdin.
+    pub fn run(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pillarbox");
+        child.stdin.take().expect("stdin").write_all(input).expect("write stdin");
+        child.wait_with_output().expect("wait")
+    }
+
+    pub fn add_user(&self, name: &str, password: &str) {
+        let out = self.run(&["user", "add", name, "--password-stdin"], format!("{password}\n").as_bytes());
+        assert!(out.status.success(), "user add: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn deliver(&self, user: &str, message: &[u8]) {
+        let out = self.run(&["deliver", user], message);
+        assert!(out.status.success(), "deliver: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.data().join("pillarbox.toml")
+    }
+
+    /// Change the configuration by replacing text in it.
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(self.config_path()).expect("config");
+        assert!(text.contains(from), "config has no {from:?}");
+        std::fs::write(self.config_path(), text.replacen(from, to, 1)).expect("write config");
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.data().join("tls/cert.pem")
+    }
+
+    pub fn maildir(&self, user: &str) -> PathBuf {
+        self.data().join("mail").join(user)
+    }
+
+    /// Number of message files in a user's maildrop.
+    pub fn stored(&self, user: &str) -> usize {
+        ["new", "cur"]
+            .iter()
+            .map(|s| std::fs::read_dir(self.maildir(user).join(s)).map(|d| d.count()).unwrap_or(0))
+            .sum()
+    }
+
+    /// Start `serve` on ephemeral loopback ports and wait until it listens.
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr_path).expect("log");
+        let mut child = self
+            .cmd()
+            .args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"])
+            .env("PILLARBOX_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut pop3, mut pop3s) = (None, None);
+        while pop3.is_none() || pop3s.is_none() {
+            let line = match lines.next() {
+                Some(Ok(l)) => l,
+                _ => panic!("server exited before listening: {}", self.log()),
+            };
+            let addr = || line.split_whitespace().nth(4).and_then(|a| a.parse::<SocketAddr>().ok());
+            if line.starts_with("pillarbox: pop3 listening on") {
+                pop3 = addr();
+            } else if line.starts_with("pillarbox: pop3s listening on") {
+                pop3s = addr();
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.pop3 = pop3;
+        self.pop3s = pop3s;
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().expect("kill");
+        assert!(st.success());
+    }
+
+    /// Wait for the server to exit (bounded).
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(st)) = child.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn kill9(&mut self) {
+        self.signal("KILL");
+        self.wait_exit(Duration::from_secs(10)).expect("killed server exits");
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.pop3.expect("started"))
+    }
+
+    /// Connect and log in as alice.
+    pub fn login(&self) -> Client {
+        let mut c = self.connect();
+        c.expect_ok();
+        c.ok(&format!("USER alice"));
+        c.ok(&format!("PASS {PASSWORD}"));
+        c
+    }
+}
+
+impl Drop for Pillarbox {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A blocking line client with a read timeout, for raw protocol tests.
+pub struct Client {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        let reader = BufReader::new(stream.try_clone().expect("clone"));
+        Self { stream, reader }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// One response line, without CRLF; panics unless it ended in CRLF.
+    pub fn line(&mut self) -> String {
+        let mut buf = Vec::new();
+        self.reader.read_until(b'\n', &mut buf).expect("read line");
+        assert!(buf.ends_with(b"\r\n"), "line not terminated by CRLF: {:?}", String::from_utf8_lossy(&buf));
+        buf.truncate(buf.len() - 2);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Read a line; `None` at end of stream.
+    pub fn try_line(&mut self) -> Option<String> {
+        let mut buf = Vec::new();
+        match self.reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_owned()),
+        }
+    }
+
+    pub fn expect_ok(&mut self) -> String {
+        let l = self.line();
+        assert!(l.starts_with("+OK"), "expected +OK, got {l:?}");
+        l
+    }
+
+    /// Send a command and return the first response line.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.line()
+    }
+
+    pub fn ok(&mut self, line: &str) -> String {
+        let l = self.cmd(line);
+        assert!(l.starts_with("+OK"), "{line} -> {l:?}");
+        l
+    }
+
+    /// The body of a multi-line response, dot-unstuffed, as raw bytes with CRLF line ends.
+    pub fn multiline(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let mut buf = Vec::new();
+            self.reader.read_until(b'\n', &mut buf).expect("read");
+            assert!(buf.ends_with(b"\r\n"), "bad line in multi-line response");
+            if buf == b".\r\n" {
+                return out;
+            }
+            out.extend_from_slice(buf.strip_prefix(b".").unwrap_or(&buf));
+        }
+    }
+
+    /// Raw bytes, whatever has arrived (at least one octet unless the peer closed).
+    pub fn read_some(&mut self, buf: &mut [u8]) -> usize {
+        self.reader.read(buf).expect("read")
+    }
+
+    /// Whether the server closed the connection (reads EOF within the timeout).
+    pub fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        matches!(self.reader.read_to_end(&mut rest), Ok(_))
+    }
+}
+
+/// `message` with every bare LF turned into CRLF: what RETR must deliver.
+pub fn crlf(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 40);
+    for (i, &b) in message.iter().enumerate() {
+        if b == b'\n' && (i == 0 || message[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// A small deterministic message.
+pub fn message(n: usize) -> Vec<u8> {
+    format!(
+        "From: Sender {n} <sender{n}@example.org>\nTo: alice@example.org\nSubject: test message {n}\n\
+         Message-ID: <{n}@example.org>\n\nHello {n}.\n.this line starts with a dot\n..and this with two\n\nBye.\n"
+    )
+    .into_bytes()
+}
+
+/// Run a Python script (from tests/clients) with arguments; returns stdout, panics on failure.
+pub fn python(script: &str, args: &[String]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients").join(script);
+    let out = Command::new("python3").arg(&path).args(args).output().expect("python3");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
