@@ -174,7 +174,7 @@ impl Pillarbox {
     pub fn login(&self) -> Client {
         let mut c = self.connect();
         c.expect_ok();
-        c.ok(&format!("USER alice"));
+        c.ok("USER alice");
         c.ok(&format!("PASS {PASSWORD}"));
         c
     }
@@ -265,7 +265,7 @@ impl Client {
     /// Whether the server closed the connection (reads EOF within the timeout).
     pub fn closed(&mut self) -> bool {
         let mut rest = Vec::new();
-        matches!(self.reader.read_to_end(&mut rest), Ok(_))
+        self.reader.read_to_end(&mut rest).is_ok()
     }
 }
 
