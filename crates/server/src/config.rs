@@ -307,7 +307,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| field_error(text, path, &e))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let data_dir = base.join(&raw.data_dir);
+        let data_dir = clean(&base.join(&raw.data_dir));
         let rel = |p: &Path| data_dir.join(p);
         let invalid = |message: String| ConfigError::Invalid { path: path.to_owned(), message };
         if raw.pop3.idle_timeout.0.is_zero()
@@ -355,6 +355,12 @@ impl Config {
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted_networks.iter().any(|n| n.contains(ip))
     }
+}
+
+/// `path` without `.` components (`data/./users` reads badly in messages); `.` if that is all.
+fn clean(path: &Path) -> PathBuf {
+    let p: PathBuf = path.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect();
+    if p.as_os_str().is_empty() { PathBuf::from(".") } else { p }
 }
 
 /// Turn a TOML error into "file, line, field: message".
@@ -413,7 +419,7 @@ mod tests {
         assert_eq!(c.pop3, vec!["127.0.0.1:1110".parse().expect("addr")]);
         assert_eq!(c.idle_timeout, Duration::from_secs(600));
         assert!(c.lock && c.apop);
-        assert_eq!(c.users_file, Path::new("/etc/pillarbox/./users"));
+        assert_eq!(c.users_file, Path::new("/etc/pillarbox/users"));
         assert!(c.is_trusted("127.0.0.2".parse().expect("ip")));
         assert!(c.is_trusted("::1".parse().expect("ip")));
         assert!(c.is_trusted("::ffff:127.0.0.1".parse().expect("ip")));

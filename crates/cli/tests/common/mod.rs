@@ -60,7 +60,8 @@ impl Pillarbox {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn pillarbox");
-        child.stdin.take().expect("stdin").write_all(input).expect("write stdin");
+        // The command may exit before reading its input (an unknown user, say): that is fine.
+        let _ = child.stdin.take().expect("stdin").write_all(input);
         child.wait_with_output().expect("wait")
     }
 

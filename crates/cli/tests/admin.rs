@@ -1,0 +1,138 @@
+//! The administration commands: `user`, `deliver`, and the embedded default of `serve`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Client, PASSWORD, Pillarbox, bin, message};
+
+#[test]
+fn user_add_passwd_del_list_and_apop() {
+    let mut pb = Pillarbox::new();
+    // Weak and duplicate users are refused with a reason.
+    let out = pb.run(&["user", "add", "bob", "--password-stdin"], b"short\n");
+    assert_eq!(out.status.code(), Some(65));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("too short"));
+    let out = pb.run(&["user", "add", "alice", "--password-stdin"], b"whatever password\n");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let out = pb.run(&["user", "add", "../evil", "--password-stdin"], b"whatever password\n");
+    assert_eq!(out.status.code(), Some(65));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid user name"));
+    // Without a terminal and without --password-stdin there is nobody to ask.
+    let out = pb.run(&["user", "add", "carol"], b"");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--password-stdin"));
+
+    pb.add_user("Bob", "bob's long password");
+    let out = pb.run(&["user", "apop", "bob", "--secret-stdin"], b"bob-apop\n");
+    assert!(out.status.success());
+    let list = String::from_utf8(pb.run(&["user", "list"], b"").stdout).expect("utf8");
+    assert_eq!(list, "alice\nbob\tapop\n", "names are lowercased; secrets are never shown");
+    let users = std::fs::read_to_string(pb.data().join("users")).expect("users");
+    assert!(users.contains("$argon2id$") && !users.contains(PASSWORD), "hashes only");
+    assert!(pb.maildir("bob").join("new").is_dir(), "user add creates the maildrop");
+
+    // Changes apply to a running server without a restart.
+    pb.start();
+    let out = pb.run(&["user", "passwd", "alice", "--password-stdin"], b"a brand new password\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut c = pb.connect();
+    c.expect_ok();
+    c.ok("USER alice");
+    assert!(c.cmd(&format!("PASS {PASSWORD}")).starts_with("-ERR [AUTH]"));
+    c.ok("USER alice");
+    c.ok("PASS a brand new password");
+    c.ok("QUIT");
+    let out = pb.run(&["user", "del", "bob"], b"");
+    assert!(out.status.success());
+    let mut c = pb.connect();
+    c.expect_ok();
+    c.ok("USER bob");
+    assert!(c.cmd("PASS bob's long password").starts_with("-ERR [AUTH]"));
+    let out = pb.run(&["user", "del", "bob"], b"");
+    assert_eq!(out.status.code(), Some(67), "EX_NOUSER");
+}
+
+#[test]
+fn deliver_failures_exit_non_zero_and_leave_no_partial_file() {
+    let pb = Pillarbox::new();
+    let out = pb.run(&["deliver", "nobody"], &message(1));
+    assert_eq!(out.status.code(), Some(67), "EX_NOUSER for an unknown recipient");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such user: nobody"));
+
+    let out = pb.run(&["deliver", "alice", "--max-size", "10"], &message(1));
+    assert_eq!(out.status.code(), Some(65));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("larger than 10 octets"));
+
+    // new/ replaced by a file: the final rename fails after the data was written to tmp/.
+    let new = pb.maildir("alice").join("new");
+    std::fs::remove_dir(&new).expect("rmdir");
+    std::fs::write(&new, b"not a directory").expect("write");
+    let out = pb.run(&["deliver", "alice"], &message(1));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("delivery to alice failed, nothing was stored"), "{err}");
+    assert_eq!(std::fs::read_dir(pb.maildir("alice").join("tmp")).expect("tmp").count(), 0, "no partial file");
+    std::fs::remove_file(&new).expect("rm");
+    std::fs::create_dir(&new).expect("mkdir");
+
+    let out = pb.run(&["deliver", "ALICE"], b"Subject: bare LF\n\nbody\n");
+    assert!(out.status.success());
+    let names: Vec<String> =
+        std::fs::read_dir(&new).expect("new").map(|e| e.expect("e").file_name().into_string().expect("utf8")).collect();
+    assert_eq!(names.len(), 1);
+    assert!(names[0].ends_with(",S=23,W=26"), "stored size and CRLF size in the name: {}", names[0]);
+}
+
+#[test]
+fn serve_without_config_runs_the_embedded_default_with_no_users() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(bin())
+        .arg("serve")
+        .current_dir(cwd.path())
+        .env_remove("PILLARBOX_DATA_DIR")
+        .env_remove("PILLARBOX_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("connect a mail client")) {
+        match lines.next() {
+            Some(Ok(l)) => seen.push(l),
+            _ => break,
+        }
+    }
+    let text = seen.join("\n");
+    let result = std::panic::catch_unwind(|| {
+        assert!(text.contains("pop3 listening on 127.0.0.1:1110"), "{text}");
+        assert!(text.contains("pop3s listening on 127.0.0.1:1995"), "{text}");
+        assert!(
+            text.contains("no users yet. Add one with:  pillarbox --data-dir pillarbox-data user add NAME"),
+            "{text}"
+        );
+        let data = cwd.path().join("pillarbox-data");
+        for f in ["pillarbox.toml", "users", "tls/cert.pem", "tls/key.pem"] {
+            assert!(data.join(f).is_file(), "{f} created");
+        }
+        let users = std::fs::read_to_string(data.join("users")).expect("users");
+        assert!(users.lines().all(|l| l.starts_with('#')), "no default user or password: {users}");
+        let mut c = Client::connect("127.0.0.1:1110".parse().expect("addr"));
+        c.expect_ok();
+        c.ok("USER admin");
+        assert!(c.cmd("PASS admin").starts_with("-ERR [AUTH]"));
+    });
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let start = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() && start.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
