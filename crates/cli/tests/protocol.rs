@@ -378,3 +378,32 @@ fn bad_config_names_file_line_and_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pillarbox.toml, line ") && err.contains("field `pop3.lock`"), "{err}");
 }
+
+#[test]
+fn broken_maildrop_gets_sys_perm_and_a_failed_commit_gets_sys_temp() {
+    let mut pb = Pillarbox::new();
+    pb.add_user("bob", "another long password");
+    pb.deliver("alice", &message(1));
+    // bob's maildrop is a file, not a directory: only an administrator can fix that.
+    let bob = pb.maildir("bob");
+    std::fs::remove_dir_all(&bob).expect("rm");
+    std::fs::write(&bob, b"oops").expect("write");
+    pb.start();
+    let mut c = pb.connect();
+    c.expect_ok();
+    c.ok("USER bob");
+    let l = c.cmd("PASS another long password");
+    assert!(l.starts_with("-ERR [SYS/PERM]"), "{l}");
+
+    // alice's message is replaced mid-session by a non-empty directory of the same name, which
+    // unlink cannot remove: QUIT must say that not every deletion was applied.
+    let mut c = pb.login();
+    c.ok("DELE 1");
+    let new = pb.maildir("alice").join("new");
+    let name = std::fs::read_dir(&new).expect("new").next().expect("one").expect("e").path();
+    std::fs::remove_file(&name).expect("rm");
+    std::fs::create_dir(&name).expect("dir in its place");
+    std::fs::write(name.join("x"), b"x").expect("non-empty");
+    let l = c.cmd("QUIT");
+    assert!(l.starts_with("-ERR [SYS/TEMP]"), "{l}");
+}

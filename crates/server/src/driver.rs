@@ -449,7 +449,7 @@ impl Conversation {
                 Err(StoreError::InUse) => Err(AuthFailure::InUse),
                 Err(e) => {
                     error!(user = %name, error = %e, "cannot open maildrop");
-                    Err(AuthFailure::Temporary)
+                    Err(if is_permanent(&e) { AuthFailure::Permanent } else { AuthFailure::Temporary })
                 }
             }
         };
@@ -491,6 +491,15 @@ impl Conversation {
         encoder.finish(self.session.output_mut());
         Ok(())
     }
+}
+
+/// Whether a store error needs an administrator (RFC 3206 `SYS/PERM`) rather than a retry
+/// (`SYS/TEMP`): the maildrop's files are not what they must be, or not accessible at all.
+fn is_permanent(e: &StoreError) -> bool {
+    matches!(e, StoreError::Io { source, .. } if matches!(
+        source.kind(),
+        io::ErrorKind::PermissionDenied | io::ErrorKind::NotADirectory | io::ErrorKind::IsADirectory | io::ErrorKind::InvalidData
+    ))
 }
 
 /// Resolves when the server starts closing sessions (never, if the server is gone).
