@@ -8,7 +8,7 @@
 //! files that other programs add, remove or rename are picked up, a stale or damaged index is
 //! rebuilt, and an entry is used only if its stored size still matches the file.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -65,6 +65,8 @@ struct Found {
     base_len: usize,
     raw_size: u64,
     size: u64,
+    /// Delivery time from the name, for ordering.
+    time: (u64, u64),
 }
 
 impl Found {
@@ -88,8 +90,8 @@ fn size_hint(base: &str, key: char) -> Option<u64> {
     None
 }
 
-/// Sort key: delivery time from the name (`<secs>.M<usec>...`), then the name itself.
-fn order_key(base: &str) -> (u64, u64, &str) {
+/// Delivery time from a name (`<secs>.M<usec>...`): the listing is sorted by it, then by name.
+fn delivery_time(base: &str) -> (u64, u64) {
     let secs_end = base.find(|c: char| !c.is_ascii_digit()).unwrap_or(base.len());
     let secs = base[..secs_end].parse().unwrap_or(u64::MAX);
     let usec = base[secs_end..]
@@ -97,7 +99,7 @@ fn order_key(base: &str) -> (u64, u64, &str) {
         .map(|r| &r[..r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len())])
         .and_then(|d| d.parse().ok())
         .unwrap_or(0);
-    (secs, usec, base)
+    (secs, usec)
 }
 
 /// The cached sizes for one base name.
@@ -165,7 +167,6 @@ fn scan(dir: &Path) -> Result<Vec<Found>, StoreError> {
     let index_path = dir.join(INDEX_FILE);
     let index = read_index(&index_path);
     let mut found: Vec<Found> = Vec::with_capacity(index.len() + 16);
-    let mut seen: HashSet<String> = HashSet::with_capacity(index.len() + 16);
     let mut changed = false;
     for sub in ["new", "cur"] {
         let path = dir.join(sub);
@@ -181,10 +182,6 @@ fn scan(dir: &Path) -> Result<Vec<Found>, StoreError> {
             }
             let base_len = file.find(':').unwrap_or(file.len());
             let base = &file[..base_len];
-            if !seen.insert(base.to_owned()) {
-                // The same message in new/ and cur/ at once (another program mid-rename): once.
-                continue;
-            }
             // The stored size: from the name's S= hint, else from the file system.
             let raw_size = match size_hint(base, 'S') {
                 Some(s) => s,
@@ -210,11 +207,14 @@ fn scan(dir: &Path) -> Result<Vec<Found>, StoreError> {
                     }
                 }
             };
-            found.push(Found { sub, file, base_len, raw_size, size });
+            let time = delivery_time(base);
+            found.push(Found { sub, file, base_len, raw_size, size, time });
         }
     }
+    found.sort_unstable_by(|a, b| a.time.cmp(&b.time).then_with(|| a.base().cmp(b.base())));
+    // The same message in new/ and cur/ at once (another program mid-rename) is listed once.
+    found.dedup_by(|a, b| a.base() == b.base());
     changed |= found.len() != index.len();
-    found.sort_by(|a, b| order_key(a.base()).cmp(&order_key(b.base())));
     if changed && let Err(e) = write_index(dir, &found) {
         // Only a cache: serving the maildrop does not depend on it.
         warn!(dir = %dir.display(), error = %e, "could not write the maildrop index");
@@ -456,7 +456,7 @@ mod tests {
     #[test]
     fn order_by_time_then_usec() {
         let mut v = vec!["20.M5P1.h", "10.M20P1.h", "10.M3P1.h", "junk"];
-        v.sort_by_key(|b| order_key(b));
+        v.sort_by_key(|b| (delivery_time(b), *b));
         assert_eq!(v, vec!["10.M3P1.h", "10.M20P1.h", "20.M5P1.h", "junk"]);
     }
 }
