@@ -279,14 +279,7 @@ fn user(config: &Config, cmd: UserCommand) -> Result<ExitCode> {
                 return Err(Exit(EX_NOUSER, format!("no such user: {name}")).into());
             }
             let hash = new_password(&password, &name)?;
-            file.update(|u| match u.users.get_mut(&name) {
-                Some(rec) => {
-                    rec.password_hash = hash;
-                    Ok(())
-                }
-                None => Err(format!("no such user: {name}")),
-            })?
-            .map_err(anyhow::Error::msg)?;
+            update_user(&file, &name, |rec| rec.password_hash = hash)?;
             println!("changed the password of {name}");
         }
         UserCommand::Del { name } => {
@@ -316,18 +309,23 @@ fn user(config: &Config, cmd: UserCommand) -> Result<ExitCode> {
             if secret.as_ref().is_some_and(|s| s.expose().is_empty()) {
                 return Err(Exit(EX_DATAERR, "the APOP secret is empty".into()).into());
             }
-            file.update(|u| match u.users.get_mut(&name) {
-                Some(rec) => {
-                    rec.apop_secret = secret;
-                    Ok(())
-                }
-                None => Err(format!("no such user: {name}")),
-            })?
-            .map_err(|e| Exit(EX_NOUSER, e))?;
+            update_user(&file, &name, |rec| rec.apop_secret = secret)?;
             println!("{} the APOP secret of {name}", if clear { "removed" } else { "set" });
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Change one existing user's record under the user file's lock.
+fn update_user(file: &UserFile, name: &UserName, change: impl FnOnce(&mut UserRecord)) -> Result<()> {
+    file.update(|u| match u.users.get_mut(name) {
+        Some(rec) => {
+            change(rec);
+            Ok(())
+        }
+        None => Err(format!("no such user: {name}")),
+    })?
+    .map_err(|e| Exit(EX_NOUSER, e).into())
 }
 
 fn deliver(config: &Config, user: &str, max_size: Option<u64>) -> Result<ExitCode> {

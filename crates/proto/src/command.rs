@@ -102,6 +102,7 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
         }
     };
     let msg = |i: usize| args.get(i).map(|a| parse_msgnum(a)).transpose();
+    let no_args = |c: Command| arity(0, 0).map(|()| c);
 
     Ok(match kw {
         b"USER" => {
@@ -121,10 +122,7 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
             arity(0, 2)?;
             Command::Auth(args.first().map(|a| text_arg(a)).transpose()?)
         }
-        b"STAT" => {
-            arity(0, 0)?;
-            Command::Stat
-        }
+        b"STAT" => no_args(Command::Stat)?,
         b"LIST" => {
             arity(0, 1)?;
             Command::List(msg(0)?)
@@ -137,14 +135,8 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
             arity(1, 1)?;
             Command::Dele(parse_msgnum(args[0])?)
         }
-        b"NOOP" => {
-            arity(0, 0)?;
-            Command::Noop
-        }
-        b"RSET" => {
-            arity(0, 0)?;
-            Command::Rset
-        }
+        b"NOOP" => no_args(Command::Noop)?,
+        b"RSET" => no_args(Command::Rset)?,
         b"TOP" => {
             arity(2, 2)?;
             Command::Top(parse_msgnum(args[0])?, parse_u64(args[1]).ok_or(ParseError::BadArgument)?)
@@ -153,18 +145,9 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
             arity(0, 1)?;
             Command::Uidl(msg(0)?)
         }
-        b"QUIT" => {
-            arity(0, 0)?;
-            Command::Quit
-        }
-        b"CAPA" => {
-            arity(0, 0)?;
-            Command::Capa
-        }
-        b"STLS" => {
-            arity(0, 0)?;
-            Command::Stls
-        }
+        b"QUIT" => no_args(Command::Quit)?,
+        b"CAPA" => no_args(Command::Capa)?,
+        b"STLS" => no_args(Command::Stls)?,
         _ => return Err(ParseError::Unknown),
     })
 }

@@ -140,7 +140,7 @@ const WRONG_STATE: &str = "command not valid in this state";
 impl ServerSession {
     /// A new session; the greeting is already in the output.
     pub fn new(config: SessionConfig) -> Self {
-        let mut out = BytesMut::with_capacity(16 * 1024);
+        let mut out = BytesMut::new();
         match &config.apop_timestamp {
             Some(ts) => response::ok_fmt(&mut out, format_args!("{} {ts}", config.greeting)),
             None => response::ok(&mut out, &config.greeting),

@@ -28,6 +28,8 @@ use tracing::{debug, error, info, warn};
 use crate::config::Config;
 use crate::tls;
 
+/// Octets read from the client at a time: a pipelined batch of commands fits many times over.
+const READ_BUFFER: usize = 4 * 1024;
 /// Octets read from a message file at a time.
 const CHUNK: usize = 64 * 1024;
 /// Pending output that is written out even while a message is still being streamed.
@@ -255,7 +257,6 @@ struct Conversation {
     session: ServerSession,
     maildrop: Option<Box<dyn Maildrop>>,
     bytes_out: u64,
-    chunk: Vec<u8>,
 }
 
 async fn session(
@@ -296,8 +297,7 @@ async fn session(
         cleartext_allowed: shared.config.is_trusted(peer.ip()),
         implementation: Some(format!("Pillarbox-{}", env!("CARGO_PKG_VERSION"))),
     };
-    let mut conv =
-        Conversation { shared, session: ServerSession::new(config), maildrop: None, bytes_out: 0, chunk: Vec::new() };
+    let mut conv = Conversation { shared, session: ServerSession::new(config), maildrop: None, bytes_out: 0 };
     let end = conv.run(conn, phase).await;
     let stats = conv.session.stats();
     info!(
@@ -336,7 +336,7 @@ impl Conversation {
     }
 
     async fn run(&mut self, mut conn: Conn, mut phase: watch::Receiver<Phase>) -> End {
-        let mut buf = vec![0u8; 8 * 1024];
+        let mut buf = vec![0u8; READ_BUFFER];
         let mut end = None;
         loop {
             match self.session.poll() {
@@ -471,19 +471,18 @@ impl Conversation {
                 return Ok(());
             }
         };
-        if self.chunk.is_empty() {
-            self.chunk = vec![0u8; CHUNK];
-        }
+        // Allocated per message, not per session: idle sessions stay small.
+        let mut chunk = vec![0u8; CHUNK];
         let mut encoder = self.session.begin_message(index, top);
         while !encoder.is_done() {
-            let n = match reader.read(&mut self.chunk) {
+            let n = match reader.read(&mut chunk) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // The +OK is already queued: the only honest way out is to drop the connection.
                 Err(e) => return Err(e),
             };
-            encoder.encode(&self.chunk[..n], self.session.output_mut());
+            encoder.encode(&chunk[..n], self.session.output_mut());
             if self.session.output_len() >= FLUSH_AT {
                 self.send(conn).await?;
             }
