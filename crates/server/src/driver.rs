@@ -404,10 +404,11 @@ impl Conversation {
                     end = Some(End::Quit);
                 }
                 Event::Close => {
+                    // Release the lock (applying no deletion) before the client can see the
+                    // connection end, so its next login never finds its own stale session.
+                    self.maildrop = None;
                     let _ = self.send(&mut conn).await;
                     let _ = tokio::time::timeout(Duration::from_secs(5), conn.shutdown()).await;
-                    // Dropping the maildrop releases its lock without applying any deletion.
-                    self.maildrop = None;
                     return end.unwrap_or(if self.session.quit_received() { End::Quit } else { End::ClosedByServer });
                 }
             }

@@ -181,6 +181,34 @@ impl Pillarbox {
     }
 }
 
+impl Pillarbox {
+    /// Log in as alice, retrying while an earlier session of the test (whose connection was
+    /// just dropped) still holds the maildrop.
+    pub fn login_when_free(&self) -> Client {
+        let start = Instant::now();
+        loop {
+            let mut c = self.connect();
+            c.expect_ok();
+            c.ok("USER alice");
+            let l = c.cmd(&format!("PASS {PASSWORD}"));
+            if l.starts_with("+OK") {
+                return c;
+            }
+            assert!(l.starts_with("-ERR [IN-USE]") && start.elapsed() < Duration::from_secs(10), "{l}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Wait until the listeners refuse connections (bounded).
+    pub fn wait_not_listening(&self) {
+        let start = Instant::now();
+        while TcpStream::connect(self.pop3.expect("started")).is_ok() {
+            assert!(start.elapsed() < Duration::from_secs(10), "still accepting connections");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Pillarbox {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
