@@ -113,6 +113,111 @@ impl MessageEncoder {
     }
 }
 
+/// Undoes dot-stuffing of a multi-line transfer (RFC 1939 section 3, RFC 5321 section 4.5.2),
+/// chunk by chunk, and finds the terminating `.CRLF` line. Used for the text of LMTP DATA and for
+/// a POP3 client reading RETR. Line ends pass through unchanged; a lone `.` line ended by a bare LF
+/// also terminates (some senders use bare LF throughout).
+#[derive(Debug, Clone)]
+pub struct Unstuffer {
+    state: Unstuff,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unstuff {
+    /// At the start of a line.
+    LineStart,
+    /// A line started with `.`.
+    Dot,
+    /// A line started with `.CR`.
+    DotCr,
+    /// Inside a line.
+    Middle,
+    /// The terminator was seen.
+    Done,
+}
+
+/// What [`Unstuffer::decode`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unstuffed {
+    /// All input was consumed; the text goes on.
+    More,
+    /// The terminator ended after this many octets of the input; the rest is not part of the text.
+    Done(usize),
+}
+
+impl Default for Unstuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Unstuffer {
+    pub fn new() -> Self {
+        Self { state: Unstuff::LineStart }
+    }
+
+    /// Append the unstuffed text of `input` to `out`.
+    pub fn decode(&mut self, input: &[u8], out: &mut BytesMut) -> Unstuffed {
+        let mut i = 0;
+        while i < input.len() {
+            match self.state {
+                Unstuff::Done => return Unstuffed::Done(i),
+                Unstuff::LineStart => {
+                    if input[i] == b'.' {
+                        self.state = Unstuff::Dot;
+                        i += 1;
+                    } else {
+                        self.state = Unstuff::Middle;
+                    }
+                }
+                Unstuff::Dot => match input[i] {
+                    b'\r' => {
+                        self.state = Unstuff::DotCr;
+                        i += 1;
+                    }
+                    b'\n' => {
+                        self.state = Unstuff::Done;
+                        return Unstuffed::Done(i + 1);
+                    }
+                    // The stuffed dot is dropped; the rest of the line is text.
+                    _ => self.state = Unstuff::Middle,
+                },
+                Unstuff::DotCr => {
+                    if input[i] == b'\n' {
+                        self.state = Unstuff::Done;
+                        return Unstuffed::Done(i + 1);
+                    }
+                    // ".CR" followed by something else: the CR is text.
+                    out.put_u8(b'\r');
+                    self.state = Unstuff::Middle;
+                }
+                Unstuff::Middle => match memchr::memchr(b'\n', &input[i..]) {
+                    Some(j) => {
+                        out.put_slice(&input[i..=i + j]);
+                        i += j + 1;
+                        self.state = Unstuff::LineStart;
+                    }
+                    None => {
+                        out.put_slice(&input[i..]);
+                        i = input.len();
+                    }
+                },
+            }
+        }
+        if self.state == Unstuff::Done { Unstuffed::Done(i) } else { Unstuffed::More }
+    }
+
+    /// Whether the terminator has been seen.
+    pub fn is_done(&self) -> bool {
+        self.state == Unstuff::Done
+    }
+
+    /// Whether the text so far ends at a line boundary.
+    pub fn at_line_start(&self) -> bool {
+        self.state == Unstuff::LineStart
+    }
+}
+
 /// Counts the octets of a message's CRLF form, chunk by chunk.
 #[derive(Debug, Clone, Default)]
 pub struct CrlfCounter {
@@ -195,6 +300,42 @@ mod tests {
         out
     }
 
+    fn unstuff_chunked(wire: &[u8], size: usize) -> (Vec<u8>, Option<usize>) {
+        let mut u = Unstuffer::new();
+        let mut out = BytesMut::new();
+        let mut offset = 0;
+        for chunk in wire.chunks(size.max(1)) {
+            if let Unstuffed::Done(n) = u.decode(chunk, &mut out) {
+                return (out.to_vec(), Some(offset + n));
+            }
+            offset += chunk.len();
+        }
+        (out.to_vec(), None)
+    }
+
+    #[test]
+    fn unstuffer_known_answers() {
+        let table: &[(&[u8], &[u8], Option<usize>)] = &[
+            (b".\r\n", b"", Some(3)),
+            (b"a\r\n.\r\nNEXT", b"a\r\n", Some(6)),
+            (b"..x\r\n...\r\n.\r\n", b".x\r\n..\r\n", Some(13)),
+            (b".\rx\r\n.\r\n", b"\rx\r\n", Some(8)),
+            (b"a\n.\n", b"a\n", Some(4)),
+            (b"x.\r\n", b"x.\r\n", None),
+            (b".x", b"x", None),
+        ];
+        for (wire, text, end) in table {
+            for size in SIZES {
+                assert_eq!(
+                    unstuff_chunked(wire, size),
+                    (text.to_vec(), *end),
+                    "{:?} chunk {size}",
+                    String::from_utf8_lossy(wire)
+                );
+            }
+        }
+    }
+
     const SIZES: [usize; 10] = [1, 2, 3, 4, 8, 16, 64, 128, 512, 4096];
 
     #[test]
@@ -264,7 +405,9 @@ mod tests {
             }
             let mut expected = crlf.clone();
             if !expected.is_empty() && !expected.ends_with(b"\n") { expected.extend_from_slice(b"\r\n"); }
-            prop_assert_eq!(unstuff(&wire), expected);
+            prop_assert_eq!(unstuff(&wire), expected.clone());
+            // The streaming unstuffer agrees, and finds the end exactly at the terminator.
+            prop_assert_eq!(unstuff_chunked(&wire, size), (expected, Some(wire.len())));
         }
     }
 }

@@ -17,7 +17,7 @@ pub mod transcript;
 pub mod types;
 
 pub use command::{Command, ParseError};
-pub use dotstuff::{CrlfCounter, MessageEncoder, crlf_size};
+pub use dotstuff::{CrlfCounter, MessageEncoder, Unstuffed, Unstuffer, crlf_size};
 pub use line::{LineDecoder, LineEvent};
 pub use response::RespCode;
 pub use server::{AuthFailure, Credential, Event, Listing, ListingEntry, ServerSession, SessionConfig};
