@@ -5,8 +5,11 @@
 //!
 //! ```text
 //! alice:$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>
-//! bob:$argon2id$...:apop=<base64 secret>
+//! bob:$argon2id$...:apop=<base64 secret>:quota_bytes=100000000:quota_messages=5000:expire=30
 //! ```
+//!
+//! `quota_bytes`, `quota_messages` and `expire` (days, or `never`) override the server's defaults
+//! for that user.
 //!
 //! The APOP secret (RFC 1939 section 7) is necessarily stored in a form equivalent to plaintext,
 //! so it exists only for users the administrator explicitly gives one.
@@ -22,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use pillarbox_proto::{Secret, UserName};
+use pillarbox_proto::{Expire, Secret, UserName};
 
 /// Shortest password `user add` and `user passwd` accept.
 pub const MIN_PASSWORD_LEN: usize = 8;
@@ -46,12 +49,24 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> AuthError {
     move |source| AuthError::Io { context, source }
 }
 
-/// One user's secrets.
-#[derive(Clone, PartialEq, Eq)]
+/// One user: secrets and per-user settings.
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct UserRecord {
     /// PHC-format password hash.
     pub password_hash: String,
     pub apop_secret: Option<Secret<Vec<u8>>>,
+    /// Quota in octets (CRLF form), overriding the server default.
+    pub quota_bytes: Option<u64>,
+    /// Quota in messages, overriding the server default.
+    pub quota_messages: Option<u64>,
+    /// Retention (RFC 2449 EXPIRE), overriding the server default.
+    pub expire: Option<Expire>,
+}
+
+impl UserRecord {
+    pub fn with_hash(password_hash: String) -> Self {
+        Self { password_hash, ..Self::default() }
+    }
 }
 
 impl std::fmt::Debug for UserRecord {
@@ -59,6 +74,9 @@ impl std::fmt::Debug for UserRecord {
         f.debug_struct("UserRecord")
             .field("password_hash", &"[redacted]")
             .field("apop_secret", &self.apop_secret.as_ref().map(|_| "[redacted]"))
+            .field("quota_bytes", &self.quota_bytes)
+            .field("quota_messages", &self.quota_messages)
+            .field("expire", &self.expire)
             .finish()
     }
 }
@@ -85,12 +103,23 @@ impl Users {
             if PasswordHash::new(hash).is_err() {
                 return Err(err(format!("user {name}: the password hash is not in PHC format ($argon2id$...)")));
             }
-            let mut apop_secret = None;
+            let mut rec = UserRecord::with_hash(hash.to_owned());
+            let number = |key: &str, v: &str| {
+                v.parse::<u64>().map_err(|_| err(format!("user {name}: {key}= needs a whole number, not {v:?}")))
+            };
             for extra in fields {
                 match extra.split_once('=') {
                     Some(("apop", b64)) => {
                         let secret = B64.decode(b64).map_err(|_| err(format!("user {name}: apop= is not base64")))?;
-                        apop_secret = Some(Secret::new(secret));
+                        rec.apop_secret = Some(Secret::new(secret));
+                    }
+                    Some(("quota_bytes", v)) => rec.quota_bytes = Some(number("quota_bytes", v)?),
+                    Some(("quota_messages", v)) => rec.quota_messages = Some(number("quota_messages", v)?),
+                    Some(("expire", v)) => {
+                        rec.expire = Some(
+                            parse_expire(v)
+                                .ok_or_else(|| err(format!("user {name}: expire= is a number of days or never")))?,
+                        )
                     }
                     _ if extra.is_empty() => {}
                     _ => {
@@ -101,7 +130,7 @@ impl Users {
                     }
                 }
             }
-            if users.insert(name.clone(), UserRecord { password_hash: hash.to_owned(), apop_secret }).is_some() {
+            if users.insert(name.clone(), rec).is_some() {
                 return Err(err(format!("user {name} is listed twice")));
             }
         }
@@ -119,6 +148,15 @@ impl Users {
                 s.push_str(":apop=");
                 s.push_str(&B64.encode(secret.expose()));
             }
+            if let Some(q) = rec.quota_bytes {
+                s.push_str(&format!(":quota_bytes={q}"));
+            }
+            if let Some(q) = rec.quota_messages {
+                s.push_str(&format!(":quota_messages={q}"));
+            }
+            if let Some(e) = rec.expire {
+                s.push_str(&format!(":expire={}", format_expire(e)));
+            }
             s.push('\n');
         }
         s
@@ -127,6 +165,19 @@ impl Users {
     /// Whether any user can log in with APOP (then the greeting carries a timestamp).
     pub fn any_apop(&self) -> bool {
         self.users.values().any(|r| r.apop_secret.is_some())
+    }
+}
+
+/// `never` or a number of days.
+pub fn parse_expire(v: &str) -> Option<Expire> {
+    if v.eq_ignore_ascii_case("never") { Some(Expire::Never) } else { v.parse().ok().map(Expire::Days) }
+}
+
+/// The user-file spelling of a retention policy.
+pub fn format_expire(e: Expire) -> String {
+    match e {
+        Expire::Never => "never".into(),
+        Expire::Days(n) => n.to_string(),
     }
 }
 
@@ -294,7 +345,7 @@ mod tests {
     fn hash_and_verify() {
         let h = hash_password(b"correct horse").expect("hash");
         assert!(h.starts_with("$argon2id$"));
-        let rec = UserRecord { password_hash: h, apop_secret: None };
+        let rec = UserRecord::with_hash(h);
         assert!(verify_password(Some(&rec), b"correct horse"));
         assert!(!verify_password(Some(&rec), b"wrong horse"));
         assert!(!verify_password(None, b"pillarbox-dummy-password"), "no user never verifies");
@@ -303,9 +354,15 @@ mod tests {
     #[test]
     fn parse_render_roundtrip_and_errors_name_the_line() {
         let h = hash_password(b"password1").expect("hash");
-        let text = format!("# comment\n\nalice:{h}\nbob:{h}:apop=dGFuc3RhYWY=\n");
+        let text = format!(
+            "# comment\n\nalice:{h}\nbob:{h}:apop=dGFuc3RhYWY=:quota_bytes=100:quota_messages=2:expire=never\n"
+        );
         let users = Users::parse(&text, Path::new("users")).expect("parse");
         assert_eq!(users.users.len(), 2);
+        let bob = &users.users[&UserName::new("bob").expect("name")];
+        assert_eq!((bob.quota_bytes, bob.quota_messages, bob.expire), (Some(100), Some(2), Some(Expire::Never)));
+        let e = Users::parse(&format!("x:{h}:quota_bytes=lots\n"), Path::new("u")).expect_err("bad number");
+        assert!(e.to_string().contains("u:1: user x: quota_bytes="), "{e}");
         assert!(users.any_apop());
         assert_eq!(Users::parse(&users.render(), Path::new("users")).expect("reparse"), users);
         let bad = format!("alice:{h}\nbad name:{h}\n");
@@ -317,8 +374,10 @@ mod tests {
 
     #[test]
     fn debug_never_shows_secrets() {
-        let rec =
-            UserRecord { password_hash: "$argon2id$x".into(), apop_secret: Some(Secret::new(b"tanstaaf".to_vec())) };
+        let rec = UserRecord {
+            apop_secret: Some(Secret::new(b"tanstaaf".to_vec())),
+            ..UserRecord::with_hash("$argon2id$x".into())
+        };
         let s = format!("{rec:?}");
         assert!(!s.contains("argon2id") && !s.contains("tanstaaf"), "{s}");
     }
@@ -331,7 +390,7 @@ mod tests {
         assert!(db.current().0.users.is_empty());
         let h = hash_password(b"password1").expect("hash");
         file.update(|u| {
-            u.users.insert(UserName::new("alice").expect("name"), UserRecord { password_hash: h, apop_secret: None });
+            u.users.insert(UserName::new("alice").expect("name"), UserRecord::with_hash(h));
             Ok(())
         })
         .expect("io")

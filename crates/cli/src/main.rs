@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use pillarbox_auth::{UserFile, UserRecord, check_password_policy, hash_password, read_secret_line};
-use pillarbox_proto::{Secret, UserName};
-use pillarbox_server::config::{CONFIG_FILE, Config};
+use pillarbox_auth::{UserFile, UserRecord, check_password_policy, format_expire, hash_password, read_secret_line};
+use pillarbox_proto::{Expire, Secret, UserName};
+use pillarbox_server::config::{CONFIG_FILE, Config, HumanSize};
 use pillarbox_server::datadir::{self, Prepared};
-use pillarbox_server::{Listeners, Server};
+use pillarbox_server::{ListenAddrs, Listeners, Server, Service};
 use pillarbox_store::maildir::MaildirStore;
 use pillarbox_store::{Mailstore, StoreError};
 
@@ -58,6 +58,12 @@ struct ServeArgs {
     /// Listen for POP3S (implicit TLS) here instead of the configured addresses; repeatable.
     #[arg(long, value_name = "ADDR:PORT")]
     pop3s: Vec<SocketAddr>,
+    /// Listen for LMTP here instead of the configured addresses; repeatable.
+    #[arg(long, value_name = "ADDR:PORT")]
+    lmtp: Vec<SocketAddr>,
+    /// Listen for LMTP on this Unix socket instead of the configured one.
+    #[arg(long, value_name = "PATH")]
+    lmtp_unix: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +84,32 @@ enum UserCommand {
     Del { name: String },
     /// List users.
     List,
+    /// Set a user's quota (overrides the [delivery] defaults), or remove it with --clear.
+    Quota {
+        name: String,
+        /// Most octets the maildrop may hold, e.g. 500MB or 2GiB; 0 for no limit.
+        #[arg(long, value_name = "SIZE")]
+        bytes: Option<HumanSize>,
+        /// Most messages the maildrop may hold; 0 for no limit.
+        #[arg(long, value_name = "N")]
+        messages: Option<u64>,
+        /// Use the server's defaults again.
+        #[arg(long, conflicts_with_all = ["bytes", "messages"])]
+        clear: bool,
+    },
+    /// Set a user's retention (RFC 2449 EXPIRE): messages are removed DAYS after their first
+    /// retrieval (0: at the end of the session that retrieved them).
+    Expire {
+        name: String,
+        #[arg(long, value_name = "DAYS", conflicts_with_all = ["never", "default"], required_unless_present_any = ["never", "default"])]
+        days: Option<u32>,
+        /// Keep messages until the client deletes them.
+        #[arg(long, conflicts_with = "default")]
+        never: bool,
+        /// Use the server's default again.
+        #[arg(long)]
+        default: bool,
+    },
     /// Give a user an APOP secret (RFC 1939 section 7), or remove it with --clear. APOP needs the
     /// secret stored in a plaintext-equivalent form, so only set one for clients that need APOP.
     Apop {
@@ -163,9 +195,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn serve(mut config: Config, prepared: Prepared, args: ServeArgs) -> Result<ExitCode> {
-    if !args.pop3.is_empty() || !args.pop3s.is_empty() {
+    // Any listener flag replaces every configured listener.
+    if !args.pop3.is_empty() || !args.pop3s.is_empty() || !args.lmtp.is_empty() || args.lmtp_unix.is_some() {
         config.pop3 = args.pop3;
         config.pop3s = args.pop3s;
+        config.lmtp = args.lmtp;
+        config.lmtp_unix = args.lmtp_unix;
     }
     if prepared.created_anything() {
         println!("pillarbox: prepared data folder {}", config.data_dir.display());
@@ -183,17 +218,26 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs) -> Result<Exit
     let server = Server::new(config.clone(), store)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
-        let listeners = Listeners::bind(&config.pop3, &config.pop3s).await?;
-        for (kind, addr) in listeners.local_addrs() {
-            let note = if kind == "pop3" { "plain POP3, STLS to upgrade" } else { "implicit TLS" };
-            println!("pillarbox: {kind} listening on {addr} ({note})");
+        let listeners = Listeners::bind(&ListenAddrs::from_config(&config)).await?;
+        for (service, addr) in listeners.local_addrs() {
+            let note = match service {
+                Service::Pop3 => "plain POP3, STLS to upgrade",
+                Service::Pop3s => "implicit TLS",
+                Service::Lmtp => "mail delivery from the MTA",
+            };
+            println!("pillarbox: {} listening on {addr} ({note})", service.name());
         }
         let users = UserFile::new(&config.users_file).load().map(|u| u.users.len()).unwrap_or(0);
         let flag = config_flag(&config);
         if users == 0 {
             println!("pillarbox: no users yet. Add one with:  pillarbox {flag} user add NAME");
         }
-        if let Some((_, addr)) = listeners.local_addrs().into_iter().find(|(k, _)| *k == "pop3s") {
+        if let Some(addr) = listeners
+            .local_addrs()
+            .into_iter()
+            .find(|(s, _)| *s == Service::Pop3s)
+            .and_then(|(_, a)| a.parse::<SocketAddr>().ok())
+        {
             println!("pillarbox: connect a mail client to {} port {} with SSL/TLS", addr.ip(), addr.port());
         }
         use std::io::Write as _;
@@ -263,7 +307,7 @@ fn user(config: &Config, cmd: UserCommand) -> Result<ExitCode> {
             file.update(|u| match u.users.entry(name.clone()) {
                 std::collections::btree_map::Entry::Occupied(_) => Err(format!("user {name} already exists")),
                 std::collections::btree_map::Entry::Vacant(v) => {
-                    v.insert(UserRecord { password_hash: hash, apop_secret: None });
+                    v.insert(UserRecord::with_hash(hash));
                     Ok(())
                 }
             })?
@@ -293,8 +337,52 @@ fn user(config: &Config, cmd: UserCommand) -> Result<ExitCode> {
         }
         UserCommand::List => {
             for (name, rec) in file.load()?.users {
-                let apop = if rec.apop_secret.is_some() { "\tapop" } else { "" };
-                println!("{name}{apop}");
+                let mut line = name.to_string();
+                if rec.apop_secret.is_some() {
+                    line.push_str("\tapop");
+                }
+                if let Some(q) = rec.quota_bytes {
+                    line.push_str(&format!("\tquota_bytes={q}"));
+                }
+                if let Some(q) = rec.quota_messages {
+                    line.push_str(&format!("\tquota_messages={q}"));
+                }
+                if let Some(e) = rec.expire {
+                    line.push_str(&format!("\texpire={}", format_expire(e)));
+                }
+                println!("{line}");
+            }
+        }
+        UserCommand::Quota { name, bytes, messages, clear } => {
+            let name = parse_user(&name)?;
+            if !clear && bytes.is_none() && messages.is_none() {
+                bail!("give --bytes and/or --messages, or --clear");
+            }
+            update_user(&file, &name, |rec| {
+                if clear {
+                    rec.quota_bytes = None;
+                    rec.quota_messages = None;
+                }
+                if let Some(b) = bytes {
+                    rec.quota_bytes = Some(b.0);
+                }
+                if let Some(m) = messages {
+                    rec.quota_messages = Some(m);
+                }
+            })?;
+            println!("updated the quota of {name}");
+        }
+        UserCommand::Expire { name, days, never, default } => {
+            let name = parse_user(&name)?;
+            let expire = match (days, never, default) {
+                (Some(d), _, _) => Some(Expire::Days(d)),
+                (None, true, _) => Some(Expire::Never),
+                _ => None,
+            };
+            update_user(&file, &name, |rec| rec.expire = expire)?;
+            match expire {
+                Some(e) => println!("retention of {name}: {}", format_expire(e)),
+                None => println!("{name} uses the server's default retention"),
             }
         }
         UserCommand::Apop { name, secret_stdin, clear } => {

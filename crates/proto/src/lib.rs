@@ -20,5 +20,7 @@ pub use command::{Command, ParseError};
 pub use dotstuff::{CrlfCounter, MessageEncoder, Unstuffed, Unstuffer, crlf_size};
 pub use line::{LineDecoder, LineEvent};
 pub use response::RespCode;
-pub use server::{AuthFailure, Credential, Event, Listing, ListingEntry, ServerSession, SessionConfig};
+pub use server::{
+    AuthFailure, Credential, Event, Expire, ExpireCapa, Listing, ListingEntry, Login, ServerSession, SessionConfig,
+};
 pub use types::{MsgNum, Secret, UniqueId, UniqueIdError, UserName, UserNameError};

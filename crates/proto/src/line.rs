@@ -44,6 +44,14 @@ impl LineDecoder {
         self.buf.len()
     }
 
+    /// Take everything buffered but not yet returned as lines (for a protocol that switches from
+    /// lines to raw octets, such as LMTP DATA and BDAT).
+    pub fn take_buffered(&mut self) -> BytesMut {
+        self.scanned = 0;
+        self.discarding = None;
+        self.buf.split()
+    }
+
     /// Throw away everything buffered (RFC 2595 section 4 / the STARTTLS injection class: input
     /// that arrived in plaintext must never be interpreted after the TLS handshake).
     pub fn clear(&mut self) {

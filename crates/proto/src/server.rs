@@ -34,6 +34,44 @@ pub struct SessionConfig {
     pub cleartext_allowed: bool,
     /// Value of the IMPLEMENTATION capability (RFC 2449 section 6.9); `None` hides it.
     pub implementation: Option<String>,
+    /// The EXPIRE capability before login (RFC 2449 section 6.7): the server's policy, and
+    /// whether it varies per user; `None` hides it.
+    pub expire: Option<ExpireCapa>,
+}
+
+/// A retention policy (RFC 2449 section 6.7 EXPIRE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expire {
+    /// Messages are kept until the client deletes them.
+    Never,
+    /// Messages are removed this many days after they were first retrieved; with 0, retrieved
+    /// messages are removed when the session ends with QUIT even without DELE.
+    Days(u32),
+}
+
+impl std::fmt::Display for Expire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expire::Never => f.write_str("NEVER"),
+            Expire::Days(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// The EXPIRE capability as announced before login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpireCapa {
+    /// The server-wide default.
+    pub default: Expire,
+    /// Some users have another value (announced as `EXPIRE n USER`).
+    pub per_user: bool,
+}
+
+/// What the driver learned about the user at login.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Login {
+    /// The user's retention policy, announced after login and applied at QUIT for `Days(0)`.
+    pub expire: Option<Expire>,
 }
 
 /// One message in a session's fixed listing.
@@ -89,7 +127,7 @@ pub enum Event {
     /// The client sent QUIT in the TRANSACTION state: the session is in UPDATE. Remove these
     /// messages (0-based indexes into the listing), release the maildrop, and call
     /// [`ServerSession::committed`].
-    Commit { deleted: Vec<usize> },
+    Commit { deleted: Vec<usize>, retrieved: Vec<usize> },
     /// Write the pending output and close the connection. Nothing is to be deleted.
     Close,
 }
@@ -112,13 +150,37 @@ enum State {
     Authenticating,
     /// Waiting for the TLS handshake.
     StartingTls,
-    Transaction {
-        listing: Listing,
-        deleted: Vec<bool>,
-    },
+    Transaction(Txn),
     /// QUIT received in TRANSACTION; waiting for the deletions to be applied.
     Update,
     Closed,
+}
+
+/// The TRANSACTION state's data.
+#[derive(Debug)]
+struct Txn {
+    listing: Listing,
+    deleted: Vec<bool>,
+    /// Sent in full with RETR in this session.
+    retrieved: Vec<bool>,
+    expire: Option<Expire>,
+}
+
+impl Txn {
+    /// The index of message `n` if it exists and is not marked deleted.
+    fn live(&self, n: MsgNum) -> Option<usize> {
+        let i = n.index();
+        (i < self.listing.entries.len() && !self.deleted[i]).then_some(i)
+    }
+
+    /// Count and octets of the messages not marked deleted.
+    fn totals(&self) -> (usize, u64) {
+        self.live_entries().fold((0, 0), |(c, s), (_, e)| (c + 1, s + e.size))
+    }
+
+    fn live_entries(&self) -> impl Iterator<Item = (usize, &ListingEntry)> {
+        self.listing.entries.iter().enumerate().filter(|(i, _)| !self.deleted[*i])
+    }
 }
 
 #[derive(Debug)]
@@ -191,7 +253,7 @@ impl ServerSession {
 
     /// Whether the session is in TRANSACTION (or UPDATE), i.e. holds a maildrop.
     pub fn holds_maildrop(&self) -> bool {
-        matches!(self.state, State::Transaction { .. } | State::Update)
+        matches!(self.state, State::Transaction(_) | State::Update)
     }
 
     /// Whether the client ended the session with QUIT.
@@ -210,7 +272,7 @@ impl ServerSession {
                 State::Closed => return Event::Close,
                 // The driver answers these before polling again; if it does not, stop safely.
                 State::Authenticating | State::StartingTls | State::Update => return Event::Close,
-                State::Authorization { .. } | State::Transaction { .. } => {}
+                State::Authorization { .. } | State::Transaction(_) => {}
             }
             let Some(event) = self.decoder.next_event() else {
                 return Event::NeedInput;
@@ -337,12 +399,12 @@ impl ServerSession {
                     Some(Event::StartTls)
                 }
             }
-            (State::Transaction { .. }, Command::Stls) => {
+            (State::Transaction(_), Command::Stls) => {
                 response::err(out, None, "STLS is only valid before login");
                 None
             }
-            (State::Transaction { listing, deleted }, cmd) => {
-                let event = Self::transaction(out, &mut self.stats, listing, deleted, cmd);
+            (State::Transaction(txn), cmd) => {
+                let event = Self::transaction(out, &mut self.stats, txn, cmd);
                 if matches!(event, Some(Event::Commit { .. })) {
                     self.quit = true;
                     self.state = State::Update;
@@ -357,73 +419,64 @@ impl ServerSession {
         }
     }
 
-    fn transaction(
-        out: &mut BytesMut,
-        stats: &mut SessionStats,
-        listing: &Listing,
-        deleted: &mut [bool],
-        cmd: Command,
-    ) -> Option<Event> {
-        // A message number that exists and is not marked deleted.
-        let live = |n: MsgNum, deleted: &[bool]| -> Option<usize> {
-            let i = n.index();
-            (i < listing.entries.len() && !deleted[i]).then_some(i)
-        };
+    fn transaction(out: &mut BytesMut, stats: &mut SessionStats, txn: &mut Txn, cmd: Command) -> Option<Event> {
         match cmd {
             Command::Stat => {
-                let (count, size) = totals(listing, deleted);
+                let (count, size) = txn.totals();
                 response::ok_fmt(out, format_args!("{count} {size}"));
             }
             Command::List(None) => {
-                let (count, size) = totals(listing, deleted);
+                let (count, size) = txn.totals();
                 response::ok_fmt(out, format_args!("{count} messages ({size} octets)"));
-                for (i, e) in listing.entries.iter().enumerate().filter(|(i, _)| !deleted[*i]) {
+                for (i, e) in txn.live_entries() {
                     response::line_fmt(out, format_args!("{} {}", i + 1, e.size));
                 }
                 response::end(out);
             }
-            Command::List(Some(n)) => match live(n, deleted) {
-                Some(i) => response::ok_fmt(out, format_args!("{n} {}", listing.entries[i].size)),
+            Command::List(Some(n)) => match txn.live(n) {
+                Some(i) => response::ok_fmt(out, format_args!("{n} {}", txn.listing.entries[i].size)),
                 None => response::err(out, None, NO_SUCH_MESSAGE),
             },
             Command::Uidl(None) => {
                 response::ok(out, "unique-id listing follows");
-                for (i, e) in listing.entries.iter().enumerate().filter(|(i, _)| !deleted[*i]) {
+                for (i, e) in txn.live_entries() {
                     response::line_fmt(out, format_args!("{} {}", i + 1, e.uid));
                 }
                 response::end(out);
             }
-            Command::Uidl(Some(n)) => match live(n, deleted) {
-                Some(i) => response::ok_fmt(out, format_args!("{n} {}", listing.entries[i].uid)),
+            Command::Uidl(Some(n)) => match txn.live(n) {
+                Some(i) => response::ok_fmt(out, format_args!("{n} {}", txn.listing.entries[i].uid)),
                 None => response::err(out, None, NO_SUCH_MESSAGE),
             },
-            Command::Retr(n) => match live(n, deleted) {
+            Command::Retr(n) => match txn.live(n) {
                 Some(index) => return Some(Event::Retrieve { index, top: None }),
                 None => response::err(out, None, NO_SUCH_MESSAGE),
             },
-            Command::Top(n, lines) => match live(n, deleted) {
-                Some(index) => {
-                    return Some(Event::Retrieve { index, top: Some(lines) });
-                }
+            Command::Top(n, lines) => match txn.live(n) {
+                Some(index) => return Some(Event::Retrieve { index, top: Some(lines) }),
                 None => response::err(out, None, NO_SUCH_MESSAGE),
             },
-            Command::Dele(n) => match live(n, deleted) {
+            Command::Dele(n) => match txn.live(n) {
                 Some(i) => {
-                    deleted[i] = true;
+                    txn.deleted[i] = true;
                     response::ok_fmt(out, format_args!("message {n} deleted"));
                 }
                 None => response::err(out, None, NO_SUCH_MESSAGE),
             },
             Command::Noop => response::ok(out, ""),
             Command::Rset => {
-                deleted.iter_mut().for_each(|d| *d = false);
-                let (count, size) = totals(listing, deleted);
+                txn.deleted.iter_mut().for_each(|d| *d = false);
+                let (count, size) = txn.totals();
                 response::ok_fmt(out, format_args!("maildrop has {count} messages ({size} octets)"));
             }
             Command::Quit => {
-                let list: Vec<usize> = deleted.iter().enumerate().filter(|(_, d)| **d).map(|(i, _)| i).collect();
-                stats.deleted = list.len();
-                return Some(Event::Commit { deleted: list });
+                // EXPIRE 0 (RFC 2449 section 6.7): what was retrieved goes at QUIT, DELE or not.
+                let expire_now = txn.expire == Some(Expire::Days(0));
+                let deleted: Vec<usize> =
+                    (0..txn.deleted.len()).filter(|&i| txn.deleted[i] || (expire_now && txn.retrieved[i])).collect();
+                let retrieved: Vec<usize> = (0..txn.retrieved.len()).filter(|&i| txn.retrieved[i]).collect();
+                stats.deleted = deleted.len();
+                return Some(Event::Commit { deleted, retrieved });
             }
             Command::User(_) | Command::Pass(_) | Command::Apop { .. } | Command::Auth(_) => {
                 response::err(out, None, "already authenticated");
@@ -447,6 +500,18 @@ impl ServerSession {
         if matches!(self.state, State::Authorization { .. }) && self.config.stls_available && !self.config.tls_active {
             response::line(out, "STLS");
         }
+        match (&self.state, self.config.expire) {
+            (State::Transaction(txn), _) => {
+                if let Some(e) = txn.expire {
+                    response::line(out, &format!("EXPIRE {e}"));
+                }
+            }
+            (_, Some(capa)) => {
+                let user = if capa.per_user { " USER" } else { "" };
+                response::line(out, &format!("EXPIRE {}{user}", capa.default));
+            }
+            (_, None) => {}
+        }
         if let Some(imp) = &self.config.implementation {
             response::line(out, &format!("IMPLEMENTATION {imp}"));
         }
@@ -454,15 +519,19 @@ impl ServerSession {
     }
 
     /// The driver's answer to [`Event::Authenticate`].
-    pub fn authenticated(&mut self, listing: Listing) {
+    pub fn authenticated(&mut self, listing: Listing, login: Login) {
         if !matches!(self.state, State::Authenticating) {
             return;
         }
         let (count, size) = (listing.entries.len(), listing.entries.iter().map(|e| e.size).sum::<u64>());
         response::ok_fmt(&mut self.out, format_args!("maildrop has {count} messages ({size} octets)"));
         self.stats.listed = count;
-        let deleted = vec![false; count];
-        self.state = State::Transaction { listing, deleted };
+        self.state = State::Transaction(Txn {
+            listing,
+            deleted: vec![false; count],
+            retrieved: vec![false; count],
+            expire: login.expire,
+        });
     }
 
     /// The driver's answer to [`Event::Authenticate`] when the login fails.
@@ -490,8 +559,15 @@ impl ServerSession {
     /// The driver opened the message of an [`Event::Retrieve`]: writes `+OK` and returns the
     /// encoder to stream the message through (into [`Self::output_mut`]), then `finish` it there.
     pub fn begin_message(&mut self, index: usize, top: Option<u64>) -> MessageEncoder {
-        let size = match &self.state {
-            State::Transaction { listing, .. } => listing.entries.get(index).map(|e| e.size).unwrap_or(0),
+        let size = match &mut self.state {
+            State::Transaction(txn) => {
+                if top.is_none()
+                    && let Some(r) = txn.retrieved.get_mut(index)
+                {
+                    *r = true;
+                }
+                txn.listing.entries.get(index).map_or(0, |e| e.size)
+            }
             _ => 0,
         };
         match top {
@@ -554,10 +630,6 @@ impl ServerSession {
             self.close();
         }
     }
-}
-
-fn totals(listing: &Listing, deleted: &[bool]) -> (usize, u64) {
-    listing.entries.iter().zip(deleted).filter(|(_, d)| !**d).fold((0, 0), |(c, s), (e, _)| (c + 1, s + e.size))
 }
 
 fn cleartext_refusal(stls: bool) -> &'static str {

@@ -2,7 +2,9 @@
 //! and input split into chunks of every size from 1 to 512 octets.
 
 use bytes::BytesMut;
-use pillarbox_proto::server::{AuthFailure, Credential, Event, Listing, ListingEntry, ServerSession, SessionConfig};
+use pillarbox_proto::server::{
+    AuthFailure, Credential, Event, Expire, ExpireCapa, Listing, ListingEntry, Login, ServerSession, SessionConfig,
+};
 use pillarbox_proto::transcript::{self, Step};
 use pillarbox_proto::{CrlfCounter, UniqueId, apop};
 
@@ -14,7 +16,9 @@ struct Harness {
     messages: Vec<Vec<u8>>,
     output: Vec<u8>,
     committed: Option<Vec<usize>>,
+    retrieved: Vec<usize>,
     locked: bool,
+    expire: Option<Expire>,
     tls_starts: usize,
 }
 
@@ -26,6 +30,7 @@ fn config() -> SessionConfig {
         stls_available: true,
         cleartext_allowed: true,
         implementation: Some("Pillarbox".into()),
+        expire: None,
     }
 }
 
@@ -36,7 +41,9 @@ impl Harness {
             messages,
             output: Vec::new(),
             committed: None,
+            retrieved: Vec::new(),
             locked: false,
+            expire: None,
             tls_starts: 0,
         };
         h.collect();
@@ -96,7 +103,7 @@ impl Harness {
                         self.session.auth_failed(AuthFailure::InUse);
                     } else {
                         let listing = self.listing();
-                        self.session.authenticated(listing);
+                        self.session.authenticated(listing, Login { expire: self.expire });
                     }
                 }
                 Event::Retrieve { index, top } => {
@@ -112,8 +119,9 @@ impl Harness {
                     self.tls_starts += 1;
                     self.session.tls_established();
                 }
-                Event::Commit { deleted } => {
+                Event::Commit { deleted, retrieved } => {
                     self.committed = Some(deleted);
+                    self.retrieved = retrieved;
                     self.session.committed(Ok(()));
                 }
             }
@@ -375,4 +383,35 @@ fn output_buffer_is_reused_not_grown_per_message() {
     enc.finish(&mut tail);
     assert!(max_buffered <= 4096 + 64);
     assert_eq!(sent + tail.len(), "+OK 100000 octets\r\n".len() + 100_000 + 5);
+}
+
+#[test]
+fn expire_is_announced_and_expire_zero_deletes_retrieved_messages_at_quit() {
+    let capa = ExpireCapa { default: Expire::Days(30), per_user: true };
+    let mut h = Harness::new(
+        SessionConfig { expire: Some(capa), ..config() },
+        vec![b"a\n".to_vec(), b"b\n".to_vec(), b"c\n".to_vec()],
+    );
+    assert!(h.cmd("CAPA").contains("\r\nEXPIRE 30 USER\r\n"));
+    h.expire = Some(Expire::Days(0));
+    h.login();
+    assert!(h.cmd("CAPA").contains("\r\nEXPIRE 0\r\n"), "after login: the user's value");
+    h.cmd("RETR 1");
+    h.cmd("TOP 2 0");
+    h.cmd("DELE 3");
+    h.cmd("QUIT");
+    assert_eq!(h.committed, Some(vec![0, 2]), "RETR'd and DELE'd go; TOP does not count as retrieval");
+    assert_eq!(h.retrieved, vec![0]);
+
+    let mut h = Harness::new(
+        SessionConfig { expire: Some(ExpireCapa { default: Expire::Never, per_user: false }), ..config() },
+        vec![b"a\n".to_vec()],
+    );
+    assert!(h.cmd("CAPA").contains("\r\nEXPIRE NEVER\r\n"));
+    h.expire = Some(Expire::Days(7));
+    h.login();
+    h.cmd("RETR 1");
+    h.cmd("QUIT");
+    assert_eq!(h.committed, Some(vec![]), "EXPIRE 7 keeps the message for now");
+    assert_eq!(h.retrieved, vec![0], "and the retrieval is reported so its age can be tracked");
 }

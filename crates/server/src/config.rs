@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use pillarbox_proto::Expire;
 use pillarbox_proto::limits::MIN_AUTOLOGOUT_SECS;
 use serde::Deserialize;
 
@@ -24,6 +25,11 @@ data_dir = "."
 pop3 = ["127.0.0.1:1110"]
 # POP3 over implicit TLS (RFC 8314). The standard port is 995.
 pop3s = ["127.0.0.1:1995"]
+# LMTP (RFC 2033) for the MTA to deliver into; keep it on loopback or a private network.
+lmtp = ["127.0.0.1:2424"]
+# LMTP on a Unix socket as well (e.g. for Postfix: lmtp:unix:/path), and its permissions.
+# lmtp_unix = "/var/spool/postfix/private/pillarbox-lmtp"
+lmtp_unix_mode = "0660"
 
 [tls]
 # PEM certificate chain and private key. A self-signed pair was generated on first start;
@@ -42,6 +48,12 @@ idle_timeout = "10m"
 allow_short_idle_timeout = false
 # Offer APOP to users who were given an APOP secret (`pillarbox user apop`).
 apop = true
+# Retention announced and enforced (RFC 2449 EXPIRE): "never", or the number of days after a
+# message was first retrieved when the server removes it; 0 removes retrieved messages at QUIT.
+# `pillarbox user expire` sets it per user.
+expire = "never"
+# How often retrieved messages past their retention are looked for.
+expunge_interval = "1h"
 
 [auth]
 # The user file (`pillarbox user add|passwd|del|list`).
@@ -53,6 +65,22 @@ trusted_networks = ["127.0.0.0/8", "::1/128"]
 [store]
 # Root of the users' Maildirs: user alice reads ROOT/alice/{cur,new,tmp}.
 maildir = "mail"
+
+[delivery]
+# Domains delivered to local users (user@domain); empty accepts every domain.
+domains = []
+# user+detail@domain is delivered to user.
+recipient_delimiter = "+"
+# Largest message accepted (units: B, KB, MB, GB, KiB, MiB, GiB).
+max_message_size = "50MB"
+max_recipients = 100
+# Default quotas for users without their own (`pillarbox user quota`); 0 means none.
+quota_bytes = "0"
+quota_messages = 0
+# Over quota: "permanent" (552 5.2.2, the sender bounces) or "temporary" (452 4.2.2, it retries).
+over_quota = "permanent"
+# LMTP autologout.
+idle_timeout = "5m"
 
 [limits]
 # Simultaneous connections; more are answered with -ERR [SYS/TEMP] and closed.
@@ -187,6 +215,8 @@ struct RawConfig {
     #[serde(default)]
     store: RawStore,
     #[serde(default)]
+    delivery: RawDelivery,
+    #[serde(default)]
     limits: RawLimits,
 }
 
@@ -201,6 +231,136 @@ struct RawListen {
     pop3: Vec<SocketAddr>,
     #[serde(default)]
     pop3s: Vec<SocketAddr>,
+    #[serde(default)]
+    lmtp: Vec<SocketAddr>,
+    #[serde(default)]
+    lmtp_unix: Option<PathBuf>,
+    #[serde(default = "default_socket_mode")]
+    lmtp_unix_mode: FileMode,
+}
+
+fn default_socket_mode() -> FileMode {
+    FileMode(0o660)
+}
+
+/// Permission bits written in octal, like `"0660"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+impl Default for FileMode {
+    fn default() -> Self {
+        default_socket_mode()
+    }
+}
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        u32::from_str_radix(s.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .map(FileMode)
+            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not an octal file mode like \"0660\"")))
+    }
+}
+
+/// A size written as a number of octets or with a unit: `50MB`, `2GiB`, `512KB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanSize(pub u64);
+
+impl FromStr for HumanSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (examples: 50MB, 1GiB, 4096)"))?;
+        let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+            "" | "B" => 1,
+            "KB" | "K" => 1000,
+            "MB" | "M" => 1000 * 1000,
+            "GB" | "G" => 1000 * 1000 * 1000,
+            "KIB" => 1 << 10,
+            "MIB" => 1 << 20,
+            "GIB" => 1 << 30,
+            other => return Err(format!("unknown unit {other:?} in {s:?}; use B, KB, MB, GB, KiB, MiB or GiB")),
+        };
+        n.checked_mul(mult).map(Self).ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Octets(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Octets(n) => Ok(Self(n)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A retention policy: `"never"` or a number of days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpireSetting(pub Expire);
+
+impl<'de> Deserialize<'de> for ExpireSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Days(u32),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Days(n) => Ok(Self(Expire::Days(n))),
+            Raw::Text(t) => pillarbox_auth::parse_expire(&t)
+                .map(Self)
+                .ok_or_else(|| serde::de::Error::custom(format!("{t:?}: use \"never\" or a number of days"))),
+        }
+    }
+}
+
+/// What to answer when a delivery would exceed a quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverQuota {
+    /// 552 5.2.2: the sender's MTA bounces the message.
+    Permanent,
+    /// 452 4.2.2: the sender's MTA keeps it and retries.
+    Temporary,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDelivery {
+    domains: Vec<String>,
+    recipient_delimiter: String,
+    max_message_size: HumanSize,
+    max_recipients: usize,
+    quota_bytes: HumanSize,
+    quota_messages: u64,
+    over_quota: OverQuota,
+    idle_timeout: HumanDuration,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        Self {
+            domains: Vec::new(),
+            recipient_delimiter: "+".into(),
+            max_message_size: HumanSize(50 * 1000 * 1000),
+            max_recipients: 100,
+            quota_bytes: HumanSize(0),
+            quota_messages: 0,
+            over_quota: OverQuota::Permanent,
+            idle_timeout: HumanDuration(Duration::from_secs(300)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -218,6 +378,8 @@ struct RawPop3 {
     /// Accept an idle_timeout below RFC 1939's 10-minute minimum (for tests and special setups).
     allow_short_idle_timeout: bool,
     apop: bool,
+    expire: ExpireSetting,
+    expunge_interval: HumanDuration,
 }
 
 impl Default for RawPop3 {
@@ -227,6 +389,8 @@ impl Default for RawPop3 {
             idle_timeout: HumanDuration(Duration::from_secs(MIN_AUTOLOGOUT_SECS)),
             allow_short_idle_timeout: false,
             apop: true,
+            expire: ExpireSetting(Expire::Never),
+            expunge_interval: HumanDuration(Duration::from_secs(3600)),
         }
     }
 }
@@ -280,15 +444,38 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub pop3: Vec<SocketAddr>,
     pub pop3s: Vec<SocketAddr>,
+    pub lmtp: Vec<SocketAddr>,
+    pub lmtp_unix: Option<PathBuf>,
+    pub lmtp_unix_mode: u32,
     pub tls: Option<TlsPaths>,
     pub lock: bool,
     pub idle_timeout: Duration,
     pub apop: bool,
+    /// Default retention (RFC 2449 EXPIRE).
+    pub expire: Expire,
+    pub expunge_interval: Duration,
     pub users_file: PathBuf,
     pub trusted_networks: Vec<Cidr>,
     pub maildir_root: PathBuf,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    pub delivery: Delivery,
+}
+
+/// LMTP delivery settings.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Lowercase domains delivered locally; empty accepts all.
+    pub domains: Vec<String>,
+    pub recipient_delimiter: String,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    /// Default quota in octets; 0 means none.
+    pub quota_bytes: u64,
+    /// Default quota in messages; 0 means none.
+    pub quota_messages: u64,
+    pub over_quota: OverQuota,
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -335,19 +522,43 @@ impl Config {
         if raw.listen.pop3.is_empty() && raw.listen.pop3s.is_empty() {
             return Err(invalid("[listen] has no pop3 or pop3s address; the server would accept nothing".into()));
         }
+        if raw.delivery.max_recipients == 0 {
+            return Err(field_at(text, path, "delivery", "max_recipients", "must be at least 1".into()));
+        }
+        if raw.delivery.max_message_size.0 == 0 {
+            return Err(field_at(text, path, "delivery", "max_message_size", "must be more than 0".into()));
+        }
+        if raw.pop3.expunge_interval.0.is_zero() {
+            return Err(field_at(text, path, "pop3", "expunge_interval", "must be more than 0".into()));
+        }
         Ok(Self {
             source: path.to_owned(),
             pop3: raw.listen.pop3,
             pop3s: raw.listen.pop3s,
+            lmtp: raw.listen.lmtp,
+            lmtp_unix: raw.listen.lmtp_unix.map(|p| rel(&p)),
+            lmtp_unix_mode: raw.listen.lmtp_unix_mode.0,
             tls: raw.tls.map(|t| TlsPaths { cert: rel(&t.cert), key: rel(&t.key) }),
             lock: raw.pop3.lock,
             idle_timeout: raw.pop3.idle_timeout.0,
             apop: raw.pop3.apop,
+            expire: raw.pop3.expire.0,
+            expunge_interval: raw.pop3.expunge_interval.0,
             users_file: rel(&raw.auth.users),
             trusted_networks: raw.auth.trusted_networks,
             maildir_root: rel(&raw.store.maildir),
             max_connections: raw.limits.max_connections,
             shutdown_grace: raw.limits.shutdown_grace.0,
+            delivery: Delivery {
+                domains: raw.delivery.domains.iter().map(|d| d.trim().to_ascii_lowercase()).collect(),
+                recipient_delimiter: raw.delivery.recipient_delimiter,
+                max_message_size: raw.delivery.max_message_size.0,
+                max_recipients: raw.delivery.max_recipients,
+                quota_bytes: raw.delivery.quota_bytes.0,
+                quota_messages: raw.delivery.quota_messages,
+                over_quota: raw.delivery.over_quota,
+                idle_timeout: raw.delivery.idle_timeout.0,
+            },
             data_dir,
         })
     }
@@ -424,6 +635,24 @@ mod tests {
         assert!(c.is_trusted("::1".parse().expect("ip")));
         assert!(c.is_trusted("::ffff:127.0.0.1".parse().expect("ip")));
         assert!(!c.is_trusted("192.0.2.1".parse().expect("ip")));
+        assert_eq!(c.lmtp, vec!["127.0.0.1:2424".parse().expect("addr")]);
+        assert_eq!(c.delivery.max_message_size, 50_000_000);
+        assert_eq!(c.expire, Expire::Never);
+        assert_eq!(c.lmtp_unix_mode, 0o660);
+    }
+
+    #[test]
+    fn sizes_and_expire() {
+        assert_eq!("50MB".parse::<HumanSize>().map(|s| s.0), Ok(50_000_000));
+        assert_eq!("2GiB".parse::<HumanSize>().map(|s| s.0), Ok(2 << 30));
+        assert_eq!("4096".parse::<HumanSize>().map(|s| s.0), Ok(4096));
+        assert!("5 parsecs".parse::<HumanSize>().is_err());
+        let c = parse("[listen]\npop3 = [\"127.0.0.1:1\"]\n[pop3]\nexpire = 30\n[delivery]\nquota_bytes = \"1GB\"\n")
+            .expect("valid");
+        assert_eq!((c.expire, c.delivery.quota_bytes), (Expire::Days(30), 1_000_000_000));
+        let e =
+            parse("[listen]\npop3 = [\"127.0.0.1:1\"]\n[delivery]\nover_quota = \"maybe\"\n").expect_err("bad enum");
+        assert!(e.to_string().contains("line 4, field `delivery.over_quota`"), "{e}");
     }
 
     #[test]

@@ -10,17 +10,18 @@
 use std::future::Future;
 use std::io::{self, Read};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use pillarbox_auth::{UserDb, UserFile, verify_password};
-use pillarbox_proto::server::{AuthFailure, Credential, Event, ServerSession, SessionConfig};
+use pillarbox_proto::server::{AuthFailure, Credential, Event, ExpireCapa, Login, ServerSession, SessionConfig};
 use pillarbox_proto::{UserName, apop, response};
-use pillarbox_store::{Maildrop, Mailstore, StoreError};
+use pillarbox_store::{Maildrop, Mailstore, StoreError, Update};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
@@ -43,7 +44,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum ServerError {
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        addr: SocketAddr,
+        addr: String,
         #[source]
         source: io::Error,
     },
@@ -53,36 +54,111 @@ pub enum ServerError {
     NoTls,
 }
 
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// POP3, with STLS to upgrade.
+    Pop3,
+    /// POP3 over implicit TLS.
+    Pop3s,
+    /// LMTP, for the MTA.
+    Lmtp,
+}
+
+impl Service {
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Pop3 => "pop3",
+            Service::Pop3s => "pop3s",
+            Service::Lmtp => "lmtp",
+        }
+    }
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
 /// Bound listening sockets, so the caller can report the real addresses (port 0) before serving.
 pub struct Listeners {
-    pop3: Vec<TcpListener>,
-    pop3s: Vec<TcpListener>,
+    bound: Vec<(Service, Listener)>,
+}
+
+/// Where the listeners should be.
+#[derive(Debug, Clone, Default)]
+pub struct ListenAddrs {
+    pub pop3: Vec<SocketAddr>,
+    pub pop3s: Vec<SocketAddr>,
+    pub lmtp: Vec<SocketAddr>,
+    pub lmtp_unix: Option<(PathBuf, u32)>,
+}
+
+impl ListenAddrs {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            pop3: config.pop3.clone(),
+            pop3s: config.pop3s.clone(),
+            lmtp: config.lmtp.clone(),
+            lmtp_unix: config.lmtp_unix.clone().map(|p| (p, config.lmtp_unix_mode)),
+        }
+    }
 }
 
 impl Listeners {
-    pub async fn bind(pop3: &[SocketAddr], pop3s: &[SocketAddr]) -> Result<Self, ServerError> {
-        async fn all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ServerError> {
-            let mut v = Vec::new();
-            for &addr in addrs {
-                v.push(TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?);
+    pub async fn bind(addrs: &ListenAddrs) -> Result<Self, ServerError> {
+        let mut bound = Vec::new();
+        for (service, list) in
+            [(Service::Pop3, &addrs.pop3), (Service::Pop3s, &addrs.pop3s), (Service::Lmtp, &addrs.lmtp)]
+        {
+            for &addr in list {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr: addr.to_string(), source })?;
+                bound.push((service, Listener::Tcp(l)));
             }
-            Ok(v)
         }
-        Ok(Self { pop3: all(pop3).await?, pop3s: all(pop3s).await? })
+        if let Some((path, mode)) = &addrs.lmtp_unix {
+            bound.push((Service::Lmtp, Listener::Unix(bind_unix(path, *mode)?, path.clone())));
+        }
+        Ok(Self { bound })
     }
 
-    /// `("pop3" | "pop3s", address)` for every listener.
-    pub fn local_addrs(&self) -> Vec<(&'static str, SocketAddr)> {
-        let mut v = Vec::new();
-        for (kind, ls) in [("pop3", &self.pop3), ("pop3s", &self.pop3s)] {
-            v.extend(ls.iter().filter_map(|l| l.local_addr().ok()).map(|a| (kind, a)));
-        }
-        v
+    /// `(service, address)` for every listener.
+    pub fn local_addrs(&self) -> Vec<(Service, String)> {
+        self.bound
+            .iter()
+            .filter_map(|(s, l)| match l {
+                Listener::Tcp(t) => t.local_addr().ok().map(|a| (*s, a.to_string())),
+                Listener::Unix(_, p) => Some((*s, format!("unix:{}", p.display()))),
+            })
+            .collect()
     }
 }
 
+/// Bind a Unix socket, replacing a stale socket file that nothing listens on any more.
+fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServerError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let err = |source| ServerError::Bind { addr: format!("unix:{}", path.display()), source };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(err(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket")));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(err(io::Error::new(io::ErrorKind::AddrInUse, "another process listens on it")));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    Ok(listener)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub(crate) enum Phase {
     Running,
     /// No new connections; open sessions go on until the grace period ends.
     Draining,
@@ -90,12 +166,12 @@ enum Phase {
     Closing,
 }
 
-struct Shared {
-    config: Arc<Config>,
-    store: Arc<dyn Mailstore>,
-    users: UserDb,
+pub(crate) struct Shared {
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: Arc<dyn Mailstore>,
+    pub(crate) users: UserDb,
     tls: Option<TlsAcceptor>,
-    hostname: String,
+    pub(crate) hostname: String,
     connections: Arc<Semaphore>,
 }
 
@@ -130,16 +206,16 @@ impl Server {
     pub async fn run(&self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
         let (phase_tx, phase_rx) = watch::channel(Phase::Running);
         let mut accepters = Vec::new();
-        for (implicit, list) in [(false, listeners.pop3), (true, listeners.pop3s)] {
-            for listener in list {
-                accepters.push(tokio::spawn(accept_loop(self.shared.clone(), listener, implicit, phase_rx.clone())));
-            }
+        for (service, listener) in listeners.bound {
+            accepters.push(tokio::spawn(accept_loop(self.shared.clone(), listener, service, phase_rx.clone())));
         }
+        let expunger = tokio::spawn(crate::expunge::run(self.shared.clone(), phase_rx.clone()));
         shutdown.await;
         let _ = phase_tx.send(Phase::Draining);
         for a in accepters {
             let _ = a.await;
         }
+        let _ = expunger.await;
         let max = u32::try_from(self.shared.config.max_connections).unwrap_or(u32::MAX);
         let open = self.shared.config.max_connections - self.shared.connections.available_permits();
         info!(open_sessions = open, grace_secs = self.shared.config.shutdown_grace.as_secs(), "shutting down");
@@ -152,11 +228,11 @@ impl Server {
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, implicit: bool, mut phase: watch::Receiver<Phase>) {
+async fn accept_loop(shared: Arc<Shared>, listener: Listener, service: Service, mut phase: watch::Receiver<Phase>) {
     loop {
         let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = phase.wait_for(|p| *p != Phase::Running) => return,
+            r = accept(&listener) => r,
+            _ = phase.wait_for(|p| *p != Phase::Running) => break,
         };
         let (stream, peer) = match accepted {
             Ok(x) => x,
@@ -167,20 +243,62 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, implicit: bool,
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
             warn!(client = %peer, limit = shared.config.max_connections, "connection refused: too many connections");
-            if !implicit {
-                tokio::spawn(refuse(stream));
+            if let (Stream::Tcp(tcp), Service::Pop3) = (stream, service) {
+                tokio::spawn(refuse(tcp));
             }
             continue;
         };
         let shared = shared.clone();
         let phase = phase.clone();
         tokio::spawn(async move {
-            session(shared, stream, peer, implicit, phase).await;
+            match (service, stream) {
+                (Service::Pop3 | Service::Pop3s, Stream::Tcp(tcp)) => {
+                    session(shared, tcp, peer.addr, service == Service::Pop3s, phase).await;
+                }
+                (Service::Lmtp, Stream::Tcp(tcp)) => crate::lmtp::session(shared, tcp, peer.to_string(), phase).await,
+                (Service::Lmtp, Stream::Unix(unix)) => {
+                    crate::lmtp::session(shared, unix, peer.to_string(), phase).await
+                }
+                (_, Stream::Unix(_)) => {}
+            }
             drop(permit);
         });
+    }
+    if let Listener::Unix(_, path) = &listener {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// The peer of a connection: an IP address, or a local socket.
+struct Peer {
+    addr: SocketAddr,
+    local: bool,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.local { f.write_str("local") } else { write!(f, "{}", self.addr) }
+    }
+}
+
+async fn accept(listener: &Listener) -> io::Result<(Stream, Peer)> {
+    match listener {
+        Listener::Tcp(l) => {
+            let (s, addr) = l.accept().await?;
+            let _ = s.set_nodelay(true);
+            Ok((Stream::Tcp(s), Peer { addr, local: false }))
+        }
+        Listener::Unix(l, _) => {
+            let (s, _) = l.accept().await?;
+            Ok((Stream::Unix(s), Peer { addr: SocketAddr::from(([0, 0, 0, 0], 0)), local: true }))
+        }
     }
 }
 
@@ -296,6 +414,10 @@ async fn session(
         stls_available: !implicit && shared.tls.is_some(),
         cleartext_allowed: shared.config.is_trusted(peer.ip()),
         implementation: Some(format!("Pillarbox-{}", env!("CARGO_PKG_VERSION"))),
+        expire: Some(ExpireCapa {
+            default: shared.config.expire,
+            per_user: users.users.values().any(|u| u.expire.is_some_and(|e| e != shared.config.expire)),
+        }),
     };
     let mut conv = Conversation { shared, session: ServerSession::new(config), maildrop: None, bytes_out: 0 };
     let end = conv.run(conn, phase).await;
@@ -364,9 +486,9 @@ impl Conversation {
                 Event::Authenticate { user, credential } => {
                     let result = self.authenticate(user, credential).await;
                     match result {
-                        Ok(opened) => {
+                        Ok((opened, login)) => {
                             self.maildrop = Some(opened.maildrop);
-                            self.session.authenticated(opened.listing);
+                            self.session.authenticated(opened.listing, login);
                         }
                         Err(f) => self.session.auth_failed(f),
                     }
@@ -390,11 +512,13 @@ impl Conversation {
                     };
                     self.session.tls_established();
                 }
-                Event::Commit { deleted } => {
+                Event::Commit { deleted, retrieved } => {
                     let result = match self.maildrop.take() {
-                        Some(mut md) => tokio::task::spawn_blocking(move || md.delete(&deleted))
-                            .await
-                            .unwrap_or_else(|e| Err(StoreError::io("applying deletions", io::Error::other(e)))),
+                        Some(mut md) => tokio::task::spawn_blocking(move || {
+                            md.commit(&Update { deleted: &deleted, retrieved: &retrieved, now: unix_now() })
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(StoreError::io("applying deletions", io::Error::other(e)))),
                         None => Ok(()),
                     };
                     if let Err(e) = &result {
@@ -419,7 +543,7 @@ impl Conversation {
         &mut self,
         user: String,
         credential: Credential,
-    ) -> Result<pillarbox_store::Opened, AuthFailure> {
+    ) -> Result<(pillarbox_store::Opened, Login), AuthFailure> {
         let shared = self.shared.clone();
         let job = move || {
             let (users, problem) = shared.users.current();
@@ -435,6 +559,7 @@ impl Conversation {
                     .is_some_and(|s| apop::verify(timestamp, s.expose(), digest.expose())),
             };
             let method = if matches!(credential, Credential::Password(_)) { "USER/PASS" } else { "APOP" };
+            let expire = record.and_then(|r| r.expire).unwrap_or(shared.config.expire);
             let name = match (ok, name) {
                 (true, Some(n)) => n,
                 _ => {
@@ -445,7 +570,7 @@ impl Conversation {
             match shared.store.open(&name, shared.config.lock) {
                 Ok(opened) => {
                     info!(target: "pillarbox::auth", user = %name, method, result = "ok", "logged in");
-                    Ok(opened)
+                    Ok((opened, Login { expire: Some(expire) }))
                 }
                 Err(StoreError::InUse) => Err(AuthFailure::InUse),
                 Err(e) => {
@@ -503,8 +628,13 @@ fn is_permanent(e: &StoreError) -> bool {
 }
 
 /// Resolves when the server starts closing sessions (never, if the server is gone).
-async fn closing(phase: &mut watch::Receiver<Phase>) {
+pub(crate) async fn closing(phase: &mut watch::Receiver<Phase>) {
     if phase.wait_for(|p| *p == Phase::Closing).await.is_err() {
         std::future::pending::<()>().await;
     }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -5,7 +5,9 @@
 pub mod config;
 pub mod datadir;
 mod driver;
+mod expunge;
+mod lmtp;
 pub mod tls;
 
 pub use config::{Config, ConfigError};
-pub use driver::{Listeners, Server, ServerError};
+pub use driver::{ListenAddrs, Listeners, Server, ServerError, Service};

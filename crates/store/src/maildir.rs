@@ -8,7 +8,7 @@
 //! files that other programs add, remove or rename are picked up, a stale or damaged index is
 //! rebuilt, and an entry is used only if its stored size still matches the file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -19,11 +19,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use pillarbox_proto::{CrlfCounter, Listing, ListingEntry, UserName};
 use tracing::{debug, warn};
 
-use crate::{Delivered, Maildrop, Mailstore, Opened, StoreError, uid_for_name};
+use crate::{Delivered, Maildrop, Mailstore, Opened, PendingDelivery, StoreError, Update, Usage, uid_for_name};
 
 const INDEX_FILE: &str = "pillarbox-index";
 const INDEX_MAGIC: &str = "pillarbox-index 1";
 const LOCK_FILE: &str = "pillarbox-pop3.lock";
+const RETRIEVED_FILE: &str = "pillarbox-retrieved";
 const SUBDIRS: [&str; 3] = ["cur", "new", "tmp"];
 
 /// Maildrops under one directory: user `alice` lives in `ROOT/alice/{cur,new,tmp}`.
@@ -272,60 +273,91 @@ impl Mailstore for MaildirStore {
             entries: found.iter().map(|f| ListingEntry { size: f.size, uid: uid_for_name(f.base()) }).collect(),
         };
         debug!(user = %user, messages = found.len(), "maildrop opened");
-        Ok(Opened { listing, maildrop: Box::new(MaildirDrop { dir, found, _lock: lock }) })
+        Ok(Opened { listing, maildrop: Box::new(MaildirDrop { dir, found, retrieved: None, _lock: lock }) })
     }
 
-    fn deliver(&self, user: &UserName, message: &mut dyn Read, max_size: Option<u64>) -> Result<Delivered, StoreError> {
+    fn begin_delivery(&self, user: &UserName) -> Result<Box<dyn PendingDelivery>, StoreError> {
         let dir = self.maildir(user);
         self.ensure(&dir)?;
         let unique = unique_name();
         let tmp = dir.join("tmp").join(&unique);
-        let result = write_tmp(&tmp, message, max_size).and_then(|(raw_size, size)| {
-            let name = format!("{unique},S={raw_size},W={size}");
-            let new_dir = dir.join("new");
-            let dest = new_dir.join(&name);
-            fs::rename(&tmp, &dest)
-                .map_err(|e| StoreError::io(format!("moving message into {}", new_dir.display()), e))?;
-            fsync_dir(&new_dir).map_err(|e| StoreError::io(format!("syncing {}", new_dir.display()), e))?;
-            Ok(Delivered { name, raw_size, size })
-        });
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| StoreError::io(format!("creating {}", tmp.display()), e))?;
+        Ok(Box::new(MaildirPending {
+            dir,
+            unique,
+            tmp,
+            file: Some(io::BufWriter::with_capacity(64 * 1024, file)),
+            raw: 0,
+            counter: CrlfCounter::new(),
+        }))
+    }
+
+    fn usage(&self, user: &UserName) -> Result<Usage, StoreError> {
+        let dir = self.maildir(user);
+        self.ensure(&dir)?;
+        let found = scan(&dir)?;
+        Ok(Usage { messages: found.len() as u64, bytes: found.iter().map(|f| f.size).sum() })
     }
 }
 
-/// Copy the message into `tmp`, counting its stored and CRLF sizes, and make it durable.
-fn write_tmp(tmp: &Path, message: &mut dyn Read, max_size: Option<u64>) -> Result<(u64, u64), StoreError> {
-    let ctx = |what: &str| format!("{what} {}", tmp.display());
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(tmp)
-        .map_err(|e| StoreError::io(ctx("creating"), e))?;
-    let mut counter = CrlfCounter::new();
-    let mut raw: u64 = 0;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match message.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(StoreError::io("reading the message", e)),
+/// A message being written in `tmp/`; removed again unless committed.
+struct MaildirPending {
+    dir: PathBuf,
+    unique: String,
+    /// Empty once committed.
+    tmp: PathBuf,
+    file: Option<io::BufWriter<File>>,
+    raw: u64,
+    counter: CrlfCounter,
+}
+
+impl PendingDelivery for MaildirPending {
+    fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        let Some(file) = self.file.as_mut() else {
+            return Err(StoreError::io("writing a message", io::Error::other("already committed")));
         };
-        raw += n as u64;
-        if let Some(limit) = max_size
-            && raw > limit
-        {
-            return Err(StoreError::TooLarge { limit });
-        }
-        counter.update(&buf[..n]);
-        file.write_all(&buf[..n]).map_err(|e| StoreError::io(ctx("writing"), e))?;
+        file.write_all(data).map_err(|e| StoreError::io(format!("writing {}", self.tmp.display()), e))?;
+        self.raw += data.len() as u64;
+        self.counter.update(data);
+        Ok(())
     }
-    file.sync_all().map_err(|e| StoreError::io(ctx("syncing"), e))?;
-    Ok((raw, counter.size()))
+
+    fn size(&self) -> u64 {
+        self.counter.size()
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<Delivered, StoreError> {
+        let ctx = |what: &str, p: &Path| format!("{what} {}", p.display());
+        let Some(file) = self.file.take() else {
+            return Err(StoreError::io("committing a message", io::Error::other("already committed")));
+        };
+        let file = file.into_inner().map_err(|e| StoreError::io(ctx("writing", &self.tmp), e.into_error()))?;
+        file.sync_all().map_err(|e| StoreError::io(ctx("syncing", &self.tmp), e))?;
+        drop(file);
+        let name = format!("{},S={},W={}", self.unique, self.raw, self.counter.size());
+        let new_dir = self.dir.join("new");
+        fs::rename(&self.tmp, new_dir.join(&name))
+            .map_err(|e| StoreError::io(ctx("moving message into", &new_dir), e))?;
+        self.tmp = PathBuf::new();
+        // The rename is only durable once the directory is synced; a failure here is reported so
+        // the sender retries (a duplicate is better than a loss).
+        fsync_dir(&new_dir).map_err(|e| StoreError::io(ctx("syncing", &new_dir), e))?;
+        Ok(Delivered { name, raw_size: self.raw, size: self.counter.size() })
+    }
+}
+
+impl Drop for MaildirPending {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            drop(self.file.take());
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 static DELIVERIES: AtomicU64 = AtomicU64::new(0);
@@ -372,6 +404,8 @@ fn unique_name() -> String {
 struct MaildirDrop {
     dir: PathBuf,
     found: Vec<Found>,
+    /// First retrieval times by base name, loaded on first use.
+    retrieved: Option<HashMap<String, u64>>,
     /// The exclusive lock, released on drop.
     _lock: Option<File>,
 }
@@ -420,23 +454,91 @@ impl Maildrop for MaildirDrop {
         Err(StoreError::Gone)
     }
 
-    fn delete(&mut self, indexes: &[usize]) -> Result<(), StoreError> {
+    fn retrieved_at(&mut self, index: usize) -> Option<u64> {
+        let base = self.found.get(index)?.base().to_owned();
+        let dir = &self.dir;
+        self.retrieved.get_or_insert_with(|| read_retrieved(&dir.join(RETRIEVED_FILE))).get(&base).copied()
+    }
+
+    fn commit(&mut self, update: &Update<'_>) -> Result<(), StoreError> {
         let mut first_error = None;
-        for &i in indexes {
+        for &i in update.deleted {
             if let Err(e) = self.remove(i) {
                 warn!(dir = %self.dir.display(), error = %e, "could not remove a deleted message");
                 first_error.get_or_insert(StoreError::io(format!("removing a message in {}", self.dir.display()), e));
             }
         }
         // Make the removals durable before the client is told they happened.
-        for sub in ["cur", "new"] {
-            let p = self.dir.join(sub);
-            if let Err(e) = fsync_dir(&p) {
-                first_error.get_or_insert(StoreError::io(format!("syncing {}", p.display()), e));
+        if !update.deleted.is_empty() {
+            for sub in ["cur", "new"] {
+                let p = self.dir.join(sub);
+                if let Err(e) = fsync_dir(&p) {
+                    first_error.get_or_insert(StoreError::io(format!("syncing {}", p.display()), e));
+                }
             }
+        }
+        if let Err(e) = self.record_retrievals(update) {
+            // This only delays retention; the session's own work is done.
+            warn!(dir = %self.dir.display(), error = %e, "could not record retrieval times");
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+impl MaildirDrop {
+    /// Add first retrieval times and forget removed messages, rewriting the file if that changes it.
+    fn record_retrievals(&mut self, update: &Update<'_>) -> io::Result<()> {
+        let path = self.dir.join(RETRIEVED_FILE);
+        if update.retrieved.is_empty() && (update.deleted.is_empty() || !path.exists()) {
+            return Ok(());
+        }
+        let base_of = |i: &usize| self.found.get(*i).map(|f| f.base().to_owned());
+        let deleted: HashSet<String> = update.deleted.iter().filter_map(base_of).collect();
+        // Read again: another session (with lock = false) may have recorded something meanwhile.
+        let mut map = read_retrieved(&path);
+        let before = map.len();
+        map.retain(|base, _| !deleted.contains(base));
+        let mut changed = map.len() != before;
+        for base in update.retrieved.iter().filter_map(base_of).filter(|b| !deleted.contains(b)) {
+            if let std::collections::hash_map::Entry::Vacant(v) = map.entry(base) {
+                v.insert(update.now);
+                changed = true;
+            }
+        }
+        if changed {
+            write_retrieved(&self.dir, &map)?;
+        }
+        self.retrieved = Some(map);
+        Ok(())
+    }
+}
+
+/// First retrieval times: `base<TAB>unix-seconds` lines. Unreadable lines are skipped (the worst
+/// outcome is that a message is kept longer).
+fn read_retrieved(path: &Path) -> HashMap<String, u64> {
+    let Ok(text) = fs::read_to_string(path) else { return HashMap::new() };
+    text.lines()
+        .filter_map(|l| {
+            let (base, t) = l.split_once('\t')?;
+            Some((base.to_owned(), t.parse().ok()?))
+        })
+        .collect()
+}
+
+fn write_retrieved(dir: &Path, map: &HashMap<String, u64>) -> io::Result<()> {
+    let tmp = dir.join(format!("{RETRIEVED_FILE}.tmp.{}", unique_suffix()));
+    let result = (|| {
+        let mut w = io::BufWriter::new(OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?);
+        for (base, t) in map {
+            writeln!(w, "{base}\t{t}")?;
+        }
+        w.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()?;
+        fs::rename(&tmp, dir.join(RETRIEVED_FILE))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 #[cfg(test)]

@@ -6,15 +6,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use pillarbox_proto::{CrlfCounter, Listing, ListingEntry, UniqueId, UserName};
 
-use crate::{Delivered, Maildrop, Mailstore, Opened, StoreError};
+use crate::{Delivered, Maildrop, Mailstore, Opened, PendingDelivery, StoreError, Update, Usage};
 
 /// A stored message: its unique id and content.
 type Message = (UniqueId, Arc<Vec<u8>>);
 
 #[derive(Default)]
 struct Inner {
-    /// Per user: (unique id, content), in delivery order.
+    /// Per user, in delivery order.
     boxes: HashMap<UserName, Vec<Message>>,
+    /// First retrieval times by unique id.
+    retrieved: HashMap<UniqueId, u64>,
     locked: HashSet<UserName>,
     next_id: u64,
 }
@@ -34,6 +36,12 @@ impl MemoryStore {
     }
 }
 
+fn crlf_len(data: &[u8]) -> u64 {
+    let mut c = CrlfCounter::new();
+    c.update(data);
+    c.size()
+}
+
 impl Mailstore for MemoryStore {
     fn open(&self, user: &UserName, exclusive: bool) -> Result<Opened, StoreError> {
         let mut inner = self.lock();
@@ -41,36 +49,49 @@ impl Mailstore for MemoryStore {
             return Err(StoreError::InUse);
         }
         let messages = inner.boxes.get(user).cloned().unwrap_or_default();
-        let entries = messages
-            .iter()
-            .map(|(uid, m)| {
-                let mut c = CrlfCounter::new();
-                c.update(m);
-                ListingEntry { size: c.size(), uid: uid.clone() }
-            })
-            .collect();
+        let entries = messages.iter().map(|(uid, m)| ListingEntry { size: crlf_len(m), uid: uid.clone() }).collect();
         Ok(Opened {
             listing: Listing { entries },
             maildrop: Box::new(MemoryDrop { store: self.clone(), user: user.clone(), exclusive, messages }),
         })
     }
 
-    fn deliver(&self, user: &UserName, message: &mut dyn Read, max_size: Option<u64>) -> Result<Delivered, StoreError> {
-        let mut data = Vec::new();
-        message.read_to_end(&mut data).map_err(|e| StoreError::io("reading the message", e))?;
-        if let Some(limit) = max_size.filter(|&l| data.len() as u64 > l) {
-            return Err(StoreError::TooLarge { limit });
-        }
-        let mut c = CrlfCounter::new();
-        c.update(&data);
-        let mut inner = self.lock();
+    fn begin_delivery(&self, user: &UserName) -> Result<Box<dyn PendingDelivery>, StoreError> {
+        Ok(Box::new(MemoryPending { store: self.clone(), user: user.clone(), data: Vec::new() }))
+    }
+
+    fn usage(&self, user: &UserName) -> Result<Usage, StoreError> {
+        let inner = self.lock();
+        let msgs = inner.boxes.get(user).map(Vec::as_slice).unwrap_or_default();
+        Ok(Usage { messages: msgs.len() as u64, bytes: msgs.iter().map(|(_, m)| crlf_len(m)).sum() })
+    }
+}
+
+struct MemoryPending {
+    store: MemoryStore,
+    user: UserName,
+    data: Vec<u8>,
+}
+
+impl PendingDelivery for MemoryPending {
+    fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        self.data.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn size(&self) -> u64 {
+        crlf_len(&self.data)
+    }
+
+    fn commit(self: Box<Self>) -> Result<Delivered, StoreError> {
+        let mut inner = self.store.lock();
         inner.next_id += 1;
         let name = format!("mem{}", inner.next_id);
         let uid =
             UniqueId::new(name.clone()).map_err(|e| StoreError::io("naming the message", std::io::Error::other(e)))?;
-        let raw_size = data.len() as u64;
-        inner.boxes.entry(user.clone()).or_default().push((uid, Arc::new(data)));
-        Ok(Delivered { name, raw_size, size: c.size() })
+        let (raw_size, size) = (self.data.len() as u64, crlf_len(&self.data));
+        inner.boxes.entry(self.user.clone()).or_default().push((uid, Arc::new(self.data)));
+        Ok(Delivered { name, raw_size, size })
     }
 }
 
@@ -105,11 +126,21 @@ impl Maildrop for MemoryDrop {
         Ok(Box::new(SharedBytes(Cursor::new(Arc::clone(data)))))
     }
 
-    fn delete(&mut self, indexes: &[usize]) -> Result<(), StoreError> {
-        let doomed: HashSet<&UniqueId> = indexes.iter().filter_map(|&i| self.messages.get(i).map(|(u, _)| u)).collect();
+    fn retrieved_at(&mut self, index: usize) -> Option<u64> {
+        let (uid, _) = self.messages.get(index)?;
+        self.store.lock().retrieved.get(uid).copied()
+    }
+
+    fn commit(&mut self, update: &Update<'_>) -> Result<(), StoreError> {
+        let uid_of = |i: &usize| self.messages.get(*i).map(|(u, _)| u.clone());
+        let doomed: HashSet<UniqueId> = update.deleted.iter().filter_map(uid_of).collect();
         let mut inner = self.store.lock();
         if let Some(b) = inner.boxes.get_mut(&self.user) {
             b.retain(|(u, _)| !doomed.contains(u));
+        }
+        inner.retrieved.retain(|u, _| !doomed.contains(u));
+        for uid in update.retrieved.iter().filter_map(uid_of).filter(|u| !doomed.contains(u)) {
+            inner.retrieved.entry(uid).or_insert(update.now);
         }
         Ok(())
     }

@@ -5,7 +5,7 @@ use std::io::Read;
 use pillarbox_proto::UserName;
 use pillarbox_store::maildir::MaildirStore;
 use pillarbox_store::memory::MemoryStore;
-use pillarbox_store::{Mailstore, StoreError};
+use pillarbox_store::{Mailstore, StoreError, Update, Usage};
 
 fn user(name: &str) -> UserName {
     UserName::new(name).expect("valid name")
@@ -60,14 +60,50 @@ fn suite(store: &dyn Mailstore) {
     assert_eq!(held.listing.entries.len(), 2);
 
     // Deleting removes exactly the chosen messages; deleting twice is not an error.
-    held.maildrop.delete(&[0]).expect("delete");
-    held.maildrop.delete(&[0]).expect("delete again is harmless");
+    held.maildrop.commit(&Update { deleted: &[0], ..Update::default() }).expect("delete");
+    held.maildrop.commit(&Update { deleted: &[0], ..Update::default() }).expect("delete again is harmless");
     assert!(matches!(held.maildrop.open_message(0), Err(StoreError::Gone)));
     drop(held);
     let after = store.open(&alice, false).expect("open");
     assert_eq!(after.listing.entries.len(), 2);
     assert_eq!(after.listing.entries[0].uid, first[1], "the survivor keeps its id");
     assert!(!after.listing.entries.iter().any(|e| e.uid == first[0]), "a deleted id is not reused");
+
+    // Usage counts CRLF octets of what is there now.
+    let u = store.usage(&alice).expect("usage");
+    assert_eq!(u.messages, 2);
+    assert_eq!(u, Usage { messages: 2, bytes: after.listing.entries.iter().map(|e| e.size).sum() });
+
+    // Retrieval times: recorded once (the first time wins), forgotten with the message, and
+    // used by the expunger, which leaves a maildrop in use alone.
+    let mut s = store.open(&alice, true).expect("open");
+    assert_eq!(s.maildrop.retrieved_at(0), None);
+    s.maildrop.commit(&Update { deleted: &[], retrieved: &[0], now: 1000 }).expect("commit");
+    drop(s);
+    let mut s = store.open(&alice, true).expect("open");
+    assert_eq!(s.maildrop.retrieved_at(0), Some(1000));
+    s.maildrop.commit(&Update { deleted: &[], retrieved: &[0, 1], now: 2000 }).expect("commit");
+    assert_eq!(s.maildrop.retrieved_at(0), Some(1000), "first retrieval wins");
+    assert_eq!(store.expunge_retrieved(&alice, 1500).expect("expunge"), None, "in use: skipped");
+    drop(s);
+    assert_eq!(store.expunge_retrieved(&alice, 1500).expect("expunge"), Some(1));
+    let mut s = store.open(&alice, false).expect("open");
+    assert_eq!(s.listing.entries.len(), 1);
+    assert_eq!(s.maildrop.retrieved_at(0), Some(2000));
+    drop(s);
+
+    // A pending delivery that is dropped leaves nothing; a committed one is complete.
+    let mut p = store.begin_delivery(&bob).expect("begin");
+    p.write(b"half a mess").expect("write");
+    drop(p);
+    let before = store.usage(&bob).expect("usage").messages;
+    let mut p = store.begin_delivery(&bob).expect("begin");
+    p.write(b"Subject: in\n").expect("write");
+    p.write(b"\nchunks\n").expect("write");
+    assert_eq!(p.size(), 23);
+    let d = p.commit().expect("commit");
+    assert_eq!((d.raw_size, d.size), (20, 23));
+    assert_eq!(store.usage(&bob).expect("usage").messages, before + 1);
 
     // Size limit: nothing is stored.
     let before = store.open(&bob, false).expect("open").listing.entries.len();

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use pillarbox_proto::UserName;
 use pillarbox_store::maildir::MaildirStore;
-use pillarbox_store::{Mailstore, StoreError};
+use pillarbox_store::{Mailstore, StoreError, Update};
 
 fn alice() -> UserName {
     UserName::new("alice").expect("valid")
@@ -91,7 +91,7 @@ fn message_renamed_during_a_session_is_still_served() {
     let mut content = Vec::new();
     opened.maildrop.open_message(0).expect("relocated").read_to_end(&mut content).expect("read");
     assert_eq!(content, b"Subject: x\n\nhello\n");
-    opened.maildrop.delete(&[0]).expect("delete follows the rename too");
+    opened.maildrop.commit(&Update { deleted: &[0], ..Update::default() }).expect("delete follows the rename too");
     assert_eq!(fs::read_dir(md.join("cur")).expect("cur").count(), 0);
 }
 
@@ -104,7 +104,7 @@ fn message_removed_behind_the_session_is_gone_not_an_error_to_delete() {
         fs::remove_file(e.expect("entry").path()).expect("rm");
     }
     assert!(matches!(opened.maildrop.open_message(0), Err(StoreError::Gone)));
-    opened.maildrop.delete(&[0]).expect("already gone counts as deleted");
+    opened.maildrop.commit(&Update { deleted: &[0], ..Update::default() }).expect("already gone counts as deleted");
 }
 
 #[test]

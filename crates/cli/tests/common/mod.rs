@@ -27,6 +27,7 @@ pub struct Pillarbox {
     pub child: Option<Child>,
     pub pop3: Option<SocketAddr>,
     pub pop3s: Option<SocketAddr>,
+    pub lmtp: Option<SocketAddr>,
     stderr_path: PathBuf,
 }
 
@@ -35,7 +36,7 @@ impl Pillarbox {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let stderr_path = dir.path().join("server.log");
-        let pb = Self { dir, child: None, pop3: None, pop3s: None, stderr_path };
+        let pb = Self { dir, child: None, pop3: None, pop3s: None, lmtp: None, stderr_path };
         pb.add_user("alice", PASSWORD);
         pb
     }
@@ -104,10 +105,16 @@ impl Pillarbox {
 
     /// Start `serve` on ephemeral loopback ports and wait until it listens.
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// Like [`Self::start`], with extra `serve` arguments.
+    pub fn start_with(&mut self, extra: &[&str]) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr_path).expect("log");
         let mut child = self
             .cmd()
-            .args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"])
+            .args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0", "--lmtp", "127.0.0.1:0"])
+            .args(extra)
             .env("PILLARBOX_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(log)
@@ -115,8 +122,8 @@ impl Pillarbox {
             .expect("spawn serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let (mut pop3, mut pop3s) = (None, None);
-        while pop3.is_none() || pop3s.is_none() {
+        let (mut pop3, mut pop3s, mut lmtp) = (None, None, None);
+        while pop3.is_none() || pop3s.is_none() || lmtp.is_none() {
             let line = match lines.next() {
                 Some(Ok(l)) => l,
                 _ => panic!("server exited before listening: {}", self.log()),
@@ -126,12 +133,15 @@ impl Pillarbox {
                 pop3 = addr();
             } else if line.starts_with("pillarbox: pop3s listening on") {
                 pop3s = addr();
+            } else if line.starts_with("pillarbox: lmtp listening on 127.") {
+                lmtp = addr();
             }
         }
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         self.pop3 = pop3;
         self.pop3s = pop3s;
+        self.lmtp = lmtp;
         self.child = Some(child);
     }
 
