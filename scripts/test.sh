@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 missing=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have curl    || missing+=(curl)
+have swaks   || missing+=(swaks)
 have mpop    || missing+=(mpop)
 have python3 || missing+=(python3)
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || missing+=(procps)

@@ -110,6 +110,7 @@ fn serve_without_config_runs_the_embedded_default_with_no_users() {
     let result = std::panic::catch_unwind(|| {
         assert!(text.contains("pop3 listening on 127.0.0.1:1110"), "{text}");
         assert!(text.contains("pop3s listening on 127.0.0.1:1995"), "{text}");
+        assert!(text.contains("lmtp listening on 127.0.0.1:2424"), "{text}");
         assert!(
             text.contains("no users yet. Add one with:  pillarbox --data-dir pillarbox-data user add NAME"),
             "{text}"

@@ -257,10 +257,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: Listener, service: Service, 
                 (Service::Pop3 | Service::Pop3s, Stream::Tcp(tcp)) => {
                     session(shared, tcp, peer.addr, service == Service::Pop3s, phase).await;
                 }
-                (Service::Lmtp, Stream::Tcp(tcp)) => crate::lmtp::session(shared, tcp, peer.to_string(), phase).await,
-                (Service::Lmtp, Stream::Unix(unix)) => {
-                    crate::lmtp::session(shared, unix, peer.to_string(), phase).await
-                }
+                (Service::Lmtp, Stream::Tcp(tcp)) => crate::lmtp::session(shared, tcp, peer, phase).await,
+                (Service::Lmtp, Stream::Unix(unix)) => crate::lmtp::session(shared, unix, peer, phase).await,
                 (_, Stream::Unix(_)) => {}
             }
             drop(permit);
@@ -277,9 +275,16 @@ enum Stream {
 }
 
 /// The peer of a connection: an IP address, or a local socket.
-struct Peer {
+pub(crate) struct Peer {
     addr: SocketAddr,
     local: bool,
+}
+
+impl Peer {
+    /// The peer as a trace header names it (`[192.0.2.1]`, RFC 5321 section 4.4).
+    pub(crate) fn trace(&self) -> String {
+        if self.local { "local".into() } else { format!("[{}]", self.addr.ip()) }
+    }
 }
 
 impl std::fmt::Display for Peer {

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::OverQuota;
-use crate::driver::{Phase, Shared, closing, unix_now};
+use crate::driver::{Peer, Phase, Shared, closing, unix_now};
 
 /// Octets read from the client at a time; also the most message text held in memory.
 const READ_BUFFER: usize = 64 * 1024;
@@ -27,7 +27,7 @@ struct Slot {
     state: Result<Box<dyn PendingDelivery>, Reply>,
 }
 
-pub(crate) async fn session<S>(shared: Arc<Shared>, mut stream: S, peer: String, mut phase: watch::Receiver<Phase>)
+pub(crate) async fn session<S>(shared: Arc<Shared>, mut stream: S, peer: Peer, mut phase: watch::Receiver<Phase>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -78,7 +78,7 @@ where
                 }
             }
             Event::BeginMessage { sender, lhlo, recipients } => {
-                let (shared2, peer2) = (shared.clone(), peer.clone());
+                let (shared2, peer2) = (shared.clone(), peer.trace());
                 slots = tokio::task::spawn_blocking(move || begin(&shared2, &sender, &lhlo, &peer2, recipients))
                     .await
                     .unwrap_or_default();

@@ -1,0 +1,339 @@
+//! LMTP delivery end to end: swaks and Python's smtplib.LMTP deliver, poplib-style retrieval
+//! checks the bytes, and raw sockets cover BDAT, limits and failures.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{PASSWORD, Pillarbox, python, require_tool};
+
+fn swaks(args: &[&str]) -> (bool, String) {
+    require_tool("swaks");
+    let out = Command::new("swaks")
+        .args(["--protocol", "LMTP", "--from", "sender@example.org", "--timeout", "20"])
+        .args(args)
+        .output()
+        .expect("swaks");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The message as stored for a user: the single file in the maildrop.
+fn stored_messages(pb: &Pillarbox, user: &str) -> Vec<Vec<u8>> {
+    ["new", "cur"]
+        .iter()
+        .flat_map(|s| std::fs::read_dir(pb.maildir(user).join(s)).into_iter().flatten())
+        .map(|e| std::fs::read(e.expect("entry").path()).expect("read"))
+        .collect()
+}
+
+/// RETR 1 over POP3 for a user, as the client gets it.
+fn retr_first(pb: &Pillarbox, user: &str, password: &str) -> Vec<u8> {
+    let mut c = pb.connect();
+    c.expect_ok();
+    c.ok(&format!("USER {user}"));
+    c.ok(&format!("PASS {password}"));
+    c.ok("RETR 1");
+    let m = c.multiline();
+    c.ok("QUIT");
+    m
+}
+
+fn lmtp_port(pb: &Pillarbox) -> String {
+    pb.lmtp.expect("lmtp").port().to_string()
+}
+
+#[test]
+fn swaks_delivers_to_several_recipients_with_pipelining_and_pop3_returns_it_byte_for_byte() {
+    let mut pb = Pillarbox::new();
+    pb.add_user("bob", "bob's long password");
+    pb.start();
+    let body = pb.data().join("body.txt");
+    std::fs::write(&body, "Line one\r\n.leading dot\r\n\r\nend").expect("write");
+    let server = format!("127.0.0.1:{}", lmtp_port(&pb));
+    let (ok, out) = swaks(&[
+        "--server",
+        &server,
+        "--to",
+        "Alice@example.org,bob+lists@example.org,nobody@example.org",
+        "--pipeline",
+        "--header",
+        "Subject: LMTP test",
+        "--body",
+        &format!("@{}", body.display()),
+    ]);
+    assert!(ok || out.contains("550 5.1.1"), "{out}");
+    assert!(out.contains("250-PIPELINING") && out.contains("250 CHUNKING"), "{out}");
+    assert_eq!(out.matches("delivered").count(), 2, "one reply per accepted recipient: {out}");
+    assert!(out.contains("550 5.1.1"), "unknown recipient refused: {out}");
+
+    for (user, pw, rcpt) in
+        [("alice", PASSWORD, "Alice@example.org"), ("bob", "bob's long password", "bob+lists@example.org")]
+    {
+        let stored = stored_messages(&pb, user);
+        assert_eq!(stored.len(), 1, "{user}");
+        let text = String::from_utf8(stored[0].clone()).expect("utf8");
+        assert!(text.starts_with("Return-Path: <sender@example.org>\r\n"), "{text}");
+        assert!(text.contains(&format!("Delivered-To: {rcpt}\r\n")), "{text}");
+        assert!(text.contains("Received: from ") && text.contains("with LMTP id"), "{text}");
+        assert!(text.contains("Subject: LMTP test\r\n") && text.contains("\r\n.leading dot\r\n"), "unstuffed: {text}");
+        assert_eq!(retr_first(&pb, user, pw), stored[0], "RETR gives exactly what was stored");
+    }
+}
+
+#[test]
+fn swaks_over_the_unix_socket_and_python_smtplib_lmtp() {
+    let mut pb = Pillarbox::new();
+    let socket = pb.data().join("run/lmtp.sock");
+    let socket_arg = socket.display().to_string();
+    pb.start_with(&["--lmtp-unix", &socket_arg]);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&socket).expect("socket").permissions().mode() & 0o777, 0o660);
+    let (ok, out) = swaks(&["--socket", &socket_arg, "--to", "alice@localhost"]);
+    assert!(ok, "{out}");
+    assert_eq!(stored_messages(&pb, "alice").len(), 1);
+
+    let msg = pb.data().join("m.eml");
+    std::fs::write(&msg, b"Subject: from python\r\n\r\nhello\r\n.\r\n..\r\n").expect("write");
+    let args: Vec<String> = vec![
+        "127.0.0.1".into(),
+        lmtp_port(&pb),
+        "py@example.org".into(),
+        msg.display().to_string(),
+        "alice@localhost".into(),
+        "ghost@localhost".into(),
+    ];
+    let out = python("lmtp_send.py", &args);
+    assert_eq!(out, "alice@localhost 250\nghost@localhost 550\nok\n");
+    let all = stored_messages(&pb, "alice");
+    assert_eq!(all.len(), 2);
+    assert!(
+        all.iter().any(|m| m.ends_with(b"Subject: from python\r\n\r\nhello\r\n.\r\n..\r\n")),
+        "dot lines survive the round trip"
+    );
+}
+
+/// A raw LMTP conversation: send everything, read replies until `expect_lines` lines arrived.
+fn raw_lmtp(pb: &Pillarbox, input: &[u8], expect_lines: usize) -> String {
+    let mut s = TcpStream::connect(pb.lmtp.expect("lmtp")).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s.write_all(input).expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.iter().filter(|&&b| b == b'\n').count() < expect_lines {
+        let n = s.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn bdat_chunking_delivers_exact_octets() {
+    let mut pb = Pillarbox::new();
+    pb.start();
+    let out = raw_lmtp(
+        &pb,
+        b"LHLO raw\r\nMAIL FROM:<r@x>\r\nRCPT TO:<alice@x>\r\nBDAT 14\r\nSubject: b\r\n\r\nBDAT 9 LAST\r\n.no-stuff\r\nQUIT\r\n",
+        12,
+    );
+    assert!(
+        out.contains("250 2.0.0 14 octets received\r\n") && out.contains("250 2.0.0 <alice@x> delivered\r\n"),
+        "{out}"
+    );
+    let stored = stored_messages(&pb, "alice");
+    assert!(stored[0].ends_with(b"\r\nSubject: b\r\n\r\n.no-stuff"), "{:?}", String::from_utf8_lossy(&stored[0]));
+}
+
+#[test]
+fn over_quota_is_refused_at_rcpt_and_pop3_deletion_frees_it() {
+    let mut pb = Pillarbox::new();
+    let out = pb.run(&["user", "quota", "alice", "--messages", "1"], b"");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    pb.start();
+    let server = format!("127.0.0.1:{}", lmtp_port(&pb));
+    assert!(swaks(&["--server", &server, "--to", "alice@x"]).0);
+    let (ok, out) = swaks(&["--server", &server, "--to", "alice@x"]);
+    assert!(!ok && out.contains("552 5.2.2"), "{out}");
+    // POP3 deletion frees the quota at once.
+    let mut c = pb.login();
+    c.ok("DELE 1");
+    c.ok("QUIT");
+    assert!(c.closed());
+    assert!(swaks(&["--server", &server, "--to", "alice@x"]).0);
+    // A byte quota: a SIZE= that would exceed it is refused at RCPT.
+    let out = pb.run(&["user", "quota", "alice", "--messages", "0", "--bytes", "5KB"], b"");
+    assert!(out.status.success());
+    let out = raw_lmtp(&pb, b"LHLO r\r\nMAIL FROM:<r@x> SIZE=9000\r\nRCPT TO:<alice@x>\r\nQUIT\r\n", 10);
+    assert!(out.contains("552 5.2.2"), "{out}");
+    let out = raw_lmtp(&pb, b"LHLO r\r\nMAIL FROM:<r@x> SIZE=100\r\nRCPT TO:<alice@x>\r\nQUIT\r\n", 10);
+    assert!(out.contains("250 2.1.5"), "{out}");
+    // Temporary instead of permanent when the admin says so.
+    drop(pb);
+    let mut pb = Pillarbox::new();
+    pb.edit_config("over_quota = \"permanent\"", "over_quota = \"temporary\"");
+    pb.edit_config("quota_messages = 0", "quota_messages = 1");
+    pb.start();
+    let server = format!("127.0.0.1:{}", lmtp_port(&pb));
+    assert!(swaks(&["--server", &server, "--to", "alice@x"]).0);
+    let (_, out) = swaks(&["--server", &server, "--to", "alice@x"]);
+    assert!(out.contains("452 4.2.2"), "{out}");
+}
+
+#[test]
+fn oversize_message_is_rejected_without_buffering_it() {
+    let mut pb = Pillarbox::new();
+    pb.add_user("bob", "bob's long password");
+    pb.edit_config("max_message_size = \"50MB\"", "max_message_size = \"1MB\"");
+    pb.start();
+    let rss_kib = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", pb.pid())).expect("status");
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .expect("hwm")
+    };
+    let before = rss_kib();
+    let mut s = TcpStream::connect(pb.lmtp.expect("lmtp")).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s.write_all(b"LHLO r\r\nMAIL FROM:<r@x>\r\nRCPT TO:<alice@x>\r\nRCPT TO:<bob@x>\r\nDATA\r\n").expect("write");
+    let line = vec![b'y'; 998];
+    for _ in 0..40_000 {
+        s.write_all(&line).expect("write");
+        s.write_all(b"\r\n").expect("write");
+    }
+    s.write_all(b".\r\nQUIT\r\n").expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    assert_eq!(out.matches("552 5.3.4").count(), 2, "one refusal per recipient: {out}");
+    assert!(out.ends_with("221 2.0.0 bye\r\n"), "{out}");
+    let grown = rss_kib() - before;
+    assert!(grown < 16 * 1024, "peak RSS grew by {grown} KiB for a 40 MB message");
+    assert_eq!(stored_messages(&pb, "alice").len() + stored_messages(&pb, "bob").len(), 0);
+    for u in ["alice", "bob"] {
+        assert_eq!(std::fs::read_dir(pb.maildir(u).join("tmp")).expect("tmp").count(), 0, "tmp/ of {u} is empty");
+    }
+    // MAIL with a SIZE above the limit is refused up front.
+    let out = raw_lmtp(&pb, b"LHLO r\r\nMAIL FROM:<r@x> SIZE=2000000\r\nQUIT\r\n", 9);
+    assert!(out.contains("552 5.3.4"), "{out}");
+}
+
+#[test]
+fn one_recipients_write_failure_does_not_affect_the_other() {
+    let mut pb = Pillarbox::new();
+    pb.add_user("bob", "bob's long password");
+    pb.start();
+    // bob's new/ is not a directory: his copy cannot be moved into place.
+    let new = pb.maildir("bob").join("new");
+    std::fs::remove_dir(&new).expect("rmdir");
+    std::fs::write(&new, b"in the way").expect("write");
+    let server = format!("127.0.0.1:{}", lmtp_port(&pb));
+    let (_, out) = swaks(&["--server", &server, "--to", "alice@x,bob@x"]);
+    assert!(out.contains("250 2.0.0 <alice@x> delivered") && out.contains("451 4.3.0"), "{out}");
+    assert_eq!(stored_messages(&pb, "alice").len(), 1);
+    assert_eq!(std::fs::read_dir(pb.maildir("bob").join("tmp")).expect("tmp").count(), 0, "no partial file for bob");
+}
+
+#[test]
+fn client_that_disconnects_mid_data_delivers_nothing() {
+    let mut pb = Pillarbox::new();
+    pb.start();
+    let mut s = TcpStream::connect(pb.lmtp.expect("lmtp")).expect("connect");
+    s.write_all(b"LHLO r\r\nMAIL FROM:<r@x>\r\nRCPT TO:<alice@x>\r\nDATA\r\nSubject: half\r\n\r\nsome text")
+        .expect("write");
+    let mut buf = [0u8; 1024];
+    let mut got = String::new();
+    while !got.contains("354") {
+        let n = s.read(&mut buf).expect("read");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    // The file exists in tmp/ while the text arrives...
+    let tmp = pb.maildir("alice").join("tmp");
+    let start = std::time::Instant::now();
+    while std::fs::read_dir(&tmp).expect("tmp").count() == 0 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(s);
+    // ...and is gone once the connection is.
+    let start = std::time::Instant::now();
+    while std::fs::read_dir(&tmp).expect("tmp").count() > 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "tmp/ not cleaned up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(stored_messages(&pb, "alice").len(), 0);
+}
+
+#[test]
+fn delivery_during_a_pop3_session_neither_blocks_nor_changes_its_listing() {
+    let mut pb = Pillarbox::new();
+    pb.start();
+    let server = format!("127.0.0.1:{}", lmtp_port(&pb));
+    assert!(swaks(&["--server", &server, "--to", "alice@x"]).0);
+    let mut c = pb.login();
+    let stat = c.ok("STAT");
+    assert!(swaks(&["--server", &server, "--to", "alice@x"]).0, "delivery does not wait for the session's lock");
+    assert_eq!(c.ok("STAT"), stat);
+    c.ok("QUIT");
+    let mut c = pb.login_when_free();
+    assert!(c.ok("STAT").starts_with("+OK 2 "));
+}
+
+#[test]
+fn expire_zero_deletes_retrieved_mail_at_quit_and_the_expunger_removes_old_retrieved_mail() {
+    let mut pb = Pillarbox::new();
+    pb.add_user("bob", "bob's long password");
+    let out = pb.run(&["user", "expire", "alice", "--days", "0"], b"");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = pb.run(&["user", "expire", "bob", "--days", "3"], b"");
+    assert!(out.status.success());
+    pb.edit_config("expunge_interval = \"1h\"", "expunge_interval = \"1s\"");
+    for i in 0..2 {
+        pb.deliver("alice", format!("Subject: {i}\n\nx\n").as_bytes());
+        pb.deliver("bob", format!("Subject: {i}\n\nx\n").as_bytes());
+    }
+    pb.start();
+    // Before login: the default, and that it varies per user.
+    let mut c = pb.connect();
+    c.expect_ok();
+    c.ok("CAPA");
+    assert!(String::from_utf8_lossy(&c.multiline()).contains("EXPIRE NEVER USER\r\n"));
+    // alice (EXPIRE 0): what she retrieves goes at QUIT, without DELE; TOP does not count.
+    let mut c = pb.login();
+    c.ok("CAPA");
+    assert!(String::from_utf8_lossy(&c.multiline()).contains("EXPIRE 0\r\n"));
+    c.ok("RETR 1");
+    c.multiline();
+    c.ok("TOP 2 0");
+    c.multiline();
+    c.ok("QUIT");
+    assert!(c.closed());
+    assert_eq!(stored_messages(&pb, "alice").len(), 1);
+    // bob (EXPIRE 3): retrieving keeps the message, and records when.
+    let mut c = pb.connect();
+    c.expect_ok();
+    c.ok("USER bob");
+    c.ok("PASS bob's long password");
+    c.ok("RETR 1");
+    c.multiline();
+    c.ok("QUIT");
+    assert!(c.closed());
+    assert_eq!(stored_messages(&pb, "bob").len(), 2);
+    let record = pb.maildir("bob").join("pillarbox-retrieved");
+    let text = std::fs::read_to_string(&record).expect("retrieval recorded");
+    assert_eq!(text.lines().count(), 1);
+    // Four days pass (the record is backdated), and the expunger removes exactly that message.
+    let (name, t) = text.trim().split_once('\t').expect("tab");
+    let backdated = t.parse::<u64>().expect("time") - 4 * 86_400;
+    std::fs::write(&record, format!("{name}\t{backdated}\n")).expect("write");
+    let start = std::time::Instant::now();
+    while stored_messages(&pb, "bob").len() != 1 {
+        assert!(start.elapsed() < Duration::from_secs(15), "expunger did not run");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(pb.log().contains("expunged retrieved messages"), "the expunge is logged");
+}
