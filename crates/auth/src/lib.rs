@@ -67,6 +67,21 @@ impl UserRecord {
     pub fn with_hash(password_hash: String) -> Self {
         Self { password_hash, ..Self::default() }
     }
+
+    /// The per-user settings that are set, as `(key, value)` in user-file spelling.
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        let mut v = Vec::new();
+        if let Some(q) = self.quota_bytes {
+            v.push(("quota_bytes", q.to_string()));
+        }
+        if let Some(q) = self.quota_messages {
+            v.push(("quota_messages", q.to_string()));
+        }
+        if let Some(e) = self.expire {
+            v.push(("expire", format_expire(e)));
+        }
+        v
+    }
 }
 
 impl std::fmt::Debug for UserRecord {
@@ -148,14 +163,8 @@ impl Users {
                 s.push_str(":apop=");
                 s.push_str(&B64.encode(secret.expose()));
             }
-            if let Some(q) = rec.quota_bytes {
-                s.push_str(&format!(":quota_bytes={q}"));
-            }
-            if let Some(q) = rec.quota_messages {
-                s.push_str(&format!(":quota_messages={q}"));
-            }
-            if let Some(e) = rec.expire {
-                s.push_str(&format!(":expire={}", format_expire(e)));
+            for (key, value) in rec.settings() {
+                s.push_str(&format!(":{key}={value}"));
             }
             s.push('\n');
         }

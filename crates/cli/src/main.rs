@@ -341,14 +341,8 @@ fn user(config: &Config, cmd: UserCommand) -> Result<ExitCode> {
                 if rec.apop_secret.is_some() {
                     line.push_str("\tapop");
                 }
-                if let Some(q) = rec.quota_bytes {
-                    line.push_str(&format!("\tquota_bytes={q}"));
-                }
-                if let Some(q) = rec.quota_messages {
-                    line.push_str(&format!("\tquota_messages={q}"));
-                }
-                if let Some(e) = rec.expire {
-                    line.push_str(&format!("\texpire={}", format_expire(e)));
+                for (key, value) in rec.settings() {
+                    line.push_str(&format!("\t{key}={value}"));
                 }
                 println!("{line}");
             }

@@ -30,6 +30,16 @@ fn user_add_passwd_del_list_and_apop() {
     assert!(out.status.success());
     let list = String::from_utf8(pb.run(&["user", "list"], b"").stdout).expect("utf8");
     assert_eq!(list, "alice\nbob\tapop\n", "names are lowercased; secrets are never shown");
+    assert!(pb.run(&["user", "quota", "bob", "--bytes", "1MB", "--messages", "50"], b"").status.success());
+    assert!(pb.run(&["user", "expire", "bob", "--never"], b"").status.success());
+    let list = String::from_utf8(pb.run(&["user", "list"], b"").stdout).expect("utf8");
+    assert_eq!(list, "alice\nbob\tapop\tquota_bytes=1000000\tquota_messages=50\texpire=never\n");
+    let out = pb.run(&["user", "quota", "bob", "--bytes", "lots"], b"");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("is not a size"));
+    assert!(pb.run(&["user", "quota", "bob", "--clear"], b"").status.success());
+    assert!(pb.run(&["user", "expire", "bob", "--default"], b"").status.success());
+    let list = String::from_utf8(pb.run(&["user", "list"], b"").stdout).expect("utf8");
+    assert_eq!(list, "alice\nbob\tapop\n");
     let users = std::fs::read_to_string(pb.data().join("users")).expect("users");
     assert!(users.contains("$argon2id$") && !users.contains(PASSWORD), "hashes only");
     assert!(pb.maildir("bob").join("new").is_dir(), "user add creates the maildrop");

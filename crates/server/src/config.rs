@@ -107,14 +107,38 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
+/// A number followed by an optional unit, as in `10m` or `50MB`.
+fn number_and_unit(s: &str) -> Option<(u64, &str)> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    Some((num.parse().ok()?, unit.trim()))
+}
+
+/// Deserialize a value written either as a bare number or as text parsed with `FromStr`.
+fn number_or_text<'de, D, T>(d: D, from_number: impl FnOnce(u64) -> T) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: FromStr<Err = String>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Number(n) => Ok(from_number(n)),
+        Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+    }
+}
+
 impl FromStr for HumanDuration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration (examples: 30s, 10m, 1h)"))?;
-        let mult = match unit.trim() {
+        let (n, unit) =
+            number_and_unit(s).ok_or_else(|| format!("{s:?} is not a duration (examples: 30s, 10m, 1h)"))?;
+        let mult = match unit {
             "" | "s" => 1,
             "m" => 60,
             "h" => 3600,
@@ -126,16 +150,7 @@ impl FromStr for HumanDuration {
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Secs(n) => Ok(Self(Duration::from_secs(n))),
-            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
-        }
+        number_or_text(d, |n| Self(Duration::from_secs(n)))
     }
 }
 
@@ -272,10 +287,9 @@ impl FromStr for HumanSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (examples: 50MB, 1GiB, 4096)"))?;
-        let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        let (n, unit) =
+            number_and_unit(t).ok_or_else(|| format!("{s:?} is not a size (examples: 50MB, 1GiB, 4096)"))?;
+        let mult: u64 = match unit.to_ascii_uppercase().as_str() {
             "" | "B" => 1,
             "KB" | "K" => 1000,
             "MB" | "M" => 1000 * 1000,
@@ -291,16 +305,7 @@ impl FromStr for HumanSize {
 
 impl<'de> Deserialize<'de> for HumanSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Octets(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Octets(n) => Ok(Self(n)),
-            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
-        }
+        number_or_text(d, Self)
     }
 }
 
@@ -308,20 +313,16 @@ impl<'de> Deserialize<'de> for HumanSize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExpireSetting(pub Expire);
 
+impl FromStr for ExpireSetting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        pillarbox_auth::parse_expire(s).map(Self).ok_or_else(|| format!("{s:?}: use \"never\" or a number of days"))
+    }
+}
+
 impl<'de> Deserialize<'de> for ExpireSetting {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Days(u32),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Days(n) => Ok(Self(Expire::Days(n))),
-            Raw::Text(t) => pillarbox_auth::parse_expire(&t)
-                .map(Self)
-                .ok_or_else(|| serde::de::Error::custom(format!("{t:?}: use \"never\" or a number of days"))),
-        }
+        number_or_text(d, |n| Self(Expire::Days(u32::try_from(n).unwrap_or(u32::MAX))))
     }
 }
 
