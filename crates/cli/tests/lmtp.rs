@@ -100,13 +100,19 @@ fn swaks_over_the_unix_socket_and_python_smtplib_lmtp() {
     let args: Vec<String> = vec![
         "127.0.0.1".into(),
         lmtp_port(&pb),
+        pb.pop3.expect("pop3").port().to_string(),
+        "alice".into(),
+        PASSWORD.into(),
         "py@example.org".into(),
         msg.display().to_string(),
         "alice@localhost".into(),
         "ghost@localhost".into(),
     ];
     let out = python("lmtp_send.py", &args);
-    assert_eq!(out, "alice@localhost 250\nghost@localhost 550\nok\n");
+    assert_eq!(
+        out, "alice@localhost 250\nghost@localhost 550\nok\n",
+        "delivered, and poplib got it back byte for byte"
+    );
     let all = stored_messages(&pb, "alice");
     assert_eq!(all.len(), 2);
     assert!(
@@ -336,4 +342,19 @@ fn expire_zero_deletes_retrieved_mail_at_quit_and_the_expunger_removes_old_retri
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(pb.log().contains("expunged retrieved messages"), "the expunge is logged");
+}
+
+#[test]
+fn idle_lmtp_client_is_disconnected_with_421() {
+    let mut pb = Pillarbox::new();
+    pb.edit_config("idle_timeout = \"5m\"", "idle_timeout = \"1s\"");
+    pb.start();
+    let mut s = TcpStream::connect(pb.lmtp.expect("lmtp")).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s.write_all(b"LHLO r\r\nMAIL FROM:<r@x>\r\nRCPT TO:<alice@x>\r\nDATA\r\npartial").expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read until closed");
+    assert!(out.ends_with("421 4.4.2 idle timeout, closing connection\r\n"), "{out}");
+    assert_eq!(std::fs::read_dir(pb.maildir("alice").join("tmp")).expect("tmp").count(), 0);
+    assert_eq!(stored_messages(&pb, "alice").len(), 0);
 }
