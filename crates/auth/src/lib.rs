@@ -27,6 +27,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use pillarbox_proto::{Expire, Secret, UserName};
 
+pub mod legacy;
+pub mod scram;
+
+pub use scram::{ScramHash, ScramKeys, ScramServer};
+
 /// Shortest password `user add` and `user passwd` accept.
 pub const MIN_PASSWORD_LEN: usize = 8;
 
@@ -61,6 +66,12 @@ pub struct UserRecord {
     pub quota_messages: Option<u64>,
     /// Retention (RFC 2449 EXPIRE), overriding the server default.
     pub expire: Option<Expire>,
+    /// Seconds between logins (RFC 2449 LOGIN-DELAY), overriding the server default.
+    pub login_delay: Option<u32>,
+    /// SCRAM-SHA-256 keys (RFC 7677), derived when the password is set.
+    pub scram_sha256: Option<ScramKeys>,
+    /// SCRAM-SHA-1 keys, only when the server enables SCRAM-SHA-1.
+    pub scram_sha1: Option<ScramKeys>,
 }
 
 impl UserRecord {
@@ -80,7 +91,28 @@ impl UserRecord {
         if let Some(e) = self.expire {
             v.push(("expire", format_expire(e)));
         }
+        if let Some(d) = self.login_delay {
+            v.push(("login_delay", d.to_string()));
+        }
         v
+    }
+
+    /// Set a new password: an argon2id hash and fresh SCRAM keys (SCRAM-SHA-1 too if `sha1`).
+    pub fn set_password(&mut self, password: &[u8], sha1: bool) -> Result<(), AuthError> {
+        let prepared = prepare_password(password)?;
+        let keys = |h| ScramKeys::generate(h, &prepared).map_err(|e| AuthError::Hash(e.to_string()));
+        self.password_hash = hash_password(&prepared)?;
+        self.scram_sha256 = Some(keys(ScramHash::Sha256)?);
+        self.scram_sha1 = if sha1 { Some(keys(ScramHash::Sha1)?) } else { None };
+        Ok(())
+    }
+
+    /// Whether the stored secrets should be renewed from the plaintext at the next login: an
+    /// imported legacy hash, or SCRAM keys that are missing.
+    pub fn needs_upgrade(&self, sha1: bool) -> bool {
+        !self.password_hash.starts_with("$argon2id$")
+            || self.scram_sha256.is_none()
+            || (sha1 && self.scram_sha1.is_none())
     }
 }
 
@@ -92,6 +124,8 @@ impl std::fmt::Debug for UserRecord {
             .field("quota_bytes", &self.quota_bytes)
             .field("quota_messages", &self.quota_messages)
             .field("expire", &self.expire)
+            .field("login_delay", &self.login_delay)
+            .field("scram", &(self.scram_sha256.is_some(), self.scram_sha1.is_some()))
             .finish()
     }
 }
@@ -115,8 +149,18 @@ impl Users {
             let name = fields.next().unwrap_or_default();
             let name = UserName::new(name).map_err(|e| err(e.to_string()))?;
             let hash = fields.next().ok_or_else(|| err(format!("user {name}: missing password hash")))?;
-            if PasswordHash::new(hash).is_err() {
-                return Err(err(format!("user {name}: the password hash is not in PHC format ($argon2id$...)")));
+            match legacy::split_scheme(hash) {
+                Some((scheme, _)) => {
+                    if let Some(why) = legacy::unsupported_reason(scheme) {
+                        return Err(err(format!("user {name}: {why}")));
+                    }
+                }
+                None if PasswordHash::new(hash).is_err() => {
+                    return Err(err(format!(
+                        "user {name}: the password hash is neither PHC ($argon2id$...) nor a Dovecot {{SCHEME}} hash"
+                    )));
+                }
+                None => {}
             }
             let mut rec = UserRecord::with_hash(hash.to_owned());
             let number = |key: &str, v: &str| {
@@ -130,6 +174,24 @@ impl Users {
                     }
                     Some(("quota_bytes", v)) => rec.quota_bytes = Some(number("quota_bytes", v)?),
                     Some(("quota_messages", v)) => rec.quota_messages = Some(number("quota_messages", v)?),
+                    Some(("login_delay", v)) => {
+                        rec.login_delay = Some(
+                            u32::try_from(number("login_delay", v)?)
+                                .map_err(|_| err(format!("user {name}: login_delay= is too large")))?,
+                        )
+                    }
+                    Some(("scram256", v)) => {
+                        rec.scram_sha256 = Some(
+                            ScramKeys::parse_field(v)
+                                .ok_or_else(|| err(format!("user {name}: scram256= is malformed")))?,
+                        )
+                    }
+                    Some(("scram1", v)) => {
+                        rec.scram_sha1 = Some(
+                            ScramKeys::parse_field(v)
+                                .ok_or_else(|| err(format!("user {name}: scram1= is malformed")))?,
+                        )
+                    }
                     Some(("expire", v)) => {
                         rec.expire = Some(
                             parse_expire(v)
@@ -165,6 +227,12 @@ impl Users {
             }
             for (key, value) in rec.settings() {
                 s.push_str(&format!(":{key}={value}"));
+            }
+            if let Some(k) = &rec.scram_sha256 {
+                s.push_str(&format!(":scram256={}", k.to_field()));
+            }
+            if let Some(k) = &rec.scram_sha1 {
+                s.push_str(&format!(":scram1={}", k.to_field()));
             }
             s.push('\n');
         }
@@ -207,26 +275,84 @@ fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| hash_password(b"pillarbox-dummy-password").unwrap_or_default())
 }
 
-/// Check `password` against `record` (or against a dummy hash when there is no such user).
+/// Check `password` against `record` (or against a dummy hash of the same cost when there is no
+/// such user, so both cases do the same work). The password is compared in its SASLprep form
+/// (RFC 4013), so the same password works from every client; imported legacy hashes, made by
+/// other software from the raw octets, are also tried with those.
 pub fn verify_password(record: Option<&UserRecord>, password: &[u8]) -> bool {
-    let hash: &str = match record {
-        Some(r) => &r.password_hash,
-        None => dummy_hash(),
+    let prepared = prepare_password(password).ok();
+    let candidate = prepared.as_deref().unwrap_or(password);
+    let Some(record) = record else {
+        let _ = Argon2::default().verify_password(candidate, dummy_hash());
+        return false;
     };
-    let ok = Argon2::default().verify_password(password, hash).is_ok();
-    ok && record.is_some()
+    let hash = record.password_hash.as_str();
+    if legacy::split_scheme(hash).is_some() {
+        return legacy::verify(hash, candidate) || (candidate != password && legacy::verify(hash, password));
+    }
+    Argon2::default().verify_password(candidate, hash).is_ok()
 }
 
-/// Reject passwords that are obviously too weak.
-pub fn check_password_policy(password: &[u8]) -> Result<(), String> {
-    let s = std::str::from_utf8(password).map_err(|_| "the password is not valid UTF-8".to_owned())?;
-    if s.chars().count() < MIN_PASSWORD_LEN {
-        return Err(format!("the password is too short: use at least {MIN_PASSWORD_LEN} characters"));
+/// SASLprep (RFC 4013) of a password; passwords that are not UTF-8 are used as they are.
+pub fn prepare_password(password: &[u8]) -> Result<Vec<u8>, AuthError> {
+    match std::str::from_utf8(password) {
+        Ok(s) => saslprep(s).map(String::into_bytes).map_err(|e| AuthError::Hash(format!("password: {e}"))),
+        Err(_) => Ok(password.to_vec()),
     }
+}
+
+/// SASLprep (RFC 4013): the normalisation both ends apply to user names and passwords.
+pub fn saslprep(s: &str) -> Result<String, String> {
+    stringprep::saslprep(s).map(|c| c.into_owned()).map_err(|e| format!("not allowed by SASLprep (RFC 4013): {e}"))
+}
+
+/// Reject weak passwords, with the reason and a hint. Strength is estimated with zxcvbn (score 0
+/// to 4, counting the user name and its parts as known words); `min_score` is the lowest
+/// accepted score.
+pub fn check_password_policy(password: &[u8], user: &str, min_score: u8) -> Result<(), String> {
+    let s = std::str::from_utf8(password).map_err(|_| "the password is not valid UTF-8".to_owned())?;
     if s.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
         return Err("the password contains a line break or NUL".into());
     }
-    Ok(())
+    if s.chars().count() < MIN_PASSWORD_LEN {
+        return Err(format!("the password is too short: use at least {MIN_PASSWORD_LEN} characters"));
+    }
+    saslprep(s)?;
+    let parts: Vec<&str> = user.split(['@', '.', '+', '-', '_']).filter(|p| !p.is_empty()).chain([user]).collect();
+    let estimate = zxcvbn::zxcvbn(s, &parts);
+    let score = u8::from(estimate.score());
+    if score >= min_score {
+        return Ok(());
+    }
+    let mut why = format!("the password is too weak (strength {score} of 4, at least {min_score} needed)");
+    if let Some(feedback) = estimate.feedback() {
+        if let Some(w) = feedback.warning() {
+            why.push_str(&format!(": {w}"));
+        }
+        for s in feedback.suggestions() {
+            why.push_str(&format!("; {s}"));
+        }
+    }
+    why.push_str("; or use --generate for a strong random password");
+    Err(why)
+}
+
+/// A strong random password: 20 characters from an alphabet without look-alikes (~115 bits).
+pub fn generate_password() -> Result<String, AuthError> {
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut out = String::with_capacity(24);
+    while out.len() < 20 {
+        let mut b = [0u8; 32];
+        getrandom::fill(&mut b).map_err(|e| AuthError::Hash(e.to_string()))?;
+        // Rejection sampling keeps every character equally likely.
+        let limit = 256 - 256 % ALPHABET.len();
+        for x in b.into_iter().filter(|&x| usize::from(x) < limit) {
+            if out.len() < 20 {
+                out.push(char::from(ALPHABET[usize::from(x) % ALPHABET.len()]));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The user file on disk.
@@ -409,8 +535,29 @@ mod tests {
 
     #[test]
     fn password_policy() {
-        assert!(check_password_policy(b"short").is_err());
-        assert!(check_password_policy(b"long enough").is_ok());
-        assert!(check_password_policy(b"line\nbreak!").is_err());
+        assert!(check_password_policy(b"short", "alice", 3).is_err());
+        let weak = check_password_policy(b"password123", "alice", 3).expect_err("weak");
+        assert!(weak.contains("too weak"), "{weak}");
+        assert!(check_password_policy(b"alice2026!", "alice", 3).is_err(), "the user name does not count as entropy");
+        assert!(check_password_policy(b"tiger vault mango 7 ripple", "alice", 3).is_ok());
+        assert!(check_password_policy(b"line\nbreak!", "alice", 0).is_err());
+        let g = generate_password().expect("generate");
+        assert_eq!(g.len(), 20);
+        assert!(check_password_policy(g.as_bytes(), "alice", 4).is_ok());
+    }
+
+    #[test]
+    fn saslprep_makes_equivalent_passwords_equal() {
+        let mut rec = UserRecord::default();
+        // U+00A0 (no-break space) maps to a space, U+00AD (soft hyphen) to nothing.
+        rec.set_password("p\u{a0}ass\u{ad}word x".as_bytes(), false).expect("set");
+        assert!(!verify_password(Some(&rec), b"p ass"));
+        assert!(verify_password(Some(&rec), "p ass\u{ad}word x".as_bytes()));
+        assert!(!verify_password(Some(&rec), b"p password x"));
+        assert!(verify_password(Some(&rec), b"p assword x"));
+        assert!(rec.scram_sha256.is_some() && rec.scram_sha1.is_none());
+        assert!(!rec.needs_upgrade(false) && rec.needs_upgrade(true));
+        let legacy = UserRecord::with_hash("{PLAIN}old secret".into());
+        assert!(verify_password(Some(&legacy), b"old secret") && legacy.needs_upgrade(false));
     }
 }

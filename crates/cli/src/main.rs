@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use pillarbox_auth::{UserFile, UserRecord, check_password_policy, format_expire, hash_password, read_secret_line};
+use pillarbox_auth::{UserFile, UserRecord, check_password_policy, format_expire, generate_password, read_secret_line};
 use pillarbox_proto::{Expire, Secret, UserName};
 use pillarbox_server::config::{CONFIG_FILE, Config, HumanSize};
 use pillarbox_server::datadir::{self, Prepared};
@@ -126,8 +126,11 @@ enum UserCommand {
 #[derive(Debug, Args)]
 struct PasswordSource {
     /// Read the password from standard input (one line) instead of asking.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "generate")]
     password_stdin: bool,
+    /// Generate a strong random password and print it once.
+    #[arg(long)]
+    generate: bool,
 }
 
 fn main() -> ExitCode {
@@ -289,10 +292,21 @@ fn read_password(source: &PasswordSource, prompt_for: &str) -> Result<Secret<Vec
     Ok(first)
 }
 
-fn new_password(source: &PasswordSource, name: &UserName) -> Result<String> {
-    let password = read_password(source, name.as_str())?;
-    check_password_policy(password.expose()).map_err(|why| Exit(EX_DATAERR, why))?;
-    Ok(hash_password(password.expose())?)
+/// A record holding only the new password's secrets (argon2id hash and SCRAM keys).
+fn new_password(source: &PasswordSource, name: &UserName, config: &Config) -> Result<UserRecord> {
+    let password = if source.generate {
+        let p = generate_password()?;
+        println!("generated password for {name} (shown only now): {p}");
+        Secret::new(p.into_bytes())
+    } else {
+        let p = read_password(source, name.as_str())?;
+        check_password_policy(p.expose(), name.as_str(), config.min_password_score)
+            .map_err(|why| Exit(EX_DATAERR, why))?;
+        p
+    };
+    let mut rec = UserRecord::default();
+    rec.set_password(password.expose(), config.scram_sha1)?;
+    Ok(rec)
 }
 
 fn user(config: &Config, cmd: UserCommand) -> Result<ExitCode> {
@@ -303,11 +317,11 @@ fn user(config: &Config, cmd: UserCommand) -> Result<ExitCode> {
             if file.load()?.users.contains_key(&name) {
                 bail!("user {name} already exists; use `user passwd` to change the password");
             }
-            let hash = new_password(&password, &name)?;
+            let fresh = new_password(&password, &name, config)?;
             file.update(|u| match u.users.entry(name.clone()) {
                 std::collections::btree_map::Entry::Occupied(_) => Err(format!("user {name} already exists")),
                 std::collections::btree_map::Entry::Vacant(v) => {
-                    v.insert(UserRecord::with_hash(hash));
+                    v.insert(fresh);
                     Ok(())
                 }
             })?
@@ -322,8 +336,12 @@ fn user(config: &Config, cmd: UserCommand) -> Result<ExitCode> {
             if !file.load()?.users.contains_key(&name) {
                 return Err(Exit(EX_NOUSER, format!("no such user: {name}")).into());
             }
-            let hash = new_password(&password, &name)?;
-            update_user(&file, &name, |rec| rec.password_hash = hash)?;
+            let fresh = new_password(&password, &name, config)?;
+            update_user(&file, &name, |rec| {
+                rec.password_hash = fresh.password_hash;
+                rec.scram_sha256 = fresh.scram_sha256;
+                rec.scram_sha1 = fresh.scram_sha1;
+            })?;
             println!("changed the password of {name}");
         }
         UserCommand::Del { name } => {

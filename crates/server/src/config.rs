@@ -54,13 +54,25 @@ apop = true
 expire = "never"
 # How often retrieved messages past their retention are looked for.
 expunge_interval = "1h"
+# Seconds a user must wait between logins (RFC 2449 LOGIN-DELAY); 0 for none.
+# `pillarbox user login-delay` sets it per user.
+login_delay = 0
 
 [auth]
 # The user file (`pillarbox user add|passwd|del|list`).
 users = "users"
-# Networks where USER/PASS may be used without TLS. Everywhere else clients must use STLS or
-# port 995 first.
+# Networks where USER/PASS, AUTH PLAIN and AUTH LOGIN may be used without TLS. Everywhere else
+# clients must use STLS or port 995 first (SCRAM is allowed everywhere).
 trusted_networks = ["127.0.0.0/8", "::1/128"]
+# Offer SCRAM-SHA-1 for old clients (SCRAM-SHA-256 is always offered). Users get SHA-1 keys when
+# their password is next set or used.
+scram_sha1 = false
+# Lowest accepted password strength for `pillarbox user add|passwd` (zxcvbn score, 0 to 4).
+min_password_score = 3
+# After a failed login the answer is delayed: fail_delay, doubling with each further failure from
+# the same address (IPv6 by /64) or against the same account, up to fail_delay_max.
+fail_delay = "2s"
+fail_delay_max = "15s"
 
 [store]
 # Root of the users' Maildirs: user alice reads ROOT/alice/{cur,new,tmp}.
@@ -85,6 +97,8 @@ idle_timeout = "5m"
 [limits]
 # Simultaneous connections; more are answered with -ERR [SYS/TEMP] and closed.
 max_connections = 1000
+# Simultaneous connections from one address (IPv6: one /64).
+max_connections_per_ip = 20
 # On SIGTERM/SIGINT: how long open sessions may go on (and QUIT normally) before they are closed.
 shutdown_grace = "10s"
 "#;
@@ -381,6 +395,7 @@ struct RawPop3 {
     apop: bool,
     expire: ExpireSetting,
     expunge_interval: HumanDuration,
+    login_delay: u32,
 }
 
 impl Default for RawPop3 {
@@ -392,6 +407,7 @@ impl Default for RawPop3 {
             apop: true,
             expire: ExpireSetting(Expire::Never),
             expunge_interval: HumanDuration(Duration::from_secs(3600)),
+            login_delay: 0,
         }
     }
 }
@@ -401,11 +417,22 @@ impl Default for RawPop3 {
 struct RawAuth {
     users: PathBuf,
     trusted_networks: Vec<Cidr>,
+    scram_sha1: bool,
+    min_password_score: u8,
+    fail_delay: HumanDuration,
+    fail_delay_max: HumanDuration,
 }
 
 impl Default for RawAuth {
     fn default() -> Self {
-        Self { users: PathBuf::from("users"), trusted_networks: vec![LOOPBACK4, LOOPBACK6] }
+        Self {
+            users: PathBuf::from("users"),
+            trusted_networks: vec![LOOPBACK4, LOOPBACK6],
+            scram_sha1: false,
+            min_password_score: 3,
+            fail_delay: HumanDuration(Duration::from_secs(2)),
+            fail_delay_max: HumanDuration(Duration::from_secs(15)),
+        }
     }
 }
 
@@ -428,12 +455,17 @@ impl Default for RawStore {
 #[serde(deny_unknown_fields, default)]
 struct RawLimits {
     max_connections: usize,
+    max_connections_per_ip: usize,
     shutdown_grace: HumanDuration,
 }
 
 impl Default for RawLimits {
     fn default() -> Self {
-        Self { max_connections: 1000, shutdown_grace: HumanDuration(Duration::from_secs(10)) }
+        Self {
+            max_connections: 1000,
+            max_connections_per_ip: 20,
+            shutdown_grace: HumanDuration(Duration::from_secs(10)),
+        }
     }
 }
 
@@ -455,8 +487,15 @@ pub struct Config {
     /// Default retention (RFC 2449 EXPIRE).
     pub expire: Expire,
     pub expunge_interval: Duration,
+    /// Default seconds between logins (RFC 2449 LOGIN-DELAY).
+    pub login_delay: u32,
     pub users_file: PathBuf,
     pub trusted_networks: Vec<Cidr>,
+    pub scram_sha1: bool,
+    pub min_password_score: u8,
+    pub fail_delay: Duration,
+    pub fail_delay_max: Duration,
+    pub max_connections_per_ip: usize,
     pub maildir_root: PathBuf,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
@@ -514,6 +553,12 @@ impl Config {
                 ),
             ));
         }
+        if raw.auth.min_password_score > 4 {
+            return Err(field_at(text, path, "auth", "min_password_score", "is a zxcvbn score from 0 to 4".into()));
+        }
+        if raw.limits.max_connections_per_ip == 0 {
+            return Err(field_at(text, path, "limits", "max_connections_per_ip", "must be at least 1".into()));
+        }
         if raw.limits.max_connections == 0 {
             return Err(field_at(text, path, "limits", "max_connections", "must be at least 1".into()));
         }
@@ -545,6 +590,12 @@ impl Config {
             apop: raw.pop3.apop,
             expire: raw.pop3.expire.0,
             expunge_interval: raw.pop3.expunge_interval.0,
+            login_delay: raw.pop3.login_delay,
+            scram_sha1: raw.auth.scram_sha1,
+            min_password_score: raw.auth.min_password_score,
+            fail_delay: raw.auth.fail_delay.0,
+            fail_delay_max: raw.auth.fail_delay_max.0,
+            max_connections_per_ip: raw.limits.max_connections_per_ip,
             users_file: rel(&raw.auth.users),
             trusted_networks: raw.auth.trusted_networks,
             maildir_root: rel(&raw.store.maildir),
