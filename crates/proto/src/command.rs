@@ -11,8 +11,14 @@ use crate::types::{MsgNum, Secret};
 pub enum Command {
     User(String),
     Pass(Secret<Vec<u8>>),
-    Apop { name: String, digest: Secret<String> },
-    Auth(Option<String>),
+    Apop {
+        name: String,
+        digest: Secret<String>,
+    },
+    /// `AUTH` alone (list mechanisms) or `AUTH mechanism [initial-response]` (RFC 5034).
+    Auth(Option<(String, Option<String>)>),
+    /// RFC 6856: the client will use UTF-8 in user names and passwords.
+    Utf8,
     Stat,
     List(Option<MsgNum>),
     Retr(MsgNum),
@@ -34,6 +40,7 @@ impl Command {
             Command::Pass(_) => "PASS",
             Command::Apop { .. } => "APOP",
             Command::Auth(_) => "AUTH",
+            Command::Utf8 => "UTF8",
             Command::Stat => "STAT",
             Command::List(_) => "LIST",
             Command::Retr(_) => "RETR",
@@ -120,8 +127,12 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
         }
         b"AUTH" => {
             arity(0, 2)?;
-            Command::Auth(args.first().map(|a| text_arg(a)).transpose()?)
+            match args.first() {
+                None => Command::Auth(None),
+                Some(mech) => Command::Auth(Some((text_arg(mech)?, args.get(1).map(|a| text_arg(a)).transpose()?))),
+            }
         }
+        b"UTF8" => no_args(Command::Utf8)?,
         b"STAT" => no_args(Command::Stat)?,
         b"LIST" => {
             arity(0, 1)?;
@@ -226,7 +237,10 @@ mod tests {
             ("CAPA", Ok(Command::Capa)),
             ("STLS", Ok(Command::Stls)),
             ("AUTH", Ok(Command::Auth(None))),
-            ("AUTH PLAIN", Ok(Command::Auth(Some("PLAIN".into())))),
+            ("AUTH PLAIN", Ok(Command::Auth(Some(("PLAIN".into(), None))))),
+            ("AUTH PLAIN AGFsaWNlAHB3", Ok(Command::Auth(Some(("PLAIN".into(), Some("AGFsaWNlAHB3".into())))))),
+            ("AUTH PLAIN a b", Err(ParseError::TooManyArguments)),
+            ("UTF8", Ok(Command::Utf8)),
             ("", Err(ParseError::Empty)),
             ("   ", Err(ParseError::Empty)),
             ("XYZZY", Err(ParseError::Unknown)),

@@ -23,3 +23,7 @@ pub const MAX_AUTH_FAILURES: u32 = 3;
 /// Consecutive unknown or malformed commands tolerated before the connection is closed
 /// (a peer speaking another protocol, or garbage, gets a bounded number of answers).
 pub const MAX_BAD_COMMANDS: u32 = 20;
+
+/// RFC 5034 section 4: the 255-octet limit does not apply to SASL responses; SCRAM and GSSAPI
+/// messages stay well below this.
+pub const MAX_SASL_LINE: usize = 8 * 1024;

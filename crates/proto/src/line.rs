@@ -35,6 +35,11 @@ impl LineDecoder {
         Self { buf: BytesMut::with_capacity(max + 2), max, discarding: None, scanned: 0 }
     }
 
+    /// Change the longest accepted line (SASL responses may exceed the command limit).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
     pub fn feed(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
     }

@@ -8,11 +8,13 @@
 //! (checking credentials, streaming a message, TLS, applying deletions) are answered by the
 //! matching method before the next `poll`.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::BytesMut;
 
 use crate::command::{self, Command, ParseError};
 use crate::dotstuff::MessageEncoder;
-use crate::limits::{MAX_AUTH_FAILURES, MAX_BAD_COMMANDS, MAX_COMMAND_LINE};
+use crate::limits::{MAX_AUTH_FAILURES, MAX_BAD_COMMANDS, MAX_COMMAND_LINE, MAX_SASL_LINE};
 use crate::line::{LineDecoder, LineEvent};
 use crate::response::{self, RespCode};
 use crate::types::{MsgNum, Secret, UniqueId};
@@ -37,6 +39,11 @@ pub struct SessionConfig {
     /// The EXPIRE capability before login (RFC 2449 section 6.7): the server's policy, and
     /// whether it varies per user; `None` hides it.
     pub expire: Option<ExpireCapa>,
+    /// LOGIN-DELAY before login (RFC 2449 section 6.5): seconds, and whether it varies per user;
+    /// `None` hides it.
+    pub login_delay: Option<(u32, bool)>,
+    /// SASL mechanisms usable on this connection as it is now (RFC 5034), in order of preference.
+    pub sasl: Vec<String>,
 }
 
 /// A retention policy (RFC 2449 section 6.7 EXPIRE).
@@ -72,6 +79,8 @@ pub struct ExpireCapa {
 pub struct Login {
     /// The user's retention policy, announced after login and applied at QUIT for `Days(0)`.
     pub expire: Option<Expire>,
+    /// The user's LOGIN-DELAY in seconds, announced after login.
+    pub login_delay: Option<u32>,
 }
 
 /// One message in a session's fixed listing.
@@ -108,6 +117,8 @@ pub enum AuthFailure {
     Temporary,
     /// A permanent problem with this account (`-ERR [SYS/PERM]`).
     Permanent,
+    /// The user logged in too recently (`-ERR [LOGIN-DELAY]`, RFC 2449 section 8.1.2).
+    LoginDelay,
 }
 
 /// What the session needs from the driver next.
@@ -118,6 +129,12 @@ pub enum Event {
     /// Check the credential and open (and lock) the maildrop; answer with
     /// [`ServerSession::authenticated`] or [`ServerSession::auth_failed`].
     Authenticate { user: String, credential: Credential },
+    /// A SASL exchange starts (RFC 5034): run the mechanism and answer with
+    /// [`ServerSession::sasl_challenge`], [`ServerSession::authenticated`] or
+    /// [`ServerSession::auth_failed`].
+    SaslStart { mechanism: String, initial: Option<Secret<Vec<u8>>> },
+    /// The client answered a challenge; answer as for [`Event::SaslStart`].
+    SaslResponse(Secret<Vec<u8>>),
     /// Send a message: open it, then call [`ServerSession::begin_message`] and stream it through
     /// the returned encoder, or call [`ServerSession::message_unavailable`].
     Retrieve { index: usize, top: Option<u64> },
@@ -146,8 +163,10 @@ enum State {
     Authorization {
         user: Option<String>,
     },
-    /// Waiting for the driver to check credentials.
+    /// Waiting for the driver to check credentials (or run a SASL step).
     Authenticating,
+    /// A SASL challenge was sent; the next line is the client's response.
+    SaslResponse,
     /// Waiting for the TLS handshake.
     StartingTls,
     Transaction(Txn),
@@ -164,6 +183,7 @@ struct Txn {
     /// Sent in full with RETR in this session.
     retrieved: Vec<bool>,
     expire: Option<Expire>,
+    login_delay: Option<u32>,
 }
 
 impl Txn {
@@ -193,6 +213,7 @@ pub struct ServerSession {
     auth_failures: u32,
     bad_commands: u32,
     quit: bool,
+    utf8: bool,
     stats: SessionStats,
 }
 
@@ -216,6 +237,7 @@ impl ServerSession {
             auth_failures: 0,
             bad_commands: 0,
             quit: false,
+            utf8: false,
             stats: SessionStats::default(),
         }
     }
@@ -272,12 +294,17 @@ impl ServerSession {
                 State::Closed => return Event::Close,
                 // The driver answers these before polling again; if it does not, stop safely.
                 State::Authenticating | State::StartingTls | State::Update => return Event::Close,
-                State::Authorization { .. } | State::Transaction(_) => {}
+                State::Authorization { .. } | State::Transaction(_) | State::SaslResponse => {}
             }
             let Some(event) = self.decoder.next_event() else {
                 return Event::NeedInput;
             };
             match event {
+                LineEvent::Line(line) if matches!(self.state, State::SaslResponse) => {
+                    if let Some(ev) = self.sasl_line(&line) {
+                        return ev;
+                    }
+                }
                 LineEvent::Line(line) => {
                     self.stats.commands += 1;
                     if let Some(ev) = self.handle_line(&line) {
@@ -306,6 +333,27 @@ impl ServerSession {
     fn close(&mut self) {
         self.state = State::Closed;
         self.decoder.clear();
+    }
+
+    /// A line answering a SASL challenge: `*` cancels (RFC 5034 section 4), otherwise base64.
+    fn sasl_line(&mut self, line: &[u8]) -> Option<Event> {
+        self.decoder.set_max(MAX_COMMAND_LINE);
+        if line == b"*" {
+            self.state = State::Authorization { user: None };
+            response::err(&mut self.out, None, "authentication cancelled");
+            return None;
+        }
+        match base64_decode(line) {
+            Some(v) => {
+                self.state = State::Authenticating;
+                Some(Event::SaslResponse(Secret::new(v)))
+            }
+            None => {
+                self.state = State::Authorization { user: None };
+                response::err(&mut self.out, None, "the response is not valid base64; authentication aborted");
+                None
+            }
+        }
     }
 
     fn handle_line(&mut self, line: &[u8]) -> Option<Event> {
@@ -372,14 +420,44 @@ impl ServerSession {
                 }
             },
             (State::Authorization { .. }, Command::Auth(None)) => {
-                // RFC 5034 section 4 notes that some clients send a bare AUTH to list mechanisms.
-                // No SASL mechanism is offered yet, so the list is empty.
-                response::ok(out, "no SASL mechanisms are offered");
+                // Not in RFC 5034, but older clients (Outlook) send a bare AUTH to list mechanisms.
+                response::ok(out, "SASL mechanisms follow");
+                for m in &self.config.sasl {
+                    response::line(out, m);
+                }
                 response::end(out);
                 None
             }
-            (State::Authorization { .. }, Command::Auth(Some(_))) => {
-                response::err(out, None, "unsupported SASL mechanism; use USER and PASS");
+            (State::Authorization { user }, Command::Auth(Some((mech, initial)))) => {
+                *user = None;
+                let mechanism = mech.to_ascii_uppercase();
+                if !self.config.sasl.contains(&mechanism) {
+                    let cleartext = matches!(mechanism.as_str(), "PLAIN" | "LOGIN");
+                    if cleartext && !self.config.tls_active {
+                        response::err(out, Some(RespCode::Auth), cleartext_refusal(self.config.stls_available));
+                    } else {
+                        response::err(out, None, "unsupported SASL mechanism");
+                    }
+                    return None;
+                }
+                let initial = match initial.as_deref() {
+                    None => None,
+                    // RFC 5034 section 4: "=" is an empty initial response.
+                    Some("=") => Some(Secret::new(Vec::new())),
+                    Some(b64) => match base64_decode(b64.as_bytes()) {
+                        Some(v) => Some(Secret::new(v)),
+                        None => {
+                            response::err(out, None, "the initial response is not valid base64");
+                            return None;
+                        }
+                    },
+                };
+                self.state = State::Authenticating;
+                Some(Event::SaslStart { mechanism, initial })
+            }
+            (State::Authorization { .. }, Command::Utf8) => {
+                self.utf8 = true;
+                response::ok(out, "UTF-8 user names and passwords are welcome");
                 None
             }
             (State::Authorization { user }, Command::Stls) => {
@@ -415,7 +493,9 @@ impl ServerSession {
                 response::err(out, None, WRONG_STATE);
                 None
             }
-            (State::Authenticating | State::StartingTls | State::Update | State::Closed, _) => None,
+            (State::Authenticating | State::SaslResponse | State::StartingTls | State::Update | State::Closed, _) => {
+                None
+            }
         }
     }
 
@@ -478,7 +558,7 @@ impl ServerSession {
                 stats.deleted = deleted.len();
                 return Some(Event::Commit { deleted, retrieved });
             }
-            Command::User(_) | Command::Pass(_) | Command::Apop { .. } | Command::Auth(_) => {
+            Command::User(_) | Command::Pass(_) | Command::Apop { .. } | Command::Auth(_) | Command::Utf8 => {
                 response::err(out, None, "already authenticated");
             }
             Command::Capa | Command::Stls => response::err(out, None, WRONG_STATE),
@@ -497,8 +577,27 @@ impl ServerSession {
         if self.config.tls_active || self.config.cleartext_allowed {
             response::line(out, "USER");
         }
+        if !self.config.sasl.is_empty() {
+            response::line(out, &format!("SASL {}", self.config.sasl.join(" ")));
+        }
         if matches!(self.state, State::Authorization { .. }) && self.config.stls_available && !self.config.tls_active {
             response::line(out, "STLS");
+        }
+        match (&self.state, self.config.login_delay) {
+            (State::Transaction(txn), _) => {
+                if let Some(d) = txn.login_delay {
+                    response::line(out, &format!("LOGIN-DELAY {d}"));
+                }
+            }
+            (_, Some((d, per_user))) => {
+                let user = if per_user { " USER" } else { "" };
+                response::line(out, &format!("LOGIN-DELAY {d}{user}"));
+            }
+            (_, None) => {}
+        }
+        if matches!(self.state, State::Authorization { .. }) {
+            // RFC 6856 section 2: UTF8 is offered before login; USER means it applies to names.
+            response::line(out, "UTF8 USER");
         }
         match (&self.state, self.config.expire) {
             (State::Transaction(txn), _) => {
@@ -531,10 +630,23 @@ impl ServerSession {
             deleted: vec![false; count],
             retrieved: vec![false; count],
             expire: login.expire,
+            login_delay: login.login_delay,
         });
     }
 
-    /// The driver's answer to [`Event::Authenticate`] when the login fails.
+    /// A SASL step's challenge: sends `+ base64` and waits for the client's response line.
+    pub fn sasl_challenge(&mut self, challenge: &[u8]) {
+        if !matches!(self.state, State::Authenticating) {
+            return;
+        }
+        self.out.extend_from_slice(b"+ ");
+        base64_encode(challenge, &mut self.out);
+        self.out.extend_from_slice(b"\r\n");
+        self.decoder.set_max(MAX_SASL_LINE);
+        self.state = State::SaslResponse;
+    }
+
+    /// The driver's answer to [`Event::Authenticate`] or a SASL step when the login fails.
     pub fn auth_failed(&mut self, failure: AuthFailure) {
         if !matches!(self.state, State::Authenticating) {
             return;
@@ -545,6 +657,7 @@ impl ServerSession {
             AuthFailure::InUse => (RespCode::InUse, "maildrop is locked by another session; try again later"),
             AuthFailure::Temporary => (RespCode::SysTemp, "temporary server problem; try again later"),
             AuthFailure::Permanent => (RespCode::SysPerm, "this maildrop cannot be opened; contact your administrator"),
+            AuthFailure::LoginDelay => (RespCode::LoginDelay, "you logged in too recently; try again later"),
         };
         response::err(&mut self.out, Some(code), text);
         self.auth_failures += 1;
@@ -593,9 +706,16 @@ impl ServerSession {
         response::err(&mut self.out, Some(RespCode::SysTemp), "message is no longer available");
     }
 
-    /// The TLS handshake after STLS succeeded: the session starts over in AUTHORIZATION.
-    pub fn tls_established(&mut self) {
+    /// Whether the client sent UTF8 (RFC 6856).
+    pub fn utf8(&self) -> bool {
+        self.utf8
+    }
+
+    /// The TLS handshake after STLS succeeded: the session starts over in AUTHORIZATION with the
+    /// SASL mechanisms usable over TLS.
+    pub fn tls_established(&mut self, sasl: Vec<String>) {
         if matches!(self.state, State::StartingTls) {
+            self.config.sasl = sasl;
             self.config.tls_active = true;
             self.config.stls_available = false;
             self.decoder.clear();
@@ -638,4 +758,14 @@ fn cleartext_refusal(stls: bool) -> &'static str {
     } else {
         "plaintext login is not allowed on an unencrypted connection; use port 995 (TLS)"
     }
+}
+
+/// Standard base64 with padding (RFC 4648 section 4), as SASL in POP3 uses.
+fn base64_encode(data: &[u8], out: &mut BytesMut) {
+    out.extend_from_slice(BASE64.encode(data).as_bytes());
+}
+
+/// Strict base64 decoding (canonical padding, no whitespace); `None` for anything invalid.
+fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
+    BASE64.decode(text).ok()
 }

@@ -31,6 +31,8 @@ fn config() -> SessionConfig {
         cleartext_allowed: true,
         implementation: Some("Pillarbox".into()),
         expire: None,
+        login_delay: None,
+        sasl: vec!["PLAIN".into()],
     }
 }
 
@@ -103,7 +105,7 @@ impl Harness {
                         self.session.auth_failed(AuthFailure::InUse);
                     } else {
                         let listing = self.listing();
-                        self.session.authenticated(listing, Login { expire: self.expire });
+                        self.session.authenticated(listing, Login { expire: self.expire, login_delay: None });
                     }
                 }
                 Event::Retrieve { index, top } => {
@@ -117,7 +119,17 @@ impl Harness {
                 Event::StartTls => {
                     self.collect();
                     self.tls_starts += 1;
-                    self.session.tls_established();
+                    self.session.tls_established(vec!["PLAIN".into()]);
+                }
+                Event::SaslStart { initial: None, .. } => self.session.sasl_challenge(b""),
+                Event::SaslStart { initial: Some(data), .. } | Event::SaslResponse(data) => {
+                    let parts: Vec<&[u8]> = data.expose().split(|&b| b == 0).collect();
+                    if parts.len() == 3 && parts[1] == b"mrose" && parts[2] == b"secret" {
+                        let listing = self.listing();
+                        self.session.authenticated(listing, Login { expire: self.expire, login_delay: Some(900) });
+                    } else {
+                        self.session.auth_failed(AuthFailure::Credentials);
+                    }
                 }
                 Event::Commit { deleted, retrieved } => {
                     self.committed = Some(deleted);
@@ -262,7 +274,7 @@ fn capa_lists_what_is_true_in_each_state() {
     let before = h.cmd("CAPA");
     assert_eq!(
         before,
-        "+OK capability list follows\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nUSER\r\nSTLS\r\nIMPLEMENTATION Pillarbox\r\n.\r\n"
+        "+OK capability list follows\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nUSER\r\nSASL PLAIN\r\nSTLS\r\nUTF8 USER\r\nIMPLEMENTATION Pillarbox\r\n.\r\n"
     );
     h.login();
     let after = h.cmd("CAPA");
@@ -270,7 +282,7 @@ fn capa_lists_what_is_true_in_each_state() {
     assert!(!after.contains("STLS"), "STLS is not valid after login");
     // Without cleartext permission and without TLS, USER is not offered and is refused.
     let mut h = Harness::new(SessionConfig { cleartext_allowed: false, ..config() }, vec![]);
-    assert!(!h.cmd("CAPA").contains("USER"));
+    assert!(!h.cmd("CAPA").contains("\r\nUSER\r\n"));
     let refusal = h.cmd("USER mrose");
     assert!(refusal.starts_with("-ERR [AUTH]") && refusal.contains("STLS"), "{refusal}");
     // After STLS the same connection may use USER.
@@ -414,4 +426,43 @@ fn expire_is_announced_and_expire_zero_deletes_retrieved_messages_at_quit() {
     h.cmd("QUIT");
     assert_eq!(h.committed, Some(vec![]), "EXPIRE 7 keeps the message for now");
     assert_eq!(h.retrieved, vec![0], "and the retrieval is reported so its age can be tracked");
+}
+
+#[test]
+fn sasl_plain_with_and_without_initial_response_cancel_and_bad_base64() {
+    let mut h = Harness::with_rfc_messages();
+    assert_eq!(h.cmd("AUTH"), "+OK SASL mechanisms follow\r\nPLAIN\r\n.\r\n");
+    assert_eq!(h.cmd("AUTH CRAM-MD5"), "-ERR unsupported SASL mechanism\r\n");
+    assert_eq!(h.cmd("AUTH PLAIN !!!"), "-ERR the initial response is not valid base64\r\n");
+    assert_eq!(h.cmd("AUTH PLAIN"), "+ \r\n");
+    assert_eq!(h.cmd("*"), "-ERR authentication cancelled\r\n");
+    assert_eq!(h.cmd("AUTH PLAIN"), "+ \r\n");
+    assert_eq!(h.cmd("not base64"), "-ERR the response is not valid base64; authentication aborted\r\n");
+    // "\0mrose\0wrong", then "\0mrose\0secret" as an initial response.
+    assert!(h.cmd("AUTH PLAIN AG1yb3NlAHdyb25n").starts_with("-ERR [AUTH]"));
+    assert!(h.cmd("AUTH plain AG1yb3NlAHNlY3JldA==").starts_with("+OK maildrop has 2 messages"));
+    let capa = h.cmd("CAPA");
+    assert!(capa.contains("\r\nLOGIN-DELAY 900\r\n") && !capa.contains("UTF8"), "{capa}");
+    assert!(h.cmd("AUTH PLAIN AG1yb3NlAHNlY3JldA==").starts_with("-ERR"));
+}
+
+#[test]
+fn sasl_response_may_exceed_the_command_line_limit() {
+    let mut h = Harness::with_rfc_messages();
+    assert_eq!(h.cmd("AUTH PLAIN"), "+ \r\n");
+    let long = format!("AG1yb3Nl{}", "A".repeat(4000));
+    assert!(h.cmd(&long).starts_with("-ERR [AUTH]"), "decoded and checked, not refused as too long");
+    assert_eq!(h.cmd(&format!("NOOP {}", "x".repeat(300))), "-ERR line too long\r\n", "the limit is back");
+}
+
+#[test]
+fn cleartext_sasl_is_refused_without_tls_and_utf8_is_accepted() {
+    let mut h = Harness::new(SessionConfig { cleartext_allowed: false, sasl: vec![], ..config() }, vec![]);
+    let l = h.cmd("AUTH PLAIN AG1yb3NlAHNlY3JldA==");
+    assert!(l.starts_with("-ERR [AUTH]") && l.contains("STLS"), "{l}");
+    assert!(!h.cmd("CAPA").contains("SASL"));
+    assert_eq!(h.cmd("UTF8"), "+OK UTF-8 user names and passwords are welcome\r\n");
+    assert!(h.session.utf8());
+    let capa = Harness::new(SessionConfig { login_delay: Some((300, true)), ..config() }, vec![]).cmd("CAPA");
+    assert!(capa.contains("\r\nLOGIN-DELAY 300 USER\r\n"), "{capa}");
 }
