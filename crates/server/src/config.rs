@@ -117,7 +117,7 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
-/// A duration written as `30s`, `10m`, `1h` or a number of seconds.
+/// A duration written as `250ms`, `30s`, `10m`, `1h` or a number of seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
@@ -152,13 +152,14 @@ impl FromStr for HumanDuration {
         let s = s.trim();
         let (n, unit) =
             number_and_unit(s).ok_or_else(|| format!("{s:?} is not a duration (examples: 30s, 10m, 1h)"))?;
-        let mult = match unit {
-            "" | "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            other => return Err(format!("unknown unit {other:?} in {s:?}; use s, m or h")),
+        let millis: u64 = match unit {
+            "ms" => 1,
+            "" | "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            other => return Err(format!("unknown unit {other:?} in {s:?}; use ms, s, m or h")),
         };
-        Ok(Self(Duration::from_secs(n.saturating_mul(mult))))
+        Ok(Self(Duration::from_millis(n.saturating_mul(millis))))
     }
 }
 
@@ -733,6 +734,7 @@ mod tests {
         assert_eq!("90".parse::<HumanDuration>().map(|d| d.0), Ok(Duration::from_secs(90)));
         assert_eq!("2h".parse::<HumanDuration>().map(|d| d.0), Ok(Duration::from_secs(7200)));
         assert!("2d".parse::<HumanDuration>().is_err());
+        assert_eq!("250ms".parse::<HumanDuration>().map(|d| d.0), Ok(Duration::from_millis(250)));
         let n: Cidr = "10.1.0.0/16".parse().expect("cidr");
         assert!(n.contains("10.1.200.3".parse().expect("ip")) && !n.contains("10.2.0.1".parse().expect("ip")));
         let n: Cidr = "2001:db8::/33".parse().expect("cidr");

@@ -7,18 +7,19 @@
 //! [`CHUNK`] octets straight into the encoder: a read of a page-cached file takes microseconds,
 //! less than a hop to the blocking thread pool would, and at most one chunk is held per session.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use pillarbox_auth::{UserDb, UserFile, verify_password};
-use pillarbox_proto::server::{AuthFailure, Credential, Event, ExpireCapa, Login, ServerSession, SessionConfig};
-use pillarbox_proto::{UserName, apop, response};
+use pillarbox_auth::{UserDb, UserFile};
+use pillarbox_proto::server::{AuthFailure, Credential, Event, ExpireCapa, ServerSession, SessionConfig};
+use pillarbox_proto::{Secret, UserName, response};
 use pillarbox_store::{Maildrop, Mailstore, StoreError, Update};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -27,6 +28,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::login::{self, Mech, PerIp, Step, Throttle};
 use crate::tls;
 
 /// Octets read from the client at a time: a pipelined batch of commands fits many times over.
@@ -37,6 +39,8 @@ const CHUNK: usize = 64 * 1024;
 const FLUSH_AT: usize = 64 * 1024;
 /// Time allowed for a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// POP3S connections over a limit that may be in a TLS handshake at once, just to be refused.
+const REFUSAL_HANDSHAKES: usize = 32;
 /// After the shutdown grace period, time allowed for sessions to say goodbye and close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -52,6 +56,8 @@ pub enum ServerError {
     Tls(#[from] tls::TlsError),
     #[error("the configuration has pop3s listeners but no [tls] section")]
     NoTls,
+    #[error("no randomness available: {0}")]
+    Random(String),
 }
 
 /// What a listener speaks.
@@ -173,6 +179,14 @@ pub(crate) struct Shared {
     tls: Option<TlsAcceptor>,
     pub(crate) hostname: String,
     connections: Arc<Semaphore>,
+    pub(crate) throttle: Throttle,
+    per_ip: Arc<PerIp>,
+    /// Last successful login per user, for LOGIN-DELAY (in memory: a restart forgets it).
+    pub(crate) last_login: Mutex<HashMap<UserName, Instant>>,
+    /// Per-process secret for the SCRAM parameters of unknown users.
+    pub(crate) scram_secret: [u8; 32],
+    /// Bounds the TLS handshakes done only to refuse a POP3S connection politely.
+    refusals: Arc<Semaphore>,
 }
 
 /// The POP3 server.
@@ -198,7 +212,23 @@ impl Server {
             warn!(error = %e, "the user file cannot be read; nobody can log in until it is fixed");
         }
         let connections = Arc::new(Semaphore::new(config.max_connections));
-        Ok(Self { shared: Arc::new(Shared { config, store, users, tls, hostname, connections }) })
+        let mut scram_secret = [0u8; 32];
+        getrandom::fill(&mut scram_secret).map_err(|e| ServerError::Random(e.to_string()))?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config,
+                store,
+                users,
+                tls,
+                hostname,
+                connections,
+                throttle: Throttle::default(),
+                per_ip: Arc::new(PerIp::default()),
+                last_login: Mutex::new(HashMap::new()),
+                scram_secret,
+                refusals: Arc::new(Semaphore::new(REFUSAL_HANDSHAKES)),
+            }),
+        })
     }
 
     /// Serve until `shutdown` completes, then drain: stop accepting, let open sessions go on for
@@ -245,10 +275,20 @@ async fn accept_loop(shared: Arc<Shared>, listener: Listener, service: Service, 
         };
         let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
             warn!(client = %peer, limit = shared.config.max_connections, "connection refused: too many connections");
-            if let (Stream::Tcp(tcp), Service::Pop3) = (stream, service) {
-                tokio::spawn(refuse(tcp));
-            }
+            refuse(&shared, stream, service, "too many connections; try again later");
             continue;
+        };
+        // POP3 clients are limited per address; an MTA delivering over LMTP is not.
+        let ip_permit = match service {
+            Service::Lmtp => None,
+            _ => match shared.per_ip.try_acquire(peer.addr.ip(), shared.config.max_connections_per_ip) {
+                Some(p) => Some(p),
+                None => {
+                    warn!(client = %peer, limit = shared.config.max_connections_per_ip, "connection refused: too many from this address");
+                    refuse(&shared, stream, service, "too many connections from your address; try again later");
+                    continue;
+                }
+            },
         };
         let shared = shared.clone();
         let phase = phase.clone();
@@ -261,6 +301,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: Listener, service: Service, 
                 (Service::Lmtp, Stream::Unix(unix)) => crate::lmtp::session(shared, unix, peer, phase).await,
                 (_, Stream::Unix(_)) => {}
             }
+            drop(ip_permit);
             drop(permit);
         });
     }
@@ -307,10 +348,46 @@ async fn accept(listener: &Listener) -> io::Result<(Stream, Peer)> {
     }
 }
 
-async fn refuse(mut stream: TcpStream) {
+/// Answer a connection that is over a limit with `-ERR [SYS/TEMP]` and close it (on POP3S after
+/// a bounded TLS handshake; when too many of those are already running, just close).
+fn refuse(shared: &Arc<Shared>, stream: Stream, service: Service, text: &'static str) {
+    let Stream::Tcp(tcp) = stream else { return };
     let mut out = bytes::BytesMut::new();
-    response::err(&mut out, Some(response::RespCode::SysTemp), "too many connections; try again later");
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&out)).await;
+    response::err(&mut out, Some(response::RespCode::SysTemp), text);
+    match service {
+        Service::Pop3 => {
+            tokio::spawn(async move {
+                let mut tcp = tcp;
+                let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(&out)).await;
+            });
+        }
+        Service::Pop3s => {
+            let (Some(acceptor), Ok(slot)) = (shared.tls.clone(), shared.refusals.clone().try_acquire_owned()) else {
+                return;
+            };
+            tokio::spawn(async move {
+                let job = async {
+                    let mut tls = acceptor.accept(tcp).await?;
+                    tls.write_all(&out).await?;
+                    tls.shutdown().await
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(10), job).await;
+                drop(slot);
+            });
+        }
+        Service::Lmtp => {}
+    }
+}
+
+/// `tls-exporter` channel binding data (RFC 9266), offered only on TLS 1.3: with TLS 1.2 it is
+/// safe only with the extended master secret, which cannot be confirmed here.
+fn channel_binding(conn: &Conn) -> Option<Vec<u8>> {
+    let Conn::Tls(tls) = conn else { return None };
+    let (_, server) = tls.get_ref();
+    if server.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        return None;
+    }
+    server.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None).ok()
 }
 
 /// A connection before or after TLS.
@@ -380,6 +457,10 @@ struct Conversation {
     session: ServerSession,
     maildrop: Option<Box<dyn Maildrop>>,
     bytes_out: u64,
+    peer: SocketAddr,
+    /// The SASL exchange in progress, and its mechanism's name.
+    sasl: Option<(Mech, String)>,
+    channel_binding: Option<Vec<u8>>,
 }
 
 async fn session(
@@ -406,7 +487,13 @@ async fn session(
     } else {
         Conn::Plain(stream)
     };
+    let channel_binding = channel_binding(&conn);
+    let trusted = shared.config.is_trusted(peer.ip());
+    let sasl = login::mechanisms(&shared, implicit, trusted, channel_binding.is_some());
     let (users, _) = shared.users.current();
+    let per_user_delay = users.users.values().any(|u| u.login_delay.is_some_and(|d| d != shared.config.login_delay));
+    let login_delay =
+        (shared.config.login_delay > 0 || per_user_delay).then_some((shared.config.login_delay, per_user_delay));
     let apop_timestamp = (shared.config.apop && users.any_apop()).then(|| {
         let mut r = [0u8; 8];
         let _ = getrandom::fill(&mut r);
@@ -417,14 +504,24 @@ async fn session(
         apop_timestamp,
         tls_active: implicit,
         stls_available: !implicit && shared.tls.is_some(),
-        cleartext_allowed: shared.config.is_trusted(peer.ip()),
+        cleartext_allowed: trusted,
         implementation: Some(format!("Pillarbox-{}", env!("CARGO_PKG_VERSION"))),
         expire: Some(ExpireCapa {
             default: shared.config.expire,
             per_user: users.users.values().any(|u| u.expire.is_some_and(|e| e != shared.config.expire)),
         }),
+        login_delay,
+        sasl,
     };
-    let mut conv = Conversation { shared, session: ServerSession::new(config), maildrop: None, bytes_out: 0 };
+    let mut conv = Conversation {
+        shared,
+        session: ServerSession::new(config),
+        maildrop: None,
+        bytes_out: 0,
+        peer,
+        sasl: None,
+        channel_binding,
+    };
     let end = conv.run(conn, phase).await;
     let stats = conv.session.stats();
     info!(
@@ -489,15 +586,29 @@ impl Conversation {
                     }
                 }
                 Event::Authenticate { user, credential } => {
-                    let result = self.authenticate(user, credential).await;
-                    match result {
-                        Ok((opened, login)) => {
-                            self.maildrop = Some(opened.maildrop);
-                            self.session.authenticated(opened.listing, login);
+                    let method = if matches!(credential, Credential::Password(_)) { "USER/PASS" } else { "APOP" };
+                    let shared = self.shared.clone();
+                    let claimed = user.clone();
+                    let verified = tokio::task::spawn_blocking(move || {
+                        let (users, problem) = shared.users.current();
+                        if let Some(e) = problem {
+                            warn!(error = %e, "the user file cannot be read; using the last good copy");
                         }
-                        Err(f) => self.session.auth_failed(f),
-                    }
+                        login::check_credential(&users, &user, &credential)
+                    })
+                    .await
+                    .unwrap_or(None);
+                    self.finish_login(verified, method, &claimed).await;
                 }
+                Event::SaslStart { mechanism, initial } => {
+                    let Some(mech) = Mech::new(&mechanism, self.channel_binding.clone()) else {
+                        self.session.auth_failed(AuthFailure::Credentials);
+                        continue;
+                    };
+                    self.sasl = Some((mech, mechanism));
+                    self.sasl_step(initial).await;
+                }
+                Event::SaslResponse(data) => self.sasl_step(Some(data)).await,
                 Event::Retrieve { index, top } => {
                     if let Err(e) = self.retrieve(&mut conn, index, top).await {
                         debug!(error = %e, "connection lost while sending a message");
@@ -515,7 +626,9 @@ impl Conversation {
                         Ok(Ok(tls)) => Conn::Tls(Box::new(tls)),
                         _ => return End::TlsFailed,
                     };
-                    self.session.tls_established();
+                    self.channel_binding = channel_binding(&conn);
+                    let mechs = login::mechanisms(&self.shared, true, true, self.channel_binding.is_some());
+                    self.session.tls_established(mechs);
                 }
                 Event::Commit { deleted, retrieved } => {
                     let result = match self.maildrop.take() {
@@ -544,47 +657,81 @@ impl Conversation {
         }
     }
 
-    async fn authenticate(
-        &mut self,
-        user: String,
-        credential: Credential,
-    ) -> Result<(pillarbox_store::Opened, Login), AuthFailure> {
-        let shared = self.shared.clone();
-        let job = move || {
-            let (users, problem) = shared.users.current();
-            if let Some(e) = problem {
-                warn!(error = %e, "the user file cannot be read; using the last good copy");
-            }
-            let name = UserName::new(&user).ok();
-            let record = name.as_ref().and_then(|n| users.users.get(n));
-            let ok = match &credential {
-                Credential::Password(p) => verify_password(record, p.expose()),
-                Credential::Apop { timestamp, digest } => record
-                    .and_then(|r| r.apop_secret.as_ref())
-                    .is_some_and(|s| apop::verify(timestamp, s.expose(), digest.expose())),
-            };
-            let method = if matches!(credential, Credential::Password(_)) { "USER/PASS" } else { "APOP" };
-            let expire = record.and_then(|r| r.expire).unwrap_or(shared.config.expire);
-            let name = match (ok, name) {
-                (true, Some(n)) => n,
-                _ => {
-                    info!(target: "pillarbox::auth", user = %user, method, result = "failed", "authentication failed");
-                    return Err(AuthFailure::Credentials);
-                }
-            };
-            match shared.store.open(&name, shared.config.lock) {
-                Ok(opened) => {
-                    info!(target: "pillarbox::auth", user = %name, method, result = "ok", "logged in");
-                    Ok((opened, Login { expire: Some(expire) }))
-                }
-                Err(StoreError::InUse) => Err(AuthFailure::InUse),
-                Err(e) => {
-                    error!(user = %name, error = %e, "cannot open maildrop");
-                    Err(if is_permanent(&e) { AuthFailure::Permanent } else { AuthFailure::Temporary })
-                }
-            }
+    /// Run one SASL step and answer the session.
+    async fn sasl_step(&mut self, data: Option<Secret<Vec<u8>>>) {
+        let Some((mech, name)) = self.sasl.as_mut() else {
+            self.session.auth_failed(AuthFailure::Credentials);
+            return;
         };
-        tokio::task::spawn_blocking(job).await.unwrap_or(Err(AuthFailure::Temporary))
+        let mechanism = name.clone();
+        match mech.step(data.as_ref().map(|d| d.expose().as_slice()), &self.shared) {
+            Step::Challenge(c) => self.session.sasl_challenge(&c),
+            Step::CheckPassword { user, password } => {
+                let shared = self.shared.clone();
+                let claimed = user.clone();
+                let verified = tokio::task::spawn_blocking(move || {
+                    let (users, _) = shared.users.current();
+                    login::check_credential(&users, &user, &Credential::Password(password))
+                })
+                .await
+                .unwrap_or(None);
+                self.sasl = None;
+                self.finish_login(verified, &mechanism, &claimed).await;
+            }
+            Step::Verified(name) => {
+                self.sasl = None;
+                let claimed = name.to_string();
+                self.finish_login(Some((name, None)), &mechanism, &claimed).await;
+            }
+            Step::Failed(claimed) => {
+                self.sasl = None;
+                self.finish_login(None, &mechanism, &claimed).await;
+            }
+        }
+    }
+
+    /// Complete a login attempt: on failure wait the brute-force delay, then answer; on success
+    /// open the maildrop. One audit line either way, never with a secret.
+    async fn finish_login(
+        &mut self,
+        verified: Option<(UserName, Option<Secret<Vec<u8>>>)>,
+        mechanism: &str,
+        claimed: &str,
+    ) {
+        let ip = self.peer.ip();
+        let tls = self.session.is_tls();
+        let Some((name, password)) = verified else {
+            let c = &self.shared.config;
+            let delay = self.shared.throttle.failure(ip, claimed, c.fail_delay, c.fail_delay_max);
+            info!(
+                target: "pillarbox::auth",
+                client = %self.peer, user = claimed, mechanism, tls, result = "failed",
+                delay_ms = delay.as_millis() as u64, "authentication failed"
+            );
+            tokio::time::sleep(delay).await;
+            self.session.auth_failed(AuthFailure::Credentials);
+            return;
+        };
+        self.shared.throttle.success(ip, name.as_str());
+        let shared = self.shared.clone();
+        let who = name.clone();
+        let opened = tokio::task::spawn_blocking(move || login::open_for(&shared, &who, password.as_ref()))
+            .await
+            .unwrap_or(Err(AuthFailure::Temporary));
+        let result = match &opened {
+            Ok(_) => "ok",
+            Err(AuthFailure::InUse) => "in-use",
+            Err(AuthFailure::LoginDelay) => "login-delay",
+            Err(_) => "maildrop-error",
+        };
+        info!(target: "pillarbox::auth", client = %self.peer, user = %name, mechanism, tls, result, delay_ms = 0u64, "login");
+        match opened {
+            Ok((opened, login)) => {
+                self.maildrop = Some(opened.maildrop);
+                self.session.authenticated(opened.listing, login);
+            }
+            Err(f) => self.session.auth_failed(f),
+        }
     }
 
     async fn retrieve(&mut self, conn: &mut Conn, index: usize, top: Option<u64>) -> io::Result<()> {
@@ -625,7 +772,7 @@ impl Conversation {
 
 /// Whether a store error needs an administrator (RFC 3206 `SYS/PERM`) rather than a retry
 /// (`SYS/TEMP`): the maildrop's files are not what they must be, or not accessible at all.
-fn is_permanent(e: &StoreError) -> bool {
+pub(crate) fn is_permanent(e: &StoreError) -> bool {
     matches!(e, StoreError::Io { source, .. } if matches!(
         source.kind(),
         io::ErrorKind::PermissionDenied | io::ErrorKind::NotADirectory | io::ErrorKind::IsADirectory | io::ErrorKind::InvalidData

@@ -7,6 +7,7 @@ pub mod datadir;
 mod driver;
 mod expunge;
 mod lmtp;
+mod login;
 pub mod tls;
 
 pub use config::{Config, ConfigError};

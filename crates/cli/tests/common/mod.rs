@@ -38,6 +38,10 @@ impl Pillarbox {
         let stderr_path = dir.path().join("server.log");
         let pb = Self { dir, child: None, pop3: None, pop3s: None, lmtp: None, stderr_path };
         pb.add_user("alice", PASSWORD);
+        // Failed logins are delayed by seconds in production; tests that are not about the
+        // delays use short ones (the delay tests set their own).
+        pb.edit_config("fail_delay = \"2s\"", "fail_delay = \"20ms\"");
+        pb.edit_config("fail_delay_max = \"15s\"", "fail_delay_max = \"100ms\"");
         pb
     }
 
