@@ -30,6 +30,23 @@ pub fn split_scheme(hash: &str) -> Option<(&str, &str)> {
     Some((&rest[..end], &rest[end + 1..]))
 }
 
+/// A passwd-file password field in `{SCHEME}` form: Dovecot also accepts bare crypt(3) strings,
+/// whose scheme follows from their prefix.
+pub fn normalize_dovecot_hash(field: &str) -> String {
+    if split_scheme(field).is_some() {
+        return field.to_owned();
+    }
+    let scheme = match field {
+        f if f.starts_with("$6$") => "SHA512-CRYPT",
+        f if f.starts_with("$5$") => "SHA256-CRYPT",
+        f if f.starts_with("$2y$") || f.starts_with("$2b$") || f.starts_with("$2a$") => "BLF-CRYPT",
+        f if f.starts_with("$argon2id$") => "ARGON2ID",
+        f if f.starts_with("$argon2i$") => "ARGON2I",
+        _ => "CRYPT",
+    };
+    format!("{{{scheme}}}{field}")
+}
+
 /// Why a Dovecot scheme cannot be imported, or `None` if it can.
 pub fn unsupported_reason(scheme: &str) -> Option<String> {
     let upper = scheme.to_ascii_uppercase();

@@ -110,6 +110,24 @@ enum UserCommand {
         #[arg(long)]
         default: bool,
     },
+    /// Set the seconds a user must wait between logins (RFC 2449 LOGIN-DELAY).
+    LoginDelay {
+        name: String,
+        #[arg(long, value_name = "SECONDS", conflicts_with = "default", required_unless_present = "default")]
+        seconds: Option<u32>,
+        /// Use the server's default again.
+        #[arg(long)]
+        default: bool,
+    },
+    /// Import users from a Dovecot passwd-file, keeping their password hashes ({SHA512-CRYPT},
+    /// {BLF-CRYPT}, {ARGON2ID}, ...). Each is replaced by argon2id at the user's first login.
+    Import {
+        /// The passwd-file (`user:{SCHEME}hash:uid:gid:gecos:home:shell:extra`).
+        file: PathBuf,
+        /// Replace users that already exist.
+        #[arg(long)]
+        replace: bool,
+    },
     /// Give a user an APOP secret (RFC 1939 section 7), or remove it with --clear. APOP needs the
     /// secret stored in a plaintext-equivalent form, so only set one for clients that need APOP.
     Apop {
@@ -273,8 +291,11 @@ async fn shutdown_signal() {
     }
 }
 
+/// A user name as typed: SASLprep-ed (RFC 4013) and validated.
 fn parse_user(name: &str) -> Result<UserName> {
-    UserName::new(name).map_err(|e| Exit(EX_DATAERR, e.to_string()).into())
+    pillarbox_auth::saslprep(name)
+        .and_then(|n| UserName::new(&n).map_err(|e| e.to_string()))
+        .map_err(|e| Exit(EX_DATAERR, e).into())
 }
 
 fn read_password(source: &PasswordSource, prompt_for: &str) -> Result<Secret<Vec<u8>>> {
@@ -397,6 +418,15 @@ fn user(config: &Config, cmd: UserCommand) -> Result<ExitCode> {
                 None => println!("{name} uses the server's default retention"),
             }
         }
+        UserCommand::LoginDelay { name, seconds, default: _ } => {
+            let name = parse_user(&name)?;
+            update_user(&file, &name, |rec| rec.login_delay = seconds)?;
+            match seconds {
+                Some(s) => println!("{name} must wait {s} seconds between logins"),
+                None => println!("{name} uses the server's default login delay"),
+            }
+        }
+        UserCommand::Import { file: source, replace } => return import_users(&file, &source, replace),
         UserCommand::Apop { name, secret_stdin, clear } => {
             let name = parse_user(&name)?;
             let secret = if clear {
@@ -414,6 +444,66 @@ fn user(config: &Config, cmd: UserCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `pillarbox user import`: Dovecot passwd-file lines into the user file, hashes kept.
+fn import_users(file: &UserFile, source: &std::path::Path, replace: bool) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(source).with_context(|| format!("reading {}", source.display()))?;
+    let mut imported = Vec::new();
+    let mut skipped = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split(':');
+        let (Some(user), Some(hash)) = (fields.next(), fields.next()) else {
+            skipped.push(format!("line {}: not user:password", n + 1));
+            continue;
+        };
+        let name = match pillarbox_auth::saslprep(user).and_then(|u| UserName::new(&u).map_err(|e| e.to_string())) {
+            Ok(n) => n,
+            Err(e) => {
+                skipped.push(format!("line {}: {e}", n + 1));
+                continue;
+            }
+        };
+        let hash = pillarbox_auth::legacy::normalize_dovecot_hash(hash);
+        let scheme = pillarbox_auth::legacy::split_scheme(&hash).map(|(s, _)| s.to_owned()).unwrap_or_default();
+        if let Some(why) = pillarbox_auth::legacy::unsupported_reason(&scheme) {
+            skipped.push(format!("{name}: {why}"));
+            continue;
+        }
+        imported.push((name, hash));
+    }
+    let result = file.update(|u| {
+        let mut done = 0;
+        for (name, hash) in &imported {
+            match u.users.get_mut(name) {
+                Some(_) if !replace => skipped.push(format!("{name}: already exists (use --replace)")),
+                Some(rec) => {
+                    rec.password_hash = hash.clone();
+                    rec.scram_sha256 = None;
+                    rec.scram_sha1 = None;
+                    done += 1;
+                }
+                None => {
+                    u.users.insert(name.clone(), UserRecord::with_hash(hash.clone()));
+                    done += 1;
+                }
+            }
+        }
+        Ok::<usize, String>(done)
+    })?;
+    let done = result.map_err(anyhow::Error::msg)?;
+    println!("imported {done} user(s) from {}", source.display());
+    for s in &skipped {
+        println!("skipped {s}");
+    }
+    if done > 0 {
+        println!("their Dovecot hashes are kept and replaced by argon2id (with SCRAM keys) at each user's first login");
+    }
+    Ok(if skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EX_DATAERR) })
 }
 
 /// Change one existing user's record under the user file's lock.

@@ -138,9 +138,10 @@ mod tests {
     }
 }
 
-/// A local user name: 1 to 64 characters of `a-z 0-9 . _ + @ -`, not starting with `.` or `-`.
-/// Names are case-insensitive and kept in lowercase. The rules keep a name safe as a single path
-/// component of a maildrop and as a field of the user file.
+/// A local user name: 1 to 64 characters that are letters or digits (any script, RFC 6856) or
+/// `. _ + @ -`, not starting with `.` or `-`. Names are case-insensitive and kept in lowercase.
+/// The rules keep a name safe as a single path component of a maildrop and as a field of the
+/// user file. Callers apply SASLprep (RFC 4013) first, so equivalent spellings are one name.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UserName(String);
 
@@ -152,11 +153,11 @@ impl UserName {
     pub const MAX_LEN: usize = 64;
 
     pub fn new(name: &str) -> Result<Self, UserNameError> {
-        let lower = name.to_ascii_lowercase();
+        let lower = name.to_lowercase();
         let ok = !lower.is_empty()
-            && lower.len() <= Self::MAX_LEN
+            && lower.chars().count() <= Self::MAX_LEN
             && !lower.starts_with(['.', '-'])
-            && lower.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._+@-".contains(&b));
+            && lower.chars().all(|c| c.is_alphanumeric() || "._+@-".contains(c));
         if ok { Ok(Self(lower)) } else { Err(UserNameError(name.chars().take(80).collect())) }
     }
 
@@ -186,7 +187,9 @@ mod user_name_tests {
         assert_eq!(UserName::new("Alice").map(|u| u.0), Ok("alice".into()));
         assert!(UserName::new("alice@example.org").is_ok());
         assert!(UserName::new("a.b+c_d-e").is_ok());
-        for bad in ["", ".", "..", ".hidden", "-x", "a/b", "a:b", "a b", "a\0", &"x".repeat(65), "é"] {
+        assert_eq!(UserName::new("Jürgen").map(|u| u.0), Ok("jürgen".into()));
+        assert!(UserName::new("用户").is_ok());
+        for bad in ["", ".", "..", ".hidden", "-x", "a/b", "a:b", "a b", "a\0", &"x".repeat(65), "a\u{202e}b"] {
             assert!(UserName::new(bad).is_err(), "{bad:?}");
         }
     }

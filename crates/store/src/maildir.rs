@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use pillarbox_proto::{CrlfCounter, Listing, ListingEntry, UserName};
+use pillarbox_proto::{CrlfCounter, Listing, ListingEntry, UniqueId, UserName};
 use tracing::{debug, warn};
 
 use crate::{Delivered, Maildrop, Mailstore, Opened, PendingDelivery, StoreError, Update, Usage, uid_for_name};
@@ -24,6 +24,7 @@ use crate::{Delivered, Maildrop, Mailstore, Opened, PendingDelivery, StoreError,
 const INDEX_FILE: &str = "pillarbox-index";
 const INDEX_MAGIC: &str = "pillarbox-index 1";
 const LOCK_FILE: &str = "pillarbox-pop3.lock";
+const DOVECOT_UIDLIST: &str = "dovecot-uidlist";
 const RETRIEVED_FILE: &str = "pillarbox-retrieved";
 const SUBDIRS: [&str; 3] = ["cur", "new", "tmp"];
 
@@ -68,12 +69,75 @@ struct Found {
     size: u64,
     /// Delivery time from the name, for ordering.
     time: (u64, u64),
+    /// The UID Dovecot gave the message, when the maildrop came from Dovecot.
+    dovecot: Option<DovecotUid>,
 }
 
 impl Found {
     fn base(&self) -> &str {
         &self.file[..self.base_len]
     }
+
+    /// The UIDL: what Dovecot showed for it (its saved value, or its default `%08Xu%08Xv`
+    /// format), so clients download nothing twice after a move from Dovecot; otherwise derived
+    /// from the permanent name.
+    fn unique_id(&self) -> UniqueId {
+        self.dovecot.as_ref().and_then(DovecotUid::uidl).unwrap_or_else(|| uid_for_name(self.base()))
+    }
+}
+
+/// A message's entry in Dovecot's `dovecot-uidlist`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DovecotUid {
+    uid: u32,
+    uid_validity: u32,
+    /// A POP3 UIDL Dovecot saved for the message (the `P` field).
+    saved: Option<String>,
+}
+
+impl DovecotUid {
+    fn uidl(&self) -> Option<UniqueId> {
+        match &self.saved {
+            Some(p) => UniqueId::new(p.clone()).ok(),
+            None => UniqueId::new(format!("{:08X}{:08X}", self.uid, self.uid_validity)).ok(),
+        }
+    }
+}
+
+/// Parse `dovecot-uidlist` (versions 1 and 3): a header with the UID validity, then
+/// `uid [fields] :filename` lines. Unreadable input yields what could be read.
+fn read_dovecot_uidlist(path: &Path) -> HashMap<String, DovecotUid> {
+    let mut map = HashMap::new();
+    let Ok(text) = fs::read_to_string(path) else { return map };
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else { return map };
+    let mut words = header.split(' ');
+    let version = words.next().unwrap_or("");
+    let uid_validity = match version {
+        "1" => words.next().and_then(|v| v.parse().ok()),
+        "3" => words.find_map(|w| w.strip_prefix('V')).and_then(|v| v.parse().ok()),
+        _ => None,
+    };
+    let Some(uid_validity) = uid_validity else {
+        warn!(file = %path.display(), "dovecot-uidlist has an unknown header; Dovecot's UIDLs are not kept");
+        return map;
+    };
+    for line in lines {
+        let (head, name) = match (version, line.split_once(':')) {
+            ("3", Some((head, name))) => (head, name),
+            ("1", _) => match line.split_once(' ') {
+                Some((uid, name)) => (uid, name),
+                None => continue,
+            },
+            _ => continue,
+        };
+        let mut fields = head.split_whitespace();
+        let Some(uid) = fields.next().and_then(|u| u.parse().ok()) else { continue };
+        let saved = fields.find_map(|f| f.strip_prefix('P')).map(str::to_owned);
+        let base = name.split(':').next().unwrap_or(name).trim();
+        map.insert(base.to_owned(), DovecotUid { uid, uid_validity, saved });
+    }
+    map
 }
 
 /// A size hint `,X=<digits>` in a Maildir base name.
@@ -167,6 +231,7 @@ fn write_index(dir: &Path, found: &[Found]) -> io::Result<()> {
 fn scan(dir: &Path) -> Result<Vec<Found>, StoreError> {
     let index_path = dir.join(INDEX_FILE);
     let index = read_index(&index_path);
+    let dovecot = read_dovecot_uidlist(&dir.join(DOVECOT_UIDLIST));
     let mut found: Vec<Found> = Vec::with_capacity(index.len() + 16);
     let mut changed = false;
     for sub in ["new", "cur"] {
@@ -209,10 +274,16 @@ fn scan(dir: &Path) -> Result<Vec<Found>, StoreError> {
                 }
             };
             let time = delivery_time(base);
-            found.push(Found { sub, file, base_len, raw_size, size, time });
+            let dovecot = dovecot.get(base).cloned();
+            found.push(Found { sub, file, base_len, raw_size, size, time, dovecot });
         }
     }
-    found.sort_unstable_by(|a, b| a.time.cmp(&b.time).then_with(|| a.base().cmp(b.base())));
+    // Messages Dovecot numbered keep Dovecot's order (by UID, as its POP3 server lists them);
+    // the others follow in delivery order.
+    found.sort_unstable_by(|a, b| {
+        let uid = |f: &Found| f.dovecot.as_ref().map_or(u32::MAX, |d| d.uid);
+        uid(a).cmp(&uid(b)).then_with(|| a.time.cmp(&b.time)).then_with(|| a.base().cmp(b.base()))
+    });
     // The same message in new/ and cur/ at once (another program mid-rename) is listed once.
     found.dedup_by(|a, b| a.base() == b.base());
     changed |= found.len() != index.len();
@@ -269,9 +340,8 @@ impl Mailstore for MaildirStore {
             None
         };
         let found = scan(&dir)?;
-        let listing = Listing {
-            entries: found.iter().map(|f| ListingEntry { size: f.size, uid: uid_for_name(f.base()) }).collect(),
-        };
+        let listing =
+            Listing { entries: found.iter().map(|f| ListingEntry { size: f.size, uid: f.unique_id() }).collect() };
         debug!(user = %user, messages = found.len(), "maildrop opened");
         Ok(Opened { listing, maildrop: Box::new(MaildirDrop { dir, found, retrieved: None, _lock: lock }) })
     }

@@ -114,3 +114,28 @@ fn delivered_file_names_carry_both_size_hints() {
     assert!(d.name.ends_with(",S=4,W=6"), "{}", d.name);
     assert!(md.join("new").join(&d.name).is_file());
 }
+
+#[test]
+fn dovecot_uidlist_keeps_dovecot_uidls_and_order() {
+    let (_d, store, md) = setup();
+    // Delivered "later" by time but numbered first by Dovecot, one with a saved POP3 UIDL, and
+    // one message Dovecot never saw.
+    write(&md.join("cur/1700000009.M1P1.host,S=6,W=7:2,S"), b"first\n");
+    write(&md.join("new/1700000001.M2P1.host,S=7,W=8"), b"second\n");
+    write(&md.join("new/1700000005.M3P1.host,S=6,W=7"), b"third\n");
+    write(&md.join("new/1700000002.M4P1.host,S=6,W=7"), b"extra\n");
+    write(
+        &md.join("dovecot-uidlist"),
+        b"3 V1700000000 N4 G0123456789abcdef\n1 :1700000009.M1P1.host,S=6,W=7\n2 W8 :1700000001.M2P1.host,S=7,W=8\n3 Pkept-from-before :1700000005.M3P1.host,S=6,W=7\n",
+    );
+    let l = listing(&store);
+    assert_eq!(
+        l,
+        vec![
+            (7, "000000016553F100".into()),
+            (8, "000000026553F100".into()),
+            (7, "kept-from-before".into()),
+            (7, "1700000002.M4P1.host,S=6,W=7".into()),
+        ]
+    );
+}
