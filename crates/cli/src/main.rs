@@ -2,6 +2,8 @@
 //! hands over to the library crates; it is the only crate that uses `anyhow`.
 #![forbid(unsafe_code)]
 
+mod migrate;
+
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +42,9 @@ enum Command {
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Moving from another POP3 server.
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
     /// Deliver one message from standard input into a user's maildrop (for an MTA's pipe).
     Deliver {
         /// The recipient.
@@ -47,6 +52,27 @@ enum Command {
         /// Refuse messages larger than this many octets.
         #[arg(long)]
         max_size: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MigrateCommand {
+    /// Log in to the old server and to Pillarbox as USER and compare message order, sizes and
+    /// UIDLs, so clients that keep mail on the server will not download anything twice.
+    Verify {
+        /// The old server's POP3 address (plaintext; loopback unless --insecure).
+        #[arg(long, value_name = "HOST:PORT")]
+        dovecot: SocketAddr,
+        /// Pillarbox's POP3 address; defaults to the first configured pop3 listener.
+        #[arg(long, value_name = "HOST:PORT")]
+        pillarbox: Option<SocketAddr>,
+        user: String,
+        /// Read the user's password from standard input (one line) instead of asking.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Allow logging in without TLS to an address that is not on this machine.
+        #[arg(long)]
+        insecure: bool,
     },
 }
 
@@ -212,6 +238,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => serve(config, prepared, args),
         Command::User(cmd) => user(&config, cmd),
         Command::Deliver { user, max_size } => deliver(&config, &user, max_size),
+        Command::Migrate(MigrateCommand::Verify { dovecot, pillarbox, user, password_stdin, insecure }) => {
+            let new = pillarbox
+                .or_else(|| config.pop3.first().copied())
+                .context("no --pillarbox address and no pop3 listener in the configuration")?;
+            let secret = read_password(password_stdin, &user, false)?;
+            let same = migrate::verify(dovecot, new, &user, &secret, insecure)?;
+            Ok(if same { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
     }
 }
 
@@ -298,17 +332,20 @@ fn parse_user(name: &str) -> Result<UserName> {
         .map_err(|e| Exit(EX_DATAERR, e).into())
 }
 
-fn read_password(source: &PasswordSource, prompt_for: &str) -> Result<Secret<Vec<u8>>> {
-    if source.password_stdin {
+/// A password from standard input or, on a terminal, typed without echo (twice when `confirm`).
+fn read_password(from_stdin: bool, prompt_for: &str, confirm: bool) -> Result<Secret<Vec<u8>>> {
+    if from_stdin {
         return Ok(read_secret_line(std::io::stdin().lock())?);
     }
     if !std::io::stdin().is_terminal() {
         bail!("no terminal to ask for the password on; use --password-stdin");
     }
     let first = Secret::new(rpassword::prompt_password(format!("Password for {prompt_for}: "))?.into_bytes());
-    let second = Secret::new(rpassword::prompt_password("Repeat the password: ")?.into_bytes());
-    if first != second {
-        bail!("the passwords do not match");
+    if confirm {
+        let second = Secret::new(rpassword::prompt_password("Repeat the password: ")?.into_bytes());
+        if first != second {
+            bail!("the passwords do not match");
+        }
     }
     Ok(first)
 }
@@ -320,7 +357,7 @@ fn new_password(source: &PasswordSource, name: &UserName, config: &Config) -> Re
         println!("generated password for {name} (shown only now): {p}");
         Secret::new(p.into_bytes())
     } else {
-        let p = read_password(source, name.as_str())?;
+        let p = read_password(source.password_stdin, name.as_str(), true)?;
         check_password_policy(p.expose(), name.as_str(), config.min_password_score)
             .map_err(|why| Exit(EX_DATAERR, why))?;
         p
