@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run every Pillarbox test on a fresh Debian machine.
 #
-# The end-to-end tests talk to the real binary with real clients (Python's poplib, curl, mpop),
-# so this first installs the Debian packages that provide them when they are missing, then runs
-# the whole workspace's tests (unit, protocol, end-to-end, doc tests).
+# The end-to-end tests talk to the real binary with real clients (Python's poplib and smtplib,
+# curl, mpop, swaks, a SCRAM client on pyOpenSSL) and compare it with a real Dovecot, so this
+# first installs what provides them when it is missing, then runs the whole workspace's tests
+# (unit, protocol, end-to-end, doc tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,17 +14,29 @@ have curl    || missing+=(curl)
 have swaks   || missing+=(swaks)
 have mpop    || missing+=(mpop)
 have python3 || missing+=(python3)
+have doveadm || missing+=(dovecot-core)
+[ -x /usr/lib/dovecot/pop3 ] || missing+=(dovecot-pop3d)
+[ -x /usr/lib/dovecot/lmtp ] || missing+=(dovecot-lmtpd)
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || missing+=(procps)
 [ -d /etc/ssl/certs ] || missing+=(ca-certificates)
 
+if [ "$(id -u)" -eq 0 ]; then sudo=(); elif have sudo; then sudo=(sudo); else sudo=(false); fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing test dependencies: ${missing[*]}"
-  if [ "$(id -u)" -eq 0 ]; then sudo=(); elif have sudo; then sudo=(sudo); else
+  if [ "${sudo[0]:-}" = false ]; then
     echo "test.sh: need root (or sudo) to install: ${missing[*]}" >&2; exit 1
   fi
   export DEBIAN_FRONTEND=noninteractive
   "${sudo[@]}" apt-get update -qq
   "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# pyOpenSSL gives the SCRAM test client the TLS exporter (RFC 9266) that Python's ssl lacks.
+if ! python3 -c "import OpenSSL" 2>/dev/null; then
+  echo "test.sh: installing pyOpenSSL"
+  python3 -m pip install --quiet pyopenssl 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages pyopenssl 2>/dev/null ||
+    { "${sudo[@]}" apt-get install -y -qq --no-install-recommends python3-openssl >/dev/null; }
 fi
 
 have cargo || { echo "test.sh: cargo is not installed (https://rustup.rs)" >&2; exit 1; }

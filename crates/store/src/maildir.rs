@@ -78,9 +78,9 @@ impl Found {
         &self.file[..self.base_len]
     }
 
-    /// The UIDL: what Dovecot showed for it (its saved value, or its default `%08Xu%08Xv`
-    /// format), so clients download nothing twice after a move from Dovecot; otherwise derived
-    /// from the permanent name.
+    /// The UIDL: what Dovecot showed for it (its saved value, or what its `%08Xu%08Xv` format
+    /// prints: UID and UID validity as 8 lowercase hex digits each), so clients download nothing
+    /// twice after a move from Dovecot; otherwise derived from the permanent name.
     fn unique_id(&self) -> UniqueId {
         self.dovecot.as_ref().and_then(DovecotUid::uidl).unwrap_or_else(|| uid_for_name(self.base()))
     }
@@ -99,7 +99,7 @@ impl DovecotUid {
     fn uidl(&self) -> Option<UniqueId> {
         match &self.saved {
             Some(p) => UniqueId::new(p.clone()).ok(),
-            None => UniqueId::new(format!("{:08X}{:08X}", self.uid, self.uid_validity)).ok(),
+            None => UniqueId::new(format!("{:08x}{:08x}", self.uid, self.uid_validity)).ok(),
         }
     }
 }

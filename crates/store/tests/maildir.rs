@@ -132,8 +132,8 @@ fn dovecot_uidlist_keeps_dovecot_uidls_and_order() {
     assert_eq!(
         l,
         vec![
-            (7, "000000016553F100".into()),
-            (8, "000000026553F100".into()),
+            (7, "000000016553f100".into()),
+            (8, "000000026553f100".into()),
             (7, "kept-from-before".into()),
             (7, "1700000002.M4P1.host,S=6,W=7".into()),
         ]

@@ -2,6 +2,8 @@
 //! minimal line-oriented POP3 client over std sockets for raw-protocol tests.
 #![allow(dead_code)]
 
+pub mod dovecot;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -34,10 +36,18 @@ pub struct Pillarbox {
 impl Pillarbox {
     /// A fresh data folder with user `alice` (password [`PASSWORD`]).
     pub fn new() -> Self {
+        let pb = Self::without_users();
+        pb.add_user("alice", PASSWORD);
+        pb
+    }
+
+    /// A fresh data folder without users.
+    pub fn without_users() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let stderr_path = dir.path().join("server.log");
         let pb = Self { dir, child: None, pop3: None, pop3s: None, lmtp: None, stderr_path };
-        pb.add_user("alice", PASSWORD);
+        // Any command prepares the data folder; listing users changes nothing.
+        assert!(pb.run(&["user", "list"], b"").status.success());
         // Failed logins are delayed by seconds in production; tests that are not about the
         // delays use short ones (the delay tests set their own).
         pb.edit_config("fail_delay = \"2s\"", "fail_delay = \"20ms\"");
