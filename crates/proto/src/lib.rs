@@ -15,6 +15,7 @@ pub mod response;
 pub mod server;
 pub mod transcript;
 pub mod types;
+pub mod units;
 
 pub use command::{Command, ParseError};
 pub use dotstuff::{CrlfCounter, MessageEncoder, Unstuffed, Unstuffer, crlf_size};
