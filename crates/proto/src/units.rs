@@ -1,5 +1,6 @@
-//! Human-friendly sizes and durations for configuration files and command lines: `50MB`, `2GiB`,
-//! `4096`; `250ms`, `30s`, `10m`, `1h`, `7d`. In TOML a bare number is octets or seconds.
+//! Helpers for configuration files: human-friendly sizes and durations (`50MB`, `2GiB`, `4096`;
+//! `250ms`, `30s`, `10m`, `1h`, `7d`; in TOML a bare number is octets or seconds), and locating a
+//! TOML error's line and field so messages can name them.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -87,6 +88,42 @@ impl<'de> Deserialize<'de> for HumanSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         number_or_text(d, Self)
     }
+}
+
+/// The line (1-based) and `table.key` at a byte offset of a TOML document.
+pub fn toml_location(text: &str, offset: usize) -> (usize, String) {
+    let line = text[..offset.min(text.len())].matches('\n').count() + 1;
+    let lines: Vec<&str> = text.lines().collect();
+    let this = lines.get(line - 1).map_or("", |l| l.trim());
+    let key = this.split('=').next().map(str::trim).filter(|k| !k.is_empty() && !k.starts_with('['));
+    let table = lines[..(line - 1).min(lines.len())]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('[') && !l.starts_with("[["))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    let field = match (table, key) {
+        (Some(t), Some(k)) => format!("{t}.{k}"),
+        (None, Some(k)) => k.to_owned(),
+        (Some(t), None) => t,
+        (None, None) => "(top level)".to_owned(),
+    };
+    (line, field)
+}
+
+/// The line (1-based) where `key` is set inside `[table]`, or 0 if it is not written there.
+pub fn key_line(text: &str, table: &str, key: &str) -> usize {
+    let mut in_table = false;
+    let mut found = 0;
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            in_table = t.trim_matches(|c| c == '[' || c == ']').trim() == table;
+        } else if in_table && t.split('=').next().map(str::trim) == Some(key) {
+            found = i + 1;
+        }
+    }
+    found
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use pillarbox_proto::Expire;
 use pillarbox_proto::limits::MIN_AUTOLOGOUT_SECS;
-use pillarbox_proto::units::number_or_text;
+use pillarbox_proto::units::{key_line, number_or_text, toml_location};
 pub use pillarbox_proto::units::{HumanDuration, HumanSize};
 use serde::Deserialize;
 
@@ -549,44 +549,13 @@ fn clean(path: &Path) -> PathBuf {
 
 /// Turn a TOML error into "file, line, field: message".
 fn field_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
-    let offset = e.span().map_or(0, |s| s.start);
-    let line = text[..offset.min(text.len())].matches('\n').count() + 1;
-    let field = field_at_line(text, line).unwrap_or_else(|| "(top level)".into());
+    let (line, field) = toml_location(text, e.span().map_or(0, |s| s.start));
     ConfigError::Field { path: path.to_owned(), line, field, message: e.message().trim().to_owned() }
-}
-
-/// "table.key" for the key on `line` (1-based), from the nearest `[table]` header above it.
-fn field_at_line(text: &str, line: usize) -> Option<String> {
-    let lines: Vec<&str> = text.lines().collect();
-    let this = lines.get(line.checked_sub(1)?)?.trim();
-    let key = this.split('=').next().map(str::trim).filter(|k| !k.is_empty() && !k.starts_with('['));
-    let table = lines[..line - 1]
-        .iter()
-        .rev()
-        .map(|l| l.trim())
-        .find(|l| l.starts_with('[') && !l.starts_with("[["))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
-    match (table, key) {
-        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
-        (None, Some(k)) => Some(k.to_owned()),
-        (Some(t), None) => Some(t),
-        (None, None) => None,
-    }
 }
 
 /// An error for `table.key`, located at the line where the key is written (or 0 if absent).
 fn field_at(text: &str, path: &Path, table: &str, key: &str, message: String) -> ConfigError {
-    let mut in_table = false;
-    let mut line_no = 0;
-    for (i, l) in text.lines().enumerate() {
-        let t = l.trim();
-        if t.starts_with('[') {
-            in_table = t.trim_matches(|c| c == '[' || c == ']').trim() == table;
-        } else if in_table && t.split('=').next().map(str::trim) == Some(key) {
-            line_no = i + 1;
-        }
-    }
-    ConfigError::Field { path: path.to_owned(), line: line_no, field: format!("{table}.{key}"), message }
+    ConfigError::Field { path: path.to_owned(), line: key_line(text, table, key), field: format!("{table}.{key}"), message }
 }
 
 #[cfg(test)]

@@ -1,0 +1,289 @@
+//! Accounts for `pillarbox fetch`: one TOML table per account, validated once. A mistake names the
+//! file, the line and the field.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use pillarbox_proto::units::HumanSize;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// TLS from the first byte (RFC 8314), port 995 by default.
+    Implicit,
+    /// STLS on the plain port (RFC 2595), port 110 by default; never falls back to plaintext.
+    Starttls,
+    /// No TLS at all; only with `insecure = true`.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthChoice {
+    /// The strongest the server offers: SCRAM-SHA-256, then PLAIN/LOGIN/USER over TLS, then APOP.
+    Auto,
+    ScramSha256,
+    Plain,
+    Login,
+    Apop,
+    User,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deliver {
+    /// A Maildir (created if missing): exactly once, even across crashes.
+    Maildir(PathBuf),
+    /// An mbox file in mboxrd format, locked while written.
+    Mbox(PathBuf),
+    /// A command that receives each message on standard input; exit 0 means delivered.
+    Mda(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Delete from the server once stored locally.
+    Delete,
+    /// Leave on the server (needs UIDL).
+    Keep,
+    /// Delete this many days after the first download (needs UIDL).
+    Days(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Oversize {
+    Skip,
+    Delete,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    Command(String),
+    File(PathBuf),
+    Env(String),
+}
+
+impl std::fmt::Debug for PasswordSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PasswordSource::Command(_) => f.write_str("PasswordSource::Command(..)"),
+            PasswordSource::File(p) => write!(f, "PasswordSource::File({})", p.display()),
+            PasswordSource::Env(v) => write!(f, "PasswordSource::Env({v})"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub insecure: bool,
+    pub username: String,
+    pub password: PasswordSource,
+    pub auth: AuthChoice,
+    pub ca_file: Option<PathBuf>,
+    /// SHA-256 of the server's certificate (DER), when pinned.
+    pub fingerprint: Option<[u8; 32]>,
+    pub deliver: Deliver,
+    pub keep: Keep,
+    pub max_size: Option<u64>,
+    pub oversize: Oversize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}, line {line}, field `{field}`: {message}")]
+    Field { path: PathBuf, line: usize, field: String, message: String },
+    #[error("{path}: no account named {name}")]
+    Unknown { path: PathBuf, name: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    accounts: BTreeMap<String, RawAccount>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccount {
+    host: String,
+    port: Option<u16>,
+    tls: Option<TlsMode>,
+    #[serde(default)]
+    insecure: bool,
+    username: String,
+    password_command: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+    auth: Option<AuthChoice>,
+    ca_file: Option<PathBuf>,
+    tls_fingerprint: Option<String>,
+    deliver: RawDeliver,
+    keep: Option<String>,
+    max_size: Option<HumanSize>,
+    oversize: Option<Oversize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeliver {
+    maildir: Option<PathBuf>,
+    mbox: Option<PathBuf>,
+    mda: Option<String>,
+}
+
+/// `~/x` relative to the home directory.
+pub fn expand_home(p: &Path) -> PathBuf {
+    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => p.to_owned(),
+    }
+}
+
+/// Where accounts are read from by default: `$XDG_CONFIG_HOME/pillarbox/accounts.toml`.
+pub fn default_path() -> PathBuf {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("pillarbox").join("accounts.toml")
+}
+
+/// `sha256:` followed by 64 hex digits (colons allowed between bytes, as tools print them).
+pub fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
+    let hex: String = s.strip_prefix("sha256:").unwrap_or(s).chars().filter(|c| *c != ':').collect();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+pub fn load(path: &Path) -> Result<Vec<Account>, AccountError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AccountError::Read { path: path.to_owned(), source })?;
+    parse(&text, path)
+}
+
+pub fn parse(text: &str, path: &Path) -> Result<Vec<Account>, AccountError> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let (line, field) = pillarbox_proto::units::toml_location(text, e.span().map_or(0, |s| s.start));
+        AccountError::Field { path: path.to_owned(), line, field, message: e.message().trim().to_owned() }
+    })?;
+    let mut out = Vec::new();
+    for (name, a) in raw.accounts {
+        let err = |key: &str, message: String| {
+            let line = pillarbox_proto::units::key_line(text, &format!("accounts.{name}"), key);
+            AccountError::Field { path: path.to_owned(), line, field: format!("accounts.{name}.{key}"), message }
+        };
+        let tls = a.tls.unwrap_or(TlsMode::Implicit);
+        if tls == TlsMode::None && !a.insecure {
+            return Err(err("tls", "\"none\" sends the password and mail in cleartext; it needs insecure = true".into()));
+        }
+        let password = match (a.password_command, a.password_file, a.password_env) {
+            (Some(c), None, None) => PasswordSource::Command(c),
+            (None, Some(f), None) => PasswordSource::File(expand_home(&f)),
+            (None, None, Some(v)) => PasswordSource::Env(v),
+            (None, None, None) => {
+                return Err(err("password_command", "give one of password_command, password_file or password_env".into()));
+            }
+            _ => return Err(err("password_command", "give only one of password_command, password_file, password_env".into())),
+        };
+        let deliver = match (a.deliver.maildir, a.deliver.mbox, a.deliver.mda) {
+            (Some(m), None, None) => Deliver::Maildir(expand_home(&m)),
+            (None, Some(m), None) => Deliver::Mbox(expand_home(&m)),
+            (None, None, Some(c)) => Deliver::Mda(c),
+            _ => return Err(err("deliver", "give exactly one of { maildir = PATH }, { mbox = PATH }, { mda = COMMAND }".into())),
+        };
+        let keep = match a.keep.as_deref() {
+            None | Some("delete") => Keep::Delete,
+            Some("keep") => Keep::Keep,
+            Some(s) => match s.strip_suffix('d').and_then(|n| n.parse().ok()) {
+                Some(n) => Keep::Days(n),
+                None => return Err(err("keep", format!("{s:?}: use \"delete\", \"keep\" or a number of days like \"7d\""))),
+            },
+        };
+        let fingerprint = match a.tls_fingerprint {
+            None => None,
+            Some(f) => Some(parse_fingerprint(&f).ok_or_else(|| err("tls_fingerprint", "expected sha256: and 64 hex digits".into()))?),
+        };
+        out.push(Account {
+            port: a.port.unwrap_or(if tls == TlsMode::Implicit { 995 } else { 110 }),
+            name,
+            host: a.host,
+            tls,
+            insecure: a.insecure,
+            username: a.username,
+            password,
+            auth: a.auth.unwrap_or(AuthChoice::Auto),
+            ca_file: a.ca_file.map(|p| expand_home(&p)),
+            fingerprint,
+            deliver,
+            keep,
+            max_size: a.max_size.map(|s| s.0),
+            oversize: a.oversize.unwrap_or(Oversize::Skip),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[accounts.work]
+host = "pop.example.com"
+username = "me@example.com"
+password_command = "pass show mail/work"
+deliver = { maildir = "/tmp/Mail/work" }
+keep = "7d"
+max_size = "20MB"
+
+[accounts.home]
+host = "127.0.0.1"
+port = 1110
+tls = "starttls"
+username = "me"
+password_env = "HOME_PW"
+deliver = { mbox = "/tmp/home.mbox" }
+tls_fingerprint = "sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+"#;
+
+    #[test]
+    fn parses_and_defaults() {
+        let a = parse(GOOD, Path::new("accounts.toml")).expect("valid");
+        let home = &a[0];
+        assert_eq!((home.name.as_str(), home.port, home.tls), ("home", 1110, TlsMode::Starttls));
+        assert_eq!(home.fingerprint.map(|f| f[1]), Some(0x11));
+        let work = &a[1];
+        assert_eq!((work.port, work.tls, work.keep, work.max_size), (995, TlsMode::Implicit, Keep::Days(7), Some(20_000_000)));
+        assert!(!format!("{:?}", work.password).contains("pass show"), "the command may contain secrets");
+    }
+
+    #[test]
+    fn errors_name_line_and_field() {
+        let bad = GOOD.replace("keep = \"7d\"", "keep = \"sometimes\"");
+        let e = parse(&bad, Path::new("a.toml")).expect_err("bad keep").to_string();
+        assert!(e.starts_with("a.toml, line 7, field `accounts.work.keep`"), "{e}");
+        let bad = GOOD.replace("tls = \"starttls\"", "tls = \"none\"");
+        let e = parse(&bad, Path::new("a.toml")).expect_err("insecure").to_string();
+        assert!(e.contains("field `accounts.home.tls`") && e.contains("insecure = true"), "{e}");
+        let bad = GOOD.replace("port = 1110", "prot = 1110");
+        let e = parse(&bad, Path::new("a.toml")).expect_err("unknown").to_string();
+        assert!(e.contains("line 12, field `accounts.home.prot`") && e.contains("unknown field"), "{e}");
+    }
+}
