@@ -191,34 +191,55 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Account>, AccountError> {
         };
         let tls = a.tls.unwrap_or(TlsMode::Implicit);
         if tls == TlsMode::None && !a.insecure {
-            return Err(err("tls", "\"none\" sends the password and mail in cleartext; it needs insecure = true".into()));
+            return Err(err(
+                "tls",
+                "\"none\" sends the password and mail in cleartext; it needs insecure = true".into(),
+            ));
         }
         let password = match (a.password_command, a.password_file, a.password_env) {
             (Some(c), None, None) => PasswordSource::Command(c),
             (None, Some(f), None) => PasswordSource::File(expand_home(&f)),
             (None, None, Some(v)) => PasswordSource::Env(v),
             (None, None, None) => {
-                return Err(err("password_command", "give one of password_command, password_file or password_env".into()));
+                return Err(err(
+                    "password_command",
+                    "give one of password_command, password_file or password_env".into(),
+                ));
             }
-            _ => return Err(err("password_command", "give only one of password_command, password_file, password_env".into())),
+            _ => {
+                return Err(err(
+                    "password_command",
+                    "give only one of password_command, password_file, password_env".into(),
+                ));
+            }
         };
         let deliver = match (a.deliver.maildir, a.deliver.mbox, a.deliver.mda) {
             (Some(m), None, None) => Deliver::Maildir(expand_home(&m)),
             (None, Some(m), None) => Deliver::Mbox(expand_home(&m)),
             (None, None, Some(c)) => Deliver::Mda(c),
-            _ => return Err(err("deliver", "give exactly one of { maildir = PATH }, { mbox = PATH }, { mda = COMMAND }".into())),
+            _ => {
+                return Err(err(
+                    "deliver",
+                    "give exactly one of { maildir = PATH }, { mbox = PATH }, { mda = COMMAND }".into(),
+                ));
+            }
         };
         let keep = match a.keep.as_deref() {
             None | Some("delete") => Keep::Delete,
             Some("keep") => Keep::Keep,
             Some(s) => match s.strip_suffix('d').and_then(|n| n.parse().ok()) {
                 Some(n) => Keep::Days(n),
-                None => return Err(err("keep", format!("{s:?}: use \"delete\", \"keep\" or a number of days like \"7d\""))),
+                None => {
+                    return Err(err("keep", format!("{s:?}: use \"delete\", \"keep\" or a number of days like \"7d\"")));
+                }
             },
         };
         let fingerprint = match a.tls_fingerprint {
             None => None,
-            Some(f) => Some(parse_fingerprint(&f).ok_or_else(|| err("tls_fingerprint", "expected sha256: and 64 hex digits".into()))?),
+            Some(f) => Some(
+                parse_fingerprint(&f)
+                    .ok_or_else(|| err("tls_fingerprint", "expected sha256: and 64 hex digits".into()))?,
+            ),
         };
         out.push(Account {
             port: a.port.unwrap_or(if tls == TlsMode::Implicit { 995 } else { 110 }),
@@ -270,7 +291,10 @@ tls_fingerprint = "sha256:00112233445566778899aabbccddeeff00112233445566778899aa
         assert_eq!((home.name.as_str(), home.port, home.tls), ("home", 1110, TlsMode::Starttls));
         assert_eq!(home.fingerprint.map(|f| f[1]), Some(0x11));
         let work = &a[1];
-        assert_eq!((work.port, work.tls, work.keep, work.max_size), (995, TlsMode::Implicit, Keep::Days(7), Some(20_000_000)));
+        assert_eq!(
+            (work.port, work.tls, work.keep, work.max_size),
+            (995, TlsMode::Implicit, Keep::Days(7), Some(20_000_000))
+        );
         assert!(!format!("{:?}", work.password).contains("pass show"), "the command may contain secrets");
     }
 

@@ -4,3 +4,5 @@
 #![forbid(unsafe_code)]
 
 pub mod account;
+pub mod deliver;
+pub mod journal;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use pillarbox_proto::Expire;
 use pillarbox_proto::limits::MIN_AUTOLOGOUT_SECS;
-use pillarbox_proto::units::{key_line, number_or_text, toml_location};
 pub use pillarbox_proto::units::{HumanDuration, HumanSize};
+use pillarbox_proto::units::{key_line, number_or_text, toml_location};
 use serde::Deserialize;
 
 /// The file name of the configuration inside a data folder.
@@ -555,7 +555,12 @@ fn field_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
 
 /// An error for `table.key`, located at the line where the key is written (or 0 if absent).
 fn field_at(text: &str, path: &Path, table: &str, key: &str, message: String) -> ConfigError {
-    ConfigError::Field { path: path.to_owned(), line: key_line(text, table, key), field: format!("{table}.{key}"), message }
+    ConfigError::Field {
+        path: path.to_owned(),
+        line: key_line(text, table, key),
+        field: format!("{table}.{key}"),
+        message,
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,558 @@
+//! Local delivery of fetched messages, in batches (group commit): messages are written as they
+//! arrive and made durable together in [`Local::flush`], before the journal records them and
+//! before any DELE.
+//!
+//! Messages are stored with Unix line ends (CRLF from the wire becomes LF), as Maildir and mbox
+//! readers expect.
+//!
+//! Exactly once across crashes:
+//! - Maildir: file names carry a hash of the account and message id (`.F<hash>.`), so a message
+//!   already moved into place before a crash (but not yet journaled) is recognised and not stored
+//!   again.
+//! - mbox: before a batch is appended, the mbox length and the batch number are written to
+//!   `mbox-pending` in the state folder; if the journal never committed that batch, the next run
+//!   cuts the mbox back to that length and downloads the batch again.
+//! - MDA: a message is delivered when the command exits 0; a crash between that and the journal
+//!   write may deliver it again (at least once), since nothing can ask the MDA what it stored.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+use crate::account::Deliver;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the MDA `{command}` failed ({status}) for a message")]
+    Mda { command: String, status: String },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> DeliverError {
+    let context = context.into();
+    move |source| DeliverError::Io { context, source }
+}
+
+/// Converts CRLF to LF across chunk boundaries.
+#[derive(Default)]
+struct ToLf {
+    pending_cr: bool,
+}
+
+impl ToLf {
+    fn convert(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        out.clear();
+        for &b in chunk {
+            if self.pending_cr {
+                self.pending_cr = false;
+                if b != b'\n' {
+                    out.push(b'\r');
+                }
+            }
+            if b == b'\r' {
+                self.pending_cr = true;
+            } else {
+                out.push(b);
+            }
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        out.clear();
+        if std::mem::take(&mut self.pending_cr) {
+            out.push(b'\r');
+        }
+    }
+}
+
+/// A finished Maildir message waiting for the batch's fsync and rename.
+struct Staged {
+    id: String,
+    file: File,
+    tmp: PathBuf,
+    name: String,
+}
+
+enum Kind {
+    Maildir { dir: PathBuf, present: HashSet<String>, staged: Vec<Staged> },
+    Mbox { path: PathBuf, pending: PathBuf, file: Option<File>, written: Vec<String> },
+    Mda { command: String, done: Vec<String> },
+}
+
+enum Current {
+    Maildir {
+        id: String,
+        file: BufWriter<File>,
+        tmp: PathBuf,
+        size: u64,
+    },
+    /// `start`: where the message begins in the mbox; `line`: the undecided head of a line.
+    Mbox {
+        id: String,
+        start: u64,
+        at_line_start: bool,
+        line: Vec<u8>,
+    },
+    Mda {
+        id: String,
+        child: Child,
+    },
+}
+
+pub struct Local {
+    kind: Kind,
+    account_key: String,
+    current: Option<Current>,
+    lf: ToLf,
+    scratch: Vec<u8>,
+}
+
+/// The `F` part of a Maildir name for a message of an account.
+fn fetch_tag(account_key: &str, id: &str) -> String {
+    let h = Sha256::digest(format!("{account_key}\0{id}").as_bytes());
+    h[..10].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn fsync_dir(p: &Path) -> io::Result<()> {
+    File::open(p)?.sync_all()
+}
+
+impl Local {
+    /// Prepare the destination. `state_dir` holds the mbox recovery record; `last_batch` is the
+    /// journal's last committed batch.
+    pub fn open(deliver: &Deliver, account_key: &str, state_dir: &Path, last_batch: u64) -> Result<Self, DeliverError> {
+        let kind = match deliver {
+            Deliver::Maildir(dir) => {
+                let mut present = HashSet::new();
+                for sub in ["tmp", "new", "cur"] {
+                    let p = dir.join(sub);
+                    fs::create_dir_all(&p).map_err(io_err(format!("creating {}", p.display())))?;
+                }
+                for sub in ["new", "cur"] {
+                    let p = dir.join(sub);
+                    for e in fs::read_dir(&p).map_err(io_err(format!("reading {}", p.display())))?.flatten() {
+                        if let Some(tag) =
+                            e.file_name().to_str().and_then(|n| n.split('.').find_map(|part| part.strip_prefix('F')))
+                        {
+                            present.insert(tag.to_owned());
+                        }
+                    }
+                }
+                Kind::Maildir { dir: dir.clone(), present, staged: Vec::new() }
+            }
+            Deliver::Mbox(path) => {
+                let pending = state_dir.join("mbox-pending");
+                recover_mbox(path, &pending, last_batch)?;
+                Kind::Mbox { path: path.clone(), pending, file: None, written: Vec::new() }
+            }
+            Deliver::Mda(command) => Kind::Mda { command: command.clone(), done: Vec::new() },
+        };
+        Ok(Self { kind, account_key: account_key.to_owned(), current: None, lf: ToLf::default(), scratch: Vec::new() })
+    }
+
+    /// Whether a previous, interrupted run already stored this message (Maildir only).
+    pub fn already_stored(&self, id: &str) -> bool {
+        match &self.kind {
+            Kind::Maildir { present, .. } => present.contains(&fetch_tag(&self.account_key, id)),
+            _ => false,
+        }
+    }
+
+    /// Start a message; `next_batch` is the number the batch will get in the journal.
+    pub fn begin(&mut self, id: &str, next_batch: u64) -> Result<(), DeliverError> {
+        self.abort();
+        self.lf = ToLf::default();
+        self.current = Some(match &mut self.kind {
+            Kind::Maildir { dir, .. } => {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+                let mut r = [0u8; 4];
+                let _ = getrandom::fill(&mut r);
+                let unique = format!(
+                    "{}.M{}P{}R{:08x}",
+                    now.as_secs(),
+                    now.subsec_micros(),
+                    std::process::id(),
+                    u32::from_le_bytes(r)
+                );
+                let tmp = dir.join("tmp").join(unique);
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(io_err(format!("creating {}", tmp.display())))?;
+                Current::Maildir { id: id.to_owned(), file: BufWriter::with_capacity(64 * 1024, file), tmp, size: 0 }
+            }
+            Kind::Mbox { path, pending, file, .. } => {
+                if file.is_none() {
+                    *file = Some(open_mbox(path, pending, next_batch)?);
+                }
+                let f = file.as_mut().ok_or_else(|| io_err("mbox")(io::Error::other("not open")))?;
+                let start = f.metadata().map_err(io_err(format!("reading {}", path.display())))?.len();
+                let date = mbox_date();
+                f.write_all(format!("From MAILER-DAEMON {date}\n").as_bytes())
+                    .map_err(io_err(format!("writing {}", path.display())))?;
+                Current::Mbox { id: id.to_owned(), start, at_line_start: true, line: Vec::new() }
+            }
+            Kind::Mda { command, .. } => {
+                let child = Command::new("/bin/sh")
+                    .arg("-c")
+                    .arg(&*command)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .map_err(io_err(format!("starting the MDA `{command}`")))?;
+                Current::Mda { id: id.to_owned(), child }
+            }
+        });
+        Ok(())
+    }
+
+    /// Message text as received (CRLF lines).
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), DeliverError> {
+        let mut buf = std::mem::take(&mut self.scratch);
+        self.lf.convert(chunk, &mut buf);
+        let r = self.write_lf(&buf);
+        self.scratch = buf;
+        r
+    }
+
+    fn write_lf(&mut self, data: &[u8]) -> Result<(), DeliverError> {
+        match (&mut self.current, &mut self.kind) {
+            (Some(Current::Maildir { file, tmp, size, .. }), _) => {
+                *size += data.len() as u64;
+                file.write_all(data).map_err(io_err(format!("writing {}", tmp.display())))
+            }
+            (Some(Current::Mbox { at_line_start, line, .. }), Kind::Mbox { path, file: Some(f), .. }) => {
+                mboxrd_quote(data, at_line_start, line, f).map_err(io_err(format!("writing {}", path.display())))
+            }
+            (Some(Current::Mda { child, .. }), Kind::Mda { command, .. }) => match child.stdin.as_mut() {
+                Some(stdin) => stdin.write_all(data).map_err(io_err(format!("writing to the MDA `{command}`"))),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// The current message is complete.
+    pub fn finish(&mut self) -> Result<(), DeliverError> {
+        let mut tail = Vec::new();
+        self.lf.finish(&mut tail);
+        self.write_lf(&tail)?;
+        let account_key = self.account_key.clone();
+        match (self.current.take(), &mut self.kind) {
+            (Some(Current::Maildir { id, file, tmp, size }), Kind::Maildir { staged, .. }) => {
+                let file =
+                    file.into_inner().map_err(|e| io_err(format!("writing {}", tmp.display()))(e.into_error()))?;
+                let unique = tmp.file_name().and_then(|n| n.to_str()).unwrap_or("msg").to_owned();
+                let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                let host: String = host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+                let name = format!(
+                    "{unique}.F{}.{},S={size}",
+                    fetch_tag(&account_key, &id),
+                    if host.is_empty() { "localhost" } else { &host }
+                );
+                staged.push(Staged { id, file, tmp, name });
+                Ok(())
+            }
+            (Some(Current::Mbox { id, at_line_start, line, .. }), Kind::Mbox { path, file: Some(f), written, .. }) => {
+                // The undecided head of a last line is too short to be a From_ line. A message
+                // without a final newline still ends its line; then comes the blank separator.
+                let ends_with_newline = if line.is_empty() { at_line_start } else { line.last() == Some(&b'\n') };
+                let mut end = line;
+                if !ends_with_newline {
+                    end.push(b'\n');
+                }
+                end.push(b'\n');
+                f.write_all(&end).map_err(io_err(format!("writing {}", path.display())))?;
+                written.push(id);
+                Ok(())
+            }
+            (Some(Current::Mda { id, mut child }), Kind::Mda { command, done }) => {
+                drop(child.stdin.take());
+                let status = child.wait().map_err(io_err(format!("waiting for the MDA `{command}`")))?;
+                if !status.success() {
+                    return Err(DeliverError::Mda { command: command.clone(), status: status.to_string() });
+                }
+                done.push(id);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Drop the current message (connection lost, size limit): nothing of it remains.
+    pub fn abort(&mut self) {
+        match self.current.take() {
+            Some(Current::Maildir { file, tmp, .. }) => {
+                drop(file);
+                let _ = fs::remove_file(tmp);
+            }
+            // Cut the partial message off; the batch's finished messages stay.
+            Some(Current::Mbox { start, .. }) => {
+                if let Kind::Mbox { file: Some(f), .. } = &mut self.kind {
+                    let _ = f.set_len(start);
+                }
+            }
+            Some(Current::Mda { mut child, .. }) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            None => {}
+        }
+    }
+
+    /// Make every finished message durable; returns their ids.
+    pub fn flush(&mut self) -> Result<Vec<String>, DeliverError> {
+        match &mut self.kind {
+            Kind::Maildir { dir, present, staged } => {
+                let new = dir.join("new");
+                let mut ids = Vec::new();
+                for s in staged.drain(..) {
+                    s.file.sync_all().map_err(io_err(format!("syncing {}", s.tmp.display())))?;
+                    fs::rename(&s.tmp, new.join(&s.name))
+                        .map_err(io_err(format!("moving a message into {}", new.display())))?;
+                    if let Some(tag) = s.name.split('.').find_map(|p| p.strip_prefix('F')) {
+                        present.insert(tag.to_owned());
+                    }
+                    ids.push(s.id);
+                }
+                if !ids.is_empty() {
+                    fsync_dir(&new).map_err(io_err(format!("syncing {}", new.display())))?;
+                }
+                Ok(ids)
+            }
+            Kind::Mbox { path, file, written, .. } => {
+                if let Some(f) = file.take() {
+                    f.sync_all().map_err(io_err(format!("syncing {}", path.display())))?;
+                }
+                Ok(std::mem::take(written))
+            }
+            Kind::Mda { done, .. } => Ok(std::mem::take(done)),
+        }
+    }
+
+    /// After the journal committed a batch: the mbox recovery record is no longer needed.
+    pub fn committed(&mut self) {
+        if let Kind::Mbox { pending, .. } = &self.kind {
+            let _ = fs::remove_file(pending);
+        }
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        self.abort();
+        if let Kind::Maildir { staged, .. } = &mut self.kind {
+            for s in staged.drain(..) {
+                let _ = fs::remove_file(&s.tmp);
+            }
+        }
+    }
+}
+
+/// `From ` lines need their mboxrd quoting: any line matching `>*From ` gets one more `>`.
+fn mboxrd_quote(data: &[u8], at_line_start: &mut bool, line: &mut Vec<u8>, out: &mut File) -> io::Result<()> {
+    // Only the start of each line matters; buffer at most the first 5+ octets of a line.
+    let mut rest = data;
+    while !rest.is_empty() {
+        if *at_line_start || !line.is_empty() {
+            // Collect the line's head until it is decided.
+            let take = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+            let head_needed = line.iter().take_while(|&&b| b == b'>').count() + 5;
+            let n = take.min(head_needed.saturating_sub(line.len()).max(1));
+            line.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            let gts = line.iter().take_while(|&&b| b == b'>').count();
+            let decided = line.len() >= gts + 5 || line.last() == Some(&b'\n');
+            if decided {
+                if line[gts..].starts_with(b"From ") {
+                    out.write_all(b">")?;
+                }
+                out.write_all(line)?;
+                *at_line_start = line.last() == Some(&b'\n');
+                line.clear();
+            } else {
+                *at_line_start = false;
+            }
+        } else {
+            match memchr::memchr(b'\n', rest) {
+                Some(i) => {
+                    out.write_all(&rest[..=i])?;
+                    rest = &rest[i + 1..];
+                    *at_line_start = true;
+                }
+                None => {
+                    out.write_all(rest)?;
+                    rest = &[];
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_pending(path: &Path) -> Option<(u64, u64)> {
+    let text = fs::read_to_string(path).ok()?;
+    let (b, l) = text.trim().split_once(' ')?;
+    Some((b.parse().ok()?, l.parse().ok()?))
+}
+
+/// Cut the mbox back to where an uncommitted batch began.
+fn recover_mbox(path: &Path, pending: &Path, last_batch: u64) -> Result<(), DeliverError> {
+    let Some((batch, len)) = read_pending(pending) else { return Ok(()) };
+    if batch > last_batch {
+        let f = OpenOptions::new().write(true).open(path).map_err(io_err(format!("opening {}", path.display())))?;
+        let now = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if now >= len {
+            f.set_len(len).and_then(|()| f.sync_all()).map_err(io_err(format!("truncating {}", path.display())))?;
+            tracing::warn!(mbox = %path.display(), removed = now - len, "removed an unconfirmed batch left by an interrupted run");
+        } else {
+            tracing::warn!(mbox = %path.display(), "the mbox shrank since an interrupted run; leaving it as it is");
+        }
+    }
+    fs::remove_file(pending).map_err(io_err(format!("removing {}", pending.display())))
+}
+
+/// Open the mbox for appending under an exclusive lock, recording where this batch starts.
+fn open_mbox(path: &Path, pending: &Path, batch: u64) -> Result<File, DeliverError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(io_err(format!("creating {}", parent.display())))?;
+    }
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(format!("opening {}", path.display())))?;
+    f.lock().map_err(io_err(format!("locking {}", path.display())))?;
+    let len = f.metadata().map_err(io_err(format!("reading {}", path.display())))?.len();
+    let write = || -> io::Result<()> {
+        let mut p = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(pending)?;
+        p.write_all(format!("{batch} {len}\n").as_bytes())?;
+        p.sync_all()
+    };
+    write().map_err(io_err(format!("writing {}", pending.display())))?;
+    Ok(f)
+}
+
+/// The asctime-style date of an mbox `From ` line, in UTC.
+fn mbox_date() -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{} {} {day:2} {:02}:{:02}:{:02} {year}",
+        DAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deliver_all(local: &mut Local, msgs: &[(&str, &[u8])], chunk: usize) {
+        deliver_batch(local, msgs, chunk, 1);
+    }
+
+    fn deliver_batch(local: &mut Local, msgs: &[(&str, &[u8])], chunk: usize, batch: u64) {
+        for (id, m) in msgs {
+            local.begin(id, batch).expect("begin");
+            for c in m.chunks(chunk) {
+                local.write(c).expect("write");
+            }
+            local.finish().expect("finish");
+        }
+    }
+
+    #[test]
+    fn maildir_recognises_what_it_stored_and_converts_line_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let md = dir.path().join("Mail");
+        let mut l = Local::open(&Deliver::Maildir(md.clone()), "acct", dir.path(), 0).expect("open");
+        deliver_all(&mut l, &[("u1", b"A: b\r\n\r\nx\r\n"), ("u2", b"c\r\n")], 3);
+        assert!(!l.already_stored("u1"), "not durable before flush");
+        assert_eq!(l.flush().expect("flush"), vec!["u1".to_owned(), "u2".to_owned()]);
+        drop(l);
+        let l = Local::open(&Deliver::Maildir(md.clone()), "acct", dir.path(), 0).expect("reopen");
+        assert!(l.already_stored("u1") && l.already_stored("u2") && !l.already_stored("u3"));
+        let mut contents: Vec<Vec<u8>> =
+            fs::read_dir(md.join("new")).expect("new").map(|e| fs::read(e.expect("e").path()).expect("read")).collect();
+        contents.sort();
+        assert_eq!(contents, vec![b"A: b\n\nx\n".to_vec(), b"c\n".to_vec()]);
+        assert_eq!(fs::read_dir(md.join("tmp")).expect("tmp").count(), 0);
+    }
+
+    #[test]
+    fn mboxrd_quoting_in_every_chunking() {
+        let msg: &[u8] = b"Subject: x\r\n\r\nFrom here\r\n>From there\r\nnot From\r\nFrom";
+        for chunk in [1, 2, 3, 5, 7, 64] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mbox = dir.path().join("mbox");
+            let mut l = Local::open(&Deliver::Mbox(mbox.clone()), "a", dir.path(), 0).expect("open");
+            deliver_all(&mut l, &[("1", msg)], chunk);
+            l.flush().expect("flush");
+            l.committed();
+            let text = fs::read_to_string(&mbox).expect("read");
+            let body = text.split_once('\n').expect("From line").1;
+            assert_eq!(body, "Subject: x\n\n>From here\n>>From there\nnot From\nFrom\n\n", "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn uncommitted_mbox_batch_is_cut_back_at_the_next_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mbox = dir.path().join("mbox");
+        let mut l = Local::open(&Deliver::Mbox(mbox.clone()), "a", dir.path(), 0).expect("open");
+        deliver_all(&mut l, &[("1", b"one\r\n")], 64);
+        l.flush().expect("flush");
+        l.committed();
+        let after_first = fs::metadata(&mbox).expect("m").len();
+        deliver_batch(&mut l, &[("2", b"two\r\n")], 64, 2);
+        l.flush().expect("flush");
+        // The journal never recorded batch 2: a crash here.
+        std::mem::forget(l);
+        let _l = Local::open(&Deliver::Mbox(mbox.clone()), "a", dir.path(), 1).expect("recover");
+        assert_eq!(fs::metadata(&mbox).expect("m").len(), after_first);
+    }
+
+    #[test]
+    fn mda_exit_status_decides() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let mut l = Local::open(&Deliver::Mda(format!("cat >> {}", out.display())), "a", dir.path(), 0).expect("open");
+        deliver_all(&mut l, &[("1", b"hello\r\n")], 4);
+        assert_eq!(l.flush().expect("flush"), vec!["1".to_owned()]);
+        assert_eq!(fs::read(&out).expect("read"), b"hello\n");
+        let mut l = Local::open(&Deliver::Mda("cat > /dev/null; exit 75".into()), "a", dir.path(), 0).expect("open");
+        l.begin("2", 1).expect("begin");
+        l.write(b"x\r\n").expect("write");
+        assert!(matches!(l.finish(), Err(DeliverError::Mda { .. })));
+        assert!(l.flush().expect("flush").is_empty());
+    }
+}

@@ -1,0 +1,248 @@
+//! The per-account journal: which server messages are durably stored locally (and since when),
+//! written before any DELE is sent. Append-only records, each made durable with one fsync per
+//! batch, and a lock so two runs never work on the same account.
+//!
+//! Records are lines ending in ` .`: a line cut short by a crash lacks the marker and is ignored,
+//! so a torn write can never be read as a different message id.
+//!
+//! ```text
+//! pillarbox-fetch-journal 1
+//! + <id> <unix-time> .     stored locally (first time)
+//! = <batch> .              end of a committed batch (numbered, for mbox recovery)
+//! - <id> .                 gone from the server (deleted there, or vanished)
+//! ```
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &str = "pillarbox-fetch-journal 1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("another `pillarbox fetch` is working on this account (lock {0})")]
+    Locked(PathBuf),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> JournalError {
+    let context = context.into();
+    move |source| JournalError::Io { context, source }
+}
+
+pub struct Journal {
+    dir: PathBuf,
+    file: File,
+    /// Stored ids and when they were first stored.
+    entries: HashMap<String, u64>,
+    /// The number of the last committed batch.
+    last_batch: u64,
+    lines: usize,
+    _lock: File,
+}
+
+impl Journal {
+    /// Open (creating) the journal in `dir`, taking the account's lock.
+    pub fn open(dir: &Path) -> Result<Self, JournalError> {
+        fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err(format!("opening {}", lock_path.display())))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(JournalError::Locked(lock_path)),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(format!("locking {}", lock_path.display()))(e)),
+        }
+        let path = dir.join("journal");
+        let (entries, last_batch, lines) = read(&path).map_err(io_err(format!("reading {}", path.display())))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(format!("opening {}", path.display())))?;
+        if lines == 0 {
+            writeln!(file, "{MAGIC}")
+                .and_then(|()| file.sync_all())
+                .map_err(io_err(format!("writing {}", path.display())))?;
+        }
+        Ok(Self { dir: dir.to_owned(), file, entries, last_batch, lines, _lock: lock })
+    }
+
+    /// When the message was first stored, if it is.
+    pub fn stored_at(&self, id: &str) -> Option<u64> {
+        self.entries.get(id).copied()
+    }
+
+    /// Every id currently recorded as stored.
+    pub fn stored(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.entries.iter().map(|(k, t)| (k.as_str(), *t))
+    }
+
+    /// The number of the last committed batch (0 before the first).
+    pub fn last_batch(&self) -> u64 {
+        self.last_batch
+    }
+
+    fn append(&mut self, records: &[String]) -> Result<(), JournalError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut buf = String::new();
+        for r in records {
+            buf.push_str(r);
+            buf.push_str(" .\n");
+        }
+        // One write and one fsync per batch: the group commit.
+        self.file
+            .write_all(buf.as_bytes())
+            .and_then(|()| self.file.sync_data())
+            .map_err(io_err(format!("writing the journal in {}", self.dir.display())))?;
+        self.lines += records.len();
+        Ok(())
+    }
+
+    /// Record messages as durably stored (keeping an earlier first time) as one committed batch;
+    /// returns the batch's number.
+    pub fn stored_batch(&mut self, ids: &[String], now: u64) -> Result<u64, JournalError> {
+        let batch = self.last_batch + 1;
+        let mut records: Vec<String> = ids.iter().map(|id| format!("+ {id} {}", self.first_time(id, now))).collect();
+        records.push(format!("= {batch}"));
+        self.append(&records)?;
+        for id in ids {
+            let t = self.first_time(id, now);
+            self.entries.insert(id.clone(), t);
+        }
+        self.last_batch = batch;
+        Ok(batch)
+    }
+
+    fn first_time(&self, id: &str, now: u64) -> u64 {
+        self.entries.get(id).copied().unwrap_or(now)
+    }
+
+    /// Forget messages that are no longer on the server.
+    pub fn gone_batch(&mut self, ids: &[String]) -> Result<(), JournalError> {
+        let known: Vec<String> = ids.iter().filter(|id| self.entries.contains_key(*id)).cloned().collect();
+        self.append(&known.iter().map(|id| format!("- {id}")).collect::<Vec<_>>())?;
+        for id in &known {
+            self.entries.remove(id);
+        }
+        self.compact_if_large()
+    }
+
+    /// Rewrite the journal when it has grown far beyond what it holds (tmp, fsync, rename).
+    fn compact_if_large(&mut self) -> Result<(), JournalError> {
+        if self.lines < 1000 || self.lines < 4 * self.entries.len() {
+            return Ok(());
+        }
+        let path = self.dir.join("journal");
+        let tmp = self.dir.join("journal.tmp");
+        let mut text = format!("{MAGIC}\n");
+        for (id, t) in &self.entries {
+            text.push_str(&format!("+ {id} {t} .\n"));
+        }
+        text.push_str(&format!("= {} .\n", self.last_batch));
+        let write = || -> io::Result<File> {
+            let mut f = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            File::open(&self.dir)?.sync_all()?;
+            OpenOptions::new().append(true).open(&path)
+        };
+        self.file = write().map_err(io_err(format!("compacting {}", path.display())))?;
+        self.lines = self.entries.len() + 2;
+        Ok(())
+    }
+}
+
+fn read(path: &Path) -> io::Result<(HashMap<String, u64>, u64, usize)> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((HashMap::new(), 0, 0)),
+        Err(e) => return Err(e),
+    };
+    let mut entries: HashMap<String, u64> = HashMap::new();
+    let mut last_batch = 0;
+    let mut lines = 0;
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line?;
+        lines += 1;
+        let Ok(line) = std::str::from_utf8(&line) else { continue };
+        let Some(body) = line.strip_suffix(" .") else { continue };
+        let mut f = body.split(' ');
+        match (f.next(), f.next(), f.next(), f.next()) {
+            (Some("+"), Some(id), Some(t), None) => {
+                if let Ok(t) = t.parse::<u64>() {
+                    let first = entries.get(id).map_or(t, |old| (*old).min(t));
+                    entries.insert(id.to_owned(), first);
+                }
+            }
+            (Some("="), Some(n), None, None) => last_batch = n.parse().unwrap_or(last_batch),
+            (Some("-"), Some(id), None, None) => {
+                entries.remove(id);
+            }
+            _ => {}
+        }
+    }
+    Ok((entries, last_batch, lines))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_reopen_and_torn_lines_are_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut j = Journal::open(dir.path()).expect("open");
+            assert_eq!(j.stored_batch(&["a".into(), "b".into()], 100).expect("stored"), 1);
+            assert_eq!(j.stored_batch(&["a".into()], 200).expect("stored again keeps first time"), 2);
+            assert!(matches!(Journal::open(dir.path()), Err(JournalError::Locked(_))), "one run per account");
+        }
+        // A crash in the middle of a record.
+        let mut f = OpenOptions::new().append(true).open(dir.path().join("journal")).expect("append");
+        f.write_all(b"+ c 300").expect("torn");
+        drop(f);
+        let mut j = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(j.stored_at("a"), Some(100));
+        assert_eq!(j.stored_at("b"), Some(100));
+        assert_eq!(j.stored_at("c"), None, "a torn line counts for nothing");
+        assert_eq!(j.last_batch(), 2);
+        j.gone_batch(&["a".into()]).expect("gone");
+        assert_eq!(j.stored_at("a"), None);
+    }
+
+    #[test]
+    fn compaction_keeps_what_is_live() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(dir.path()).expect("open");
+        for i in 0..1200 {
+            j.stored_batch(&[format!("m{i}")], i).expect("stored");
+            if i % 10 != 0 {
+                j.gone_batch(&[format!("m{i}")]).expect("gone");
+            }
+        }
+        drop(j);
+        let j = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(j.stored().count(), 120);
+        assert_eq!(j.stored_at("m10"), Some(10));
+        assert_eq!(j.last_batch(), 1200);
+        let lines = fs::read_to_string(dir.path().join("journal")).expect("read").lines().count();
+        assert!(lines < 1200, "compacted to {lines} lines");
+    }
+}
