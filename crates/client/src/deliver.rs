@@ -91,23 +91,10 @@ enum Kind {
 }
 
 enum Current {
-    Maildir {
-        id: String,
-        file: BufWriter<File>,
-        tmp: PathBuf,
-        size: u64,
-    },
+    Maildir { file: BufWriter<File>, tmp: PathBuf, size: u64 },
     /// `start`: where the message begins in the mbox; `line`: the undecided head of a line.
-    Mbox {
-        id: String,
-        start: u64,
-        at_line_start: bool,
-        line: Vec<u8>,
-    },
-    Mda {
-        id: String,
-        child: Child,
-    },
+    Mbox { start: u64, at_line_start: bool, line: Vec<u8> },
+    Mda { child: Child },
 }
 
 pub struct Local {
@@ -169,8 +156,9 @@ impl Local {
         }
     }
 
-    /// Start a message; `next_batch` is the number the batch will get in the journal.
-    pub fn begin(&mut self, id: &str, next_batch: u64) -> Result<(), DeliverError> {
+    /// Start a message; `next_batch` is the number the batch will get in the journal. Its id is
+    /// given at [`Self::finish`], since an id made from the content is known only then.
+    pub fn begin(&mut self, next_batch: u64) -> Result<(), DeliverError> {
         self.abort();
         self.lf = ToLf::default();
         self.current = Some(match &mut self.kind {
@@ -192,7 +180,7 @@ impl Local {
                     .mode(0o600)
                     .open(&tmp)
                     .map_err(io_err(format!("creating {}", tmp.display())))?;
-                Current::Maildir { id: id.to_owned(), file: BufWriter::with_capacity(64 * 1024, file), tmp, size: 0 }
+                Current::Maildir { file: BufWriter::with_capacity(64 * 1024, file), tmp, size: 0 }
             }
             Kind::Mbox { path, pending, file, .. } => {
                 if file.is_none() {
@@ -203,7 +191,7 @@ impl Local {
                 let date = mbox_date();
                 f.write_all(format!("From MAILER-DAEMON {date}\n").as_bytes())
                     .map_err(io_err(format!("writing {}", path.display())))?;
-                Current::Mbox { id: id.to_owned(), start, at_line_start: true, line: Vec::new() }
+                Current::Mbox { start, at_line_start: true, line: Vec::new() }
             }
             Kind::Mda { command, .. } => {
                 let child = Command::new("/bin/sh")
@@ -213,7 +201,7 @@ impl Local {
                     .stdout(Stdio::null())
                     .spawn()
                     .map_err(io_err(format!("starting the MDA `{command}`")))?;
-                Current::Mda { id: id.to_owned(), child }
+                Current::Mda { child }
             }
         });
         Ok(())
@@ -245,14 +233,15 @@ impl Local {
         }
     }
 
-    /// The current message is complete.
-    pub fn finish(&mut self) -> Result<(), DeliverError> {
+    /// The current message is complete; `id` names it in the journal.
+    pub fn finish(&mut self, id: &str) -> Result<(), DeliverError> {
+        let id = id.to_owned();
         let mut tail = Vec::new();
         self.lf.finish(&mut tail);
         self.write_lf(&tail)?;
         let account_key = self.account_key.clone();
         match (self.current.take(), &mut self.kind) {
-            (Some(Current::Maildir { id, file, tmp, size }), Kind::Maildir { staged, .. }) => {
+            (Some(Current::Maildir { file, tmp, size }), Kind::Maildir { staged, .. }) => {
                 let file =
                     file.into_inner().map_err(|e| io_err(format!("writing {}", tmp.display()))(e.into_error()))?;
                 let unique = tmp.file_name().and_then(|n| n.to_str()).unwrap_or("msg").to_owned();
@@ -266,7 +255,7 @@ impl Local {
                 staged.push(Staged { id, file, tmp, name });
                 Ok(())
             }
-            (Some(Current::Mbox { id, at_line_start, line, .. }), Kind::Mbox { path, file: Some(f), written, .. }) => {
+            (Some(Current::Mbox { at_line_start, line, .. }), Kind::Mbox { path, file: Some(f), written, .. }) => {
                 // The undecided head of a last line is too short to be a From_ line. A message
                 // without a final newline still ends its line; then comes the blank separator.
                 let ends_with_newline = if line.is_empty() { at_line_start } else { line.last() == Some(&b'\n') };
@@ -279,7 +268,7 @@ impl Local {
                 written.push(id);
                 Ok(())
             }
-            (Some(Current::Mda { id, mut child }), Kind::Mda { command, done }) => {
+            (Some(Current::Mda { mut child }), Kind::Mda { command, done }) => {
                 drop(child.stdin.take());
                 let status = child.wait().map_err(io_err(format!("waiting for the MDA `{command}`")))?;
                 if !status.success() {
@@ -482,11 +471,11 @@ mod tests {
 
     fn deliver_batch(local: &mut Local, msgs: &[(&str, &[u8])], chunk: usize, batch: u64) {
         for (id, m) in msgs {
-            local.begin(id, batch).expect("begin");
+            local.begin(batch).expect("begin");
             for c in m.chunks(chunk) {
                 local.write(c).expect("write");
             }
-            local.finish().expect("finish");
+            local.finish(id).expect("finish");
         }
     }
 
@@ -550,9 +539,9 @@ mod tests {
         assert_eq!(l.flush().expect("flush"), vec!["1".to_owned()]);
         assert_eq!(fs::read(&out).expect("read"), b"hello\n");
         let mut l = Local::open(&Deliver::Mda("cat > /dev/null; exit 75".into()), "a", dir.path(), 0).expect("open");
-        l.begin("2", 1).expect("begin");
+        l.begin(1).expect("begin");
         l.write(b"x\r\n").expect("write");
-        assert!(matches!(l.finish(), Err(DeliverError::Mda { .. })));
+        assert!(matches!(l.finish("2"), Err(DeliverError::Mda { .. })));
         assert!(l.flush().expect("flush").is_empty());
     }
 }

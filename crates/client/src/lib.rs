@@ -4,5 +4,8 @@
 #![forbid(unsafe_code)]
 
 pub mod account;
+pub mod conn;
 pub mod deliver;
+pub mod fetch;
 pub mod journal;
+pub mod tls;

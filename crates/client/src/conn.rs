@@ -1,0 +1,457 @@
+//! The POP3 client connection: TCP, implicit TLS or STLS (never a silent fallback, and nothing
+//! read before the handshake is kept), CAPA, authentication, and reading responses, including
+//! message text streamed through the dot-unstuffer without holding a whole message.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::BytesMut;
+use pillarbox_auth::ScramHash;
+use pillarbox_proto::{Secret, Unstuffed, Unstuffer};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::account::{Account, AuthChoice, TlsMode};
+use crate::tls;
+
+/// Longest status or listing line accepted from a server.
+const MAX_LINE: usize = 8 * 1024;
+/// Most lines in a CAPA, LIST or UIDL answer (a maildrop of a million messages).
+const MAX_LISTING: usize = 1_000_000;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// No byte from the server for this long ends the session.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS with {host} failed: {message}")]
+    Tls { host: String, message: String },
+    #[error("the server does not offer STLS, and tls = \"starttls\" never falls back to plaintext")]
+    NoStls,
+    #[error("the server refused the login: {0}")]
+    AuthFailed(String),
+    #[error("the maildrop is in use by another client: {0}")]
+    InUse(String),
+    #[error("the server asks to wait before logging in again: {0}")]
+    LoginDelay(String),
+    #[error("no usable authentication: {0}")]
+    NoAuth(String),
+    #[error("the server answered {command}: {line}")]
+    Refused { command: String, line: String },
+    #[error("protocol error from the server: {0}")]
+    Protocol(String),
+    #[error("connection lost: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the server sent nothing for {0:?}")]
+    Timeout(Duration),
+}
+
+impl ConnError {
+    /// A stable code for JSON events.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ConnError::Resolve(_) => "dns",
+            ConnError::Connect { .. } => "connect",
+            ConnError::Tls { .. } => "tls",
+            ConnError::NoStls => "starttls-missing",
+            ConnError::AuthFailed(_) => "auth-failed",
+            ConnError::InUse(_) => "in-use",
+            ConnError::LoginDelay(_) => "login-delay",
+            ConnError::NoAuth(_) => "auth-unavailable",
+            ConnError::Refused { .. } => "refused",
+            ConnError::Protocol(_) => "protocol",
+            ConnError::Io(_) => "io",
+            ConnError::Timeout(_) => "timeout",
+        }
+    }
+
+    /// A temporary problem (try again later) rather than a wrong setting.
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, ConnError::Io(_) | ConnError::Timeout(_) | ConnError::InUse(_) | ConnError::LoginDelay(_) | ConnError::Connect { .. })
+    }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Only while the plain stream is being moved into TLS.
+    Moving,
+}
+
+/// What the server offers (RFC 2449 CAPA).
+#[derive(Debug, Clone, Default)]
+pub struct Capa {
+    pub lines: Vec<String>,
+}
+
+impl Capa {
+    pub fn has(&self, name: &str) -> bool {
+        self.lines.iter().any(|l| l.split_whitespace().next().is_some_and(|w| w.eq_ignore_ascii_case(name)))
+    }
+
+    pub fn sasl(&self) -> Vec<String> {
+        self.lines
+            .iter()
+            .find(|l| l.split_whitespace().next().is_some_and(|w| w.eq_ignore_ascii_case("SASL")))
+            .map(|l| l.split_whitespace().skip(1).map(str::to_ascii_uppercase).collect())
+            .unwrap_or_default()
+    }
+}
+
+pub struct Conn {
+    stream: Stream,
+    buf: BytesMut,
+    pub greeting: String,
+    pub capa: Capa,
+    pub tls: bool,
+    pub mechanism: String,
+}
+
+impl Conn {
+    /// Connect, secure and log in.
+    pub async fn open(account: &Account, password: &Secret<Vec<u8>>) -> Result<Self, ConnError> {
+        let target = format!("{}:{}", account.host, account.port);
+        let addrs: Vec<_> =
+            tokio::net::lookup_host(&target).await.map_err(|_| ConnError::Resolve(account.host.clone()))?.collect();
+        let mut last = None;
+        let mut tcp = None;
+        for addr in addrs {
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => last = Some(std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out")),
+            }
+        }
+        let tcp = tcp.ok_or_else(|| ConnError::Connect {
+            addr: target.clone(),
+            source: last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address")),
+        })?;
+        let _ = tcp.set_nodelay(true);
+        let connector = tls::connector(account).map_err(|message| ConnError::Tls { host: account.host.clone(), message })?;
+        let mut conn = Self { stream: Stream::Plain(tcp), buf: BytesMut::new(), greeting: String::new(), capa: Capa::default(), tls: false, mechanism: String::new() };
+        if account.tls == TlsMode::Implicit {
+            conn.handshake(&connector, &account.host).await?;
+        }
+        conn.greeting = conn.status("greeting").await?;
+        conn.capa = conn.read_capa().await?;
+        if account.tls == TlsMode::Starttls {
+            if !conn.capa.has("STLS") {
+                return Err(ConnError::NoStls);
+            }
+            conn.command("STLS").await?;
+            // Whatever arrived in plaintext after the +OK is not trusted inside TLS.
+            conn.buf.clear();
+            conn.handshake(&connector, &account.host).await?;
+            conn.capa = conn.read_capa().await?;
+        }
+        conn.login(account, password).await?;
+        // RFC 2449 section 5: capabilities may change after login (PIPELINING, EXPIRE...).
+        if let Ok(c) = conn.read_capa().await
+            && !c.lines.is_empty()
+        {
+            conn.capa = c;
+        }
+        Ok(conn)
+    }
+
+    async fn handshake(&mut self, connector: &tokio_rustls::TlsConnector, host: &str) -> Result<(), ConnError> {
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Moving) else {
+            return Err(ConnError::Protocol("TLS is already active".into()));
+        };
+        let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| ConnError::Tls { host: host.to_owned(), message: e.to_string() })?;
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
+            .await
+            .map_err(|_| ConnError::Timeout(CONNECT_TIMEOUT))?
+            .map_err(|e| ConnError::Tls { host: host.to_owned(), message: e.to_string() })?;
+        self.stream = Stream::Tls(Box::new(tls));
+        self.tls = true;
+        Ok(())
+    }
+
+    /// `tls-exporter` data for SCRAM-PLUS (RFC 9266), on TLS 1.3.
+    fn channel_binding(&self) -> Option<Vec<u8>> {
+        let Stream::Tls(t) = &self.stream else { return None };
+        let (_, c) = t.get_ref();
+        if c.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+            return None;
+        }
+        c.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None).ok()
+    }
+
+    pub async fn send(&mut self, data: &[u8]) -> Result<(), ConnError> {
+        match &mut self.stream {
+            Stream::Plain(s) => write_flush(s, data).await,
+            Stream::Tls(s) => write_flush(s.as_mut(), data).await,
+            Stream::Moving => Err(ConnError::Protocol("the connection was lost during the TLS handshake".into())),
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), ConnError> {
+        let mut chunk = [0u8; 64 * 1024];
+        let read = async {
+            match &mut self.stream {
+                Stream::Plain(s) => s.read(&mut chunk).await,
+                Stream::Tls(s) => s.read(&mut chunk).await,
+                Stream::Moving => Ok(0),
+            }
+        };
+        let n = tokio::time::timeout(READ_TIMEOUT, read).await.map_err(|_| ConnError::Timeout(READ_TIMEOUT))??;
+        if n == 0 {
+            return Err(ConnError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection")));
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    /// One response line (CRLF or bare LF), bounded.
+    pub async fn line(&mut self) -> Result<String, ConnError> {
+        loop {
+            if let Some(i) = memchr::memchr(b'\n', &self.buf) {
+                let mut l = self.buf.split_to(i + 1);
+                l.truncate(i);
+                if l.last() == Some(&b'\r') {
+                    l.truncate(i - 1);
+                }
+                return Ok(String::from_utf8_lossy(&l).into_owned());
+            }
+            if self.buf.len() > MAX_LINE {
+                return Err(ConnError::Protocol(format!("a response line longer than {MAX_LINE} octets")));
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// A status line: `+OK` gives its text, `-ERR` an error naming `command`.
+    pub async fn status(&mut self, command: &str) -> Result<String, ConnError> {
+        let l = self.line().await?;
+        if let Some(rest) = l.strip_prefix("+OK") {
+            return Ok(rest.trim().to_owned());
+        }
+        if l.starts_with("-ERR") {
+            return Err(ConnError::Refused { command: command.to_owned(), line: l });
+        }
+        Err(ConnError::Protocol(format!("expected +OK or -ERR to {command}, got {:?}", l.chars().take(100).collect::<String>())))
+    }
+
+    pub async fn command(&mut self, cmd: &str) -> Result<String, ConnError> {
+        self.send(format!("{cmd}\r\n").as_bytes()).await?;
+        let keyword = cmd.split(' ').next().unwrap_or(cmd).to_owned();
+        self.status(&keyword).await
+    }
+
+    /// The lines of a multi-line answer after its status line.
+    pub async fn listing(&mut self) -> Result<Vec<String>, ConnError> {
+        let mut v = Vec::new();
+        loop {
+            let l = self.line().await?;
+            if l == "." {
+                return Ok(v);
+            }
+            if v.len() >= MAX_LISTING {
+                return Err(ConnError::Protocol("a listing without end".into()));
+            }
+            v.push(l.strip_prefix('.').map(str::to_owned).unwrap_or(l));
+        }
+    }
+
+    async fn read_capa(&mut self) -> Result<Capa, ConnError> {
+        self.send(b"CAPA\r\n").await?;
+        match self.status("CAPA").await {
+            Ok(_) => Ok(Capa { lines: self.listing().await? }),
+            // A server without CAPA (RFC 1939 only) is not an error.
+            Err(ConnError::Refused { .. }) => Ok(Capa::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stream one message's text (after its `+OK`) into `sink`, chunk by chunk; returns the number
+    /// of octets of text received.
+    pub async fn message(&mut self, mut sink: impl FnMut(&[u8]) -> Result<(), ConnError>) -> Result<u64, ConnError> {
+        let mut unstuffer = Unstuffer::new();
+        let mut out = BytesMut::with_capacity(64 * 1024);
+        let mut total = 0u64;
+        loop {
+            if !self.buf.is_empty() {
+                let r = unstuffer.decode(&self.buf, &mut out);
+                let consumed = match r {
+                    Unstuffed::More => self.buf.len(),
+                    Unstuffed::Done(n) => n,
+                };
+                let _ = self.buf.split_to(consumed);
+                if !out.is_empty() {
+                    total += out.len() as u64;
+                    sink(&out)?;
+                    out.clear();
+                }
+                if matches!(r, Unstuffed::Done(_)) {
+                    return Ok(total);
+                }
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn login(&mut self, account: &Account, password: &Secret<Vec<u8>>) -> Result<(), ConnError> {
+        let sasl = self.capa.sasl();
+        let cleartext_ok = self.tls || account.insecure;
+        let apop = self.greeting.find('<').and_then(|s| self.greeting[s..].find('>').map(|e| self.greeting[s..=s + e].to_owned()));
+        let cb = self.channel_binding();
+        let method = match account.auth {
+            AuthChoice::Auto => {
+                if sasl.iter().any(|m| m == "SCRAM-SHA-256-PLUS") && cb.is_some() {
+                    "SCRAM-SHA-256-PLUS"
+                } else if sasl.iter().any(|m| m == "SCRAM-SHA-256") {
+                    "SCRAM-SHA-256"
+                } else if cleartext_ok && sasl.iter().any(|m| m == "PLAIN") {
+                    "PLAIN"
+                } else if cleartext_ok && (self.capa.has("USER") || self.capa.lines.is_empty()) {
+                    "USER"
+                } else if cleartext_ok && sasl.iter().any(|m| m == "LOGIN") {
+                    "LOGIN"
+                } else if apop.is_some() {
+                    "APOP"
+                } else if !cleartext_ok {
+                    return Err(ConnError::NoAuth(
+                        "the server offers only cleartext logins and the connection is not encrypted; use TLS (or insecure = true)".into(),
+                    ));
+                } else {
+                    return Err(ConnError::NoAuth(format!("the server offers no known mechanism (SASL: {})", sasl.join(" "))));
+                }
+            }
+            AuthChoice::ScramSha256 => {
+                if cb.is_some() && sasl.iter().any(|m| m == "SCRAM-SHA-256-PLUS") { "SCRAM-SHA-256-PLUS" } else { "SCRAM-SHA-256" }
+            }
+            AuthChoice::Plain => "PLAIN",
+            AuthChoice::Login => "LOGIN",
+            AuthChoice::Apop => "APOP",
+            AuthChoice::User => "USER",
+        };
+        if matches!(method, "PLAIN" | "LOGIN" | "USER") && !cleartext_ok {
+            return Err(ConnError::NoAuth(format!("{method} would send the password in cleartext; use TLS (or insecure = true)")));
+        }
+        self.mechanism = method.to_owned();
+        let user = &account.username;
+        let result = match method {
+            "USER" => match self.command(&format!("USER {user}")).await {
+                Ok(_) => {
+                    let mut line = b"PASS ".to_vec();
+                    line.extend_from_slice(password.expose());
+                    line.extend_from_slice(b"\r\n");
+                    let sent = self.send(&line).await;
+                    line.iter_mut().for_each(|b| *b = 0);
+                    sent?;
+                    self.status("PASS").await.map(drop)
+                }
+                Err(e) => Err(e),
+            },
+            "APOP" => {
+                let ts = apop.ok_or_else(|| ConnError::NoAuth("the greeting has no APOP timestamp".into()))?;
+                let digest = pillarbox_proto::apop::digest(&ts, password.expose());
+                self.command(&format!("APOP {user} {digest}")).await.map(drop)
+            }
+            "PLAIN" => {
+                let mut msg = vec![0u8];
+                msg.extend_from_slice(user.as_bytes());
+                msg.push(0);
+                msg.extend_from_slice(password.expose());
+                let r = self.command(&format!("AUTH PLAIN {}", B64.encode(&msg))).await.map(drop);
+                msg.iter_mut().for_each(|b| *b = 0);
+                r
+            }
+            "LOGIN" => {
+                self.send(b"AUTH LOGIN\r\n").await?;
+                self.challenge("AUTH").await?;
+                self.send(format!("{}\r\n", B64.encode(user)).as_bytes()).await?;
+                self.challenge("AUTH").await?;
+                self.send(format!("{}\r\n", B64.encode(password.expose())).as_bytes()).await?;
+                self.status("AUTH").await.map(drop)
+            }
+            m => self.scram(m, user, password, cb).await,
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(ConnError::Refused { line, .. }) => Err(classify_refusal(line)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A `+ base64` challenge line, decoded.
+    async fn challenge(&mut self, command: &str) -> Result<Vec<u8>, ConnError> {
+        let l = self.line().await?;
+        match l.strip_prefix('+') {
+            Some(rest) if !rest.starts_with("OK") => {
+                B64.decode(rest.trim()).map_err(|_| ConnError::Protocol("a SASL challenge that is not base64".into()))
+            }
+            _ if l.starts_with("-ERR") => Err(ConnError::Refused { command: command.to_owned(), line: l }),
+            _ => Err(ConnError::Protocol(format!("expected a SASL challenge, got {l:?}"))),
+        }
+    }
+
+    async fn scram(&mut self, mechanism: &str, user: &str, password: &Secret<Vec<u8>>, cb: Option<Vec<u8>>) -> Result<(), ConnError> {
+        let plus = mechanism.ends_with("-PLUS");
+        let prepared = pillarbox_auth::prepare_password(password.expose()).map_err(|e| ConnError::NoAuth(e.to_string()))?;
+        let mut nonce = [0u8; 18];
+        getrandom::fill(&mut nonce).map_err(|e| ConnError::NoAuth(e.to_string()))?;
+        let gs2 = if plus { "p=tls-exporter,," } else if cb.is_some() { "y,," } else { "n,," };
+        let name = user.replace('=', "=3D").replace(',', "=2C");
+        let bare = format!("n={name},r={}", B64.encode(nonce));
+        self.send(format!("AUTH {mechanism} {}\r\n", B64.encode(format!("{gs2}{bare}"))).as_bytes()).await?;
+        let server_first = String::from_utf8(self.challenge("AUTH").await?).map_err(|_| ConnError::Protocol("server-first is not UTF-8".into()))?;
+        let binding = if plus { cb.unwrap_or_default() } else { Vec::new() };
+        let (client_final, expected) =
+            pillarbox_auth::scram::client::client_final(ScramHash::Sha256, &prepared, gs2, &binding, &bare, &server_first)
+                .ok_or_else(|| ConnError::Protocol("malformed SCRAM server-first message".into()))?;
+        if !server_first.starts_with(&format!("r={}", B64.encode(nonce))) {
+            return Err(ConnError::Protocol("the server changed the SCRAM nonce".into()));
+        }
+        self.send(format!("{}\r\n", B64.encode(client_final)).as_bytes()).await?;
+        // server-final comes as a challenge (RFC 5034) or with +OK.
+        let l = self.line().await?;
+        let server_final = if let Some(rest) = l.strip_prefix("+ ") {
+            let v = B64.decode(rest.trim()).map_err(|_| ConnError::Protocol("server-final is not base64".into()))?;
+            self.send(b"\r\n").await?;
+            self.status("AUTH").await?;
+            v
+        } else if l.starts_with("+OK") {
+            return Err(ConnError::Protocol("the server did not prove it knows the password (no SCRAM server signature)".into()));
+        } else {
+            return Err(ConnError::Refused { command: "AUTH".into(), line: l });
+        };
+        if server_final != expected.as_bytes() {
+            return Err(ConnError::Protocol("the SCRAM server signature is wrong: this is not the server that holds your password".into()));
+        }
+        Ok(())
+    }
+}
+
+fn classify_refusal(line: String) -> ConnError {
+    let upper = line.to_ascii_uppercase();
+    if upper.contains("[IN-USE]") {
+        ConnError::InUse(line)
+    } else if upper.contains("[LOGIN-DELAY]") {
+        ConnError::LoginDelay(line)
+    } else if upper.contains("[SYS/TEMP]") {
+        ConnError::Refused { command: "login".into(), line }
+    } else {
+        ConnError::AuthFailed(line)
+    }
+}
+
+async fn write_flush<S: AsyncWrite + Unpin>(s: &mut S, data: &[u8]) -> Result<(), ConnError> {
+    s.write_all(data).await?;
+    s.flush().await?;
+    Ok(())
+}

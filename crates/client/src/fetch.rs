@@ -1,0 +1,424 @@
+//! One account's fetch run. The order of operations is the safety guarantee:
+//!
+//! 1. download a batch of new messages (pipelined RETR), streaming each into local delivery;
+//! 2. make the batch durable locally (fsync files and directory, or the MDA's exit 0);
+//! 3. record the batch in the journal (one fsync);
+//! 4. only then send DELE for messages the keep policy lets go;
+//! 5. QUIT; when the server confirms, the deleted messages are forgotten in the journal.
+//!
+//! A crash or dropped connection at any point leaves every message either stored locally once
+//! (and recognised as such next time) or still on the server: the server deletes nothing without
+//! QUIT, and nothing is deleted that is not journaled.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use pillarbox_proto::Secret;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::account::{Account, Keep, Oversize, PasswordSource};
+use crate::conn::{Conn, ConnError};
+use crate::deliver::{DeliverError, Local};
+use crate::journal::{Journal, JournalError};
+
+/// Messages per group commit.
+const BATCH_MESSAGES: usize = 100;
+/// Octets per group commit.
+const BATCH_BYTES: u64 = 32 * 1024 * 1024;
+/// Commands in flight when the server offers PIPELINING.
+const WINDOW: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Folder for the journals and locks, one subfolder per account.
+    pub state_dir: PathBuf,
+    /// Only say what would be done.
+    pub dry_run: bool,
+    /// The current time (seconds since the epoch), for keep = "Nd".
+    pub now: u64,
+}
+
+/// Something that happened, for the terminal or `--json`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    Connected { account: String, server: String, tls: bool, mechanism: String, pipelining: bool, messages: usize, new: usize },
+    Delivered { account: String, id: String, size: u64 },
+    Deleted { account: String, id: String },
+    Skipped { account: String, id: String, size: u64, reason: String },
+    Planned { account: String, number: u32, id: String, size: u64, action: String, reason: String },
+    Warning { account: String, code: String, message: String },
+    Error { account: String, code: String, message: String, exit: u8 },
+    Summary { account: String, delivered: usize, deleted: usize, skipped: usize, kept: usize, bytes: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Deliver(#[from] DeliverError),
+    #[error("password: {0}")]
+    Password(String),
+    #[error("{0}")]
+    Policy(String),
+}
+
+impl FetchError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            FetchError::Conn(c) => c.code(),
+            FetchError::Journal(JournalError::Locked(_)) => "locked",
+            FetchError::Journal(_) => "journal",
+            FetchError::Deliver(_) => "local-delivery",
+            FetchError::Password(_) => "password",
+            FetchError::Policy(_) => "policy",
+        }
+    }
+
+    /// sysexits.h: 69 unavailable, 75 temporary, 77 permission (login), 78 configuration,
+    /// 74 local I/O.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            FetchError::Conn(ConnError::AuthFailed(_) | ConnError::NoAuth(_)) => 77,
+            FetchError::Conn(ConnError::Tls { .. } | ConnError::NoStls) => 69,
+            FetchError::Conn(ConnError::Resolve(_)) => 68,
+            FetchError::Conn(c) if c.is_temporary() => 75,
+            FetchError::Conn(_) => 69,
+            FetchError::Journal(JournalError::Locked(_)) => 75,
+            FetchError::Journal(_) | FetchError::Deliver(_) => 74,
+            FetchError::Password(_) | FetchError::Policy(_) => 78,
+        }
+    }
+}
+
+/// The folder of an account's journal: one per server and user.
+pub fn account_key(account: &Account) -> String {
+    let raw = format!("{}_{}_{}", account.host, account.port, account.username);
+    raw.chars().map(|c| if c.is_ascii_alphanumeric() || "._@-".contains(c) { c } else { '_' }).collect()
+}
+
+/// Get the password from the account's source.
+pub fn password(account: &Account) -> Result<Secret<Vec<u8>>, FetchError> {
+    let mut value = match &account.password {
+        PasswordSource::Command(cmd) => {
+            let out = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(cmd)
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .map_err(|e| FetchError::Password(format!("cannot run password_command: {e}")))?;
+            if !out.status.success() {
+                return Err(FetchError::Password(format!("password_command failed ({})", out.status)));
+            }
+            out.stdout
+        }
+        PasswordSource::File(path) => {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(path).map_err(|e| FetchError::Password(format!("{}: {e}", path.display())))?;
+            if meta.mode() & 0o077 != 0 {
+                return Err(FetchError::Password(format!(
+                    "{} can be read by others (mode {:o}); run chmod 600 on it",
+                    path.display(),
+                    meta.mode() & 0o777
+                )));
+            }
+            std::fs::read(path).map_err(|e| FetchError::Password(format!("{}: {e}", path.display())))?
+        }
+        PasswordSource::Env(var) => {
+            std::env::var(var).map_err(|_| FetchError::Password(format!("the environment variable {var} is not set")))?.into_bytes()
+        }
+    };
+    // One line: drop what follows the first line end.
+    if let Some(i) = value.iter().position(|&b| b == b'\n' || b == b'\r') {
+        value.truncate(i);
+    }
+    Ok(Secret::new(value))
+}
+
+/// A message on the server.
+struct Entry {
+    number: u32,
+    size: u64,
+    /// The UIDL, when the server has one and it is unique.
+    uid: Option<String>,
+}
+
+/// What to do with the messages already stored locally.
+fn due_for_deletion(keep: Keep, stored_at: u64, now: u64) -> bool {
+    match keep {
+        Keep::Delete => true,
+        Keep::Keep => false,
+        Keep::Days(n) => now >= stored_at.saturating_add(u64::from(n) * 86_400),
+    }
+}
+
+pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync)) -> Result<(), FetchError> {
+    let name = account.name.clone();
+    let warn = |code: &str, message: String| emit(Event::Warning { account: name.clone(), code: code.into(), message });
+    let key = account_key(account);
+    let state = opts.state_dir.join(&key);
+    let mut journal = Journal::open(&state)?;
+    let password = password(account)?;
+    let mut conn = Conn::open(account, &password).await?;
+    drop(password);
+
+    // The listing: sizes, and UIDLs when the server has them.
+    conn.command("LIST").await?;
+    let mut entries = Vec::new();
+    for l in conn.listing().await? {
+        let mut w = l.split_whitespace();
+        match (w.next().and_then(|n| n.parse().ok()), w.next().and_then(|s| s.parse().ok())) {
+            (Some(number), Some(size)) => entries.push(Entry { number, size, uid: None }),
+            _ => warn("bad-listing", format!("ignoring a malformed LIST line {l:?}")),
+        }
+    }
+    let has_uidl = match conn.command("UIDL").await {
+        Ok(_) => {
+            let mut seen: HashMap<String, usize> = HashMap::new();
+            let mut uids: HashMap<u32, String> = HashMap::new();
+            for l in conn.listing().await? {
+                if let Some((n, uid)) = l.split_once(' ').and_then(|(n, u)| Some((n.parse::<u32>().ok()?, u.trim().to_owned())))
+                    && !uid.is_empty()
+                    && !uid.contains(' ')
+                {
+                    *seen.entry(uid.clone()).or_default() += 1;
+                    uids.insert(n, uid);
+                }
+            }
+            let dups: HashSet<&String> = seen.iter().filter(|(_, c)| **c > 1).map(|(u, _)| u).collect();
+            if !dups.is_empty() {
+                warn("duplicate-uidl", format!("{} UIDLs are used by more than one message; those are identified by content", dups.len()));
+            }
+            for e in &mut entries {
+                e.uid = uids.get(&e.number).filter(|u| !dups.contains(u)).cloned();
+            }
+            true
+        }
+        Err(ConnError::Refused { .. }) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if !has_uidl && account.keep != Keep::Delete {
+        let _ = conn.command("QUIT").await;
+        return Err(FetchError::Policy(format!(
+            "the server has no UIDL, so keep = {:?} cannot tell old messages from new ones; use keep = \"delete\"",
+            account.keep
+        )));
+    }
+
+    let mut local = Local::open(&account.deliver, &key, &state, journal.last_batch())?;
+    // Messages stored by an interrupted run (Maildir) but not journaled yet.
+    let recovered: Vec<String> =
+        entries.iter().filter_map(|e| e.uid.clone()).filter(|u| journal.stored_at(u).is_none() && local.already_stored(u)).collect();
+    if !recovered.is_empty() && !opts.dry_run {
+        journal.stored_batch(&recovered, opts.now)?;
+    }
+
+    let mut to_fetch = Vec::new();
+    let mut to_delete = Vec::new();
+    let mut kept = 0;
+    let mut skipped = 0;
+    for e in &entries {
+        let stored_at = e.uid.as_deref().and_then(|u| journal.stored_at(u));
+        let (action, reason) = match stored_at {
+            Some(t) if due_for_deletion(account.keep, t, opts.now) => {
+                to_delete.push((e.number, e.uid.clone().unwrap_or_default()));
+                ("delete", "already downloaded".to_owned())
+            }
+            Some(t) => {
+                kept += 1;
+                ("keep", format!("already downloaded (first at {t}); kept by the keep policy"))
+            }
+            None if account.max_size.is_some_and(|m| e.size > m) => {
+                skipped += 1;
+                let id = e.uid.clone().unwrap_or_else(|| format!("#{}", e.number));
+                match account.oversize {
+                    Oversize::Delete => {
+                        to_delete.push((e.number, id.clone()));
+                        ("delete", format!("too big ({} octets), oversize = \"delete\"", e.size))
+                    }
+                    Oversize::Skip => {
+                        if !opts.dry_run {
+                            emit(Event::Skipped { account: name.clone(), id, size: e.size, reason: "too big".into() });
+                        }
+                        ("skip", format!("too big ({} octets)", e.size))
+                    }
+                }
+            }
+            None => {
+                to_fetch.push(e);
+                ("download", "new".to_owned())
+            }
+        };
+        if opts.dry_run {
+            let id = e.uid.clone().unwrap_or_else(|| "(no UIDL)".into());
+            emit(Event::Planned { account: name.clone(), number: e.number, id, size: e.size, action: action.into(), reason });
+        }
+    }
+    emit(Event::Connected {
+        account: name.clone(),
+        server: format!("{}:{}", account.host, account.port),
+        tls: conn.tls,
+        mechanism: conn.mechanism.clone(),
+        pipelining: conn.capa.has("PIPELINING"),
+        messages: entries.len(),
+        new: to_fetch.len(),
+    });
+    if opts.dry_run {
+        conn.command("QUIT").await?;
+        return Ok(());
+    }
+
+    let window = if conn.capa.has("PIPELINING") { WINDOW } else { 1 };
+    let mut delivered = 0;
+    let mut bytes = 0u64;
+    let mut deleted_ids: Vec<String> = Vec::new();
+    for batch in to_fetch.chunks(BATCH_MESSAGES) {
+        // Split further by size, then download with up to `window` RETRs in flight.
+        let mut start = 0;
+        while start < batch.len() {
+            let mut end = start;
+            let mut batch_bytes = 0;
+            while end < batch.len() && (end == start || batch_bytes + batch[end].size <= BATCH_BYTES) {
+                batch_bytes += batch[end].size;
+                end += 1;
+            }
+            let part = &batch[start..end];
+            start = end;
+            let stored = download(&mut conn, &mut local, &journal, part, window, &warn).await?;
+            let ids = local.flush()?;
+            journal.stored_batch(&ids, opts.now)?;
+            local.committed();
+            for (id, size) in &stored {
+                if ids.contains(id) {
+                    delivered += 1;
+                    bytes += size;
+                    emit(Event::Delivered { account: name.clone(), id: id.clone(), size: *size });
+                }
+            }
+            if account.keep == Keep::Delete {
+                let numbers: Vec<(u32, String)> =
+                    part.iter().zip(&stored).filter(|(_, (id, _))| ids.contains(id)).map(|(e, (id, _))| (e.number, id.clone())).collect();
+                deleted_ids.extend(dele(&mut conn, &numbers, window).await?);
+            }
+        }
+    }
+    deleted_ids.extend(dele(&mut conn, &to_delete, window).await?);
+    let quit = conn.command("QUIT").await;
+    let deleted = if quit.is_ok() { deleted_ids.len() } else { 0 };
+    match quit {
+        Ok(_) => {
+            for id in &deleted_ids {
+                emit(Event::Deleted { account: name.clone(), id: id.clone() });
+            }
+            // Deleted for good, and messages that vanished from the server, are forgotten.
+            let on_server: HashSet<&str> = entries.iter().filter_map(|e| e.uid.as_deref()).collect();
+            let mut gone: Vec<String> = deleted_ids.clone();
+            if has_uidl {
+                gone.extend(journal.stored().filter(|(id, _)| !id.starts_with("sha256:") && !on_server.contains(id)).map(|(id, _)| id.to_owned()));
+            }
+            journal.gone_batch(&gone)?;
+        }
+        Err(e) => warn("quit-failed", format!("QUIT failed ({e}); deletions will be retried next time")),
+    }
+    emit(Event::Summary { account: name.clone(), delivered, deleted, skipped, kept, bytes });
+    Ok(())
+}
+
+/// RETR the messages with up to `window` commands in flight, delivering each; returns the ids and
+/// sizes of the messages finished (not yet durable).
+async fn download(
+    conn: &mut Conn,
+    local: &mut Local,
+    journal: &Journal,
+    part: &[&Entry],
+    window: usize,
+    warn: &(dyn Fn(&str, String) + Sync),
+) -> Result<Vec<(String, u64)>, FetchError> {
+    let mut done = Vec::new();
+    let mut sent = 0;
+    let next_batch = journal.last_batch() + 1;
+    for (i, e) in part.iter().enumerate() {
+        while sent < part.len() && sent < i + window {
+            conn.send(format!("RETR {}\r\n", part[sent].number).as_bytes()).await?;
+            sent += 1;
+        }
+        if let Err(err) = conn.status("RETR").await {
+            match err {
+                // The message went away meanwhile: nothing to store; go on with the others.
+                ConnError::Refused { line, .. } => {
+                    warn("retr-refused", format!("message {}: {line}", e.number));
+                    continue;
+                }
+                other => return Err(other.into()),
+            }
+        }
+        local.begin(next_batch)?;
+        let mut hasher = e.uid.is_none().then(Sha256::new);
+        let mut failed: Option<DeliverError> = None;
+        let received = conn
+            .message(|chunk| {
+                if let Some(h) = hasher.as_mut() {
+                    h.update(chunk);
+                }
+                if failed.is_none()
+                    && let Err(err) = local.write(chunk)
+                {
+                    failed = Some(err);
+                }
+                Ok(())
+            })
+            .await;
+        let received = match received {
+            Ok(n) => n,
+            Err(err) => {
+                local.abort();
+                return Err(err.into());
+            }
+        };
+        if let Some(err) = failed {
+            local.abort();
+            return Err(err.into());
+        }
+        if received != e.size {
+            warn("size-mismatch", format!("message {}: LIST said {} octets, RETR sent {received}", e.number, e.size));
+        }
+        let id = match &e.uid {
+            Some(u) => u.clone(),
+            None => {
+                let digest = hasher.unwrap_or_default().finalize();
+                format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
+            }
+        };
+        if journal.stored_at(&id).is_some() || local.already_stored(&id) {
+            // Identified by content and already stored by an earlier, interrupted run.
+            local.abort();
+            done.push((id, received));
+            continue;
+        }
+        local.finish(&id)?;
+        done.push((id, received));
+    }
+    Ok(done)
+}
+
+/// DELE these messages (pipelined); returns the ids the server accepted.
+async fn dele(conn: &mut Conn, numbers: &[(u32, String)], window: usize) -> Result<Vec<String>, FetchError> {
+    let mut ok = Vec::new();
+    let mut sent = 0;
+    for (i, (_, id)) in numbers.iter().enumerate() {
+        while sent < numbers.len() && sent < i + window {
+            conn.send(format!("DELE {}\r\n", numbers[sent].0).as_bytes()).await?;
+            sent += 1;
+        }
+        match conn.status("DELE").await {
+            Ok(_) => ok.push(id.clone()),
+            Err(ConnError::Refused { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(ok)
+}
