@@ -2,6 +2,7 @@
 //! hands over to the library crates; it is the only crate that uses `anyhow`.
 #![forbid(unsafe_code)]
 
+mod fetch;
 mod migrate;
 
 use std::io::IsTerminal;
@@ -42,6 +43,8 @@ enum Command {
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Download mail from POP3 accounts into local mailboxes (see accounts.toml).
+    Fetch(fetch::FetchArgs),
     /// Moving from another POP3 server.
     #[command(subcommand)]
     Migrate(MigrateCommand),
@@ -215,15 +218,15 @@ const EX_TEMPFAIL: u8 = 75;
 const EX_CONFIG: u8 = 78;
 
 /// Where the configuration comes from.
-fn load_config(cli: &Cli) -> Result<(Config, Prepared)> {
-    match &cli.config {
+fn load_config(data_dir: Option<&std::path::Path>, config: Option<&std::path::Path>) -> Result<(Config, Prepared)> {
+    match config {
         Some(path) => {
             let config = Config::load(path).map_err(|e| Exit(EX_CONFIG, e.to_string()))?;
             let prepared = datadir::prepare(&config, false)?;
             Ok((config, prepared))
         }
         None => {
-            let dir = cli.data_dir.clone().unwrap_or_else(|| PathBuf::from("pillarbox-data"));
+            let dir = data_dir.map_or_else(|| PathBuf::from("pillarbox-data"), std::path::Path::to_path_buf);
             datadir::load_or_create(&dir).map_err(|e| match e {
                 datadir::DataDirError::Config(c) => Exit(EX_CONFIG, c.to_string()).into(),
                 other => anyhow::Error::new(other),
@@ -233,12 +236,19 @@ fn load_config(cli: &Cli) -> Result<(Config, Prepared)> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let (config, prepared) = load_config(&cli)?;
-    match cli.command {
-        Command::Serve(args) => serve(config, prepared, args),
-        Command::User(cmd) => user(&config, cmd),
-        Command::Deliver { user, max_size } => deliver(&config, &user, max_size),
+    let Cli { data_dir, config, command } = cli;
+    // Server commands share the server configuration; the client needs none of it.
+    let server = || load_config(data_dir.as_deref(), config.as_deref());
+    match command {
+        Command::Fetch(args) => fetch::run(args).map(ExitCode::from),
+        Command::Serve(args) => {
+            let (config, prepared) = server()?;
+            serve(config, prepared, args)
+        }
+        Command::User(cmd) => user(&server()?.0, cmd),
+        Command::Deliver { user, max_size } => deliver(&server()?.0, &user, max_size),
         Command::Migrate(MigrateCommand::Verify { dovecot, pillarbox, user, password_stdin, insecure }) => {
+            let config = server()?.0;
             let new = pillarbox
                 .or_else(|| config.pop3.first().copied())
                 .context("no --pillarbox address and no pop3 listener in the configuration")?;

@@ -230,7 +230,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Account>, AccountError> {
             Some(s) => match s.strip_suffix('d').and_then(|n| n.parse().ok()) {
                 Some(n) => Keep::Days(n),
                 None => {
-                    return Err(err("keep", format!("{s:?}: use \"delete\", \"keep\" or a number of days like \"7d\"")));
+                    return Err(err(
+                        "keep",
+                        format!("{s:?}: use \"delete\", \"keep\" or a number of days like \"7d\""),
+                    ));
                 }
             },
         };

@@ -76,7 +76,14 @@ impl ConnError {
 
     /// A temporary problem (try again later) rather than a wrong setting.
     pub fn is_temporary(&self) -> bool {
-        matches!(self, ConnError::Io(_) | ConnError::Timeout(_) | ConnError::InUse(_) | ConnError::LoginDelay(_) | ConnError::Connect { .. })
+        matches!(
+            self,
+            ConnError::Io(_)
+                | ConnError::Timeout(_)
+                | ConnError::InUse(_)
+                | ConnError::LoginDelay(_)
+                | ConnError::Connect { .. }
+        )
     }
 }
 
@@ -139,8 +146,16 @@ impl Conn {
             source: last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address")),
         })?;
         let _ = tcp.set_nodelay(true);
-        let connector = tls::connector(account).map_err(|message| ConnError::Tls { host: account.host.clone(), message })?;
-        let mut conn = Self { stream: Stream::Plain(tcp), buf: BytesMut::new(), greeting: String::new(), capa: Capa::default(), tls: false, mechanism: String::new() };
+        let connector =
+            tls::connector(account).map_err(|message| ConnError::Tls { host: account.host.clone(), message })?;
+        let mut conn = Self {
+            stream: Stream::Plain(tcp),
+            buf: BytesMut::new(),
+            greeting: String::new(),
+            capa: Capa::default(),
+            tls: false,
+            mechanism: String::new(),
+        };
         if account.tls == TlsMode::Implicit {
             conn.handshake(&connector, &account.host).await?;
         }
@@ -200,19 +215,21 @@ impl Conn {
     }
 
     async fn fill(&mut self) -> Result<(), ConnError> {
-        let mut chunk = [0u8; 64 * 1024];
+        self.buf.reserve(64 * 1024);
         let read = async {
             match &mut self.stream {
-                Stream::Plain(s) => s.read(&mut chunk).await,
-                Stream::Tls(s) => s.read(&mut chunk).await,
+                Stream::Plain(s) => s.read_buf(&mut self.buf).await,
+                Stream::Tls(s) => s.read_buf(&mut self.buf).await,
                 Stream::Moving => Ok(0),
             }
         };
         let n = tokio::time::timeout(READ_TIMEOUT, read).await.map_err(|_| ConnError::Timeout(READ_TIMEOUT))??;
         if n == 0 {
-            return Err(ConnError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection")));
+            return Err(ConnError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            )));
         }
-        self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
     }
 
@@ -243,7 +260,10 @@ impl Conn {
         if l.starts_with("-ERR") {
             return Err(ConnError::Refused { command: command.to_owned(), line: l });
         }
-        Err(ConnError::Protocol(format!("expected +OK or -ERR to {command}, got {:?}", l.chars().take(100).collect::<String>())))
+        Err(ConnError::Protocol(format!(
+            "expected +OK or -ERR to {command}, got {:?}",
+            l.chars().take(100).collect::<String>()
+        )))
     }
 
     pub async fn command(&mut self, cmd: &str) -> Result<String, ConnError> {
@@ -307,7 +327,10 @@ impl Conn {
     async fn login(&mut self, account: &Account, password: &Secret<Vec<u8>>) -> Result<(), ConnError> {
         let sasl = self.capa.sasl();
         let cleartext_ok = self.tls || account.insecure;
-        let apop = self.greeting.find('<').and_then(|s| self.greeting[s..].find('>').map(|e| self.greeting[s..=s + e].to_owned()));
+        let apop = self
+            .greeting
+            .find('<')
+            .and_then(|s| self.greeting[s..].find('>').map(|e| self.greeting[s..=s + e].to_owned()));
         let cb = self.channel_binding();
         let method = match account.auth {
             AuthChoice::Auto => {
@@ -328,11 +351,18 @@ impl Conn {
                         "the server offers only cleartext logins and the connection is not encrypted; use TLS (or insecure = true)".into(),
                     ));
                 } else {
-                    return Err(ConnError::NoAuth(format!("the server offers no known mechanism (SASL: {})", sasl.join(" "))));
+                    return Err(ConnError::NoAuth(format!(
+                        "the server offers no known mechanism (SASL: {})",
+                        sasl.join(" ")
+                    )));
                 }
             }
             AuthChoice::ScramSha256 => {
-                if cb.is_some() && sasl.iter().any(|m| m == "SCRAM-SHA-256-PLUS") { "SCRAM-SHA-256-PLUS" } else { "SCRAM-SHA-256" }
+                if cb.is_some() && sasl.iter().any(|m| m == "SCRAM-SHA-256-PLUS") {
+                    "SCRAM-SHA-256-PLUS"
+                } else {
+                    "SCRAM-SHA-256"
+                }
             }
             AuthChoice::Plain => "PLAIN",
             AuthChoice::Login => "LOGIN",
@@ -340,7 +370,9 @@ impl Conn {
             AuthChoice::User => "USER",
         };
         if matches!(method, "PLAIN" | "LOGIN" | "USER") && !cleartext_ok {
-            return Err(ConnError::NoAuth(format!("{method} would send the password in cleartext; use TLS (or insecure = true)")));
+            return Err(ConnError::NoAuth(format!(
+                "{method} would send the password in cleartext; use TLS (or insecure = true)"
+            )));
         }
         self.mechanism = method.to_owned();
         let user = &account.username;
@@ -400,20 +432,40 @@ impl Conn {
         }
     }
 
-    async fn scram(&mut self, mechanism: &str, user: &str, password: &Secret<Vec<u8>>, cb: Option<Vec<u8>>) -> Result<(), ConnError> {
+    async fn scram(
+        &mut self,
+        mechanism: &str,
+        user: &str,
+        password: &Secret<Vec<u8>>,
+        cb: Option<Vec<u8>>,
+    ) -> Result<(), ConnError> {
         let plus = mechanism.ends_with("-PLUS");
-        let prepared = pillarbox_auth::prepare_password(password.expose()).map_err(|e| ConnError::NoAuth(e.to_string()))?;
+        let prepared =
+            pillarbox_auth::prepare_password(password.expose()).map_err(|e| ConnError::NoAuth(e.to_string()))?;
         let mut nonce = [0u8; 18];
         getrandom::fill(&mut nonce).map_err(|e| ConnError::NoAuth(e.to_string()))?;
-        let gs2 = if plus { "p=tls-exporter,," } else if cb.is_some() { "y,," } else { "n,," };
+        let gs2 = if plus {
+            "p=tls-exporter,,"
+        } else if cb.is_some() {
+            "y,,"
+        } else {
+            "n,,"
+        };
         let name = user.replace('=', "=3D").replace(',', "=2C");
         let bare = format!("n={name},r={}", B64.encode(nonce));
         self.send(format!("AUTH {mechanism} {}\r\n", B64.encode(format!("{gs2}{bare}"))).as_bytes()).await?;
-        let server_first = String::from_utf8(self.challenge("AUTH").await?).map_err(|_| ConnError::Protocol("server-first is not UTF-8".into()))?;
+        let server_first = String::from_utf8(self.challenge("AUTH").await?)
+            .map_err(|_| ConnError::Protocol("server-first is not UTF-8".into()))?;
         let binding = if plus { cb.unwrap_or_default() } else { Vec::new() };
-        let (client_final, expected) =
-            pillarbox_auth::scram::client::client_final(ScramHash::Sha256, &prepared, gs2, &binding, &bare, &server_first)
-                .ok_or_else(|| ConnError::Protocol("malformed SCRAM server-first message".into()))?;
+        let (client_final, expected) = pillarbox_auth::scram::client::client_final(
+            ScramHash::Sha256,
+            &prepared,
+            gs2,
+            &binding,
+            &bare,
+            &server_first,
+        )
+        .ok_or_else(|| ConnError::Protocol("malformed SCRAM server-first message".into()))?;
         if !server_first.starts_with(&format!("r={}", B64.encode(nonce))) {
             return Err(ConnError::Protocol("the server changed the SCRAM nonce".into()));
         }
@@ -426,12 +478,16 @@ impl Conn {
             self.status("AUTH").await?;
             v
         } else if l.starts_with("+OK") {
-            return Err(ConnError::Protocol("the server did not prove it knows the password (no SCRAM server signature)".into()));
+            return Err(ConnError::Protocol(
+                "the server did not prove it knows the password (no SCRAM server signature)".into(),
+            ));
         } else {
             return Err(ConnError::Refused { command: "AUTH".into(), line: l });
         };
         if server_final != expected.as_bytes() {
-            return Err(ConnError::Protocol("the SCRAM server signature is wrong: this is not the server that holds your password".into()));
+            return Err(ConnError::Protocol(
+                "the SCRAM server signature is wrong: this is not the server that holds your password".into(),
+            ));
         }
         Ok(())
     }

@@ -91,10 +91,20 @@ enum Kind {
 }
 
 enum Current {
-    Maildir { file: BufWriter<File>, tmp: PathBuf, size: u64 },
+    Maildir {
+        file: BufWriter<File>,
+        tmp: PathBuf,
+        size: u64,
+    },
     /// `start`: where the message begins in the mbox; `line`: the undecided head of a line.
-    Mbox { start: u64, at_line_start: bool, line: Vec<u8> },
-    Mda { child: Child },
+    Mbox {
+        start: u64,
+        at_line_start: bool,
+        line: Vec<u8>,
+    },
+    Mda {
+        child: Child,
+    },
 }
 
 pub struct Local {

@@ -43,14 +43,57 @@ pub struct Options {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
-    Connected { account: String, server: String, tls: bool, mechanism: String, pipelining: bool, messages: usize, new: usize },
-    Delivered { account: String, id: String, size: u64 },
-    Deleted { account: String, id: String },
-    Skipped { account: String, id: String, size: u64, reason: String },
-    Planned { account: String, number: u32, id: String, size: u64, action: String, reason: String },
-    Warning { account: String, code: String, message: String },
-    Error { account: String, code: String, message: String, exit: u8 },
-    Summary { account: String, delivered: usize, deleted: usize, skipped: usize, kept: usize, bytes: u64 },
+    Connected {
+        account: String,
+        server: String,
+        tls: bool,
+        mechanism: String,
+        pipelining: bool,
+        messages: usize,
+        new: usize,
+    },
+    Delivered {
+        account: String,
+        id: String,
+        size: u64,
+    },
+    Deleted {
+        account: String,
+        id: String,
+    },
+    Skipped {
+        account: String,
+        id: String,
+        size: u64,
+        reason: String,
+    },
+    Planned {
+        account: String,
+        number: u32,
+        id: String,
+        size: u64,
+        action: String,
+        reason: String,
+    },
+    Warning {
+        account: String,
+        code: String,
+        message: String,
+    },
+    Error {
+        account: String,
+        code: String,
+        message: String,
+        exit: u8,
+    },
+    Summary {
+        account: String,
+        delivered: usize,
+        deleted: usize,
+        skipped: usize,
+        kept: usize,
+        bytes: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,9 +171,9 @@ pub fn password(account: &Account) -> Result<Secret<Vec<u8>>, FetchError> {
             }
             std::fs::read(path).map_err(|e| FetchError::Password(format!("{}: {e}", path.display())))?
         }
-        PasswordSource::Env(var) => {
-            std::env::var(var).map_err(|_| FetchError::Password(format!("the environment variable {var} is not set")))?.into_bytes()
-        }
+        PasswordSource::Env(var) => std::env::var(var)
+            .map_err(|_| FetchError::Password(format!("the environment variable {var} is not set")))?
+            .into_bytes(),
     };
     // One line: drop what follows the first line end.
     if let Some(i) = value.iter().position(|&b| b == b'\n' || b == b'\r') {
@@ -181,7 +224,8 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
             let mut seen: HashMap<String, usize> = HashMap::new();
             let mut uids: HashMap<u32, String> = HashMap::new();
             for l in conn.listing().await? {
-                if let Some((n, uid)) = l.split_once(' ').and_then(|(n, u)| Some((n.parse::<u32>().ok()?, u.trim().to_owned())))
+                if let Some((n, uid)) =
+                    l.split_once(' ').and_then(|(n, u)| Some((n.parse::<u32>().ok()?, u.trim().to_owned())))
                     && !uid.is_empty()
                     && !uid.contains(' ')
                 {
@@ -191,7 +235,10 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
             }
             let dups: HashSet<&String> = seen.iter().filter(|(_, c)| **c > 1).map(|(u, _)| u).collect();
             if !dups.is_empty() {
-                warn("duplicate-uidl", format!("{} UIDLs are used by more than one message; those are identified by content", dups.len()));
+                warn(
+                    "duplicate-uidl",
+                    format!("{} UIDLs are used by more than one message; those are identified by content", dups.len()),
+                );
             }
             for e in &mut entries {
                 e.uid = uids.get(&e.number).filter(|u| !dups.contains(u)).cloned();
@@ -211,8 +258,11 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
 
     let mut local = Local::open(&account.deliver, &key, &state, journal.last_batch())?;
     // Messages stored by an interrupted run (Maildir) but not journaled yet.
-    let recovered: Vec<String> =
-        entries.iter().filter_map(|e| e.uid.clone()).filter(|u| journal.stored_at(u).is_none() && local.already_stored(u)).collect();
+    let recovered: Vec<String> = entries
+        .iter()
+        .filter_map(|e| e.uid.clone())
+        .filter(|u| journal.stored_at(u).is_none() && local.already_stored(u))
+        .collect();
     if !recovered.is_empty() && !opts.dry_run {
         journal.stored_batch(&recovered, opts.now)?;
     }
@@ -255,7 +305,14 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
         };
         if opts.dry_run {
             let id = e.uid.clone().unwrap_or_else(|| "(no UIDL)".into());
-            emit(Event::Planned { account: name.clone(), number: e.number, id, size: e.size, action: action.into(), reason });
+            emit(Event::Planned {
+                account: name.clone(),
+                number: e.number,
+                id,
+                size: e.size,
+                action: action.into(),
+                reason,
+            });
         }
     }
     emit(Event::Connected {
@@ -300,8 +357,12 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
                 }
             }
             if account.keep == Keep::Delete {
-                let numbers: Vec<(u32, String)> =
-                    part.iter().zip(&stored).filter(|(_, (id, _))| ids.contains(id)).map(|(e, (id, _))| (e.number, id.clone())).collect();
+                let numbers: Vec<(u32, String)> = part
+                    .iter()
+                    .zip(&stored)
+                    .filter(|(_, (id, _))| ids.contains(id))
+                    .map(|(e, (id, _))| (e.number, id.clone()))
+                    .collect();
                 deleted_ids.extend(dele(&mut conn, &numbers, window).await?);
             }
         }
@@ -318,7 +379,12 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
             let on_server: HashSet<&str> = entries.iter().filter_map(|e| e.uid.as_deref()).collect();
             let mut gone: Vec<String> = deleted_ids.clone();
             if has_uidl {
-                gone.extend(journal.stored().filter(|(id, _)| !id.starts_with("sha256:") && !on_server.contains(id)).map(|(id, _)| id.to_owned()));
+                gone.extend(
+                    journal
+                        .stored()
+                        .filter(|(id, _)| !id.starts_with("sha256:") && !on_server.contains(id))
+                        .map(|(id, _)| id.to_owned()),
+                );
             }
             journal.gone_batch(&gone)?;
         }

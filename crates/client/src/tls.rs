@@ -20,9 +20,14 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// The TLS connector for an account.
 pub fn connector(account: &Account) -> Result<TlsConnector, String> {
-    let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().map_err(|e| e.to_string())?;
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
     let config = match account.fingerprint {
-        Some(pin) => builder.dangerous().with_custom_certificate_verifier(Arc::new(Pinned { pin, provider: provider() })).with_no_client_auth(),
+        Some(pin) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned { pin, provider: provider() }))
+            .with_no_client_auth(),
         None => {
             let extra: Vec<CertificateDer<'static>> = match &account.ca_file {
                 Some(path) => CertificateDer::pem_file_iter(path)
@@ -30,7 +35,8 @@ pub fn connector(account: &Account) -> Result<TlsConnector, String> {
                     .map_err(|e| format!("reading ca_file {}: {e}", path.display()))?,
                 None => Vec::new(),
             };
-            let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider()).map_err(|e| e.to_string())?;
+            let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider())
+                .map_err(|e| e.to_string())?;
             builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
         }
     };

@@ -1,0 +1,206 @@
+//! `pillarbox fetch`: run the accounts (in parallel), show progress on a terminal, print JSON
+//! events with `--json`, and exit with a sysexits code.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use pillarbox_client::account::{self, Account};
+use pillarbox_client::fetch::{self, Event, Options};
+
+#[derive(Debug, clap::Args)]
+pub struct FetchArgs {
+    /// Accounts to fetch (default: all in the accounts file).
+    pub accounts: Vec<String>,
+    /// The accounts file (default: $XDG_CONFIG_HOME/pillarbox/accounts.toml).
+    #[arg(long = "accounts-file", value_name = "FILE", env = "PILLARBOX_ACCOUNTS")]
+    pub file: Option<PathBuf>,
+    /// Where journals and locks are kept (default: $XDG_STATE_HOME/pillarbox/fetch).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// One JSON event per line on standard output.
+    #[arg(long, conflicts_with = "quiet")]
+    pub json: bool,
+    /// Say per message what would be done, and do nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run again after this long, until stopped (e.g. 5m); errors back off.
+    #[arg(long, value_name = "INTERVAL")]
+    pub every: Option<pillarbox_proto::units::HumanDuration>,
+    /// The current time in seconds since the epoch (for testing keep = "Nd").
+    #[arg(long, hide = true)]
+    pub now: Option<u64>,
+}
+
+fn default_state_dir() -> PathBuf {
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("pillarbox")
+        .join("fetch")
+}
+
+/// How events reach the user.
+enum Output {
+    Json(Mutex<std::io::Stdout>),
+    Bars { multi: MultiProgress, bars: Mutex<std::collections::HashMap<String, ProgressBar>> },
+    Quiet,
+}
+
+impl Output {
+    fn emit(&self, e: &Event) {
+        match self {
+            Output::Json(out) => {
+                if let Ok(line) = serde_json::to_string(e) {
+                    let mut out = out.lock().unwrap_or_else(PoisonError::into_inner);
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                }
+            }
+            Output::Bars { multi, bars } => {
+                let mut bars = bars.lock().unwrap_or_else(PoisonError::into_inner);
+                match e {
+                    Event::Connected { account, new, server, .. } => {
+                        let bar = multi.add(ProgressBar::new(*new as u64));
+                        bar.set_style(
+                            ProgressStyle::with_template(
+                                "{prefix:>12} [{bar:30}] {pos}/{len} {msg} {binary_bytes_per_sec} eta {eta}",
+                            )
+                            .unwrap_or_else(|_| ProgressStyle::default_bar())
+                            .progress_chars("=> "),
+                        );
+                        bar.set_prefix(account.clone());
+                        bar.set_message(server.clone());
+                        bars.insert(account.clone(), bar);
+                    }
+                    Event::Delivered { account, size, .. } => {
+                        if let Some(b) = bars.get(account) {
+                            b.inc(1);
+                            b.set_message(format!("{} KiB", size / 1024));
+                        }
+                    }
+                    Event::Planned { account, number, id, size, action, reason } => {
+                        let _ = multi
+                            .println(format!("{account}: message {number} ({id}, {size} octets): {action}: {reason}"));
+                    }
+                    Event::Warning { account, message, .. } => {
+                        let _ = multi.println(format!("{account}: warning: {message}"));
+                    }
+                    Event::Error { account, message, .. } => {
+                        let _ = multi.println(format!("{account}: error: {message}"));
+                    }
+                    Event::Summary { account, delivered, deleted, skipped, kept, bytes } => {
+                        if let Some(b) = bars.remove(account) {
+                            b.finish_with_message(format!(
+                                "{delivered} new ({} KiB), {deleted} deleted, {kept} kept, {skipped} skipped",
+                                bytes / 1024
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Output::Quiet => {
+                if let Event::Error { account, message, .. } = e {
+                    eprintln!("pillarbox fetch: {account}: {message}");
+                }
+            }
+        }
+    }
+}
+
+pub fn run(args: FetchArgs) -> Result<u8> {
+    let file = args.file.clone().unwrap_or_else(account::default_path);
+    let all = match account::load(&file) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("pillarbox fetch: {e}");
+            return Ok(78);
+        }
+    };
+    let mut chosen: Vec<Account> = Vec::new();
+    if args.accounts.is_empty() {
+        chosen = all;
+    } else {
+        for name in &args.accounts {
+            match all.iter().find(|a| &a.name == name) {
+                Some(a) => chosen.push(a.clone()),
+                None => {
+                    eprintln!("pillarbox fetch: {}: no account named {name}", file.display());
+                    return Ok(78);
+                }
+            }
+        }
+    }
+    if chosen.is_empty() {
+        eprintln!("pillarbox fetch: {} has no accounts", file.display());
+        return Ok(78);
+    }
+    let output = Arc::new(if args.json {
+        Output::Json(Mutex::new(std::io::stdout()))
+    } else if args.quiet || !std::io::stderr().is_terminal() {
+        if args.dry_run { Output::Json(Mutex::new(std::io::stdout())) } else { Output::Quiet }
+    } else {
+        Output::Bars { multi: MultiProgress::new(), bars: Mutex::new(Default::default()) }
+    });
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let mut backoff = Duration::ZERO;
+        loop {
+            let now =
+                args.now.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+            let opts = Options { state_dir: state_dir.clone(), dry_run: args.dry_run, now };
+            let code = run_once(&chosen, &opts, &output).await;
+            let Some(every) = args.every else { return Ok(code) };
+            // Back off on errors (doubling, up to an hour) instead of hammering a broken server.
+            backoff =
+                if code == 0 { Duration::ZERO } else { (backoff * 2).max(every.0).min(Duration::from_secs(3600)) };
+            let wait = if code == 0 { every.0 } else { backoff };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(code),
+            }
+        }
+    })
+}
+
+/// One pass over the accounts, in parallel; the exit code of the worst failure.
+async fn run_once(accounts: &[Account], opts: &Options, output: &Arc<Output>) -> u8 {
+    let mut tasks = tokio::task::JoinSet::new();
+    for account in accounts.iter().cloned() {
+        let (opts, output) = (opts.clone(), Arc::clone(output));
+        tasks.spawn(async move {
+            let out = Arc::clone(&output);
+            let emit = move |e: Event| out.emit(&e);
+            match fetch::run(&account, &opts, &emit).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    let code = e.exit_code();
+                    output.emit(&Event::Error {
+                        account: account.name.clone(),
+                        code: e.code().into(),
+                        message: e.to_string(),
+                        exit: code,
+                    });
+                    code
+                }
+            }
+        });
+    }
+    let mut worst = 0;
+    while let Some(r) = tasks.join_next().await {
+        let code = r.unwrap_or(70);
+        if worst == 0 {
+            worst = code;
+        }
+    }
+    worst
+}
