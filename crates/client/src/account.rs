@@ -261,6 +261,24 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Account>, AccountError> {
             oversize: a.oversize.unwrap_or(Oversize::Skip),
         });
     }
+    // The journal (what was downloaded) belongs to the mailbox, not to the account's name: two
+    // accounts on one mailbox would each think the other's downloads were their own.
+    for (i, a) in out.iter().enumerate() {
+        if let Some(b) = out[..i]
+            .iter()
+            .find(|b| b.host.eq_ignore_ascii_case(&a.host) && b.port == a.port && b.username == a.username)
+        {
+            return Err(AccountError::Field {
+                path: path.to_owned(),
+                line: pillarbox_proto::units::key_line(text, &format!("accounts.{}", a.name), "host"),
+                field: format!("accounts.{}.host", a.name),
+                message: format!(
+                    "accounts {} and {} fetch the same mailbox ({}@{}:{}); keep one of them",
+                    b.name, a.name, a.username, a.host, a.port
+                ),
+            });
+        }
+    }
     Ok(out)
 }
 
@@ -309,6 +327,14 @@ tls_fingerprint = "sha256:00112233445566778899aabbccddeeff00112233445566778899aa
         let bad = GOOD.replace("tls = \"starttls\"", "tls = \"none\"");
         let e = parse(&bad, Path::new("a.toml")).expect_err("insecure").to_string();
         assert!(e.contains("field `accounts.home.tls`") && e.contains("insecure = true"), "{e}");
+        let twice = format!(
+            "{GOOD}\n[accounts.again]\nhost = \"POP.example.com\"\nusername = \"me@example.com\"\npassword_env = \"X\"\ndeliver = {{ mbox = \"/tmp/x\" }}\n"
+        );
+        let e = parse(&twice, Path::new("a.toml")).expect_err("same mailbox").to_string();
+        assert!(
+            e.contains("accounts again and work fetch the same mailbox") || e.contains("accounts work and again"),
+            "{e}"
+        );
         let bad = GOOD.replace("port = 1110", "prot = 1110");
         let e = parse(&bad, Path::new("a.toml")).expect_err("unknown").to_string();
         assert!(e.contains("line 12, field `accounts.home.prot`") && e.contains("unknown field"), "{e}");

@@ -449,7 +449,8 @@ async fn download(
             local.abort();
             return Err(err.into());
         }
-        if received != e.size {
+        // A server adds CRLF before the terminator of a message without a final line end.
+        if received != e.size && received != e.size + 2 {
             warn("size-mismatch", format!("message {}: LIST said {} octets, RETR sent {received}", e.number, e.size));
         }
         let id = match &e.uid {

@@ -13,6 +13,8 @@ use super::require_tool;
 pub struct Dovecot {
     pub base: tempfile::TempDir,
     pub pop3: SocketAddr,
+    /// The implicit-TLS port, when started with TLS.
+    pub pop3s: Option<SocketAddr>,
     pub lmtp: SocketAddr,
     pid: u32,
 }
@@ -25,8 +27,13 @@ fn free_port() -> SocketAddr {
 }
 
 impl Dovecot {
-    /// Start Dovecot with these users and passwords.
+    /// Start Dovecot with these users and passwords, without TLS.
     pub fn start(users: &[(&str, &str)]) -> Self {
+        Self::start_with(users, None)
+    }
+
+    /// Start Dovecot; with `tls` (certificate and key PEM files) it offers STLS and POP3S.
+    pub fn start_with(users: &[(&str, &str)], tls: Option<(&Path, &Path)>) -> Self {
         require_tool("doveadm");
         let base = tempfile::Builder::new().prefix("pillarbox-dovecot").tempdir().expect("tempdir");
         let b = base.path();
@@ -49,8 +56,9 @@ impl Dovecot {
         }
         std::fs::write(b.join("users"), passwd).expect("users");
         let (pop3, lmtp) = (free_port(), free_port());
+        let pop3s = tls.map(|_| free_port());
         let conf = b.join("dovecot.conf");
-        std::fs::write(&conf, config(b, pop3, lmtp)).expect("conf");
+        std::fs::write(&conf, config(b, pop3, pop3s, lmtp, tls)).expect("conf");
         // The daemon must not inherit the test's output pipes, or whoever reads them (cargo, a
         // pipeline) waits for Dovecot to exit.
         let st = Command::new("dovecot")
@@ -74,7 +82,7 @@ impl Dovecot {
             assert!(start.elapsed() < Duration::from_secs(15), "dovecot wrote no PID file: {}", log(b));
             std::thread::sleep(Duration::from_millis(20));
         };
-        let dovecot = Self { base, pop3, lmtp, pid };
+        let dovecot = Self { base, pop3, pop3s, lmtp, pid };
         while TcpStream::connect(pop3).is_err() || TcpStream::connect(lmtp).is_err() {
             assert!(
                 start.elapsed() < Duration::from_secs(15),
@@ -100,7 +108,25 @@ fn log(b: &Path) -> String {
     std::fs::read_to_string(b.join("log/dovecot.log")).unwrap_or_default()
 }
 
-fn config(b: &Path, pop3: SocketAddr, lmtp: SocketAddr) -> String {
+fn config(
+    b: &Path,
+    pop3: SocketAddr,
+    pop3s: Option<SocketAddr>,
+    lmtp: SocketAddr,
+    tls: Option<(&Path, &Path)>,
+) -> String {
+    let ssl = match tls {
+        Some((cert, key)) => format!(
+            "ssl = yes\nssl_cert = <{}\nssl_key = <{}\nssl_min_protocol = TLSv1.2",
+            cert.display(),
+            key.display()
+        ),
+        None => "ssl = no".to_owned(),
+    };
+    let pop3s_listener = match pop3s {
+        Some(a) => format!("address = 127.0.0.1\n    port = {}\n    ssl = yes", a.port()),
+        None => "port = 0".to_owned(),
+    };
     let b = b.display();
     format!(
         r#"instance_name = pillarbox-test-{port}
@@ -109,7 +135,7 @@ state_dir = {b}/state
 log_path = {b}/log/dovecot.log
 protocols = pop3 lmtp
 listen = 127.0.0.1
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 passdb {{
@@ -132,7 +158,7 @@ service pop3-login {{
     port = {port}
   }}
   inet_listener pop3s {{
-    port = 0
+    {pop3s_listener}
   }}
 }}
 service lmtp {{

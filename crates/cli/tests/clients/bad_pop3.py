@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""A scripted, misbehaving POP3 server for client robustness tests. Serves one mailbox of three
+messages to any number of connections until killed, misbehaving as MODE says:
+
+  good            correct (the control case)
+  size-mismatch   LIST sizes are 5 octets off
+  bare-lf         every line, and the terminator, end in bare LF
+  long-line       message 2 has a 100,000-octet line
+  drop            the connection is cut in the middle of message 2
+  dup-uidl        messages 1 and 3 have the same UIDL
+  nouidl          UIDL is not supported
+  garbage         the answer to RETR 2 is not +OK/-ERR
+  no-stls         STLS is not offered (CAPA lists no STLS)
+
+usage: bad_pop3.py PORT MODE STATE-FILE
+Deletions are kept in STATE-FILE (one message number per line) so they survive reconnects.
+"""
+import os
+import socket
+import sys
+import threading
+
+port, mode, state = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+MSGS = [
+    b"Subject: one\r\nMessage-ID: <1@bad>\r\n\r\nfirst\r\n",
+    b"Subject: two\r\nMessage-ID: <2@bad>\r\n\r\nsecond\r\n.dot\r\n",
+    b"Subject: three\r\nMessage-ID: <3@bad>\r\n\r\nthird\r\n",
+]
+if mode == "long-line":
+    MSGS[1] = b"Subject: two\r\nMessage-ID: <2@bad>\r\n\r\n" + b"x" * 100000 + b"\r\n"
+UIDS = ["u1", "u2", "u1" if mode == "dup-uidl" else "u3"]
+lock = threading.Lock()
+
+
+def deleted():
+    try:
+        return {int(l) for l in open(state).read().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def serve(c):
+    f = c.makefile("rb")
+    eol = b"\n" if mode == "bare-lf" else b"\r\n"
+
+    def send(line):
+        c.sendall(line + eol)
+
+    send(b"+OK bad server ready")
+    marked = set()
+    gone = deleted()
+    live = [i for i in range(3) if i + 1 not in gone]
+    while True:
+        line = f.readline()
+        if not line:
+            return
+        cmd = line.strip().split(b" ")
+        verb = cmd[0].upper()
+        if verb == b"CAPA":
+            send(b"+OK")
+            caps = [b"USER", b"PIPELINING"]
+            if mode != "nouidl":
+                caps.append(b"UIDL")
+            if mode not in ("no-stls",):
+                caps.append(b"TOP")
+            for cap in caps:
+                send(cap)
+            send(b".")
+        elif verb in (b"USER", b"PASS"):
+            send(b"+OK")
+        elif verb == b"STLS":
+            send(b"-ERR not here")
+        elif verb == b"LIST":
+            send(b"+OK")
+            for n, i in enumerate(live, 1):
+                size = len(MSGS[i]) + (5 if mode == "size-mismatch" else 0)
+                send(b"%d %d" % (n, size))
+            send(b".")
+        elif verb == b"UIDL":
+            if mode == "nouidl":
+                send(b"-ERR no UIDL")
+                continue
+            send(b"+OK")
+            for n, i in enumerate(live, 1):
+                send(b"%d %s" % (n, UIDS[i].encode()))
+            send(b".")
+        elif verb == b"RETR":
+            n = int(cmd[1])
+            i = live[n - 1]
+            if mode == "garbage" and i == 1:
+                c.sendall(b"HELLO THIS IS NOT POP3\r\n")
+                continue
+            send(b"+OK message follows")
+            body = MSGS[i]
+            lines = body.split(b"\r\n")[:-1]
+            data = b"".join((b"." + l if l.startswith(b".") else l) + eol for l in lines) + b"." + eol
+            if mode == "drop" and i == 1:
+                c.sendall(data[: len(data) // 2])
+                c.shutdown(socket.SHUT_RDWR)
+                c.close()
+                return
+            c.sendall(data)
+        elif verb == b"DELE":
+            marked.add(live[int(cmd[1]) - 1] + 1)
+            send(b"+OK")
+        elif verb == b"QUIT":
+            with lock:
+                with open(state, "a") as s:
+                    for m in marked:
+                        s.write("%d\n" % m)
+            send(b"+OK bye")
+            c.close()
+            return
+        else:
+            send(b"-ERR unknown")
+
+
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", port))
+s.listen(16)
+print("ready", flush=True)
+while True:
+    conn, _ = s.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()

@@ -1,0 +1,396 @@
+//! `pillarbox fetch` against a real Dovecot and against Pillarbox: every TLS mode, keep policies
+//! over several runs with injected time, mbox and MDA delivery, a misbehaving server, and crash
+//! trials with kill -9.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::dovecot::Dovecot;
+use common::{PASSWORD, Pillarbox, bin, message, require_tool};
+
+/// Run `pillarbox fetch --json` with these accounts; returns the output and the parsed events.
+fn fetch(dir: &Path, accounts: &str, extra: &[&str]) -> (Output, Vec<serde_json::Value>) {
+    let file = dir.join("accounts.toml");
+    std::fs::write(&file, accounts).expect("accounts");
+    let out = Command::new(bin())
+        .args(["fetch", "--json", "--accounts-file"])
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(extra)
+        .output()
+        .expect("fetch");
+    let events = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    (out, events)
+}
+
+fn count(events: &[serde_json::Value], kind: &str) -> usize {
+    events.iter().filter(|e| e["event"] == kind).count()
+}
+
+/// Message texts in a Maildir, sorted.
+fn maildir(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = ["new", "cur"]
+        .iter()
+        .flat_map(|s| std::fs::read_dir(dir.join(s)).into_iter().flatten())
+        .map(|e| String::from_utf8_lossy(&std::fs::read(e.expect("entry").path()).expect("read")).into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn account(name: &str, port: u16, extra: &str, maildir: &Path) -> String {
+    format!(
+        "[accounts.{name}]\nhost = \"localhost\"\nport = {port}\nusername = \"alice\"\n\
+         password_command = \"echo '{PASSWORD}'\"\ndeliver = {{ maildir = \"{}\" }}\n{extra}\n",
+        maildir.display()
+    )
+}
+
+/// The SHA-256 of a PEM certificate's DER, as tls_fingerprint takes it.
+fn fingerprint(pem: &Path) -> String {
+    let out = Command::new("openssl").args(["x509", "-outform", "der", "-in"]).arg(pem).output().expect("openssl");
+    use sha2::Digest;
+    let hex: String = sha2::Sha256::digest(&out.stdout).iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+#[test]
+fn from_dovecot_over_plain_stls_pop3s_with_ca_and_with_a_pinned_certificate() {
+    require_tool("swaks");
+    require_tool("openssl");
+    // A certificate for localhost, made by Pillarbox's own first start.
+    let certs = Pillarbox::without_users();
+    let (cert, key) = (certs.cert(), certs.data().join("tls/key.pem"));
+    let dovecot = Dovecot::start_with(&[("alice", PASSWORD)], Some((&cert, &key)));
+    for i in 0..5 {
+        let out = Command::new("swaks")
+            .args(["--protocol", "LMTP", "--server", &dovecot.lmtp.to_string(), "--to", "alice@localhost"])
+            .args(["--from", "s@example.org", "--header", &format!("Subject: dovecot {i}"), "--timeout", "20"])
+            .args(["--body", "line one\n.line with a dot\nFrom the start of a line\n"])
+            .output()
+            .expect("swaks");
+        assert!(out.status.success());
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let (plain, tls) = (dovecot.pop3.port(), dovecot.pop3s.expect("pop3s").port());
+    let ca = format!("ca_file = \"{}\"", cert.display());
+    let accounts = [
+        account("plain", plain, "tls = \"none\"\ninsecure = true\nkeep = \"keep\"", &w.join("m-plain")),
+        account("stls", plain, &format!("tls = \"starttls\"\n{ca}\nkeep = \"keep\""), &w.join("m-stls")),
+        account("implicit", tls, &format!("{ca}\nkeep = \"keep\""), &w.join("m-implicit")),
+        account(
+            "pinned",
+            tls,
+            &format!("tls_fingerprint = \"{}\"\nkeep = \"keep\"", fingerprint(&cert)),
+            &w.join("m-pinned"),
+        ),
+    ];
+    // The same mailbox four ways: each account its own state folder.
+    for (i, a) in accounts.iter().enumerate() {
+        let dir = w.join(format!("run{i}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let (out, events) = fetch(&dir, a, &[]);
+        assert!(out.status.success(), "{}\n{:?}", String::from_utf8_lossy(&out.stderr), events);
+        assert_eq!(count(&events, "delivered"), 5, "{a}");
+        let connected = events.iter().find(|e| e["event"] == "connected").expect("connected");
+        assert_eq!(connected["tls"], i > 0, "{connected}");
+        // keep = "keep" and UIDL: a second run downloads nothing.
+        let (_, again) = fetch(&dir, a, &[]);
+        assert_eq!(count(&again, "delivered"), 0);
+    }
+    let reference = maildir(&w.join("m-plain"));
+    assert_eq!(reference.len(), 5);
+    assert!(reference[0].contains("\n.line with a dot\n") && !reference[0].contains('\r'), "unstuffed, LF line ends");
+    for m in ["m-stls", "m-implicit", "m-pinned"] {
+        assert_eq!(maildir(&w.join(m)), reference, "{m}");
+    }
+
+    // Without the CA the self-signed certificate is refused, and nothing is sent.
+    let bad = account("unverified", tls, "keep = \"keep\"", &w.join("m-bad"));
+    let (out, events) = fetch(w, &bad, &[]);
+    assert_eq!(out.status.code(), Some(69), "{events:?}");
+    let err = events.iter().find(|e| e["event"] == "error").expect("error event");
+    assert_eq!(err["code"], "tls");
+    let wrong_pin =
+        account("wrongpin", tls, &format!("tls_fingerprint = \"sha256:{}\"", "00".repeat(32)), &w.join("m-bad"));
+    let (out, _) = fetch(w, &wrong_pin, &[]);
+    assert_eq!(out.status.code(), Some(69));
+    assert!(!w.join("m-bad/new").exists() || maildir(&w.join("m-bad")).is_empty());
+}
+
+#[test]
+fn keep_policies_over_runs_with_injected_time() {
+    let mut pb = Pillarbox::new();
+    for i in 0..4 {
+        pb.deliver("alice", &message(i));
+    }
+    pb.start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let ca = format!("ca_file = \"{}\"", pb.cert().display());
+    let port = pb.pop3s.expect("pop3s").port();
+    let days = account("aged", port, &format!("{ca}\nkeep = \"3d\""), &w.join("m"));
+    let t0: u64 = 2_000_000_000;
+    let at = |t: u64| t.to_string();
+    let (out, ev) = fetch(w, &days, &["--now", &at(t0)]);
+    assert!(out.status.success(), "{ev:?}");
+    assert_eq!((count(&ev, "delivered"), count(&ev, "deleted")), (4, 0));
+    assert_eq!(pb.stored("alice"), 4);
+    let (_, ev) = fetch(w, &days, &["--now", &at(t0 + 2 * 86_400)]);
+    assert_eq!((count(&ev, "delivered"), count(&ev, "deleted")), (0, 0), "two days later: kept");
+    pb.deliver("alice", &message(9));
+    let (_, ev) = fetch(w, &days, &["--now", &at(t0 + 3 * 86_400 + 1)]);
+    assert_eq!((count(&ev, "delivered"), count(&ev, "deleted")), (1, 4), "three days after the first download");
+    assert_eq!(pb.stored("alice"), 1, "the new message stays for its own three days");
+    assert_eq!(maildir(&w.join("m")).len(), 5);
+
+    // keep = "delete" (the default), on a fresh state folder: downloaded, then deleted.
+    let w2 = w.join("second");
+    std::fs::create_dir_all(&w2).expect("mkdir");
+    let w = w2.as_path();
+    let del = account("del", port, &ca, &w.join("m2"));
+    let (out, ev) = fetch(w, &del, &[]);
+    assert!(out.status.success(), "{ev:?}");
+    assert_eq!((count(&ev, "delivered"), count(&ev, "deleted")), (1, 1));
+    assert_eq!(pb.stored("alice"), 0);
+
+    // Dry run: says what it would do and changes nothing.
+    pb.deliver("alice", &message(10));
+    let (_, ev) = fetch(w, &del, &["--dry-run"]);
+    let planned: Vec<&serde_json::Value> = ev.iter().filter(|e| e["event"] == "planned").collect();
+    assert_eq!(planned.len(), 1);
+    assert_eq!(planned[0]["action"], "download");
+    assert_eq!(pb.stored("alice"), 1);
+    assert_eq!(maildir(&w.join("m2")).len(), 1);
+}
+
+#[test]
+fn mboxrd_and_mda_delivery() {
+    let mut pb = Pillarbox::new();
+    pb.deliver("alice", b"Subject: a\n\nFrom the top\n>From quoted\nend\n");
+    pb.deliver("alice", b"Subject: b\n\nno final newline");
+    pb.start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let ca = format!("ca_file = \"{}\"", pb.cert().display());
+    let port = pb.pop3s.expect("pop3s").port();
+    let mbox = w.join("inbox.mbox");
+    let accounts = format!(
+        "[accounts.mbox]\nhost = \"localhost\"\nport = {port}\nusername = \"alice\"\npassword_env = \"TEST_PW\"\n{ca}\n\
+         keep = \"keep\"\ndeliver = {{ mbox = \"{}\" }}\n\n\
+         [accounts.mda]\nhost = \"localhost\"\nport = {port}\nusername = \"alice\"\npassword_env = \"TEST_PW\"\n{ca}\n\
+         keep = \"keep\"\ndeliver = {{ mda = \"cat > {}/mda-$$.eml\" }}\n",
+        mbox.display(),
+        w.display()
+    );
+    // Two accounts on one mailbox are refused; each gets its own run and state folder here.
+    let file = w.join("accounts.toml");
+    std::fs::write(&file, &accounts).expect("write");
+    let out = Command::new(bin()).args(["fetch", "--accounts-file"]).arg(&file).output().expect("fetch");
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fetch the same mailbox"));
+    for (i, section) in accounts.split("\n\n").enumerate() {
+        let file = w.join(format!("accounts{i}.toml"));
+        std::fs::write(&file, section).expect("write");
+        let out = Command::new(bin())
+            .args(["fetch", "--json", "--accounts-file"])
+            .arg(&file)
+            .arg("--state-dir")
+            .arg(w.join(format!("state{i}")))
+            .env("TEST_PW", PASSWORD)
+            .output()
+            .expect("fetch");
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("size-mismatch"),
+            "a message without a final newline is no mismatch"
+        );
+    }
+    let text = std::fs::read_to_string(&mbox).expect("mbox");
+    let bodies: Vec<&str> = text
+        .split("From MAILER-DAEMON ")
+        .filter(|s| !s.is_empty())
+        .map(|s| s.split_once('\n').expect("line").1)
+        .collect();
+    assert_eq!(
+        bodies,
+        vec!["Subject: a\n\n>From the top\n>>From quoted\nend\n\n", "Subject: b\n\nno final newline\n\n"]
+    );
+    let mut mda: Vec<String> = std::fs::read_dir(w)
+        .expect("dir")
+        .map(|e| e.expect("e").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+        .map(|p| std::fs::read_to_string(p).expect("read"))
+        .collect();
+    mda.sort();
+    // POP3 cannot carry a missing final line end: the server ends the last line before the dot.
+    assert_eq!(mda, vec!["Subject: a\n\nFrom the top\n>From quoted\nend\n", "Subject: b\n\nno final newline\n"]);
+}
+
+/// Start `bad_pop3.py` in a mode; returns the child and its port.
+fn bad_server(mode: &str, state: &Path) -> (std::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/bad_pop3.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args([&port.to_string(), mode])
+        .arg(state)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line)
+        .expect("ready");
+    assert_eq!(line.trim(), "ready");
+    (child, port)
+}
+
+#[test]
+fn misbehaving_servers_lose_nothing_and_are_reported() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let mut results = BTreeMap::new();
+    for mode in ["good", "size-mismatch", "bare-lf", "long-line", "drop", "dup-uidl", "nouidl", "garbage", "no-stls"] {
+        let dir = w.join(mode);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let deleted = dir.join("deleted");
+        let (mut server, port) = bad_server(mode, &deleted);
+        let tls = if mode == "no-stls" { "tls = \"starttls\"" } else { "tls = \"none\"\ninsecure = true" };
+        let acct = account("bad", port, tls, &dir.join("m"));
+        let (out, events) = fetch(&dir, &acct, &[]);
+        let stored = maildir(&dir.join("m"));
+        let gone = std::fs::read_to_string(&deleted).unwrap_or_default().lines().count();
+        let _ = server.kill();
+        let _ = server.wait();
+        results.insert(mode, (out.status.code(), stored, gone, events));
+    }
+    let (code, stored, gone, _) = &results["good"];
+    assert_eq!((*code, stored.len(), *gone), (Some(0), 3, 3));
+    // Wrong sizes: a warning, and the mail is still stored once and deleted.
+    let (code, stored, gone, ev) = &results["size-mismatch"];
+    assert_eq!((*code, stored.len(), *gone), (Some(0), 3, 3));
+    assert!(ev.iter().any(|e| e["code"] == "size-mismatch"));
+    let (code, stored, _, _) = &results["bare-lf"];
+    assert_eq!((*code, stored.len()), (Some(0), 3));
+    assert!(stored.iter().any(|m| m.contains("\n.dot\n")), "bare LF lines are unstuffed too");
+    let (code, stored, _, _) = &results["long-line"];
+    assert_eq!((*code, stored.len()), (Some(0), 3));
+    assert!(stored.iter().any(|m| m.len() > 100_000));
+    // A dropped connection: message 1 is stored (its batch was not committed, so it stays on the
+    // server too); nothing is half-written; nothing was deleted.
+    let (code, stored, gone, ev) = &results["drop"];
+    assert_eq!((*code, *gone), (Some(75), 0), "{ev:?}");
+    assert!(
+        stored.iter().all(|m| m.contains("Message-ID: <1@bad>") || m.contains("Message-ID: <3@bad>")),
+        "no partial message"
+    );
+    assert_eq!(std::fs::read_dir(w.join("drop/m/tmp")).expect("tmp").count(), 0);
+    let (code, stored, gone, ev) = &results["dup-uidl"];
+    assert_eq!((*code, stored.len(), *gone), (Some(0), 3, 3));
+    assert!(ev.iter().any(|e| e["code"] == "duplicate-uidl"));
+    let (code, stored, gone, _) = &results["nouidl"];
+    assert_eq!((*code, stored.len(), *gone), (Some(0), 3, 3));
+    let (code, _, gone, ev) = &results["garbage"];
+    assert_eq!((*code, *gone), (Some(69), 0), "{ev:?}");
+    assert!(ev.iter().any(|e| e["code"] == "protocol"));
+    let (code, stored, gone, ev) = &results["no-stls"];
+    assert_eq!((*code, stored.len(), *gone), (Some(69), 0, 0));
+    assert!(ev.iter().any(|e| e["code"] == "starttls-missing"), "never falls back to plaintext");
+
+    // A server without UIDL cannot honour keep policies: refused with a reason.
+    let dir = w.join("nouidl-keep");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let (mut server, port) = bad_server("nouidl", &dir.join("deleted"));
+    let (out, ev) =
+        fetch(&dir, &account("k", port, "tls = \"none\"\ninsecure = true\nkeep = \"keep\"", &dir.join("m")), &[]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        ev.iter().any(|e| e["code"] == "policy" && e["message"].as_str().is_some_and(|m| m.contains("UIDL"))),
+        "{ev:?}"
+    );
+}
+
+/// A fixed-seed generator for the crash trials.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn kill_9_at_random_moments_never_loses_or_duplicates_mail() {
+    let mut pb = Pillarbox::new();
+    let total = 300;
+    for i in 0..total {
+        let mut m = message(i);
+        m.extend(std::iter::repeat_n(b'z', 2000 + (i * 37) % 20_000));
+        m.push(b'\n');
+        pb.deliver("alice", &m);
+    }
+    pb.start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let acct = account(
+        "crash",
+        pb.pop3s.expect("pop3s").port(),
+        &format!("ca_file = \"{}\"", pb.cert().display()),
+        &w.join("m"),
+    );
+    let file = w.join("accounts.toml");
+    std::fs::write(&file, &acct).expect("accounts");
+    let mut rng = Rng(0x5eed_1234_abcd_9876);
+    let started = Instant::now();
+    let mut trials = 0;
+    while trials < 12 && started.elapsed() < Duration::from_secs(60) && pb.stored("alice") > 0 {
+        trials += 1;
+        let mut child = Command::new(bin())
+            .args(["fetch", "--quiet", "--accounts-file"])
+            .arg(&file)
+            .arg("--state-dir")
+            .arg(w.join("state"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("fetch");
+        std::thread::sleep(Duration::from_millis(20 + rng.next() % 400));
+        let _ = Command::new("kill").args(["-KILL", &child.id().to_string()]).status();
+        let _ = child.wait();
+    }
+    // Finish normally, then check: every message exactly once locally, none left on the server.
+    let (out, ev) = fetch(w, &acct, &[]);
+    assert!(out.status.success(), "{ev:?}");
+    assert_eq!(pb.stored("alice"), 0, "everything was deleted on the server after being stored");
+    let stored = maildir(&w.join("m"));
+    let mut ids: Vec<String> = stored
+        .iter()
+        .map(|m| m.lines().find(|l| l.starts_with("Message-ID:")).expect("message id").to_owned())
+        .collect();
+    ids.sort();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!(before, ids.len(), "no message stored twice ({trials} kills)");
+    assert_eq!(ids.len(), total, "no message lost ({trials} kills)");
+    assert_eq!(std::fs::read_dir(w.join("m/tmp")).expect("tmp").count(), 0, "no partial files left behind");
+    let _: PathBuf = w.join("state");
+}
