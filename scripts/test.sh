@@ -13,6 +13,8 @@ have() { command -v "$1" >/dev/null 2>&1; }
 have curl    || missing+=(curl)
 have swaks   || missing+=(swaks)
 have mpop    || missing+=(mpop)
+have fetchmail || missing+=(fetchmail)
+have openssl || missing+=(openssl)
 have python3 || missing+=(python3)
 have doveadm || missing+=(dovecot-core)
 [ -x /usr/lib/dovecot/pop3 ] || missing+=(dovecot-pop3d)

@@ -10,6 +10,8 @@ use anyhow::{Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use pillarbox_client::account::{self, Account};
 use pillarbox_client::fetch::{self, Event, Options};
+use pillarbox_client::import::{self, Format};
+use pillarbox_client::journal::Journal;
 
 #[derive(Debug, clap::Args)]
 pub struct FetchArgs {
@@ -33,9 +35,42 @@ pub struct FetchArgs {
     /// Run again after this long, until stopped (e.g. 5m); errors back off.
     #[arg(long, value_name = "INTERVAL")]
     pub every: Option<pillarbox_proto::units::HumanDuration>,
+    /// Mark what another client already downloaded as downloaded: FORMAT is fetchmail (its
+    /// .fetchids), mpop (its UIDL file) or getmail (its oldmail-* file); give exactly one ACCOUNT.
+    #[arg(long, num_args = 2, value_names = ["FORMAT", "FILE"])]
+    pub import_state: Option<Vec<String>>,
     /// The current time in seconds since the epoch (for testing keep = "Nd").
     #[arg(long, hide = true)]
     pub now: Option<u64>,
+}
+
+/// `--import-state FORMAT FILE ACCOUNT`.
+fn import_state(spec: &[String], accounts: &[Account], state_dir: &std::path::Path, now: u64) -> Result<u8> {
+    let [format, file] = spec else { return Ok(64) };
+    let format: Format = match format.parse() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("pillarbox fetch: {e}");
+            return Ok(64);
+        }
+    };
+    let [account] = accounts else {
+        eprintln!("pillarbox fetch: --import-state needs exactly one account name");
+        return Ok(64);
+    };
+    let data = std::fs::read(file).with_context(|| format!("reading {file}"))?;
+    let ids: Vec<(String, u64)> =
+        import::read_ids(format, &data, account).into_iter().map(|(id, t)| (id, t.unwrap_or(now))).collect();
+    let mut journal = Journal::open(&state_dir.join(fetch::account_key(account)))?;
+    journal.stored_batch_at(&ids)?;
+    println!(
+        "imported {} message ids for account {} ({}@{}): they will not be downloaded again",
+        ids.len(),
+        account.name,
+        account.username,
+        account.host
+    );
+    Ok(0)
 }
 
 fn default_state_dir() -> PathBuf {
@@ -151,6 +186,10 @@ pub fn run(args: FetchArgs) -> Result<u8> {
         Output::Bars { multi: MultiProgress::new(), bars: Mutex::new(Default::default()) }
     });
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let now = args.now.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+    if let Some(spec) = &args.import_state {
+        return import_state(spec, &chosen, &state_dir, now);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         let mut backoff = Duration::ZERO;

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -377,6 +377,7 @@ fn kill_9_at_random_moments_never_loses_or_duplicates_mail() {
         let _ = Command::new("kill").args(["-KILL", &child.id().to_string()]).status();
         let _ = child.wait();
     }
+    assert!(trials >= 2, "the fetch was interrupted {trials} time(s)");
     // Finish normally, then check: every message exactly once locally, none left on the server.
     let (out, ev) = fetch(w, &acct, &[]);
     assert!(out.status.success(), "{ev:?}");
@@ -392,5 +393,91 @@ fn kill_9_at_random_moments_never_loses_or_duplicates_mail() {
     assert_eq!(before, ids.len(), "no message stored twice ({trials} kills)");
     assert_eq!(ids.len(), total, "no message lost ({trials} kills)");
     assert_eq!(std::fs::read_dir(w.join("m/tmp")).expect("tmp").count(), 0, "no partial files left behind");
-    let _: PathBuf = w.join("state");
+}
+
+#[test]
+fn switching_from_mpop_fetchmail_or_getmail_downloads_nothing_twice() {
+    require_tool("mpop");
+    require_tool("fetchmail");
+    let mut pb = Pillarbox::new();
+    for i in 0..3 {
+        pb.deliver("alice", &message(i));
+    }
+    pb.start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let port = pb.pop3.expect("pop3").port();
+    // The other clients download the three messages and keep them on the server.
+    let md = w.join("other");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(md.join(sub)).expect("mkdir");
+    }
+    let mpoprc = w.join("mpoprc");
+    std::fs::write(
+        &mpoprc,
+        format!(
+            "account x\nhost 127.0.0.1\nport {port}\ntls off\nauth user\nuser alice\npasswordeval echo '{PASSWORD}'\n\
+             delivery maildir {}\nkeep on\nuidls_file {}/mpop-uidls\n",
+            md.display(),
+            w.display()
+        ),
+    )
+    .expect("mpoprc");
+    Command::new("chmod").args(["600", &mpoprc.display().to_string()]).status().expect("chmod");
+    assert!(Command::new("mpop").arg("-C").arg(&mpoprc).arg("x").output().expect("mpop").status.success());
+    let fetchmailrc = w.join("fetchmailrc");
+    std::fs::write(
+        &fetchmailrc,
+        format!("poll 127.0.0.1 port {port} proto pop3 uidl user \"alice\" password \"{PASSWORD}\" keep sslproto \"\" mda \"cat > /dev/null\"\n"),
+    )
+    .expect("rc");
+    Command::new("chmod").args(["600", &fetchmailrc.display().to_string()]).status().expect("chmod");
+    let st = Command::new("fetchmail")
+        .arg("-f")
+        .arg(&fetchmailrc)
+        .arg("-i")
+        .arg(w.join("fetchids"))
+        .env("HOME", w)
+        .output()
+        .expect("fetchmail");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    // getmail keeps one file per account: UIDL, NUL, time.
+    let mut c = pb.login();
+    c.ok("UIDL");
+    let uidl = String::from_utf8_lossy(&c.multiline()).into_owned();
+    c.ok("QUIT");
+    let oldmail: String =
+        uidl.lines().map(|l| format!("{}\u{0}1700000000.0\n", l.split(' ').nth(1).expect("uid"))).collect();
+    std::fs::write(w.join("oldmail-127.0.0.1-pop3-alice"), oldmail).expect("oldmail");
+
+    pb.deliver("alice", &message(99));
+    let ca = format!("ca_file = \"{}\"\nkeep = \"keep\"", pb.cert().display());
+    for (format, file) in
+        [("mpop", "mpop-uidls"), ("fetchmail", "fetchids"), ("getmail", "oldmail-127.0.0.1-pop3-alice")]
+    {
+        let dir = w.join(format);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let acct =
+            account("switched", pb.pop3s.expect("pop3s").port(), &ca, &dir.join("m")).replace("localhost", "127.0.0.1");
+        std::fs::write(dir.join("accounts.toml"), &acct).expect("write");
+        let out = Command::new(bin())
+            .args(["fetch", "--accounts-file"])
+            .arg(dir.join("accounts.toml"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(["--import-state", format])
+            .arg(w.join(file))
+            .arg("switched")
+            .output()
+            .expect("import");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("imported 3 message ids"),
+            "{format}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (out, ev) = fetch(&dir, &acct, &[]);
+        assert!(out.status.success(), "{format}: {ev:?}");
+        assert_eq!(count(&ev, "delivered"), 1, "{format}: only the message the other client never saw");
+    }
 }

@@ -117,14 +117,18 @@ impl Journal {
     /// Record messages as durably stored (keeping an earlier first time) as one committed batch;
     /// returns the batch's number.
     pub fn stored_batch(&mut self, ids: &[String], now: u64) -> Result<u64, JournalError> {
+        let timed: Vec<(String, u64)> = ids.iter().map(|id| (id.clone(), now)).collect();
+        self.stored_batch_at(&timed)
+    }
+
+    /// Like [`Self::stored_batch`], each message with its own first time.
+    pub fn stored_batch_at(&mut self, ids: &[(String, u64)]) -> Result<u64, JournalError> {
         let batch = self.last_batch + 1;
-        let mut records: Vec<String> = ids.iter().map(|id| format!("+ {id} {}", self.first_time(id, now))).collect();
+        let firsts: Vec<(String, u64)> = ids.iter().map(|(id, t)| (id.clone(), self.first_time(id, *t))).collect();
+        let mut records: Vec<String> = firsts.iter().map(|(id, t)| format!("+ {id} {t}")).collect();
         records.push(format!("= {batch}"));
         self.append(&records)?;
-        for id in ids {
-            let t = self.first_time(id, now);
-            self.entries.insert(id.clone(), t);
-        }
+        self.entries.extend(firsts);
         self.last_batch = batch;
         Ok(batch)
     }

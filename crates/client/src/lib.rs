@@ -7,5 +7,6 @@ pub mod account;
 pub mod conn;
 pub mod deliver;
 pub mod fetch;
+pub mod import;
 pub mod journal;
 pub mod tls;
