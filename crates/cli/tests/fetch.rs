@@ -341,12 +341,14 @@ impl Rng {
 #[test]
 fn kill_9_at_random_moments_never_loses_or_duplicates_mail() {
     let mut pb = Pillarbox::new();
-    let total = 300;
+    // Written straight into the Maildir (as an MTA would): enough mail that a run takes a while.
+    let total = 1500;
+    let new = pb.maildir("alice").join("new");
     for i in 0..total {
         let mut m = message(i);
         m.extend(std::iter::repeat_n(b'z', 2000 + (i * 37) % 20_000));
         m.push(b'\n');
-        pb.deliver("alice", &m);
+        std::fs::write(new.join(format!("{}.M{i}P1.test", 1_700_000_000 + i)), &m).expect("write");
     }
     pb.start();
     let work = tempfile::tempdir().expect("tempdir");
@@ -373,7 +375,7 @@ fn kill_9_at_random_moments_never_loses_or_duplicates_mail() {
             .stderr(Stdio::null())
             .spawn()
             .expect("fetch");
-        std::thread::sleep(Duration::from_millis(20 + rng.next() % 400));
+        std::thread::sleep(Duration::from_millis(10 + rng.next() % 250));
         let _ = Command::new("kill").args(["-KILL", &child.id().to_string()]).status();
         let _ = child.wait();
     }

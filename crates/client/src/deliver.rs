@@ -115,6 +115,24 @@ pub struct Local {
     scratch: Vec<u8>,
 }
 
+/// Ends the names of the files this client writes in a Maildir's `tmp/`.
+const TMP_MARK: &str = ".pillarbox-fetch";
+
+/// Remove `tmp/` files left by a fetch that was killed: ours (by their mark) whose process is gone.
+/// Files of other programs, and of fetches still running (another account into the same
+/// Maildir), are left alone.
+fn remove_stale_tmp(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str().filter(|n| n.ends_with(TMP_MARK)) else { continue };
+        let pid = name.split('.').nth(1).and_then(|p| p.split_once('P')).and_then(|(_, r)| r.split('R').next());
+        if pid.is_some_and(|p| !Path::new("/proc").join(p).exists()) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 /// The `F` part of a Maildir name for a message of an account.
 fn fetch_tag(account_key: &str, id: &str) -> String {
     let h = Sha256::digest(format!("{account_key}\0{id}").as_bytes());
@@ -136,6 +154,7 @@ impl Local {
                     let p = dir.join(sub);
                     fs::create_dir_all(&p).map_err(io_err(format!("creating {}", p.display())))?;
                 }
+                remove_stale_tmp(&dir.join("tmp"));
                 for sub in ["new", "cur"] {
                     let p = dir.join(sub);
                     for e in fs::read_dir(&p).map_err(io_err(format!("reading {}", p.display())))?.flatten() {
@@ -177,7 +196,7 @@ impl Local {
                 let mut r = [0u8; 4];
                 let _ = getrandom::fill(&mut r);
                 let unique = format!(
-                    "{}.M{}P{}R{:08x}",
+                    "{}.M{}P{}R{:08x}{TMP_MARK}",
                     now.as_secs(),
                     now.subsec_micros(),
                     std::process::id(),
@@ -254,7 +273,8 @@ impl Local {
             (Some(Current::Maildir { file, tmp, size }), Kind::Maildir { staged, .. }) => {
                 let file =
                     file.into_inner().map_err(|e| io_err(format!("writing {}", tmp.display()))(e.into_error()))?;
-                let unique = tmp.file_name().and_then(|n| n.to_str()).unwrap_or("msg").to_owned();
+                let unique =
+                    tmp.file_name().and_then(|n| n.to_str()).unwrap_or("msg").trim_end_matches(TMP_MARK).to_owned();
                 let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
                 let host: String = host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
                 let name = format!(
@@ -505,6 +525,12 @@ mod tests {
         contents.sort();
         assert_eq!(contents, vec![b"A: b\n\nx\n".to_vec(), b"c\n".to_vec()]);
         assert_eq!(fs::read_dir(md.join("tmp")).expect("tmp").count(), 0);
+        // Leftovers of a killed fetch are removed; other programs' files and live fetches' stay.
+        fs::write(md.join("tmp/1.M1P999999999R00000000.pillarbox-fetch"), b"x").expect("write");
+        fs::write(md.join(format!("tmp/1.M1P{}R00000000.pillarbox-fetch", std::process::id())), b"x").expect("write");
+        fs::write(md.join("tmp/1.M1P999999999.mta"), b"x").expect("write");
+        let _l = Local::open(&Deliver::Maildir(md.clone()), "acct", dir.path(), 0).expect("reopen");
+        assert_eq!(fs::read_dir(md.join("tmp")).expect("tmp").count(), 2);
     }
 
     #[test]
