@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Download the same mailbox from a private Dovecot with pillarbox fetch, mpop and fetchmail, in
+# the same run, and print messages per second side by side (median of REPS runs each).
+#
+#   bench/fetch.sh [COUNT] [AVG_KB] [REPS]        (defaults: 2000 messages, 20 KB, 3 repetitions)
+#
+# Needs root (Dovecot), dovecot-pop3d, mpop, fetchmail, python3, bc; eatmydata for the
+# fsync-free comparison rows. Every client keeps the mail on
+# the server and starts from empty local state each repetition, so all download everything.
+# Durable delivery: pillarbox and mpop fsync each message into a Maildir (pillarbox in groups);
+# fetchmail hands each message to an MDA that writes it to /dev/null (it has no Maildir delivery).
+set -euo pipefail
+COUNT=${1:-2000}; AVG_KB=${2:-20}; REPS=${3:-3}
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+BASE=$(mktemp -d /tmp/pillarbox-bench.XXXX)
+chmod 755 "$BASE"
+trap 'kill $(cat "$BASE/run/master.pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$BASE"' EXIT
+
+cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p pillarbox
+PB="$ROOT/target/release/pillarbox"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+POP3=$(free_port)
+mkdir -p "$BASE"/{run,state,log,mail/alice}
+PASS="bench password 2026"
+echo "alice:$(doveadm pw -s SHA512-CRYPT -p "$PASS"):65534:65534::$BASE/mail/alice::" > "$BASE/users"
+python3 "$HERE/genmail.py" "$BASE/mail/alice" "$COUNT" "$AVG_KB" 1
+chown -R 65534:65534 "$BASE/mail/alice"
+cat > "$BASE/dovecot.conf" <<CONF
+base_dir = $BASE/run
+state_dir = $BASE/state
+log_path = $BASE/log/dovecot.log
+protocols = pop3
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+passdb {
+  driver = passwd-file
+  args = scheme=SHA512-CRYPT username_format=%u $BASE/users
+}
+userdb {
+  driver = passwd-file
+  args = username_format=%n $BASE/users
+}
+first_valid_uid = 1000
+last_valid_uid = 0
+mail_location = maildir:~
+service pop3-login {
+  inet_listener pop3 {
+    address = 127.0.0.1
+    port = $POP3
+  }
+  inet_listener pop3s {
+    port = 0
+  }
+}
+CONF
+dovecot -c "$BASE/dovecot.conf" </dev/null >/dev/null 2>&1
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$POP3") 2>/dev/null && break; sleep 0.1; done
+BYTES=$(du -sb "$BASE/mail/alice" | cut -f1)
+
+now() { date +%s.%N; }
+run_pillarbox() {
+  rm -rf "$BASE/out" "$BASE/pbstate"
+  printf '[accounts.bench]\nhost = "127.0.0.1"\nport = %s\ntls = "none"\ninsecure = true\nusername = "alice"\npassword_env = "BENCH_PW"\ndeliver = { maildir = "%s" }\nkeep = "keep"\n' "$POP3" "$BASE/out" > "$BASE/accounts.toml"
+  BENCH_PW="$PASS" "$PB" fetch --quiet --accounts-file "$BASE/accounts.toml" --state-dir "$BASE/pbstate"
+}
+run_mpop() {
+  rm -rf "$BASE/out" "$BASE/mpop-uidls"; mkdir -p "$BASE/out"/{cur,new,tmp}
+  printf 'account bench\nhost 127.0.0.1\nport %s\ntls off\nauth user\nuser alice\npasswordeval echo "%s"\ndelivery maildir %s\nkeep on\nuidls_file %s\n' "$POP3" "$PASS" "$BASE/out" "$BASE/mpop-uidls" > "$BASE/mpoprc"
+  chmod 600 "$BASE/mpoprc"
+  mpop -q -C "$BASE/mpoprc" bench
+}
+# The same clients with fsync switched off (eatmydata), when available: the cost of durability.
+run_pillarbox_nosync() { eatmydata bash -c "$(declare -f run_pillarbox); BASE='$BASE' POP3='$POP3' PASS='$PASS' PB='$PB' run_pillarbox"; }
+run_mpop_nosync() { eatmydata bash -c "$(declare -f run_mpop); BASE='$BASE' POP3='$POP3' PASS='$PASS' run_mpop"; }
+run_fetchmail() {
+  rm -f "$BASE/fetchids"
+  printf 'poll 127.0.0.1 port %s proto pop3 uidl user "alice" password "%s" keep fetchall sslproto "" mda "cat > /dev/null"\n' "$POP3" "$PASS" > "$BASE/fetchmailrc"
+  chmod 600 "$BASE/fetchmailrc"
+  HOME="$BASE" fetchmail -s -f "$BASE/fetchmailrc" -i "$BASE/fetchids" || [ $? -eq 1 ]
+}
+
+CLIENTS="pillarbox mpop fetchmail"
+command -v eatmydata >/dev/null && CLIENTS="$CLIENTS pillarbox_nosync mpop_nosync"
+declare -A TIMES
+for rep in $(seq "$REPS"); do
+  for client in $CLIENTS; do
+    t0=$(now); "run_$client"; t1=$(now)
+    TIMES[$client]+="$(echo "$t1 - $t0" | bc -l) "
+  done
+done
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+printf '\n%d messages, %.1f MB, loopback, plaintext, %d repetitions (median)\n' "$COUNT" "$(echo "$BYTES/1000000" | bc -l)" "$REPS"
+printf '%-17s %10s %12s %14s\n' client seconds messages/s "time vs pillarbox"
+PBT=$(echo "${TIMES[pillarbox]}" | median)
+for client in $CLIENTS; do
+  T=$(echo "${TIMES[$client]}" | median)
+  printf '%-17s %10.2f %12.0f %13.2fx\n' "$client" "$T" "$(echo "$COUNT/$T" | bc -l)" "$(echo "$T/$PBT" | bc -l)"
+done
+echo "(*_nosync: the same client under eatmydata, fsync disabled; not durable)"
