@@ -103,8 +103,6 @@ pub enum AccountError {
     },
     #[error("{path}, line {line}, field `{field}`: {message}")]
     Field { path: PathBuf, line: usize, field: String, message: String },
-    #[error("{path}: no account named {name}")]
-    Unknown { path: PathBuf, name: String },
 }
 
 #[derive(Deserialize)]

@@ -8,6 +8,7 @@
 
 pub mod apop;
 pub mod command;
+pub mod date;
 pub mod dotstuff;
 pub mod limits;
 pub mod line;

@@ -184,7 +184,7 @@ fn begin(shared: &Shared, sender: &str, lhlo: &str, peer: &str, recipients: Vec<
     let mut id = [0u8; 8];
     let _ = getrandom::fill(&mut id);
     let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    let date = rfc5322_date(unix_now());
+    let date = pillarbox_proto::date::rfc5322(unix_now());
     recipients
         .into_iter()
         .map(|rcpt| {
@@ -239,42 +239,4 @@ fn finish(shared: &Shared, slots: Vec<Slot>) -> Vec<Reply> {
             }
         })
         .collect()
-}
-
-/// `Thu, 26 Nov 2026 07:29:50 +0000` (RFC 5322 section 3.3) for a Unix time, in UTC.
-fn rfc5322_date(secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{}, {day:02} {} {year} {:02}:{:02}:{:02} +0000",
-        DAYS[(days % 7) as usize],
-        MONTHS[(month - 1) as usize],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::rfc5322_date;
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
-        assert_eq!(rfc5322_date(1_795_678_190), "Thu, 26 Nov 2026 07:29:50 +0000");
-    }
 }

@@ -1,0 +1,84 @@
+//! Dates for mail headers and mbox separators, in UTC, from seconds since the Unix epoch (the
+//! crate has no clock: callers pass the time).
+
+/// The calendar fields of a Unix time, in UTC.
+struct Civil {
+    year: i64,
+    /// 1 to 12.
+    month: usize,
+    day: i64,
+    /// 0 = Thursday (1970-01-01 was one).
+    weekday: usize,
+    hour: u64,
+    minute: u64,
+    second: u64,
+}
+
+const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
+fn civil(secs: u64) -> Civil {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as usize;
+    Civil {
+        year: yoe + era * 400 + i64::from(month <= 2),
+        month,
+        day,
+        weekday: (days % 7) as usize,
+        hour: rem / 3600,
+        minute: rem % 3600 / 60,
+        second: rem % 60,
+    }
+}
+
+/// `Thu, 26 Nov 2026 07:29:50 +0000` (RFC 5322 section 3.3).
+pub fn rfc5322(secs: u64) -> String {
+    let c = civil(secs);
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
+        DAYS[c.weekday],
+        c.day,
+        MONTHS[c.month - 1],
+        c.year,
+        c.hour,
+        c.minute,
+        c.second
+    )
+}
+
+/// `Thu Nov 26 07:29:50 2026`, the asctime form of an mbox `From ` line.
+pub fn asctime(secs: u64) -> String {
+    let c = civil(secs);
+    format!(
+        "{} {} {:2} {:02}:{:02}:{:02} {}",
+        DAYS[c.weekday],
+        MONTHS[c.month - 1],
+        c.day,
+        c.hour,
+        c.minute,
+        c.second,
+        c.year
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc5322(0), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc5322(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+        assert_eq!(rfc5322(1_795_678_190), "Thu, 26 Nov 2026 07:29:50 +0000");
+        assert_eq!(asctime(1_795_678_190), "Thu Nov 26 07:29:50 2026");
+        assert_eq!(asctime(0), "Thu Jan  1 00:00:00 1970");
+    }
+}
