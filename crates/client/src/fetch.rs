@@ -250,9 +250,12 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
     };
     if !has_uidl && account.keep != Keep::Delete {
         let _ = conn.command("QUIT").await;
+        let keep = match account.keep {
+            Keep::Days(n) => format!("\"{n}d\""),
+            _ => "\"keep\"".to_owned(),
+        };
         return Err(FetchError::Policy(format!(
-            "the server has no UIDL, so keep = {:?} cannot tell old messages from new ones; use keep = \"delete\"",
-            account.keep
+            "the server has no UIDL, so keep = {keep} cannot tell old messages from new ones; use keep = \"delete\""
         )));
     }
 
