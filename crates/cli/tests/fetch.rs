@@ -264,7 +264,18 @@ fn misbehaving_servers_lose_nothing_and_are_reported() {
     let work = tempfile::tempdir().expect("tempdir");
     let w = work.path();
     let mut results = BTreeMap::new();
-    for mode in ["good", "size-mismatch", "bare-lf", "long-line", "drop", "dup-uidl", "nouidl", "garbage", "no-stls"] {
+    for mode in [
+        "good",
+        "size-mismatch",
+        "bare-lf",
+        "long-line",
+        "drop",
+        "dup-uidl",
+        "nouidl",
+        "garbage",
+        "retr-err",
+        "no-stls",
+    ] {
         let dir = w.join(mode);
         std::fs::create_dir_all(&dir).expect("mkdir");
         let deleted = dir.join("deleted");
@@ -273,9 +284,14 @@ fn misbehaving_servers_lose_nothing_and_are_reported() {
         let acct = account("bad", port, tls, &dir.join("m"));
         let (out, events) = fetch(&dir, &acct, &[]);
         let stored = maildir(&dir.join("m"));
-        let gone = std::fs::read_to_string(&deleted).unwrap_or_default().lines().count();
+        let gone_list = std::fs::read_to_string(&deleted).unwrap_or_default();
+        let gone = gone_list.lines().count();
         let _ = server.kill();
         let _ = server.wait();
+        if mode == "retr-err" {
+            // Regression: a refused RETR in a pipelined batch once shifted which message got DELE.
+            assert_eq!(gone_list, "1\n3\n", "exactly the two stored messages are deleted");
+        }
         results.insert(mode, (out.status.code(), stored, gone, events));
     }
     let (code, stored, gone, _) = &results["good"];
@@ -307,6 +323,9 @@ fn misbehaving_servers_lose_nothing_and_are_reported() {
     let (code, _, gone, ev) = &results["garbage"];
     assert_eq!((*code, *gone), (Some(69), 0), "{ev:?}");
     assert!(ev.iter().any(|e| e["code"] == "protocol"));
+    let (code, stored, gone, ev) = &results["retr-err"];
+    assert_eq!((*code, stored.len(), *gone), (Some(0), 2, 2));
+    assert!(ev.iter().any(|e| e["code"] == "retr-refused"));
     let (code, stored, gone, ev) = &results["no-stls"];
     assert_eq!((*code, stored.len(), *gone), (Some(69), 0, 0));
     assert!(ev.iter().any(|e| e["code"] == "starttls-missing"), "never falls back to plaintext");

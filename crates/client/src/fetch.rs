@@ -348,23 +348,22 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
             }
             let part = &batch[start..end];
             start = end;
-            let stored = download(&mut conn, &mut local, &journal, part, window, &warn).await?;
-            let ids = local.flush()?;
+            let fetched = download(&mut conn, &mut local, &journal, part, window, &warn).await?;
+            let mut ids = local.flush()?;
+            // Recognised as stored by an interrupted run: journaled now, so they can go too.
+            ids.extend(fetched.iter().filter(|f| !f.fresh && journal.stored_at(&f.id).is_none()).map(|f| f.id.clone()));
             journal.stored_batch(&ids, opts.now)?;
             local.committed();
-            for (id, size) in &stored {
-                if ids.contains(id) {
-                    delivered += 1;
-                    bytes += size;
-                    emit(Event::Delivered { account: name.clone(), id: id.clone(), size: *size });
-                }
+            for f in fetched.iter().filter(|f| f.fresh && journal.stored_at(&f.id).is_some()) {
+                delivered += 1;
+                bytes += f.size;
+                emit(Event::Delivered { account: name.clone(), id: f.id.clone(), size: f.size });
             }
             if account.keep == Keep::Delete {
-                let numbers: Vec<(u32, String)> = part
+                let numbers: Vec<(u32, String)> = fetched
                     .iter()
-                    .zip(&stored)
-                    .filter(|(_, (id, _))| ids.contains(id))
-                    .map(|(e, (id, _))| (e.number, id.clone()))
+                    .filter(|f| journal.stored_at(&f.id).is_some())
+                    .map(|f| (f.number, f.id.clone()))
                     .collect();
                 deleted_ids.extend(dele(&mut conn, &numbers, window).await?);
             }
@@ -397,8 +396,16 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
     Ok(())
 }
 
-/// RETR the messages with up to `window` commands in flight, delivering each; returns the ids and
-/// sizes of the messages finished (not yet durable).
+/// A message downloaded in this run.
+struct Fetched {
+    number: u32,
+    id: String,
+    size: u64,
+    /// Delivered now (not yet durable); `false`: recognised as stored by an earlier run.
+    fresh: bool,
+}
+
+/// RETR the messages with up to `window` commands in flight, delivering each.
 async fn download(
     conn: &mut Conn,
     local: &mut Local,
@@ -406,7 +413,7 @@ async fn download(
     part: &[&Entry],
     window: usize,
     warn: &(dyn Fn(&str, String) + Sync),
-) -> Result<Vec<(String, u64)>, FetchError> {
+) -> Result<Vec<Fetched>, FetchError> {
     let mut done = Vec::new();
     let mut sent = 0;
     let next_batch = journal.last_batch() + 1;
@@ -466,11 +473,11 @@ async fn download(
         if journal.stored_at(&id).is_some() || local.already_stored(&id) {
             // Identified by content and already stored by an earlier, interrupted run.
             local.abort();
-            done.push((id, received));
+            done.push(Fetched { number: e.number, id, size: received, fresh: false });
             continue;
         }
         local.finish(&id)?;
-        done.push((id, received));
+        done.push(Fetched { number: e.number, id, size: received, fresh: true });
     }
     Ok(done)
 }

@@ -10,6 +10,7 @@ messages to any number of connections until killed, misbehaving as MODE says:
   dup-uidl        messages 1 and 3 have the same UIDL
   nouidl          UIDL is not supported
   garbage         the answer to RETR 2 is not +OK/-ERR
+  retr-err        RETR 2 is refused with -ERR (the message vanished)
   no-stls         STLS is not offered (CAPA lists no STLS)
 
 usage: bad_pop3.py PORT MODE STATE-FILE
@@ -87,6 +88,9 @@ def serve(c):
         elif verb == b"RETR":
             n = int(cmd[1])
             i = live[n - 1]
+            if mode == "retr-err" and i == 1:
+                send(b"-ERR no such message")
+                continue
             if mode == "garbage" and i == 1:
                 c.sendall(b"HELLO THIS IS NOT POP3\r\n")
                 continue
@@ -106,7 +110,7 @@ def serve(c):
         elif verb == b"QUIT":
             with lock:
                 with open(state, "a") as s:
-                    for m in marked:
+                    for m in sorted(marked):
                         s.write("%d\n" % m)
             send(b"+OK bye")
             c.close()
