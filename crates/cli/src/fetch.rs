@@ -197,12 +197,13 @@ pub fn run(args: FetchArgs) -> Result<u8> {
             let now =
                 args.now.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
             let opts = Options { state_dir: state_dir.clone(), dry_run: args.dry_run, now };
-            let code = run_once(&chosen, &opts, &output).await;
+            let (code, login_delay) = run_once(&chosen, &opts, &output).await;
             let Some(every) = args.every else { return Ok(code) };
-            // Back off on errors (doubling, up to an hour) instead of hammering a broken server.
+            // Back off on errors (doubling, up to an hour) instead of hammering a broken server,
+            // and never log in again sooner than a server's LOGIN-DELAY allows.
             backoff =
                 if code == 0 { Duration::ZERO } else { (backoff * 2).max(every.0).min(Duration::from_secs(3600)) };
-            let wait = if code == 0 { every.0 } else { backoff };
+            let wait = if code == 0 { every.0 } else { backoff }.max(login_delay);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = tokio::signal::ctrl_c() => return Ok(code),
@@ -211,8 +212,9 @@ pub fn run(args: FetchArgs) -> Result<u8> {
     })
 }
 
-/// One pass over the accounts, in parallel; the exit code of the worst failure.
-async fn run_once(accounts: &[Account], opts: &Options, output: &Arc<Output>) -> u8 {
+/// One pass over the accounts, in parallel: the exit code of the first failure, and the longest
+/// LOGIN-DELAY a server announced.
+async fn run_once(accounts: &[Account], opts: &Options, output: &Arc<Output>) -> (u8, Duration) {
     let mut tasks = tokio::task::JoinSet::new();
     for account in accounts.iter().cloned() {
         let (opts, output) = (opts.clone(), Arc::clone(output));
@@ -220,7 +222,7 @@ async fn run_once(accounts: &[Account], opts: &Options, output: &Arc<Output>) ->
             let out = Arc::clone(&output);
             let emit = move |e: Event| out.emit(&e);
             match fetch::run(&account, &opts, &emit).await {
-                Ok(()) => 0,
+                Ok(delay) => (0, Duration::from_secs(delay.unwrap_or(0))),
                 Err(e) => {
                     let code = e.exit_code();
                     output.emit(&Event::Error {
@@ -229,17 +231,18 @@ async fn run_once(accounts: &[Account], opts: &Options, output: &Arc<Output>) ->
                         message: e.to_string(),
                         exit: code,
                     });
-                    code
+                    (code, Duration::ZERO)
                 }
             }
         });
     }
-    let mut worst = 0;
+    let (mut worst, mut delay) = (0, Duration::ZERO);
     while let Some(r) = tasks.join_next().await {
-        let code = r.unwrap_or(70);
+        let (code, d) = r.unwrap_or((70, Duration::ZERO));
         if worst == 0 {
             worst = code;
         }
+        delay = delay.max(d);
     }
-    worst
+    (worst, delay)
 }

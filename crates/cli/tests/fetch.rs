@@ -502,3 +502,63 @@ fn switching_from_mpop_fetchmail_or_getmail_downloads_nothing_twice() {
         assert_eq!(count(&ev, "delivered"), 1, "{format}: only the message the other client never saw");
     }
 }
+
+#[test]
+fn every_keeps_fetching_new_mail_and_never_logs_in_sooner_than_login_delay() {
+    let mut pb = Pillarbox::new();
+    assert!(pb.run(&["user", "login-delay", "alice", "--seconds", "2"], b"").status.success());
+    pb.start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let acct = account(
+        "daemon",
+        pb.pop3s.expect("pop3s").port(),
+        &format!("ca_file = \"{}\"", pb.cert().display()),
+        &w.join("m"),
+    );
+    std::fs::write(w.join("accounts.toml"), &acct).expect("write");
+    let mut child = Command::new(bin())
+        .args(["fetch", "--json", "--every", "1s", "--accounts-file"])
+        .arg(w.join("accounts.toml"))
+        .arg("--state-dir")
+        .arg(w.join("state"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("daemon");
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let delivered_within = |limit: Duration| {
+        let start = Instant::now();
+        while let Ok(e) = rx.recv_timeout(limit.saturating_sub(start.elapsed())) {
+            if e["event"] == "delivered" {
+                return true;
+            }
+        }
+        false
+    };
+    pb.deliver("alice", &message(1));
+    assert!(delivered_within(Duration::from_secs(20)), "the first message arrives");
+    pb.deliver("alice", &message(2));
+    assert!(delivered_within(Duration::from_secs(20)), "mail delivered later is picked up by a later run");
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the daemon stops on SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let log = pb.log();
+    assert!(log.matches("result=\"ok\"").count() >= 2, "several runs logged in");
+    assert!(!log.contains("result=\"login-delay\""), "never refused for logging in too soon");
+    assert_eq!(maildir(&w.join("m")).len(), 2);
+}

@@ -105,6 +105,15 @@ impl Capa {
         self.lines.iter().any(|l| l.split_whitespace().next().is_some_and(|w| w.eq_ignore_ascii_case(name)))
     }
 
+    /// The seconds the server wants between logins (RFC 2449 LOGIN-DELAY), if it says.
+    pub fn login_delay(&self) -> Option<u64> {
+        self.lines.iter().find_map(|l| {
+            let mut w = l.split_whitespace();
+            w.next().filter(|k| k.eq_ignore_ascii_case("LOGIN-DELAY"))?;
+            w.next()?.parse().ok()
+        })
+    }
+
     pub fn sasl(&self) -> Vec<String> {
         self.lines
             .iter()

@@ -199,7 +199,9 @@ fn due_for_deletion(keep: Keep, stored_at: u64, now: u64) -> bool {
     }
 }
 
-pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync)) -> Result<(), FetchError> {
+/// Fetch one account. Returns the LOGIN-DELAY (seconds) the server announced for the user, which
+/// a repeating fetch must wait before logging in again.
+pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync)) -> Result<Option<u64>, FetchError> {
     let name = account.name.clone();
     let warn = |code: &str, message: String| emit(Event::Warning { account: name.clone(), code: code.into(), message });
     let key = account_key(account);
@@ -327,9 +329,10 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
         messages: entries.len(),
         new: to_fetch.len(),
     });
+    let login_delay = conn.capa.login_delay();
     if opts.dry_run {
         conn.command("QUIT").await?;
-        return Ok(());
+        return Ok(login_delay);
     }
 
     let window = if conn.capa.has("PIPELINING") { WINDOW } else { 1 };
@@ -393,7 +396,7 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
         Err(e) => warn("quit-failed", format!("QUIT failed ({e}); deletions will be retried next time")),
     }
     emit(Event::Summary { account: name.clone(), delivered, deleted, skipped, kept, bytes });
-    Ok(())
+    Ok(login_delay)
 }
 
 /// A message downloaded in this run.
