@@ -32,7 +32,8 @@ pub struct FetchArgs {
     /// Say per message what would be done, and do nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Run again after this long, until stopped (e.g. 5m); errors back off.
+    /// Run again after this long, until SIGINT/SIGTERM (e.g. 5m); errors back off, and a server's
+    /// LOGIN-DELAY is respected.
     #[arg(long, value_name = "INTERVAL")]
     pub every: Option<pillarbox_proto::units::HumanDuration>,
     /// Mark what another client already downloaded as downloaded: FORMAT is fetchmail (its
@@ -192,13 +193,32 @@ pub fn run(args: FetchArgs) -> Result<u8> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
+        let Some(every) = args.every else {
+            let opts = Options { state_dir, dry_run: args.dry_run, now };
+            return Ok(run_once(&chosen, &opts, &output).await.0);
+        };
+        // Repeating: SIGINT or SIGTERM lets the current run finish, then stops.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+        let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
         let mut backoff = Duration::ZERO;
         loop {
             let now =
                 args.now.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
             let opts = Options { state_dir: state_dir.clone(), dry_run: args.dry_run, now };
-            let (code, login_delay) = run_once(&chosen, &opts, &output).await;
-            let Some(every) = args.every else { return Ok(code) };
+            let run = run_once(&chosen, &opts, &output);
+            tokio::pin!(run);
+            let mut stop = false;
+            let (code, login_delay) = loop {
+                tokio::select! {
+                    r = &mut run => break r,
+                    _ = int.recv() => stop = true,
+                    _ = term.recv() => stop = true,
+                }
+            };
+            if stop {
+                return Ok(code);
+            }
             // Back off on errors (doubling, up to an hour) instead of hammering a broken server,
             // and never log in again sooner than a server's LOGIN-DELAY allows.
             backoff =
@@ -206,7 +226,8 @@ pub fn run(args: FetchArgs) -> Result<u8> {
             let wait = if code == 0 { every.0 } else { backoff }.max(login_delay);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = tokio::signal::ctrl_c() => return Ok(code),
+                _ = int.recv() => return Ok(code),
+                _ = term.recv() => return Ok(code),
             }
         }
     })

@@ -517,14 +517,18 @@ fn every_keeps_fetching_new_mail_and_never_logs_in_sooner_than_login_delay() {
         &w.join("m"),
     );
     std::fs::write(w.join("accounts.toml"), &acct).expect("write");
-    let mut child = Command::new(bin())
-        .args(["fetch", "--json", "--every", "1s", "--accounts-file"])
-        .arg(w.join("accounts.toml"))
-        .arg("--state-dir")
-        .arg(w.join("state"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("daemon");
+    let mut child = KillOnDrop(
+        Command::new(bin())
+            .args(["fetch", "--json", "--every", "1s", "--accounts-file"])
+            .arg(w.join("accounts.toml"))
+            .arg("--state-dir")
+            .arg(w.join("state"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("daemon"),
+    );
+    let child = &mut child.0;
     let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
     let stdout = child.stdout.take().expect("stdout");
     std::thread::spawn(move || {
@@ -561,4 +565,14 @@ fn every_keeps_fetching_new_mail_and_never_logs_in_sooner_than_login_delay() {
     assert!(log.matches("result=\"ok\"").count() >= 2, "several runs logged in");
     assert!(!log.contains("result=\"login-delay\""), "never refused for logging in too soon");
     assert_eq!(maildir(&w.join("m")).len(), 2);
+}
+
+/// A child process that is killed if the test ends early.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
