@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -575,4 +575,45 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+#[test]
+fn a_full_disk_stops_the_fetch_and_deletes_nothing_it_could_not_store() {
+    let mut pb = Pillarbox::new();
+    for i in 0..40 {
+        let mut m = message(i);
+        m.extend(std::iter::repeat_n(b'q', 60_000));
+        m.push(b'\n');
+        pb.deliver("alice", &m);
+    }
+    pb.start();
+    // A 1 MiB file system for the local store: about 16 of the 40 messages fit.
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let small = w.join("small");
+    std::fs::create_dir_all(&small).expect("mkdir");
+    let mounted =
+        Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m"]).arg("tmpfs").arg(&small).status().expect("mount");
+    assert!(mounted.success(), "mounting a small tmpfs needs root");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(small.clone());
+    let acct = account(
+        "full",
+        pb.pop3s.expect("pop3s").port(),
+        &format!("ca_file = \"{}\"", pb.cert().display()),
+        &small.join("m"),
+    );
+    let (out, ev) = fetch(w, &acct, &[]);
+    assert_eq!(out.status.code(), Some(74), "{ev:?}");
+    assert!(ev.iter().any(|e| e["code"] == "local-delivery"), "{ev:?}");
+    let stored = maildir(&small.join("m"));
+    // Whatever was stored is whole, and exactly what is gone from the server.
+    assert!(stored.iter().all(|m| m.ends_with(&format!("{}\n", "q".repeat(60_000)))), "no partial message");
+    assert_eq!(pb.stored("alice") + stored.len(), 40, "every message is on the server or stored");
+    assert_eq!(std::fs::read_dir(small.join("m/tmp")).expect("tmp").count(), 0);
 }

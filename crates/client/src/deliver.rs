@@ -272,8 +272,15 @@ impl Local {
         let account_key = self.account_key.clone();
         match (self.current.take(), &mut self.kind) {
             (Some(Current::Maildir { file, tmp, size }), Kind::Maildir { staged, .. }) => {
-                let file =
-                    file.into_inner().map_err(|e| io_err(format!("writing {}", tmp.display()))(e.into_error()))?;
+                // The last buffered octets are written here; on a full disk this is where it fails,
+                // and the partial file must go.
+                let file = match file.into_inner() {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let _ = fs::remove_file(&tmp);
+                        return Err(io_err(format!("writing {}", tmp.display()))(e.into_error()));
+                    }
+                };
                 let unique =
                     tmp.file_name().and_then(|n| n.to_str()).unwrap_or("msg").trim_end_matches(TMP_MARK).to_owned();
                 let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
