@@ -107,7 +107,7 @@ impl Output {
                         let bar = multi.add(ProgressBar::new(*new as u64));
                         bar.set_style(
                             ProgressStyle::with_template(
-                                "{prefix:>12} [{bar:30}] {pos}/{len} {msg} {binary_bytes_per_sec} eta {eta}",
+                                "{prefix:>12} [{bar:30}] {pos}/{len} messages, {per_sec}, eta {eta}  {msg}",
                             )
                             .unwrap_or_else(|_| ProgressStyle::default_bar())
                             .progress_chars("=> "),

@@ -617,3 +617,37 @@ fn a_full_disk_stops_the_fetch_and_deletes_nothing_it_could_not_store() {
     assert_eq!(pb.stored("alice") + stored.len(), 40, "every message is on the server or stored");
     assert_eq!(std::fs::read_dir(small.join("m/tmp")).expect("tmp").count(), 0);
 }
+
+#[test]
+fn a_terminal_gets_a_progress_bar_per_account() {
+    require_tool("script");
+    let mut pb = Pillarbox::new();
+    for i in 0..3 {
+        pb.deliver("alice", &message(i));
+    }
+    pb.start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let acct = account(
+        "term",
+        pb.pop3s.expect("pop3s").port(),
+        &format!("ca_file = \"{}\"", pb.cert().display()),
+        &w.join("m"),
+    );
+    std::fs::write(w.join("accounts.toml"), &acct).expect("write");
+    // `script` runs the command on a pseudo-terminal, as a person at a terminal would.
+    let cmd = format!(
+        "{} fetch --accounts-file {} --state-dir {}",
+        bin().display(),
+        w.join("accounts.toml").display(),
+        w.join("state").display()
+    );
+    let out = Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().expect("script");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains("term [") && screen.contains("3/3 messages"), "{screen}");
+    assert!(screen.contains("3 new ("), "the bar ends with a summary: {screen}");
+    // Without a terminal: nothing but errors.
+    let (out, _) = fetch(w, &acct, &[]);
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}
