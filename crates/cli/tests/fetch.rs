@@ -171,6 +171,13 @@ fn keep_policies_over_runs_with_injected_time() {
     assert_eq!(planned[0]["action"], "download");
     assert_eq!(pb.stored("alice"), 1);
     assert_eq!(maildir(&w.join("m2")).len(), 1);
+    // A dry run into a destination that does not exist yet creates nothing.
+    let fresh = account("fresh", port, &ca, &w.join("not-yet"));
+    let dry = w.join("dry");
+    std::fs::create_dir_all(&dry).expect("mkdir");
+    let (out, ev) = fetch(&dry, &fresh, &["--dry-run"]);
+    assert!(out.status.success(), "{ev:?}");
+    assert!(!w.join("not-yet").exists(), "the dry run created the Maildir");
 }
 
 #[test]

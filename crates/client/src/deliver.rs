@@ -116,6 +116,21 @@ pub struct Local {
     scratch: Vec<u8>,
 }
 
+/// The `F` tags of the messages this client already moved into a Maildir.
+fn present_tags(dir: &Path) -> Result<HashSet<String>, DeliverError> {
+    let mut present = HashSet::new();
+    for sub in ["new", "cur"] {
+        let p = dir.join(sub);
+        for e in fs::read_dir(&p).map_err(io_err(format!("reading {}", p.display())))?.flatten() {
+            if let Some(tag) = e.file_name().to_str().and_then(|n| n.split('.').find_map(|part| part.strip_prefix('F')))
+            {
+                present.insert(tag.to_owned());
+            }
+        }
+    }
+    Ok(present)
+}
+
 /// Ends the names of the files this client writes in a Maildir's `tmp/`.
 const TMP_MARK: &str = ".pillarbox-fetch";
 
@@ -150,23 +165,12 @@ impl Local {
     pub fn open(deliver: &Deliver, account_key: &str, state_dir: &Path, last_batch: u64) -> Result<Self, DeliverError> {
         let kind = match deliver {
             Deliver::Maildir(dir) => {
-                let mut present = HashSet::new();
                 for sub in ["tmp", "new", "cur"] {
                     let p = dir.join(sub);
                     fs::create_dir_all(&p).map_err(io_err(format!("creating {}", p.display())))?;
                 }
                 remove_stale_tmp(&dir.join("tmp"));
-                for sub in ["new", "cur"] {
-                    let p = dir.join(sub);
-                    for e in fs::read_dir(&p).map_err(io_err(format!("reading {}", p.display())))?.flatten() {
-                        if let Some(tag) =
-                            e.file_name().to_str().and_then(|n| n.split('.').find_map(|part| part.strip_prefix('F')))
-                        {
-                            present.insert(tag.to_owned());
-                        }
-                    }
-                }
-                Kind::Maildir { dir: dir.clone(), present, staged: Vec::new() }
+                Kind::Maildir { dir: dir.clone(), present: present_tags(dir)?, staged: Vec::new() }
             }
             Deliver::Mbox(path) => {
                 let pending = state_dir.join("mbox-pending");
@@ -176,6 +180,21 @@ impl Local {
             Deliver::Mda(command) => Kind::Mda { command: command.clone(), done: Vec::new() },
         };
         Ok(Self { kind, account_key: account_key.to_owned(), current: None, lf: ToLf::default(), scratch: Vec::new() })
+    }
+
+    /// Look at the destination without changing anything (for a dry run): no folders created, no
+    /// recovery, nothing to deliver into.
+    pub fn inspect(deliver: &Deliver, account_key: &str) -> Self {
+        let kind = match deliver {
+            Deliver::Maildir(dir) => {
+                Kind::Maildir { dir: dir.clone(), present: present_tags(dir).unwrap_or_default(), staged: Vec::new() }
+            }
+            Deliver::Mbox(path) => {
+                Kind::Mbox { path: path.clone(), pending: PathBuf::new(), file: None, written: Vec::new() }
+            }
+            Deliver::Mda(command) => Kind::Mda { command: command.clone(), done: Vec::new() },
+        };
+        Self { kind, account_key: account_key.to_owned(), current: None, lf: ToLf::default(), scratch: Vec::new() }
     }
 
     /// Whether a previous, interrupted run already stored this message (Maildir only).

@@ -261,7 +261,11 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
         )));
     }
 
-    let mut local = Local::open(&account.deliver, &key, &state, journal.last_batch())?;
+    let mut local = if opts.dry_run {
+        Local::inspect(&account.deliver, &key)
+    } else {
+        Local::open(&account.deliver, &key, &state, journal.last_batch())?
+    };
     // Messages stored by an interrupted run (Maildir) but not journaled yet.
     let recovered: Vec<String> = entries
         .iter()
