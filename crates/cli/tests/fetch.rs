@@ -658,3 +658,28 @@ fn a_terminal_gets_a_progress_bar_per_account() {
     let (out, _) = fetch(w, &acct, &[]);
     assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn a_migrated_user_without_scram_keys_logs_in_and_then_gets_scram() {
+    let mut pb = Pillarbox::without_users();
+    let users = pb.data().join("dovecot-users");
+    std::fs::write(&users, format!("alice:{{PLAIN}}{PASSWORD}:1000:1000::/home/alice::\n")).expect("users");
+    let out = pb.run(&["user", "import", &users.display().to_string()], b"");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    pb.deliver("alice", &message(1));
+    pb.start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let acct = account(
+        "migrated",
+        pb.pop3s.expect("pop3s").port(),
+        &format!("ca_file = \"{}\"\nkeep = \"keep\"", pb.cert().display()),
+        &w.join("m"),
+    );
+    let (out, ev) = fetch(w, &acct, &[]);
+    assert!(out.status.success(), "{ev:?}");
+    let mech = |ev: &[serde_json::Value]| ev.iter().find(|e| e["event"] == "connected").map(|e| e["mechanism"].clone());
+    assert_eq!(mech(&ev), Some("PLAIN".into()), "SCRAM refused (no keys yet), PLAIN over TLS worked");
+    let (_, ev) = fetch(w, &acct, &[]);
+    assert_eq!(mech(&ev), Some("SCRAM-SHA-256-PLUS".into()), "the first login created the SCRAM keys");
+}

@@ -341,48 +341,68 @@ impl Conn {
             .find('<')
             .and_then(|s| self.greeting[s..].find('>').map(|e| self.greeting[s..=s + e].to_owned()));
         let cb = self.channel_binding();
-        let method = match account.auth {
+        let offers = |m: &str| sasl.iter().any(|x| x == m);
+        let scram = if cb.is_some() && offers("SCRAM-SHA-256-PLUS") { "SCRAM-SHA-256-PLUS" } else { "SCRAM-SHA-256" };
+        let methods: Vec<&str> = match account.auth {
+            // Strongest first. If SCRAM is refused, a password mechanism over TLS is tried next: a
+            // user whose account was just migrated has no SCRAM keys on the server until the first
+            // password login (a wrong password fails both).
             AuthChoice::Auto => {
-                if sasl.iter().any(|m| m == "SCRAM-SHA-256-PLUS") && cb.is_some() {
-                    "SCRAM-SHA-256-PLUS"
-                } else if sasl.iter().any(|m| m == "SCRAM-SHA-256") {
-                    "SCRAM-SHA-256"
-                } else if cleartext_ok && sasl.iter().any(|m| m == "PLAIN") {
-                    "PLAIN"
-                } else if cleartext_ok && (self.capa.has("USER") || self.capa.lines.is_empty()) {
-                    "USER"
-                } else if cleartext_ok && sasl.iter().any(|m| m == "LOGIN") {
-                    "LOGIN"
-                } else if apop.is_some() {
-                    "APOP"
-                } else if !cleartext_ok {
-                    return Err(ConnError::NoAuth(
-                        "the server offers only cleartext logins and the connection is not encrypted; use TLS (or insecure = true)".into(),
-                    ));
-                } else {
-                    return Err(ConnError::NoAuth(format!(
-                        "the server offers no known mechanism (SASL: {})",
-                        sasl.join(" ")
-                    )));
+                let mut m = Vec::new();
+                if offers("SCRAM-SHA-256") || offers("SCRAM-SHA-256-PLUS") {
+                    m.push(scram);
                 }
-            }
-            AuthChoice::ScramSha256 => {
-                if cb.is_some() && sasl.iter().any(|m| m == "SCRAM-SHA-256-PLUS") {
-                    "SCRAM-SHA-256-PLUS"
-                } else {
-                    "SCRAM-SHA-256"
+                if cleartext_ok {
+                    if offers("PLAIN") {
+                        m.push("PLAIN");
+                    } else if self.capa.has("USER") || self.capa.lines.is_empty() {
+                        m.push("USER");
+                    } else if offers("LOGIN") {
+                        m.push("LOGIN");
+                    }
                 }
+                if m.is_empty() && apop.is_some() {
+                    m.push("APOP");
+                }
+                if m.is_empty() {
+                    return Err(ConnError::NoAuth(if cleartext_ok {
+                        format!("the server offers no known mechanism (SASL: {})", sasl.join(" "))
+                    } else {
+                        "the server offers only cleartext logins and the connection is not encrypted; use TLS (or insecure = true)".into()
+                    }));
+                }
+                m
             }
-            AuthChoice::Plain => "PLAIN",
-            AuthChoice::Login => "LOGIN",
-            AuthChoice::Apop => "APOP",
-            AuthChoice::User => "USER",
+            AuthChoice::ScramSha256 => vec![scram],
+            AuthChoice::Plain => vec!["PLAIN"],
+            AuthChoice::Login => vec!["LOGIN"],
+            AuthChoice::Apop => vec!["APOP"],
+            AuthChoice::User => vec!["USER"],
         };
-        if matches!(method, "PLAIN" | "LOGIN" | "USER") && !cleartext_ok {
-            return Err(ConnError::NoAuth(format!(
-                "{method} would send the password in cleartext; use TLS (or insecure = true)"
-            )));
+        let mut result = Err(ConnError::NoAuth("no mechanism".into()));
+        for method in methods {
+            if matches!(method, "PLAIN" | "LOGIN" | "USER") && !cleartext_ok {
+                return Err(ConnError::NoAuth(format!(
+                    "{method} would send the password in cleartext; use TLS (or insecure = true)"
+                )));
+            }
+            result = self.try_method(method, account, password, apop.as_deref(), cb.clone()).await;
+            if !matches!(result, Err(ConnError::AuthFailed(_))) {
+                break;
+            }
         }
+        result
+    }
+
+    /// One login attempt with one method.
+    async fn try_method(
+        &mut self,
+        method: &str,
+        account: &Account,
+        password: &Secret<Vec<u8>>,
+        apop: Option<&str>,
+        cb: Option<Vec<u8>>,
+    ) -> Result<(), ConnError> {
         self.mechanism = method.to_owned();
         let user = &account.username;
         let result = match method {
@@ -400,7 +420,7 @@ impl Conn {
             },
             "APOP" => {
                 let ts = apop.ok_or_else(|| ConnError::NoAuth("the greeting has no APOP timestamp".into()))?;
-                let digest = pillarbox_proto::apop::digest(&ts, password.expose());
+                let digest = pillarbox_proto::apop::digest(ts, password.expose());
                 self.command(&format!("APOP {user} {digest}")).await.map(drop)
             }
             "PLAIN" => {
