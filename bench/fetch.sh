@@ -17,6 +17,8 @@ set -euo pipefail
 COUNT=${1:-2000}; AVG_KB=${2:-20}; REPS=${3:-3}; DELAY_MS=${4:-0}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 BASE=$(mktemp -d /tmp/pillarbox-bench.XXXX)
 chmod 755 "$BASE"
 NS_A=pbbench-a-$$; NS_B=pbbench-b-$$; RELAY=
@@ -39,42 +41,13 @@ fi
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p pillarbox
 PB="$ROOT/target/release/pillarbox"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 POP3=$(free_port)
 mkdir -p "$BASE"/{run,state,log,mail/alice}
 PASS="bench password 2026"
 echo "alice:$(doveadm pw -s SHA512-CRYPT -p "$PASS"):65534:65534::$BASE/mail/alice::" > "$BASE/users"
 python3 "$HERE/genmail.py" "$BASE/mail/alice" "$COUNT" "$AVG_KB" 1
 chown -R 65534:65534 "$BASE/mail/alice"
-cat > "$BASE/dovecot.conf" <<CONF
-base_dir = $BASE/run
-state_dir = $BASE/state
-log_path = $BASE/log/dovecot.log
-protocols = pop3
-listen = $HOST
-ssl = no
-disable_plaintext_auth = no
-passdb {
-  driver = passwd-file
-  args = scheme=SHA512-CRYPT username_format=%u $BASE/users
-}
-userdb {
-  driver = passwd-file
-  args = username_format=%n $BASE/users
-}
-first_valid_uid = 1000
-last_valid_uid = 0
-mail_location = maildir:~
-service pop3-login {
-  inet_listener pop3 {
-    address = $HOST
-    port = $POP3
-  }
-  inet_listener pop3s {
-    port = 0
-  }
-}
-CONF
+dovecot_conf "$BASE" "$HOST" "$POP3" > "$BASE/dovecot.conf"
 "${IN_SERVER[@]}" dovecot -c "$BASE/dovecot.conf" </dev/null >/dev/null 2>&1
 for _ in $(seq 100); do "${IN_CLIENT[@]}" bash -c "exec 3<>/dev/tcp/$HOST/$POP3" 2>/dev/null && break; sleep 0.1; done
 BYTES=$(du -sb "$BASE/mail/alice" | cut -f1)
@@ -110,7 +83,6 @@ for rep in $(seq "$REPS"); do
     TIMES[$client]+="$(echo "$t1 - $t0" | bc -l) "
   done
 done
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 WHERE="loopback"; [ "$DELAY_MS" != 0 ] && WHERE="$((2 * DELAY_MS)) ms round trip"
 printf '\n%d messages, %.1f MB, %s, plaintext, %d repetitions (median)\n' "$COUNT" "$(echo "$BYTES/1000000" | bc -l)" "$WHERE" "$REPS"
 printf '%-17s %10s %12s %14s\n' client seconds messages/s "time vs pillarbox"

@@ -11,6 +11,8 @@ set -euo pipefail
 COUNT=${1:-2000}; AVG_KB=${2:-20}; REPS=${3:-3}; LARGE=${4:-100000}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 BASE=$(mktemp -d /tmp/pillarbox-sbench.XXXX)
 chmod 755 "$BASE"
 PBPID=
@@ -22,7 +24,6 @@ cleanup() {
 trap cleanup EXIT
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p pillarbox
 PB="$ROOT/target/release/pillarbox"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 DPORT=$(free_port); PPORT=$(free_port)
 PASS="bench password 2026"
 HASH=$(doveadm pw -s SHA512-CRYPT -p "$PASS")
@@ -31,35 +32,7 @@ for u in alice big; do echo "$u:$HASH:65534:65534::$BASE/mail/$u::"; done > "$BA
 python3 "$HERE/genmail.py" "$BASE/mail/alice" "$COUNT" "$AVG_KB" 1
 python3 "$HERE/genmail.py" "$BASE/mail/big" "$LARGE" 1 2
 chown -R 65534:65534 "$BASE/mail"
-cat > "$BASE/dovecot.conf" <<CONF
-base_dir = $BASE/run
-state_dir = $BASE/state
-log_path = $BASE/log/dovecot.log
-protocols = pop3
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-passdb {
-  driver = passwd-file
-  args = scheme=SHA512-CRYPT username_format=%u $BASE/users
-}
-userdb {
-  driver = passwd-file
-  args = username_format=%n $BASE/users
-}
-first_valid_uid = 1000
-last_valid_uid = 0
-mail_location = maildir:~
-service pop3-login {
-  inet_listener pop3 {
-    address = 127.0.0.1
-    port = $DPORT
-  }
-  inet_listener pop3s {
-    port = 0
-  }
-}
-CONF
+dovecot_conf "$BASE" 127.0.0.1 "$DPORT" > "$BASE/dovecot.conf"
 dovecot -c "$BASE/dovecot.conf" </dev/null >/dev/null 2>&1
 # Pillarbox on the same Maildirs, with the same hashes.
 "$PB" --data-dir "$BASE/pb" user import "$BASE/users" >/dev/null
@@ -95,7 +68,6 @@ assert line.startswith(b"+OK"), line
 print(f"{ms:.1f}")
 PY
 }
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 declare -A CPU
 for rep in $(seq "$REPS"); do
