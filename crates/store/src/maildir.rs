@@ -2,9 +2,9 @@
 //! `new/` and `cur/` (flags after `:2,`), are written in `tmp/` and renamed into place, and may
 //! carry size hints in their names (`,S=` stored octets, `,W=` CRLF octets, Dovecot's convention).
 //!
-//! A per-maildrop index (`pillarbox-index`) caches each message's stored and CRLF size, so a
-//! large maildrop is opened from one directory listing and one small file instead of reading
-//! every message. The index is only a cache: every open reconciles it with the directories, so
+//! A per-maildrop index (`pillarbox-index`) caches the CRLF size of messages whose names do not
+//! carry it (`,W=`), so a large maildrop is opened from one directory listing and one small file
+//! instead of reading every message; names with both hints need no index. The index is only a cache: every open reconciles it with the directories, so
 //! files that other programs add, remove or rename are picked up, a stale or damaged index is
 //! rebuilt, and an entry is used only if its stored size still matches the file.
 
@@ -230,9 +230,11 @@ fn write_index(dir: &Path, found: &[Found]) -> io::Result<()> {
 /// Scan `new/` and `cur/`, reconcile with the index, and return the messages in delivery order.
 fn scan(dir: &Path) -> Result<Vec<Found>, StoreError> {
     let index_path = dir.join(INDEX_FILE);
-    let index = read_index(&index_path);
+    // Names with both size hints (what Pillarbox, Dovecot and genmail-style tools write) need no
+    // index at all; it is read only when a name lacks the CRLF size.
+    let mut index: Option<HashMap<String, IndexEntry>> = None;
     let dovecot = read_dovecot_uidlist(&dir.join(DOVECOT_UIDLIST));
-    let mut found: Vec<Found> = Vec::with_capacity(index.len() + 16);
+    let mut found: Vec<Found> = Vec::new();
     let mut changed = false;
     for sub in ["new", "cur"] {
         let path = dir.join(sub);
@@ -258,13 +260,17 @@ fn scan(dir: &Path) -> Result<Vec<Found>, StoreError> {
                     Err(e) => return Err(StoreError::io(format!("reading {}", path.join(&file).display()), e)),
                 },
             };
-            let size = match (size_hint(base, 'W'), index.get(base)) {
-                (Some(w), cached) => {
-                    changed |= cached != Some(&IndexEntry { raw_size, size: w });
-                    w
-                }
-                (None, Some(c)) if c.raw_size == raw_size => c.size,
-                (None, _) => {
+            let cached = match size_hint(base, 'W') {
+                Some(w) => Some(w),
+                None => index
+                    .get_or_insert_with(|| read_index(&index_path))
+                    .get(base)
+                    .filter(|c| c.raw_size == raw_size)
+                    .map(|c| c.size),
+            };
+            let size = match cached {
+                Some(s) => s,
+                None => {
                     changed = true;
                     match File::open(path.join(&file)).and_then(pillarbox_proto::crlf_size) {
                         Ok(s) => s,
@@ -286,6 +292,7 @@ fn scan(dir: &Path) -> Result<Vec<Found>, StoreError> {
     });
     // The same message in new/ and cur/ at once (another program mid-rename) is listed once.
     found.dedup_by(|a, b| a.base() == b.base());
+    let Some(index) = index else { return Ok(found) };
     changed |= found.len() != index.len();
     if changed && let Err(e) = write_index(dir, &found) {
         // Only a cache: serving the maildrop does not depend on it.
