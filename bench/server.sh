@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Server-side measures, Pillarbox and Dovecot in the same run on the same mailbox (issue P1, P4):
+# Server-side measures, Pillarbox and Dovecot in the same run on the same mailbox:
 #   P1  server CPU (user+system of the server processes) for one session that downloads the whole
 #       mailbox with a pipelining client (pillarbox fetch, keeping the mail), plain POP3;
 #   P4  time from connect to the +OK of STAT on a large maildrop, first open (cold) and again (warm).
