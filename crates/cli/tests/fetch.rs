@@ -54,6 +54,12 @@ fn account(name: &str, port: u16, extra: &str, maildir: &Path) -> String {
     )
 }
 
+/// An account on Pillarbox's POP3S port that trusts its self-signed certificate.
+fn tls_account(pb: &Pillarbox, name: &str, extra: &str, maildir: &Path) -> String {
+    let settings = format!("ca_file = \"{}\"\n{extra}", pb.cert().display());
+    account(name, pb.pop3s.expect("pop3s").port(), &settings, maildir)
+}
+
 /// The SHA-256 of a PEM certificate's DER, as tls_fingerprint takes it.
 fn fingerprint(pem: &Path) -> String {
     let out = Command::new("openssl").args(["x509", "-outform", "der", "-in"]).arg(pem).output().expect("openssl");
@@ -379,12 +385,7 @@ fn kill_9_at_random_moments_never_loses_or_duplicates_mail() {
     pb.start();
     let work = tempfile::tempdir().expect("tempdir");
     let w = work.path();
-    let acct = account(
-        "crash",
-        pb.pop3s.expect("pop3s").port(),
-        &format!("ca_file = \"{}\"", pb.cert().display()),
-        &w.join("m"),
-    );
+    let acct = tls_account(&pb, "crash", "", &w.join("m"));
     let file = w.join("accounts.toml");
     std::fs::write(&file, &acct).expect("accounts");
     let mut rng = Rng(0x5eed_1234_abcd_9876);
@@ -517,12 +518,7 @@ fn every_keeps_fetching_new_mail_and_never_logs_in_sooner_than_login_delay() {
     pb.start();
     let work = tempfile::tempdir().expect("tempdir");
     let w = work.path();
-    let acct = account(
-        "daemon",
-        pb.pop3s.expect("pop3s").port(),
-        &format!("ca_file = \"{}\"", pb.cert().display()),
-        &w.join("m"),
-    );
+    let acct = tls_account(&pb, "daemon", "", &w.join("m"));
     std::fs::write(w.join("accounts.toml"), &acct).expect("write");
     let mut child = KillOnDrop(
         Command::new(bin())
@@ -609,12 +605,7 @@ fn a_full_disk_stops_the_fetch_and_deletes_nothing_it_could_not_store() {
         }
     }
     let _guard = Unmount(small.clone());
-    let acct = account(
-        "full",
-        pb.pop3s.expect("pop3s").port(),
-        &format!("ca_file = \"{}\"", pb.cert().display()),
-        &small.join("m"),
-    );
+    let acct = tls_account(&pb, "full", "", &small.join("m"));
     let (out, ev) = fetch(w, &acct, &[]);
     assert_eq!(out.status.code(), Some(74), "{ev:?}");
     assert!(ev.iter().any(|e| e["code"] == "local-delivery"), "{ev:?}");
@@ -635,12 +626,7 @@ fn a_terminal_gets_a_progress_bar_per_account() {
     pb.start();
     let work = tempfile::tempdir().expect("tempdir");
     let w = work.path();
-    let acct = account(
-        "term",
-        pb.pop3s.expect("pop3s").port(),
-        &format!("ca_file = \"{}\"", pb.cert().display()),
-        &w.join("m"),
-    );
+    let acct = tls_account(&pb, "term", "", &w.join("m"));
     std::fs::write(w.join("accounts.toml"), &acct).expect("write");
     // `script` runs the command on a pseudo-terminal, as a person at a terminal would.
     let cmd = format!(
@@ -670,12 +656,7 @@ fn a_migrated_user_without_scram_keys_logs_in_and_then_gets_scram() {
     pb.start();
     let work = tempfile::tempdir().expect("tempdir");
     let w = work.path();
-    let acct = account(
-        "migrated",
-        pb.pop3s.expect("pop3s").port(),
-        &format!("ca_file = \"{}\"\nkeep = \"keep\"", pb.cert().display()),
-        &w.join("m"),
-    );
+    let acct = tls_account(&pb, "migrated", "keep = \"keep\"", &w.join("m"));
     let (out, ev) = fetch(w, &acct, &[]);
     assert!(out.status.success(), "{ev:?}");
     let mech = |ev: &[serde_json::Value]| ev.iter().find(|e| e["event"] == "connected").map(|e| e["mechanism"].clone());

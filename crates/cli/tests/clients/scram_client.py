@@ -53,6 +53,17 @@ class Conn:
         return l.decode()
 
 
+def challenge():
+    """The next `+ ` line; a refusal ends the script (successfully when expect-fail was given)."""
+    l = c.line()
+    if not l.startswith("+ "):
+        if "expect-fail" in flags:
+            print("refused:", l)
+            sys.exit(0)
+        raise SystemExit(l)
+    return l
+
+
 def H(b):
     return hashlib.new(hname, b).digest()
 
@@ -85,12 +96,7 @@ else:
 cnonce = base64.b64encode(os.urandom(18)).decode()
 bare = f"n={user.replace('=', '=3D').replace(',', '=2C')},r={cnonce}"
 c.send(b"AUTH " + mech.encode() + b" " + base64.b64encode((gs2 + bare).encode()) + b"\r\n")
-l = c.line()
-if not l.startswith("+ "):
-    if "expect-fail" in flags:
-        print("refused:", l)
-        sys.exit(0)
-    raise SystemExit(l)
+l = challenge()
 server_first = base64.b64decode(l[2:]).decode()
 attrs = dict(kv.split("=", 1) for kv in server_first.split(","))
 assert attrs["r"].startswith(cnonce)
@@ -101,12 +107,7 @@ without_proof = "c=" + base64.b64encode(gs2.encode() + cb_data).decode() + ",r="
 auth_message = f"{bare},{server_first},{without_proof}".encode()
 proof = bytes(a ^ b for a, b in zip(client_key, HMAC(stored_key, auth_message)))
 c.send(base64.b64encode(f"{without_proof},p={base64.b64encode(proof).decode()}".encode()) + b"\r\n")
-l = c.line()
-if not l.startswith("+ "):
-    if "expect-fail" in flags:
-        print("refused:", l)
-        sys.exit(0)
-    raise SystemExit(l)
+l = challenge()
 server_final = base64.b64decode(l[2:]).decode()
 expected = "v=" + base64.b64encode(HMAC(HMAC(salted, b"Server Key"), auth_message)).decode()
 assert server_final == expected, (server_final, expected)
