@@ -131,9 +131,31 @@ impl std::fmt::Debug for UserRecord {
 }
 
 /// All users, by name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Users {
     pub users: BTreeMap<UserName, UserRecord>,
+    /// What every connection asks about all users, computed once per loaded file (the server
+    /// never changes its copies; the CLI, which does, never asks).
+    summary: std::sync::OnceLock<Summary>,
+}
+
+impl PartialEq for Users {
+    fn eq(&self, other: &Self) -> bool {
+        self.users == other.users
+    }
+}
+
+impl Eq for Users {}
+
+/// Facts about all users that a greeting and CAPA need.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Some user has an APOP secret.
+    pub apop: bool,
+    /// The distinct per-user retention values.
+    pub expires: Vec<Expire>,
+    /// The distinct per-user LOGIN-DELAY values.
+    pub login_delays: Vec<u32>,
 }
 
 impl Users {
@@ -211,7 +233,24 @@ impl Users {
                 return Err(err(format!("user {name} is listed twice")));
             }
         }
-        Ok(Self { users })
+        Ok(Self { users, summary: std::sync::OnceLock::new() })
+    }
+
+    /// See [`Summary`]; computed on first use.
+    pub fn summary(&self) -> &Summary {
+        self.summary.get_or_init(|| {
+            let mut s = Summary::default();
+            for r in self.users.values() {
+                s.apop |= r.apop_secret.is_some();
+                if let Some(e) = r.expire.filter(|e| !s.expires.contains(e)) {
+                    s.expires.push(e);
+                }
+                if let Some(d) = r.login_delay.filter(|d| !s.login_delays.contains(d)) {
+                    s.login_delays.push(d);
+                }
+            }
+            s
+        })
     }
 
     pub fn render(&self) -> String {
@@ -241,7 +280,7 @@ impl Users {
 
     /// Whether any user can log in with APOP (then the greeting carries a timestamp).
     pub fn any_apop(&self) -> bool {
-        self.users.values().any(|r| r.apop_secret.is_some())
+        self.summary().apop
     }
 }
 
@@ -496,6 +535,7 @@ mod tests {
         assert_eq!(users.users.len(), 2);
         let bob = &users.users[&UserName::new("bob").expect("name")];
         assert_eq!((bob.quota_bytes, bob.quota_messages, bob.expire), (Some(100), Some(2), Some(Expire::Never)));
+        assert_eq!(users.summary(), &Summary { apop: true, expires: vec![Expire::Never], login_delays: vec![] });
         let e = Users::parse(&format!("x:{h}:quota_bytes=lots\n"), Path::new("u")).expect_err("bad number");
         assert!(e.to_string().contains("u:1: user x: quota_bytes="), "{e}");
         assert!(users.any_apop());

@@ -491,7 +491,8 @@ async fn session(
     let trusted = shared.config.is_trusted(peer.ip());
     let sasl = login::mechanisms(&shared, implicit, trusted, channel_binding.is_some());
     let (users, _) = shared.users.current();
-    let per_user_delay = users.users.values().any(|u| u.login_delay.is_some_and(|d| d != shared.config.login_delay));
+    let summary = users.summary();
+    let per_user_delay = summary.login_delays.iter().any(|&d| d != shared.config.login_delay);
     let login_delay =
         (shared.config.login_delay > 0 || per_user_delay).then_some((shared.config.login_delay, per_user_delay));
     let apop_timestamp = (shared.config.apop && users.any_apop()).then(|| {
@@ -508,7 +509,7 @@ async fn session(
         implementation: Some(format!("Pillarbox-{}", env!("CARGO_PKG_VERSION"))),
         expire: Some(ExpireCapa {
             default: shared.config.expire,
-            per_user: users.users.values().any(|u| u.expire.is_some_and(|e| e != shared.config.expire)),
+            per_user: summary.expires.iter().any(|&e| e != shared.config.expire),
         }),
         login_delay,
         sasl,
