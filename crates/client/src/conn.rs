@@ -17,8 +17,11 @@ use crate::tls;
 
 /// Longest status or listing line accepted from a server.
 const MAX_LINE: usize = 8 * 1024;
-/// Most lines in a CAPA, LIST or UIDL answer (a maildrop of a million messages).
+/// Most lines in a CAPA, LIST or UIDL answer (a maildrop of a million messages)...
 const MAX_LISTING: usize = 1_000_000;
+/// ...and most octets: a million UIDL lines of 70-character ids fit; a hostile server's endless
+/// listing does not get to fill memory.
+const MAX_LISTING_OCTETS: usize = 128 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// No byte from the server for this long ends the session.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
@@ -284,12 +287,14 @@ impl Conn {
     /// The lines of a multi-line answer after its status line.
     pub async fn listing(&mut self) -> Result<Vec<String>, ConnError> {
         let mut v = Vec::new();
+        let mut octets = 0;
         loop {
             let l = self.line().await?;
             if l == "." {
                 return Ok(v);
             }
-            if v.len() >= MAX_LISTING {
+            octets += l.len();
+            if v.len() >= MAX_LISTING || octets > MAX_LISTING_OCTETS {
                 return Err(ConnError::Protocol("a listing without end".into()));
             }
             v.push(l.strip_prefix('.').map(str::to_owned).unwrap_or(l));
