@@ -74,7 +74,7 @@ fn import_state(spec: &[String], accounts: &[Account], state_dir: &std::path::Pa
     Ok(0)
 }
 
-fn default_state_dir() -> PathBuf {
+pub fn default_state_dir() -> PathBuf {
     std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))

@@ -2,6 +2,7 @@
 //! hands over to the library crates; it is the only crate that uses `anyhow`.
 #![forbid(unsafe_code)]
 
+mod account;
 mod fetch;
 mod migrate;
 
@@ -45,6 +46,12 @@ enum Command {
     User(UserCommand),
     /// Download mail from POP3 accounts into local mailboxes (see accounts.toml).
     Fetch(fetch::FetchArgs),
+    /// Set up accounts for fetch: add (finds the server and tests the account), list, show, remove.
+    #[command(subcommand)]
+    Account(account::AccountCommand),
+    /// Test accounts step by step (DNS, connection, TLS, certificate, login, mailbox, local store)
+    /// and say what is wrong and how to fix it.
+    Check(Box<account::CheckArgs>),
     /// Moving from another POP3 server.
     #[command(subcommand)]
     Migrate(MigrateCommand),
@@ -183,7 +190,7 @@ struct PasswordSource {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("PILLARBOX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls_platform_verifier=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -241,6 +248,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let server = || load_config(data_dir.as_deref(), config.as_deref());
     match command {
         Command::Fetch(args) => fetch::run(args).map(ExitCode::from),
+        Command::Account(cmd) => account::command(cmd).map(ExitCode::from),
+        Command::Check(args) => account::check(*args).map(ExitCode::from),
         Command::Serve(args) => {
             let (config, prepared) = server()?;
             serve(config, prepared, args)

@@ -141,6 +141,219 @@ struct RawDeliver {
     mda: Option<String>,
 }
 
+impl Account {
+    /// An account for probing a server (discovery, `check --host`): no password, nothing kept.
+    pub fn probe(host: &str, port: u16, tls: TlsMode) -> Self {
+        Self {
+            name: format!("{host}:{port}"),
+            host: host.to_owned(),
+            port,
+            tls,
+            insecure: tls == TlsMode::None,
+            username: String::new(),
+            password: PasswordSource::Env(String::new()),
+            auth: AuthChoice::Auto,
+            ca_file: None,
+            fingerprint: None,
+            deliver: Deliver::Mda(String::new()),
+            keep: Keep::Delete,
+            max_size: None,
+            oversize: Oversize::Skip,
+        }
+    }
+}
+
+impl std::str::FromStr for Keep {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "delete" => Ok(Keep::Delete),
+            "keep" => Ok(Keep::Keep),
+            _ => s
+                .strip_suffix('d')
+                .and_then(|n| n.parse().ok())
+                .map(Keep::Days)
+                .ok_or_else(|| format!("{s:?}: use \"delete\", \"keep\" or a number of days like \"7d\"")),
+        }
+    }
+}
+
+impl std::fmt::Display for Keep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Keep::Delete => f.write_str("delete"),
+            Keep::Keep => f.write_str("keep"),
+            Keep::Days(d) => write!(f, "{d}d"),
+        }
+    }
+}
+
+impl std::str::FromStr for TlsMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "implicit" => Ok(TlsMode::Implicit),
+            "starttls" => Ok(TlsMode::Starttls),
+            "none" => Ok(TlsMode::None),
+            _ => Err(format!("{s:?}: use \"implicit\" (port 995), \"starttls\" (port 110) or \"none\"")),
+        }
+    }
+}
+
+impl TlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Implicit => "implicit",
+            TlsMode::Starttls => "starttls",
+            TlsMode::None => "none",
+        }
+    }
+}
+
+const AUTH_NAMES: [(&str, AuthChoice); 6] = [
+    ("auto", AuthChoice::Auto),
+    ("scram-sha-256", AuthChoice::ScramSha256),
+    ("plain", AuthChoice::Plain),
+    ("login", AuthChoice::Login),
+    ("apop", AuthChoice::Apop),
+    ("user", AuthChoice::User),
+];
+
+impl std::str::FromStr for AuthChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        AUTH_NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(s))
+            .map(|(_, a)| *a)
+            .ok_or_else(|| format!("{s:?}: use one of {}", AUTH_NAMES.map(|(n, _)| n).join(", ")))
+    }
+}
+
+impl AuthChoice {
+    pub fn as_str(self) -> &'static str {
+        AUTH_NAMES.iter().find(|(_, a)| *a == self).map_or("auto", |(n, _)| n)
+    }
+}
+
+/// `sha256:` and 64 hex digits.
+pub fn fingerprint_text(f: &[u8; 32]) -> String {
+    let hex: String = f.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// The account as an accounts.toml table.
+fn to_table(a: &Account) -> toml_edit::Table {
+    use toml_edit::{InlineTable, Item, value};
+    let mut t = toml_edit::Table::new();
+    t["host"] = value(&a.host);
+    t["port"] = value(i64::from(a.port));
+    t["tls"] = value(a.tls.as_str());
+    if a.insecure {
+        t["insecure"] = value(true);
+    }
+    t["username"] = value(&a.username);
+    match &a.password {
+        PasswordSource::Command(c) => t["password_command"] = value(c),
+        PasswordSource::File(f) => t["password_file"] = value(f.display().to_string()),
+        PasswordSource::Env(v) => t["password_env"] = value(v),
+    }
+    if a.auth != AuthChoice::Auto {
+        t["auth"] = value(a.auth.as_str());
+    }
+    if let Some(ca) = &a.ca_file {
+        t["ca_file"] = value(ca.display().to_string());
+    }
+    if let Some(fp) = &a.fingerprint {
+        t["tls_fingerprint"] = value(fingerprint_text(fp));
+    }
+    let mut d = InlineTable::new();
+    match &a.deliver {
+        Deliver::Maildir(p) => d.insert("maildir", p.display().to_string().into()),
+        Deliver::Mbox(p) => d.insert("mbox", p.display().to_string().into()),
+        Deliver::Mda(c) => d.insert("mda", c.as_str().into()),
+    };
+    t["deliver"] = Item::Value(d.into());
+    t["keep"] = value(a.keep.to_string());
+    if let Some(m) = a.max_size {
+        t["max_size"] = value(i64::try_from(m).unwrap_or(i64::MAX));
+    }
+    if a.oversize != Oversize::Skip {
+        t["oversize"] = value("delete");
+    }
+    t
+}
+
+const NEW_FILE_HEADER: &str = "# Pillarbox accounts: one [accounts.NAME] table each.\n\
+# `pillarbox account add ADDRESS` writes them; `pillarbox check` tests them.\n";
+
+/// Edit the accounts file: the rest of the file (comments, order, other accounts) is kept, the
+/// result is validated like any accounts file, then written atomically and readable only by its
+/// owner.
+fn edit_file(
+    path: &Path,
+    change: impl FnOnce(&mut toml_edit::DocumentMut) -> Result<(), String>,
+) -> Result<(), AccountError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let field_err =
+        |message: String| AccountError::Field { path: path.to_owned(), line: 0, field: "accounts".into(), message };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => NEW_FILE_HEADER.to_owned(),
+        Err(source) => return Err(AccountError::Read { path: path.to_owned(), source }),
+    };
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+        let (line, field) = pillarbox_proto::units::toml_location(&text, e.span().map_or(0, |s| s.start));
+        AccountError::Field { path: path.to_owned(), line, field, message: e.message().trim().to_owned() }
+    })?;
+    change(&mut doc).map_err(field_err)?;
+    let new = doc.to_string();
+    parse(&new, path)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let io = |source| AccountError::Read { path: path.to_owned(), source };
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("accounts.toml")));
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
+    f.write_all(new.as_bytes()).and_then(|()| f.sync_all()).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok(())
+}
+
+/// Add `account` to the accounts file (created if missing).
+pub fn add_to_file(path: &Path, account: &Account) -> Result<(), AccountError> {
+    edit_file(path, |doc| {
+        let accounts = doc
+            .entry("accounts")
+            .or_insert_with(|| {
+                let mut t = toml_edit::Table::new();
+                t.set_implicit(true);
+                toml_edit::Item::Table(t)
+            })
+            .as_table_mut()
+            .ok_or("`accounts` is not a table")?;
+        if accounts.contains_key(&account.name) {
+            return Err(format!("an account named {} already exists (choose another with --name)", account.name));
+        }
+        accounts.insert(&account.name, toml_edit::Item::Table(to_table(account)));
+        Ok(())
+    })
+}
+
+/// Remove the account `name`; false when there is none.
+pub fn remove_from_file(path: &Path, name: &str) -> Result<bool, AccountError> {
+    let mut removed = false;
+    edit_file(path, |doc| {
+        removed = doc.get_mut("accounts").and_then(|a| a.as_table_mut()).and_then(|t| t.remove(name)).is_some();
+        Ok(())
+    })?;
+    Ok(removed)
+}
+
 /// `~/x` relative to the home directory.
 pub fn expand_home(p: &Path) -> PathBuf {
     match (p.strip_prefix("~"), std::env::var_os("HOME")) {
@@ -223,17 +436,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Account>, AccountError> {
             }
         };
         let keep = match a.keep.as_deref() {
-            None | Some("delete") => Keep::Delete,
-            Some("keep") => Keep::Keep,
-            Some(s) => match s.strip_suffix('d').and_then(|n| n.parse().ok()) {
-                Some(n) => Keep::Days(n),
-                None => {
-                    return Err(err(
-                        "keep",
-                        format!("{s:?}: use \"delete\", \"keep\" or a number of days like \"7d\""),
-                    ));
-                }
-            },
+            None => Keep::Delete,
+            Some(s) => s.parse().map_err(|m| err("keep", m))?,
         };
         let fingerprint = match a.tls_fingerprint {
             None => None,

@@ -2,6 +2,7 @@
 //! read before the handshake is kept), CAPA, authentication, and reading responses, including
 //! message text streamed through the dot-unstuffer without holding a whole message.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -22,7 +23,7 @@ const MAX_LISTING: usize = 1_000_000;
 /// ...and most octets: a million UIDL lines of 70-character ids fit; a hostile server's endless
 /// listing does not get to fill memory.
 const MAX_LISTING_OCTETS: usize = 128 * 1024 * 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// No byte from the server for this long ends the session.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -37,7 +38,12 @@ pub enum ConnError {
         source: std::io::Error,
     },
     #[error("TLS with {host} failed: {message}")]
-    Tls { host: String, message: String },
+    Tls {
+        host: String,
+        message: String,
+        /// What rustls said, to explain a certificate problem.
+        cause: Option<rustls::Error>,
+    },
     #[error("the server does not offer STLS, and tls = \"starttls\" never falls back to plaintext")]
     NoStls,
     #[error("the server refused the login: {0}")]
@@ -135,74 +141,131 @@ pub struct Conn {
     pub mechanism: String,
 }
 
+/// The addresses of `host:port`, from the system's resolver (hosts file, DNS).
+pub async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, ConnError> {
+    let addrs: Vec<_> =
+        tokio::net::lookup_host((host, port)).await.map_err(|_| ConnError::Resolve(host.to_owned()))?.collect();
+    if addrs.is_empty() {
+        return Err(ConnError::Resolve(host.to_owned()));
+    }
+    Ok(addrs)
+}
+
+/// A TCP connection to the first of `addrs` that accepts one within `timeout`.
+pub async fn connect(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, ConnError> {
+    let mut last = None;
+    for addr in addrs {
+        let error = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Ok(Err(e)) => e,
+            Err(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"),
+        };
+        last = Some(ConnError::Connect { addr: addr.to_string(), source: error });
+    }
+    Err(last.unwrap_or_else(|| ConnError::Resolve("(no address)".into())))
+}
+
 impl Conn {
     /// Connect, secure and log in.
     pub async fn open(account: &Account, password: &Secret<Vec<u8>>) -> Result<Self, ConnError> {
-        let target = format!("{}:{}", account.host, account.port);
-        let addrs: Vec<_> =
-            tokio::net::lookup_host(&target).await.map_err(|_| ConnError::Resolve(account.host.clone()))?.collect();
-        let mut last = None;
-        let mut tcp = None;
-        for addr in addrs {
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => {
-                    tcp = Some(s);
-                    break;
-                }
-                Ok(Err(e)) => last = Some(e),
-                Err(_) => last = Some(std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out")),
-            }
-        }
-        let tcp = tcp.ok_or_else(|| ConnError::Connect {
-            addr: target.clone(),
-            source: last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address")),
+        let addrs = resolve(&account.host, account.port).await?;
+        let tcp = connect(&addrs, CONNECT_TIMEOUT).await?;
+        let connector = tls::connector(account).map_err(|message| ConnError::Tls {
+            host: account.host.clone(),
+            message,
+            cause: None,
         })?;
-        let _ = tcp.set_nodelay(true);
-        let connector =
-            tls::connector(account).map_err(|message| ConnError::Tls { host: account.host.clone(), message })?;
-        let mut conn = Self {
+        let mut conn = Self::new(tcp);
+        if account.tls == TlsMode::Implicit {
+            conn.start_tls(&connector, &account.host).await?;
+        }
+        conn.greet().await?;
+        if account.tls == TlsMode::Starttls {
+            conn.stls(&connector, &account.host).await?;
+        }
+        conn.login(account, password).await?;
+        conn.refresh_capa().await;
+        Ok(conn)
+    }
+
+    /// A session on a connected socket; nothing is read yet.
+    pub fn new(tcp: TcpStream) -> Self {
+        Self {
             stream: Stream::Plain(tcp),
             buf: BytesMut::new(),
             greeting: String::new(),
             capa: Capa::default(),
             tls: false,
             mechanism: String::new(),
-        };
-        if account.tls == TlsMode::Implicit {
-            conn.handshake(&connector, &account.host).await?;
         }
-        conn.greeting = conn.status("greeting").await?;
-        conn.capa = conn.read_capa().await?;
-        if account.tls == TlsMode::Starttls {
-            if !conn.capa.has("STLS") {
-                return Err(ConnError::NoStls);
-            }
-            conn.command("STLS").await?;
-            // Whatever arrived in plaintext after the +OK is not trusted inside TLS.
-            conn.buf.clear();
-            conn.handshake(&connector, &account.host).await?;
-            conn.capa = conn.read_capa().await?;
+    }
+
+    /// Read the greeting and the capabilities.
+    pub async fn greet(&mut self) -> Result<(), ConnError> {
+        self.greeting = self.status("greeting").await?;
+        self.capa = self.read_capa().await?;
+        Ok(())
+    }
+
+    /// STLS, which the server must offer: there is no fallback to plaintext.
+    pub async fn stls(&mut self, connector: &tokio_rustls::TlsConnector, host: &str) -> Result<(), ConnError> {
+        if !self.capa.has("STLS") {
+            return Err(ConnError::NoStls);
         }
-        conn.login(account, password).await?;
-        // RFC 2449 section 5: capabilities may change after login (PIPELINING, EXPIRE...).
-        if let Ok(c) = conn.read_capa().await
+        self.command("STLS").await?;
+        // Whatever arrived in plaintext after the +OK is not trusted inside TLS.
+        self.buf.clear();
+        self.start_tls(connector, host).await?;
+        self.capa = self.read_capa().await?;
+        Ok(())
+    }
+
+    /// RFC 2449 section 5: capabilities may change after login (PIPELINING, EXPIRE...).
+    pub async fn refresh_capa(&mut self) {
+        if let Ok(c) = self.read_capa().await
             && !c.lines.is_empty()
         {
-            conn.capa = c;
+            self.capa = c;
         }
-        Ok(conn)
+    }
+
+    /// The TLS version and cipher suite in use.
+    pub fn tls_parameters(&self) -> Option<(String, String)> {
+        let Stream::Tls(t) = &self.stream else { return None };
+        let (_, c) = t.get_ref();
+        let version = match c.protocol_version()? {
+            rustls::ProtocolVersion::TLSv1_3 => "TLS 1.3".to_owned(),
+            rustls::ProtocolVersion::TLSv1_2 => "TLS 1.2".to_owned(),
+            v => format!("{v:?}"),
+        };
+        let suite = c.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
+        Some((version, suite))
+    }
+
+    /// The TLS handshake on the plain connection (implicit TLS, or after STLS).
+    pub async fn start_tls(&mut self, connector: &tokio_rustls::TlsConnector, host: &str) -> Result<(), ConnError> {
+        self.handshake(connector, host).await
     }
 
     async fn handshake(&mut self, connector: &tokio_rustls::TlsConnector, host: &str) -> Result<(), ConnError> {
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Moving) else {
             return Err(ConnError::Protocol("TLS is already active".into()));
         };
-        let name = rustls_pki_types::ServerName::try_from(host.to_owned())
-            .map_err(|e| ConnError::Tls { host: host.to_owned(), message: e.to_string() })?;
+        let name = rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(|e| ConnError::Tls {
+            host: host.to_owned(),
+            message: e.to_string(),
+            cause: None,
+        })?;
         let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
             .await
             .map_err(|_| ConnError::Timeout(CONNECT_TIMEOUT))?
-            .map_err(|e| ConnError::Tls { host: host.to_owned(), message: e.to_string() })?;
+            .map_err(|e| {
+                let cause = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()).cloned();
+                ConnError::Tls { host: host.to_owned(), message: e.to_string(), cause }
+            })?;
         self.stream = Stream::Tls(Box::new(tls));
         self.tls = true;
         Ok(())
@@ -338,7 +401,7 @@ impl Conn {
         }
     }
 
-    async fn login(&mut self, account: &Account, password: &Secret<Vec<u8>>) -> Result<(), ConnError> {
+    pub async fn login(&mut self, account: &Account, password: &Secret<Vec<u8>>) -> Result<(), ConnError> {
         let sasl = self.capa.sasl();
         let cleartext_ok = self.tls || account.insecure;
         let apop = self

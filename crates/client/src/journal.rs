@@ -81,6 +81,18 @@ impl Journal {
         Ok(Self { dir: dir.to_owned(), file, entries, last_batch, lines, _lock: lock })
     }
 
+    /// The ids recorded in `dir` as stored, read without taking the lock or creating anything
+    /// (for `pillarbox check`): empty when there is no journal yet.
+    pub fn peek(dir: &Path) -> Result<HashMap<String, u64>, JournalError> {
+        let path = dir.join("journal");
+        read(&path).map(|(entries, _, _)| entries).map_err(io_err(format!("reading {}", path.display())))
+    }
+
+    /// Whether a run holds the account's lock right now.
+    pub fn is_locked(dir: &Path) -> bool {
+        File::open(dir.join("lock")).is_ok_and(|f| matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock)))
+    }
+
     /// When the message was first stored, if it is.
     pub fn stored_at(&self, id: &str) -> Option<u64> {
         self.entries.get(id).copied()

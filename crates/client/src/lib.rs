@@ -4,8 +4,11 @@
 #![forbid(unsafe_code)]
 
 pub mod account;
+pub mod check;
 pub mod conn;
 pub mod deliver;
+pub mod discover;
+pub mod dns;
 pub mod fetch;
 pub mod import;
 pub mod journal;

@@ -1,0 +1,600 @@
+//! `pillarbox account add|list|show|remove` and `pillarbox check`: setting up accounts for
+//! `pillarbox fetch`, and telling what is wrong with one.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use pillarbox_client::account::{self, Account, AuthChoice, Deliver, Keep, Oversize, PasswordSource, TlsMode};
+use pillarbox_client::check::{self, AuthOutcome, Report, Status};
+use pillarbox_client::discover::{self, mode_name};
+use pillarbox_client::dns::Resolver;
+use pillarbox_proto::units::HumanDuration;
+
+/// Where accounts and state live.
+#[derive(Debug, Args)]
+pub struct Files {
+    /// The accounts file (default: $XDG_CONFIG_HOME/pillarbox/accounts.toml).
+    #[arg(long = "accounts-file", value_name = "FILE", env = "PILLARBOX_ACCOUNTS")]
+    pub accounts_file: Option<PathBuf>,
+    /// Where `pillarbox fetch` keeps its journals (default: $XDG_STATE_HOME/pillarbox/fetch).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Ask this DNS server (ADDRESS or ADDRESS:PORT) instead of the system's resolver.
+    #[arg(long, value_name = "ADDRESS", env = "PILLARBOX_DNS_SERVER")]
+    pub dns_server: Option<String>,
+    /// Longest wait for each network step.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub timeout: HumanDuration,
+}
+
+impl Files {
+    fn accounts(&self) -> PathBuf {
+        self.accounts_file.clone().unwrap_or_else(account::default_path)
+    }
+
+    fn state(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(crate::fetch::default_state_dir)
+    }
+}
+
+/// A server and login, named like the keys of accounts.toml.
+#[derive(Debug, Clone, Args, Default)]
+pub struct ServerArgs {
+    /// The POP3 server's name or address.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// The port (default: 995 with implicit TLS, 110 otherwise).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// implicit (TLS from the first byte), starttls (STLS on the plain port) or none.
+    #[arg(long, value_name = "MODE", value_parser = ["implicit", "starttls", "none"])]
+    pub tls: Option<String>,
+    /// Allow tls = none (password and mail in cleartext).
+    #[arg(long)]
+    pub insecure: bool,
+    #[arg(long)]
+    pub username: Option<String>,
+    /// A command that prints the password (run with /bin/sh -c).
+    #[arg(long, value_name = "COMMAND", group = "password")]
+    pub password_command: Option<String>,
+    /// A file holding the password (readable only by you).
+    #[arg(long, value_name = "FILE", group = "password")]
+    pub password_file: Option<PathBuf>,
+    /// An environment variable holding the password.
+    #[arg(long, value_name = "VARIABLE", group = "password")]
+    pub password_env: Option<String>,
+    /// auto, scram-sha-256, plain, login, apop or user.
+    #[arg(long, value_name = "MECHANISM")]
+    pub auth: Option<String>,
+    /// CA certificates (PEM) to trust besides the system's.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Accept exactly the certificate with this SHA-256 fingerprint (sha256:HEX).
+    #[arg(long, value_name = "FINGERPRINT")]
+    pub tls_fingerprint: Option<String>,
+    /// delete, keep, or a number of days like 7d.
+    #[arg(long, value_name = "POLICY")]
+    pub keep: Option<String>,
+}
+
+impl ServerArgs {
+    fn tls_mode(&self) -> Result<Option<TlsMode>> {
+        self.tls.as_deref().map(|t| t.parse().map_err(anyhow::Error::msg)).transpose()
+    }
+
+    fn password(&self) -> Option<PasswordSource> {
+        let expand = |p: &PathBuf| account::expand_home(p);
+        self.password_command
+            .clone()
+            .map(PasswordSource::Command)
+            .or_else(|| self.password_file.as_ref().map(|f| PasswordSource::File(expand(f))))
+            .or_else(|| self.password_env.clone().map(PasswordSource::Env))
+    }
+
+    /// An account from these settings (and defaults where they say nothing).
+    fn account(&self, name: &str, host: &str, username: &str, deliver: Deliver) -> Result<Account> {
+        let tls = self.tls_mode()?.unwrap_or(TlsMode::Implicit);
+        if tls == TlsMode::None && !self.insecure {
+            bail!("--tls none sends the password and mail in cleartext; it needs --insecure");
+        }
+        Ok(Account {
+            name: name.to_owned(),
+            host: host.to_owned(),
+            port: self.port.unwrap_or(if tls == TlsMode::Implicit { 995 } else { 110 }),
+            tls,
+            insecure: self.insecure,
+            username: username.to_owned(),
+            password: self.password().unwrap_or(PasswordSource::Env(String::new())),
+            auth: self
+                .auth
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(anyhow::Error::msg)?
+                .unwrap_or(AuthChoice::Auto),
+            ca_file: self.ca_file.as_ref().map(|p| account::expand_home(p)),
+            fingerprint: self
+                .tls_fingerprint
+                .as_deref()
+                .map(|f| account::parse_fingerprint(f).context("--tls-fingerprint: expected sha256: and 64 hex digits"))
+                .transpose()?,
+            deliver,
+            keep: self.keep.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?.unwrap_or(Keep::Delete),
+            max_size: None,
+            oversize: Oversize::Skip,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Accounts to check (default: all); or give --host and the other settings instead.
+    pub accounts: Vec<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// One JSON object per account on standard output.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub files: Files,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// Find the server for an address, test the account, and save it in the accounts file.
+    Add(Box<AddArgs>),
+    /// List the accounts.
+    List {
+        #[command(flatten)]
+        files: Files,
+    },
+    /// Show an account's settings.
+    Show {
+        name: String,
+        #[command(flatten)]
+        files: Files,
+    },
+    /// Remove an account from the accounts file (its downloaded mail stays).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        files: Files,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// The email address.
+    pub email: String,
+    /// The account's name in the accounts file (default: the address).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Deliver into this Maildir (default: ~/Mail/NAME).
+    #[arg(long, value_name = "DIR", group = "deliver")]
+    pub deliver_maildir: Option<PathBuf>,
+    /// Deliver into this mbox file.
+    #[arg(long, value_name = "FILE", group = "deliver")]
+    pub deliver_mbox: Option<PathBuf>,
+    /// Deliver through this command (one message on its standard input).
+    #[arg(long, value_name = "COMMAND", group = "deliver")]
+    pub deliver_mda: Option<String>,
+    /// Save the account even when the test fails.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub files: Files,
+}
+
+pub fn command(cmd: AccountCommand) -> Result<u8> {
+    match cmd {
+        AccountCommand::Add(args) => add(*args),
+        AccountCommand::List { files } => {
+            let path = files.accounts();
+            let accounts = load(&path)?;
+            if accounts.is_empty() {
+                println!("no accounts in {}; add one with `pillarbox account add ADDRESS`", path.display());
+            }
+            for a in accounts {
+                println!(
+                    "{:<24} {}@{}:{} ({}), keep {}, into {}",
+                    a.name,
+                    a.username,
+                    a.host,
+                    a.port,
+                    mode_name(a.tls),
+                    a.keep,
+                    deliver_text(&a.deliver)
+                );
+            }
+            Ok(0)
+        }
+        AccountCommand::Show { name, files } => {
+            let path = files.accounts();
+            let accounts = load(&path)?;
+            let Some(a) = accounts.iter().find(|a| a.name == name) else {
+                bail!("{}: no account named {name}", path.display());
+            };
+            println!("account   {}", a.name);
+            println!("server    {}:{} ({})", a.host, a.port, mode_name(a.tls));
+            println!("username  {}", a.username);
+            println!(
+                "password  {}",
+                match &a.password {
+                    PasswordSource::Command(_) => "from a command (not shown: it may contain secrets)".to_owned(),
+                    PasswordSource::File(f) => format!("from the file {}", f.display()),
+                    PasswordSource::Env(v) => format!("from the environment variable {v}"),
+                }
+            );
+            println!("login     {}", a.auth.as_str());
+            if let Some(ca) = &a.ca_file {
+                println!("ca_file   {}", ca.display());
+            }
+            if let Some(fp) = &a.fingerprint {
+                println!("pinned    {}", account::fingerprint_text(fp));
+            }
+            println!("deliver   {}", deliver_text(&a.deliver));
+            println!("keep      {}", a.keep);
+            println!("state     {}", files.state().join(pillarbox_client::fetch::account_key(a)).display());
+            Ok(0)
+        }
+        AccountCommand::Remove { name, files } => {
+            let path = files.accounts();
+            if account::remove_from_file(&path, &name)? {
+                println!("removed account {name} from {}; its downloaded mail was not touched", path.display());
+                Ok(0)
+            } else {
+                eprintln!("pillarbox account remove: {}: no account named {name}", path.display());
+                Ok(1)
+            }
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Vec<Account>> {
+    match account::load(path) {
+        Ok(a) => Ok(a),
+        Err(account::AccountError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn deliver_text(d: &Deliver) -> String {
+    match d {
+        Deliver::Maildir(p) => format!("Maildir {}", p.display()),
+        Deliver::Mbox(p) => format!("mbox {}", p.display()),
+        Deliver::Mda(c) => format!("MDA {}", c.split_whitespace().next().unwrap_or_default()),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
+}
+
+/// `pillarbox check`.
+pub fn check(args: CheckArgs) -> Result<u8> {
+    let path = args.files.accounts();
+    let (accounts, local) = match &args.server.host {
+        Some(host) => {
+            let Some(user) = &args.server.username else { bail!("--host needs --username too") };
+            if !args.accounts.is_empty() {
+                bail!("give either account names or --host, not both");
+            }
+            let a = args.server.account(&format!("{host}:{user}"), host, user, Deliver::Mda(String::new()))?;
+            (vec![a], false)
+        }
+        None => {
+            let all = account::load(&path)?;
+            let chosen: Vec<Account> = if args.accounts.is_empty() {
+                all
+            } else {
+                let mut v = Vec::new();
+                for n in &args.accounts {
+                    v.push(
+                        all.iter()
+                            .find(|a| &a.name == n)
+                            .cloned()
+                            .with_context(|| format!("{}: no account named {n}", path.display()))?,
+                    );
+                }
+                v
+            };
+            if chosen.is_empty() {
+                bail!("{} has no accounts; add one with `pillarbox account add ADDRESS`", path.display());
+            }
+            (chosen, true)
+        }
+    };
+    let state = args.files.state();
+    let failed = runtime()?.block_on(async {
+        let resolver = Resolver::from_option(args.files.dns_server.as_deref()).map_err(anyhow::Error::msg)?;
+        let opts = check::Options {
+            resolver: &resolver,
+            timeout: args.files.timeout.0,
+            state_dir: Some(state),
+            accounts_file: local.then(|| path.clone()),
+            local,
+        };
+        let mut failed = false;
+        for a in &accounts {
+            if !args.json {
+                println!("{}", heading(a));
+            }
+            let report = check::run(a, &opts).await;
+            failed |= report.failed();
+            if args.json {
+                let line = serde_json::json!({
+                    "account": a.name,
+                    "host": a.host,
+                    "port": a.port,
+                    "tls": a.tls.as_str(),
+                    "username": a.username,
+                    "ok": !report.failed(),
+                    "checks": report.findings,
+                });
+                println!("{line}");
+            } else {
+                print_report(&report);
+            }
+        }
+        anyhow::Ok(failed)
+    })?;
+    Ok(u8::from(failed))
+}
+
+fn heading(a: &Account) -> String {
+    format!("{}: {} at {}:{} ({})", a.name, a.username, a.host, a.port, mode_name(a.tls))
+}
+
+fn print_report(r: &Report) {
+    let mut out = std::io::stdout().lock();
+    for f in &r.findings {
+        let _ = writeln!(out, "  {} {:<13} {}", f.status.label(), f.id, f.summary);
+        if let Some(c) = &f.cause {
+            let _ = writeln!(out, "       {:<13} cause: {c}", "");
+        }
+        if let Some(x) = &f.fix {
+            let _ = writeln!(out, "       {:<13} fix:   {x}", "");
+        }
+    }
+    let count = |s| r.findings.iter().filter(|f| f.status == s).count();
+    let _ = writeln!(
+        out,
+        "  {}: {} passed, {} warnings, {} failed",
+        if r.failed() { "NOT OK" } else { "OK" },
+        count(Status::Pass),
+        count(Status::Warn),
+        count(Status::Fail)
+    );
+}
+
+/// Prompts on the terminal, or nothing when not interactive.
+struct Prompt {
+    interactive: bool,
+}
+
+impl Prompt {
+    /// Ask with a default; the default when not interactive or the answer is empty.
+    fn ask(&self, question: &str, default: &str) -> Result<String> {
+        if !self.interactive {
+            return Ok(default.to_owned());
+        }
+        eprint!("{question} [{default}]: ");
+        std::io::stderr().flush()?;
+        let mut line = String::new();
+        if std::io::stdin().lock().read_line(&mut line)? == 0 {
+            bail!("no answer (end of input)");
+        }
+        let answer = line.trim();
+        Ok(if answer.is_empty() { default.to_owned() } else { answer.to_owned() })
+    }
+
+    fn yes(&self, question: &str) -> Result<bool> {
+        Ok(self.ask(question, "n")?.to_ascii_lowercase().starts_with('y'))
+    }
+}
+
+/// `pillarbox account add EMAIL`.
+fn add(args: AddArgs) -> Result<u8> {
+    let prompt = Prompt { interactive: std::io::stdin().is_terminal() && std::io::stderr().is_terminal() };
+    let Some((local, domain)) = args.email.rsplit_once('@').filter(|(l, d)| !l.is_empty() && d.contains('.')) else {
+        bail!("{:?} is not an email address (like me@example.com)", args.email);
+    };
+    let path = args.files.accounts();
+    let existing = load(&path)?;
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => prompt.ask("Account name", &args.email)?,
+    };
+    if existing.iter().any(|a| a.name == name) {
+        bail!("{}: an account named {name} already exists (choose another with --name)", path.display());
+    }
+    let timeout = args.files.timeout.0;
+    let rt = runtime()?;
+    let resolver =
+        rt.block_on(async { Resolver::from_option(args.files.dns_server.as_deref()) }).map_err(anyhow::Error::msg)?;
+
+    // 1. The server: given, or discovered.
+    let mut server = args.server.clone();
+    let host = match &args.server.host {
+        Some(h) => h.clone(),
+        None => {
+            eprintln!("Looking for the POP3 server of {domain}...");
+            let found = rt.block_on(discover::discover(domain, &resolver, timeout));
+            for n in &found.notes {
+                eprintln!("  {n}");
+            }
+            match found.found.first() {
+                Some(f) => {
+                    eprintln!("Found {}:{} ({}), via {}", f.host, f.port, mode_name(f.tls), f.via);
+                    server.port = server.port.or(Some(f.port));
+                    server.tls = server.tls.or_else(|| Some(f.tls.as_str().to_owned()));
+                    f.host.clone()
+                }
+                None if prompt.interactive => {
+                    eprintln!("No POP3 server found for {domain}; the provider's help pages name it.");
+                    prompt.ask("POP3 server", &format!("pop.{domain}"))?
+                }
+                None => {
+                    eprintln!(
+                        "pillarbox account add: no POP3 server found for {domain}: give --host (and --port, --tls) \
+                         from the provider's settings"
+                    );
+                    return Ok(1);
+                }
+            }
+        }
+    };
+    let host = prompt.ask("POP3 server", &host)?;
+    let tls: TlsMode = prompt
+        .ask("TLS: implicit (port 995), starttls (port 110) or none", server.tls.as_deref().unwrap_or("implicit"))?
+        .parse()
+        .map_err(anyhow::Error::msg)?;
+    server.tls = Some(tls.as_str().to_owned());
+    let default_port = server.port.unwrap_or(if tls == TlsMode::Implicit { 995 } else { 110 });
+    server.port = Some(prompt.ask("Port", &default_port.to_string())?.parse().context("the port is a number")?);
+    if tls == TlsMode::None && !server.insecure {
+        server.insecure = prompt.yes("Without TLS, the password and mail cross the network in cleartext. Continue?")?;
+    }
+
+    // 2. User names to try: the given one, or the full address and then the local part.
+    let usernames: Vec<String> = match &args.server.username {
+        Some(u) => vec![u.clone()],
+        None => {
+            let u = prompt.ask("User name", &args.email)?;
+            if u == args.email { vec![u, local.to_owned()] } else { vec![u] }
+        }
+    };
+
+    // 3. Where the password comes from.
+    let mut created_password_file = None;
+    if server.password().is_none() {
+        if !prompt.interactive {
+            bail!("give the password's source: --password-command, --password-file or --password-env");
+        }
+        let how = prompt.ask(
+            "Password from: 1) a command that prints it (like `pass show mail`), 2) a file, 3) type it now \
+             (kept in a file only you can read)",
+            "3",
+        )?;
+        match how.as_str() {
+            "1" => server.password_command = Some(prompt.ask("Command", "pass show mail")?),
+            "2" => server.password_file = Some(PathBuf::from(prompt.ask("File", "~/.config/pillarbox/password")?)),
+            _ => {
+                let secret = rpassword::prompt_password(format!("Password for {}: ", args.email))?;
+                let dir = path.parent().unwrap_or(Path::new(".")).join("passwords");
+                let file = dir.join(name.replace(['/', '\0'], "_"));
+                write_private(&file, secret.as_bytes())?;
+                server.password_file = Some(file.clone());
+                created_password_file = Some(file);
+            }
+        }
+    }
+
+    // 4. Delivery and what to leave on the server.
+    let deliver = match (&args.deliver_maildir, &args.deliver_mbox, &args.deliver_mda) {
+        (Some(m), _, _) => Deliver::Maildir(account::expand_home(m)),
+        (_, Some(m), _) => Deliver::Mbox(account::expand_home(m)),
+        (_, _, Some(c)) => Deliver::Mda(c.clone()),
+        _ => {
+            let default = format!("~/Mail/{}", name.replace('/', "_"));
+            Deliver::Maildir(account::expand_home(Path::new(&prompt.ask("Maildir to deliver into", &default)?)))
+        }
+    };
+    if server.keep.is_none() {
+        server.keep =
+            Some(prompt.ask("After download: delete on the server, keep, or keep for days like 7d", "delete")?);
+    }
+
+    // 5. Test, trying the user names in turn.
+    let state = args.files.state();
+    let mut account = server.account(&name, &host, &usernames[0], deliver)?;
+    let report = rt.block_on(async {
+        loop {
+            let mut report = Report { findings: Vec::new(), auth: None, new_mail: None };
+            for (i, u) in usernames.iter().enumerate() {
+                account.username = u.clone();
+                eprintln!("Testing {}...", heading(&account));
+                let opts = check::Options {
+                    resolver: &resolver,
+                    timeout,
+                    state_dir: Some(state.clone()),
+                    accounts_file: None,
+                    local: true,
+                };
+                report = check::run(&account, &opts).await;
+                if report.auth == Some(AuthOutcome::Refused) && i + 1 < usernames.len() {
+                    eprintln!("  the server refused {u}; trying {}", usernames[i + 1]);
+                    continue;
+                }
+                break;
+            }
+            // A certificate nobody vouches for: offer to pin it, after the user compared it.
+            let pinnable = report.findings.iter().find(|f| {
+                f.id == "certificate"
+                    && f.status == Status::Fail
+                    && (f.summary.contains("self-signed") || f.summary.contains("does not trust"))
+            });
+            if let Some(f) = pinnable
+                && prompt.interactive
+                && account.fingerprint.is_none()
+                && let Some(fp) =
+                    f.cause.as_deref().and_then(|c| c.split_whitespace().find(|w| w.starts_with("sha256:")))
+            {
+                print_report(&report);
+                let fp = fp.trim_end_matches(['.', ',', ';']).to_owned();
+                if prompt.yes(&format!("Trust this certificate ({fp}) after comparing it with the admin's?"))? {
+                    account.fingerprint = account::parse_fingerprint(&fp);
+                    continue;
+                }
+            }
+            return anyhow::Ok(report);
+        }
+    })?;
+    print_report(&report);
+    if report.failed() && !args.force {
+        if let Some(f) = created_password_file {
+            let _ = std::fs::remove_file(f);
+        }
+        eprintln!("Not saved: fix what failed above and run this again, or add --force to save it anyway.");
+        return Ok(1);
+    }
+    account::add_to_file(&path, &account)?;
+    println!(
+        "Saved account {name} in {}. Download its mail with `pillarbox fetch {}`.",
+        path.display(),
+        shell_word(&name)
+    );
+    Ok(0)
+}
+
+fn shell_word(s: &str) -> String {
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "@._-+:".contains(c)) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// A new file readable only by its owner, in a folder only its owner can enter.
+fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(data)?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    Ok(())
+}
