@@ -2,7 +2,8 @@
 # Run every Pillarbox test on a fresh Debian machine.
 #
 # The end-to-end tests talk to the real binary with real clients (Python's poplib and smtplib,
-# curl, mpop, swaks, a SCRAM client on pyOpenSSL) and compare it with a real Dovecot, so this
+# curl, mpop, swaks, a SCRAM client on pyOpenSSL) and compare it with a real Dovecot (account
+# discovery asks a private dnsmasq), so this
 # first installs what provides them when it is missing, then runs the whole workspace's tests
 # (unit, protocol, end-to-end, doc tests).
 set -euo pipefail
@@ -19,6 +20,7 @@ have python3 || missing+=(python3)
 have doveadm || missing+=(dovecot-core)
 [ -x /usr/lib/dovecot/pop3 ] || missing+=(dovecot-pop3d)
 [ -x /usr/lib/dovecot/lmtp ] || missing+=(dovecot-lmtpd)
+[ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || missing+=(procps)
 [ -d /etc/ssl/certs ] || missing+=(ca-certificates)
 

@@ -254,24 +254,6 @@ fn mboxrd_and_mda_delivery() {
     assert_eq!(mda, vec!["Subject: a\n\nFrom the top\n>From quoted\nend\n", "Subject: b\n\nno final newline\n"]);
 }
 
-/// Start `bad_pop3.py` in a mode; returns the child and its port.
-fn bad_server(mode: &str, state: &Path) -> (std::process::Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/bad_pop3.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .args([&port.to_string(), mode])
-        .arg(state)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line)
-        .expect("ready");
-    assert_eq!(line.trim(), "ready");
-    (child, port)
-}
-
 #[test]
 fn misbehaving_servers_lose_nothing_and_are_reported() {
     let work = tempfile::tempdir().expect("tempdir");
@@ -292,15 +274,14 @@ fn misbehaving_servers_lose_nothing_and_are_reported() {
         let dir = w.join(mode);
         std::fs::create_dir_all(&dir).expect("mkdir");
         let deleted = dir.join("deleted");
-        let (mut server, port) = bad_server(mode, &deleted);
+        let (server, port) = common::scripted_server(mode, &deleted);
         let tls = if mode == "no-stls" { "tls = \"starttls\"" } else { "tls = \"none\"\ninsecure = true" };
         let acct = account("bad", port, tls, &dir.join("m"));
         let (out, events) = fetch(&dir, &acct, &[]);
         let stored = maildir(&dir.join("m"));
         let gone_list = std::fs::read_to_string(&deleted).unwrap_or_default();
         let gone = gone_list.lines().count();
-        let _ = server.kill();
-        let _ = server.wait();
+        drop(server);
         if mode == "retr-err" {
             // Regression: a refused RETR in a pipelined batch once shifted which message got DELE.
             assert_eq!(gone_list, "1\n3\n", "exactly the two stored messages are deleted");
@@ -346,11 +327,10 @@ fn misbehaving_servers_lose_nothing_and_are_reported() {
     // A server without UIDL cannot honour keep policies: refused with a reason.
     let dir = w.join("nouidl-keep");
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let (mut server, port) = bad_server("nouidl", &dir.join("deleted"));
+    let (server, port) = common::scripted_server("nouidl", &dir.join("deleted"));
     let (out, ev) =
         fetch(&dir, &account("k", port, "tls = \"none\"\ninsecure = true\nkeep = \"keep\"", &dir.join("m")), &[]);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert_eq!(out.status.code(), Some(78));
     assert!(
         ev.iter().any(|e| e["code"] == "policy" && e["message"].as_str().is_some_and(|m| m.contains("UIDL"))),
@@ -520,7 +500,7 @@ fn every_keeps_fetching_new_mail_and_never_logs_in_sooner_than_login_delay() {
     let w = work.path();
     let acct = tls_account(&pb, "daemon", "", &w.join("m"));
     std::fs::write(w.join("accounts.toml"), &acct).expect("write");
-    let mut child = KillOnDrop(
+    let mut child = common::KillOnDrop(
         Command::new(bin())
             .args(["fetch", "--json", "--every", "1s", "--accounts-file"])
             .arg(w.join("accounts.toml"))
@@ -568,16 +548,6 @@ fn every_keeps_fetching_new_mail_and_never_logs_in_sooner_than_login_delay() {
     assert!(log.matches("result=\"ok\"").count() >= 2, "several runs logged in");
     assert!(!log.contains("result=\"login-delay\""), "never refused for logging in too soon");
     assert_eq!(maildir(&w.join("m")).len(), 2);
-}
-
-/// A child process that is killed if the test ends early.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

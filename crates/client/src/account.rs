@@ -288,7 +288,7 @@ fn to_table(a: &Account) -> toml_edit::Table {
 }
 
 const NEW_FILE_HEADER: &str = "# Pillarbox accounts: one [accounts.NAME] table each.\n\
-# `pillarbox account add ADDRESS` writes them; `pillarbox check` tests them.\n";
+# `pillarbox account add ADDRESS` writes them; `pillarbox check` tests them.\n\n";
 
 /// Edit the accounts file: the rest of the file (comments, order, other accounts) is kept, the
 /// result is validated like any accounts file, then written atomically and readable only by its
@@ -301,9 +301,9 @@ fn edit_file(
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let field_err =
         |message: String| AccountError::Field { path: path.to_owned(), line: 0, field: "accounts".into(), message };
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => NEW_FILE_HEADER.to_owned(),
+    let (text, header) = match std::fs::read_to_string(path) {
+        Ok(t) => (t, ""),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), NEW_FILE_HEADER),
         Err(source) => return Err(AccountError::Read { path: path.to_owned(), source }),
     };
     let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
@@ -311,7 +311,7 @@ fn edit_file(
         AccountError::Field { path: path.to_owned(), line, field, message: e.message().trim().to_owned() }
     })?;
     change(&mut doc).map_err(field_err)?;
-    let new = doc.to_string();
+    let new = format!("{header}{doc}");
     parse(&new, path)?;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let io = |source| AccountError::Read { path: path.to_owned(), source };

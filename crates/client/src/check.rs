@@ -219,7 +219,7 @@ impl Remote<'_, '_> {
                     self.add(Finding::warn(
                         "starttls",
                         "no TLS at all (tls = \"none\")",
-                        "the password and every message cross the network readable by anyone on the path",
+                        "the password and every message cross the network in cleartext, readable by anyone on the path",
                         "use tls = \"implicit\" (port 995) or tls = \"starttls\" (port 110)",
                     ));
                     self.add(Finding::skip("certificate", "not checked: no TLS"));
@@ -623,7 +623,8 @@ impl Remote<'_, '_> {
                 return false;
             }
         };
-        let result = timed(self.opts.timeout, conn.login(a, &password)).await;
+        // Servers delay answers after failed logins (Dovecot by up to 15 s): wait for that.
+        let result = timed(self.opts.timeout.max(Duration::from_secs(30)), conn.login(a, &password)).await;
         let hint = provider_hint(&a.host);
         let user = &a.username;
         let refusal_text = |e: &ConnError| match e {

@@ -71,6 +71,10 @@ def serve(c):
             send(b"+OK")
         elif verb == b"STLS":
             send(b"-ERR not here")
+        elif verb == b"STAT":
+            send(b"+OK %d %d" % (len(live), sum(len(MSGS[i]) for i in live)))
+        elif verb == b"NOOP":
+            send(b"+OK")
         elif verb == b"LIST":
             send(b"+OK")
             for n, i in enumerate(live, 1):

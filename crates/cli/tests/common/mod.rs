@@ -2,6 +2,8 @@
 //! minimal line-oriented POP3 client over std sockets for raw-protocol tests.
 #![allow(dead_code)]
 
+pub mod certs;
+pub mod dns;
 pub mod dovecot;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -354,4 +356,31 @@ pub fn python(script: &str, args: &[String]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A child process that is killed (by its handle) when the test ends, even early.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `bad_pop3.py` (a scripted, misbehaving POP3 server) in a mode; returns it and its port.
+pub fn scripted_server(mode: &str, state: &Path) -> (KillOnDrop, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/bad_pop3.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args([&port.to_string(), mode])
+        .arg(state)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready");
+    assert_eq!(line.trim(), "ready");
+    (KillOnDrop(child), port)
 }

@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Drive an interactive program through a pseudo-terminal, as a person at a terminal would:
+wait for each prompt, type its answer and Enter.
+
+usage: pty_drive.py PROMPT ANSWER [PROMPT ANSWER ...] -- COMMAND [ARG ...]
+
+Each PROMPT must appear in the output after the previous one (within 60 s); an empty ANSWER
+after the last PROMPT types nothing. Prints everything the program wrote; exits 1 when a prompt
+does not come or the program fails.
+"""
+import os
+import pty
+import select
+import sys
+import time
+
+args = sys.argv[1:]
+split = args.index("--")
+pairs = list(zip(args[:split:2], args[1:split:2]))
+command = args[split + 1:]
+
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(command[0], command)
+
+out = b""
+
+
+def read(deadline):
+    """Read what is available until the deadline; False at end of output."""
+    global out
+    ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.time()))
+    if not ready:
+        return True
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        return False
+    if not chunk:
+        return False
+    out += chunk
+    return True
+
+
+def fail(message):
+    sys.stdout.write(out.decode(errors="replace"))
+    sys.stdout.write("\n--- " + message + "\n")
+    sys.exit(1)
+
+
+pos = 0
+for i, (prompt, answer) in enumerate(pairs):
+    deadline = time.time() + 60
+    want = prompt.encode()
+    while want not in out[pos:]:
+        if time.time() > deadline or not read(deadline):
+            fail("no prompt %r" % prompt)
+    pos = out.index(want, pos) + len(want)
+    if answer or i + 1 < len(pairs):
+        os.write(fd, answer.encode() + b"\r")
+
+deadline = time.time() + 60
+while time.time() < deadline and read(deadline):
+    pass
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+if os.waitstatus_to_exitcode(status) != 0:
+    fail("exit status %d" % os.waitstatus_to_exitcode(status))
