@@ -21,12 +21,23 @@ pub struct Files {
     /// Where `pillarbox fetch` keeps its journals (default: $XDG_STATE_HOME/pillarbox/fetch).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+}
+
+/// How the network is asked.
+#[derive(Debug, Args)]
+pub struct Net {
     /// Ask this DNS server (ADDRESS or ADDRESS:PORT) instead of the system's resolver.
     #[arg(long, value_name = "ADDRESS", env = "PILLARBOX_DNS_SERVER")]
     pub dns_server: Option<String>,
     /// Longest wait for each network step.
     #[arg(long, value_name = "DURATION", default_value = "10s")]
     pub timeout: HumanDuration,
+}
+
+impl Net {
+    fn resolver(&self) -> Result<Resolver> {
+        Ok(Resolver::from_option(self.dns_server.as_deref()).map_err(anyhow::Error::msg)?.with_timeout(self.timeout.0))
+    }
 }
 
 impl Files {
@@ -139,6 +150,8 @@ pub struct CheckArgs {
     pub json: bool,
     #[command(flatten)]
     pub files: Files,
+    #[command(flatten)]
+    pub net: Net,
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,6 +200,8 @@ pub struct AddArgs {
     pub force: bool,
     #[command(flatten)]
     pub files: Files,
+    #[command(flatten)]
+    pub net: Net,
 }
 
 pub fn command(cmd: AccountCommand) -> Result<u8> {
@@ -289,7 +304,7 @@ pub fn check(args: CheckArgs) -> Result<u8> {
             (vec![a], false)
         }
         None => {
-            let all = account::load(&path)?;
+            let all = load(&path)?;
             let chosen: Vec<Account> = if args.accounts.is_empty() {
                 all
             } else {
@@ -312,10 +327,10 @@ pub fn check(args: CheckArgs) -> Result<u8> {
     };
     let state = args.files.state();
     let failed = runtime()?.block_on(async {
-        let resolver = Resolver::from_option(args.files.dns_server.as_deref()).map_err(anyhow::Error::msg)?;
+        let resolver = args.net.resolver()?;
         let opts = check::Options {
             resolver: &resolver,
-            timeout: args.files.timeout.0,
+            timeout: args.net.timeout.0,
             state_dir: Some(state),
             accounts_file: local.then(|| path.clone()),
             local,
@@ -414,10 +429,10 @@ fn add(args: AddArgs) -> Result<u8> {
     if existing.iter().any(|a| a.name == name) {
         bail!("{}: an account named {name} already exists (choose another with --name)", path.display());
     }
-    let timeout = args.files.timeout.0;
+    let timeout = args.net.timeout.0;
     let rt = runtime()?;
-    let resolver =
-        rt.block_on(async { Resolver::from_option(args.files.dns_server.as_deref()) }).map_err(anyhow::Error::msg)?;
+    // The resolver belongs to the runtime it is made in.
+    let resolver = rt.block_on(async { args.net.resolver() })?;
 
     // 1. The server: given, or discovered.
     let mut server = args.server.clone();

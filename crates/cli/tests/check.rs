@@ -143,6 +143,52 @@ fn connection_tls_and_login_failures_are_told_apart() {
         &["[IN-USE]", "another client", "close the other mail program"],
     );
     other.ok("QUIT");
+    // A maildrop the server cannot use.
+    pb.add_user("bob", PASSWORD);
+    let _ = std::fs::remove_dir_all(pb.maildir("bob"));
+    std::fs::write(pb.maildir("bob"), "not a folder").expect("write");
+    let mut bob = pinned(pop3s, "implicit", PASSWORD);
+    bob[7] = "bob".into();
+    check(s, &strs(&bob)).expect("auth", "fail", &["[SYS/PERM]", "cannot be used", "contact the provider"]);
+    // Logging in again too soon: a warning (nothing is misconfigured), with what to do.
+    let out = pb.run(&["user", "login-delay", "alice", "--seconds", "600"], b"");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let results: Vec<Checked> = (0..2).map(|_| check(s, &strs(&pinned(pop3s, "implicit", PASSWORD)))).collect();
+    results[1].expect("auth", "warn", &["[LOGIN-DELAY]", "--every"]);
+    assert_eq!(results[1].code, 0, "a warning is not a failure: {}", results[1].json);
+}
+
+#[test]
+fn a_server_with_only_old_tls_versions_is_named() {
+    require_tool("openssl");
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let pair = certs::self_signed(w, "old", &["localhost"]);
+    let port = free_port();
+    let _server = common::KillOnDrop(
+        Command::new("openssl")
+            .args(["s_server", "-quiet", "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-cert")
+            .arg(&pair.cert)
+            .arg("-key")
+            .arg(&pair.key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl"),
+    );
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "openssl s_server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    check(w, &strs(&alice(port, "implicit", PASSWORD))).expect(
+        "certificate",
+        "fail",
+        &["no TLS version or cipher Pillarbox accepts", "below 1.2", "enable TLS 1.2 or 1.3"],
+    );
 }
 
 #[test]
@@ -255,6 +301,12 @@ fn dns_mailbox_and_local_checks_of_a_saved_account() {
         a.extend(["--dns-server".to_owned(), server.clone()]);
         check(w, &strs(&a)).expect("dns", "fail", words).expect("connect", "skip", &[]);
     }
+    // A resolver that does not answer (nothing listens where it is said to be).
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let mut a = alice(995, "implicit", PASSWORD);
+    a[1] = "pop.example.test".to_owned();
+    a.extend(["--dns-server".to_owned(), silent.local_addr().expect("addr").to_string()]);
+    check(w, &strs(&a)).expect("dns", "fail", &["cannot look up", "did not answer", "network connection"]);
 
     let mut pb = Pillarbox::new();
     pb.start();
@@ -318,14 +370,16 @@ fn dns_mailbox_and_local_checks_of_a_saved_account() {
 
 /// `pillarbox account ...` with the accounts file and state under `dir`.
 fn account_cmd(dir: &Path, dns: &Dns, args: &[&str]) -> std::process::Output {
+    let network: &[&str] = if args.first() == Some(&"add") { &["--timeout", "3s"] } else { &[] };
     Command::new(bin())
         .arg("account")
         .args(args)
-        .args(["--timeout", "3s", "--accounts-file"])
+        .args(network)
+        .arg("--accounts-file")
         .arg(dir.join("accounts.toml"))
         .arg("--state-dir")
         .arg(dir.join("state"))
-        .args(["--dns-server", &dns.addr.to_string()])
+        .env("PILLARBOX_DNS_SERVER", dns.addr.to_string())
         .stdin(Stdio::null())
         .output()
         .expect("account")

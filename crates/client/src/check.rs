@@ -766,7 +766,7 @@ impl Remote<'_, '_> {
                 ),
                 k => Finding::fail(
                     "capabilities",
-                    format!("no UIDL, so keep = \"{}\" is impossible", keep_text(k)),
+                    format!("no UIDL, so keep = \"{}\" is impossible", k),
                     "without unique ids, messages left on the server cannot be told apart from new ones: every fetch \
                      would download them again",
                     "use keep = \"delete\" for this account (--keep delete)",
@@ -798,7 +798,7 @@ impl Remote<'_, '_> {
                     format!("the server keeps downloaded mail only {days} days (EXPIRE {days})"),
                     format!(
                         "keep = \"{}\" asks for longer, but the server deletes messages {} after they are downloaded",
-                        keep_text(keep),
+                        keep,
                         if days == 0 { "right".to_owned() } else { format!("{days} days") }
                     ),
                     format!("use keep = \"delete\" or at most keep = \"{days}d\""),
@@ -1118,14 +1118,6 @@ pub fn provider_hint(host: &str) -> String {
     }
 }
 
-fn keep_text(k: Keep) -> String {
-    match k {
-        Keep::Delete => "delete".into(),
-        Keep::Keep => "keep".into(),
-        Keep::Days(d) => format!("{d}d"),
-    }
-}
-
 fn domain_of(host: &str) -> &str {
     host.split_once('.')
         .map_or(host, |(first, rest)| if ["pop", "pop3", "mail"].contains(&first) { rest } else { host })
@@ -1214,5 +1206,34 @@ impl CertInfo {
 
     fn days_left(&self) -> i64 {
         (self.not_after - unix_now() as i64) / 86_400
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_notes() {
+        assert!(provider_hint("pop.gmail.com").contains("app password"));
+        assert!(provider_hint("outlook.office365.com").contains("OAuth2"));
+        assert!(provider_hint("pop-mail.outlook.com").contains("OAuth2"));
+        assert_eq!(provider_hint("pop.example.com"), "");
+        assert_eq!(provider_hint("notgmail.com"), "", "a suffix is a whole label");
+    }
+
+    #[test]
+    fn sizes_domains_and_order() {
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(20_500_000), "20.5 MB");
+        assert_eq!(domain_of("pop.example.com"), "example.com");
+        assert_eq!(domain_of("example.com"), "example.com");
+        assert!(Status::Fail > Status::Warn && Status::Warn > Status::Skip && Status::Skip > Status::Pass);
+        let r = Report {
+            findings: vec![Finding::pass("dns", "ok"), Finding::warn("auth", "w", "c", "f")],
+            auth: None,
+            new_mail: None,
+        };
+        assert_eq!((r.worst(), r.failed()), (Status::Warn, false));
     }
 }

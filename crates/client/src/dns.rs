@@ -6,6 +6,7 @@
 //! SRV records. A resolver given by address (`--dns-server`) answers everything.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
@@ -26,6 +27,9 @@ pub enum DnsError {
     Failed(String, String),
 }
 
+/// Longest wait for one lookup unless told otherwise.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One SRV target, in the order to try.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Srv {
@@ -40,13 +44,15 @@ pub struct Resolver {
     dns: Result<TokioResolver, String>,
     /// Address lookups through the system's resolver first.
     system_first: bool,
+    /// Longest wait for one lookup.
+    timeout: Duration,
 }
 
 impl Resolver {
     /// The system's configuration (`/etc/resolv.conf`, the hosts file).
     pub fn system() -> Self {
         let dns = TokioResolver::builder_tokio().and_then(|b| b.build()).map_err(|e| e.to_string());
-        Self { dns, system_first: true }
+        Self { dns, system_first: true, timeout: DEFAULT_TIMEOUT }
     }
 
     /// Only the DNS server at `addr` (UDP and TCP), for a local or chosen resolver.
@@ -63,7 +69,7 @@ impl Resolver {
         let dns = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
             .build()
             .map_err(|e| e.to_string());
-        Self { dns, system_first: false }
+        Self { dns, system_first: false, timeout: DEFAULT_TIMEOUT }
     }
 
     /// `PILLARBOX_DNS_SERVER` (an address, port 53 unless given) or the system's resolver.
@@ -78,6 +84,12 @@ impl Resolver {
                 Ok(Self::server(addr))
             }
         }
+    }
+
+    /// Give up on a lookup after `timeout` (the resolver's own retries take up to 15 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     fn dns(&self) -> Result<&TokioResolver, DnsError> {
@@ -98,7 +110,10 @@ impl Resolver {
                 return Ok(ips);
             }
         }
-        match self.dns()?.lookup_ip(fqdn(host)).await {
+        let lookup = tokio::time::timeout(self.timeout, self.dns()?.lookup_ip(fqdn(host)))
+            .await
+            .map_err(|_| DnsError::Failed(host.to_owned(), format!("no answer within {:?}", self.timeout)))?;
+        match lookup {
             Ok(found) => {
                 let ips: Vec<IpAddr> = found.iter().collect();
                 if ips.is_empty() { Err(DnsError::NoRecord(host.to_owned(), "A or AAAA")) } else { Ok(ips) }
@@ -111,7 +126,10 @@ impl Resolver {
     /// (heaviest first). A single record with target "." means "no such service here" (RFC 2782):
     /// an empty list.
     pub async fn srv(&self, name: &str) -> Result<Vec<Srv>, DnsError> {
-        let found = self.dns()?.srv_lookup(fqdn(name)).await.map_err(|e| classify(name, "SRV", &e))?;
+        let found = tokio::time::timeout(self.timeout, self.dns()?.srv_lookup(fqdn(name)))
+            .await
+            .map_err(|_| DnsError::Failed(name.to_owned(), format!("no answer within {:?}", self.timeout)))?
+            .map_err(|e| classify(name, "SRV", &e))?;
         let mut out: Vec<Srv> = found
             .answers()
             .iter()
