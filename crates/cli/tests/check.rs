@@ -228,6 +228,13 @@ fn certificate_problems_name_dates_names_and_issuers() {
         &["has expired", "valid until Fri, 01 Jan 2021", "renew"],
     );
 
+    let future = serve_with(&ca.issue(w, "future", &["localhost"], ((2090, 1, 1), (2099, 1, 1))));
+    on(&future, "localhost", &["--ca-file", &ca_file]).expect(
+        "certificate",
+        "fail",
+        &["not valid yet", "valid from Sun, 01 Jan 2090", "date and time"],
+    );
+
     let other = serve_with(&ca.issue(w, "other", &["mail.other.test"], certs::CURRENT));
     on(&other, "localhost", &["--ca-file", &ca_file]).expect(
         "certificate",

@@ -574,7 +574,7 @@ impl Remote<'_, '_> {
                                 "the server's certificate is issued by an authority this computer does not trust ({issuer})"
                             )
                         },
-                        format!("nobody this computer trusts vouches for it ({ce:?}); its SHA-256 fingerprint is {fp}"),
+                        format!("no authority this computer trusts vouches for it; its SHA-256 fingerprint is {fp}"),
                         format!("{pin_fix}; or give the issuing CA's certificate with ca_file"),
                     )
                 }
