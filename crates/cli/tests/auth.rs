@@ -376,3 +376,18 @@ fn migration_from_dovecot_keeps_passwords_uidls_sizes_and_order() {
     let bob = users.lines().find(|l| l.starts_with("bob:")).expect("bob");
     assert!(bob.starts_with("bob:{SHA512-CRYPT}$6$"), "bob has not logged in yet: {bob}");
 }
+
+#[test]
+fn imported_hashes_stay_when_upgrades_are_off() {
+    let mut pb = Pillarbox::without_users();
+    let passwd = pb.data().join("old-users");
+    std::fs::write(&passwd, format!("alice:{{PLAIN}}{PASSWORD}:1000:1000::/home/alice::\n")).expect("write");
+    let out = pb.run(&["user", "import", &passwd.display().to_string()], b"");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    pb.edit_config("upgrade_hashes = true", "upgrade_hashes = false");
+    pb.start();
+    let mut c = pb.login();
+    c.ok("QUIT");
+    let users = std::fs::read_to_string(pb.data().join("users")).expect("users");
+    assert!(users.lines().any(|l| l == format!("alice:{{PLAIN}}{PASSWORD}")), "{users}");
+}

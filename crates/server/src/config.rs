@@ -69,6 +69,9 @@ trusted_networks = ["127.0.0.0/8", "::1/128"]
 # Offer SCRAM-SHA-1 for old clients (SCRAM-SHA-256 is always offered). Users get SHA-1 keys when
 # their password is next set or used.
 scram_sha1 = false
+# Replace an imported password hash ({SHA512-CRYPT}, {PLAIN}, ...) with argon2id and SCRAM keys at
+# the user's first password login. false keeps the imported hash as it is.
+upgrade_hashes = true
 # Lowest accepted password strength for `pillarbox user add|passwd` (zxcvbn score, 0 to 4).
 min_password_score = 3
 # After a failed login the answer is delayed: fail_delay, doubling with each further failure from
@@ -339,6 +342,7 @@ struct RawAuth {
     users: PathBuf,
     trusted_networks: Vec<Cidr>,
     scram_sha1: bool,
+    upgrade_hashes: bool,
     min_password_score: u8,
     fail_delay: HumanDuration,
     fail_delay_max: HumanDuration,
@@ -350,6 +354,7 @@ impl Default for RawAuth {
             users: PathBuf::from("users"),
             trusted_networks: vec![LOOPBACK4, LOOPBACK6],
             scram_sha1: false,
+            upgrade_hashes: true,
             min_password_score: 3,
             fail_delay: HumanDuration(Duration::from_secs(2)),
             fail_delay_max: HumanDuration(Duration::from_secs(15)),
@@ -413,6 +418,8 @@ pub struct Config {
     pub users_file: PathBuf,
     pub trusted_networks: Vec<Cidr>,
     pub scram_sha1: bool,
+    /// Replace imported hashes with argon2id at the first password login.
+    pub upgrade_hashes: bool,
     pub min_password_score: u8,
     pub fail_delay: Duration,
     pub fail_delay_max: Duration,
@@ -513,6 +520,7 @@ impl Config {
             expunge_interval: raw.pop3.expunge_interval.0,
             login_delay: raw.pop3.login_delay,
             scram_sha1: raw.auth.scram_sha1,
+            upgrade_hashes: raw.auth.upgrade_hashes,
             min_password_score: raw.auth.min_password_score,
             fail_delay: raw.auth.fail_delay.0,
             fail_delay_max: raw.auth.fail_delay_max.0,

@@ -322,6 +322,7 @@ pub(crate) fn open_for(
         last.insert(name.clone(), now);
     }
     if let (Some(rec), Some(pw)) = (record, password)
+        && shared.config.upgrade_hashes
         && rec.needs_upgrade(shared.config.scram_sha1)
     {
         upgrade(shared, name, pw);
