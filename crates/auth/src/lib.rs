@@ -22,7 +22,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
+use argon2::{Argon2, PasswordHash, PasswordHasher};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use pillarbox_proto::{Expire, Secret, UserName};
@@ -322,14 +322,49 @@ pub fn verify_password(record: Option<&UserRecord>, password: &[u8]) -> bool {
     let prepared = prepare_password(password).ok();
     let candidate = prepared.as_deref().unwrap_or(password);
     let Some(record) = record else {
-        let _ = Argon2::default().verify_password(candidate, dummy_hash());
+        let _ = argon2_verify(dummy_hash(), candidate);
         return false;
     };
     let hash = record.password_hash.as_str();
     if legacy::split_scheme(hash).is_some() {
         return legacy::verify(hash, candidate) || (candidate != password && legacy::verify(hash, password));
     }
-    Argon2::default().verify_password(candidate, hash).is_ok()
+    argon2_verify(hash, candidate)
+}
+
+thread_local! {
+    /// The working memory of argon2 (19 MiB with the default parameters), kept by each thread
+    /// that checks passwords instead of being allocated for every check: freed and allocated again
+    /// at the rate of logins, the allocator ends up holding many copies of it.
+    static ARGON2_MEMORY: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Check `password` against an argon2 PHC string, in the thread's reused working memory, which
+/// is wiped afterwards.
+fn argon2_verify(hash: &str, password: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    let Ok(parsed) = PasswordHash::new(hash) else { return false };
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else { return false };
+    let Ok(params) = argon2::Params::try_from(&parsed) else { return false };
+    let Ok(algorithm) = argon2::Algorithm::try_from(parsed.algorithm.as_str()) else { return false };
+    let version = match parsed.version.map(argon2::Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let blocks = params.block_count();
+    let argon = Argon2::new(algorithm, version, params);
+    let mut out = vec![0u8; expected.len()];
+    let computed = ARGON2_MEMORY.with_borrow_mut(|memory| {
+        if memory.len() != blocks {
+            *memory = vec![argon2::Block::default(); blocks];
+        }
+        let r = argon.hash_password_into_with_memory(password, salt.as_ref(), &mut out, &mut memory[..]);
+        memory.iter_mut().for_each(|b| *b = argon2::Block::default());
+        r
+    });
+    let same = computed.is_ok() && bool::from(out.as_slice().ct_eq(expected.as_ref()));
+    out.iter_mut().for_each(|b| *b = 0);
+    same
 }
 
 /// SASLprep (RFC 4013) of a password; passwords that are not UTF-8 are used as they are.
@@ -513,6 +548,38 @@ pub fn read_secret_line(mut input: impl io::Read) -> Result<Secret<Vec<u8>>, Aut
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn argon2_check_in_reused_memory_agrees_with_the_library() {
+        use argon2::PasswordVerifier;
+        let variants = [
+            Argon2::default(),
+            Argon2::new(
+                argon2::Algorithm::Argon2i,
+                argon2::Version::V0x13,
+                argon2::Params::new(4096, 3, 1, Some(32)).expect("params"),
+            ),
+            Argon2::new(
+                argon2::Algorithm::Argon2id,
+                argon2::Version::V0x10,
+                argon2::Params::new(8192, 1, 2, Some(48)).expect("params"),
+            ),
+        ];
+        for (i, a) in variants.iter().enumerate() {
+            let hash = a.hash_password(b"correct horse").expect("hash").to_string();
+            // Twice in a row on one thread: the reused memory must not carry anything over.
+            for _ in 0..2 {
+                assert!(argon2_verify(&hash, b"correct horse"), "variant {i}");
+                assert!(!argon2_verify(&hash, b"correct hors"), "variant {i}");
+            }
+            assert!(
+                Argon2::default().verify_password(b"correct horse", &PasswordHash::new(&hash).expect("phc")).is_ok()
+            );
+        }
+        for bad in ["", "$argon2id$", "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA", "$scrypt$ln=1$x$y", "plain"] {
+            assert!(!argon2_verify(bad, b"x"), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -58,6 +58,8 @@ pub enum ServerError {
     NoTls,
     #[error("no randomness available: {0}")]
     Random(String),
+    #[error("cannot start the password-checking threads: {0}")]
+    Threads(io::Error),
 }
 
 /// What a listener speaks.
@@ -187,6 +189,8 @@ pub(crate) struct Shared {
     pub(crate) scram_secret: [u8; 32],
     /// Bounds the TLS handshakes done only to refuse a POP3S connection politely.
     refusals: Arc<Semaphore>,
+    /// Where password hashes are checked.
+    pub(crate) hashes: crate::hashpool::HashPool,
 }
 
 /// The POP3 server.
@@ -227,6 +231,7 @@ impl Server {
                 last_login: Mutex::new(HashMap::new()),
                 scram_secret,
                 refusals: Arc::new(Semaphore::new(REFUSAL_HANDSHAKES)),
+                hashes: crate::hashpool::HashPool::per_core().map_err(ServerError::Threads)?,
             }),
         })
     }
@@ -590,15 +595,18 @@ impl Conversation {
                     let method = if matches!(credential, Credential::Password(_)) { "USER/PASS" } else { "APOP" };
                     let shared = self.shared.clone();
                     let claimed = user.clone();
-                    let verified = tokio::task::spawn_blocking(move || {
-                        let (users, problem) = shared.users.current();
-                        if let Some(e) = problem {
-                            warn!(error = %e, "the user file cannot be read; using the last good copy");
-                        }
-                        login::check_credential(&users, &user, &credential)
-                    })
-                    .await
-                    .unwrap_or(None);
+                    let verified = self
+                        .shared
+                        .hashes
+                        .run(move || {
+                            let (users, problem) = shared.users.current();
+                            if let Some(e) = problem {
+                                warn!(error = %e, "the user file cannot be read; using the last good copy");
+                            }
+                            login::check_credential(&users, &user, &credential)
+                        })
+                        .await
+                        .flatten();
                     self.finish_login(verified, method, &claimed).await;
                 }
                 Event::SaslStart { mechanism, initial } => {
@@ -670,12 +678,15 @@ impl Conversation {
             Step::CheckPassword { user, password } => {
                 let shared = self.shared.clone();
                 let claimed = user.clone();
-                let verified = tokio::task::spawn_blocking(move || {
-                    let (users, _) = shared.users.current();
-                    login::check_credential(&users, &user, &Credential::Password(password))
-                })
-                .await
-                .unwrap_or(None);
+                let verified = self
+                    .shared
+                    .hashes
+                    .run(move || {
+                        let (users, _) = shared.users.current();
+                        login::check_credential(&users, &user, &Credential::Password(password))
+                    })
+                    .await
+                    .flatten();
                 self.sasl = None;
                 self.finish_login(verified, &mechanism, &claimed).await;
             }

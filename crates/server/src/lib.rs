@@ -6,6 +6,7 @@ pub mod config;
 pub mod datadir;
 mod driver;
 mod expunge;
+mod hashpool;
 mod lmtp;
 mod login;
 pub mod tls;
