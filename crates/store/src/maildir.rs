@@ -14,7 +14,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pillarbox_proto::{CrlfCounter, Listing, ListingEntry, UniqueId, UserName};
 use tracing::{debug, warn};
@@ -32,11 +33,101 @@ const SUBDIRS: [&str; 3] = ["cur", "new", "tmp"];
 #[derive(Debug, Clone)]
 pub struct MaildirStore {
     root: PathBuf,
+    scans: Arc<ScanCache>,
+}
+
+/// Listings of large maildrops, reused while their directories have not changed: opening a
+/// maildrop of 100,000 messages again then costs three `stat` calls and a copy of the listing
+/// instead of reading both directories and sorting.
+///
+/// A directory's modification time changes whenever a file is added, removed or renamed in it,
+/// but only as finely as the file system's clock ticks. A listing is therefore reused only when,
+/// at the moment its scan started, the newest of those times was at least [`SETTLED`] old: any
+/// later change then gives a newer time, which no longer matches.
+#[derive(Default)]
+struct ScanCache {
+    map: Mutex<HashMap<PathBuf, CachedScan>>,
+}
+
+impl std::fmt::Debug for ScanCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.map.lock().map_or(0, |m| m.len());
+        write!(f, "ScanCache({n} maildrops)")
+    }
+}
+
+struct CachedScan {
+    stamps: Stamps,
+    found: Arc<Vec<Found>>,
+    entries: Vec<ListingEntry>,
+    used: Instant,
+}
+
+/// Smaller maildrops are scanned every time (it takes well under a millisecond).
+const CACHE_MIN_MESSAGES: usize = 1000;
+/// Maildrops whose listings are kept, least recently used dropped first.
+const CACHE_MAILDROPS: usize = 32;
+const SETTLED: Duration = Duration::from_secs(2);
+
+/// What a listing depends on: the directories' modification times, and Dovecot's UID list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamps {
+    new: SystemTime,
+    cur: SystemTime,
+    uidlist: Option<(SystemTime, u64)>,
+}
+
+impl Stamps {
+    /// The stamps of `dir`, and whether they are settled enough to trust.
+    fn read(dir: &Path) -> Option<(Self, bool)> {
+        let now = SystemTime::now();
+        let modified = |p: PathBuf| fs::metadata(p).and_then(|m| m.modified()).ok();
+        let new = modified(dir.join("new"))?;
+        let cur = modified(dir.join("cur"))?;
+        let uidlist = fs::metadata(dir.join(DOVECOT_UIDLIST)).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+        let newest = [Some(new), Some(cur), uidlist.map(|u| u.0)].into_iter().flatten().max()?;
+        let settled = now.duration_since(newest).is_ok_and(|age| age >= SETTLED);
+        Some((Self { new, cur, uidlist }, settled))
+    }
+}
+
+impl ScanCache {
+    /// The messages of `dir` in listing order, and the listing.
+    fn listing(&self, dir: &Path) -> Result<(Arc<Vec<Found>>, Vec<ListingEntry>), StoreError> {
+        let stamps = Stamps::read(dir).filter(|(_, settled)| *settled).map(|(s, _)| s);
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(st) = stamps
+            && let Some(c) = map.get_mut(dir)
+            && c.stamps == st
+        {
+            c.used = Instant::now();
+            return Ok((c.found.clone(), c.entries.clone()));
+        }
+        map.remove(dir);
+        drop(map);
+        let found = scan(dir)?;
+        let entries: Vec<ListingEntry> =
+            found.iter().map(|f| ListingEntry { size: f.size, uid: f.unique_id() }).collect();
+        let found = Arc::new(found);
+        if let Some(stamps) = stamps
+            && found.len() >= CACHE_MIN_MESSAGES
+        {
+            let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+            if map.len() >= CACHE_MAILDROPS
+                && let Some(oldest) = map.iter().min_by_key(|(_, c)| c.used).map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
+            let cached = CachedScan { stamps, found: found.clone(), entries: entries.clone(), used: Instant::now() };
+            map.insert(dir.to_owned(), cached);
+        }
+        Ok((found, entries))
+    }
 }
 
 impl MaildirStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self { root: root.into(), scans: Arc::default() }
     }
 
     /// The Maildir of `user`.
@@ -346,11 +437,10 @@ impl Mailstore for MaildirStore {
         } else {
             None
         };
-        let found = scan(&dir)?;
-        let listing =
-            Listing { entries: found.iter().map(|f| ListingEntry { size: f.size, uid: f.unique_id() }).collect() };
+        let (found, entries) = self.scans.listing(&dir)?;
         debug!(user = %user, messages = found.len(), "maildrop opened");
-        Ok(Opened { listing, maildrop: Box::new(MaildirDrop { dir, found, retrieved: None, _lock: lock }) })
+        let drop = MaildirDrop { dir, found, moved: HashMap::new(), retrieved: None, _lock: lock };
+        Ok(Opened { listing: Listing { entries }, maildrop: Box::new(drop) })
     }
 
     fn begin_delivery(&self, user: &UserName) -> Result<Box<dyn PendingDelivery>, StoreError> {
@@ -480,7 +570,10 @@ fn unique_name() -> String {
 
 struct MaildirDrop {
     dir: PathBuf,
-    found: Vec<Found>,
+    /// Shared with the scan cache: read only.
+    found: Arc<Vec<Found>>,
+    /// Where messages renamed by other programs since the scan are now (folder, file name).
+    moved: HashMap<usize, (&'static str, String)>,
     /// First retrieval times by base name, loaded on first use.
     retrieved: Option<HashMap<String, u64>>,
     /// The exclusive lock, released on drop.
@@ -492,15 +585,17 @@ impl MaildirDrop {
     /// `None` if it no longer exists.
     fn path_of(&mut self, index: usize) -> Option<PathBuf> {
         let f = self.found.get(index)?;
-        let path = self.dir.join(f.sub).join(&f.file);
+        let path = match self.moved.get(&index) {
+            Some((sub, file)) => self.dir.join(sub).join(file),
+            None => self.dir.join(f.sub).join(&f.file),
+        };
         if path.exists() {
             return Some(path);
         }
         let (sub, file) = relocate(&self.dir, f.base())?;
-        let f = &mut self.found[index];
-        f.sub = sub;
-        f.file = file;
-        Some(self.dir.join(f.sub).join(&f.file))
+        let path = self.dir.join(sub).join(&file);
+        self.moved.insert(index, (sub, file));
+        Some(path)
     }
 
     /// Remove message `index`; one that is already gone counts as removed.

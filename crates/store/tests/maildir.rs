@@ -143,3 +143,63 @@ fn dovecot_uidlist_keeps_dovecot_uidls_and_order() {
         ]
     );
 }
+
+/// Set both message folders' modification times to ten seconds before `base`.
+fn age_folders(md: &Path, base: std::time::SystemTime) {
+    let t = base - std::time::Duration::from_secs(10);
+    for sub in ["new", "cur"] {
+        fs::File::open(md.join(sub)).and_then(|f| f.set_modified(t)).expect("set mtime");
+    }
+}
+
+#[test]
+fn a_large_maildrop_listing_is_reused_only_while_its_folders_are_unchanged() {
+    let (_d, store, md) = setup();
+    for i in 0..1200 {
+        write(&md.join("cur").join(format!("{}.M{i}P1.host,S=4,W=5:2,S", 1_700_000_000 + i)), b"x\n\n\n");
+    }
+    let base = std::time::SystemTime::now();
+    age_folders(&md, base);
+    assert_eq!(listing(&store).len(), 1200);
+    // Proof that the second open used the kept listing: a file removed behind the store's back,
+    // with the folder's time put back as it was, is still listed (only possible by tampering).
+    let victim = md.join("cur").join(format!("{}.M0P1.host,S=4,W=5:2,S", 1_700_000_000));
+    fs::remove_file(&victim).expect("remove");
+    age_folders(&md, base);
+    assert_eq!(listing(&store).len(), 1200, "the kept listing was used");
+    // Any real change moves the folder's time on: seen at once, even within the same second.
+    write(&md.join("new").join("1800000000.M1P1.host,S=4,W=5"), b"y\n\n\n");
+    assert_eq!(listing(&store).len(), 1200, "one removed, one added");
+    let mut p = store.begin_delivery(&alice()).expect("begin");
+    p.write(b"Subject: new\n\nbody\n").expect("write");
+    p.commit().expect("commit");
+    assert_eq!(listing(&store).len(), 1201);
+    // A listing taken while the folders had just changed is not kept: a change within the same
+    // clock tick leaves the folder's time as it was and would otherwise go unnoticed.
+    let recent = std::time::SystemTime::now();
+    let touch = |t| {
+        for sub in ["new", "cur"] {
+            fs::File::open(md.join(sub)).and_then(|f| f.set_modified(t)).expect("set mtime");
+        }
+    };
+    touch(recent);
+    assert_eq!(listing(&store).len(), 1201);
+    fs::remove_file(md.join("new").join("1800000000.M1P1.host,S=4,W=5")).expect("remove");
+    touch(recent);
+    assert_eq!(listing(&store).len(), 1200, "a listing of unsettled folders is not reused");
+}
+
+#[test]
+fn deletions_through_a_kept_listing_are_durable_and_seen() {
+    let (_d, store, md) = setup();
+    for i in 0..1000 {
+        write(&md.join("cur").join(format!("{}.M{i}P1.host,S=4,W=5:2,S", 1_700_000_000 + i)), b"x\n\n\n");
+    }
+    age_folders(&md, std::time::SystemTime::now());
+    assert_eq!(listing(&store).len(), 1000);
+    let mut opened = store.open(&alice(), true).expect("open");
+    assert_eq!(opened.listing.entries.len(), 1000);
+    opened.maildrop.commit(&Update { deleted: &[0, 999], retrieved: &[], now: 0 }).expect("commit");
+    drop(opened);
+    assert_eq!(listing(&store).len(), 998);
+}
