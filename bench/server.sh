@@ -101,10 +101,11 @@ HZ=$(getconf CLK_TCK)
 # CPU of a server in clock ticks: the process and its children, living (utime+stime) and reaped
 # (cutime+cstime). Dovecot's pop3 processes live on between sessions (service_count = 100).
 ticks() {
-  local total=0 p
+  local total=0 p t
   for p in "$1" $(pgrep -P "$1" || true); do
-    [ -r "/proc/$p/stat" ] || continue
-    total=$((total + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13 + $14 + $15}')))
+    # A process may end between listing and reading; it is then counted in its parent's cutime.
+    t=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13 + $14 + $15}') || true
+    total=$((total + ${t:-0}))
   done
   echo $total
 }

@@ -2,7 +2,7 @@
 //! verified as Dovecot would, so users keep their passwords when the service moves to Pillarbox.
 //! A successful login replaces them with argon2id (see `needs_upgrade`).
 
-use argon2::{Argon2, PasswordVerifier};
+use argon2::PasswordVerifier;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use sha_crypt::ShaCrypt;
@@ -65,13 +65,18 @@ pub fn unsupported_reason(scheme: &str) -> Option<String> {
     })
 }
 
+/// Schemes checked in microseconds (plain digests), as opposed to deliberately slow ones.
+pub fn is_fast_scheme(scheme: &str) -> bool {
+    ["PLAIN", "SHA256", "SHA512", "SSHA256", "SSHA512"].iter().any(|s| s.eq_ignore_ascii_case(scheme))
+}
+
 /// Check a password against a `{SCHEME}...` hash.
 pub fn verify(hash: &str, password: &[u8]) -> bool {
     let Some((scheme, rest)) = split_scheme(hash) else { return false };
     match scheme.to_ascii_uppercase().as_str() {
         "SHA512-CRYPT" | "SHA256-CRYPT" => ShaCrypt::default().verify_password(password, rest).is_ok(),
         "BLF-CRYPT" => bcrypt::verify(password, rest).unwrap_or(false),
-        "ARGON2ID" | "ARGON2I" => Argon2::default().verify_password(password, rest).is_ok(),
+        "ARGON2ID" | "ARGON2I" => crate::argon2_verify(rest, password),
         "SSHA512" => salted::<Sha512>(rest, password, 64),
         "SSHA256" => salted::<Sha256>(rest, password, 32),
         "SHA512" => B64.decode(rest).is_ok_and(|d| bool::from(Sha512::digest(password).as_slice().ct_eq(&d))),

@@ -339,9 +339,16 @@ thread_local! {
     static ARGON2_MEMORY: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Whether checking this user's password takes microseconds (an imported plain digest such as
+/// {PLAIN} or {SSHA512}) rather than a deliberately slow hash; unknown users count as slow, since
+/// they are checked against a dummy argon2id hash.
+pub fn fast_to_verify(record: Option<&UserRecord>) -> bool {
+    record.and_then(|r| legacy::split_scheme(&r.password_hash)).is_some_and(|(s, _)| legacy::is_fast_scheme(s))
+}
+
 /// Check `password` against an argon2 PHC string, in the thread's reused working memory, which
 /// is wiped afterwards.
-fn argon2_verify(hash: &str, password: &[u8]) -> bool {
+pub(crate) fn argon2_verify(hash: &str, password: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     let Ok(parsed) = PasswordHash::new(hash) else { return false };
     let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else { return false };

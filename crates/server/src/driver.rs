@@ -32,7 +32,7 @@ use crate::login::{self, Mech, PerIp, Step, Throttle};
 use crate::tls;
 
 /// Octets read from the client at a time: a pipelined batch of commands fits many times over.
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 1024;
 /// Octets read from a message file at a time.
 const CHUNK: usize = 64 * 1024;
 /// Pending output that is written out even while a message is still being streamed.
@@ -593,20 +593,8 @@ impl Conversation {
                 }
                 Event::Authenticate { user, credential } => {
                     let method = if matches!(credential, Credential::Password(_)) { "USER/PASS" } else { "APOP" };
-                    let shared = self.shared.clone();
                     let claimed = user.clone();
-                    let verified = self
-                        .shared
-                        .hashes
-                        .run(move || {
-                            let (users, problem) = shared.users.current();
-                            if let Some(e) = problem {
-                                warn!(error = %e, "the user file cannot be read; using the last good copy");
-                            }
-                            login::check_credential(&users, &user, &credential)
-                        })
-                        .await
-                        .flatten();
+                    let verified = check_credential(self.shared.clone(), user, credential).await;
                     self.finish_login(verified, method, &claimed).await;
                 }
                 Event::SaslStart { mechanism, initial } => {
@@ -641,6 +629,11 @@ impl Conversation {
                 }
                 Event::Commit { deleted, retrieved } => {
                     let result = match self.maildrop.take() {
+                        // Nothing to apply (a session that only looked): no file is touched, so
+                        // no trip to a blocking thread.
+                        Some(mut md) if deleted.is_empty() && retrieved.is_empty() => {
+                            md.commit(&Update { deleted: &deleted, retrieved: &retrieved, now: unix_now() })
+                        }
                         Some(mut md) => tokio::task::spawn_blocking(move || {
                             md.commit(&Update { deleted: &deleted, retrieved: &retrieved, now: unix_now() })
                         })
@@ -676,17 +669,8 @@ impl Conversation {
         match mech.step(data.as_ref().map(|d| d.expose().as_slice()), &self.shared) {
             Step::Challenge(c) => self.session.sasl_challenge(&c),
             Step::CheckPassword { user, password } => {
-                let shared = self.shared.clone();
                 let claimed = user.clone();
-                let verified = self
-                    .shared
-                    .hashes
-                    .run(move || {
-                        let (users, _) = shared.users.current();
-                        login::check_credential(&users, &user, &Credential::Password(password))
-                    })
-                    .await
-                    .flatten();
+                let verified = check_credential(self.shared.clone(), user, Credential::Password(password)).await;
                 self.sasl = None;
                 self.finish_login(verified, &mechanism, &claimed).await;
             }
@@ -801,4 +785,21 @@ pub(crate) async fn closing(phase: &mut watch::Receiver<Phase>) {
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Check a credential: plain digests and APOP at once, slow hashes (argon2id, crypt) on the
+/// hashing threads.
+async fn check_credential(
+    shared: Arc<Shared>,
+    user: String,
+    credential: Credential,
+) -> Option<(UserName, Option<Secret<Vec<u8>>>)> {
+    let (users, problem) = shared.users.current();
+    if let Some(e) = problem {
+        warn!(error = %e, "the user file cannot be read; using the last good copy");
+    }
+    if login::fast_to_check(&users, &user, &credential) {
+        return login::check_credential(&users, &user, &credential);
+    }
+    shared.hashes.run(move || login::check_credential(&users, &user, &credential)).await.flatten()
 }

@@ -279,6 +279,18 @@ impl Shared {
     }
 }
 
+/// Whether [`check_credential`] takes microseconds for this user and credential (APOP, or an
+/// imported plain digest), so that it need not wait for a hashing thread.
+pub(crate) fn fast_to_check(users: &Users, user: &str, credential: &Credential) -> bool {
+    match credential {
+        Credential::Apop { .. } => true,
+        Credential::Password(_) => {
+            let name = saslprep(user).ok().and_then(|u| UserName::new(&u).ok());
+            pillarbox_auth::fast_to_verify(name.as_ref().and_then(|n| users.users.get(n)))
+        }
+    }
+}
+
 /// Check USER/PASS, APOP or a password from PLAIN/LOGIN. Unknown users cost the same work as
 /// known ones. Returns the user and, for password logins, the password (for upgrades).
 pub(crate) fn check_credential(
