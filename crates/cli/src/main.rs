@@ -316,6 +316,18 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs) -> Result<Exit
         }
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
+        // SIGHUP: read the TLS certificate and key again (e.g. after certbot renewed them).
+        let reloader = server.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+            while hup.recv().await.is_some() {
+                match reloader.reload_tls() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded; new connections use them"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: the new TLS certificate or key cannot be used; keeping the old one"),
+                }
+            }
+        });
         server.run(listeners, shutdown_signal()).await;
         anyhow::Ok(())
     })?;

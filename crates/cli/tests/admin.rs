@@ -147,3 +147,62 @@ fn serve_without_config_runs_the_embedded_default_with_no_users() {
         std::panic::resume_unwind(e);
     }
 }
+
+/// The SHA-256 fingerprint of the certificate a POP3S port presents, as `pillarbox check` reports
+/// it for a certificate nobody vouches for.
+fn presented_fingerprint(pb: &Pillarbox) -> String {
+    let port = pb.pop3s.expect("pop3s").port().to_string();
+    let out = Command::new(bin())
+        .args(["check", "--json", "--timeout", "2s", "--host", "127.0.0.1", "--port", &port])
+        .args(["--username", "alice", "--password-env", "UNUSED"])
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let at = text.find("sha256:").unwrap_or_else(|| panic!("no fingerprint in {text}"));
+    text[at..at + 71].to_owned()
+}
+
+#[test]
+fn sighup_reloads_the_certificate_without_dropping_sessions_and_keeps_it_when_the_new_one_is_broken() {
+    let mut pb = Pillarbox::new();
+    pb.start();
+    let first = presented_fingerprint(&pb);
+    let mut session = pb.login();
+    // A renewed certificate (a new self-signed pair, as certbot would replace the files).
+    let renewed = tempfile::tempdir().expect("tempdir");
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args(["-subj", "/CN=localhost", "-days", "30", "-keyout"])
+        .arg(renewed.path().join("key.pem"))
+        .arg("-out")
+        .arg(renewed.path().join("cert.pem"))
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for f in ["cert.pem", "key.pem"] {
+        std::fs::copy(renewed.path().join(f), pb.data().join("tls").join(f)).expect("copy");
+    }
+    pb.signal("HUP");
+    let start = std::time::Instant::now();
+    let second = loop {
+        let now = presented_fingerprint(&pb);
+        if now != first || start.elapsed() > Duration::from_secs(10) {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_ne!(first, second, "the new certificate is served to new connections");
+    // The session that was open across the reload goes on.
+    session.ok("STAT");
+    session.ok("QUIT");
+    // A broken file: refused with a log line, the working certificate stays.
+    std::fs::write(pb.data().join("tls/cert.pem"), "not a certificate\n").expect("write");
+    pb.signal("HUP");
+    let start = std::time::Instant::now();
+    while !pb.log().contains("keeping the old one") {
+        assert!(start.elapsed() < Duration::from_secs(10), "no log line: {}", pb.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(presented_fingerprint(&pb), second);
+    assert!(pb.log().contains("TLS certificate and key reloaded"), "{}", pb.log());
+}

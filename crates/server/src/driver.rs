@@ -13,7 +13,7 @@ use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -178,7 +178,8 @@ pub(crate) struct Shared {
     pub(crate) config: Arc<Config>,
     pub(crate) store: Arc<dyn Mailstore>,
     pub(crate) users: UserDb,
-    tls: Option<TlsAcceptor>,
+    /// Replaced on reload (SIGHUP); sessions keep the acceptor they started with.
+    tls: std::sync::RwLock<Option<TlsAcceptor>>,
     pub(crate) hostname: String,
     connections: Arc<Semaphore>,
     pub(crate) throttle: Throttle,
@@ -191,6 +192,12 @@ pub(crate) struct Shared {
     refusals: Arc<Semaphore>,
     /// Where password hashes are checked.
     pub(crate) hashes: crate::hashpool::HashPool,
+}
+
+impl Shared {
+    fn tls(&self) -> Option<TlsAcceptor> {
+        self.tls.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
 }
 
 /// The POP3 server.
@@ -223,7 +230,7 @@ impl Server {
                 config,
                 store,
                 users,
-                tls,
+                tls: std::sync::RwLock::new(tls),
                 hostname,
                 connections,
                 throttle: Throttle::default(),
@@ -234,6 +241,16 @@ impl Server {
                 hashes: crate::hashpool::HashPool::per_core().map_err(ServerError::Threads)?,
             }),
         })
+    }
+
+    /// Read the TLS certificate and key again (after a renewal). New connections get the new
+    /// ones; open sessions keep theirs. A pair that cannot be used is refused and the old one
+    /// stays in service.
+    pub fn reload_tls(&self) -> Result<(), tls::TlsError> {
+        let Some(t) = &self.shared.config.tls else { return Ok(()) };
+        let acceptor = tls::acceptor(&t.cert, &t.key)?;
+        *self.shared.tls.write().unwrap_or_else(PoisonError::into_inner) = Some(acceptor);
+        Ok(())
     }
 
     /// Serve until `shutdown` completes, then drain: stop accepting, let open sessions go on for
@@ -367,7 +384,7 @@ fn refuse(shared: &Arc<Shared>, stream: Stream, service: Service, text: &'static
             });
         }
         Service::Pop3s => {
-            let (Some(acceptor), Ok(slot)) = (shared.tls.clone(), shared.refusals.clone().try_acquire_owned()) else {
+            let (Some(acceptor), Ok(slot)) = (shared.tls(), shared.refusals.clone().try_acquire_owned()) else {
                 return;
             };
             tokio::spawn(async move {
@@ -477,7 +494,7 @@ async fn session(
 ) {
     let started = Instant::now();
     let conn = if implicit {
-        let Some(acceptor) = shared.tls.clone() else { return };
+        let Some(acceptor) = shared.tls() else { return };
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => Conn::Tls(Box::new(tls)),
             Ok(Err(e)) => {
@@ -509,7 +526,7 @@ async fn session(
         greeting: "Pillarbox POP3 server ready".into(),
         apop_timestamp,
         tls_active: implicit,
-        stls_available: !implicit && shared.tls.is_some(),
+        stls_available: !implicit && shared.tls().is_some(),
         cleartext_allowed: trusted,
         implementation: Some(format!("Pillarbox-{}", env!("CARGO_PKG_VERSION"))),
         expire: Some(ExpireCapa {
@@ -616,7 +633,7 @@ impl Conversation {
                     if self.send(&mut conn).await.is_err() {
                         return End::IoError;
                     }
-                    let (Conn::Plain(tcp), Some(acceptor)) = (conn, self.shared.tls.clone()) else {
+                    let (Conn::Plain(tcp), Some(acceptor)) = (conn, self.shared.tls()) else {
                         return End::TlsFailed;
                     };
                     conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
