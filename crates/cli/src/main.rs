@@ -55,6 +55,9 @@ enum Command {
     /// Moving from another POP3 server.
     #[command(subcommand)]
     Migrate(MigrateCommand),
+    /// The server configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Deliver one message from standard input into a user's maildrop (for an MTA's pipe).
     Deliver {
         /// The recipient.
@@ -63,6 +66,13 @@ enum Command {
         #[arg(long)]
         max_size: Option<u64>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check the configuration and what it names (TLS certificate and key, user file, mail
+    /// folder) without starting the server or creating anything; exit 78 when something is wrong.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -254,6 +264,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (config, prepared) = server()?;
             serve(config, prepared, args)
         }
+        Command::Config(ConfigCommand::Check) => config_check(data_dir.as_deref(), config.as_deref()),
         Command::User(cmd) => user(&server()?.0, cmd),
         Command::Deliver { user, max_size } => deliver(&server()?.0, &user, max_size),
         Command::Migrate(MigrateCommand::Verify { dovecot, pillarbox, user, password_stdin, insecure }) => {
@@ -332,6 +343,73 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs) -> Result<Exit
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `pillarbox config check`: everything `serve` would load, loaded and reported, nothing created.
+fn config_check(data_dir: Option<&std::path::Path>, config: Option<&std::path::Path>) -> Result<ExitCode> {
+    let path = match config {
+        Some(p) => p.to_path_buf(),
+        None => {
+            data_dir.map_or_else(|| PathBuf::from("pillarbox-data"), std::path::Path::to_path_buf).join(CONFIG_FILE)
+        }
+    };
+    if config.is_none() && !path.exists() {
+        println!(
+            "{}: no configuration yet; `serve` will create one from the embedded default (which is valid)",
+            path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pillarbox config check: {e}");
+            return Ok(ExitCode::from(EX_CONFIG));
+        }
+    };
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    let listen: Vec<String> = [("pop3", &config.pop3), ("pop3s", &config.pop3s), ("lmtp", &config.lmtp)]
+        .iter()
+        .flat_map(|(n, v)| v.iter().map(move |a| format!("{n} {a}")))
+        .chain(config.lmtp_unix.iter().map(|p| format!("lmtp {}", p.display())))
+        .collect();
+    notes.push(format!("listens on {}", listen.join(", ")));
+    if let Some(t) = &config.tls {
+        match pillarbox_server::tls::acceptor(&t.cert, &t.key) {
+            Ok(_) => notes.push(format!("TLS certificate {} and key load", t.cert.display())),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    match UserFile::new(&config.users_file).load() {
+        Ok(u) => notes.push(format!("{} users in {}", u.users.len(), config.users_file.display())),
+        Err(e) => problems.push(e.to_string()),
+    }
+    let root = &config.maildir_root;
+    match root.ancestors().find(|a| a.exists()) {
+        Some(existing) if !existing.is_dir() => {
+            problems.push(format!("[store] maildir: {} is not a folder", existing.display()))
+        }
+        Some(existing) => match tempfile::Builder::new().prefix(".pillarbox-check").tempfile_in(existing) {
+            Ok(_) => notes.push(format!("mail under {} (writable)", root.display())),
+            Err(e) => problems.push(format!("[store] maildir: cannot write in {}: {e}", existing.display())),
+        },
+        None => problems.push(format!("[store] maildir: no part of {} exists", root.display())),
+    }
+    if let Some(sock) = &config.lmtp_unix
+        && let Some(dir) = sock.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+    {
+        problems.push(format!("[listen] lmtp_unix: the folder {} does not exist", dir.display()));
+    }
+    if problems.is_empty() {
+        println!("{}: OK; {}", path.display(), notes.join("; "));
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for p in &problems {
+            eprintln!("pillarbox config check: {}: {p}", path.display());
+        }
+        Ok(ExitCode::from(EX_CONFIG))
+    }
 }
 
 /// The flag that points another command at the same configuration.

@@ -206,3 +206,25 @@ fn sighup_reloads_the_certificate_without_dropping_sessions_and_keeps_it_when_th
     assert_eq!(presented_fingerprint(&pb), second);
     assert!(pb.log().contains("TLS certificate and key reloaded"), "{}", pb.log());
 }
+
+#[test]
+fn config_check_names_the_file_line_and_field_and_checks_what_the_config_names() {
+    let pb = Pillarbox::new();
+    let check = || pb.run(&["config", "check"], b"");
+    let out = check();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("OK;") && said.contains("1 users"), "{said}");
+    pb.edit_config("idle_timeout = \"10m\"", "idle_timeout = \"forever\"");
+    let out = check();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("pillarbox.toml, line") && err.contains("field `pop3.idle_timeout`"), "{err}");
+    pb.edit_config("idle_timeout = \"forever\"", "idle_timeout = \"10m\"");
+    std::fs::write(pb.cert(), "not a certificate\n").expect("write");
+    let out = check();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(err.contains("cert.pem") && err.contains("no CERTIFICATE"), "{err}");
+    // Nothing was created or changed by checking.
+    assert_eq!(std::fs::read_to_string(pb.cert()).expect("cert"), "not a certificate\n");
+}
