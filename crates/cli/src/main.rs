@@ -58,6 +58,11 @@ enum Command {
     /// The server configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell), e.g.
+    /// `pillarbox completions bash > /etc/bash_completion.d/pillarbox`.
+    Completions { shell: clap_complete::Shell },
+    /// Write manual pages (pillarbox.1 and one per subcommand, like pillarbox-fetch.1) into DIR.
+    Man { dir: PathBuf },
     /// Deliver one message from standard input into a user's maildrop (for an MTA's pipe).
     Deliver {
         /// The recipient.
@@ -263,6 +268,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => {
             let (config, prepared) = server()?;
             serve(config, prepared, args)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "pillarbox",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
+                .with_context(|| format!("writing manual pages into {}", dir.display()))?;
+            println!("manual pages written into {}", dir.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Check) => config_check(data_dir.as_deref(), config.as_deref()),
         Command::User(cmd) => user(&server()?.0, cmd),

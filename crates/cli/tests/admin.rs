@@ -228,3 +228,51 @@ fn config_check_names_the_file_line_and_field_and_checks_what_the_config_names()
     // Nothing was created or changed by checking.
     assert_eq!(std::fs::read_to_string(pb.cert()).expect("cert"), "not a certificate\n");
 }
+
+#[test]
+fn completions_and_manual_pages_come_from_the_command_definition() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(bin()).args(["completions", shell]).output().expect("completions");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && script.contains("pillarbox") && script.contains("fetch"), "{shell}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(bin()).arg("man").arg(dir.path()).output().expect("man");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = std::fs::read_to_string(dir.path().join("pillarbox-check.1")).expect("page");
+    assert!(page.contains(".TH") && page.contains("\\-\\-tls\\-fingerprint"), "{page}");
+    for name in ["pillarbox.1", "pillarbox-serve.1", "pillarbox-fetch.1", "pillarbox-account-add.1"] {
+        assert!(dir.path().join(name).exists(), "{name}");
+    }
+}
+
+#[test]
+fn tls_offers_only_versions_1_2_and_1_3_with_forward_secret_aead_suites() {
+    let mut pb = Pillarbox::new();
+    pb.start();
+    let addr = pb.pop3s.expect("pop3s").to_string();
+    let handshake = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &addr, "-servername", "localhost"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("openssl");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        // "New, TLSv1.2, Cipher is ECDHE-ECDSA-AES256-GCM-SHA384" after a handshake, "(NONE)" without.
+        (text.contains("Cipher is ") && !text.contains("Cipher is (NONE)"), text)
+    };
+    for old in [["-tls1"], ["-tls1_1"]] {
+        let (ok, text) = handshake(&[old[0], "-cipher", "DEFAULT@SECLEVEL=0"]);
+        assert!(!ok, "{} must be refused: {text}", old[0]);
+    }
+    // TLS 1.2 without forward secrecy (RSA key exchange) or without AEAD (CBC): refused.
+    for cipher in ["AES128-GCM-SHA256", "AES256-SHA", "ECDHE-RSA-AES128-SHA", "ECDHE-ECDSA-AES128-SHA"] {
+        let (ok, text) = handshake(&["-tls1_2", "-cipher", cipher]);
+        assert!(!ok, "{cipher} must be refused: {text}");
+    }
+    let (ok, text) = handshake(&["-tls1_2", "-cipher", "ECDHE+AESGCM:ECDHE+CHACHA20"]);
+    assert!(ok, "TLS 1.2 with ECDHE and AEAD works: {text}");
+    let (ok, text) = handshake(&["-tls1_3"]);
+    assert!(ok && text.contains("New, TLSv1.3"), "{text}");
+}
