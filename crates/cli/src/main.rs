@@ -33,6 +33,13 @@ struct Cli {
     /// Configuration file (instead of a data folder).
     #[arg(long, global = true, env = "PILLARBOX_CONFIG")]
     config: Option<PathBuf>,
+    /// Log lines as text (default) or as one JSON object per line, for collectors.
+    #[arg(long, global = true, env = "PILLARBOX_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+    /// Log filter (error, warn, info, debug, trace, or directives); overrides [log] level and the
+    /// PILLARBOX_LOG / RUST_LOG environment variables.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -204,20 +211,54 @@ struct PasswordSource {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PILLARBOX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls_platform_verifier=off"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    init_logging(&cli);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("pillarbox: {e:#}");
             e.downcast_ref::<Exit>().map_or(ExitCode::from(1), |x| ExitCode::from(x.0))
         }
+    }
+}
+
+/// Changes the log filter once the configuration is read, unless the command line or the
+/// environment chose one.
+static LOG_FILTER: std::sync::OnceLock<
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>,
+> = std::sync::OnceLock::new();
+
+/// A filter from the text of `--log-level`, `[log] level` or an environment variable; the
+/// platform verifier's own error lines are left out (`check` explains those failures itself).
+fn log_filter(directives: &str) -> Option<tracing_subscriber::EnvFilter> {
+    tracing_subscriber::EnvFilter::try_new(format!("{directives},rustls_platform_verifier=off")).ok()
+}
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let chosen = cli
+        .log_level
+        .clone()
+        .or_else(|| std::env::var("PILLARBOX_LOG").ok())
+        .or_else(|| std::env::var("RUST_LOG").ok());
+    let filter = chosen.as_deref().and_then(log_filter).or_else(|| log_filter("info")).unwrap_or_default();
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    if chosen.is_none() {
+        let _ = LOG_FILTER.set(handle);
+    }
+    let registry = tracing_subscriber::registry().with(filter);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    if cli.log_format == "json" {
+        registry.with(layer.json().flatten_event(true)).init();
+    } else {
+        registry.with(layer.with_ansi(std::io::stderr().is_terminal())).init();
+    }
+}
+
+/// Apply `[log] level` from the configuration (when nothing else chose the filter).
+fn apply_config_log_level(config: &Config) {
+    if let (Some(handle), Some(filter)) = (LOG_FILTER.get(), log_filter(&config.log_level)) {
+        let _ = handle.reload(filter);
     }
 }
 
@@ -258,9 +299,15 @@ fn load_config(data_dir: Option<&std::path::Path>, config: Option<&std::path::Pa
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let Cli { data_dir, config, command } = cli;
+    let Cli { data_dir, config, command, .. } = cli;
     // Server commands share the server configuration; the client needs none of it.
-    let server = || load_config(data_dir.as_deref(), config.as_deref());
+    let server = || {
+        let loaded = load_config(data_dir.as_deref(), config.as_deref());
+        if let Ok((c, _)) = &loaded {
+            apply_config_log_level(c);
+        }
+        loaded
+    };
     match command {
         Command::Fetch(args) => fetch::run(args).map(ExitCode::from),
         Command::Account(cmd) => account::command(cmd).map(ExitCode::from),

@@ -276,3 +276,58 @@ fn tls_offers_only_versions_1_2_and_1_3_with_forward_secret_aead_suites() {
     let (ok, text) = handshake(&["-tls1_3"]);
     assert!(ok && text.contains("New, TLSv1.3"), "{text}");
 }
+
+#[test]
+fn logs_as_json_lines_and_at_the_configured_level() {
+    let mut pb = Pillarbox::new();
+    pb.start_with(&["--log-format", "json"]);
+    let mut c = pb.login();
+    c.ok("QUIT");
+    drop(c);
+    let start = std::time::Instant::now();
+    while !pb.log().contains("session ended") {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", pb.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let events: Vec<serde_json::Value> =
+        pb.log().lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let login = events.iter().find(|e| e["message"] == "login").expect("a login event");
+    assert_eq!((login["level"].as_str(), login["user"].as_str()), (Some("INFO"), Some("alice")), "{login}");
+    assert!(!pb.log().contains(PASSWORD));
+
+    // [log] level = "warn" (nothing in the environment): no per-session lines.
+    let quiet = Pillarbox::new();
+    quiet.edit_config("level = \"info\"", "level = \"warn\"");
+    let mut child = common::KillOnDrop(
+        quiet
+            .cmd()
+            .args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0", "--lmtp", "127.0.0.1:0"])
+            .env_remove("PILLARBOX_LOG")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("serve"),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().expect("stdout")).lines();
+    let addr: std::net::SocketAddr = loop {
+        let l = lines.next().expect("a listening line").expect("line");
+        if l.starts_with("pillarbox: pop3 listening on") {
+            break l.split_whitespace().nth(4).and_then(|a| a.parse().ok()).expect("address");
+        }
+    };
+    let mut c = Client::connect(addr);
+    c.expect_ok();
+    c.ok("USER alice");
+    c.ok(&format!("PASS {PASSWORD}"));
+    c.ok("QUIT");
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status();
+    let out = child.0.stderr.take().map(|mut e| {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut e, &mut s);
+        s
+    });
+    let log = out.unwrap_or_default();
+    assert!(!log.contains("session ended") && !log.contains("INFO"), "{log}");
+}

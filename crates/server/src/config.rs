@@ -106,6 +106,12 @@ max_connections = 1000
 max_connections_per_ip = 20
 # On SIGTERM/SIGINT: how long open sessions may go on (and QUIT normally) before they are closed.
 shutdown_grace = "10s"
+
+[log]
+# error, warn, info (one line per session and per login), debug or trace; or directives such as
+# "info,pillarbox::auth=debug". The PILLARBOX_LOG or RUST_LOG environment variable, or
+# --log-level, overrides it; --log-format json writes one JSON object per line.
+level = "info"
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +207,33 @@ struct RawConfig {
     delivery: RawDelivery,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self { level: "info".into() }
+    }
+}
+
+/// A log filter: comma-separated `level` or `target=level` directives.
+fn valid_log_filter(s: &str) -> bool {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    !s.trim().is_empty()
+        && s.split(',').all(|d| {
+            let level = d.rsplit('=').next().unwrap_or("");
+            let target_ok = d.split_once('=').is_none_or(|(t, _)| {
+                !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || "_:-".contains(c))
+            });
+            target_ok && LEVELS.contains(&level.trim().to_ascii_lowercase().as_str())
+        })
 }
 
 fn dot() -> PathBuf {
@@ -427,6 +460,8 @@ pub struct Config {
     pub maildir_root: PathBuf,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    /// The log filter (`[log] level`).
+    pub log_level: String,
     pub delivery: Delivery,
 }
 
@@ -496,6 +531,18 @@ impl Config {
         if raw.listen.pop3.is_empty() && raw.listen.pop3s.is_empty() {
             return Err(invalid("[listen] has no pop3 or pop3s address; the server would accept nothing".into()));
         }
+        if !valid_log_filter(&raw.log.level) {
+            return Err(field_at(
+                text,
+                path,
+                "log",
+                "level",
+                format!(
+                    "{:?}: use error, warn, info, debug or trace, or directives like \"info,pillarbox::auth=debug\"",
+                    raw.log.level
+                ),
+            ));
+        }
         if raw.delivery.max_recipients == 0 {
             return Err(field_at(text, path, "delivery", "max_recipients", "must be at least 1".into()));
         }
@@ -530,6 +577,7 @@ impl Config {
             maildir_root: rel(&raw.store.maildir),
             max_connections: raw.limits.max_connections,
             shutdown_grace: raw.limits.shutdown_grace.0,
+            log_level: raw.log.level.clone(),
             delivery: Delivery {
                 domains: raw.delivery.domains.iter().map(|d| d.trim().to_ascii_lowercase()).collect(),
                 recipient_delimiter: raw.delivery.recipient_delimiter,
@@ -629,6 +677,17 @@ mod tests {
         assert!(e.to_string().contains("field `auth.trusted_networks`") && e.to_string().contains("prefix"), "{e}");
         let e = parse("[listen]\npop3s = [\"127.0.0.1:995\"]\n").expect_err("no tls");
         assert!(e.to_string().contains("[tls]"), "{e}");
+    }
+
+    #[test]
+    fn log_levels() {
+        let e = parse("[listen]\npop3 = [\"127.0.0.1:1\"]\n[log]\nlevel = \"loud\"\n").expect_err("bad level");
+        assert!(e.to_string().contains("line 4, field `log.level`"), "{e}");
+        for ok in ["warn", "info,pillarbox::auth=debug", "DEBUG", "off"] {
+            let c = parse(&format!("[listen]\npop3 = [\"127.0.0.1:1\"]\n[log]\nlevel = \"{ok}\"\n")).expect(ok);
+            assert_eq!(c.log_level, ok);
+        }
+        assert!(!valid_log_filter("info,=debug") && !valid_log_filter(""));
     }
 
     #[test]
