@@ -372,6 +372,13 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs) -> Result<Exit
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
         let listeners = Listeners::bind(&ListenAddrs::from_config(&config)).await?;
+        if let Some(addr) = config.metrics {
+            let listener = pillarbox_server::metrics::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            println!("pillarbox: metrics listening on http://{}/metrics", listener.local_addr()?);
+            server.serve_metrics(listener);
+        }
         for (service, addr) in listeners.local_addrs() {
             let note = match service {
                 Service::Pop3 => "plain POP3, STLS to upgrade",

@@ -331,3 +331,89 @@ fn logs_as_json_lines_and_at_the_configured_level() {
     let log = out.unwrap_or_default();
     assert!(!log.contains("session ended") && !log.contains("INFO"), "{log}");
 }
+
+/// GET /metrics; the text body.
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The value of one series, 0 when absent.
+fn value(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_count_sessions_logins_mail_and_deliveries() {
+    let mut pb = Pillarbox::new();
+    pb.edit_config("[metrics]\n# Prometheus", "[metrics]\nlisten = \"127.0.0.1:0\"\n# Prometheus");
+    pb.edit_config("listen = \"\"\n", "");
+    pb.start();
+    let addr = pb.metrics.expect("metrics address");
+    let before = scrape(addr);
+    assert!(before.contains("pillarbox_build_info{version=\""), "{before}");
+    // A delivery over LMTP, a failed and a good login, one message read and deleted.
+    {
+        use std::io::Write;
+        let mut c = Client::connect(pb.lmtp.expect("lmtp"));
+        let expect = |c: &mut Client, code: &str| {
+            let l = c.line();
+            assert!(l.starts_with(code), "{l}");
+        };
+        expect(&mut c, "220");
+        c.send(b"LHLO test\r\n");
+        while !c.line().starts_with("250 ") {}
+        c.send(b"MAIL FROM:<s@example.org>\r\n");
+        expect(&mut c, "250");
+        c.send(b"RCPT TO:<alice@localhost>\r\n");
+        expect(&mut c, "250");
+        c.send(b"DATA\r\n");
+        expect(&mut c, "354");
+        let mut body = Vec::new();
+        body.write_all(b"Subject: counted\r\n\r\nhello\r\n.\r\n").expect("body");
+        c.send(&body);
+        expect(&mut c, "250");
+        c.send(b"QUIT\r\n");
+    }
+    let mut bad = pb.connect();
+    bad.expect_ok();
+    bad.ok("USER alice");
+    assert!(bad.cmd("PASS wrong").starts_with("-ERR"));
+    bad.ok("QUIT");
+    let mut c = pb.login_when_free();
+    c.ok("RETR 1");
+    c.multiline();
+    c.ok("DELE 1");
+    c.ok("QUIT");
+    drop(c);
+    let start = std::time::Instant::now();
+    let after = loop {
+        let t = scrape(addr);
+        if value(&t, "pillarbox_sessions_total{listener=\"pop3\",tls=\"false\",end=\"quit\"}") >= 2.0
+            || start.elapsed() > Duration::from_secs(10)
+        {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for (series, want) in [
+        ("pillarbox_logins_total{mechanism=\"USER/PASS\",result=\"ok\"}", 1.0),
+        ("pillarbox_logins_total{mechanism=\"USER/PASS\",result=\"failed\"}", 1.0),
+        ("pillarbox_auth_delays_total", 1.0),
+        ("pillarbox_retrieved_messages_total", 1.0),
+        ("pillarbox_deleted_messages_total", 1.0),
+        ("pillarbox_lmtp_deliveries_total{result=\"delivered\"}", 1.0),
+        ("pillarbox_sessions_total{listener=\"pop3\",tls=\"false\",end=\"quit\"}", 2.0),
+        ("pillarbox_session_duration_seconds_count", 2.0),
+        ("pillarbox_sessions_active{listener=\"pop3\"}", 0.0),
+    ] {
+        assert_eq!(value(&after, series), want, "{series}\n{after}");
+    }
+    assert!(value(&after, "pillarbox_sent_bytes_total") > 0.0);
+    assert!(!after.contains("alice"), "no user names in labels");
+}

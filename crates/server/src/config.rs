@@ -107,6 +107,11 @@ max_connections_per_ip = 20
 # On SIGTERM/SIGINT: how long open sessions may go on (and QUIT normally) before they are closed.
 shutdown_grace = "10s"
 
+[metrics]
+# Prometheus metrics at http://ADDRESS/metrics, e.g. "127.0.0.1:9110"; empty: off. They carry no
+# user names or addresses; keep the address private all the same.
+listen = ""
+
 [log]
 # error, warn, info (one line per session and per login), debug or trace; or directives such as
 # "info,pillarbox::auth=debug". The PILLARBOX_LOG or RUST_LOG environment variable, or
@@ -209,6 +214,14 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMetrics {
+    listen: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -462,6 +475,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The log filter (`[log] level`).
     pub log_level: String,
+    /// Where Prometheus metrics are served (`[metrics] listen`), if anywhere.
+    pub metrics: Option<SocketAddr>,
     pub delivery: Delivery,
 }
 
@@ -531,6 +546,12 @@ impl Config {
         if raw.listen.pop3.is_empty() && raw.listen.pop3s.is_empty() {
             return Err(invalid("[listen] has no pop3 or pop3s address; the server would accept nothing".into()));
         }
+        let metrics = match raw.metrics.listen.trim() {
+            "" => None,
+            a => Some(a.parse::<SocketAddr>().map_err(|_| {
+                field_at(text, path, "metrics", "listen", format!("{a:?} is not an address like \"127.0.0.1:9110\""))
+            })?),
+        };
         if !valid_log_filter(&raw.log.level) {
             return Err(field_at(
                 text,
@@ -578,6 +599,7 @@ impl Config {
             max_connections: raw.limits.max_connections,
             shutdown_grace: raw.limits.shutdown_grace.0,
             log_level: raw.log.level.clone(),
+            metrics,
             delivery: Delivery {
                 domains: raw.delivery.domains.iter().map(|d| d.trim().to_ascii_lowercase()).collect(),
                 recipient_delimiter: raw.delivery.recipient_delimiter,

@@ -192,6 +192,7 @@ pub(crate) struct Shared {
     refusals: Arc<Semaphore>,
     /// Where password hashes are checked.
     pub(crate) hashes: crate::hashpool::HashPool,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Shared {
@@ -239,8 +240,15 @@ impl Server {
                 scram_secret,
                 refusals: Arc::new(Semaphore::new(REFUSAL_HANDSHAKES)),
                 hashes: crate::hashpool::HashPool::per_core().map_err(ServerError::Threads)?,
+                metrics: Arc::default(),
             }),
         })
+    }
+
+    /// Serve the Prometheus metrics on `listener` (from [`crate::metrics::bind`]) in the
+    /// background.
+    pub fn serve_metrics(&self, listener: tokio::net::TcpListener) {
+        tokio::spawn(crate::metrics::serve(listener, self.shared.metrics.clone()));
     }
 
     /// Read the TLS certificate and key again (after a renewal). New connections get the new
@@ -499,16 +507,20 @@ async fn session(
             Ok(Ok(tls)) => Conn::Tls(Box::new(tls)),
             Ok(Err(e)) => {
                 info!(client = %peer, error = %e, "TLS handshake failed");
+                shared.metrics.error("tls-handshake");
                 return;
             }
             Err(_) => {
                 info!(client = %peer, "TLS handshake timed out");
+                shared.metrics.error("tls-handshake");
                 return;
             }
         }
     } else {
         Conn::Plain(stream)
     };
+    let listener = crate::metrics::ListenerLabel { listener: if implicit { "pop3s" } else { "pop3" }.into() };
+    shared.metrics.sessions_active.get_or_create(&listener).inc();
     let channel_binding = channel_binding(&conn);
     let trusted = shared.config.is_trusted(peer.ip());
     let sasl = login::mechanisms(&shared, implicit, trusted, channel_binding.is_some());
@@ -547,6 +559,24 @@ async fn session(
     };
     let end = conv.run(conn, phase).await;
     let stats = conv.session.stats();
+    let m = &conv.shared.metrics;
+    m.sessions_active.get_or_create(&listener).dec();
+    m.sessions
+        .get_or_create(&crate::metrics::SessionLabels {
+            listener: listener.listener.clone(),
+            tls: conv.session.is_tls().to_string(),
+            end: end.as_str().into(),
+        })
+        .inc();
+    m.session_seconds.observe(started.elapsed().as_secs_f64());
+    m.retrieved_messages.inc_by(stats.retrieved as u64);
+    m.sent_bytes.inc_by(conv.bytes_out);
+    if end == End::Quit {
+        m.deleted_messages.inc_by(stats.deleted as u64);
+    }
+    if matches!(end, End::IoError | End::TlsFailed) {
+        m.error(end.as_str());
+    }
     info!(
         target: "pillarbox::session",
         client = %peer,
@@ -659,6 +689,7 @@ impl Conversation {
                         None => Ok(()),
                     };
                     if let Err(e) = &result {
+                        self.shared.metrics.error("store");
                         error!(user = self.session.user().unwrap_or("-"), error = %e, "deletions not fully applied");
                     }
                     self.session.committed(result.map_err(|_| ()));
@@ -721,6 +752,8 @@ impl Conversation {
                 client = %self.peer, user = claimed, mechanism, tls, result = "failed",
                 delay_ms = delay.as_millis() as u64, "authentication failed"
             );
+            self.shared.metrics.login(mechanism, "failed");
+            self.shared.metrics.auth_delay(delay);
             tokio::time::sleep(delay).await;
             self.session.auth_failed(AuthFailure::Credentials);
             return;
@@ -738,6 +771,7 @@ impl Conversation {
             Err(_) => "maildrop-error",
         };
         info!(target: "pillarbox::auth", client = %self.peer, user = %name, mechanism, tls, result, delay_ms = 0u64, "login");
+        self.shared.metrics.login(mechanism, result);
         match opened {
             Ok((opened, login)) => {
                 self.maildrop = Some(opened.maildrop);
@@ -757,6 +791,7 @@ impl Conversation {
             Err(e) => {
                 if !matches!(e, StoreError::Gone) {
                     warn!(error = %e, "cannot open a message");
+                    self.shared.metrics.error("store");
                 }
                 self.session.message_unavailable();
                 return Ok(());

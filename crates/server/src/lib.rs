@@ -9,6 +9,7 @@ mod expunge;
 mod hashpool;
 mod lmtp;
 mod login;
+pub mod metrics;
 pub mod tls;
 
 pub use config::{Config, ConfigError};

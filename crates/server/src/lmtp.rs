@@ -173,6 +173,8 @@ fn check_quota(
         return Ok(());
     }
     info!(user = %name, bytes = usage.bytes, messages = usage.messages, "over quota");
+    shared.metrics.quota_refusals.inc();
+    shared.metrics.delivery("over-quota");
     Err(match d.over_quota {
         OverQuota::Permanent => Reply::new(552, (5, 2, 2), "mailbox is full"),
         OverQuota::Temporary => Reply::new(452, (4, 2, 2), "mailbox is full, try again later"),
@@ -230,10 +232,14 @@ fn finish(shared: &Shared, slots: Vec<Slot>) -> Vec<Reply> {
             match pending.commit() {
                 Ok(d) => {
                     info!(target: "pillarbox::lmtp", user = %name, file = %d.name, size = d.size, "delivered");
+                    shared.metrics.delivery("delivered");
+                    shared.metrics.delivered_bytes.inc_by(d.size);
                     Reply::new(250, (2, 0, 0), format!("<{}> delivered", slot.rcpt.address))
                 }
                 Err(e) => {
                     warn!(user = %name, error = %e, "delivery failed");
+                    shared.metrics.delivery("failed");
+                    shared.metrics.error("store");
                     Reply::new(451, (4, 3, 0), "local write error, try again later")
                 }
             }

@@ -32,6 +32,8 @@ pub struct Pillarbox {
     pub pop3: Option<SocketAddr>,
     pub pop3s: Option<SocketAddr>,
     pub lmtp: Option<SocketAddr>,
+    /// The Prometheus endpoint, when `[metrics] listen` is set.
+    pub metrics: Option<SocketAddr>,
     stderr_path: PathBuf,
 }
 
@@ -47,7 +49,7 @@ impl Pillarbox {
     pub fn without_users() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let stderr_path = dir.path().join("server.log");
-        let pb = Self { dir, child: None, pop3: None, pop3s: None, lmtp: None, stderr_path };
+        let pb = Self { dir, child: None, pop3: None, pop3s: None, lmtp: None, metrics: None, stderr_path };
         // Any command prepares the data folder; listing users changes nothing.
         assert!(pb.run(&["user", "list"], b"").status.success());
         // Failed logins are delayed by seconds in production; tests that are not about the
@@ -145,7 +147,9 @@ impl Pillarbox {
                 _ => panic!("server exited before listening: {}", self.log()),
             };
             let addr = || line.split_whitespace().nth(4).and_then(|a| a.parse::<SocketAddr>().ok());
-            if line.starts_with("pillarbox: pop3 listening on") {
+            if let Some(url) = line.strip_prefix("pillarbox: metrics listening on http://") {
+                self.metrics = url.trim_end_matches("/metrics").parse().ok();
+            } else if line.starts_with("pillarbox: pop3 listening on") {
                 pop3 = addr();
             } else if line.starts_with("pillarbox: pop3s listening on") {
                 pop3s = addr();
