@@ -18,6 +18,7 @@ use pillarbox_auth::{UserFile, UserRecord, check_password_policy, format_expire,
 use pillarbox_proto::{Expire, Secret, UserName};
 use pillarbox_server::config::{CONFIG_FILE, Config, HumanSize};
 use pillarbox_server::datadir::{self, Prepared};
+use pillarbox_server::privileges::Outcome;
 use pillarbox_server::{ListenAddrs, Listeners, Server, Service};
 use pillarbox_store::maildir::MaildirStore;
 use pillarbox_store::{Mailstore, StoreError};
@@ -378,6 +379,15 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs) -> Result<Exit
                 .with_context(|| format!("cannot listen for metrics on {addr}"))?;
             println!("pillarbox: metrics listening on http://{}/metrics", listener.local_addr()?);
             server.serve_metrics(listener);
+        }
+        // Every socket is open: give up root before reading a byte from anyone.
+        match pillarbox_server::privileges::drop_to(config.run_as.as_ref()) {
+            Ok(Outcome::Switched { user, uid, gid }) => println!("pillarbox: running as {user} (uid {uid}, gid {gid})"),
+            Ok(Outcome::StillRoot) => tracing::warn!(
+                "running as root; set [process] user to switch to an unprivileged user once the ports are open"
+            ),
+            Ok(Outcome::Unprivileged) => {}
+            Err(e) => return Err(Exit(EX_CONFIG, e).into()),
         }
         for (service, addr) in listeners.local_addrs() {
             let note = match service {

@@ -417,3 +417,47 @@ fn metrics_count_sessions_logins_mail_and_deliveries() {
     assert!(value(&after, "pillarbox_sent_bytes_total") > 0.0);
     assert!(!after.contains("alice"), "no user names in labels");
 }
+
+/// Give a folder tree to `uid`:`gid`.
+fn chown_tree(path: &std::path::Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
+    if path.is_dir() {
+        for e in std::fs::read_dir(path).expect("read_dir") {
+            chown_tree(&e.expect("entry").path(), uid, gid);
+        }
+    }
+}
+
+#[test]
+fn started_as_root_it_serves_as_the_configured_user() {
+    let is_root = std::fs::read_to_string("/proc/self/status")
+        .expect("status")
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    assert!(is_root, "this test starts the server as root, as ./scripts/test.sh runs it");
+    let mut pb = Pillarbox::new();
+    pb.edit_config("[process]\n", "[process]\nuser = \"nobody\"\n");
+    pb.edit_config("user = \"\"\n", "");
+    pb.deliver("alice", &message(1));
+    chown_tree(pb.data(), 65534, 65534);
+    pb.start();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pb.pid())).expect("status");
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).expect("Uid");
+    assert_eq!(uid.split_whitespace().skip(1).collect::<Vec<_>>(), ["65534"; 4], "{status}");
+    let groups = status.lines().find(|l| l.starts_with("Groups:")).expect("Groups");
+    assert!(!groups.split_whitespace().skip(1).any(|g| g == "0"), "{groups}");
+    // It still serves mail, as that user.
+    let mut c = pb.login();
+    c.ok("RETR 1");
+    c.multiline();
+    c.ok("QUIT");
+    // Pointed at a user that does not exist, it refuses to start.
+    let out = pb.run(&["config", "check"], b"");
+    assert!(out.status.success());
+    let other = Pillarbox::new();
+    other.edit_config("[process]\n", "[process]\nuser = \"no-such-user-here\"\n");
+    other.edit_config("user = \"\"\n", "");
+    let out = other.run(&["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0", "--lmtp", "127.0.0.1:0"], b"");
+    assert_eq!(out.status.code(), Some(78), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no user no-such-user-here"));
+}

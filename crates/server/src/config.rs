@@ -107,6 +107,13 @@ max_connections_per_ip = 20
 # On SIGTERM/SIGINT: how long open sessions may go on (and QUIT normally) before they are closed.
 shutdown_grace = "10s"
 
+[process]
+# Started as root (to listen on ports 110, 995 and 24), switch to this user, and its group unless
+# group is given, once the listeners are open and before any client byte is read. The data folder,
+# the user file, the Maildirs and (for SIGHUP reloads) the TLS key must then be theirs to read.
+user = ""
+group = ""
+
 [metrics]
 # Prometheus metrics at http://ADDRESS/metrics, e.g. "127.0.0.1:9110"; empty: off. They carry no
 # user names or addresses; keep the address private all the same.
@@ -216,6 +223,15 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    process: RawProcess,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawProcess {
+    user: String,
+    group: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -477,6 +493,8 @@ pub struct Config {
     pub log_level: String,
     /// Where Prometheus metrics are served (`[metrics] listen`), if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// The user and group to run as after binding (`[process]`), if set.
+    pub run_as: Option<(String, Option<String>)>,
     pub delivery: Delivery,
 }
 
@@ -600,6 +618,10 @@ impl Config {
             shutdown_grace: raw.limits.shutdown_grace.0,
             log_level: raw.log.level.clone(),
             metrics,
+            run_as: (!raw.process.user.trim().is_empty()).then(|| {
+                let g = raw.process.group.trim();
+                (raw.process.user.trim().to_owned(), (!g.is_empty()).then(|| g.to_owned()))
+            }),
             delivery: Delivery {
                 domains: raw.delivery.domains.iter().map(|d| d.trim().to_ascii_lowercase()).collect(),
                 recipient_delimiter: raw.delivery.recipient_delimiter,

@@ -10,6 +10,7 @@ mod hashpool;
 mod lmtp;
 mod login;
 pub mod metrics;
+pub mod privileges;
 pub mod tls;
 
 pub use config::{Config, ConfigError};
