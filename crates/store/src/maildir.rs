@@ -246,6 +246,29 @@ fn size_hint(base: &str, key: char) -> Option<u64> {
     None
 }
 
+/// What a Maildir file name says: the stored size (`,S=`), the CRLF size (`,W=`), the delivery
+/// time (seconds, microseconds) used for ordering, and the UIDL derived from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameInfo {
+    pub stored_size: Option<u64>,
+    pub crlf_size: Option<u64>,
+    pub time: (u64, u64),
+    pub uid: UniqueId,
+}
+
+impl NameInfo {
+    /// Read a file name as found in `new/` or `cur/` (flags after `:` are ignored).
+    pub fn parse(file: &str) -> Self {
+        let base = &file[..file.find(':').unwrap_or(file.len())];
+        Self {
+            stored_size: size_hint(base, 'S'),
+            crlf_size: size_hint(base, 'W'),
+            time: delivery_time(base),
+            uid: uid_for_name(base),
+        }
+    }
+}
+
 /// Delivery time from a name (`<secs>.M<usec>...`): the listing is sorted by it, then by name.
 fn delivery_time(base: &str) -> (u64, u64) {
     let secs_end = base.find(|c: char| !c.is_ascii_digit()).unwrap_or(base.len());

@@ -203,3 +203,13 @@ fn deletions_through_a_kept_listing_are_durable_and_seen() {
     drop(opened);
     assert_eq!(listing(&store).len(), 998);
 }
+
+#[test]
+fn what_a_file_name_says() {
+    use pillarbox_store::maildir::NameInfo;
+    let n = NameInfo::parse("1700000000.M123P45.host,S=1234,W=1260:2,RS");
+    assert_eq!((n.stored_size, n.crlf_size, n.time), (Some(1234), Some(1260), (1_700_000_000, 123)));
+    assert_eq!(n.uid.to_string(), "1700000000.M123P45.host,S=1234,W=1260");
+    let odd = NameInfo::parse("no-time,S=x:2,");
+    assert_eq!((odd.stored_size, odd.crlf_size, odd.time.0), (None, None, u64::MAX));
+}
