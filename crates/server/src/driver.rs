@@ -120,9 +120,7 @@ impl Listeners {
             [(Service::Pop3, &addrs.pop3), (Service::Pop3s, &addrs.pop3s), (Service::Lmtp, &addrs.lmtp)]
         {
             for &addr in list {
-                let l = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| ServerError::Bind { addr: addr.to_string(), source })?;
+                let l = listen(addr).map_err(|source| ServerError::Bind { addr: addr.to_string(), source })?;
                 bound.push((service, Listener::Tcp(l)));
             }
         }
@@ -145,6 +143,18 @@ impl Listeners {
 }
 
 /// Bind a Unix socket, replacing a stale socket file that nothing listens on any more.
+/// Connections the kernel may hold for us before we accept them (capped by net.core.somaxconn).
+/// The usual 128 overflows whenever a burst of connections meets a moment of busy workers, and
+/// each overflow costs that client a one-second SYN retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServerError> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let err = |source| ServerError::Bind { addr: format!("unix:{}", path.display()), source };

@@ -1,0 +1,164 @@
+//! Abuse: thousands of connections at once, clients that send a byte at a time, a client that
+//! asks for a large message and never reads it. Each time a normal client must still be served,
+//! and the server's memory must stay bounded.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{PASSWORD, Pillarbox};
+
+/// The server's resident memory in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()))
+        .expect("VmRSS")
+}
+
+/// A complete ordinary session: login, STAT, QUIT.
+fn normal_session(addr: SocketAddr) -> Result<(), String> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+    let mut r = std::io::BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
+    let mut w = s;
+    let mut line = || {
+        let mut l = String::new();
+        std::io::BufRead::read_line(&mut r, &mut l).map(|_| l)
+    };
+    let greeting = line().map_err(|e| e.to_string())?;
+    if !greeting.starts_with("+OK") {
+        return Err(format!("greeting: {greeting}"));
+    }
+    w.write_all(format!("USER alice\r\nPASS {PASSWORD}\r\nSTAT\r\nQUIT\r\n").as_bytes()).map_err(|e| e.to_string())?;
+    for _ in 0..4 {
+        let l = line().map_err(|e| e.to_string())?;
+        if !l.starts_with("+OK") {
+            return Err(l);
+        }
+    }
+    Ok(())
+}
+
+/// Raise this process's open-file limit to its hard limit (the server started from here inherits
+/// it), and return it.
+fn fd_limit() -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    let want = hard.min(100_000);
+    if soft < want {
+        setrlimit(Resource::RLIMIT_NOFILE, want, hard).expect("setrlimit");
+    }
+    usize::try_from(want.max(soft)).unwrap_or(usize::MAX)
+}
+
+#[test]
+fn ten_thousand_connections_at_once_and_normal_clients_are_still_served() {
+    // As many as the descriptor limit allows, up to 10,000 (the server needs as many again).
+    let n = 10_000.min(fd_limit().saturating_sub(500) / 2);
+    assert!(n >= 500, "the open-file limit ({}) is too low for this test", fd_limit());
+    let mut pb = Pillarbox::new();
+    pb.edit_config("max_connections = 1000", &format!("max_connections = {}", n + 100));
+    pb.edit_config("max_connections_per_ip = 20", &format!("max_connections_per_ip = {}", n + 100));
+    pb.deliver("alice", &common::message(1));
+    pb.start();
+    let addr = pb.pop3.expect("pop3");
+    let before = rss_kib(pb.pid());
+    let start = Instant::now();
+    let mut flood = Vec::with_capacity(n);
+    for _ in 0..n {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(s) => flood.push(s),
+            Err(e) => panic!("connection {} of {n} failed: {e}", flood.len()),
+        }
+    }
+    // Every one of them gets its greeting.
+    let mut greeted = 0;
+    for s in &mut flood {
+        s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let mut buf = [0u8; 3];
+        if s.read_exact(&mut buf).is_ok() && &buf == b"+OK" {
+            greeted += 1;
+        }
+    }
+    assert_eq!(greeted, n);
+    normal_session(addr).expect("a normal client among 10,000 idle connections");
+    let during = rss_kib(pb.pid());
+    eprintln!(
+        "{n} connections opened and greeted in {} ms; server RSS {} MiB -> {} MiB ({} bytes per connection)",
+        start.elapsed().as_millis(),
+        before / 1024,
+        during / 1024,
+        (during.saturating_sub(before)) * 1024 / n as u64
+    );
+    assert!(during - before < 200 * 1024, "{n} idle connections took {} MiB", (during - before) / 1024);
+    drop(flood);
+    normal_session(addr).expect("after the flood");
+}
+
+#[test]
+fn byte_at_a_time_clients_do_not_hold_up_others_and_a_client_that_never_reads_is_not_buffered() {
+    let mut pb = Pillarbox::new();
+    pb.edit_config("max_connections_per_ip = 20", "max_connections_per_ip = 200");
+    pb.add_user("bob", "bob's long password 2026");
+    pb.deliver("alice", &common::message(1));
+    // A 30 MB message for the client that never reads.
+    let mut big = b"Subject: big\n\n".to_vec();
+    while big.len() < 30 * 1024 * 1024 {
+        big.extend_from_slice(b"a line of a large message that nobody is going to read ..................\n");
+    }
+    pb.deliver("bob", &big);
+    pb.start();
+    let addr = pb.pop3.expect("pop3");
+    // 40 slowloris clients: one byte every 200 ms of an endless line.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slow: Vec<_> = (0..40)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let Ok(mut s) = TcpStream::connect(addr) else { return 0 };
+                let mut sent = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if s.write_all(b"U").is_err() {
+                        break;
+                    }
+                    sent += 1;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                sent
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // The client that asks for 30 MB and reads nothing: logged in first, so that what the login
+    // itself costs (the password hash's working memory) is not counted.
+    let mut hog = TcpStream::connect(addr).expect("connect");
+    hog.write_all(b"USER bob\r\nPASS bob's long password 2026\r\n").expect("send");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while seen.iter().filter(|&&b| b == b'\n').count() < 3 {
+        let n = hog.read(&mut buf).expect("read");
+        assert!(n > 0, "closed");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).lines().all(|l| l.starts_with("+OK")), "{}", String::from_utf8_lossy(&seen));
+    let before = rss_kib(pb.pid());
+    hog.write_all(b"RETR 1\r\n").expect("send");
+    std::thread::sleep(Duration::from_secs(2));
+    let stuck = rss_kib(pb.pid());
+    for _ in 0..5 {
+        normal_session(addr).expect("a normal client while slow and stuck clients hang on");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let dripped: usize = slow.into_iter().map(|t| t.join().expect("slow client")).sum();
+    eprintln!(
+        "40 byte-at-a-time clients sent {dripped} bytes; a 30 MB RETR left unread: server RSS {} MiB -> {} MiB",
+        before / 1024,
+        stuck / 1024
+    );
+    assert!(stuck.saturating_sub(before) < 16 * 1024, "the unread message is buffered: +{} KiB", stuck - before);
+    drop(hog);
+}
