@@ -151,6 +151,10 @@ const LISTEN_BACKLOG: u32 = 4096;
 fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
+    // An IPv6 address means IPv6 only, so that "0.0.0.0:110" and "[::]:110" can both be listed.
+    if addr.is_ipv6() {
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Ipv6V6Only, &true).map_err(io::Error::from)?;
+    }
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
