@@ -412,7 +412,8 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs) -> Result<Exit
         }
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
-        // SIGHUP: read the TLS certificate and key again (e.g. after certbot renewed them).
+        // SIGHUP: read the TLS certificate and key again (e.g. after certbot renewed them), and
+        // check the user file.
         let reloader = server.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
@@ -421,6 +422,10 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs) -> Result<Exit
                 match reloader.reload_tls() {
                     Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded; new connections use them"),
                     Err(e) => tracing::error!(error = %e, "SIGHUP: the new TLS certificate or key cannot be used; keeping the old one"),
+                }
+                match reloader.reload_users() {
+                    Ok(n) => tracing::info!(users = n, "SIGHUP: user file checked"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: the user file cannot be used; keeping the last good copy"),
                 }
             }
         });

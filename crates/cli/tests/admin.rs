@@ -205,6 +205,7 @@ fn sighup_reloads_the_certificate_without_dropping_sessions_and_keeps_it_when_th
     }
     assert_eq!(presented_fingerprint(&pb), second);
     assert!(pb.log().contains("TLS certificate and key reloaded"), "{}", pb.log());
+    assert!(pb.log().contains("SIGHUP: user file checked"), "{}", pb.log());
 }
 
 #[test]
@@ -460,4 +461,30 @@ fn started_as_root_it_serves_as_the_configured_user() {
     let out = other.run(&["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0", "--lmtp", "127.0.0.1:0"], b"");
     assert_eq!(out.status.code(), Some(78), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no user no-such-user-here"));
+}
+
+#[test]
+fn a_broken_user_file_is_refused_and_the_last_good_copy_stays_in_use() {
+    let mut pb = Pillarbox::new();
+    pb.start();
+    let mut c = pb.login();
+    c.ok("QUIT");
+    let users = pb.data().join("users");
+    let good = std::fs::read_to_string(&users).expect("users");
+    std::fs::write(&users, format!("{good}this line is not a user\n")).expect("write");
+    let mut c = pb.login_when_free();
+    c.ok("QUIT");
+    let start = std::time::Instant::now();
+    while !pb.log().contains("using the last good copy") {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", pb.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Fixed (and changed) again: picked up at once, without a restart or a signal.
+    std::fs::write(&users, &good).expect("write");
+    pb.add_user("carol", "carol's long password 2026");
+    let mut c = pb.connect();
+    c.expect_ok();
+    c.ok("USER carol");
+    c.ok("PASS carol's long password 2026");
+    c.ok("QUIT");
 }

@@ -265,6 +265,16 @@ impl Server {
         tokio::spawn(crate::metrics::serve(listener, self.shared.metrics.clone()));
     }
 
+    /// Check the user file now (it is also re-read whenever it changes): the number of users, or
+    /// why the file cannot be used (the last good copy then stays in use).
+    pub fn reload_users(&self) -> Result<usize, String> {
+        let (users, problem) = self.shared.users.current();
+        match problem {
+            Some(e) => Err(e.to_string()),
+            None => Ok(users.users.len()),
+        }
+    }
+
     /// Read the TLS certificate and key again (after a renewal). New connections get the new
     /// ones; open sessions keep theirs. A pair that cannot be used is refused and the old one
     /// stays in service.
