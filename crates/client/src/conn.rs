@@ -23,7 +23,7 @@ const MAX_LISTING: usize = 1_000_000;
 /// ...and most octets: a million UIDL lines of 70-character ids fit; a hostile server's endless
 /// listing does not get to fill memory.
 const MAX_LISTING_OCTETS: usize = 128 * 1024 * 1024;
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// No byte from the server for this long ends the session.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -247,10 +247,6 @@ impl Conn {
 
     /// The TLS handshake on the plain connection (implicit TLS, or after STLS).
     pub async fn start_tls(&mut self, connector: &tokio_rustls::TlsConnector, host: &str) -> Result<(), ConnError> {
-        self.handshake(connector, host).await
-    }
-
-    async fn handshake(&mut self, connector: &tokio_rustls::TlsConnector, host: &str) -> Result<(), ConnError> {
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Moving) else {
             return Err(ConnError::Protocol("TLS is already active".into()));
         };

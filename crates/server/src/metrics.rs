@@ -142,10 +142,22 @@ impl Metrics {
 
 /// Serve `GET /metrics` on `listener` until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    // A scraper or two is the normal load; more at once wait in the kernel's queue.
+    let slots = Arc::new(tokio::sync::Semaphore::new(8));
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
                 async move {
