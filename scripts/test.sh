@@ -21,6 +21,7 @@ have doveadm || missing+=(dovecot-core)
 [ -x /usr/lib/dovecot/pop3 ] || missing+=(dovecot-pop3d)
 [ -x /usr/lib/dovecot/lmtp ] || missing+=(dovecot-lmtpd)
 [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
+have ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || missing+=(procps)
 [ -d /etc/ssl/certs ] || missing+=(ca-certificates)
 

@@ -558,3 +558,58 @@ fn account_add_asks_on_a_terminal() {
     assert!(saved.contains(&format!("password_file = \"{}\"", pw_file.display())), "{saved}");
     assert!(!saved.contains(PASSWORD));
 }
+
+/// A network namespace of the test's own (removed on drop): nothing in it has a route anywhere
+/// but to a veth pair whose far end has no address, so packets sent there are never answered.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Self {
+        let name = format!("pillarbox-check-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("ip (iproute2)");
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let ns = Self(name);
+        let exec = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", ns.0.as_str(), "ip"];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        exec(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+        exec(&["addr", "add", "10.98.0.1/24", "dev", "v0"]);
+        exec(&["link", "set", "v0", "up"]);
+        exec(&["link", "set", "v1", "up"]);
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+#[test]
+fn unreachable_and_silent_addresses_are_told_apart() {
+    let ns = Netns::new();
+    let run = |host: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns.0])
+            .arg(bin())
+            .args(["check", "--json", "--timeout", "1s", "--host", host, "--username", "a", "--password-env", "X"])
+            .output()
+            .expect("check");
+        let json = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default())
+            .expect("JSON");
+        Checked { code: out.status.code().unwrap_or(-1), json }
+    };
+    // No route at all.
+    run("10.99.0.1").expect("connect", "fail", &["unreachable", "no route", "network connection"]);
+    // A route, but nothing ever answers (as behind a firewall that drops packets).
+    let c = run("10.98.0.2");
+    c.expect("connect", "fail", &["no answer within 1 s", "firewall", "port 110 with STLS"]);
+    assert_eq!(c.code, 1);
+}

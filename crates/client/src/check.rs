@@ -357,8 +357,9 @@ impl Remote<'_, '_> {
                 "a firewall drops the connection (on this network, at the provider, or on this computer), or \
                  the address is wrong",
                 format!(
-                    "check the port ({port}); some networks block mail ports: try another network, or port 995 \
-                     if 110 is blocked"
+                    "check the address and port ({port}); some networks block mail ports: try another network, or \
+                     {}",
+                    if port == 995 { "port 110 with STLS (tls = \"starttls\")" } else { "port 995 with implicit TLS" }
                 ),
             ),
             K::NetworkUnreachable | K::HostUnreachable => Finding::fail(
