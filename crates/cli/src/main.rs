@@ -4,6 +4,7 @@
 
 mod account;
 mod fetch;
+mod mail;
 mod migrate;
 
 use std::io::IsTerminal;
@@ -57,6 +58,9 @@ enum Command {
     /// Set up accounts for fetch: add (finds the server and tests the account), list, show, remove.
     #[command(subcommand)]
     Account(account::AccountCommand),
+    /// Read the downloaded mail offline: list, show.
+    #[command(subcommand)]
+    Mail(mail::MailCommand),
     /// Test accounts step by step (DNS, connection, TLS, certificate, login, mailbox, local store)
     /// and say what is wrong and how to fix it.
     Check(Box<account::CheckArgs>),
@@ -312,6 +316,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match command {
         Command::Fetch(args) => fetch::run(args).map(ExitCode::from),
         Command::Account(cmd) => account::command(cmd).map(ExitCode::from),
+        Command::Mail(cmd) => mail::command(cmd).map(ExitCode::from),
         Command::Check(args) => account::check(*args).map(ExitCode::from),
         Command::Serve(args) => {
             let (config, prepared) = server()?;

@@ -12,4 +12,5 @@ pub mod dns;
 pub mod fetch;
 pub mod import;
 pub mod journal;
+pub mod mailbox;
 pub mod tls;

@@ -39,6 +39,32 @@ fn civil(secs: u64) -> Civil {
     }
 }
 
+/// `2026-11-26 07:29` (UTC), for lists.
+pub fn short(secs: u64) -> String {
+    let c = civil(secs);
+    format!("{:04}-{:02}-{:02} {:02}:{:02}", c.year, c.month, c.day, c.hour, c.minute)
+}
+
+/// Seconds since the epoch at the start (UTC) of a `YYYY-MM-DD` date.
+pub fn parse_day(s: &str) -> Option<u64> {
+    let mut it = s.trim().splitn(3, '-');
+    let (y, m, d): (i64, i64, i64) = (it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || y < 1970 {
+        return None;
+    }
+    // The inverse of `civil` (H. Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = u64::try_from(days).ok()? * 86_400;
+    // 2026-02-31 is not a date: it must come back as itself.
+    (short(secs)[..10] == *s.trim()).then_some(secs)
+}
+
 /// `Thu, 26 Nov 2026 07:29:50 +0000` (RFC 5322 section 3.3).
 pub fn rfc5322(secs: u64) -> String {
     let c = civil(secs);
@@ -72,6 +98,17 @@ pub fn asctime(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_dates_and_days() {
+        assert_eq!(short(1_795_678_190), "2026-11-26 07:29");
+        assert_eq!(parse_day("2026-11-26"), Some(1_795_651_200));
+        assert_eq!(parse_day("1970-01-01"), Some(0));
+        assert_eq!(parse_day("2024-02-29").map(short).as_deref(), Some("2024-02-29 00:00"));
+        for bad in ["2026-02-31", "2026-13-01", "26-11-2026", "", "1969-12-31"] {
+            assert_eq!(parse_day(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn dates() {

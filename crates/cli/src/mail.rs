@@ -1,0 +1,178 @@
+//! `pillarbox mail list|show`: the local store, read offline.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use pillarbox_client::account::{self, Account, Deliver};
+use pillarbox_client::mailbox::{self, Summary};
+
+#[derive(Debug, Args)]
+pub struct Store {
+    /// The accounts file (default: $XDG_CONFIG_HOME/pillarbox/accounts.toml).
+    #[arg(long = "accounts-file", value_name = "FILE", env = "PILLARBOX_ACCOUNTS")]
+    accounts_file: Option<PathBuf>,
+    /// Read this Maildir instead of the accounts' ones.
+    #[arg(long, value_name = "DIR")]
+    maildir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MailCommand {
+    /// The messages, newest first: date, sender, subject, size, attachments.
+    List {
+        /// Only this account (default: every account that delivers into a Maildir).
+        account: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Only messages dated on or after this day (YYYY-MM-DD).
+        #[arg(long, value_name = "DAY")]
+        since: Option<String>,
+        /// Only messages whose sender contains this (case-insensitive).
+        #[arg(long, value_name = "TEXT")]
+        from: Option<String>,
+        /// One JSON object per message.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: Store,
+    },
+    /// One message as a person reads it: main headers, text (HTML turned into text), attachments.
+    Show {
+        /// The message's id from `mail list` (a unique beginning is enough).
+        id: String,
+        /// The original bytes, as stored.
+        #[arg(long, conflicts_with = "save_attachments")]
+        raw: bool,
+        /// Write the attachments into this folder.
+        #[arg(long, value_name = "DIR")]
+        save_attachments: Option<PathBuf>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: Store,
+    },
+}
+
+/// The Maildirs to read: the one given, or the accounts' (only `account` if named).
+fn maildirs(store: &Store, account: Option<&str>) -> Result<Vec<(String, PathBuf)>> {
+    if let Some(dir) = &store.maildir {
+        return Ok(vec![("-".into(), dir.clone())]);
+    }
+    let path = store.accounts_file.clone().unwrap_or_else(account::default_path);
+    let accounts: Vec<Account> = account::load(&path)?;
+    let chosen: Vec<&Account> = match account {
+        Some(n) => vec![
+            accounts
+                .iter()
+                .find(|a| a.name == n)
+                .with_context(|| format!("{}: no account named {n}", path.display()))?,
+        ],
+        None => accounts.iter().collect(),
+    };
+    let mut out = Vec::new();
+    for a in chosen {
+        match &a.deliver {
+            Deliver::Maildir(d) => out.push((a.name.clone(), d.clone())),
+            _ if account.is_some() => {
+                bail!("account {} does not deliver into a Maildir; `mail` reads Maildirs", a.name)
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+pub fn command(cmd: MailCommand) -> Result<u8> {
+    match cmd {
+        MailCommand::List { account, limit, since, from, json, store } => {
+            let since = match since.as_deref() {
+                Some(s) => Some(
+                    pillarbox_proto::date::parse_day(s)
+                        .with_context(|| format!("--since {s:?}: expected YYYY-MM-DD"))?,
+                ),
+                None => None,
+            };
+            let mut all: Vec<(String, Summary)> = Vec::new();
+            for (name, dir) in maildirs(&store, account.as_deref())? {
+                all.extend(mailbox::list(&dir)?.into_iter().map(|s| (name.clone(), s)));
+            }
+            all.sort_by_key(|(_, s)| std::cmp::Reverse(s.date));
+            let from = from.map(|f| f.to_lowercase());
+            let shown = all
+                .into_iter()
+                .filter(|(_, s)| since.is_none_or(|t| s.date >= t as i64))
+                .filter(|(_, s)| from.as_ref().is_none_or(|f| s.from.to_lowercase().contains(f)))
+                .take(limit.unwrap_or(usize::MAX));
+            let mut out = std::io::stdout().lock();
+            for (account, s) in shown {
+                if json {
+                    let mut v = serde_json::to_value(&s)?;
+                    v["account"] = account.into();
+                    writeln!(out, "{v}")?;
+                } else {
+                    writeln!(
+                        out,
+                        "{}  {}  {:<28.28}  {:<48.48}  {:>7}{}",
+                        s.id,
+                        pillarbox_proto::date::short(s.date.max(0).unsigned_abs()),
+                        s.from,
+                        s.subject,
+                        pillarbox_client::check::human_bytes(s.size),
+                        if s.attachments > 0 { format!("  [{} attached]", s.attachments) } else { String::new() }
+                    )?;
+                }
+            }
+            Ok(0)
+        }
+        MailCommand::Show { id, raw, save_attachments, json, store } => {
+            let mut found = Vec::new();
+            for (_, dir) in maildirs(&store, None)? {
+                match mailbox::find(&dir, &id) {
+                    Ok(p) => found.push(p),
+                    Err(mailbox::MailboxError::NotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let path = match found.as_slice() {
+                [p] => p.clone(),
+                [] => bail!("no message with an id starting with {id:?} (see `pillarbox mail list`)"),
+                _ => bail!("{id:?} matches messages in more than one account: give more of the id"),
+            };
+            if raw {
+                std::io::stdout().write_all(&std::fs::read(&path).with_context(|| path.display().to_string())?)?;
+                return Ok(0);
+            }
+            if let Some(dir) = save_attachments {
+                for f in mailbox::save_attachments(&path, &dir)? {
+                    println!("saved {}", f.display());
+                }
+                return Ok(0);
+            }
+            let m = mailbox::show(&path)?;
+            if json {
+                println!("{}", serde_json::to_string(&m)?);
+                return Ok(0);
+            }
+            let mut out = std::io::stdout().lock();
+            for (k, v) in &m.headers {
+                writeln!(out, "{k}: {v}")?;
+            }
+            writeln!(out)?;
+            write!(out, "{}", m.text)?;
+            if !m.text.ends_with('\n') {
+                writeln!(out)?;
+            }
+            if !m.attachments.is_empty() {
+                writeln!(out, "\nAttachments (save them with --save-attachments DIR):")?;
+                for a in &m.attachments {
+                    writeln!(out, "  {}  {}  {}", a.name, a.mime, pillarbox_client::check::human_bytes(a.size as u64))?;
+                }
+            }
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! `pillarbox mail list|show`: the local store read offline, on messages as mail programs write
+//! them (RFC 2047 encoded headers, multipart/alternative with HTML, base64 attachments).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use base64::Engine as _;
+use common::bin;
+
+/// A small PDF-like attachment (any bytes will do).
+const BLOB: &[u8] = b"%PDF-1.4\n\x00\x01\x02binary\xff\xfe attachment bytes\n";
+
+fn messages() -> Vec<(&'static str, String)> {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(BLOB);
+    vec![
+        (
+            "1790000001.M1P1.host,S=0:2,S",
+            "From: =?UTF-8?Q?J=C3=BCrgen_M=C3=BCller?= <jm@example.de>\r\nTo: me@example.org\r\n\
+             Subject: =?UTF-8?B?R3LDvMOfZSBhdXMgQmVybGlu?=\r\nDate: Mon, 02 Nov 2026 10:00:00 +0100\r\n\
+             Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+             Sch=C3=B6ne Gr=C3=BC=C3=9Fe.\r\n"
+                .to_owned(),
+        ),
+        (
+            "1790000002.M2P1.host,S=0",
+            "From: Shop <news@shop.example>\r\nTo: me@example.org\r\nSubject: Offers\r\n\
+             Date: Tue, 10 Nov 2026 08:00:00 +0000\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/alternative; boundary=\"alt\"\r\n\r\n--alt\r\n\
+             Content-Type: text/html; charset=utf-8\r\n\r\n<html><body><p>Big &amp; small</p><ul><li>one</li>\
+             <li>two</li></ul></body></html>\r\n--alt--\r\n"
+                .to_owned(),
+        ),
+        (
+            "1790000003.M3P1.host,S=0",
+            format!(
+                "From: Ann <ann@example.org>\r\nTo: me@example.org\r\nSubject: The report\r\n\
+                 Date: Wed, 25 Nov 2026 09:30:00 +0000\r\nMIME-Version: 1.0\r\n\
+                 Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\n\
+                 Content-Type: text/plain; charset=us-ascii\r\n\r\nHere it is.\r\n--b1\r\n\
+                 Content-Type: application/pdf; name=\"report.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\
+                 Content-Disposition: attachment; filename=\"report.pdf\"\r\n\r\n{b64}\r\n--b1--\r\n"
+            ),
+        ),
+    ]
+}
+
+fn setup(dir: &Path) -> String {
+    let md = dir.join("Mail/home");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(md.join(sub)).expect("mkdir");
+    }
+    for (name, text) in messages() {
+        let sub = if name.contains(':') { "cur" } else { "new" };
+        std::fs::write(md.join(sub).join(name), text).expect("write");
+    }
+    let accounts = dir.join("accounts.toml");
+    std::fs::write(
+        &accounts,
+        format!(
+            "[accounts.home]\nhost = \"pop.example.org\"\nusername = \"me\"\npassword_env = \"X\"\n\
+             deliver = {{ maildir = \"{}\" }}\n",
+            md.display()
+        ),
+    )
+    .expect("accounts");
+    accounts.display().to_string()
+}
+
+fn mail(accounts: &str, args: &[&str]) -> String {
+    let out = Command::new(bin()).arg("mail").args(args).args(["--accounts-file", accounts]).output().expect("mail");
+    assert!(out.status.success(), "mail {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines().map(|l| serde_json::from_str(l).expect("JSON")).collect()
+}
+
+#[test]
+fn list_decodes_headers_newest_first_and_filters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acc = setup(dir.path());
+    let all = json_lines(&mail(&acc, &["list", "--json"]));
+    let subjects: Vec<&str> = all.iter().map(|m| m["subject"].as_str().unwrap_or_default()).collect();
+    assert_eq!(subjects, ["The report", "Offers", "Grüße aus Berlin"]);
+    assert_eq!(all[2]["from"], "Jürgen Müller <jm@example.de>");
+    assert_eq!((all[0]["attachments"].as_u64(), all[1]["attachments"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(all[0]["account"], "home");
+    assert_eq!(json_lines(&mail(&acc, &["list", "--json", "--limit", "1"])).len(), 1);
+    let since = json_lines(&mail(&acc, &["list", "--json", "--since", "2026-11-10"]));
+    assert_eq!(since.len(), 2);
+    let from = json_lines(&mail(&acc, &["list", "--json", "--from", "MÜLLER"]));
+    assert_eq!(from.len(), 1, "{from:?}");
+    let text = mail(&acc, &["list"]);
+    let first = text.lines().next().expect("a line");
+    assert!(
+        first.contains("2026-11-25 09:30") && first.contains("The report") && first.contains("[1 attached]"),
+        "{text}"
+    );
+}
+
+#[test]
+fn show_gives_text_html_as_text_attachments_and_raw_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acc = setup(dir.path());
+    let all = json_lines(&mail(&acc, &["list", "--json"]));
+    let id = |i: usize| all[i]["id"].as_str().expect("id").to_owned();
+    let greeting = mail(&acc, &["show", &id(2)]);
+    assert!(greeting.contains("Subject: Grüße aus Berlin") && greeting.contains("Schöne Grüße."), "{greeting}");
+    let html = mail(&acc, &["show", &id(1)[..8]]);
+    assert!(html.contains("Big & small\n") && html.contains("- one\n- two"), "{html}");
+    assert!(!html.contains("<li>") && !html.contains("</p>") && !html.contains("&amp;"), "{html}");
+    let report = mail(&acc, &["show", &id(0)]);
+    assert!(report.contains("Here it is.") && report.contains("report.pdf  application/pdf"), "{report}");
+    let raw =
+        Command::new(bin()).args(["mail", "show", &id(0), "--raw", "--accounts-file", &acc]).output().expect("raw");
+    assert_eq!(String::from_utf8_lossy(&raw.stdout), messages()[2].1);
+    let saved = dir.path().join("saved");
+    mail(&acc, &["show", &id(0), "--save-attachments", &saved.display().to_string()]);
+    assert_eq!(std::fs::read(saved.join("report.pdf")).expect("saved"), BLOB);
+    // An unknown id is an error that says so.
+    let out =
+        Command::new(bin()).args(["mail", "show", "ffffffffffff", "--accounts-file", &acc]).output().expect("show");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no message with an id"));
+}

@@ -1,0 +1,360 @@
+//! Reading the local store offline (`pillarbox mail list|show`): the messages of a Maildir with
+//! their decoded headers (RFC 2047 encoded words, UTF-8), the text a person reads, and the
+//! attachments. Read only: nothing here changes the store.
+
+use std::path::{Path, PathBuf};
+
+use mailparse::{DispositionType, MailHeaderMap, ParsedMail};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MailboxError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no message with an id starting with {0:?}")]
+    NotFound(String),
+    #[error("{0:?} matches more than one message: give more of the id")]
+    Ambiguous(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MailboxError + '_ {
+    move |source| MailboxError::Io { path: path.to_owned(), source }
+}
+
+/// One message in the list.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Stable short id: the start of the SHA-256 of the file's permanent name.
+    pub id: String,
+    /// Seconds since the epoch, from the Date header (or the delivery time in the file name).
+    pub date: i64,
+    pub from: String,
+    pub subject: String,
+    pub size: u64,
+    pub attachments: usize,
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// An attachment: its name (or a made-up one), MIME type and decoded size.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attachment {
+    pub name: String,
+    pub mime: String,
+    pub size: usize,
+}
+
+/// A message as a person reads it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Shown {
+    pub id: String,
+    /// From, To, Cc, Date, Subject (those present), decoded.
+    pub headers: Vec<(String, String)>,
+    /// The text part, or the HTML part turned into text.
+    pub text: String,
+    pub attachments: Vec<Attachment>,
+}
+
+/// The id of a message file: 12 hex digits of the SHA-256 of its permanent name (flags after `:`
+/// do not count, so the id survives a flag change).
+pub fn id_of(file_name: &str) -> String {
+    let base = file_name.split(':').next().unwrap_or(file_name);
+    Sha256::digest(base.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The message files of a Maildir (`new/` and `cur/`).
+fn files(maildir: &Path) -> Result<Vec<PathBuf>, MailboxError> {
+    let mut out = Vec::new();
+    for sub in ["new", "cur"] {
+        let dir = maildir.join(sub);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        for e in entries {
+            let e = e.map_err(io_err(&dir))?;
+            if e.file_name().to_str().is_some_and(|n| !n.starts_with('.')) {
+                out.push(e.path());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn file_name(path: &Path) -> &str {
+    path.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+}
+
+/// Every message of `maildir`, newest first.
+pub fn list(maildir: &Path) -> Result<Vec<Summary>, MailboxError> {
+    let mut out = Vec::new();
+    for path in files(maildir)? {
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            // Moved or removed by another program since the listing: not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        out.push(summarize(&path, &data));
+    }
+    out.sort_by(|a, b| b.date.cmp(&a.date).then_with(|| a.id.cmp(&b.id)));
+    Ok(out)
+}
+
+fn summarize(path: &Path, data: &[u8]) -> Summary {
+    let name = file_name(path);
+    let delivered = name.split('.').next().and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+    match mailparse::parse_mail(data) {
+        Ok(m) => Summary {
+            id: id_of(name),
+            date: m.headers.get_first_value("Date").and_then(|d| mailparse::dateparse(&d).ok()).unwrap_or(delivered),
+            from: m.headers.get_first_value("From").unwrap_or_default(),
+            subject: m.headers.get_first_value("Subject").unwrap_or_default(),
+            size: data.len() as u64,
+            attachments: attachments(&m).len(),
+            path: path.to_owned(),
+        },
+        Err(_) => Summary {
+            id: id_of(name),
+            date: delivered,
+            from: String::new(),
+            subject: "(unreadable message)".into(),
+            size: data.len() as u64,
+            attachments: 0,
+            path: path.to_owned(),
+        },
+    }
+}
+
+/// The file of the message whose id starts with `prefix`.
+pub fn find(maildir: &Path, prefix: &str) -> Result<PathBuf, MailboxError> {
+    let prefix = prefix.to_ascii_lowercase();
+    let mut found = files(maildir)?.into_iter().filter(|p| id_of(file_name(p)).starts_with(&prefix));
+    match (found.next(), found.next()) {
+        (Some(p), None) if !prefix.is_empty() => Ok(p),
+        (Some(_), _) => Err(MailboxError::Ambiguous(prefix)),
+        (None, _) => Err(MailboxError::NotFound(prefix)),
+    }
+}
+
+/// Read a message file for display.
+pub fn show(path: &Path) -> Result<Shown, MailboxError> {
+    let data = std::fs::read(path).map_err(io_err(path))?;
+    let id = id_of(file_name(path));
+    let Ok(m) = mailparse::parse_mail(&data) else {
+        return Ok(Shown {
+            id,
+            headers: Vec::new(),
+            text: String::from_utf8_lossy(&data).into_owned(),
+            attachments: Vec::new(),
+        });
+    };
+    let headers = ["From", "To", "Cc", "Date", "Subject"]
+        .iter()
+        .filter_map(|h| m.headers.get_first_value(h).map(|v| ((*h).to_owned(), v)))
+        .collect();
+    let text = body_text(&m).unwrap_or_default();
+    let attachments = attachments(&m)
+        .into_iter()
+        .map(|(name, part)| Attachment {
+            name,
+            mime: part.ctype.mimetype.clone(),
+            size: part.get_body_raw().map_or(0, |b| b.len()),
+        })
+        .collect();
+    Ok(Shown { id, headers, text, attachments })
+}
+
+/// Write the attachments of the message at `path` into `dir` (names made safe, never
+/// overwriting); returns the files written.
+pub fn save_attachments(path: &Path, dir: &Path) -> Result<Vec<PathBuf>, MailboxError> {
+    let data = std::fs::read(path).map_err(io_err(path))?;
+    let Ok(m) = mailparse::parse_mail(&data) else { return Ok(Vec::new()) };
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let mut written = Vec::new();
+    for (name, part) in attachments(&m) {
+        let bytes = part.get_body_raw().unwrap_or_default();
+        let safe: String = name
+            .chars()
+            .map(|c| if c == '/' || c == '\\' || c.is_control() { '_' } else { c })
+            .collect::<String>()
+            .trim_start_matches('.')
+            .to_owned();
+        let safe = if safe.is_empty() { "attachment".to_owned() } else { safe };
+        let mut target = dir.join(&safe);
+        let mut n = 1;
+        while target.exists() {
+            target = dir.join(format!("{n}-{safe}"));
+            n += 1;
+        }
+        std::fs::write(&target, &bytes).map_err(io_err(&target))?;
+        written.push(target);
+    }
+    Ok(written)
+}
+
+/// The attachments of a message: parts that say so, or that are neither text nor multipart.
+fn attachments<'a>(m: &'a ParsedMail<'a>) -> Vec<(String, &'a ParsedMail<'a>)> {
+    let mut out = Vec::new();
+    collect_attachments(m, &mut out, true);
+    out
+}
+
+fn collect_attachments<'a>(m: &'a ParsedMail<'a>, out: &mut Vec<(String, &'a ParsedMail<'a>)>, top: bool) {
+    if !m.subparts.is_empty() {
+        for p in &m.subparts {
+            collect_attachments(p, out, false);
+        }
+        return;
+    }
+    let disposition = m.get_content_disposition();
+    let name = disposition.params.get("filename").or_else(|| m.ctype.params.get("name")).cloned();
+    let is_text = m.ctype.mimetype.starts_with("text/");
+    let attached = matches!(disposition.disposition, DispositionType::Attachment) || (!top && !is_text);
+    if attached {
+        let name = name.unwrap_or_else(|| format!("part-{}.{}", out.len() + 1, extension(&m.ctype.mimetype)));
+        out.push((name, m));
+    }
+}
+
+fn extension(mime: &str) -> &str {
+    match mime {
+        "application/pdf" => "pdf",
+        "image/png" => "png",
+        "image/jpeg" => "jpg",
+        "text/calendar" => "ics",
+        _ => "bin",
+    }
+}
+
+/// The readable text: the first text/plain part that is not an attachment, else the first
+/// text/html part turned into text.
+fn body_text(m: &ParsedMail<'_>) -> Option<String> {
+    let inline: Vec<&ParsedMail<'_>> = leaves(m)
+        .into_iter()
+        .filter(|p| !matches!(p.get_content_disposition().disposition, DispositionType::Attachment))
+        .collect();
+    if let Some(p) = inline.iter().find(|p| p.ctype.mimetype == "text/plain") {
+        return p.get_body().ok();
+    }
+    inline.iter().find(|p| p.ctype.mimetype == "text/html").and_then(|p| p.get_body().ok()).map(|h| html_to_text(&h))
+}
+
+fn leaves<'a>(m: &'a ParsedMail<'a>) -> Vec<&'a ParsedMail<'a>> {
+    if m.subparts.is_empty() { vec![m] } else { m.subparts.iter().flat_map(leaves).collect() }
+}
+
+/// HTML as plain text: tags dropped (script and style with their content), line breaks at
+/// block ends, the common entities decoded, runs of blank lines collapsed.
+pub fn html_to_text(html: &str) -> String {
+    let mut out = String::new();
+    let mut rest = html;
+    while let Some(lt) = rest.find('<') {
+        out.push_str(&decode_entities(&rest[..lt]));
+        let after = &rest[lt + 1..];
+        let Some(gt) = after.find('>') else {
+            rest = "";
+            break;
+        };
+        let tag = after[..gt].trim().to_ascii_lowercase();
+        let name: String = tag.trim_start_matches('/').chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+        rest = &after[gt + 1..];
+        if (name == "script" || name == "style") && !tag.starts_with('/') {
+            let close = format!("</{name}");
+            rest = rest.to_ascii_lowercase().find(&close).map_or("", |i| &rest[i..]);
+            continue;
+        }
+        if name == "li" {
+            if !tag.starts_with('/') {
+                out.push_str("\n- ");
+            }
+        } else if ["br", "p", "div", "ul", "ol", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote"]
+            .contains(&name.as_str())
+        {
+            out.push('\n');
+        }
+    }
+    out.push_str(&decode_entities(rest));
+    let mut text = String::new();
+    let mut blank = 0;
+    for line in out.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")) {
+        if line.is_empty() {
+            blank += 1;
+            if blank > 1 {
+                continue;
+            }
+        } else {
+            blank = 0;
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text.trim().to_owned() + "\n"
+}
+
+fn decode_entities(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let after = &rest[amp + 1..];
+        let end = after.find(';').filter(|&e| e <= 10);
+        let decoded = end.and_then(|e| {
+            let ent = &after[..e];
+            let c = match ent {
+                "amp" => '&',
+                "lt" => '<',
+                "gt" => '>',
+                "quot" => '"',
+                "apos" => '\'',
+                "nbsp" => ' ',
+                _ => {
+                    let n = ent.strip_prefix("#x").or_else(|| ent.strip_prefix("#X"));
+                    match n {
+                        Some(hex) => char::from_u32(u32::from_str_radix(hex, 16).ok()?)?,
+                        None => char::from_u32(ent.strip_prefix('#')?.parse().ok()?)?,
+                    }
+                }
+            };
+            Some((c, e))
+        });
+        match decoded {
+            Some((c, e)) => {
+                out.push(c);
+                rest = &after[e + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_becomes_readable_text() {
+        let t = html_to_text(
+            "<html><style>p{color:red}</style><body><p>Hello &amp; welcome,<br>Ann</p>\
+             <ul><li>one</li><li>two &#x263A;</li></ul><script>alert(1)</script>&lt;end&gt; &bogus x</body></html>",
+        );
+        assert_eq!(t, "Hello & welcome,\nAnn\n\n- one\n- two \u{263a}\n<end> &bogus x\n");
+    }
+
+    #[test]
+    fn ids_ignore_flags() {
+        assert_eq!(id_of("1700.M1P2.host,S=5:2,S"), id_of("1700.M1P2.host,S=5:2,RS"));
+        assert_eq!(id_of("a").len(), 12);
+    }
+}
