@@ -39,6 +39,16 @@ pub enum MailCommand {
         #[command(flatten)]
         store: Store,
     },
+    /// Write the messages (oldest first) into a new mbox file (mboxrd), for other mail programs.
+    Export {
+        /// Only this account (default: every account that delivers into a Maildir).
+        account: Option<String>,
+        /// The mbox file to create (an existing file is never replaced).
+        #[arg(long, value_name = "FILE")]
+        mbox: PathBuf,
+        #[command(flatten)]
+        store: Store,
+    },
     /// One message as a person reads it: main headers, text (HTML turned into text), attachments.
     Show {
         /// The message's id from `mail list` (a unique beginning is enough).
@@ -126,6 +136,12 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
                     )?;
                 }
             }
+            Ok(0)
+        }
+        MailCommand::Export { account, mbox, store } => {
+            let dirs: Vec<PathBuf> = maildirs(&store, account.as_deref())?.into_iter().map(|(_, d)| d).collect();
+            let n = mailbox::export_mbox(&dirs, &mbox)?;
+            println!("wrote {n} messages to {}", mbox.display());
             Ok(0)
         }
         MailCommand::Show { id, raw, save_attachments, json, store } => {

@@ -125,3 +125,39 @@ fn show_gives_text_html_as_text_attachments_and_raw_bytes() {
         Command::new(bin()).args(["mail", "show", "ffffffffffff", "--accounts-file", &acc]).output().expect("show");
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no message with an id"));
 }
+
+#[test]
+fn export_writes_an_mboxrd_file_that_mail_readers_split_correctly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acc = setup(dir.path());
+    // A body line that looks like an mbox separator, and one already quoted.
+    std::fs::write(
+        dir.path().join("Mail/home/new/1790000004.M4P1.host,S=0"),
+        "From: Bo <bo@example.org>\r\nSubject: quoting\r\nDate: Thu, 26 Nov 2026 08:00:00 +0000\r\n\r\n\
+         From the start of a line\r\n>From a quoted line\r\nlast line\r\n",
+    )
+    .expect("write");
+    let mbox = dir.path().join("out.mbox");
+    let said = mail(&acc, &["export", "--mbox", &mbox.display().to_string()]);
+    assert!(said.contains("wrote 4 messages"), "{said}");
+    let text = std::fs::read_to_string(&mbox).expect("mbox");
+    assert!(text.contains("\n>From the start of a line\n>>From a quoted line\nlast line\n\n"), "{text}");
+    // Python's mailbox module (a mail reader of its own) finds the four messages, oldest first.
+    let script = "import mailbox, sys\nfor m in mailbox.mbox(sys.argv[1]): print(m['Subject'])\n";
+    let out = Command::new("python3").args(["-c", script]).arg(&mbox).output().expect("python3");
+    let subjects = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        subjects.lines().collect::<Vec<_>>(),
+        ["=?UTF-8?B?R3LDvMOfZSBhdXMgQmVybGlu?=", "Offers", "The report", "quoting"],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An existing file is never replaced.
+    let out = Command::new(bin())
+        .args(["mail", "export", "--mbox"])
+        .arg(&mbox)
+        .args(["--accounts-file", &acc])
+        .output()
+        .expect("export");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("exists already"));
+}

@@ -434,7 +434,12 @@ fn sync_all_parallel(staged: &[Staged]) -> Result<(), DeliverError> {
 }
 
 /// `From ` lines need their mboxrd quoting: any line matching `>*From ` gets one more `>`.
-fn mboxrd_quote(data: &[u8], at_line_start: &mut bool, line: &mut Vec<u8>, out: &mut File) -> io::Result<()> {
+pub(crate) fn mboxrd_quote(
+    data: &[u8],
+    at_line_start: &mut bool,
+    line: &mut Vec<u8>,
+    out: &mut impl Write,
+) -> io::Result<()> {
     // Only the start of each line matters; buffer at most the first 5+ octets of a line.
     let mut rest = data;
     while !rest.is_empty() {

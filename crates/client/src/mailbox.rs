@@ -199,6 +199,53 @@ pub fn save_attachments(path: &Path, dir: &Path) -> Result<Vec<PathBuf>, Mailbox
     Ok(written)
 }
 
+/// Write every message of `maildirs` (oldest first) into a new mbox file in mboxrd format
+/// (RFC 4155; lines matching `>*From ` get one more `>`). The file is written beside its final
+/// name and renamed into place, and an existing file is never replaced. Returns the count.
+pub fn export_mbox(maildirs: &[PathBuf], target: &Path) -> Result<usize, MailboxError> {
+    use std::io::Write as _;
+    if target.exists() {
+        return Err(io_err(target)(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "exists already; choose a new file name",
+        )));
+    }
+    let mut all = Vec::new();
+    for d in maildirs {
+        all.extend(list(d)?);
+    }
+    all.sort_by_key(|s| (s.date, s.id.clone()));
+    let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new().prefix(".pillarbox-export").tempfile_in(dir).map_err(io_err(dir))?;
+    let mut out = std::io::BufWriter::new(tmp.as_file());
+    for s in &all {
+        let data = std::fs::read(&s.path).map_err(io_err(&s.path))?;
+        let lf: Vec<u8> = data
+            .iter()
+            .enumerate()
+            .filter(|&(i, &b)| !(b == b'\r' && data.get(i + 1) == Some(&b'\n')))
+            .map(|(_, &b)| b)
+            .collect();
+        let date = pillarbox_proto::date::asctime(s.date.max(0).unsigned_abs());
+        let write = |out: &mut std::io::BufWriter<&std::fs::File>| -> std::io::Result<()> {
+            out.write_all(format!("From MAILER-DAEMON {date}\n").as_bytes())?;
+            let (mut at_start, mut line) = (true, Vec::new());
+            crate::deliver::mboxrd_quote(&lf, &mut at_start, &mut line, out)?;
+            out.write_all(&line)?;
+            if !lf.ends_with(b"\n") {
+                out.write_all(b"\n")?;
+            }
+            out.write_all(b"\n")
+        };
+        write(&mut out).map_err(io_err(target))?;
+    }
+    out.flush().map_err(io_err(target))?;
+    drop(out);
+    tmp.as_file().sync_all().map_err(io_err(target))?;
+    tmp.persist_noclobber(target).map_err(|e| io_err(target)(e.error))?;
+    Ok(all.len())
+}
+
 /// The attachments of a message: parts that say so, or that are neither text nor multipart.
 fn attachments<'a>(m: &'a ParsedMail<'a>) -> Vec<(String, &'a ParsedMail<'a>)> {
     let mut out = Vec::new();
