@@ -49,6 +49,16 @@ pub enum MailCommand {
         #[command(flatten)]
         store: Store,
     },
+    /// Add the messages of an mbox file or a Maildir folder to an account's Maildir, skipping
+    /// those already there (same content).
+    Import {
+        /// An mbox file or a Maildir folder.
+        source: PathBuf,
+        /// The account to add them to (needed when there is more than one).
+        account: Option<String>,
+        #[command(flatten)]
+        store: Store,
+    },
     /// One message as a person reads it: main headers, text (HTML turned into text), attachments.
     Show {
         /// The message's id from `mail list` (a unique beginning is enough).
@@ -142,6 +152,22 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
             let dirs: Vec<PathBuf> = maildirs(&store, account.as_deref())?.into_iter().map(|(_, d)| d).collect();
             let n = mailbox::export_mbox(&dirs, &mbox)?;
             println!("wrote {n} messages to {}", mbox.display());
+            Ok(0)
+        }
+        MailCommand::Import { source, account, store } => {
+            let dirs = maildirs(&store, account.as_deref())?;
+            let [(name, target)] = dirs.as_slice() else {
+                bail!("name the account to import into (there are {} with a Maildir)", dirs.len());
+            };
+            let messages = mailbox::read_source(&source)?;
+            let r = mailbox::import(target, &messages)?;
+            println!(
+                "{}: {} added to {name} ({}), {} already there",
+                source.display(),
+                r.added,
+                target.display(),
+                r.duplicates
+            );
             Ok(0)
         }
         MailCommand::Show { id, raw, save_attachments, json, store } => {

@@ -161,3 +161,44 @@ fn export_writes_an_mboxrd_file_that_mail_readers_split_correctly() {
         .expect("export");
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("exists already"));
 }
+
+#[test]
+fn import_from_mbox_and_maildir_skips_what_is_already_there() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acc = setup(dir.path());
+    let mbox = dir.path().join("all.mbox");
+    mail(&acc, &["export", "--mbox", &mbox.display().to_string()]);
+    // A second account with an empty Maildir.
+    let other = dir.path().join("Mail/other");
+    let text = std::fs::read_to_string(&acc).expect("accounts");
+    std::fs::write(
+        &acc,
+        format!(
+            "{text}\n[accounts.other]\nhost = \"pop.example.net\"\nusername = \"me\"\npassword_env = \"X\"\n\
+             deliver = {{ maildir = \"{}\" }}\n",
+            other.display()
+        ),
+    )
+    .expect("accounts");
+    let said = mail(&acc, &["import", &mbox.display().to_string(), "other"]);
+    assert!(said.contains("3 added to other") && said.contains("0 already there"), "{said}");
+    // Again, and from the first account's Maildir (the same mail with CRLF line ends): nothing new.
+    let said = mail(&acc, &["import", &mbox.display().to_string(), "other"]);
+    assert!(said.contains("0 added") && said.contains("3 already there"), "{said}");
+    let said = mail(&acc, &["import", &dir.path().join("Mail/home").display().to_string(), "other"]);
+    assert!(said.contains("0 added") && said.contains("3 already there"), "{said}");
+    // The imported copies read like the originals.
+    let listed = json_lines(&mail(&acc, &["list", "other", "--json"]));
+    let subjects: Vec<&str> = listed.iter().map(|m| m["subject"].as_str().unwrap_or_default()).collect();
+    assert_eq!(subjects, ["The report", "Offers", "Grüße aus Berlin"]);
+    let report = mail(&acc, &["show", listed[0]["id"].as_str().expect("id")]);
+    assert!(report.contains("Here it is.") && report.contains("report.pdf"), "{report}");
+    // Two accounts need a name.
+    let out = Command::new(bin())
+        .args(["mail", "import"])
+        .arg(&mbox)
+        .args(["--accounts-file", &acc])
+        .output()
+        .expect("import");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("name the account"));
+}

@@ -246,6 +246,113 @@ pub fn export_mbox(maildirs: &[PathBuf], target: &Path) -> Result<usize, Mailbox
     Ok(all.len())
 }
 
+/// What an import did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Imported {
+    pub added: usize,
+    /// Already in the store (same content).
+    pub duplicates: usize,
+}
+
+/// The content hash used to recognise a message already stored: line ends do not count.
+fn content_hash(data: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut start = 0;
+    for (i, &b) in data.iter().enumerate() {
+        if b == b'\r' && data.get(i + 1) == Some(&b'\n') {
+            h.update(&data[start..i]);
+            start = i + 1;
+        }
+    }
+    h.update(&data[start..]);
+    h.finalize().into()
+}
+
+/// The messages of an mbox file (mboxrd or mboxo): split at `From ` lines, quoting undone.
+pub fn read_mbox(data: &[u8]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut current: Option<Vec<u8>> = None;
+    for line in data.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b"From ") {
+            if let Some(mut m) = current.take() {
+                // The blank line before a separator belongs to the mbox, not the message.
+                if m.ends_with(b"\n\n") {
+                    m.pop();
+                }
+                out.push(m);
+            }
+            current = Some(Vec::new());
+            continue;
+        }
+        let Some(m) = current.as_mut() else { continue };
+        let gts = line.iter().take_while(|&&b| b == b'>').count();
+        if gts > 0 && line[gts..].starts_with(b"From ") {
+            m.extend_from_slice(&line[1..]);
+        } else {
+            m.extend_from_slice(line);
+        }
+    }
+    if let Some(mut m) = current {
+        if m.ends_with(b"\n\n") {
+            m.pop();
+        }
+        out.push(m);
+    }
+    out
+}
+
+/// Add `messages` to the Maildir `target` (created if missing), skipping those whose content is
+/// already there. Each is written in `tmp/`, synced and renamed into `new/`.
+pub fn import(target: &Path, messages: &[Vec<u8>]) -> Result<Imported, MailboxError> {
+    use std::io::Write as _;
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(target.join(sub)).map_err(io_err(target))?;
+    }
+    let mut known = std::collections::HashSet::new();
+    for p in files(target)? {
+        if let Ok(d) = std::fs::read(&p) {
+            known.insert(content_hash(&d));
+        }
+    }
+    let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_else(|_| "localhost".into())
+        .trim()
+        .chars()
+        .map(|c| if c == '/' || c == ':' { '_' } else { c })
+        .collect();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mut result = Imported::default();
+    for (n, m) in messages.iter().enumerate() {
+        if !known.insert(content_hash(m)) {
+            result.duplicates += 1;
+            continue;
+        }
+        let name =
+            format!("{}.M{}P{}Q{n}.{host},S={}", now.as_secs(), now.subsec_micros(), std::process::id(), m.len());
+        let tmp = target.join("tmp").join(&name);
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(m).and_then(|()| f.sync_all()).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, target.join("new").join(&name)).map_err(io_err(&tmp))?;
+        result.added += 1;
+    }
+    let new = target.join("new");
+    std::fs::File::open(&new).and_then(|d| d.sync_all()).map_err(io_err(&new))?;
+    Ok(result)
+}
+
+/// The messages of an mbox file or a Maildir folder, for [`import`].
+pub fn read_source(source: &Path) -> Result<Vec<Vec<u8>>, MailboxError> {
+    if source.is_dir() {
+        let mut v = Vec::new();
+        for p in files(source)? {
+            v.push(std::fs::read(&p).map_err(io_err(&p))?);
+        }
+        return Ok(v);
+    }
+    let data = std::fs::read(source).map_err(io_err(source))?;
+    Ok(read_mbox(&data))
+}
+
 /// The attachments of a message: parts that say so, or that are neither text nor multipart.
 fn attachments<'a>(m: &'a ParsedMail<'a>) -> Vec<(String, &'a ParsedMail<'a>)> {
     let mut out = Vec::new();
@@ -397,6 +504,18 @@ mod tests {
              <ul><li>one</li><li>two &#x263A;</li></ul><script>alert(1)</script>&lt;end&gt; &bogus x</body></html>",
         );
         assert_eq!(t, "Hello & welcome,\nAnn\n\n- one\n- two \u{263a}\n<end> &bogus x\n");
+    }
+
+    #[test]
+    fn mbox_split_and_unquoting() {
+        let mbox = b"From a@b Thu Nov 26 07:00:00 2026\nSubject: one\n\n>From here\n>>From there\n\n\
+                     From c@d Thu Nov 26 08:00:00 2026\nSubject: two\n\nbody\n";
+        let m = read_mbox(mbox);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0], b"Subject: one\n\nFrom here\n>From there\n");
+        assert_eq!(m[1], b"Subject: two\n\nbody\n");
+        assert_eq!(content_hash(b"a\r\nb\r\n"), content_hash(b"a\nb\n"));
+        assert!(read_mbox(b"no separator at all\n").is_empty());
     }
 
     #[test]
