@@ -265,5 +265,9 @@ async fn run_once(accounts: &[Account], opts: &Options, output: &Arc<Output>) ->
         }
         delay = delay.max(d);
     }
+    if !opts.dry_run {
+        let accounts = accounts.to_vec();
+        let _ = tokio::task::spawn_blocking(move || crate::mail::after_fetch(&accounts)).await;
+    }
     (worst, delay)
 }

@@ -10,6 +10,10 @@ use pillarbox_client::mailbox::{self, Summary};
 
 #[derive(Debug, Args)]
 pub struct Store {
+    /// The search index (default: $XDG_STATE_HOME/pillarbox/search.sqlite); a cache, rebuilt when
+    /// missing.
+    #[arg(long, value_name = "FILE", env = "PILLARBOX_SEARCH_INDEX")]
+    index: Option<PathBuf>,
     /// The accounts file (default: $XDG_CONFIG_HOME/pillarbox/accounts.toml).
     #[arg(long = "accounts-file", value_name = "FILE", env = "PILLARBOX_ACCOUNTS")]
     accounts_file: Option<PathBuf>,
@@ -56,6 +60,21 @@ pub enum MailCommand {
         source: PathBuf,
         /// The account to add them to (needed when there is more than one).
         account: Option<String>,
+        #[command(flatten)]
+        store: Store,
+    },
+    /// Find messages: words anywhere in the sender, recipients, subject and text, and the terms
+    /// from:, to:, subject:, before:DAY and after:DAY (DAY as YYYY-MM-DD); newest first.
+    Search {
+        /// The query, e.g. `from:ann subject:"the report" after:2026-11-01 budget`.
+        #[arg(required = true, num_args = 1..)]
+        query: Vec<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON object per message.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         store: Store,
     },
@@ -106,6 +125,59 @@ fn maildirs(store: &Store, account: Option<&str>) -> Result<Vec<(String, PathBuf
     Ok(out)
 }
 
+/// Where the search index is kept by default: beside fetch's state.
+fn default_index() -> PathBuf {
+    let state = crate::fetch::default_state_dir();
+    state.parent().map_or_else(|| PathBuf::from("search.sqlite"), |p| p.join("search.sqlite"))
+}
+
+fn index_path(store: &Store) -> PathBuf {
+    store.index.clone().unwrap_or_else(default_index)
+}
+
+/// After a fetch: bring the search index up to date, if there is one (searching builds it).
+pub fn after_fetch(accounts: &[Account]) {
+    let path = std::env::var_os("PILLARBOX_SEARCH_INDEX").map_or_else(default_index, PathBuf::from);
+    if !path.exists() {
+        return;
+    }
+    let dirs: Vec<(String, PathBuf)> = accounts
+        .iter()
+        .filter_map(|a| match &a.deliver {
+            Deliver::Maildir(d) => Some((a.name.clone(), d.clone())),
+            _ => None,
+        })
+        .collect();
+    let result = pillarbox_client::search::Index::open(&path).and_then(|mut i| i.update(&dirs));
+    if let Err(e) = result {
+        eprintln!("pillarbox fetch: the search index was not updated: {e}");
+    }
+}
+
+/// Print summaries as `mail list` does.
+fn print_summaries(items: impl Iterator<Item = (String, Summary)>, json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for (account, s) in items {
+        if json {
+            let mut v = serde_json::to_value(&s)?;
+            v["account"] = account.into();
+            writeln!(out, "{v}")?;
+        } else {
+            writeln!(
+                out,
+                "{}  {}  {:<28.28}  {:<48.48}  {:>7}{}",
+                s.id,
+                pillarbox_proto::date::short(s.date.max(0).unsigned_abs()),
+                s.from,
+                s.subject,
+                pillarbox_client::check::human_bytes(s.size),
+                if s.attachments > 0 { format!("  [{} attached]", s.attachments) } else { String::new() }
+            )?;
+        }
+    }
+    Ok(())
+}
+
 pub fn command(cmd: MailCommand) -> Result<u8> {
     match cmd {
         MailCommand::List { account, limit, since, from, json, store } => {
@@ -127,31 +199,20 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
                 .filter(|(_, s)| since.is_none_or(|t| s.date >= t as i64))
                 .filter(|(_, s)| from.as_ref().is_none_or(|f| s.from.to_lowercase().contains(f)))
                 .take(limit.unwrap_or(usize::MAX));
-            let mut out = std::io::stdout().lock();
-            for (account, s) in shown {
-                if json {
-                    let mut v = serde_json::to_value(&s)?;
-                    v["account"] = account.into();
-                    writeln!(out, "{v}")?;
-                } else {
-                    writeln!(
-                        out,
-                        "{}  {}  {:<28.28}  {:<48.48}  {:>7}{}",
-                        s.id,
-                        pillarbox_proto::date::short(s.date.max(0).unsigned_abs()),
-                        s.from,
-                        s.subject,
-                        pillarbox_client::check::human_bytes(s.size),
-                        if s.attachments > 0 { format!("  [{} attached]", s.attachments) } else { String::new() }
-                    )?;
-                }
-            }
+            print_summaries(shown, json)?;
             Ok(0)
         }
         MailCommand::Export { account, mbox, store } => {
             let dirs: Vec<PathBuf> = maildirs(&store, account.as_deref())?.into_iter().map(|(_, d)| d).collect();
             let n = mailbox::export_mbox(&dirs, &mbox)?;
             println!("wrote {n} messages to {}", mbox.display());
+            Ok(0)
+        }
+        MailCommand::Search { query, limit, json, store } => {
+            let q = pillarbox_client::search::parse_query(&query.join(" "))?;
+            let mut index = pillarbox_client::search::Index::open(&index_path(&store))?;
+            index.update(&maildirs(&store, None)?)?;
+            print_summaries(index.search(&q, limit)?.into_iter(), json)?;
             Ok(0)
         }
         MailCommand::Import { source, account, store } => {

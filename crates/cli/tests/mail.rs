@@ -202,3 +202,102 @@ fn import_from_mbox_and_maildir_skips_what_is_already_there() {
         .expect("import");
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("name the account"));
 }
+
+fn search(acc: &str, index: &Path, query: &[&str]) -> Vec<String> {
+    let out = Command::new(bin())
+        .args(["mail", "search", "--json", "--accounts-file", acc, "--index"])
+        .arg(index)
+        .args(query)
+        .output()
+        .expect("search");
+    assert!(out.status.success(), "search {query:?}: {}", String::from_utf8_lossy(&out.stderr));
+    json_lines(&String::from_utf8_lossy(&out.stdout))
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Rows in the index, read with Python's own SQLite module.
+fn indexed(index: &Path) -> usize {
+    let out = Command::new("python3")
+        .args(["-c", "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from messages').fetchone()[0])"])
+        .arg(index)
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a count")
+}
+
+#[test]
+fn search_finds_words_and_terms_and_follows_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acc = setup(dir.path());
+    let index = dir.path().join("state/search.sqlite");
+    assert_eq!(search(&acc, &index, &["small"]), ["Offers"], "HTML text is indexed as text");
+    assert_eq!(search(&acc, &index, &["schöne"]), ["Grüße aus Berlin"]);
+    assert_eq!(search(&acc, &index, &["from:muller"]), ["Grüße aus Berlin"], "diacritics fold");
+    assert_eq!(search(&acc, &index, &["subject:report"]), ["The report"]);
+    assert_eq!(search(&acc, &index, &["to:me@example.org", "after:2026-11-10"]), ["The report", "Offers"]);
+    assert_eq!(search(&acc, &index, &["before:2026-11-10"]), ["Grüße aus Berlin"]);
+    assert!(search(&acc, &index, &["nothing-like-this"]).is_empty());
+    assert_eq!(indexed(&index), 3);
+    // New mail and removed mail are seen at the next search.
+    let md = dir.path().join("Mail/home");
+    std::fs::write(
+        md.join("new/1790000009.M9P1.host,S=0"),
+        "From: Zed <zed@example.org>\r\nSubject: Budget 2027\r\nDate: Thu, 26 Nov 2026 11:00:00 +0000\r\n\r\nNumbers.\r\n",
+    )
+    .expect("write");
+    let gone = std::fs::read_dir(md.join("new"))
+        .expect("new")
+        .flatten()
+        .find(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("Subject: Offers")));
+    std::fs::remove_file(gone.expect("the Offers file").path()).expect("remove");
+    assert_eq!(search(&acc, &index, &["budget"]), ["Budget 2027"]);
+    assert!(search(&acc, &index, &["small"]).is_empty());
+    assert_eq!(indexed(&index), 3);
+    // A missing or damaged index is rebuilt.
+    std::fs::write(&index, "not a database").expect("write");
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", index.display()));
+    }
+    assert_eq!(search(&acc, &index, &["numbers"]), ["Budget 2027"]);
+    assert_eq!(indexed(&index), 3);
+}
+
+#[test]
+fn a_fetch_brings_an_existing_search_index_up_to_date() {
+    let mut pb = common::Pillarbox::new();
+    pb.deliver("alice", b"Subject: fetched one\n\nabout the harbour\n");
+    pb.deliver("alice", b"Subject: fetched two\n\nabout the lighthouse\n");
+    pb.start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let md = dir.path().join("Mail");
+    let acc = dir.path().join("accounts.toml");
+    std::fs::write(
+        &acc,
+        format!(
+            "[accounts.home]\nhost = \"localhost\"\nport = {}\nusername = \"alice\"\npassword_command = \"echo '{}'\"\n\
+             ca_file = \"{}\"\ndeliver = {{ maildir = \"{}\" }}\n",
+            pb.pop3s.expect("pop3s").port(),
+            common::PASSWORD,
+            pb.cert().display(),
+            md.display()
+        ),
+    )
+    .expect("accounts");
+    let acc = acc.display().to_string();
+    let index = dir.path().join("search.sqlite");
+    // Searching once creates the (empty) index...
+    assert!(search(&acc, &index, &["harbour"]).is_empty());
+    assert_eq!(indexed(&index), 0);
+    // ...which every fetch from then on keeps current, without a search.
+    let out = Command::new(bin())
+        .args(["fetch", "--quiet", "--accounts-file", &acc, "--state-dir"])
+        .arg(dir.path().join("state"))
+        .env("PILLARBOX_SEARCH_INDEX", &index)
+        .output()
+        .expect("fetch");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(indexed(&index), 2);
+    assert_eq!(search(&acc, &index, &["lighthouse"]), ["fetched two"]);
+}

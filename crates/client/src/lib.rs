@@ -13,4 +13,5 @@ pub mod fetch;
 pub mod import;
 pub mod journal;
 pub mod mailbox;
+pub mod search;
 pub mod tls;

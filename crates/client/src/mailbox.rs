@@ -68,7 +68,7 @@ pub fn id_of(file_name: &str) -> String {
 }
 
 /// The message files of a Maildir (`new/` and `cur/`).
-fn files(maildir: &Path) -> Result<Vec<PathBuf>, MailboxError> {
+pub fn message_files(maildir: &Path) -> Result<Vec<PathBuf>, MailboxError> {
     let mut out = Vec::new();
     for sub in ["new", "cur"] {
         let dir = maildir.join(sub);
@@ -94,7 +94,7 @@ fn file_name(path: &Path) -> &str {
 /// Every message of `maildir`, newest first.
 pub fn list(maildir: &Path) -> Result<Vec<Summary>, MailboxError> {
     let mut out = Vec::new();
-    for path in files(maildir)? {
+    for path in message_files(maildir)? {
         let data = match std::fs::read(&path) {
             Ok(d) => d,
             // Moved or removed by another program since the listing: not an error.
@@ -107,7 +107,8 @@ pub fn list(maildir: &Path) -> Result<Vec<Summary>, MailboxError> {
     Ok(out)
 }
 
-fn summarize(path: &Path, data: &[u8]) -> Summary {
+/// The list entry of one message file's content.
+pub fn summarize(path: &Path, data: &[u8]) -> Summary {
     let name = file_name(path);
     let delivered = name.split('.').next().and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
     match mailparse::parse_mail(data) {
@@ -135,7 +136,7 @@ fn summarize(path: &Path, data: &[u8]) -> Summary {
 /// The file of the message whose id starts with `prefix`.
 pub fn find(maildir: &Path, prefix: &str) -> Result<PathBuf, MailboxError> {
     let prefix = prefix.to_ascii_lowercase();
-    let mut found = files(maildir)?.into_iter().filter(|p| id_of(file_name(p)).starts_with(&prefix));
+    let mut found = message_files(maildir)?.into_iter().filter(|p| id_of(file_name(p)).starts_with(&prefix));
     match (found.next(), found.next()) {
         (Some(p), None) if !prefix.is_empty() => Ok(p),
         (Some(_), _) => Err(MailboxError::Ambiguous(prefix)),
@@ -159,7 +160,7 @@ pub fn show(path: &Path) -> Result<Shown, MailboxError> {
         .iter()
         .filter_map(|h| m.headers.get_first_value(h).map(|v| ((*h).to_owned(), v)))
         .collect();
-    let text = body_text(&m).unwrap_or_default();
+    let text = readable_text(&m);
     let attachments = attachments(&m)
         .into_iter()
         .map(|(name, part)| Attachment {
@@ -309,7 +310,7 @@ pub fn import(target: &Path, messages: &[Vec<u8>]) -> Result<Imported, MailboxEr
         std::fs::create_dir_all(target.join(sub)).map_err(io_err(target))?;
     }
     let mut known = std::collections::HashSet::new();
-    for p in files(target)? {
+    for p in message_files(target)? {
         if let Ok(d) = std::fs::read(&p) {
             known.insert(content_hash(&d));
         }
@@ -344,7 +345,7 @@ pub fn import(target: &Path, messages: &[Vec<u8>]) -> Result<Imported, MailboxEr
 pub fn read_source(source: &Path) -> Result<Vec<Vec<u8>>, MailboxError> {
     if source.is_dir() {
         let mut v = Vec::new();
-        for p in files(source)? {
+        for p in message_files(source)? {
             v.push(std::fs::read(&p).map_err(io_err(&p))?);
         }
         return Ok(v);
@@ -385,6 +386,11 @@ fn extension(mime: &str) -> &str {
         "text/calendar" => "ics",
         _ => "bin",
     }
+}
+
+/// The text a person reads (empty when there is none), for display and the search index.
+pub fn readable_text(m: &ParsedMail<'_>) -> String {
+    body_text(m).unwrap_or_default()
 }
 
 /// The readable text: the first text/plain part that is not an attachment, else the first

@@ -1,0 +1,263 @@
+//! The search index of the local store (`pillarbox mail search`): SQLite with an FTS5 table over
+//! sender, recipients, subject and the decoded text of each message. It is only a cache of the
+//! Maildirs: brought up to date before every search (new files parsed, vanished ones dropped; a
+//! directory listing when nothing changed) and after every fetch, and rebuilt from scratch when
+//! it is missing or unreadable.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use mailparse::MailHeaderMap;
+use rusqlite::{Connection, params};
+
+use crate::mailbox::{self, Summary};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("search index {path}: {source}")]
+    Db {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(transparent)]
+    Mailbox(#[from] mailbox::MailboxError),
+    #[error("{0}")]
+    Query(String),
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    rowid INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    account TEXT NOT NULL,
+    id TEXT NOT NULL,
+    date INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    attachments INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_date ON messages(date);
+CREATE VIRTUAL TABLE IF NOT EXISTS text USING fts5(sender, recipients, subject, body, tokenize = 'unicode61 remove_diacritics 2');
+";
+
+pub struct Index {
+    db: Connection,
+    path: PathBuf,
+}
+
+/// What an update did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Updated {
+    pub added: usize,
+    pub removed: usize,
+}
+
+/// A parsed query: words for the full text, and filters.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Query {
+    /// FTS5 match expression (every term quoted), empty for none.
+    pub fts: String,
+    pub before: Option<i64>,
+    pub after: Option<i64>,
+}
+
+/// `from:ann subject:"the report" after:2026-11-01 budget` to an FTS5 expression and date
+/// bounds. Every word is quoted, so nothing in it is FTS5 syntax.
+pub fn parse_query(q: &str) -> Result<Query, SearchError> {
+    let mut out = Query::default();
+    let mut terms = Vec::new();
+    let mut rest = q.trim();
+    while !rest.is_empty() {
+        let (token, tail) = next_token(rest);
+        rest = tail.trim_start();
+        let (field, value) = match token.split_once(':') {
+            Some((f, v)) if ["from", "to", "subject", "before", "after"].contains(&f.to_ascii_lowercase().as_str()) => {
+                (Some(f.to_ascii_lowercase()), v.to_owned())
+            }
+            _ => (None, token),
+        };
+        let value = value.trim_matches('"').to_owned();
+        if value.is_empty() {
+            continue;
+        }
+        let day = |v: &str| {
+            pillarbox_proto::date::parse_day(v)
+                .map(|s| s as i64)
+                .ok_or_else(|| SearchError::Query(format!("{v:?} is not a day like 2026-11-26")))
+        };
+        let quoted = format!("\"{}\"", value.replace('"', "\"\""));
+        match field.as_deref() {
+            Some("before") => out.before = Some(day(&value)?),
+            Some("after") => out.after = Some(day(&value)?),
+            Some("from") => terms.push(format!("sender : {quoted}")),
+            Some("to") => terms.push(format!("recipients : {quoted}")),
+            Some("subject") => terms.push(format!("subject : {quoted}")),
+            _ => terms.push(quoted),
+        }
+    }
+    out.fts = terms.join(" AND ");
+    Ok(out)
+}
+
+/// One token: up to the next space, with `"..."` (also after `field:`) kept together.
+fn next_token(s: &str) -> (String, &str) {
+    let mut in_quotes = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            '"' => in_quotes = !in_quotes,
+            c if c.is_whitespace() && !in_quotes => return (s[..i].to_owned(), &s[i..]),
+            _ => {}
+        }
+    }
+    (s.to_owned(), "")
+}
+
+impl Index {
+    /// Open (or create) the index at `path`; an unreadable one is replaced by a new, empty one.
+    pub fn open(path: &Path) -> Result<Self, SearchError> {
+        let err = |source| SearchError::Db { path: path.to_owned(), source };
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let open = || -> Result<Connection, rusqlite::Error> {
+            let db = Connection::open(path)?;
+            db.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+            db.execute_batch(SCHEMA)?;
+            Ok(db)
+        };
+        let db = match open() {
+            Ok(db) => db,
+            Err(_) => {
+                // Only a cache: start again rather than fail.
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+                open().map_err(err)?
+            }
+        };
+        Ok(Self { db, path: path.to_owned() })
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> SearchError + '_ {
+        |source| SearchError::Db { path: self.path.clone(), source }
+    }
+
+    /// Bring the index in line with the Maildirs (account name, folder).
+    pub fn update(&mut self, maildirs: &[(String, PathBuf)]) -> Result<Updated, SearchError> {
+        let mut on_disk: HashMap<PathBuf, String> = HashMap::new();
+        for (account, dir) in maildirs {
+            for p in mailbox::message_files(dir)? {
+                on_disk.insert(p, account.clone());
+            }
+        }
+        let indexed: Vec<(i64, PathBuf)> = {
+            let mut stmt = self.db.prepare("SELECT rowid, path FROM messages").map_err(self.err())?;
+            stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, PathBuf::from(r.get::<_, String>(1)?))))
+                .map_err(self.err())?
+                .collect::<Result<_, _>>()
+                .map_err(self.err())?
+        };
+        let err = |source| SearchError::Db { path: self.path.clone(), source };
+        let tx = self.db.transaction().map_err(err)?;
+        let mut result = Updated::default();
+        for (rowid, path) in &indexed {
+            if on_disk.remove(path).is_none() {
+                tx.execute("DELETE FROM messages WHERE rowid = ?1", [rowid]).map_err(err)?;
+                tx.execute("DELETE FROM text WHERE rowid = ?1", [rowid]).map_err(err)?;
+                result.removed += 1;
+            }
+        }
+        for (path, account) in on_disk {
+            let Ok(data) = std::fs::read(&path) else { continue };
+            let s = mailbox::summarize(&path, &data);
+            let (recipients, body) = match mailparse::parse_mail(&data) {
+                Ok(m) => {
+                    let to =
+                        ["To", "Cc"].iter().filter_map(|h| m.headers.get_first_value(h)).collect::<Vec<_>>().join(", ");
+                    (to, mailbox::readable_text(&m))
+                }
+                Err(_) => (String::new(), String::new()),
+            };
+            tx.execute(
+                "INSERT INTO messages (path, account, id, date, sender, subject, size, attachments) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    path.to_string_lossy(),
+                    account,
+                    s.id,
+                    s.date,
+                    s.from,
+                    s.subject,
+                    s.size as i64,
+                    s.attachments as i64
+                ],
+            )
+            .map_err(err)?;
+            let rowid = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO text (rowid, sender, recipients, subject, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![rowid, s.from, recipients, s.subject, body],
+            )
+            .map_err(err)?;
+            result.added += 1;
+        }
+        tx.commit().map_err(err)?;
+        Ok(result)
+    }
+
+    /// The messages matching `q`, newest first (account, summary).
+    pub fn search(&self, q: &Query, limit: usize) -> Result<Vec<(String, Summary)>, SearchError> {
+        let mut sql = String::from(
+            "SELECT m.account, m.id, m.date, m.sender, m.subject, m.size, m.attachments, m.path FROM messages m",
+        );
+        let mut clauses = Vec::new();
+        if !q.fts.is_empty() {
+            sql.push_str(" JOIN text t ON t.rowid = m.rowid");
+            clauses.push("text MATCH ?1".to_owned());
+        }
+        if let Some(b) = q.before {
+            clauses.push(format!("m.date < {b}"));
+        }
+        if let Some(a) = q.after {
+            clauses.push(format!("m.date >= {a}"));
+        }
+        if !clauses.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&clauses.join(" AND "));
+        }
+        sql.push_str(&format!(" ORDER BY m.date DESC LIMIT {}", limit.min(i64::MAX as usize)));
+        let mut stmt = self.db.prepare(&sql).map_err(self.err())?;
+        let row = |r: &rusqlite::Row<'_>| {
+            Ok((
+                r.get::<_, String>(0)?,
+                Summary {
+                    id: r.get(1)?,
+                    date: r.get(2)?,
+                    from: r.get(3)?,
+                    subject: r.get(4)?,
+                    size: r.get::<_, i64>(5)?.max(0) as u64,
+                    attachments: r.get::<_, i64>(6)?.max(0) as usize,
+                    path: PathBuf::from(r.get::<_, String>(7)?),
+                },
+            ))
+        };
+        let rows = if q.fts.is_empty() { stmt.query_map([], row) } else { stmt.query_map([&q.fts], row) };
+        rows.map_err(self.err())?.collect::<Result<_, _>>().map_err(self.err())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_quote_every_word() {
+        let q = parse_query(r#"from:ann subject:"the report" after:2026-11-01 budget NEAR(x"#).expect("query");
+        assert_eq!(q.fts, r#"sender : "ann" AND subject : "the report" AND "budget" AND "NEAR(x""#);
+        assert_eq!(q.after, Some(1_793_491_200));
+        assert!(parse_query("before:yesterday").is_err());
+        assert_eq!(parse_query("  ").expect("empty").fts, "");
+    }
+}
