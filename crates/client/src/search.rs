@@ -1,5 +1,7 @@
 //! The search index of the local store (`pillarbox mail search`): SQLite with an FTS5 table over
-//! sender, recipients, subject and the decoded text of each message. It is only a cache of the
+//! sender, recipients, subject and the decoded text of each message. The FTS5 table is
+//! contentless: it keeps what finds a message, not a second copy of its text (the list fields
+//! live in a plain table beside it). It is only a cache of the
 //! Maildirs: brought up to date before every search (new files parsed, vanished ones dropped; a
 //! directory listing when nothing changed) and after every fetch, and rebuilt from scratch when
 //! it is missing or unreadable.
@@ -39,7 +41,7 @@ CREATE TABLE IF NOT EXISTS messages (
     attachments INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_date ON messages(date);
-CREATE VIRTUAL TABLE IF NOT EXISTS text USING fts5(sender, recipients, subject, body, tokenize = 'unicode61 remove_diacritics 2');
+CREATE VIRTUAL TABLE IF NOT EXISTS text USING fts5(sender, recipients, subject, body, content = '', contentless_delete = 1, tokenize = 'unicode61 remove_diacritics 2');
 ";
 
 pub struct Index {
