@@ -266,8 +266,8 @@ async fn run_once(accounts: &[Account], opts: &Options, output: &Arc<Output>) ->
         delay = delay.max(d);
     }
     if !opts.dry_run {
-        let accounts = accounts.to_vec();
-        let _ = tokio::task::spawn_blocking(move || crate::mail::after_fetch(&accounts)).await;
+        let (accounts, state_dir) = (accounts.to_vec(), opts.state_dir.clone());
+        let _ = tokio::task::spawn_blocking(move || crate::mail::after_fetch(&accounts, &state_dir)).await;
     }
     (worst, delay)
 }

@@ -131,13 +131,27 @@ fn default_index() -> PathBuf {
     state.parent().map_or_else(|| PathBuf::from("search.sqlite"), |p| p.join("search.sqlite"))
 }
 
+/// The index for these messages: `--index`, else the default one, or, for a `--maildir` of its
+/// own, one beside it named after that folder (so that it does not replace the accounts' index).
 fn index_path(store: &Store) -> PathBuf {
-    store.index.clone().unwrap_or_else(default_index)
+    if let Some(i) = &store.index {
+        return i.clone();
+    }
+    match &store.maildir {
+        Some(dir) => {
+            let key = mailbox::id_of(&std::path::absolute(dir).unwrap_or_else(|_| dir.clone()).to_string_lossy());
+            default_index().with_file_name(format!("search-{key}.sqlite"))
+        }
+        None => default_index(),
+    }
 }
 
-/// After a fetch: bring the search index up to date, if there is one (searching builds it).
-pub fn after_fetch(accounts: &[Account]) {
-    let path = std::env::var_os("PILLARBOX_SEARCH_INDEX").map_or_else(default_index, PathBuf::from);
+/// After a fetch: bring the search index up to date for these accounts, if there is one
+/// (searching builds it). It lives beside fetch's state folder (the default one: beside the
+/// default index of `mail search`).
+pub fn after_fetch(accounts: &[Account], state_dir: &std::path::Path) {
+    let beside = state_dir.parent().map_or_else(|| PathBuf::from("search.sqlite"), |p| p.join("search.sqlite"));
+    let path = std::env::var_os("PILLARBOX_SEARCH_INDEX").map_or(beside, PathBuf::from);
     if !path.exists() {
         return;
     }
@@ -148,7 +162,7 @@ pub fn after_fetch(accounts: &[Account]) {
             _ => None,
         })
         .collect();
-    let result = pillarbox_client::search::Index::open(&path).and_then(|mut i| i.update(&dirs));
+    let result = pillarbox_client::search::Index::open(&path).and_then(|mut i| i.update(&dirs, false));
     if let Err(e) = result {
         eprintln!("pillarbox fetch: the search index was not updated: {e}");
     }
@@ -188,15 +202,17 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
                 ),
                 None => None,
             };
-            let mut all: Vec<(String, Summary)> = Vec::new();
-            for (name, dir) in maildirs(&store, account.as_deref())? {
-                all.extend(mailbox::list(&dir)?.into_iter().map(|s| (name.clone(), s)));
-            }
-            all.sort_by_key(|(_, s)| std::cmp::Reverse(s.date));
+            // The list comes from the search index (brought up to date first), so a large store
+            // is not parsed again for every listing.
+            maildirs(&store, account.as_deref())?;
+            let mut index = pillarbox_client::search::Index::open(&index_path(&store))?;
+            index.update(&maildirs(&store, None)?, true)?;
+            let query = pillarbox_client::search::Query { after: since.map(|t| t as i64), ..Default::default() };
             let from = from.map(|f| f.to_lowercase());
-            let shown = all
+            let shown = index
+                .search(&query, usize::MAX)?
                 .into_iter()
-                .filter(|(_, s)| since.is_none_or(|t| s.date >= t as i64))
+                .filter(|(a, _)| account.as_ref().is_none_or(|n| a == n))
                 .filter(|(_, s)| from.as_ref().is_none_or(|f| s.from.to_lowercase().contains(f)))
                 .take(limit.unwrap_or(usize::MAX));
             print_summaries(shown, json)?;
@@ -211,7 +227,7 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
         MailCommand::Search { query, limit, json, store } => {
             let q = pillarbox_client::search::parse_query(&query.join(" "))?;
             let mut index = pillarbox_client::search::Index::open(&index_path(&store))?;
-            index.update(&maildirs(&store, None)?)?;
+            index.update(&maildirs(&store, None)?, true)?;
             print_summaries(index.search(&q, limit)?.into_iter(), json)?;
             Ok(0)
         }

@@ -69,7 +69,15 @@ fn setup(dir: &Path) -> String {
 }
 
 fn mail(accounts: &str, args: &[&str]) -> String {
-    let out = Command::new(bin()).arg("mail").args(args).args(["--accounts-file", accounts]).output().expect("mail");
+    // The default index lives under XDG_STATE_HOME: the test's own folder, not the home's.
+    let state = Path::new(accounts).parent().expect("folder").join("xdg-state");
+    let out = Command::new(bin())
+        .arg("mail")
+        .args(args)
+        .args(["--accounts-file", accounts])
+        .env("XDG_STATE_HOME", &state)
+        .output()
+        .expect("mail");
     assert!(out.status.success(), "mail {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("UTF-8")
 }

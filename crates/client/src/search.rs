@@ -146,26 +146,29 @@ impl Index {
         |source| SearchError::Db { path: self.path.clone(), source }
     }
 
-    /// Bring the index in line with the Maildirs (account name, folder).
-    pub fn update(&mut self, maildirs: &[(String, PathBuf)]) -> Result<Updated, SearchError> {
+    /// Bring the index in line with the Maildirs (account name, folder). Rows of other accounts
+    /// are kept, unless `all` says these are all the accounts there are (then the rows of
+    /// accounts that no longer exist go too).
+    pub fn update(&mut self, maildirs: &[(String, PathBuf)], all: bool) -> Result<Updated, SearchError> {
         let mut on_disk: HashMap<PathBuf, String> = HashMap::new();
         for (account, dir) in maildirs {
             for p in mailbox::message_files(dir)? {
                 on_disk.insert(p, account.clone());
             }
         }
-        let indexed: Vec<(i64, PathBuf)> = {
-            let mut stmt = self.db.prepare("SELECT rowid, path FROM messages").map_err(self.err())?;
-            stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, PathBuf::from(r.get::<_, String>(1)?))))
+        let indexed: Vec<(i64, PathBuf, String)> = {
+            let mut stmt = self.db.prepare("SELECT rowid, path, account FROM messages").map_err(self.err())?;
+            stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, PathBuf::from(r.get::<_, String>(1)?), r.get(2)?)))
                 .map_err(self.err())?
                 .collect::<Result<_, _>>()
                 .map_err(self.err())?
         };
+        let ours = |account: &str| all || maildirs.iter().any(|(a, _)| a == account);
         let err = |source| SearchError::Db { path: self.path.clone(), source };
         let tx = self.db.transaction().map_err(err)?;
         let mut result = Updated::default();
-        for (rowid, path) in &indexed {
-            if on_disk.remove(path).is_none() {
+        for (rowid, path, account) in &indexed {
+            if on_disk.remove(path).is_none() && ours(account) {
                 tx.execute("DELETE FROM messages WHERE rowid = ?1", [rowid]).map_err(err)?;
                 tx.execute("DELETE FROM text WHERE rowid = ?1", [rowid]).map_err(err)?;
                 result.removed += 1;
@@ -253,6 +256,29 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn updating_some_accounts_keeps_the_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let md = |name: &str| {
+            let d = dir.path().join(name);
+            for sub in ["cur", "new", "tmp"] {
+                std::fs::create_dir_all(d.join(sub)).expect("mkdir");
+            }
+            std::fs::write(d.join("new/1790000000.M1P1.h"), format!("Subject: in {name}\n\nbody\n")).expect("write");
+            (name.to_owned(), d)
+        };
+        let (a, b) = (md("a"), md("b"));
+        let mut index = Index::open(&dir.path().join("i.sqlite")).expect("open");
+        assert_eq!(index.update(&[a.clone(), b.clone()], true).expect("update").added, 2);
+        // A fetch of account a alone: b's rows stay.
+        assert_eq!(index.update(std::slice::from_ref(&a), false).expect("update"), Updated::default());
+        assert_eq!(index.search(&Query::default(), 10).expect("search").len(), 2);
+        // b is no longer an account at all.
+        assert_eq!(index.update(std::slice::from_ref(&a), true).expect("update").removed, 1);
+        let left = index.search(&Query::default(), 10).expect("search");
+        assert_eq!(left.iter().map(|(acc, _)| acc.as_str()).collect::<Vec<_>>(), ["a"]);
+    }
 
     #[test]
     fn queries_quote_every_word() {
