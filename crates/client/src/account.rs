@@ -103,6 +103,9 @@ pub enum AccountError {
     },
     #[error("{path}, line {line}, field `{field}`: {message}")]
     Field { path: PathBuf, line: usize, field: String, message: String },
+    /// A change to the file that cannot be made (an account name taken, say).
+    #[error("{path}: {message}")]
+    Edit { path: PathBuf, message: String },
 }
 
 #[derive(Deserialize)]
@@ -299,8 +302,7 @@ fn edit_file(
 ) -> Result<(), AccountError> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let field_err =
-        |message: String| AccountError::Field { path: path.to_owned(), line: 0, field: "accounts".into(), message };
+    let field_err = |message: String| AccountError::Edit { path: path.to_owned(), message };
     let (text, header) = match std::fs::read_to_string(path) {
         Ok(t) => (t, ""),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), NEW_FILE_HEADER),

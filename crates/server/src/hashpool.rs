@@ -60,16 +60,16 @@ mod tests {
         let pool = HashPool::new(2).expect("threads");
         assert_eq!(pool.run(|| 6 * 7).await, Some(42));
         assert_eq!(pool.run(|| -> u8 { panic!("a failing check") }).await, None);
-        let answers: Vec<Option<usize>> =
-            futures_join((0..20).map(|i| pool.run(move || i * 2)).collect::<Vec<_>>()).await;
-        assert_eq!(answers, (0..20).map(|i| Some(i * 2)).collect::<Vec<_>>());
-    }
-
-    async fn futures_join<F: Future>(fs: Vec<F>) -> Vec<F::Output> {
-        let mut out = Vec::new();
-        for f in fs {
-            out.push(f.await);
+        // Twenty at once on two threads: they queue, and every one gets its own answer.
+        let pool = std::sync::Arc::new(pool);
+        let tasks: Vec<_> = (0..20usize)
+            .map(|i| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.run(move || i * 2).await })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.expect("task"), Some(i * 2));
         }
-        out
     }
 }
