@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod account;
+pub mod backup;
 pub mod check;
 pub mod conn;
 pub mod deliver;

@@ -65,6 +65,24 @@ pub fn parse_day(s: &str) -> Option<u64> {
     (short(secs)[..10] == *s.trim()).then_some(secs)
 }
 
+/// `20261126T072950Z` (ISO 8601 basic format, UTC), for file names that sort by time.
+pub fn compact(secs: u64) -> String {
+    let c = civil(secs);
+    format!("{:04}{:02}{:02}T{:02}{:02}{:02}Z", c.year, c.month, c.day, c.hour, c.minute, c.second)
+}
+
+/// The inverse of `compact`.
+pub fn parse_compact(s: &str) -> Option<u64> {
+    let s = s.strip_suffix('Z').unwrap_or(s);
+    let (day, time) = s.split_once('T')?;
+    if day.len() != 8 || time.len() != 6 || !day.bytes().chain(time.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let start = parse_day(&format!("{}-{}-{}", &day[..4], &day[4..6], &day[6..]))?;
+    let (h, m, sec): (u64, u64, u64) = (time[..2].parse().ok()?, time[2..4].parse().ok()?, time[4..].parse().ok()?);
+    (h < 24 && m < 60 && sec < 60).then_some(start + h * 3600 + m * 60 + sec)
+}
+
 /// `Thu, 26 Nov 2026 07:29:50 +0000` (RFC 5322 section 3.3).
 pub fn rfc5322(secs: u64) -> String {
     let c = civil(secs);
@@ -98,6 +116,16 @@ pub fn asctime(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compact_round_trips() {
+        for t in [0, 951_782_400, 1_795_678_190, 4_102_444_799] {
+            assert_eq!(parse_compact(&compact(t)), Some(t), "{}", compact(t));
+        }
+        assert_eq!(compact(1_795_678_190), "20261126T072950Z");
+        assert_eq!(parse_compact("20261126T246000Z"), None);
+        assert_eq!(parse_compact("2026-11-26"), None);
+    }
 
     #[test]
     fn short_dates_and_days() {
