@@ -2,7 +2,7 @@
 # Run every Pillarbox test on a fresh Debian machine.
 #
 # The end-to-end tests talk to the real binary with real clients (Python's poplib and smtplib,
-# curl, mpop, swaks, a SCRAM client on pyOpenSSL) and compare it with a real Dovecot (account
+# curl, mpop, swaks, a SCRAM client on pyOpenSSL; age, zstd and tar open backups) and compare it with a real Dovecot (account
 # discovery asks a private dnsmasq), so this
 # first installs what provides them when it is missing, then runs the whole workspace's tests
 # (unit, protocol, end-to-end, doc tests).
@@ -16,6 +16,9 @@ have swaks   || missing+=(swaks)
 have mpop    || missing+=(mpop)
 have fetchmail || missing+=(fetchmail)
 have openssl || missing+=(openssl)
+have age     || missing+=(age)
+have zstd    || missing+=(zstd)
+have tar     || missing+=(tar)
 have python3 || missing+=(python3)
 have doveadm || missing+=(dovecot-core)
 [ -x /usr/lib/dovecot/pop3 ] || missing+=(dovecot-pop3d)

@@ -414,7 +414,6 @@ pub fn check_password_policy(password: &[u8], user: &str, min_score: u8) -> Resu
             why.push_str(&format!("; {s}"));
         }
     }
-    why.push_str("; or use --generate for a strong random password");
     Err(why)
 }
 

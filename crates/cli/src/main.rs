@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod account;
+mod backup;
 mod fetch;
 mod mail;
 mod migrate;
@@ -58,9 +59,13 @@ enum Command {
     /// Set up accounts for fetch: add (finds the server and tests the account), list, show, remove.
     #[command(subcommand)]
     Account(account::AccountCommand),
-    /// Read the downloaded mail offline: list, show.
+    /// Read the downloaded mail offline: list, show, search, export, import.
     #[command(subcommand)]
     Mail(mail::MailCommand),
+    /// Encrypted, incremental backups of the local mail and fetch's state: create, verify,
+    /// restore, list, keygen.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
     /// Test accounts step by step (DNS, connection, TLS, certificate, login, mailbox, local store)
     /// and say what is wrong and how to fix it.
     Check(Box<account::CheckArgs>),
@@ -317,6 +322,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Fetch(args) => fetch::run(args).map(ExitCode::from),
         Command::Account(cmd) => account::command(cmd).map(ExitCode::from),
         Command::Mail(cmd) => mail::command(cmd).map(ExitCode::from),
+        Command::Backup(cmd) => backup::command(cmd).map(ExitCode::from),
         Command::Check(args) => account::check(*args).map(ExitCode::from),
         Command::Serve(args) => {
             let (config, prepared) = server()?;
@@ -563,7 +569,7 @@ fn new_password(source: &PasswordSource, name: &UserName, config: &Config) -> Re
     } else {
         let p = read_password(source.password_stdin, name.as_str(), true)?;
         check_password_policy(p.expose(), name.as_str(), config.min_password_score)
-            .map_err(|why| Exit(EX_DATAERR, why))?;
+            .map_err(|why| Exit(EX_DATAERR, format!("{why}; or use --generate for a strong random password")))?;
         p
     };
     let mut rec = UserRecord::default();

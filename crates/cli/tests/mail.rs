@@ -309,3 +309,66 @@ fn a_fetch_brings_an_existing_search_index_up_to_date() {
     assert_eq!(indexed(&index), 2);
     assert_eq!(search(&acc, &index, &["lighthouse"]), ["fetched two"]);
 }
+
+/// The whole offline-reading path on generated mail: every message listed with its decoded
+/// sender, subject, date and attachment count; shown with its text and attachments; found by its
+/// own word and by header terms.
+#[test]
+fn generated_mail_is_listed_shown_and_found_as_generated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let md = dir.path().join("Mail/home");
+    let generated = common::genmail::fill(&md, 7, 0, 120);
+    let acc = dir.path().join("accounts.toml");
+    std::fs::write(
+        &acc,
+        format!(
+            "[accounts.home]\nhost = \"pop.example.org\"\nusername = \"me\"\npassword_env = \"X\"\n\
+             deliver = {{ maildir = \"{}\" }}\n",
+            md.display()
+        ),
+    )
+    .expect("accounts");
+    let acc = acc.display().to_string();
+    let listed = json_lines(&mail(&acc, &["list", "--json"]));
+    assert_eq!(listed.len(), generated.len());
+    let mut by_date = generated.clone();
+    by_date.sort_by_key(|g| std::cmp::Reverse(g.date));
+    for (l, g) in listed.iter().zip(&by_date) {
+        assert_eq!(l["subject"], g.subject.as_str(), "{l}");
+        assert_eq!(l["from"], format!("{} <{}>", g.from_name, g.from_addr).as_str(), "{l}");
+        assert_eq!(l["date"].as_u64(), Some(g.date), "{l}");
+        assert_eq!(l["attachments"].as_u64(), Some(g.attachments.len() as u64), "{l}");
+        assert_eq!(l["size"].as_u64(), Some(g.bytes.len() as u64), "{l}");
+    }
+    // Shown: the text (from HTML when there is no text part) and the attachments as generated.
+    for (l, g) in listed.iter().zip(&by_date).filter(|(_, g)| g.html_only || !g.attachments.is_empty()).take(12) {
+        let shown: serde_json::Value =
+            serde_json::from_str(&mail(&acc, &["show", "--json", l["id"].as_str().expect("id")])).expect("JSON");
+        let text = shown["text"].as_str().expect("text");
+        assert!(text.contains(&g.sentence), "{text:?} lacks {:?}", g.sentence);
+        assert!(!text.contains("<p>") && !text.contains("color: #333"), "{text:?}");
+        let atts: Vec<(String, String, usize)> = shown["attachments"]
+            .as_array()
+            .expect("attachments")
+            .iter()
+            .map(|a| {
+                (
+                    a["name"].as_str().expect("name").to_owned(),
+                    a["mime"].as_str().expect("mime").to_owned(),
+                    a["size"].as_u64().expect("size") as usize,
+                )
+            })
+            .collect();
+        assert_eq!(atts, g.attachments);
+    }
+    // Found: by a word only its text has, by sender (encoded in the header), by subject term.
+    let index = dir.path().join("search.sqlite");
+    for g in generated.iter().step_by(17) {
+        assert_eq!(search(&acc, &index, &[&g.word]), std::slice::from_ref(&g.subject), "{}", g.word);
+    }
+    let zoe = search(&acc, &index, &["from:Ångström"]);
+    assert_eq!(zoe.len(), generated.iter().filter(|g| g.from_name.contains("Ångström")).count());
+    assert!(!zoe.is_empty());
+    let streets = generated.iter().filter(|g| g.subject.contains("Straße")).count();
+    assert_eq!(search(&acc, &index, &["subject:straße"]).len(), streets.min(50));
+}

@@ -113,6 +113,77 @@ pub enum AccountError {
 struct RawFile {
     #[serde(default)]
     accounts: BTreeMap<String, RawAccount>,
+    #[serde(default)]
+    backup: RawBackup,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBackup {
+    dir: Option<PathBuf>,
+    #[serde(default)]
+    recipients: Vec<String>,
+    passphrase_file: Option<PathBuf>,
+}
+
+/// The `[backup]` table: where `pillarbox backup create` writes and how it encrypts, so that a
+/// timer can run it without flags.
+#[derive(Debug, Clone, Default)]
+pub struct BackupSettings {
+    pub dir: Option<PathBuf>,
+    /// age public keys: archives are encrypted to them (no passphrase needed to back up).
+    pub recipients: Vec<age::x25519::Recipient>,
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// The `[backup]` table of an accounts file (empty when the file does not exist).
+pub fn backup_settings(path: &Path) -> Result<BackupSettings, AccountError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BackupSettings::default()),
+        Err(source) => return Err(AccountError::Read { path: path.to_owned(), source }),
+    };
+    parse(&text, path)?;
+    let raw: RawFile =
+        toml::from_str(&text).map_err(|e| AccountError::Edit { path: path.to_owned(), message: e.to_string() })?;
+    let mut recipients = Vec::new();
+    for r in &raw.backup.recipients {
+        recipients.push(r.trim().parse().map_err(|e| AccountError::Field {
+            path: path.to_owned(),
+            line: pillarbox_proto::units::key_line(&text, "backup", "recipients"),
+            field: "backup.recipients".into(),
+            message: format!("{r:?} is not an age public key (age1...): {e}"),
+        })?);
+    }
+    Ok(BackupSettings {
+        dir: raw.backup.dir.map(|d| expand_home(&d)),
+        recipients,
+        passphrase_file: raw.backup.passphrase_file.map(|p| expand_home(&p)),
+    })
+}
+
+/// The accounts file as kept in a backup: `password_command` values are removed (a command may
+/// hold a password), with a comment saying so; everything else is kept as written.
+pub fn without_secrets(text: &str) -> String {
+    let Ok(mut doc) = text.parse::<toml_edit::DocumentMut>() else {
+        return String::new();
+    };
+    if let Some(accounts) = doc.get_mut("accounts").and_then(|a| a.as_table_like_mut()) {
+        for (_, account) in accounts.iter_mut() {
+            if let Some(t) = account.as_table_like_mut()
+                && t.remove("password_command").is_some()
+            {
+                let note =
+                    "# password_command was removed by `pillarbox backup` (it may hold a password): set it again\n";
+                if let Some(table) = account.as_table_mut() {
+                    let decor = table.decor_mut();
+                    let prefix = decor.prefix().and_then(|p| p.as_str()).unwrap_or("").to_owned();
+                    decor.set_prefix(format!("{prefix}{note}"));
+                }
+            }
+        }
+    }
+    doc.to_string()
 }
 
 #[derive(Deserialize)]
@@ -489,6 +560,16 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Account>, AccountError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backups_keep_the_accounts_file_without_password_commands() {
+        let text = "# mine\n[accounts.work]\nhost = \"pop.example.org\"\nusername = \"ann\"\npassword_command = \"echo hunter2\"\ndeliver = { maildir = \"~/Mail\" }\n\n[accounts.home]\nhost = \"pop.example.net\"\nusername = \"ann\"\npassword_file = \"~/.pw\"\ndeliver = { maildir = \"~/Home\" }\n";
+        let kept = without_secrets(text);
+        assert!(!kept.contains("hunter2"), "{kept}");
+        assert!(kept.contains("# mine") && kept.contains("password_file = \"~/.pw\""), "{kept}");
+        assert!(kept.contains("password_command was removed"), "{kept}");
+        assert!(parse(&kept, Path::new("a.toml")).is_err(), "the restored file says what to set again");
+    }
 
     const GOOD: &str = r#"
 [accounts.work]

@@ -363,7 +363,10 @@ fn walk(sources: &[Source], skipped: &mut Vec<String>) -> Result<Vec<Found>, Bac
             }
             SourceKind::Maildir | SourceKind::Folder => {
                 if !s.path.exists() {
-                    skipped.push(format!("{}: not there", s.path.display()));
+                    // fetch's state folder appears with an account's first download.
+                    if s.kind == SourceKind::Maildir {
+                        skipped.push(format!("{}: not there", s.path.display()));
+                    }
                     continue;
                 }
                 walk_dir(&s.path, &s.name, s.kind, &mut out, skipped)?;
@@ -774,6 +777,18 @@ impl<R: Read> Read for Counting<'_, R> {
 
 type Plain<'a> = Box<dyn Read + 'a>;
 
+/// An error met while reading an archive, said as what it means for the archive.
+fn describe(e: &io::Error) -> String {
+    let text = e.to_string();
+    if text.contains("decryption error") {
+        "the encrypted data fails its integrity check (the file was altered or cut short)".into()
+    } else if e.kind() == io::ErrorKind::UnexpectedEof {
+        format!("the file ends too early ({text})")
+    } else {
+        text
+    }
+}
+
 /// An archive opened for reading: decrypted (if it is encrypted) and decompressed.
 struct Opened<'a> {
     tar: tar::Archive<Plain<'a>>,
@@ -836,7 +851,7 @@ fn parse_header<R: Read>(path: &Path, first: Option<io::Result<tar::Entry<'_, R>
     let damaged = |detail: String| BackupError::Damaged { path: path.to_owned(), detail };
     let mut entry = match first {
         Some(Ok(e)) => e,
-        Some(Err(e)) => return Err(damaged(e.to_string())),
+        Some(Err(e)) => return Err(damaged(describe(&e))),
         None => return Err(damaged("empty archive".into())),
     };
     let name = entry.path().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
@@ -844,7 +859,7 @@ fn parse_header<R: Read>(path: &Path, first: Option<io::Result<tar::Entry<'_, R>
         return Err(damaged(format!("starts with {name:?}, not {HEADER_ENTRY}")));
     }
     let mut bytes = Vec::new();
-    entry.read_to_end(&mut bytes).map_err(|e| damaged(e.to_string()))?;
+    entry.read_to_end(&mut bytes).map_err(|e| damaged(describe(&e)))?;
     let h: Header = serde_json::from_slice(&bytes).map_err(|e| damaged(format!("the header is not readable: {e}")))?;
     if h.format != FORMAT {
         return Err(BackupError::Refused(format!(
@@ -890,17 +905,20 @@ fn read_archive(
         path: path.to_owned(),
         detail: format!("{detail} (at about byte {})", pos.get()),
     };
-    let mut entries = o.tar.entries().map_err(|e| damaged(e.to_string()))?;
-    let header = parse_header(path, entries.next())?;
+    let mut entries = o.tar.entries().map_err(|e| damaged(describe(&e)))?;
+    let header = parse_header(path, entries.next()).map_err(|e| match e {
+        BackupError::Damaged { detail, .. } => damaged(detail),
+        e => e,
+    })?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| damaged(e.to_string()))?;
-        let name = entry.path().map_err(|e| damaged(e.to_string()))?.to_string_lossy().into_owned();
+        let mut entry = entry.map_err(|e| damaged(describe(&e)))?;
+        let name = entry.path().map_err(|e| damaged(describe(&e)))?.to_string_lossy().into_owned();
         if manifest.is_some() {
             return Err(damaged(format!("{name:?} follows the manifest")));
         }
         if name == MANIFEST_ENTRY {
             let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).map_err(|e| damaged(e.to_string()))?;
+            entry.read_to_end(&mut bytes).map_err(|e| damaged(describe(&e)))?;
             manifest = Some(
                 serde_json::from_slice(&bytes).map_err(|e| damaged(format!("the manifest is not readable: {e}")))?,
             );
@@ -910,17 +928,17 @@ fn read_archive(
         let mut hashing = Hashing { inner: &mut entry, hash: Sha256::new(), progress: &Quiet };
         each(&name, &mut hashing).map_err(|e| match e {
             BackupError::Io { what, source } if source.kind() == io::ErrorKind::InvalidData => {
-                damaged(format!("{what}: {source}"))
+                damaged(format!("{what}: {}", describe(&source)))
             }
             e => e,
         })?;
-        io::copy(&mut hashing, &mut io::sink()).map_err(|e| damaged(e.to_string()))?;
+        io::copy(&mut hashing, &mut io::sink()).map_err(|e| damaged(describe(&e)))?;
         stored_bytes += size;
         stored.insert(name, hex(&hashing.hash.finalize()));
     }
     // The tar end, then the compressed stream's end (which checks zstd's checksum and age's last
     // chunk): a truncated archive fails here.
-    io::copy(&mut o.tar.into_inner(), &mut io::sink()).map_err(|e| damaged(e.to_string()))?;
+    io::copy(&mut o.tar.into_inner(), &mut io::sink()).map_err(|e| damaged(describe(&e)))?;
     let manifest = manifest.ok_or_else(|| damaged("no manifest at the end: the archive is incomplete".into()))?;
     if manifest.chain != header.chain || manifest.seq != header.seq {
         return Err(damaged("the manifest belongs to another archive".into()));

@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod dns;
 pub mod dovecot;
+pub mod genmail;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,0 +1,502 @@
+//! `pillarbox backup create|verify|restore|list|keygen`: encrypted, incremental backups of the
+//! local store (see `pillarbox_client::backup`).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use age::secrecy::{ExposeSecret, SecretString};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use pillarbox_client::account::{self, Account, BackupSettings, Deliver};
+use pillarbox_client::backup::{self, Encryption, Keys, Source, SourceKind};
+use pillarbox_client::check::human_bytes;
+
+/// The lowest zxcvbn score (0 to 4) accepted for a new backup passphrase.
+const MIN_PASSPHRASE_SCORE: u8 = 3;
+
+#[derive(Debug, Args)]
+pub struct Where {
+    /// The accounts file (default: $XDG_CONFIG_HOME/pillarbox/accounts.toml); its [backup] table
+    /// gives defaults for the folder and the encryption.
+    #[arg(long = "accounts-file", value_name = "FILE", env = "PILLARBOX_ACCOUNTS")]
+    accounts_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct Passphrase {
+    /// Read the passphrase from the first line of FILE (else $PILLARBOX_PASSPHRASE, else
+    /// [backup] passphrase_file, else it is asked for on the terminal).
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Back up the local store (Maildirs, mbox files, fetch's journals, the accounts file without
+    /// password commands) into a new archive: incremental (only what is new since the last
+    /// archive of the chain) unless --full or no earlier archive is there.
+    Create {
+        /// Only these accounts (default: all).
+        accounts: Vec<String>,
+        /// The folder to write into (default: [backup] dir of the accounts file).
+        #[arg(long, value_name = "DIR", env = "PILLARBOX_BACKUP_DIR")]
+        to: Option<PathBuf>,
+        /// Encrypt to this age public key (age1...) instead of a passphrase; repeatable. Nothing
+        /// secret is needed to back up, only to restore ([backup] recipients in the accounts file).
+        #[arg(long, value_name = "KEY")]
+        recipient: Vec<String>,
+        /// Encrypt to the age public keys in FILE (one per line).
+        #[arg(long, value_name = "FILE")]
+        recipients_file: Option<PathBuf>,
+        /// Write the archive unencrypted (anyone who gets it can read the mail).
+        #[arg(long, conflicts_with_all = ["recipient", "recipients_file", "passphrase_file"])]
+        no_encrypt: bool,
+        /// Start a new chain with a full archive.
+        #[arg(long)]
+        full: bool,
+        /// fetch's state folder (default: $XDG_STATE_HOME/pillarbox/fetch).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        passphrase: Passphrase,
+        #[command(flatten)]
+        place: Where,
+    },
+    /// Read archives completely and check every stored content against its SHA-256, each
+    /// manifest against its archive, and (for archives given together) their chain.
+    Verify {
+        #[arg(required = true, value_name = "ARCHIVE")]
+        archives: Vec<PathBuf>,
+        /// An age identity file (AGE-SECRET-KEY-1...) for archives encrypted to a public key;
+        /// repeatable.
+        #[arg(long, value_name = "FILE")]
+        identity: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        passphrase: Passphrase,
+        #[command(flatten)]
+        place: Where,
+    },
+    /// Restore the store as it was at an archive (its chain's earlier archives are found beside
+    /// it) into a new or empty folder, checking every content on the way; nothing appears there
+    /// unless all of it is restored.
+    Restore {
+        #[arg(required = true, value_name = "ARCHIVE")]
+        archives: Vec<PathBuf>,
+        /// The folder to restore into (created; must be empty if it exists).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// An age identity file for archives encrypted to a public key; repeatable.
+        #[arg(long, value_name = "FILE")]
+        identity: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        passphrase: Passphrase,
+        #[command(flatten)]
+        place: Where,
+    },
+    /// The archives in a folder, by chain, with any missing from a chain.
+    List {
+        /// The folder (default: [backup] dir of the accounts file).
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        place: Where,
+    },
+    /// Make an age key pair for backups: the secret key goes into FILE (readable only by you;
+    /// keep a copy away from this machine), the public key is printed for [backup] recipients.
+    Keygen {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+/// A progress bar on the terminal (nothing otherwise), shown from the first `start`.
+struct Bar {
+    bar: ProgressBar,
+    shown: bool,
+}
+
+impl Bar {
+    fn new(json: bool) -> Self {
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden());
+        bar.set_style(
+            ProgressStyle::with_template("{msg:12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .expect("template")
+                .progress_chars("=> "),
+        );
+        Bar { bar, shown: !json && std::io::stderr().is_terminal() }
+    }
+
+    fn clear(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl Drop for Bar {
+    /// A run that fails leaves no half-drawn bar above its error.
+    fn drop(&mut self) {
+        if !self.bar.is_finished() {
+            self.bar.finish_and_clear();
+        }
+    }
+}
+
+impl backup::Progress for Bar {
+    fn start(&self, what: &str, total: u64) {
+        self.bar.set_message(what.to_owned());
+        self.bar.set_length(total);
+        self.bar.set_position(0);
+        if self.shown {
+            self.bar.set_draw_target(ProgressDrawTarget::stderr());
+        }
+    }
+    fn advance(&self, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+    fn finish(&self) {
+        self.clear();
+    }
+}
+
+fn settings(place: &Where) -> Result<(PathBuf, BackupSettings)> {
+    let path = place.accounts_file.clone().unwrap_or_else(account::default_path);
+    let s = account::backup_settings(&path)?;
+    Ok((path, s))
+}
+
+fn read_first_line(path: &Path) -> Result<SecretString> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading the passphrase from {}", path.display()))?;
+    let line = text.lines().next().unwrap_or("").to_owned();
+    if line.is_empty() {
+        bail!("{}: the first line is empty", path.display());
+    }
+    Ok(SecretString::from(line))
+}
+
+/// The passphrase: --passphrase-file, $PILLARBOX_PASSPHRASE, [backup] passphrase_file, or typed
+/// (twice when `confirm`).
+fn passphrase(flag: &Passphrase, settings: &BackupSettings, confirm: bool) -> Result<SecretString> {
+    if let Some(f) = &flag.passphrase_file {
+        return read_first_line(f);
+    }
+    if let Some(v) = std::env::var_os("PILLARBOX_PASSPHRASE") {
+        let v = v.into_string().map_err(|_| anyhow::anyhow!("PILLARBOX_PASSPHRASE is not valid UTF-8"))?;
+        if v.is_empty() {
+            bail!("PILLARBOX_PASSPHRASE is empty");
+        }
+        return Ok(SecretString::from(v));
+    }
+    if let Some(f) = &settings.passphrase_file {
+        return read_first_line(f);
+    }
+    if !std::io::stdin().is_terminal() && !confirm {
+        bail!("no passphrase (and no terminal to ask on): give --passphrase-file FILE or PILLARBOX_PASSPHRASE");
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "no passphrase (and no terminal to ask on): give --passphrase-file FILE or PILLARBOX_PASSPHRASE, \
+             or encrypt to a public key with --recipient (see `pillarbox backup keygen`); --no-encrypt writes \
+             an unencrypted archive"
+        );
+    }
+    let first = rpassword::prompt_password("Backup passphrase: ")?;
+    if confirm && rpassword::prompt_password("Repeat the passphrase: ")? != first {
+        bail!("the passphrases do not match");
+    }
+    Ok(SecretString::from(first))
+}
+
+/// Keys for reading: the identity files, and the passphrase, asked for only if an archive
+/// needs it.
+fn keys<'a>(identity: &[PathBuf], flag: &'a Passphrase, settings: &'a BackupSettings) -> Result<Keys<'a>> {
+    let mut ids = Vec::new();
+    for f in identity {
+        ids.extend(backup::read_identities(f)?);
+    }
+    Ok(Keys::new(ids, move || passphrase(flag, settings, false).map_err(|e| e.to_string())))
+}
+
+/// What `create` backs up for these accounts.
+fn sources(accounts: &[Account], accounts_file: &Path, state_dir: &Path) -> Result<(Vec<Source>, Vec<String>)> {
+    let mut out: Vec<Source> = Vec::new();
+    let mut notes = Vec::new();
+    let mut add = |s: Source| {
+        if !out.iter().any(|o| o.path == s.path) {
+            out.push(s);
+        }
+    };
+    for a in accounts {
+        match &a.deliver {
+            Deliver::Maildir(d) => add(Source {
+                name: format!("mail/{}", a.name),
+                path: d.clone(),
+                kind: SourceKind::Maildir,
+                content: None,
+            }),
+            Deliver::Mbox(f) => add(Source {
+                name: format!("mail/{}.mbox", a.name),
+                path: f.clone(),
+                kind: SourceKind::File,
+                content: None,
+            }),
+            Deliver::Mda(cmd) => {
+                notes.push(format!("account {} delivers to a program ({cmd}): its mail is not kept here", a.name))
+            }
+        }
+        let key = pillarbox_client::fetch::account_key(a);
+        add(Source {
+            name: format!("state/fetch/{key}"),
+            path: state_dir.join(&key),
+            kind: SourceKind::Folder,
+            content: None,
+        });
+    }
+    if accounts_file.exists() {
+        let text = std::fs::read_to_string(accounts_file).with_context(|| accounts_file.display().to_string())?;
+        out.push(Source {
+            name: "config/accounts.toml".into(),
+            path: accounts_file.to_owned(),
+            kind: SourceKind::File,
+            content: Some(account::without_secrets(&text).into_bytes()),
+        });
+    }
+    Ok((out, notes))
+}
+
+fn day_time(secs: u64) -> String {
+    pillarbox_proto::date::short(secs)
+}
+
+pub fn command(cmd: BackupCommand) -> Result<u8> {
+    match cmd {
+        BackupCommand::Create {
+            accounts,
+            to,
+            recipient,
+            recipients_file,
+            no_encrypt,
+            full,
+            state_dir,
+            json,
+            passphrase: flag,
+            place,
+        } => {
+            let (accounts_file, settings) = settings(&place)?;
+            let dest = to.or_else(|| settings.dir.clone()).context(
+                "where to? give --to DIR (or PILLARBOX_BACKUP_DIR), or set `dir` in the [backup] table of the accounts file",
+            )?;
+            let all = if accounts_file.exists() { account::load(&accounts_file)? } else { Vec::new() };
+            for n in &accounts {
+                if !all.iter().any(|a| &a.name == n) {
+                    bail!("{}: no account named {n}", accounts_file.display());
+                }
+            }
+            let chosen: Vec<Account> =
+                all.into_iter().filter(|a| accounts.is_empty() || accounts.contains(&a.name)).collect();
+            if chosen.is_empty() {
+                bail!("{}: no accounts, so no local mail to back up", accounts_file.display());
+            }
+            let state_dir = state_dir.unwrap_or_else(crate::fetch::default_state_dir);
+            let state_root = state_dir.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            let (sources, notes) = sources(&chosen, &accounts_file, &state_dir)?;
+
+            let mut keys: Vec<(String, String)> =
+                recipient.iter().map(|r| ("--recipient".to_owned(), r.clone())).collect();
+            if let Some(f) = &recipients_file {
+                let text = std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
+                keys.extend(
+                    text.lines().enumerate().map(|(i, l)| (format!("{}, line {}", f.display(), i + 1), l.to_owned())),
+                );
+            }
+            let encryption = if no_encrypt {
+                Encryption::None
+            } else if !keys.is_empty() {
+                let r = backup::parse_recipients(keys.iter().map(|(o, l)| (o.clone(), l.as_str())))?;
+                if r.is_empty() {
+                    bail!("no public key in {}", recipients_file.map(|f| f.display().to_string()).unwrap_or_default());
+                }
+                Encryption::Recipients(r)
+            } else if !settings.recipients.is_empty() && flag.passphrase_file.is_none() {
+                Encryption::Recipients(settings.recipients.clone())
+            } else {
+                let p = passphrase(&flag, &settings, true)?;
+                pillarbox_auth::check_password_policy(p.expose_secret().as_bytes(), "", MIN_PASSPHRASE_SCORE)
+                    .map_err(|why| anyhow::anyhow!("{}", why.replace("password", "passphrase")))?;
+                Encryption::Passphrase(p)
+            };
+            for n in &notes {
+                eprintln!("pillarbox backup: {n}");
+            }
+            let bar = Bar::new(json);
+            let made = backup::create(
+                &sources,
+                &backup::CreateOptions { dest, state_root, encryption, full, progress: &bar },
+            )?;
+            for s in &made.skipped {
+                eprintln!("pillarbox backup: left out {s}");
+            }
+            if json {
+                println!("{}", serde_json::to_string(&made)?);
+                return Ok(0);
+            }
+            let kind = if made.seq == 0 {
+                "full".to_owned()
+            } else {
+                format!("incremental, number {} of the chain", made.seq)
+            };
+            println!("{} ({kind})", made.path.display());
+            println!(
+                "  {} files; {} stored in this archive ({}); archive {}",
+                made.files,
+                made.stored,
+                human_bytes(made.stored_bytes),
+                human_bytes(made.archive_bytes)
+            );
+            if let Some(why) = &made.full_because {
+                println!("  a new chain was started: {why}");
+            }
+            if no_encrypt {
+                eprintln!("pillarbox backup: the archive is NOT encrypted; keep it where nobody else can read it");
+            }
+            Ok(0)
+        }
+        BackupCommand::Verify { archives, identity, json, passphrase: flag, place } => {
+            let (_, settings) = settings(&place)?;
+            let keys = keys(&identity, &flag, &settings)?;
+            let bar = Bar::new(json);
+            match backup::verify(&archives, &keys, &bar) {
+                Ok(found) => {
+                    for v in found {
+                        if json {
+                            println!("{}", serde_json::to_string(&v)?);
+                            continue;
+                        }
+                        println!(
+                            "OK  {}: chain {} number {} of {}; {} stored contents ({}) match their SHA-256; \
+                             manifest of {} files ({})",
+                            v.path.display(),
+                            v.chain,
+                            v.seq,
+                            day_time(v.created),
+                            v.stored,
+                            human_bytes(v.stored_bytes),
+                            v.files,
+                            human_bytes(v.files_bytes)
+                        );
+                    }
+                    Ok(0)
+                }
+                Err(e @ (backup::BackupError::Damaged { .. } | backup::BackupError::Chain(_))) => {
+                    bar.clear();
+                    println!("FAILED  {e}");
+                    Ok(1)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        BackupCommand::Restore { archives, to, identity, json, passphrase: flag, place } => {
+            let (_, settings) = settings(&place)?;
+            let keys = keys(&identity, &flag, &settings)?;
+            let bar = Bar::new(json);
+            let r = backup::restore(&archives, &to, &keys, &bar)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(0);
+            }
+            println!(
+                "restored {} files ({}) into {}: the store as of {} (chain {}, {} archives, all contents checked)",
+                r.files,
+                human_bytes(r.bytes),
+                r.to.display(),
+                day_time(r.created),
+                r.chain,
+                r.archives.len()
+            );
+            println!("where each part was on the machine backed up:");
+            for (name, path) in &r.sources {
+                println!("  {:<40} {}", name, path.display());
+            }
+            println!(
+                "to use it again, stop any `pillarbox fetch`, then move each part back to its place \
+                 (config/accounts.toml: set password_command again where it was removed)"
+            );
+            Ok(0)
+        }
+        BackupCommand::List { dir, json, place } => {
+            let (_, settings) = settings(&place)?;
+            let dir = dir
+                .or_else(|| std::env::var_os("PILLARBOX_BACKUP_DIR").map(PathBuf::from))
+                .or(settings.dir)
+                .context("which folder? name it, or set `dir` in the [backup] table of the accounts file")?;
+            let chains = backup::list(&dir)?;
+            if json {
+                for (chain, archives, missing) in &chains {
+                    let v = serde_json::json!({"chain": chain, "archives": archives, "missing": missing});
+                    println!("{v}");
+                }
+                return Ok(0);
+            }
+            if chains.is_empty() {
+                println!("no Pillarbox backups in {}", dir.display());
+            }
+            for (chain, archives, missing) in &chains {
+                let total: u64 = archives.iter().map(|a| a.size).sum();
+                let state = if missing.is_empty() && archives.first().is_some_and(|a| a.seq == 0) {
+                    "complete".to_owned()
+                } else {
+                    let mut m: Vec<String> = missing.iter().map(u32::to_string).collect();
+                    if archives.first().is_some_and(|a| a.seq != 0) {
+                        m.insert(0, "0 (the full one)".into());
+                    }
+                    format!("INCOMPLETE: missing number {}; later archives cannot be restored", m.join(", "))
+                };
+                println!("chain {chain}: {} archives, {}, {state}", archives.len(), human_bytes(total));
+                for a in archives {
+                    println!(
+                        "  {}  {:<16} {:>10}  {}{}",
+                        day_time(a.created),
+                        if a.seq == 0 { "full".to_owned() } else { format!("incremental {}", a.seq) },
+                        human_bytes(a.size),
+                        a.file,
+                        if a.encrypted { "" } else { "  (not encrypted)" }
+                    );
+                }
+            }
+            Ok(0)
+        }
+        BackupCommand::Keygen { out } => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let id = age::x25519::Identity::generate();
+            let public = id.to_public();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&out)
+                .with_context(|| format!("{} (an existing key is never replaced)", out.display()))?;
+            writeln!(
+                f,
+                "# created by pillarbox backup keygen\n# public key: {public}\n{}",
+                id.to_string().expose_secret()
+            )?;
+            f.sync_all()?;
+            println!("{public}");
+            eprintln!(
+                "the secret key is in {} (keep a copy away from this machine: without it the backups cannot be \
+                 restored); add the public key to the accounts file:\n[backup]\nrecipients = [\"{public}\"]",
+                out.display()
+            );
+            Ok(0)
+        }
+    }
+}
