@@ -161,7 +161,7 @@ fn two_backups_of_fetched_mail_restore_byte_identical() {
         "{listed}"
     );
     let verified =
-        ok(&store.backup(&["verify", &first["path"].as_str().expect("p"), second["path"].as_str().expect("p")], &env));
+        ok(&store.backup(&["verify", first["path"].as_str().expect("p"), second["path"].as_str().expect("p")], &env));
     assert_eq!(verified.lines().filter(|l| l.starts_with("OK ")).count(), 2, "{verified}");
 
     // Restore from the last archive alone (the full one is found beside it) into a new folder.
