@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 pub const FORMAT: u32 = 1;
 const HEADER_ENTRY: &str = "pillarbox-backup.json";
 const MANIFEST_ENTRY: &str = "manifest.json";
+const LOCK_FILE: &str = ".pillarbox-backup.lock";
 /// Files up to this size are read once (hashed, then written from memory); larger ones are read
 /// twice, streaming.
 const IN_MEMORY: u64 = 64 << 20;
@@ -515,6 +516,7 @@ impl<R: Read> Read for Hashing<'_, R> {
 /// of that folder names a chain whose archives are all still there, full otherwise.
 pub fn create(sources: &[Source], opts: &CreateOptions) -> Result<Created, BackupError> {
     create_private_dir(&opts.dest)?;
+    let _lock = lock_destination(&opts.dest)?;
     let catalog_file = catalog_path(&opts.state_root, &opts.dest);
     let (mut catalog, full_because) = match (opts.full, load_catalog(&catalog_file)) {
         (true, _) => (None, Some("--full was given".to_owned())),
@@ -537,7 +539,12 @@ pub fn create(sources: &[Source], opts: &CreateOptions) -> Result<Created, Backu
     let old_stat: HashMap<String, Stat> = catalog.as_mut().map(|c| std::mem::take(&mut c.stat)).unwrap_or_default();
 
     let mut skipped = Vec::new();
-    let found = walk(sources, &mut skipped)?;
+    // fetch's journals are read before the Maildirs are listed: a journal records a message only
+    // once it is in its Maildir, so every message a saved journal names is in the same archive
+    // (a restored journal never claims a message the restored Maildir lacks).
+    let (journals, rest): (Vec<Source>, Vec<Source>) =
+        sources.iter().cloned().partition(|s| s.kind == SourceKind::Folder);
+    let found = walk(&journals, &mut skipped)?;
     let encrypted = !matches!(opts.encryption, Encryption::None);
     let name = archive_name(created, &chain, seq, encrypted);
     let final_path = opts.dest.join(&name);
@@ -571,18 +578,25 @@ pub fn create(sources: &[Source], opts: &CreateOptions) -> Result<Created, Backu
                     && known.contains_key(&s.sha256)
             })
     };
-    let to_read: u64 = found.iter().filter(|f| !unchanged(f)).map(|f| f.meta.len()).sum();
-    opts.progress.start("backing up", to_read);
-
-    let mut files = Vec::with_capacity(found.len());
-    let mut stat = HashMap::with_capacity(found.len());
+    let mut files = Vec::new();
+    let mut stat = HashMap::new();
     let mut here: HashMap<String, u32> = HashMap::new();
     let (mut stored, mut stored_bytes) = (0u64, 0u64);
     let mut vanished: Vec<(PathBuf, String)> = Vec::new();
     let mut seen_paths: HashSet<PathBuf> = HashSet::new();
     let mut queue: std::collections::VecDeque<Found> = found.into();
-    while let Some(f) = queue.pop_front() {
+    let mut later = Some(rest);
+    loop {
         use std::os::unix::fs::MetadataExt;
+        let Some(f) = queue.pop_front() else {
+            // The journals are saved: now the mail.
+            let Some(rest) = later.take() else { break };
+            let found = walk(&rest, &mut skipped)?;
+            let to_read: u64 = found.iter().filter(|f| !unchanged(f)).map(|f| f.meta.len()).sum();
+            opts.progress.start("backing up", to_read);
+            queue.extend(found);
+            continue;
+        };
         if !seen_paths.insert(f.path.clone()) && f.content.is_none() {
             continue;
         }
@@ -646,6 +660,31 @@ pub fn create(sources: &[Source], opts: &CreateOptions) -> Result<Created, Backu
         archive_bytes,
         skipped,
     })
+}
+
+/// One backup at a time per folder (the catalog and the chain's numbering depend on it). Under
+/// the lock, partial archives of runs that were killed are removed.
+fn lock_destination(dest: &Path) -> Result<File, BackupError> {
+    let path = dest.join(LOCK_FILE);
+    let lock = File::options().create(true).truncate(false).write(true).open(&path).map_err(io_err(path.display()))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            return Err(BackupError::Refused(format!(
+                "another `pillarbox backup create` is writing into {} (lock {})",
+                dest.display(),
+                path.display()
+            )));
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(io_err(path.display())(e)),
+    }
+    for e in fs::read_dir(dest).map_err(io_err(dest.display()))?.flatten() {
+        let n = e.file_name();
+        if n.to_str().is_some_and(|n| n.starts_with(".pillarbox-") && n.contains(".tar.zst")) {
+            fs::remove_file(e.path()).map_err(io_err(e.path().display()))?;
+        }
+    }
+    Ok(lock)
 }
 
 /// Why the catalog's chain cannot be continued in `dest`, if it cannot.
@@ -1454,6 +1493,31 @@ mod tests {
         assert!(matches!(verify(std::slice::from_ref(&sealed.path), &wrong, &Quiet), Err(BackupError::WrongKey(_))));
         let identity_only = Keys::new(vec![age::x25519::Identity::generate()], no_passphrase);
         assert!(matches!(verify(std::slice::from_ref(&sealed.path), &identity_only, &Quiet), Err(BackupError::Key(_))));
+    }
+
+    #[test]
+    fn one_backup_at_a_time_and_killed_runs_leave_nothing_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sources = store(dir.path(), 2);
+        let dest = dir.path().join("b");
+        fs::create_dir_all(&dest).expect("mkdir");
+        let partial = dest.join(".pillarbox-20261126T000000Z-0a0b0c0d-000.tar.zst.age.Xy12z");
+        fs::write(&partial, "half an archive").expect("write");
+        let opts = CreateOptions {
+            dest: dest.clone(),
+            state_root: dir.path().join("c"),
+            encryption: Encryption::None,
+            full: false,
+            progress: &Quiet,
+        };
+        let held = File::options().create(true).truncate(false).write(true).open(dest.join(LOCK_FILE)).expect("lock");
+        held.lock().expect("lock");
+        assert!(matches!(create(&sources, &opts), Err(BackupError::Refused(m)) if m.contains("another")));
+        drop(held);
+        create(&sources, &opts).expect("backup");
+        assert!(!partial.exists());
+        let names: Vec<_> = fs::read_dir(&dest).expect("read dir").flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names.len(), 2, "the archive and the lock file: {names:?}");
     }
 
     #[test]
