@@ -120,6 +120,18 @@ fn deliver_generated(pb: &Pillarbox, first: usize, n: usize) {
     }
 }
 
+/// The archives in a folder (not the lock file beside them).
+fn archives_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("backups")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pillarbox-"))
+        .map(|e| e.path())
+        .collect();
+    v.sort();
+    v
+}
+
 fn archive_path(v: &Value) -> PathBuf {
     PathBuf::from(v["path"].as_str().expect("path"))
 }
@@ -215,7 +227,7 @@ fn public_key_archives_open_with_age_zstd_and_tar() {
     let state = store.state.display().to_string();
     let made = ok(&store.backup(&["create", "--state-dir", &state], &[]));
     assert!(made.contains("(full)") && made.contains("26 files"), "{made}");
-    let archive = std::fs::read_dir(&store.out).expect("out").flatten().next().expect("an archive").path();
+    let [archive] = archives_in(&store.out).try_into().expect("one archive");
 
     // age -d | zstd -d | tar x gives the store's own tree.
     let x = store.dir.path().join("x");
@@ -412,7 +424,7 @@ fn the_passphrase_is_asked_for_on_a_terminal() {
     .map(String::from)
     .to_vec();
     common::python("pty_drive.py", &create);
-    let archive = std::fs::read_dir(&store.out).expect("out").flatten().next().expect("archive").path();
+    let [archive] = archives_in(&store.out).try_into().expect("one archive");
     let to = store.dir.path().join("r");
     let restore: Vec<String> = [
         "Backup passphrase:",

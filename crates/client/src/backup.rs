@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Component, Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use age::secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -926,6 +926,15 @@ pub struct Verified {
     pub files_bytes: u64,
 }
 
+/// A whole archive, read and checked.
+struct ReadArchive {
+    header: Header,
+    manifest: Manifest,
+    verified: Verified,
+    /// Path in the archive -> SHA-256 of the content stored there.
+    stored: HashMap<String, String>,
+}
+
 /// Read a whole archive, checking every stored content against the hash the manifest gives it,
 /// and that the manifest accounts for every content it says this archive holds. `each` receives
 /// every stored content (hash and a reader positioned at it), for a restore to keep them.
@@ -934,7 +943,7 @@ fn read_archive(
     keys: &Keys,
     progress: &dyn Progress,
     mut each: impl FnMut(&str, &mut dyn Read) -> Result<(), BackupError>,
-) -> Result<(Header, Manifest, Verified), BackupError> {
+) -> Result<ReadArchive, BackupError> {
     let mut o = open(path, keys, progress)?;
     let mut stored: HashMap<String, String> = HashMap::new(); // path -> hash
     let mut stored_bytes = 0;
@@ -1009,7 +1018,7 @@ fn read_archive(
         files: manifest.files.len() as u64,
         files_bytes: manifest.files.iter().map(|f| f.size).sum(),
     };
-    Ok((header, manifest, verified))
+    Ok(ReadArchive { header, manifest, verified, stored })
 }
 
 /// Check archives completely: every content against its hash, each manifest against its
@@ -1022,7 +1031,7 @@ pub fn verify(paths: &[PathBuf], keys: &Keys, progress: &dyn Progress) -> Result
     let mut held: HashMap<(String, u32), HashSet<String>> = HashMap::new();
     let mut manifests = Vec::new();
     for p in paths {
-        let (h, m, v) = read_archive(p, keys, progress, |_, _| Ok(()))?;
+        let ReadArchive { header: h, manifest: m, verified: v, .. } = read_archive(p, keys, progress, |_, _| Ok(()))?;
         held.insert(
             (h.chain.clone(), h.seq),
             m.files.iter().filter(|f| f.seq == h.seq).map(|f| f.sha256.clone()).collect(),
@@ -1157,74 +1166,120 @@ pub fn restore(paths: &[PathBuf], to: &Path, keys: &Keys, progress: &dyn Progres
     create_private_dir(&parent)?;
     let staging =
         tempfile::Builder::new().prefix(".pillarbox-restore-").tempdir_in(&parent).map_err(io_err(parent.display()))?;
-    let blobs = staging.path().join(".contents");
+    let root = staging.path().to_owned();
+    let blobs = root.join(".contents");
     create_private_dir(&blobs)?;
+    let mut dirs: HashSet<PathBuf> = HashSet::from([root.clone(), blobs.clone()]);
+    let mut mkdir = |dir: &Path| -> Result<(), BackupError> {
+        if !dirs.contains(dir) {
+            create_private_dir(dir)?;
+            dirs.insert(dir.to_owned());
+        }
+        Ok(())
+    };
 
     let total = chain.iter().filter_map(|(p, _)| fs::metadata(p).ok()).map(|m| m.len()).sum();
     progress.start("restoring", total);
+    // Each content is written where its archive had it (for a full archive: its final place),
+    // or, when that place is taken by an earlier archive's content, under .contents/.
+    let mut staged: HashMap<String, PathBuf> = HashMap::new(); // hash -> where it is
+    let mut taken: HashSet<PathBuf> = HashSet::new();
     let mut last = None;
-    let mut held: HashSet<String> = HashSet::new();
     for (p, _) in &chain {
-        let (h, m, _) = read_archive(p, keys, progress, |_, content| {
-            // Kept under a temporary name; renamed to its hash once the reader has checked it.
-            let mut tmp = tempfile::NamedTempFile::new_in(&blobs).map_err(io_err(blobs.display()))?;
-            let mut hashing = Hashing { inner: content, hash: Sha256::new(), progress: &Quiet };
-            io::copy(&mut hashing, &mut tmp).map_err(io_err(format!("restoring into {}", blobs.display())))?;
-            let hash = hex(&hashing.hash.finalize());
-            tmp.persist(blobs.join(&hash))
-                .map_err(|e| BackupError::Io { what: blobs.display().to_string(), source: e.error })?;
+        let mut written: HashMap<String, PathBuf> = HashMap::new(); // archive path -> file
+        let mut spare = 0u64;
+        let read = read_archive(p, keys, progress, |name, content| {
+            let target = match safe_relative(name).filter(|r| !taken.contains(r) && !r.starts_with(".contents")) {
+                Some(rel) => {
+                    taken.insert(rel.clone());
+                    root.join(rel)
+                }
+                None => {
+                    spare += 1;
+                    blobs.join(format!("{}-{spare}", written.len()))
+                }
+            };
+            if let Some(dir) = target.parent() {
+                mkdir(dir)?;
+            }
+            let mut out = {
+                use std::os::unix::fs::OpenOptionsExt;
+                File::options().write(true).create_new(true).mode(0o600).open(&target)
+            }
+            .map_err(io_err(target.display()))?;
+            io::copy(content, &mut out).map_err(io_err(format!("restoring {}", target.display())))?;
+            written.insert(name.to_owned(), target);
             Ok(())
         })?;
-        for f in m.files.iter().filter(|f| f.seq == h.seq) {
-            held.insert(f.sha256.clone());
+        for (name, hash) in read.stored {
+            let Some(file) = written.remove(&name) else { continue };
+            if staged.contains_key(&hash) {
+                fs::remove_file(&file).map_err(io_err(file.display()))?; // the same content again
+            } else {
+                staged.insert(hash, file);
+            }
         }
-        last = Some((h, m));
+        last = Some((read.header, read.manifest));
     }
     let Some((header, manifest)) = last else {
         return Err(BackupError::Chain("no archive given".into()));
     };
 
-    // The store as the last archive describes it.
-    let mut placed: HashMap<&str, PathBuf> = HashMap::new();
-    let mut bytes = 0;
+    // The store as the last archive describes it. First, contents not already at a place of
+    // theirs move aside, so that nothing is overwritten while the others are put in place.
+    let mut wanted: HashMap<PathBuf, &str> = HashMap::new();
     for f in &manifest.files {
         let rel = safe_relative(&f.path).ok_or_else(|| BackupError::Damaged {
             path: chain[chain.len() - 1].0.clone(),
             detail: format!("unsafe path {:?} in the manifest", f.path),
         })?;
-        if !held.contains(&f.sha256) {
+        if !staged.contains_key(&f.sha256) {
             return Err(BackupError::Chain(format!(
                 "{}: its content ({}) is in none of the chain's archives",
                 f.path, f.sha256
             )));
         }
-        let target = staging.path().join(&rel);
-        if let Some(dir) = target.parent() {
-            create_private_dir(dir)?;
+        wanted.insert(root.join(rel), &f.sha256);
+    }
+    for (hash, at) in staged.iter_mut() {
+        if wanted.get(at.as_path()) != Some(&hash.as_str()) && !at.starts_with(&blobs) {
+            let aside = blobs.join(hash.as_str());
+            fs::rename(&*at, &aside).map_err(io_err(at.display()))?;
+            *at = aside;
         }
-        match placed.get(f.sha256.as_str()) {
-            None => fs::rename(blobs.join(&f.sha256), &target).map_err(io_err(target.display()))?,
-            Some(first) => {
-                fs::copy(first, &target).map_err(io_err(target.display()))?;
+    }
+    let mut bytes = 0;
+    for f in &manifest.files {
+        let target = root.join(safe_relative(&f.path).unwrap_or_default());
+        let at = staged.get_mut(&f.sha256).expect("checked above");
+        if *at != target {
+            if let Some(dir) = target.parent() {
+                mkdir(dir)?;
+            }
+            if at.starts_with(&blobs) {
+                fs::rename(&*at, &target).map_err(io_err(target.display()))?;
+                *at = target.clone();
+            } else {
+                fs::copy(&*at, &target).map_err(io_err(target.display()))?;
             }
         }
-        placed.insert(&f.sha256, target.clone());
-        let file = File::options().write(true).open(&target).map_err(io_err(target.display()))?;
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(fs::Permissions::from_mode(f.mode & 0o7777)).map_err(io_err(target.display()))?;
-        let secs = f.mtime_ns.div_euclid(1_000_000_000);
-        let nanos = f.mtime_ns.rem_euclid(1_000_000_000);
-        if let (Ok(secs), Ok(nanos)) = (u64::try_from(secs), u32::try_from(nanos)) {
-            let t = UNIX_EPOCH + Duration::new(secs, nanos);
-            file.set_times(fs::FileTimes::new().set_modified(t)).map_err(io_err(target.display()))?;
-        }
+        let mode = rustix::fs::Mode::from_raw_mode(f.mode & 0o7777);
+        let secs = i64::try_from(f.mtime_ns.div_euclid(1_000_000_000)).unwrap_or(0);
+        let nanos = i64::try_from(f.mtime_ns.rem_euclid(1_000_000_000)).unwrap_or(0);
+        let times = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
+            last_modification: rustix::fs::Timespec { tv_sec: secs, tv_nsec: nanos },
+        };
+        rustix::fs::chmodat(rustix::fs::CWD, &target, mode, rustix::fs::AtFlags::empty())
+            .and_then(|()| rustix::fs::utimensat(rustix::fs::CWD, &target, &times, rustix::fs::AtFlags::empty()))
+            .map_err(|e| BackupError::Io { what: target.display().to_string(), source: e.into() })?;
         bytes += f.size;
     }
     // Every Maildir gets its tmp/ (left out of archives) back, so mail programs accept it.
     for s in header.sources.iter().filter(|s| s.kind == SourceKind::Maildir) {
         if let Some(rel) = safe_relative(&s.name) {
             for sub in ["cur", "new", "tmp"] {
-                create_private_dir(&staging.path().join(&rel).join(sub))?;
+                mkdir(&root.join(&rel).join(sub))?;
             }
         }
     }

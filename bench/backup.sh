@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Backups of a large local store: `pillarbox backup create` (full, then incremental after 1% new
+# mail), verify and restore, next to the standard pipeline `tar | zstd -3 | age` over the same
+# Maildir (what a hand-made encrypted backup costs; it has no incremental mode, so every run is
+# full). Both encrypt to an age public key, so no passphrase work is measured.
+#
+#   bench/backup.sh [COUNT] [AVG_KB] [REPS]     (defaults: 100000, 4, 3)
+set -euo pipefail
+COUNT=${1:-100000}; AVG_KB=${2:-4}; REPS=${3:-3}
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
+for t in age zstd tar; do command -v $t >/dev/null || { echo "backup.sh: needs $t (apt-get install $t)" >&2; exit 1; }; done
+BASE=$(mktemp -d /tmp/pillarbox-backup.XXXX)
+trap 'rm -rf "$BASE"' EXIT
+cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p pillarbox
+PB="$ROOT/target/release/pillarbox"
+python3 "$HERE/genmail.py" "$BASE/Mail" "$COUNT" "$AVG_KB" 7
+cat > "$BASE/accounts.toml" <<TOML
+[accounts.bench]
+host = "pop.example.org"
+username = "bench"
+password_env = "UNUSED"
+deliver = { maildir = "$BASE/Mail" }
+TOML
+export PILLARBOX_ACCOUNTS="$BASE/accounts.toml"
+"$PB" backup keygen --out "$BASE/key.txt" > "$BASE/public.txt" 2>/dev/null
+PUB=$(cat "$BASE/public.txt")
+now() { date +%s.%N; }
+ms() { echo "($2 - $1) * 1000" | bc -l | xargs printf '%.0f'; }
+mb() { du -sm "$1" | cut -f1; }
+create() { "$PB" backup create --to "$1" --state-dir "$BASE/state/fetch" --recipient "$PUB" --json "${@:2}"; }
+
+FULL=""; PIPE=""; INC=""; VER=""; RES=""
+for r in $(seq "$REPS"); do
+  rm -rf "$BASE/out" "$BASE/state" "$BASE/restored" "$BASE/pipe.tar.zst.age"
+  sync; t0=$(now); create "$BASE/out" >/dev/null; t1=$(now); FULL+="$(ms "$t0" "$t1") "
+  t0=$(now); tar -C "$BASE" -cf - Mail | zstd -3 -q -T1 | age -r "$PUB" > "$BASE/pipe.tar.zst.age"; t1=$(now); PIPE+="$(ms "$t0" "$t1") "
+  # 1% new mail, then an incremental backup.
+  rm -rf "$BASE/more"
+  python3 "$HERE/genmail.py" "$BASE/more" $((COUNT / 100)) "$AVG_KB" $((100 + r)) >/dev/null
+  for f in "$BASE"/more/new/*; do mv "$f" "$BASE/Mail/new/r$r.$(basename "$f")"; done
+  t0=$(now); create "$BASE/out" > "$BASE/inc.json"; t1=$(now); INC+="$(ms "$t0" "$t1") "
+  t0=$(now); "$PB" backup verify --identity "$BASE/key.txt" "$BASE"/out/pillarbox-*.age >/dev/null; t1=$(now); VER+="$(ms "$t0" "$t1") "
+  LAST=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["path"])' "$BASE/inc.json")
+  t0=$(now); "$PB" backup restore --identity "$BASE/key.txt" "$LAST" --to "$BASE/restored" >/dev/null; t1=$(now); RES+="$(ms "$t0" "$t1") "
+done
+FULL_MB=$(ls -l "$BASE"/out/pillarbox-*-000.tar.zst.age | awk '{printf "%.1f", $5/1048576}')
+INC_MB=$(ls -l "$BASE"/out/pillarbox-*-001.tar.zst.age | awk '{printf "%.2f", $5/1048576}')
+PIPE_MB=$(ls -l "$BASE/pipe.tar.zst.age" | awk '{printf "%.1f", $5/1048576}')
+T_PIPE=$(mktemp -d "$BASE/pipe-x.XXXX")
+t0=$(now); age -d -i "$BASE/key.txt" "$BASE/pipe.tar.zst.age" | zstd -d -q | tar -C "$T_PIPE" -xf -; t1=$(now)
+PIPE_RES=$(ms "$t0" "$t1")
+printf '\n%d messages (%s MB in the Maildir), medians of %d\n' "$COUNT" "$(mb "$BASE/Mail")" "$REPS"
+printf '  %-44s %8s ms   %8s MB\n' "pillarbox backup create (full)" "$(echo "$FULL" | median)" "$FULL_MB"
+printf '  %-44s %8s ms   %8s MB\n' "tar | zstd -3 | age (full)" "$(echo "$PIPE" | median)" "$PIPE_MB"
+printf '  %-44s %8s ms   %8s MB\n' "pillarbox backup create (incremental, +1%)" "$(echo "$INC" | median)" "$INC_MB"
+printf '  %-44s %8s ms\n' "pillarbox backup verify (both archives)" "$(echo "$VER" | median)"
+printf '  %-44s %8s ms\n' "pillarbox backup restore (the chain)" "$(echo "$RES" | median)"
+printf '  %-44s %8s ms\n' "age -d | zstd -d | tar -x (full)" "$PIPE_RES"
