@@ -1213,10 +1213,14 @@ pub fn restore(paths: &[PathBuf], to: &Path, keys: &Keys, progress: &dyn Progres
         })?;
         for (name, hash) in read.stored {
             let Some(file) = written.remove(&name) else { continue };
-            if staged.contains_key(&hash) {
-                fs::remove_file(&file).map_err(io_err(file.display()))?; // the same content again
-            } else {
-                staged.insert(hash, file);
+            match staged.entry(hash) {
+                // The same content again.
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    fs::remove_file(&file).map_err(io_err(file.display()))?
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(file);
+                }
             }
         }
         last = Some((read.header, read.manifest));
