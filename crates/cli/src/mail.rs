@@ -17,7 +17,7 @@ pub struct Store {
     /// The accounts file (default: $XDG_CONFIG_HOME/pillarbox/accounts.toml).
     #[arg(long = "accounts-file", value_name = "FILE", env = "PILLARBOX_ACCOUNTS")]
     accounts_file: Option<PathBuf>,
-    /// Read this Maildir instead of the accounts' ones.
+    /// Read this Maildir (or mbox file) instead of the accounts' ones.
     #[arg(long, value_name = "DIR")]
     maildir: Option<PathBuf>,
 }
@@ -26,7 +26,8 @@ pub struct Store {
 pub enum MailCommand {
     /// The messages, newest first: date, sender, subject, size, attachments.
     List {
-        /// Only this account (default: every account that delivers into a Maildir).
+        /// Only this account (default: every account that keeps mail here, in a Maildir or an
+        /// mbox file).
         account: Option<String>,
         /// At most this many.
         #[arg(long)]
@@ -96,7 +97,8 @@ pub enum MailCommand {
     },
 }
 
-/// The Maildirs to read: the one given, or the accounts' (only `account` if named).
+/// The Maildirs and mbox files to read: the one given, or the accounts' (only `account` if
+/// named). Accounts that deliver to a program keep no mail here.
 fn maildirs(store: &Store, account: Option<&str>) -> Result<Vec<(String, PathBuf)>> {
     if let Some(dir) = &store.maildir {
         return Ok(vec![("-".into(), dir.clone())]);
@@ -115,11 +117,11 @@ fn maildirs(store: &Store, account: Option<&str>) -> Result<Vec<(String, PathBuf
     let mut out = Vec::new();
     for a in chosen {
         match &a.deliver {
-            Deliver::Maildir(d) => out.push((a.name.clone(), d.clone())),
-            _ if account.is_some() => {
-                bail!("account {} does not deliver into a Maildir; `mail` reads Maildirs", a.name)
+            Deliver::Maildir(d) | Deliver::Mbox(d) => out.push((a.name.clone(), d.clone())),
+            Deliver::Mda(cmd) if account.is_some() => {
+                bail!("account {} delivers to a program ({cmd}), so its mail is not kept here", a.name)
             }
-            _ => {}
+            Deliver::Mda(_) => {}
         }
     }
     Ok(out)
@@ -158,8 +160,8 @@ pub fn after_fetch(accounts: &[Account], state_dir: &std::path::Path) {
     let dirs: Vec<(String, PathBuf)> = accounts
         .iter()
         .filter_map(|a| match &a.deliver {
-            Deliver::Maildir(d) => Some((a.name.clone(), d.clone())),
-            _ => None,
+            Deliver::Maildir(d) | Deliver::Mbox(d) => Some((a.name.clone(), d.clone())),
+            Deliver::Mda(_) => None,
         })
         .collect();
     let result = pillarbox_client::search::Index::open(&path).and_then(|mut i| i.update(&dirs, false));
@@ -219,7 +221,17 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
             Ok(0)
         }
         MailCommand::Export { account, mbox, store } => {
-            let dirs: Vec<PathBuf> = maildirs(&store, account.as_deref())?.into_iter().map(|(_, d)| d).collect();
+            let mut dirs = Vec::new();
+            for (name, d) in maildirs(&store, account.as_deref())? {
+                if d.is_file() {
+                    // Already an mbox file: copying it is the export.
+                    if account.is_some() {
+                        bail!("account {name} delivers into the mbox file {} already", d.display());
+                    }
+                    continue;
+                }
+                dirs.push(d);
+            }
             let n = mailbox::export_mbox(&dirs, &mbox)?;
             println!("wrote {n} messages to {}", mbox.display());
             Ok(0)
@@ -233,6 +245,12 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
         }
         MailCommand::Import { source, account, store } => {
             let dirs = maildirs(&store, account.as_deref())?;
+            if let (Some(n), [(_, d)]) = (&account, dirs.as_slice())
+                && d.is_file()
+            {
+                bail!("account {n} delivers into an mbox file; `mail import` adds to a Maildir");
+            }
+            let dirs: Vec<_> = dirs.into_iter().filter(|(_, d)| !d.is_file()).collect();
             let [(name, target)] = dirs.as_slice() else {
                 bail!("name the account to import into (there are {} with a Maildir)", dirs.len());
             };
@@ -262,7 +280,7 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
                 _ => bail!("{id:?} matches messages in more than one account: give more of the id"),
             };
             if raw {
-                std::io::stdout().write_all(&std::fs::read(&path).with_context(|| path.display().to_string())?)?;
+                std::io::stdout().write_all(&mailbox::read_message(&path)?)?;
                 return Ok(0);
             }
             if let Some(dir) = save_attachments {

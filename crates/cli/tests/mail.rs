@@ -372,3 +372,93 @@ fn generated_mail_is_listed_shown_and_found_as_generated() {
     let streets = generated.iter().filter(|g| g.subject.contains("Straße")).count();
     assert_eq!(search(&acc, &index, &["subject:straße"]).len(), streets.min(50));
 }
+
+/// An account that delivers into an mbox file: fetched mail is listed, shown and found; more mail
+/// appended is added to the index, and a rewrite by another mail program (a message removed) is
+/// followed.
+#[test]
+fn mbox_accounts_are_read_too() {
+    let mut pb = common::Pillarbox::new();
+    let mut rng = common::genmail::Rng::new(21);
+    let first: Vec<_> = (0..6).map(|i| common::genmail::message(&mut rng, i, 1_790_000_000)).collect();
+    for m in &first {
+        pb.deliver("alice", &m.bytes);
+    }
+    pb.start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mbox = dir.path().join("inbox.mbox");
+    let acc = dir.path().join("accounts.toml");
+    std::fs::write(
+        &acc,
+        format!(
+            "[accounts.home]\nhost = \"localhost\"\nport = {}\nusername = \"alice\"\npassword_command = \"echo '{}'\"\n\
+             ca_file = \"{}\"\ndeliver = {{ mbox = \"{}\" }}\n",
+            pb.pop3s.expect("pop3s").port(),
+            common::PASSWORD,
+            pb.cert().display(),
+            mbox.display()
+        ),
+    )
+    .expect("accounts");
+    let acc = acc.display().to_string();
+    let index = dir.path().join("search.sqlite");
+    let fetch = || {
+        let out = Command::new(bin())
+            .args(["fetch", "--quiet", "--accounts-file", &acc, "--state-dir"])
+            .arg(dir.path().join("state"))
+            .env("PILLARBOX_SEARCH_INDEX", &index)
+            .output()
+            .expect("fetch");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    fetch();
+    let list = |args: &[&str]| {
+        let mut all = vec!["list", "--json", "--index"];
+        let i = index.display().to_string();
+        all.push(&i);
+        all.extend(args);
+        json_lines(&mail(&acc, &all))
+    };
+    let listed = list(&[]);
+    assert_eq!(listed.len(), 6);
+    let mut subjects: Vec<&str> = listed.iter().map(|m| m["subject"].as_str().expect("subject")).collect();
+    subjects.sort();
+    let mut expected: Vec<&str> = first.iter().map(|g| g.subject.as_str()).collect();
+    expected.sort();
+    assert_eq!(subjects, expected);
+    let with_attachment = first.iter().find(|g| !g.attachments.is_empty()).expect("one with an attachment");
+    let id = listed.iter().find(|m| m["subject"] == with_attachment.subject.as_str()).expect("listed")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let shown = mail(&acc, &["show", &id]);
+    assert!(shown.contains(&with_attachment.sentence) && shown.contains(&with_attachment.attachments[0].0), "{shown}");
+    assert_eq!(search(&acc, &index, &[&first[1].word]), std::slice::from_ref(&first[1].subject));
+
+    // More mail, appended by the next fetch.
+    let more = common::genmail::message(&mut rng, 50, 1_790_000_000);
+    pb.deliver("alice", &more.bytes);
+    fetch();
+    assert_eq!(list(&[]).len(), 7);
+    assert_eq!(search(&acc, &index, &[&more.word]), std::slice::from_ref(&more.subject));
+
+    // Another program rewrites the mbox without its first message.
+    let data = std::fs::read(&mbox).expect("mbox");
+    let second = data.windows(6).skip(1).position(|w| w == b"\nFrom ").expect("a second message") + 2;
+    std::fs::write(&mbox, &data[second..]).expect("rewrite");
+    let after = list(&[]);
+    assert_eq!(after.len(), 6);
+    let found: usize = first.iter().chain([&more]).map(|g| search(&acc, &index, &[&g.word]).len()).sum();
+    assert_eq!(found, 6, "each remaining message is found once, the removed one not at all");
+    for m in &after {
+        let raw = Command::new(bin())
+            .args(["mail", "show", "--raw", m["id"].as_str().expect("id"), "--accounts-file", &acc])
+            .output()
+            .expect("show");
+        assert!(
+            raw.status.success() && raw.stdout.starts_with(b"Return-Path:"),
+            "{}",
+            String::from_utf8_lossy(&raw.stderr)
+        );
+    }
+}

@@ -67,8 +67,13 @@ pub fn id_of(file_name: &str) -> String {
     Sha256::digest(base.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
-/// The message files of a Maildir (`new/` and `cur/`).
+/// The message files of a Maildir (`new/` and `cur/`), or the messages of an mbox file (named
+/// by `mbox_key`).
 pub fn message_files(maildir: &Path) -> Result<Vec<PathBuf>, MailboxError> {
+    if maildir.is_file() {
+        let data = std::fs::read(maildir).map_err(io_err(maildir))?;
+        return Ok(mbox_messages(&data).into_iter().map(|(at, _)| mbox_key(maildir, at)).collect());
+    }
     let mut out = Vec::new();
     for sub in ["new", "cur"] {
         let dir = maildir.join(sub);
@@ -91,10 +96,14 @@ fn file_name(path: &Path) -> &str {
     path.file_name().and_then(|n| n.to_str()).unwrap_or_default()
 }
 
-/// Every message of `maildir`, newest first.
+/// Every message of `maildir` (or of an mbox file), newest first.
 pub fn list(maildir: &Path) -> Result<Vec<Summary>, MailboxError> {
     let mut out = Vec::new();
-    for path in message_files(maildir)? {
+    if maildir.is_file() {
+        let data = std::fs::read(maildir).map_err(io_err(maildir))?;
+        out.extend(mbox_messages(&data).into_iter().map(|(at, m)| summarize(&mbox_key(maildir, at), &m)));
+    }
+    for path in if maildir.is_file() { Vec::new() } else { message_files(maildir)? } {
         let data = match std::fs::read(&path) {
             Ok(d) => d,
             // Moved or removed by another program since the listing: not an error.
@@ -146,7 +155,7 @@ pub fn find(maildir: &Path, prefix: &str) -> Result<PathBuf, MailboxError> {
 
 /// Read a message file for display.
 pub fn show(path: &Path) -> Result<Shown, MailboxError> {
-    let data = std::fs::read(path).map_err(io_err(path))?;
+    let data = read_message(path)?;
     let id = id_of(file_name(path));
     let Ok(m) = mailparse::parse_mail(&data) else {
         return Ok(Shown {
@@ -175,7 +184,7 @@ pub fn show(path: &Path) -> Result<Shown, MailboxError> {
 /// Write the attachments of the message at `path` into `dir` (names made safe, never
 /// overwriting); returns the files written.
 pub fn save_attachments(path: &Path, dir: &Path) -> Result<Vec<PathBuf>, MailboxError> {
-    let data = std::fs::read(path).map_err(io_err(path))?;
+    let data = read_message(path)?;
     let Ok(m) = mailparse::parse_mail(&data) else { return Ok(Vec::new()) };
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut written = Vec::new();
@@ -220,7 +229,7 @@ pub fn export_mbox(maildirs: &[PathBuf], target: &Path) -> Result<usize, Mailbox
     let tmp = tempfile::Builder::new().prefix(".pillarbox-export").tempfile_in(dir).map_err(io_err(dir))?;
     let mut out = std::io::BufWriter::new(tmp.as_file());
     for s in &all {
-        let data = std::fs::read(&s.path).map_err(io_err(&s.path))?;
+        let data = read_message(&s.path)?;
         let lf: Vec<u8> = data
             .iter()
             .enumerate()
@@ -271,21 +280,32 @@ fn content_hash(data: &[u8]) -> [u8; 32] {
 
 /// The messages of an mbox file (mboxrd or mboxo): split at `From ` lines, quoting undone.
 pub fn read_mbox(data: &[u8]) -> Vec<Vec<u8>> {
-    let mut out: Vec<Vec<u8>> = Vec::new();
-    let mut current: Option<Vec<u8>> = None;
+    mbox_messages(data).into_iter().map(|(_, m)| m).collect()
+}
+
+/// The messages of an mbox file with the offset of each one's `From ` line.
+pub fn mbox_messages(data: &[u8]) -> Vec<(usize, Vec<u8>)> {
+    let mut out: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut current: Option<(usize, Vec<u8>)> = None;
+    let mut offset = 0;
+    let finish = |(at, mut m): (usize, Vec<u8>), out: &mut Vec<(usize, Vec<u8>)>| {
+        // The blank line before a separator belongs to the mbox, not the message.
+        if m.ends_with(b"\n\n") {
+            m.pop();
+        }
+        out.push((at, m));
+    };
     for line in data.split_inclusive(|&b| b == b'\n') {
+        let at = offset;
+        offset += line.len();
         if line.starts_with(b"From ") {
-            if let Some(mut m) = current.take() {
-                // The blank line before a separator belongs to the mbox, not the message.
-                if m.ends_with(b"\n\n") {
-                    m.pop();
-                }
-                out.push(m);
+            if let Some(m) = current.take() {
+                finish(m, &mut out);
             }
-            current = Some(Vec::new());
+            current = Some((at, Vec::new()));
             continue;
         }
-        let Some(m) = current.as_mut() else { continue };
+        let Some((_, m)) = current.as_mut() else { continue };
         let gts = line.iter().take_while(|&&b| b == b'>').count();
         if gts > 0 && line[gts..].starts_with(b"From ") {
             m.extend_from_slice(&line[1..]);
@@ -293,13 +313,31 @@ pub fn read_mbox(data: &[u8]) -> Vec<Vec<u8>> {
             m.extend_from_slice(line);
         }
     }
-    if let Some(mut m) = current {
-        if m.ends_with(b"\n\n") {
-            m.pop();
-        }
-        out.push(m);
+    if let Some(m) = current {
+        finish(m, &mut out);
     }
     out
+}
+
+/// How a message of an mbox file is named where a Maildir message has its path:
+/// `FILE#OFFSET` (the offset of its `From ` line).
+pub fn mbox_key(mbox: &Path, offset: usize) -> PathBuf {
+    PathBuf::from(format!("{}#{offset}", mbox.display()))
+}
+
+/// A message's bytes: a Maildir file, or a message of an mbox file named by `mbox_key`.
+pub fn read_message(path: &Path) -> Result<Vec<u8>, MailboxError> {
+    match std::fs::read(path) {
+        Ok(d) => return Ok(d),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(path)(e)),
+        Err(_) => {}
+    }
+    let text = path.to_string_lossy();
+    let gone = || MailboxError::NotFound(path.display().to_string());
+    let (file, offset) = text.rsplit_once('#').ok_or_else(gone)?;
+    let offset: usize = offset.parse().map_err(|_| gone())?;
+    let data = std::fs::read(file).map_err(io_err(Path::new(file)))?;
+    mbox_messages(&data).into_iter().find(|(at, _)| *at == offset).map(|(_, m)| m).ok_or_else(gone)
 }
 
 /// Add `messages` to the Maildir `target` (created if missing), skipping those whose content is

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS messages (
     attachments INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_date ON messages(date);
+CREATE TABLE IF NOT EXISTS mboxes (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime INTEGER NOT NULL);
 CREATE VIRTUAL TABLE IF NOT EXISTS text USING fts5(sender, recipients, subject, body, content = '', contentless_delete = 1, tokenize = 'unicode61 remove_diacritics 2');
 ";
 
@@ -150,12 +151,6 @@ impl Index {
     /// are kept, unless `all` says these are all the accounts there are (then the rows of
     /// accounts that no longer exist go too).
     pub fn update(&mut self, maildirs: &[(String, PathBuf)], all: bool) -> Result<Updated, SearchError> {
-        let mut on_disk: HashMap<PathBuf, String> = HashMap::new();
-        for (account, dir) in maildirs {
-            for p in mailbox::message_files(dir)? {
-                on_disk.insert(p, account.clone());
-            }
-        }
         let indexed: Vec<(i64, PathBuf, String)> = {
             let mut stmt = self.db.prepare("SELECT rowid, path, account FROM messages").map_err(self.err())?;
             stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, PathBuf::from(r.get::<_, String>(1)?), r.get(2)?)))
@@ -163,19 +158,68 @@ impl Index {
                 .collect::<Result<_, _>>()
                 .map_err(self.err())?
         };
+        let mut on_disk: HashMap<PathBuf, String> = HashMap::new();
+        // Messages of mbox files read for this update (by their `mbox_key`).
+        let mut from_mbox: HashMap<PathBuf, Vec<u8>> = HashMap::new();
+        let mut stamps: Vec<(String, i64, i64)> = Vec::new();
+        let mut rewritten: Vec<String> = Vec::new();
+        for (account, dir) in maildirs {
+            if !dir.is_file() {
+                for p in mailbox::message_files(dir)? {
+                    on_disk.insert(p, account.clone());
+                }
+                continue;
+            }
+            // An mbox file: unchanged (size and time) keeps its rows without reading it; grown,
+            // its new messages are added; shrunk (rewritten by a mail program), it is read again.
+            use std::os::unix::fs::MetadataExt;
+            let meta =
+                std::fs::metadata(dir).map_err(|source| mailbox::MailboxError::Io { path: dir.clone(), source })?;
+            let key = dir.to_string_lossy().into_owned();
+            let (size, mtime) = (meta.len() as i64, meta.mtime() * 1_000_000_000 + meta.mtime_nsec());
+            let known: Option<(i64, i64)> = self
+                .db
+                .query_row("SELECT size, mtime FROM mboxes WHERE path = ?1", [&key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .ok();
+            let prefix = format!("{key}#");
+            if known == Some((size, mtime)) {
+                for (_, p, _) in indexed.iter().filter(|(_, p, _)| p.to_string_lossy().starts_with(&prefix)) {
+                    on_disk.insert(p.clone(), account.clone());
+                }
+                continue;
+            }
+            if known.is_some_and(|(s, _)| size < s) {
+                rewritten.push(prefix);
+            }
+            let data = std::fs::read(dir).map_err(|source| mailbox::MailboxError::Io { path: dir.clone(), source })?;
+            for (at, m) in mailbox::mbox_messages(&data) {
+                let k = mailbox::mbox_key(dir, at);
+                on_disk.insert(k.clone(), account.clone());
+                from_mbox.insert(k, m);
+            }
+            stamps.push((key, size, mtime));
+        }
         let ours = |account: &str| all || maildirs.iter().any(|(a, _)| a == account);
         let err = |source| SearchError::Db { path: self.path.clone(), source };
         let tx = self.db.transaction().map_err(err)?;
         let mut result = Updated::default();
         for (rowid, path, account) in &indexed {
-            if on_disk.remove(path).is_none() && ours(account) {
+            // A row of a rewritten mbox goes, and its message (if still there) comes back new.
+            let stale = rewritten.iter().any(|p| path.to_string_lossy().starts_with(p.as_str()));
+            if stale || (on_disk.remove(path).is_none() && ours(account)) {
                 tx.execute("DELETE FROM messages WHERE rowid = ?1", [rowid]).map_err(err)?;
                 tx.execute("DELETE FROM text WHERE rowid = ?1", [rowid]).map_err(err)?;
                 result.removed += 1;
             }
         }
         for (path, account) in on_disk {
-            let Ok(data) = std::fs::read(&path) else { continue };
+            let data = match from_mbox.remove(&path) {
+                Some(d) => d,
+                None => match std::fs::read(&path) {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
+            };
             let s = mailbox::summarize(&path, &data);
             let (recipients, body) = match mailparse::parse_mail(&data) {
                 Ok(m) => {
@@ -207,6 +251,13 @@ impl Index {
             )
             .map_err(err)?;
             result.added += 1;
+        }
+        for (path, size, mtime) in stamps {
+            tx.execute(
+                "INSERT OR REPLACE INTO mboxes (path, size, mtime) VALUES (?1, ?2, ?3)",
+                params![path, size, mtime],
+            )
+            .map_err(err)?;
         }
         tx.commit().map_err(err)?;
         Ok(result)
