@@ -255,7 +255,7 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
                 bail!("name the account to import into (there are {} with a Maildir)", dirs.len());
             };
             let messages = mailbox::read_source(&source)?;
-            let r = mailbox::import(target, &messages)?;
+            let r = mailbox::import(target, messages)?;
             println!(
                 "{}: {} added to {name} ({}), {} already there",
                 source.display(),

@@ -285,38 +285,62 @@ pub fn read_mbox(data: &[u8]) -> Vec<Vec<u8>> {
 
 /// The messages of an mbox file with the offset of each one's `From ` line.
 pub fn mbox_messages(data: &[u8]) -> Vec<(usize, Vec<u8>)> {
-    let mut out: Vec<(usize, Vec<u8>)> = Vec::new();
-    let mut current: Option<(usize, Vec<u8>)> = None;
-    let mut offset = 0;
-    let finish = |(at, mut m): (usize, Vec<u8>), out: &mut Vec<(usize, Vec<u8>)>| {
-        // The blank line before a separator belongs to the mbox, not the message.
-        if m.ends_with(b"\n\n") {
-            m.pop();
-        }
-        out.push((at, m));
-    };
-    for line in data.split_inclusive(|&b| b == b'\n') {
-        let at = offset;
-        offset += line.len();
-        if line.starts_with(b"From ") {
-            if let Some(m) = current.take() {
-                finish(m, &mut out);
+    MboxReader::new(data).filter_map(Result::ok).collect()
+}
+
+/// The messages of an mbox (mboxrd or mboxo) read as a stream, one message in memory at a time:
+/// each with the offset of its `From ` line, split at `From ` lines, quoting undone.
+pub struct MboxReader<R> {
+    input: R,
+    offset: usize,
+    current: Option<(usize, Vec<u8>)>,
+    line: Vec<u8>,
+}
+
+impl<R: std::io::BufRead> MboxReader<R> {
+    pub fn new(input: R) -> Self {
+        Self { input, offset: 0, current: None, line: Vec::new() }
+    }
+}
+
+impl<R: std::io::BufRead> Iterator for MboxReader<R> {
+    type Item = std::io::Result<(usize, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let finish = |(at, mut m): (usize, Vec<u8>)| {
+            // The blank line before a separator belongs to the mbox, not the message.
+            if m.ends_with(b"\n\n") {
+                m.pop();
             }
-            current = Some((at, Vec::new()));
-            continue;
-        }
-        let Some((_, m)) = current.as_mut() else { continue };
-        let gts = line.iter().take_while(|&&b| b == b'>').count();
-        if gts > 0 && line[gts..].starts_with(b"From ") {
-            m.extend_from_slice(&line[1..]);
-        } else {
-            m.extend_from_slice(line);
+            (at, m)
+        };
+        loop {
+            self.line.clear();
+            let n = match self.input.read_until(b'\n', &mut self.line) {
+                Ok(n) => n,
+                Err(e) => return Some(Err(e)),
+            };
+            let at = self.offset;
+            self.offset += n;
+            if n == 0 {
+                return self.current.take().map(|m| Ok(finish(m)));
+            }
+            let line = &self.line;
+            if line.starts_with(b"From ") {
+                if let Some(m) = self.current.replace((at, Vec::new())) {
+                    return Some(Ok(finish(m)));
+                }
+                continue;
+            }
+            let Some((_, m)) = self.current.as_mut() else { continue };
+            let gts = line.iter().take_while(|&&b| b == b'>').count();
+            if gts > 0 && line[gts..].starts_with(b"From ") {
+                m.extend_from_slice(&line[1..]);
+            } else {
+                m.extend_from_slice(line);
+            }
         }
     }
-    if let Some(m) = current {
-        finish(m, &mut out);
-    }
-    out
 }
 
 /// How a message of an mbox file is named where a Maildir message has its path:
@@ -342,7 +366,10 @@ pub fn read_message(path: &Path) -> Result<Vec<u8>, MailboxError> {
 
 /// Add `messages` to the Maildir `target` (created if missing), skipping those whose content is
 /// already there. Each is written in `tmp/`, synced and renamed into `new/`.
-pub fn import(target: &Path, messages: &[Vec<u8>]) -> Result<Imported, MailboxError> {
+pub fn import(
+    target: &Path,
+    messages: impl IntoIterator<Item = Result<Vec<u8>, MailboxError>>,
+) -> Result<Imported, MailboxError> {
     use std::io::Write as _;
     for sub in ["cur", "new", "tmp"] {
         std::fs::create_dir_all(target.join(sub)).map_err(io_err(target))?;
@@ -361,8 +388,9 @@ pub fn import(target: &Path, messages: &[Vec<u8>]) -> Result<Imported, MailboxEr
         .collect();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let mut result = Imported::default();
-    for (n, m) in messages.iter().enumerate() {
-        if !known.insert(content_hash(m)) {
+    for (n, m) in messages.into_iter().enumerate() {
+        let m = m?;
+        if !known.insert(content_hash(&m)) {
             result.duplicates += 1;
             continue;
         }
@@ -370,7 +398,7 @@ pub fn import(target: &Path, messages: &[Vec<u8>]) -> Result<Imported, MailboxEr
             format!("{}.M{}P{}Q{n}.{host},S={}", now.as_secs(), now.subsec_micros(), std::process::id(), m.len());
         let tmp = target.join("tmp").join(&name);
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(m).and_then(|()| f.sync_all()).map_err(io_err(&tmp))?;
+        f.write_all(&m).and_then(|()| f.sync_all()).map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, target.join("new").join(&name)).map_err(io_err(&tmp))?;
         result.added += 1;
     }
@@ -379,17 +407,17 @@ pub fn import(target: &Path, messages: &[Vec<u8>]) -> Result<Imported, MailboxEr
     Ok(result)
 }
 
-/// The messages of an mbox file or a Maildir folder, for [`import`].
-pub fn read_source(source: &Path) -> Result<Vec<Vec<u8>>, MailboxError> {
+/// The messages of an mbox file or a Maildir folder, for [`import`], read one at a time (an mbox
+/// of any size is never in memory whole).
+pub fn read_source(source: &Path) -> Result<Box<dyn Iterator<Item = Result<Vec<u8>, MailboxError>>>, MailboxError> {
     if source.is_dir() {
-        let mut v = Vec::new();
-        for p in message_files(source)? {
-            v.push(std::fs::read(&p).map_err(io_err(&p))?);
-        }
-        return Ok(v);
+        let files = message_files(source)?;
+        return Ok(Box::new(files.into_iter().map(|p| std::fs::read(&p).map_err(io_err(&p)))));
     }
-    let data = std::fs::read(source).map_err(io_err(source))?;
-    Ok(read_mbox(&data))
+    let file = std::fs::File::open(source).map_err(io_err(source))?;
+    let path = source.to_owned();
+    let reader = MboxReader::new(std::io::BufReader::with_capacity(1 << 20, file));
+    Ok(Box::new(reader.map(move |r| r.map(|(_, m)| m).map_err(io_err(&path)))))
 }
 
 /// The attachments of a message: parts that say so, or that are neither text nor multipart.
@@ -560,6 +588,12 @@ mod tests {
         assert_eq!(m[1], b"Subject: two\n\nbody\n");
         assert_eq!(content_hash(b"a\r\nb\r\n"), content_hash(b"a\nb\n"));
         assert!(read_mbox(b"no separator at all\n").is_empty());
+        // Streamed through a tiny buffer: the same messages, at the offsets of their From lines.
+        let streamed: Vec<(usize, Vec<u8>)> =
+            MboxReader::new(std::io::BufReader::with_capacity(5, &mbox[..])).collect::<Result<_, _>>().expect("read");
+        assert_eq!(streamed.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>(), m);
+        assert_eq!(streamed[0].0, 0);
+        assert!(mbox[streamed[1].0..].starts_with(b"From c@d"));
     }
 
     #[test]
