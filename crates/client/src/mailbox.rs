@@ -407,9 +407,12 @@ pub fn import(
     Ok(result)
 }
 
+/// Messages read one at a time.
+pub type Messages = Box<dyn Iterator<Item = Result<Vec<u8>, MailboxError>>>;
+
 /// The messages of an mbox file or a Maildir folder, for [`import`], read one at a time (an mbox
 /// of any size is never in memory whole).
-pub fn read_source(source: &Path) -> Result<Box<dyn Iterator<Item = Result<Vec<u8>, MailboxError>>>, MailboxError> {
+pub fn read_source(source: &Path) -> Result<Messages, MailboxError> {
     if source.is_dir() {
         let files = message_files(source)?;
         return Ok(Box::new(files.into_iter().map(|p| std::fs::read(&p).map_err(io_err(&p)))));
