@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_date ON messages(date);
 CREATE TABLE IF NOT EXISTS mboxes (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS maildirs (path TEXT PRIMARY KEY, new_mtime INTEGER NOT NULL, cur_mtime INTEGER NOT NULL);
 CREATE VIRTUAL TABLE IF NOT EXISTS text USING fts5(sender, recipients, subject, body, content = '', contentless_delete = 1, tokenize = 'unicode61 remove_diacritics 2');
 ";
 
@@ -163,10 +164,40 @@ impl Index {
         let mut from_mbox: HashMap<PathBuf, Vec<u8>> = HashMap::new();
         let mut stamps: Vec<(String, i64, i64)> = Vec::new();
         let mut rewritten: Vec<String> = Vec::new();
+        let mut settled: Vec<(String, i64, i64)> = Vec::new();
+        let scan_start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         for (account, dir) in maildirs {
             if !dir.is_file() {
+                // A Maildir whose new/ and cur/ have not changed since a listing that came at
+                // least 2 s after their last change (so a change within one tick of the file
+                // system's clock cannot hide) has the messages it had: its rows stay, unlisted.
+                let key = dir.to_string_lossy().into_owned();
+                let times = (mtime_ns(&dir.join("new")), mtime_ns(&dir.join("cur")));
+                let known: Option<(i64, i64)> = self
+                    .db
+                    .query_row("SELECT new_mtime, cur_mtime FROM maildirs WHERE path = ?1", [&key], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .ok();
+                let prefixes = [format!("{key}/new/"), format!("{key}/cur/")];
+                if known.is_some() && known == Some(times) {
+                    for (_, p, _) in indexed.iter().filter(|(_, p, _)| {
+                        let p = p.to_string_lossy();
+                        prefixes.iter().any(|x| p.starts_with(x.as_str()))
+                    }) {
+                        on_disk.insert(p.clone(), account.clone());
+                    }
+                    continue;
+                }
                 for p in mailbox::message_files(dir)? {
                     on_disk.insert(p, account.clone());
+                }
+                if scan_start - times.0.max(times.1) >= 2_000_000_000 {
+                    settled.push((key, times.0, times.1));
+                } else {
+                    self.db.execute("DELETE FROM maildirs WHERE path = ?1", [&key]).map_err(self.err())?;
                 }
                 continue;
             }
@@ -252,6 +283,13 @@ impl Index {
             .map_err(err)?;
             result.added += 1;
         }
+        for (path, new, cur) in settled {
+            tx.execute(
+                "INSERT OR REPLACE INTO maildirs (path, new_mtime, cur_mtime) VALUES (?1, ?2, ?3)",
+                params![path, new, cur],
+            )
+            .map_err(err)?;
+        }
         for (path, size, mtime) in stamps {
             tx.execute(
                 "INSERT OR REPLACE INTO mboxes (path, size, mtime) VALUES (?1, ?2, ?3)",
@@ -304,9 +342,47 @@ impl Index {
     }
 }
 
+/// A folder's modification time in nanoseconds (0 when it is not there).
+fn mtime_ns(dir: &Path) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).map_or(0, |m| m.mtime() * 1_000_000_000 + m.mtime_nsec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unchanged_settled_maildir_is_not_listed_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let md = dir.path().join("m");
+        for sub in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(md.join(sub)).expect("mkdir");
+        }
+        std::fs::write(md.join("new/1790000000.M1P1.h"), "Subject: one\n\nfirst\n").expect("write");
+        let set_time = |sub: &str, t: std::time::SystemTime| {
+            std::fs::File::open(md.join(sub)).and_then(|d| d.set_modified(t)).expect("set time");
+        };
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        set_time("new", old);
+        set_time("cur", old);
+        let dirs = [("a".to_owned(), md.clone())];
+        let mut index = Index::open(&dir.path().join("i.sqlite")).expect("open");
+        assert_eq!(index.update(&dirs, true).expect("update").added, 1);
+        // A file slipped in while the folder's time is put back: not listed, so not seen...
+        std::fs::write(md.join("new/1790000001.M2P1.h"), "Subject: two\n\nsecond\n").expect("write");
+        set_time("new", old);
+        assert_eq!(index.update(&dirs, true).expect("update"), Updated::default());
+        // ...while any change of the folder's time (a real delivery) brings a new listing.
+        set_time("new", old + std::time::Duration::from_secs(1));
+        assert_eq!(index.update(&dirs, true).expect("update").added, 1);
+        // A folder changed less than 2 s before its listing is listed again next time.
+        std::fs::write(md.join("new/1790000002.M3P1.h"), "Subject: three\n\nthird\n").expect("write");
+        assert_eq!(index.update(&dirs, true).expect("update").added, 1);
+        std::fs::remove_file(md.join("new/1790000000.M1P1.h")).expect("remove");
+        set_time("new", std::time::SystemTime::now());
+        assert_eq!(index.update(&dirs, true).expect("update").removed, 1);
+    }
 
     #[test]
     fn updating_some_accounts_keeps_the_others() {
