@@ -303,6 +303,13 @@ pub fn command(cmd: BackupCommand) -> Result<u8> {
             let chosen: Vec<Account> =
                 all.into_iter().filter(|a| accounts.is_empty() || accounts.contains(&a.name)).collect();
             if chosen.is_empty() {
+                if !accounts_file.exists() {
+                    bail!(
+                        "{} does not exist, so there is no local mail to back up (add an account with \
+                         `pillarbox account add`, or name the file with --accounts-file)",
+                        accounts_file.display()
+                    );
+                }
                 bail!("{}: no accounts, so no local mail to back up", accounts_file.display());
             }
             let state_dir = state_dir.unwrap_or_else(crate::fetch::default_state_dir);

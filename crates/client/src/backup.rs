@@ -461,6 +461,9 @@ impl Sink {
         fn zstd<W: Write>(w: W) -> io::Result<zstd::Encoder<'static, W>> {
             let mut z = zstd::Encoder::new(w, 3)?;
             z.include_checksum(true)?;
+            // Compression in worker threads, while this one reads and hashes the files.
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+            z.multithread(u32::try_from(workers).unwrap_or(1))?;
             Ok(z)
         }
         let encryptor = match encryption {
