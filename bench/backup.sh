@@ -2,7 +2,9 @@
 # Backups of a large local store: `pillarbox backup create` (full, then incremental after 1% new
 # mail), verify and restore, next to the standard pipeline `tar | zstd -3 | age` over the same
 # Maildir (what a hand-made encrypted backup costs; it has no incremental mode, so every run is
-# full; zstd uses every core, as Pillarbox does). Both encrypt to an age public key, so no passphrase work is measured.
+# full; zstd uses every core, as Pillarbox does). Both encrypt to an age public key, so no
+# passphrase work is measured. Pillarbox's restore syncs the file system before it renames the
+# restored folder into place; tar does not sync.
 #
 #   bench/backup.sh [COUNT] [AVG_KB] [REPS]     (defaults: 100000, 4, 3)
 set -euo pipefail
