@@ -585,7 +585,10 @@ pub fn create(sources: &[Source], opts: &CreateOptions) -> Result<Created, Backu
     let mut stat = HashMap::new();
     let mut here: HashMap<String, u32> = HashMap::new();
     let (mut stored, mut stored_bytes) = (0u64, 0u64);
-    let mut vanished: Vec<(PathBuf, String)> = Vec::new();
+    // Files gone between the listing and the reading: renamed ones are looked for (a bounded
+    // number of times), the others were deleted.
+    let mut vanished: Vec<PathBuf> = Vec::new();
+    let mut searched = 0;
     let mut seen_paths: HashSet<PathBuf> = HashSet::new();
     let mut queue: std::collections::VecDeque<Found> = found.into();
     let mut later = Some(rest);
@@ -609,11 +612,10 @@ pub fn create(sources: &[Source], opts: &CreateOptions) -> Result<Created, Backu
         } else {
             match store_file(&mut tar, &f, &known, &here, opts.progress).map_err(write_err)? {
                 Stored::Vanished => {
-                    vanished.push((f.path.clone(), f.name.clone()));
-                    if vanished.len() <= 10_000
-                        && let Some(again) = moved_file(&f)
-                    {
-                        queue.push_back(again);
+                    searched += 1;
+                    match moved_file(&f).filter(|_| searched <= 10_000) {
+                        Some(again) => queue.push_back(again),
+                        None => vanished.push(f.path.clone()),
                     }
                     continue;
                 }
@@ -651,7 +653,7 @@ pub fn create(sources: &[Source], opts: &CreateOptions) -> Result<Created, Backu
     let bytes =
         serde_json::to_vec(&catalog).map_err(|e| BackupError::Io { what: "catalog".into(), source: e.into() })?;
     write_atomically(&catalog_file, &bytes)?;
-    skipped.extend(vanished.into_iter().map(|(p, _)| format!("{}: vanished while backing up", p.display())));
+    skipped.extend(vanished.into_iter().map(|p| format!("{}: deleted while backing up", p.display())));
     Ok(Created {
         path: final_path,
         chain,
@@ -1580,6 +1582,23 @@ mod tests {
         assert!(!partial.exists());
         let names: Vec<_> = fs::read_dir(&dest).expect("read dir").flatten().map(|e| e.file_name()).collect();
         assert_eq!(names.len(), 2, "the archive and the lock file: {names:?}");
+    }
+
+    #[test]
+    fn a_message_renamed_while_backing_up_is_found_under_its_new_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sources = store(dir.path(), 2);
+        let mut skipped = Vec::new();
+        let found = walk(&sources[..1], &mut skipped).expect("walk");
+        let listed = found.iter().find(|f| f.name == "mail/work/new/1.M1P1.host").expect("listed");
+        // A mail reader marks it read: new/ -> cur/ with flags.
+        let md = dir.path().join("Mail");
+        fs::rename(md.join("new/1.M1P1.host"), md.join("cur/1.M1P1.host:2,S")).expect("rename");
+        let again = moved_file(listed).expect("found again");
+        assert_eq!(again.name, "mail/work/cur/1.M1P1.host:2,S");
+        assert_eq!(again.path, md.join("cur/1.M1P1.host:2,S"));
+        fs::remove_file(md.join("cur/1.M1P1.host:2,S")).expect("delete");
+        assert!(moved_file(listed).is_none());
     }
 
     #[test]
