@@ -23,6 +23,8 @@ use age::secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::mailbox::mtime_ns;
+
 /// Version of the archive layout.
 pub const FORMAT: u32 = 1;
 const HEADER_ENTRY: &str = "pillarbox-backup.json";
@@ -297,15 +299,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default()
-}
-
-fn mtime_ns(meta: &fs::Metadata) -> i128 {
-    use std::os::unix::fs::MetadataExt;
-    i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec())
-}
-
 /// The catalog of a destination, beside fetch's state.
 fn catalog_path(state_root: &Path, dest: &Path) -> PathBuf {
     let abs = std::path::absolute(dest).unwrap_or_else(|_| dest.to_owned());
@@ -564,7 +557,7 @@ pub fn create(sources: &[Source], opts: &CreateOptions) -> Result<Created, Backu
         chain: chain.clone(),
         seq,
         created,
-        host: hostname(),
+        host: crate::deliver::maildir_host(),
         encrypted,
         sources: sources.to_vec(),
     };

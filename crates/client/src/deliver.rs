@@ -302,13 +302,7 @@ impl Local {
                 };
                 let unique =
                     tmp.file_name().and_then(|n| n.to_str()).unwrap_or("msg").trim_end_matches(TMP_MARK).to_owned();
-                let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-                let host: String = host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
-                let name = format!(
-                    "{unique}.F{}.{},S={size}",
-                    fetch_tag(&account_key, &id),
-                    if host.is_empty() { "localhost" } else { &host }
-                );
+                let name = format!("{unique}.F{}.{},S={size}", fetch_tag(&account_key, &id), maildir_host());
                 staged.push(Staged { id, file, tmp, name });
                 Ok(())
             }
@@ -526,6 +520,14 @@ fn open_mbox(path: &Path, pending: &Path, batch: u64) -> Result<File, DeliverErr
 /// The date of an mbox `From ` line: now, in UTC.
 fn mbox_date() -> String {
     pillarbox_proto::date::asctime(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
+/// This machine's name as it goes into Maildir file names: letters, digits and `-` only
+/// (`localhost` when it has none).
+pub fn maildir_host() -> String {
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    if host.is_empty() { "localhost".into() } else { host }
 }
 
 #[cfg(test)]

@@ -92,6 +92,12 @@ pub fn message_files(maildir: &Path) -> Result<Vec<PathBuf>, MailboxError> {
     Ok(out)
 }
 
+/// A file's modification time in nanoseconds since the epoch.
+pub(crate) fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
+    use std::os::unix::fs::MetadataExt;
+    i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec())
+}
+
 fn file_name(path: &Path) -> &str {
     path.file_name().and_then(|n| n.to_str()).unwrap_or_default()
 }
@@ -380,12 +386,7 @@ pub fn import(
             known.insert(content_hash(&d));
         }
     }
-    let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap_or_else(|_| "localhost".into())
-        .trim()
-        .chars()
-        .map(|c| if c == '/' || c == ':' { '_' } else { c })
-        .collect();
+    let host = crate::deliver::maildir_host();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let mut result = Imported::default();
     for (n, m) in messages.into_iter().enumerate() {

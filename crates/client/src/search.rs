@@ -203,11 +203,10 @@ impl Index {
             }
             // An mbox file: unchanged (size and time) keeps its rows without reading it; grown,
             // its new messages are added; shrunk (rewritten by a mail program), it is read again.
-            use std::os::unix::fs::MetadataExt;
             let meta =
                 std::fs::metadata(dir).map_err(|source| mailbox::MailboxError::Io { path: dir.clone(), source })?;
             let key = dir.to_string_lossy().into_owned();
-            let (size, mtime) = (meta.len() as i64, meta.mtime() * 1_000_000_000 + meta.mtime_nsec());
+            let (size, mtime) = (meta.len() as i64, folder_mtime(&meta));
             let known: Option<(i64, i64)> = self
                 .db
                 .query_row("SELECT size, mtime FROM mboxes WHERE path = ?1", [&key], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -342,10 +341,14 @@ impl Index {
     }
 }
 
+/// A modification time in nanoseconds, as the index keeps it.
+fn folder_mtime(meta: &std::fs::Metadata) -> i64 {
+    i64::try_from(mailbox::mtime_ns(meta)).unwrap_or(i64::MAX)
+}
+
 /// A folder's modification time in nanoseconds (0 when it is not there).
 fn mtime_ns(dir: &Path) -> i64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(dir).map_or(0, |m| m.mtime() * 1_000_000_000 + m.mtime_nsec())
+    std::fs::metadata(dir).map_or(0, |m| folder_mtime(&m))
 }
 
 #[cfg(test)]
