@@ -17,6 +17,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use age::secrecy::SecretString;
@@ -43,8 +45,6 @@ pub enum BackupError {
     Io { what: String, source: io::Error },
     #[error("{0}: wrong passphrase or key (none of the given keys opens this archive)")]
     WrongKey(PathBuf),
-    #[error("{0}: this archive is encrypted with a passphrase; give the passphrase, not --identity")]
-    NeedsPassphrase(PathBuf),
     #[error("{0}: this archive is encrypted to a public key; give its key with --identity FILE")]
     NeedsIdentity(PathBuf),
     #[error("{path}: damaged: {detail}")]
@@ -796,23 +796,49 @@ fn store_file<W: Write>(
 // ---------------------------------------------------------------------------------------------
 // Reading archives
 
-/// A reader that counts bytes read (for progress, and to say where damage was found).
-struct Counting<'a, R> {
+/// A reader that counts bytes read (to say where damage was found, and for progress).
+struct Counting<R> {
     inner: R,
-    pos: std::rc::Rc<std::cell::Cell<u64>>,
-    progress: &'a dyn Progress,
+    pos: Arc<AtomicU64>,
 }
 
-impl<R: Read> Read for Counting<'_, R> {
+impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.pos.set(self.pos.get() + n as u64);
-        self.progress.advance(n as u64);
+        self.pos.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
 
-type Plain<'a> = Box<dyn Read + 'a>;
+/// The decrypted, decompressed bytes of an archive.
+type Plain = Box<dyn Read + Send>;
+
+/// The plain bytes of an archive as produced by a thread of their own (reading, decrypting and
+/// decompressing), while the caller's thread checks and writes the files: a pipe between them.
+/// The thread's error, if any, takes the place of the end of the data; progress is reported
+/// here, from the bytes of the file the thread has read.
+struct Fed<'scope> {
+    pipe: io::PipeReader,
+    feeder: Option<std::thread::ScopedJoinHandle<'scope, io::Result<()>>>,
+    pos: Arc<AtomicU64>,
+    reported: u64,
+    progress: &'scope dyn Progress,
+}
+
+impl Read for Fed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.pipe.read(buf)?;
+        let pos = self.pos.load(Ordering::Relaxed);
+        self.progress.advance(pos.saturating_sub(self.reported));
+        self.reported = pos;
+        if n == 0
+            && let Some(feeder) = self.feeder.take()
+        {
+            feeder.join().map_err(|_| io::Error::other("the archive reader stopped unexpectedly"))??;
+        }
+        Ok(n)
+    }
+}
 
 /// An error met while reading an archive, said as what it means for the archive.
 fn describe(e: &io::Error) -> String {
@@ -826,19 +852,15 @@ fn describe(e: &io::Error) -> String {
     }
 }
 
-/// An archive opened for reading: decrypted (if it is encrypted) and decompressed.
-struct Opened<'a> {
-    tar: tar::Archive<Plain<'a>>,
-    pos: std::rc::Rc<std::cell::Cell<u64>>,
-}
-
 const AGE_MAGIC: &[u8] = b"age-encryption.org/";
 const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 
-fn open<'a>(path: &Path, keys: &Keys, progress: &'a dyn Progress) -> Result<Opened<'a>, BackupError> {
+/// Open an archive: its age header is read and a key found for it (here, so that a wrong key is
+/// known before anything else happens); what comes back decrypts and decompresses as it is read.
+fn open(path: &Path, keys: &Keys) -> Result<(Plain, Arc<AtomicU64>), BackupError> {
     let file = File::open(path).map_err(io_err(path.display()))?;
-    let pos = std::rc::Rc::new(std::cell::Cell::new(0));
-    let mut input = BufReader::with_capacity(256 << 10, Counting { inner: file, pos: pos.clone(), progress });
+    let pos = Arc::new(AtomicU64::new(0));
+    let mut input = BufReader::with_capacity(256 << 10, Counting { inner: file, pos: pos.clone() });
     let damaged = |detail: String| BackupError::Damaged { path: path.to_owned(), detail };
     let start = io::BufRead::fill_buf(&mut input).map_err(io_err(path.display()))?;
     let decrypted: Plain = if start.starts_with(AGE_MAGIC) {
@@ -872,14 +894,14 @@ fn open<'a>(path: &Path, keys: &Keys, progress: &'a dyn Progress) -> Result<Open
         return Err(damaged("not a Pillarbox backup (neither age-encrypted nor zstd)".into()));
     };
     let plain: Plain = Box::new(zstd::Decoder::new(decrypted).map_err(io_err(path.display()))?);
-    Ok(Opened { tar: tar::Archive::new(plain), pos })
+    Ok((plain, pos))
 }
 
 /// Read an archive's header only (cheap: the first entry).
 pub fn read_header(path: &Path, keys: &Keys) -> Result<Header, BackupError> {
-    let mut o = open(path, keys, &Quiet)?;
+    let mut tar = tar::Archive::new(open(path, keys)?.0);
     let mut entries =
-        o.tar.entries().map_err(|e| BackupError::Damaged { path: path.to_owned(), detail: e.to_string() })?;
+        tar.entries().map_err(|e| BackupError::Damaged { path: path.to_owned(), detail: describe(&e) })?;
     parse_header(path, entries.next())
 }
 
@@ -940,18 +962,35 @@ fn read_archive(
     path: &Path,
     keys: &Keys,
     progress: &dyn Progress,
+    each: impl FnMut(&str, &mut dyn Read) -> Result<(), BackupError>,
+) -> Result<ReadArchive, BackupError> {
+    let (plain, pos) = open(path, keys)?;
+    std::thread::scope(|scope| {
+        let (pipe, mut writer) = io::pipe().map_err(io_err("a pipe"))?;
+        let feeder = scope.spawn(move || {
+            let mut plain = plain;
+            io::copy(&mut plain, &mut writer).map(drop)
+        });
+        let fed = Fed { pipe, feeder: Some(feeder), pos: pos.clone(), reported: 0, progress };
+        read_entries(path, tar::Archive::new(fed), &pos, each)
+    })
+}
+
+/// The entries of an archive after its decryption: see [`read_archive`].
+fn read_entries<R: Read>(
+    path: &Path,
+    mut tar: tar::Archive<R>,
+    pos: &AtomicU64,
     mut each: impl FnMut(&str, &mut dyn Read) -> Result<(), BackupError>,
 ) -> Result<ReadArchive, BackupError> {
-    let mut o = open(path, keys, progress)?;
     let mut stored: HashMap<String, String> = HashMap::new(); // path -> hash
     let mut stored_bytes = 0;
     let mut manifest: Option<Manifest> = None;
-    let pos = o.pos.clone();
     let damaged = |detail: String| BackupError::Damaged {
         path: path.to_owned(),
-        detail: format!("{detail} (at about byte {})", pos.get()),
+        detail: format!("{detail} (at about byte {})", pos.load(Ordering::Relaxed)),
     };
-    let mut entries = o.tar.entries().map_err(|e| damaged(describe(&e)))?;
+    let mut entries = tar.entries().map_err(|e| damaged(describe(&e)))?;
     let header = parse_header(path, entries.next()).map_err(|e| match e {
         BackupError::Damaged { detail, .. } => damaged(detail),
         e => e,
@@ -984,7 +1023,7 @@ fn read_archive(
     }
     // The tar end, then the compressed stream's end (which checks zstd's checksum and age's last
     // chunk): a truncated archive fails here.
-    io::copy(&mut o.tar.into_inner(), &mut io::sink()).map_err(|e| damaged(describe(&e)))?;
+    io::copy(&mut tar.into_inner(), &mut io::sink()).map_err(|e| damaged(describe(&e)))?;
     let manifest = manifest.ok_or_else(|| damaged("no manifest at the end: the archive is incomplete".into()))?;
     if manifest.chain != header.chain || manifest.seq != header.seq {
         return Err(damaged("the manifest belongs to another archive".into()));
