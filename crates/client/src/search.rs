@@ -152,6 +152,9 @@ impl Index {
     /// are kept, unless `all` says these are all the accounts there are (then the rows of
     /// accounts that no longer exist go too).
     pub fn update(&mut self, maildirs: &[(String, PathBuf)], all: bool) -> Result<Updated, SearchError> {
+        if self.nothing_changed(maildirs, all)? {
+            return Ok(Updated::default());
+        }
         let indexed: Vec<(i64, PathBuf, String)> = {
             let mut stmt = self.db.prepare("SELECT rowid, path, account FROM messages").map_err(self.err())?;
             stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, PathBuf::from(r.get::<_, String>(1)?), r.get(2)?)))
@@ -175,14 +178,8 @@ impl Index {
                 // system's clock cannot hide) has the messages it had: its rows stay, unlisted.
                 let key = dir.to_string_lossy().into_owned();
                 let times = (mtime_ns(&dir.join("new")), mtime_ns(&dir.join("cur")));
-                let known: Option<(i64, i64)> = self
-                    .db
-                    .query_row("SELECT new_mtime, cur_mtime FROM maildirs WHERE path = ?1", [&key], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .ok();
                 let prefixes = [format!("{key}/new/"), format!("{key}/cur/")];
-                if known.is_some() && known == Some(times) {
+                if self.known_maildir(&key) == Some(times) {
                     for (_, p, _) in indexed.iter().filter(|(_, p, _)| {
                         let p = p.to_string_lossy();
                         prefixes.iter().any(|x| p.starts_with(x.as_str()))
@@ -207,10 +204,7 @@ impl Index {
                 std::fs::metadata(dir).map_err(|source| mailbox::MailboxError::Io { path: dir.clone(), source })?;
             let key = dir.to_string_lossy().into_owned();
             let (size, mtime) = (meta.len() as i64, folder_mtime(&meta));
-            let known: Option<(i64, i64)> = self
-                .db
-                .query_row("SELECT size, mtime FROM mboxes WHERE path = ?1", [&key], |r| Ok((r.get(0)?, r.get(1)?)))
-                .ok();
+            let known = self.known_mbox(&key);
             let prefix = format!("{key}#");
             if known == Some((size, mtime)) {
                 for (_, p, _) in indexed.iter().filter(|(_, p, _)| p.to_string_lossy().starts_with(&prefix)) {
@@ -236,7 +230,14 @@ impl Index {
         for (rowid, path, account) in &indexed {
             // A row of a rewritten mbox goes, and its message (if still there) comes back new.
             let stale = rewritten.iter().any(|p| path.to_string_lossy().starts_with(p.as_str()));
-            if stale || (on_disk.remove(path).is_none() && ours(account)) {
+            let now = if stale { None } else { on_disk.remove(path) };
+            if let Some(name) = &now
+                && name != account
+            {
+                // The account was renamed: its messages stay, under the new name.
+                tx.execute("UPDATE messages SET account = ?1 WHERE rowid = ?2", params![name, rowid]).map_err(err)?;
+            }
+            if stale || (now.is_none() && ours(account)) {
                 tx.execute("DELETE FROM messages WHERE rowid = ?1", [rowid]).map_err(err)?;
                 tx.execute("DELETE FROM text WHERE rowid = ?1", [rowid]).map_err(err)?;
                 result.removed += 1;
@@ -298,6 +299,51 @@ impl Index {
         }
         tx.commit().map_err(err)?;
         Ok(result)
+    }
+
+    /// The times of a Maildir's new/ and cur/ at its last settled listing.
+    fn known_maildir(&self, key: &str) -> Option<(i64, i64)> {
+        self.db
+            .query_row("SELECT new_mtime, cur_mtime FROM maildirs WHERE path = ?1", [key], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .ok()
+    }
+
+    /// The size and time of an mbox file when it was last read.
+    fn known_mbox(&self, key: &str) -> Option<(i64, i64)> {
+        self.db.query_row("SELECT size, mtime FROM mboxes WHERE path = ?1", [key], |r| Ok((r.get(0)?, r.get(1)?))).ok()
+    }
+
+    /// Whether every Maildir and mbox file is as the index last saw it and (when these are all the
+    /// accounts) no rows of other accounts are left: then an update has nothing to do, and the
+    /// index's rows need not even be read.
+    fn nothing_changed(&self, maildirs: &[(String, PathBuf)], all: bool) -> Result<bool, SearchError> {
+        for (_, dir) in maildirs {
+            let key = dir.to_string_lossy();
+            let unchanged = match std::fs::metadata(dir) {
+                Ok(m) if m.is_file() => self.known_mbox(&key) == Some((m.len() as i64, folder_mtime(&m))),
+                Ok(_) => self.known_maildir(&key) == Some((mtime_ns(&dir.join("new")), mtime_ns(&dir.join("cur")))),
+                Err(_) => false,
+            };
+            if !unchanged {
+                return Ok(false);
+            }
+        }
+        if !all {
+            return Ok(true);
+        }
+        let names: Vec<&str> = maildirs.iter().map(|(a, _)| a.as_str()).collect();
+        let placeholders = vec!["?"; names.len()].join(", ");
+        let others: i64 = self
+            .db
+            .query_row(
+                &format!("SELECT COUNT(*) FROM messages WHERE account NOT IN ({placeholders})"),
+                rusqlite::params_from_iter(names),
+                |r| r.get(0),
+            )
+            .map_err(self.err())?;
+        Ok(others == 0)
     }
 
     /// The messages matching `q`, newest first (account, summary).
@@ -385,6 +431,12 @@ mod tests {
         std::fs::remove_file(md.join("new/1790000000.M1P1.h")).expect("remove");
         set_time("new", std::time::SystemTime::now());
         assert_eq!(index.update(&dirs, true).expect("update").removed, 1);
+        // The account renamed: its messages follow, and are not parsed again.
+        let renamed = [("b".to_owned(), md.clone())];
+        assert_eq!(index.update(&renamed, true).expect("update"), Updated::default());
+        let hits = index.search(&Query::default(), 10).expect("search");
+        assert_eq!(hits.len(), 2);
+        assert!(hits.iter().all(|(a, _)| a == "b"), "{hits:?}");
     }
 
     #[test]
