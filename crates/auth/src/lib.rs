@@ -395,17 +395,25 @@ pub fn check_password_policy(password: &[u8], user: &str, min_score: u8) -> Resu
     if s.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
         return Err("the password contains a line break or NUL".into());
     }
-    if s.chars().count() < MIN_PASSWORD_LEN {
-        return Err(format!("the password is too short: use at least {MIN_PASSWORD_LEN} characters"));
-    }
+    check_strength(s, user, min_score, "password")?;
     saslprep(s)?;
+    Ok(())
+}
+
+/// Reject a weak secret that a person chose (a password, a passphrase), naming it `noun` in the
+/// reason: too short, or a zxcvbn score below `min_score` (the user name and its parts count as
+/// known words), with zxcvbn's warning and suggestions.
+pub fn check_strength(s: &str, user: &str, min_score: u8, noun: &str) -> Result<(), String> {
+    if s.chars().count() < MIN_PASSWORD_LEN {
+        return Err(format!("the {noun} is too short: use at least {MIN_PASSWORD_LEN} characters"));
+    }
     let parts: Vec<&str> = user.split(['@', '.', '+', '-', '_']).filter(|p| !p.is_empty()).chain([user]).collect();
     let estimate = zxcvbn::zxcvbn(s, &parts);
     let score = u8::from(estimate.score());
     if score >= min_score {
         return Ok(());
     }
-    let mut why = format!("the password is too weak (strength {score} of 4, at least {min_score} needed)");
+    let mut why = format!("the {noun} is too weak (strength {score} of 4, at least {min_score} needed)");
     if let Some(feedback) = estimate.feedback() {
         if let Some(w) = feedback.warning() {
             why.push_str(&format!(": {w}"));

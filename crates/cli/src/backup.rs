@@ -198,15 +198,16 @@ fn passphrase(flag: &Passphrase, settings: &BackupSettings, confirm: bool) -> Re
     if let Some(f) = &settings.passphrase_file {
         return read_first_line(f);
     }
-    if !std::io::stdin().is_terminal() && !confirm {
-        bail!("no passphrase (and no terminal to ask on): give --passphrase-file FILE or PILLARBOX_PASSPHRASE");
-    }
     if !std::io::stdin().is_terminal() {
-        bail!(
-            "no passphrase (and no terminal to ask on): give --passphrase-file FILE or PILLARBOX_PASSPHRASE, \
-             or encrypt to a public key with --recipient (see `pillarbox backup keygen`); --no-encrypt writes \
-             an unencrypted archive"
-        );
+        let mut why =
+            "no passphrase (and no terminal to ask on): give --passphrase-file FILE or PILLARBOX_PASSPHRASE".to_owned();
+        if confirm {
+            why.push_str(
+                ", or encrypt to a public key with --recipient (see `pillarbox backup keygen`); --no-encrypt \
+                 writes an unencrypted archive",
+            );
+        }
+        bail!(why);
     }
     let first = rpassword::prompt_password("Backup passphrase: ")?;
     if confirm && rpassword::prompt_password("Repeat the passphrase: ")? != first {
@@ -336,8 +337,8 @@ pub fn command(cmd: BackupCommand) -> Result<u8> {
                 Encryption::Recipients(settings.recipients.clone())
             } else {
                 let p = passphrase(&flag, &settings, true)?;
-                pillarbox_auth::check_password_policy(p.expose_secret().as_bytes(), "", MIN_PASSPHRASE_SCORE)
-                    .map_err(|why| anyhow::anyhow!("{}", why.replace("password", "passphrase")))?;
+                pillarbox_auth::check_strength(p.expose_secret(), "", MIN_PASSPHRASE_SCORE, "passphrase")
+                    .map_err(anyhow::Error::msg)?;
                 Encryption::Passphrase(p)
             };
             for n in &notes {
