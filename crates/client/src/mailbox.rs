@@ -108,15 +108,16 @@ pub fn list(maildir: &Path) -> Result<Vec<Summary>, MailboxError> {
     if maildir.is_file() {
         let data = std::fs::read(maildir).map_err(io_err(maildir))?;
         out.extend(mbox_messages(&data).into_iter().map(|(at, m)| summarize(&mbox_key(maildir, at), &m)));
-    }
-    for path in if maildir.is_file() { Vec::new() } else { message_files(maildir)? } {
-        let data = match std::fs::read(&path) {
-            Ok(d) => d,
-            // Moved or removed by another program since the listing: not an error.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_err(&path)(e)),
-        };
-        out.push(summarize(&path, &data));
+    } else {
+        for path in message_files(maildir)? {
+            let data = match std::fs::read(&path) {
+                Ok(d) => d,
+                // Moved or removed by another program since the listing: not an error.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&path)(e)),
+            };
+            out.push(summarize(&path, &data));
+        }
     }
     out.sort_by(|a, b| b.date.cmp(&a.date).then_with(|| a.id.cmp(&b.id)));
     Ok(out)
