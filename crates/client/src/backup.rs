@@ -1221,10 +1221,10 @@ pub fn restore(paths: &[PathBuf], to: &Path, keys: &Keys, progress: &dyn Progres
     // or, when that place is taken by an earlier archive's content, under .contents/.
     let mut staged: HashMap<String, PathBuf> = HashMap::new(); // hash -> where it is
     let mut taken: HashSet<PathBuf> = HashSet::new();
+    let mut spare = 0u64; // names under .contents/
     let mut last = None;
     for (p, _) in &chain {
         let mut written: HashMap<String, PathBuf> = HashMap::new(); // archive path -> file
-        let mut spare = 0u64;
         let read = read_archive(p, keys, progress, |name, content| {
             let target = match safe_relative(name).filter(|r| !taken.contains(r) && !r.starts_with(".contents")) {
                 Some(rel) => {
@@ -1233,7 +1233,7 @@ pub fn restore(paths: &[PathBuf], to: &Path, keys: &Keys, progress: &dyn Progres
                 }
                 None => {
                     spare += 1;
-                    blobs.join(format!("{}-{spare}", written.len()))
+                    blobs.join(spare.to_string())
                 }
             };
             if let Some(dir) = target.parent() {
@@ -1506,10 +1506,31 @@ mod tests {
         assert!(to0.join("mail/work/new/2.M1P1.host").exists());
         assert!(!to0.join("mail/work/new/9.M9P9.host").exists());
 
+        // A third archive, the journal changed again (each change of a file at the same path is
+        // kept aside while the chain is read).
+        fs::write(dir.path().join("state/acct/journal"), "S 1 uid-1\nS 2 uid-2\nS 3 uid-3\n").expect("write");
+        fs::write(md.join("new/10.M10P10.host"), "Subject: ten\r\n\r\nnew\r\n").expect("write");
+        let third = create(&sources, &opts(false)).expect("backup");
+        assert_eq!((third.seq, third.stored), (2, 2), "{third:?}");
+        fs::write(dir.path().join("state/acct/journal"), "S 1 uid-1\nS 2 uid-2\nS 3 uid-3\nS 4 uid-4\n")
+            .expect("write");
+        let fourth = create(&sources, &opts(false)).expect("backup");
+        assert_eq!((fourth.seq, fourth.stored), (3, 1), "{fourth:?}");
+        let to3 = dir.path().join("restored3");
+        restore(std::slice::from_ref(&fourth.path), &to3, &keys, &Quiet).expect("restore");
+        assert_eq!(
+            tree(&to3.join("mail/work")),
+            tree(&md).into_iter().filter(|(k, _)| !k.starts_with("tmp/")).collect()
+        );
+        assert_eq!(
+            fs::read(to3.join("state/fetch/acct/journal")).expect("read"),
+            fs::read(dir.path().join("state/acct/journal")).expect("read")
+        );
+
         // --full starts a new chain.
         let third = create(&sources, &opts(true)).expect("backup");
         assert_ne!(third.chain, first.chain);
-        assert_eq!((third.seq, third.stored), (0, 7));
+        assert_eq!((third.seq, third.stored), (0, 8));
     }
 
     #[test]
