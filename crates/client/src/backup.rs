@@ -1270,10 +1270,11 @@ pub fn restore(paths: &[PathBuf], to: &Path, keys: &Keys, progress: &dyn Progres
     // theirs move aside, so that nothing is overwritten while the others are put in place.
     let mut wanted: HashMap<PathBuf, &str> = HashMap::new();
     for f in &manifest.files {
-        let rel = safe_relative(&f.path).ok_or_else(|| BackupError::Damaged {
-            path: chain[chain.len() - 1].0.clone(),
-            detail: format!("unsafe path {:?} in the manifest", f.path),
-        })?;
+        let rel =
+            safe_relative(&f.path).filter(|r| !r.starts_with(".contents")).ok_or_else(|| BackupError::Damaged {
+                path: chain[chain.len() - 1].0.clone(),
+                detail: format!("unsafe path {:?} in the manifest", f.path),
+            })?;
         if !staged.contains_key(&f.sha256) {
             return Err(BackupError::Chain(format!(
                 "{}: its content ({}) is in none of the chain's archives",
@@ -1304,7 +1305,8 @@ pub fn restore(paths: &[PathBuf], to: &Path, keys: &Keys, progress: &dyn Progres
                 fs::copy(&*at, &target).map_err(io_err(target.display()))?;
             }
         }
-        let mode = rustix::fs::Mode::from_raw_mode(f.mode & 0o7777);
+        // Permission bits only: no set-user-ID or sticky bits from an archive.
+        let mode = rustix::fs::Mode::from_raw_mode(f.mode & 0o777);
         let secs = i64::try_from(f.mtime_ns.div_euclid(1_000_000_000)).unwrap_or(0);
         let nanos = i64::try_from(f.mtime_ns.rem_euclid(1_000_000_000)).unwrap_or(0);
         let times = rustix::fs::Timestamps {
