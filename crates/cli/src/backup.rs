@@ -31,6 +31,22 @@ pub struct Passphrase {
     passphrase_file: Option<PathBuf>,
 }
 
+/// How archives are read: the keys, and the output.
+#[derive(Debug, Args)]
+pub struct Reading {
+    /// An age identity file (AGE-SECRET-KEY-1...) for archives encrypted to a public key;
+    /// repeatable.
+    #[arg(long, value_name = "FILE")]
+    identity: Vec<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    passphrase: Passphrase,
+    #[command(flatten)]
+    place: Where,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {
     /// Back up the local store (Maildirs, mbox files, fetch's journals, the accounts file without
@@ -71,16 +87,8 @@ pub enum BackupCommand {
     Verify {
         #[arg(required = true, value_name = "ARCHIVE")]
         archives: Vec<PathBuf>,
-        /// An age identity file (AGE-SECRET-KEY-1...) for archives encrypted to a public key;
-        /// repeatable.
-        #[arg(long, value_name = "FILE")]
-        identity: Vec<PathBuf>,
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
-        passphrase: Passphrase,
-        #[command(flatten)]
-        place: Where,
+        read: Reading,
     },
     /// Restore the store as it was at an archive (its chain's earlier archives are found beside
     /// it) into a new or empty folder, checking every content on the way; nothing appears there
@@ -91,15 +99,8 @@ pub enum BackupCommand {
         /// The folder to restore into (created; must be empty if it exists).
         #[arg(long, value_name = "DIR")]
         to: PathBuf,
-        /// An age identity file for archives encrypted to a public key; repeatable.
-        #[arg(long, value_name = "FILE")]
-        identity: Vec<PathBuf>,
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
-        passphrase: Passphrase,
-        #[command(flatten)]
-        place: Where,
+        read: Reading,
     },
     /// The archives in a folder, by chain, with any missing from a chain.
     List {
@@ -218,12 +219,12 @@ fn passphrase(flag: &Passphrase, settings: &BackupSettings, confirm: bool) -> Re
 
 /// Keys for reading: the identity files, and the passphrase, asked for only if an archive
 /// needs it.
-fn keys<'a>(identity: &[PathBuf], flag: &'a Passphrase, settings: &'a BackupSettings) -> Result<Keys<'a>> {
+fn keys<'a>(read: &'a Reading, settings: &'a BackupSettings) -> Result<Keys<'a>> {
     let mut ids = Vec::new();
-    for f in identity {
+    for f in &read.identity {
         ids.extend(backup::read_identities(f)?);
     }
-    Ok(Keys::new(ids, move || passphrase(flag, settings, false).map_err(|e| e.to_string())))
+    Ok(Keys::new(ids, move || passphrase(&read.passphrase, settings, false).map_err(|e| e.to_string())))
 }
 
 /// What `create` backs up for these accounts.
@@ -377,9 +378,10 @@ pub fn command(cmd: BackupCommand) -> Result<u8> {
             }
             Ok(0)
         }
-        BackupCommand::Verify { archives, identity, json, passphrase: flag, place } => {
-            let (_, settings) = settings(&place)?;
-            let keys = keys(&identity, &flag, &settings)?;
+        BackupCommand::Verify { archives, read } => {
+            let (_, settings) = settings(&read.place)?;
+            let keys = keys(&read, &settings)?;
+            let json = read.json;
             let bar = Bar::new(json);
             match backup::verify(&archives, &keys, &bar) {
                 Ok(found) => {
@@ -411,9 +413,10 @@ pub fn command(cmd: BackupCommand) -> Result<u8> {
                 Err(e) => Err(e.into()),
             }
         }
-        BackupCommand::Restore { archives, to, identity, json, passphrase: flag, place } => {
-            let (_, settings) = settings(&place)?;
-            let keys = keys(&identity, &flag, &settings)?;
+        BackupCommand::Restore { archives, to, read } => {
+            let (_, settings) = settings(&read.place)?;
+            let keys = keys(&read, &settings)?;
+            let json = read.json;
             let bar = Bar::new(json);
             let r = backup::restore(&archives, &to, &keys, &bar)?;
             if json {
@@ -467,7 +470,12 @@ pub fn command(cmd: BackupCommand) -> Result<u8> {
                     }
                     format!("INCOMPLETE: missing number {}; later archives cannot be restored", m.join(", "))
                 };
-                println!("chain {chain}: {} archives, {}, {state}", archives.len(), human_bytes(total));
+                let n = archives.len();
+                println!(
+                    "chain {chain}: {n} archive{}, {}, {state}",
+                    if n == 1 { "" } else { "s" },
+                    human_bytes(total)
+                );
                 for a in archives {
                     println!(
                         "  {}  {:<16} {:>10}  {}{}",

@@ -63,6 +63,23 @@ impl Store {
         serde_json::from_slice(&out.stdout).expect("JSON")
     }
 
+    /// A key pair from `backup keygen`: the secret key's file and the public key.
+    fn keygen(&self) -> (PathBuf, String) {
+        let key = self.dir.path().join("key.txt");
+        let public = ok(&self.backup(&["keygen", "--out", &key.display().to_string()], &[]));
+        (key, public.trim().to_owned())
+    }
+
+    /// No staging folder of a restore is left beside the restore targets.
+    fn assert_no_restore_leftovers(&self) {
+        let names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.starts_with(".pillarbox-restore")), "{names:?}");
+    }
+
     fn fetch(&self) {
         let out = Command::new(bin())
             .args(["fetch", "--quiet", "--accounts-file"])
@@ -248,16 +265,15 @@ fn public_key_archives_open_with_age_zstd_and_tar() {
         ok(&store.backup(&["verify", &archive.display().to_string(), "--identity", &key.display().to_string()], &[]));
     assert!(verified.starts_with("OK "), "{verified}");
     let listed = ok(&store.backup(&["list"], &[]));
-    assert!(listed.contains("1 archives") && listed.contains("full"), "{listed}");
+    assert!(listed.contains("1 archive,") && listed.contains("full"), "{listed}");
 }
 
 #[test]
 fn damaged_archives_fail_verification_and_restore_nothing() {
     let store = Store::new(995, Path::new("/nonexistent"));
     genmail::fill(&store.mail, 4, 0, 60);
-    let key = store.dir.path().join("key.txt");
-    let public = ok(&store.backup(&["keygen", "--out", &key.display().to_string()], &[]));
-    let made = store.create(&["--recipient", public.trim()], &[]);
+    let (key, public) = store.keygen();
+    let made = store.create(&["--recipient", &public], &[]);
     let good = archive_path(&made);
     let bytes = std::fs::read(&good).expect("archive");
     let key = key.display().to_string();
@@ -284,12 +300,7 @@ fn damaged_archives_fail_verification_and_restore_nothing() {
     }
     let out = ok(&store.backup(&["verify", &good.display().to_string(), "--identity", &key], &[]));
     assert!(out.contains("61 stored contents"), "{out}"); // and the accounts file
-    let leftovers: Vec<_> = std::fs::read_dir(store.dir.path())
-        .expect("dir")
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".pillarbox-restore"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    store.assert_no_restore_leftovers();
 }
 
 #[test]
@@ -309,12 +320,7 @@ fn a_wrong_passphrase_restores_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!to.exists());
-    let names: Vec<String> = std::fs::read_dir(store.dir.path())
-        .expect("dir")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(!names.iter().any(|n| n.starts_with(".pillarbox-restore")), "{names:?}");
+    store.assert_no_restore_leftovers();
     // The passphrase from a file works.
     let pass_file = store.dir.path().join("pass");
     std::fs::write(&pass_file, format!("{PASSPHRASE}\n")).expect("pass");
@@ -358,9 +364,8 @@ fn unencrypted_only_when_asked_and_weak_passphrases_are_refused() {
 #[test]
 fn a_missing_archive_breaks_its_chain_visibly_and_the_next_backup_starts_a_new_one() {
     let store = Store::new(995, Path::new("/nonexistent"));
-    let key = store.dir.path().join("key.txt");
-    let public = ok(&store.backup(&["keygen", "--out", &key.display().to_string()], &[]));
-    let r = ["--recipient", public.trim()];
+    let (key, public) = store.keygen();
+    let r = ["--recipient", public.as_str()];
     genmail::fill(&store.mail, 8, 0, 5);
     let a0 = store.create(&r, &[]);
     genmail::fill(&store.mail, 8, 5, 5);
@@ -453,13 +458,12 @@ fn the_passphrase_is_asked_for_on_a_terminal() {
 fn a_killed_backup_leaves_nothing_half_written() {
     let store = Store::new(995, Path::new("/nonexistent"));
     genmail::fill(&store.mail, 11, 0, 400);
-    let key = store.dir.path().join("key.txt");
-    let public = ok(&store.backup(&["keygen", "--out", &key.display().to_string()], &[]));
+    let (key, public) = store.keygen();
     let (out_dir, state) = (store.out.display().to_string(), store.state.display().to_string());
     for (round, wait_ms) in [5u64, 20, 40, 80, 120, 200, 400, 3000].into_iter().enumerate() {
         genmail::fill(&store.mail, 11, 1000 + round * 10, 10);
         let child = Command::new(bin())
-            .args(["backup", "create", "--to", &out_dir, "--state-dir", &state, "--recipient", public.trim()])
+            .args(["backup", "create", "--to", &out_dir, "--state-dir", &state, "--recipient", &public])
             .env("PILLARBOX_ACCOUNTS", &store.accounts)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -471,7 +475,7 @@ fn a_killed_backup_leaves_nothing_half_written() {
         let _ = child.0.wait();
     }
     // Whatever was completed verifies; then a clean run works and restores the whole store.
-    let last = store.create(&["--recipient", public.trim()], &[]);
+    let last = store.create(&["--recipient", &public], &[]);
     let names: Vec<String> = std::fs::read_dir(&store.out)
         .expect("out")
         .flatten()

@@ -272,6 +272,35 @@ fn search_finds_words_and_terms_and_follows_the_store() {
     assert_eq!(indexed(&index), 3);
 }
 
+/// An accounts file with one account, `home`, fetching alice's mail from `pb` and delivering
+/// as `deliver` says (`maildir = "..."` or `mbox = "..."`).
+fn fetching_account(pb: &common::Pillarbox, dir: &Path, deliver: &str) -> String {
+    let acc = dir.join("accounts.toml");
+    std::fs::write(
+        &acc,
+        format!(
+            "[accounts.home]\nhost = \"localhost\"\nport = {}\nusername = \"alice\"\npassword_command = \"echo '{}'\"\n\
+             ca_file = \"{}\"\ndeliver = {{ {deliver} }}\n",
+            pb.pop3s.expect("pop3s").port(),
+            common::PASSWORD,
+            pb.cert().display(),
+        ),
+    )
+    .expect("accounts");
+    acc.display().to_string()
+}
+
+/// `pillarbox fetch` for that account, with fetch's state in `dir` and the search index `index`.
+fn fetch(acc: &str, dir: &Path, index: &Path) {
+    let out = Command::new(bin())
+        .args(["fetch", "--quiet", "--accounts-file", acc, "--state-dir"])
+        .arg(dir.join("state"))
+        .env("PILLARBOX_SEARCH_INDEX", index)
+        .output()
+        .expect("fetch");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn a_fetch_brings_an_existing_search_index_up_to_date() {
     let mut pb = common::Pillarbox::new();
@@ -280,32 +309,13 @@ fn a_fetch_brings_an_existing_search_index_up_to_date() {
     pb.start();
     let dir = tempfile::tempdir().expect("tempdir");
     let md = dir.path().join("Mail");
-    let acc = dir.path().join("accounts.toml");
-    std::fs::write(
-        &acc,
-        format!(
-            "[accounts.home]\nhost = \"localhost\"\nport = {}\nusername = \"alice\"\npassword_command = \"echo '{}'\"\n\
-             ca_file = \"{}\"\ndeliver = {{ maildir = \"{}\" }}\n",
-            pb.pop3s.expect("pop3s").port(),
-            common::PASSWORD,
-            pb.cert().display(),
-            md.display()
-        ),
-    )
-    .expect("accounts");
-    let acc = acc.display().to_string();
+    let acc = fetching_account(&pb, dir.path(), &format!("maildir = \"{}\"", md.display()));
     let index = dir.path().join("search.sqlite");
     // Searching once creates the (empty) index...
     assert!(search(&acc, &index, &["harbour"]).is_empty());
     assert_eq!(indexed(&index), 0);
     // ...which every fetch from then on keeps current, without a search.
-    let out = Command::new(bin())
-        .args(["fetch", "--quiet", "--accounts-file", &acc, "--state-dir"])
-        .arg(dir.path().join("state"))
-        .env("PILLARBOX_SEARCH_INDEX", &index)
-        .output()
-        .expect("fetch");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    fetch(&acc, dir.path(), &index);
     assert_eq!(indexed(&index), 2);
     assert_eq!(search(&acc, &index, &["lighthouse"]), ["fetched two"]);
 }
@@ -387,31 +397,9 @@ fn mbox_accounts_are_read_too() {
     pb.start();
     let dir = tempfile::tempdir().expect("tempdir");
     let mbox = dir.path().join("inbox.mbox");
-    let acc = dir.path().join("accounts.toml");
-    std::fs::write(
-        &acc,
-        format!(
-            "[accounts.home]\nhost = \"localhost\"\nport = {}\nusername = \"alice\"\npassword_command = \"echo '{}'\"\n\
-             ca_file = \"{}\"\ndeliver = {{ mbox = \"{}\" }}\n",
-            pb.pop3s.expect("pop3s").port(),
-            common::PASSWORD,
-            pb.cert().display(),
-            mbox.display()
-        ),
-    )
-    .expect("accounts");
-    let acc = acc.display().to_string();
+    let acc = fetching_account(&pb, dir.path(), &format!("mbox = \"{}\"", mbox.display()));
     let index = dir.path().join("search.sqlite");
-    let fetch = || {
-        let out = Command::new(bin())
-            .args(["fetch", "--quiet", "--accounts-file", &acc, "--state-dir"])
-            .arg(dir.path().join("state"))
-            .env("PILLARBOX_SEARCH_INDEX", &index)
-            .output()
-            .expect("fetch");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
-    fetch();
+    fetch(&acc, dir.path(), &index);
     let list = |args: &[&str]| {
         let mut all = vec!["list", "--json", "--index"];
         let i = index.display().to_string();
@@ -438,7 +426,7 @@ fn mbox_accounts_are_read_too() {
     // More mail, appended by the next fetch.
     let more = common::genmail::message(&mut rng, 50, 1_790_000_000);
     pb.deliver("alice", &more.bytes);
-    fetch();
+    fetch(&acc, dir.path(), &index);
     assert_eq!(list(&[]).len(), 7);
     assert_eq!(search(&acc, &index, &[&more.word]), std::slice::from_ref(&more.subject));
 
