@@ -55,6 +55,12 @@ fn setup(dir: &Path) -> String {
         let sub = if name.contains(':') { "cur" } else { "new" };
         std::fs::write(md.join(sub).join(name), text).expect("write");
     }
+    local_account(dir, &md)
+}
+
+/// An accounts file in `dir` with one account, `home`, delivering into the Maildir `md` (never
+/// fetched from: these tests read the local store only).
+fn local_account(dir: &Path, md: &Path) -> String {
     let accounts = dir.join("accounts.toml");
     std::fs::write(
         &accounts,
@@ -328,17 +334,7 @@ fn generated_mail_is_listed_shown_and_found_as_generated() {
     let dir = tempfile::tempdir().expect("tempdir");
     let md = dir.path().join("Mail/home");
     let generated = common::genmail::fill(&md, 7, 0, 120);
-    let acc = dir.path().join("accounts.toml");
-    std::fs::write(
-        &acc,
-        format!(
-            "[accounts.home]\nhost = \"pop.example.org\"\nusername = \"me\"\npassword_env = \"X\"\n\
-             deliver = {{ maildir = \"{}\" }}\n",
-            md.display()
-        ),
-    )
-    .expect("accounts");
-    let acc = acc.display().to_string();
+    let acc = local_account(dir.path(), &md);
     let listed = json_lines(&mail(&acc, &["list", "--json"]));
     assert_eq!(listed.len(), generated.len());
     let mut by_date = generated.clone();
