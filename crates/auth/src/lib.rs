@@ -27,9 +27,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use pillarbox_proto::{Expire, Secret, UserName};
 
+pub mod directory;
 pub mod legacy;
 pub mod scram;
 
+pub use directory::{Directory, DirectoryError, Entry, FileDirectory, MemoryDirectory, SecretVersion, Secrets};
 pub use scram::{ScramHash, ScramKeys, ScramServer};
 
 /// Shortest password `user add` and `user passwd` accept.
@@ -526,6 +528,10 @@ type FileStamp = (i64, i64, u64, u64);
 impl UserDb {
     pub fn new(file: UserFile) -> Self {
         Self { file, cached: Mutex::new((None, Arc::new(Users::default()))) }
+    }
+
+    pub fn file(&self) -> &UserFile {
+        &self.file
     }
 
     /// The current users. If the file cannot be read or parsed, the last good copy is kept and
