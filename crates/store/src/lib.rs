@@ -1,14 +1,26 @@
-//! Mail stores for Pillarbox: the [`Mailstore`] trait the server and delivery use, a Maildir
+//! Mail stores for Pillarbox: the [`Mailstore`] trait the service layer uses, a Maildir
 //! backend ([`maildir::MaildirStore`]) and an in-memory backend ([`memory::MemoryStore`]) for
-//! tests. Every backend passes the same conformance suite (`tests/conformance.rs`).
+//! tests. Every backend passes the same conformance suite ([`conformance::run`]).
 //!
-//! The methods block (they do file-system work); an async caller runs them on a blocking thread.
+//! The trait is async, so that a networked backend (a database) waits without holding a
+//! thread. The Maildir backend does its directory work on tokio's blocking threads and reads
+//! message bodies inline: a read of a page-cached file takes microseconds, less than a hop to a
+//! blocking thread would.
+//!
+//! Exclusive access (RFC 1939 section 8) is a [`Lease`] with a fencing token: a maildrop opened
+//! exclusively carries the token it was granted, and its commit is refused
+//! ([`StoreError::LeaseLost`]) if that lease was lost meanwhile (a database lease that timed
+//! out, a lock file that someone removed), so two sessions can never both apply deletions.
 #![forbid(unsafe_code)]
 
-use std::io::{self, Read};
+use std::io;
+use std::pin::Pin;
 
+use async_trait::async_trait;
 use pillarbox_proto::{Listing, UserName};
+use tokio::io::AsyncRead;
 
+pub mod conformance;
 pub mod maildir;
 pub mod memory;
 mod uid;
@@ -26,6 +38,10 @@ pub enum StoreError {
     /// The message is larger than the configured limit.
     #[error("message too large: more than {limit} octets")]
     TooLarge { limit: u64 },
+    /// The exclusive lease on the maildrop was lost (expired, or broken by someone else): the
+    /// commit was refused and changed nothing.
+    #[error("the maildrop's lease was lost; nothing was changed")]
+    LeaseLost,
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -37,6 +53,23 @@ pub enum StoreError {
 impl StoreError {
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         StoreError::Io { context: context.into(), source }
+    }
+
+    /// Whether the error needs an administrator (RFC 3206 `SYS/PERM`, a bounce) rather than a
+    /// retry (`SYS/TEMP`, a deferral): the maildrop's files are not what they must be, or not
+    /// accessible at all, or the message is too large. Everything else may pass.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            StoreError::InUse | StoreError::Gone | StoreError::LeaseLost => false,
+            StoreError::TooLarge { .. } => true,
+            StoreError::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::PermissionDenied
+                    | io::ErrorKind::NotADirectory
+                    | io::ErrorKind::IsADirectory
+                    | io::ErrorKind::InvalidData
+            ),
+        }
     }
 }
 
@@ -50,6 +83,17 @@ pub struct Delivered {
     /// Octets in CRLF form (what POP3 LIST reports).
     pub size: u64,
 }
+
+/// The exclusive right to change a maildrop, held from an exclusive open until the maildrop is
+/// dropped. Tokens of one maildrop only ever grow: a holder whose token is no longer the newest
+/// has lost the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Lease {
+    pub token: u64,
+}
+
+/// A message's content, as stored.
+pub type MessageBody = Pin<Box<dyn AsyncRead + Send>>;
 
 /// An opened maildrop: the fixed listing for a session and the handle that serves it.
 pub struct Opened {
@@ -77,80 +121,71 @@ pub struct Update<'a> {
     pub now: u64,
 }
 
+#[async_trait]
 pub trait Mailstore: Send + Sync + 'static {
+    /// Where a user's mail is, for an administrator to read (a folder, a database row).
+    fn location(&self, user: &UserName) -> String;
+
     /// Open a user's maildrop, creating it if it does not exist. With `exclusive`, the maildrop is
-    /// locked until the returned [`Maildrop`] is dropped (or the process dies) and a second open
-    /// fails with [`StoreError::InUse`].
-    fn open(&self, user: &UserName, exclusive: bool) -> Result<Opened, StoreError>;
+    /// leased until the returned [`Maildrop`] is dropped (or the process dies) and a second
+    /// exclusive open fails with [`StoreError::InUse`].
+    async fn open(&self, user: &UserName, exclusive: bool) -> Result<Opened, StoreError>;
 
     /// Start storing one message for `user`. Nothing is visible until
     /// [`PendingDelivery::commit`] returns; dropping the pending delivery discards it and leaves
-    /// no file behind.
-    fn begin_delivery(&self, user: &UserName) -> Result<Box<dyn PendingDelivery>, StoreError>;
+    /// nothing behind.
+    async fn begin_delivery(&self, user: &UserName) -> Result<Box<dyn PendingDelivery>, StoreError>;
 
     /// The messages and octets in a user's maildrop.
-    fn usage(&self, user: &UserName) -> Result<Usage, StoreError>;
-
-    /// Store one message for `user` atomically: after `Ok` it is durable; after `Err` nothing of
-    /// it is visible and no partial file is left. `max_size` bounds the message (in stored octets).
-    fn deliver(&self, user: &UserName, message: &mut dyn Read, max_size: Option<u64>) -> Result<Delivered, StoreError> {
-        let mut pending = self.begin_delivery(user)?;
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut total: u64 = 0;
-        loop {
-            let n = match message.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(StoreError::io("reading the message", e)),
-            };
-            total += n as u64;
-            if let Some(limit) = max_size.filter(|&l| total > l) {
-                return Err(StoreError::TooLarge { limit });
-            }
-            pending.write(&buf[..n])?;
-        }
-        pending.commit()
-    }
+    async fn usage(&self, user: &UserName) -> Result<Usage, StoreError>;
 
     /// Remove the messages first retrieved at or before `cutoff` (seconds since the epoch), for
     /// RFC 2449 EXPIRE retention. A maildrop in use is left alone (`Ok(None)`); otherwise the
     /// number of messages removed.
-    fn expunge_retrieved(&self, user: &UserName, cutoff: u64) -> Result<Option<usize>, StoreError> {
-        let mut opened = match self.open(user, true) {
+    async fn expunge_retrieved(&self, user: &UserName, cutoff: u64) -> Result<Option<usize>, StoreError> {
+        let mut opened = match self.open(user, true).await {
             Ok(o) => o,
             Err(StoreError::InUse) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let old: Vec<usize> = (0..opened.listing.entries.len())
-            .filter(|&i| opened.maildrop.retrieved_at(i).is_some_and(|t| t <= cutoff))
-            .collect();
+        let mut old = Vec::new();
+        for i in 0..opened.listing.entries.len() {
+            if opened.maildrop.retrieved_at(i).await.is_some_and(|t| t <= cutoff) {
+                old.push(i);
+            }
+        }
         if !old.is_empty() {
-            opened.maildrop.commit(&Update { deleted: &old, retrieved: &[], now: cutoff })?;
+            opened.maildrop.commit(&Update { deleted: &old, retrieved: &[], now: cutoff }).await?;
         }
         Ok(Some(old.len()))
     }
 }
 
 /// A message being stored; see [`Mailstore::begin_delivery`].
+#[async_trait]
 pub trait PendingDelivery: Send {
     /// Append stored octets.
-    fn write(&mut self, data: &[u8]) -> Result<(), StoreError>;
+    async fn write(&mut self, data: &[u8]) -> Result<(), StoreError>;
     /// Octets written so far in CRLF form.
     fn size(&self) -> u64;
     /// Make the message durable and visible.
-    fn commit(self: Box<Self>) -> Result<Delivered, StoreError>;
+    async fn commit(self: Box<Self>) -> Result<Delivered, StoreError>;
 }
 
+#[async_trait]
 pub trait Maildrop: Send {
-    /// A reader over message `index` (0-based, as in the listing) in its stored form.
-    fn open_message(&mut self, index: usize) -> Result<Box<dyn Read + Send>, StoreError>;
+    /// The lease of an exclusive open; `None` for a shared one.
+    fn lease(&self) -> Option<Lease>;
+
+    /// The content of message `index` (0-based, as in the listing) in its stored form.
+    async fn open_message(&mut self, index: usize) -> Result<MessageBody, StoreError>;
 
     /// When message `index` was first retrieved, if that was recorded (seconds since the epoch).
-    fn retrieved_at(&mut self, index: usize) -> Option<u64>;
+    async fn retrieved_at(&mut self, index: usize) -> Option<u64>;
 
     /// Apply the UPDATE state: remove the deleted messages (ones already removed by someone else
     /// count as removed) and record first retrieval times. Returns an error if any deletion
-    /// could not be applied.
-    fn commit(&mut self, update: &Update<'_>) -> Result<(), StoreError>;
+    /// could not be applied; with a lease that was lost, [`StoreError::LeaseLost`] and nothing
+    /// is changed.
+    async fn commit(&mut self, update: &Update<'_>) -> Result<(), StoreError>;
 }

@@ -11,16 +11,24 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
+use pillarbox_os::fsync_dir;
 use pillarbox_proto::{CrlfCounter, Listing, ListingEntry, UniqueId, UserName};
+use tokio::io::{AsyncRead, ReadBuf};
 use tracing::{debug, warn};
 
-use crate::{Delivered, Maildrop, Mailstore, Opened, PendingDelivery, StoreError, Update, Usage, uid_for_name};
+use crate::{
+    Delivered, Lease, Maildrop, Mailstore, MessageBody, Opened, PendingDelivery, StoreError, Update, Usage,
+    uid_for_name,
+};
 
 const INDEX_FILE: &str = "pillarbox-index";
 const INDEX_MAGIC: &str = "pillarbox-index 1";
@@ -431,42 +439,81 @@ fn relocate(dir: &Path, base: &str) -> Option<(&'static str, String)> {
     None
 }
 
-fn fsync_dir(path: &Path) -> io::Result<()> {
-    File::open(path)?.sync_all()
+/// The lease of an exclusive open: the maildrop's lock file, locked with flock(2) (released by
+/// the kernel when the file is closed or the process dies, so a crashed server never leaves a
+/// stale lock), holding the newest fencing token. A commit checks that the file at the lock's
+/// path is still this one and still holds this token: if someone removed it and another session
+/// took a new lock, the lease is lost.
+struct LeaseFile {
+    file: File,
+    path: PathBuf,
+    token: u64,
 }
 
-impl Mailstore for MaildirStore {
-    fn open(&self, user: &UserName, exclusive: bool) -> Result<Opened, StoreError> {
-        let dir = self.maildir(user);
-        self.ensure(&dir)?;
-        let lock = if exclusive {
-            let path = dir.join(LOCK_FILE);
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
-            // flock(2): released by the kernel when the file is closed or the process dies, so a
-            // crashed server never leaves a stale lock.
-            match file.try_lock() {
-                Ok(()) => Some(file),
-                Err(fs::TryLockError::WouldBlock) => return Err(StoreError::InUse),
-                Err(fs::TryLockError::Error(e)) => {
-                    return Err(StoreError::io(format!("locking {}", path.display()), e));
-                }
-            }
-        } else {
-            None
-        };
-        let (found, entries) = self.scans.listing(&dir)?;
-        debug!(user = %user, messages = found.len(), "maildrop opened");
-        let drop = MaildirDrop { dir, found, moved: HashMap::new(), retrieved: None, _lock: lock };
-        Ok(Opened { listing: Listing { entries }, maildrop: Box::new(drop) })
+impl LeaseFile {
+    fn acquire(path: PathBuf) -> Result<Self, StoreError> {
+        let ctx = |what: &str| format!("{what} {}", path.display());
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| StoreError::io(ctx("opening"), e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(StoreError::InUse),
+            Err(fs::TryLockError::Error(e)) => return Err(StoreError::io(ctx("locking"), e)),
+        }
+        // Newer than the last token in the file, and than any token granted before now: tokens
+        // keep growing even when the lock file was removed and made anew.
+        let stored = read_token(&file).map_err(|e| StoreError::io(ctx("reading"), e))?.unwrap_or(0);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        let token = stored.saturating_add(1).max(now);
+        let text = format!("{token}\n");
+        file.set_len(0)
+            .and_then(|()| file.write_all_at(text.as_bytes(), 0))
+            .map_err(|e| StoreError::io(ctx("writing"), e))?;
+        Ok(Self { file, path, token })
     }
 
-    fn begin_delivery(&self, user: &UserName) -> Result<Box<dyn PendingDelivery>, StoreError> {
+    /// Whether this lease is still the maildrop's.
+    fn check(&self) -> Result<(), StoreError> {
+        let ours = self.file.metadata().map_err(|e| StoreError::io(format!("checking {}", self.path.display()), e))?;
+        let same_file = fs::metadata(&self.path).is_ok_and(|m| m.ino() == ours.ino() && m.dev() == ours.dev());
+        let same_token = read_token(&self.file).ok().flatten() == Some(self.token);
+        if same_file && same_token { Ok(()) } else { Err(StoreError::LeaseLost) }
+    }
+}
+
+/// The token in a lock file (`None` for an empty or foreign file).
+fn read_token(file: &File) -> io::Result<Option<u64>> {
+    let mut buf = [0u8; 24];
+    let n = file.read_at(&mut buf, 0)?;
+    Ok(std::str::from_utf8(&buf[..n]).ok().and_then(|t| t.trim().parse().ok()))
+}
+
+/// Run blocking file-system work on tokio's blocking threads.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(StoreError::io(what, io::Error::other(e.to_string()))))
+}
+
+impl MaildirStore {
+    fn open_blocking(&self, user: &UserName, exclusive: bool) -> Result<MaildirDrop, StoreError> {
+        let dir = self.maildir(user);
+        self.ensure(&dir)?;
+        let lease = if exclusive { Some(LeaseFile::acquire(dir.join(LOCK_FILE))?) } else { None };
+        let (found, entries) = self.scans.listing(&dir)?;
+        debug!(user = %user, messages = found.len(), "maildrop opened");
+        let state = DropState { dir, found, moved: HashMap::new(), retrieved: None };
+        Ok(MaildirDrop { state: Some(state), entries: Some(entries), lease: lease.map(Arc::new) })
+    }
+
+    fn begin_delivery_blocking(&self, user: &UserName) -> Result<MaildirPending, StoreError> {
         let dir = self.maildir(user);
         self.ensure(&dir)?;
         let unique = unique_name();
@@ -477,21 +524,66 @@ impl Mailstore for MaildirStore {
             .mode(0o600)
             .open(&tmp)
             .map_err(|e| StoreError::io(format!("creating {}", tmp.display()), e))?;
-        Ok(Box::new(MaildirPending {
+        Ok(MaildirPending {
             dir,
             unique,
             tmp,
             file: Some(io::BufWriter::with_capacity(64 * 1024, file)),
             raw: 0,
             counter: CrlfCounter::new(),
-        }))
+        })
     }
 
-    fn usage(&self, user: &UserName) -> Result<Usage, StoreError> {
+    fn usage_blocking(&self, user: &UserName) -> Result<Usage, StoreError> {
         let dir = self.maildir(user);
         self.ensure(&dir)?;
         let found = scan(&dir)?;
         Ok(Usage { messages: found.len() as u64, bytes: found.iter().map(|f| f.size).sum() })
+    }
+
+    fn expunge_blocking(&self, user: &UserName, cutoff: u64) -> Result<Option<usize>, StoreError> {
+        let mut opened = match self.open_blocking(user, true) {
+            Ok(o) => o,
+            Err(StoreError::InUse) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(state) = opened.state.as_mut() else { return Ok(Some(0)) };
+        let old: Vec<usize> =
+            (0..state.found.len()).filter(|&i| state.retrieved_at(i).is_some_and(|t| t <= cutoff)).collect();
+        if !old.is_empty() {
+            state.commit(&Update { deleted: &old, retrieved: &[], now: cutoff }, opened.lease.as_deref())?;
+        }
+        Ok(Some(old.len()))
+    }
+}
+
+#[async_trait]
+impl Mailstore for MaildirStore {
+    fn location(&self, user: &UserName) -> String {
+        self.maildir(user).display().to_string()
+    }
+
+    async fn open(&self, user: &UserName, exclusive: bool) -> Result<Opened, StoreError> {
+        let (store, user) = (self.clone(), user.clone());
+        let mut drop = blocking("opening the maildrop", move || store.open_blocking(&user, exclusive)).await?;
+        let entries = drop.entries.take().unwrap_or_default();
+        Ok(Opened { listing: Listing { entries }, maildrop: Box::new(drop) })
+    }
+
+    async fn begin_delivery(&self, user: &UserName) -> Result<Box<dyn PendingDelivery>, StoreError> {
+        let (store, user) = (self.clone(), user.clone());
+        let pending = blocking("starting a delivery", move || store.begin_delivery_blocking(&user)).await?;
+        Ok(Box::new(pending))
+    }
+
+    async fn usage(&self, user: &UserName) -> Result<Usage, StoreError> {
+        let (store, user) = (self.clone(), user.clone());
+        blocking("reading the maildrop's usage", move || store.usage_blocking(&user)).await
+    }
+
+    async fn expunge_retrieved(&self, user: &UserName, cutoff: u64) -> Result<Option<usize>, StoreError> {
+        let (store, user) = (self.clone(), user.clone());
+        blocking("expunging", move || store.expunge_blocking(&user, cutoff)).await
     }
 }
 
@@ -506,8 +598,11 @@ struct MaildirPending {
     counter: CrlfCounter,
 }
 
+/// Writes go to the page cache and are made durable at commit: done inline, like the message
+/// reads of the POP3 side; the commit's fsync and rename run on a blocking thread.
+#[async_trait]
 impl PendingDelivery for MaildirPending {
-    fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+    async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
         let Some(file) = self.file.as_mut() else {
             return Err(StoreError::io("writing a message", io::Error::other("already committed")));
         };
@@ -521,7 +616,13 @@ impl PendingDelivery for MaildirPending {
         self.counter.size()
     }
 
-    fn commit(mut self: Box<Self>) -> Result<Delivered, StoreError> {
+    async fn commit(self: Box<Self>) -> Result<Delivered, StoreError> {
+        blocking("committing a delivery", move || (*self).commit_blocking()).await
+    }
+}
+
+impl MaildirPending {
+    fn commit_blocking(mut self) -> Result<Delivered, StoreError> {
         let ctx = |what: &str, p: &Path| format!("{what} {}", p.display());
         let Some(file) = self.file.take() else {
             return Err(StoreError::io("committing a message", io::Error::other("already committed")));
@@ -552,21 +653,6 @@ impl Drop for MaildirPending {
 
 static DELIVERIES: AtomicU64 = AtomicU64::new(0);
 
-fn hostname() -> String {
-    let raw = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let mut host = String::new();
-    for c in raw.trim().chars() {
-        match c {
-            // The Maildir convention for the two characters that cannot appear in the name.
-            '/' => host.push_str("\\057"),
-            ':' => host.push_str("\\072"),
-            c if c.is_ascii_graphic() && c != ',' => host.push(c),
-            _ => {}
-        }
-    }
-    if host.is_empty() { "localhost".into() } else { host }
-}
-
 fn unique_suffix() -> String {
     let mut r = [0u8; 4];
     let _ = getrandom::fill(&mut r);
@@ -587,11 +673,20 @@ fn unique_name() -> String {
         std::process::id(),
         q,
         u32::from_le_bytes(r),
-        hostname()
+        pillarbox_os::host_name()
     )
 }
 
+/// An opened maildrop. Its state moves to a blocking thread for a commit and comes back.
 struct MaildirDrop {
+    state: Option<DropState>,
+    /// The listing, until [`Mailstore::open`] hands it to the session.
+    entries: Option<Vec<ListingEntry>>,
+    /// The exclusive lease, released on drop.
+    lease: Option<Arc<LeaseFile>>,
+}
+
+struct DropState {
     dir: PathBuf,
     /// Shared with the scan cache: read only.
     found: Arc<Vec<Found>>,
@@ -599,11 +694,9 @@ struct MaildirDrop {
     moved: HashMap<usize, (&'static str, String)>,
     /// First retrieval times by base name, loaded on first use.
     retrieved: Option<HashMap<String, u64>>,
-    /// The exclusive lock, released on drop.
-    _lock: Option<File>,
 }
 
-impl MaildirDrop {
+impl DropState {
     /// The current path of message `index`, following it if another program renamed it;
     /// `None` if it no longer exists.
     fn path_of(&mut self, index: usize) -> Option<PathBuf> {
@@ -633,14 +726,12 @@ impl MaildirDrop {
         }
         Ok(())
     }
-}
 
-impl Maildrop for MaildirDrop {
-    fn open_message(&mut self, index: usize) -> Result<Box<dyn Read + Send>, StoreError> {
+    fn open_message(&mut self, index: usize) -> Result<File, StoreError> {
         for _ in 0..2 {
             let path = self.path_of(index).ok_or(StoreError::Gone)?;
             match File::open(&path) {
-                Ok(f) => return Ok(Box::new(f)),
+                Ok(f) => return Ok(f),
                 // Renamed between finding and opening it: look again.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(StoreError::io(format!("opening {}", path.display()), e)),
@@ -655,7 +746,10 @@ impl Maildrop for MaildirDrop {
         self.retrieved.get_or_insert_with(|| read_retrieved(&dir.join(RETRIEVED_FILE))).get(&base).copied()
     }
 
-    fn commit(&mut self, update: &Update<'_>) -> Result<(), StoreError> {
+    fn commit(&mut self, update: &Update<'_>, lease: Option<&LeaseFile>) -> Result<(), StoreError> {
+        if let Some(lease) = lease {
+            lease.check()?;
+        }
         let mut first_error = None;
         for &i in update.deleted {
             if let Err(e) = self.remove(i) {
@@ -678,9 +772,7 @@ impl Maildrop for MaildirDrop {
         }
         first_error.map_or(Ok(()), Err)
     }
-}
 
-impl MaildirDrop {
     /// Add first retrieval times and forget removed messages, rewriting the file if that changes it.
     fn record_retrievals(&mut self, update: &Update<'_>) -> io::Result<()> {
         let path = self.dir.join(RETRIEVED_FILE);
@@ -705,6 +797,61 @@ impl MaildirDrop {
         }
         self.retrieved = Some(map);
         Ok(())
+    }
+}
+
+/// A message file read as an async body: each read is a plain read of the (page-cached) file,
+/// which takes microseconds and never waits on the network.
+struct FileBody(File);
+
+impl AsyncRead for FileBody {
+    fn poll_read(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            match this.0.read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Maildrop for MaildirDrop {
+    fn lease(&self) -> Option<Lease> {
+        self.lease.as_ref().map(|l| Lease { token: l.token })
+    }
+
+    async fn open_message(&mut self, index: usize) -> Result<MessageBody, StoreError> {
+        let state = self.state.as_mut().ok_or(StoreError::Gone)?;
+        Ok(Box::pin(FileBody(state.open_message(index)?)))
+    }
+
+    async fn retrieved_at(&mut self, index: usize) -> Option<u64> {
+        self.state.as_mut()?.retrieved_at(index)
+    }
+
+    async fn commit(&mut self, update: &Update<'_>) -> Result<(), StoreError> {
+        // A session that only looked touches no file and makes no trip to a blocking thread.
+        if update.deleted.is_empty() && update.retrieved.is_empty() {
+            return Ok(());
+        }
+        let mut state =
+            self.state.take().ok_or_else(|| StoreError::io("committing", io::Error::other("no maildrop")))?;
+        let lease = self.lease.clone();
+        let (deleted, retrieved, now) = (update.deleted.to_vec(), update.retrieved.to_vec(), update.now);
+        let (state, result) = tokio::task::spawn_blocking(move || {
+            let result = state.commit(&Update { deleted: &deleted, retrieved: &retrieved, now }, lease.as_deref());
+            (state, result)
+        })
+        .await
+        .map_err(|e| StoreError::io("applying deletions", io::Error::other(e.to_string())))?;
+        self.state = Some(state);
+        result
     }
 }
 

@@ -2,12 +2,13 @@
 //! index that is never trusted blindly.
 
 use std::fs;
-use std::io::Read;
 use std::path::Path;
 
 use pillarbox_proto::UserName;
+use pillarbox_store::conformance::deliver;
 use pillarbox_store::maildir::MaildirStore;
 use pillarbox_store::{Mailstore, StoreError, Update};
+use tokio::io::AsyncReadExt;
 
 fn alice() -> UserName {
     UserName::new("alice").expect("valid")
@@ -23,9 +24,10 @@ fn setup() -> (tempfile::TempDir, MaildirStore, std::path::PathBuf) {
     (dir, store, md)
 }
 
-fn listing(store: &MaildirStore) -> Vec<(u64, String)> {
+async fn listing(store: &MaildirStore) -> Vec<(u64, String)> {
     store
         .open(&alice(), false)
+        .await
         .expect("open")
         .listing
         .entries
@@ -38,8 +40,8 @@ fn write(path: &Path, data: &[u8]) {
     fs::write(path, data).expect("write");
 }
 
-#[test]
-fn foreign_files_with_and_without_size_hints() {
+#[tokio::test]
+async fn foreign_files_with_and_without_size_hints() {
     let (_d, store, md) = setup();
     // Postfix-style name, no hints, bare LF: size computed from the content.
     write(&md.join("new/1700000001.V801I2M3.mx"), b"A: b\n\nline\n");
@@ -47,80 +49,88 @@ fn foreign_files_with_and_without_size_hints() {
     write(&md.join("cur/1700000000.M1P2Q3.host,S=11,W=14:2,S"), b"A: b\n\nline\n");
     // Dot files and the index itself are not messages.
     write(&md.join("cur/.hidden"), b"x");
-    let l = listing(&store);
+    let l = listing(&store).await;
     assert_eq!(l, vec![(14, "1700000000.M1P2Q3.host,S=11,W=14".into()), (14, "1700000001.V801I2M3.mx".into())]);
 }
 
-#[test]
-fn uids_survive_index_loss_and_flag_renames() {
+#[tokio::test]
+async fn uids_survive_index_loss_and_flag_renames() {
     let (_d, store, md) = setup();
     for i in 0..5 {
-        store.deliver(&alice(), &mut format!("Subject: {i}\n\nbody {i}\n").as_bytes(), None).expect("deliver");
+        deliver(&store, &alice(), format!("Subject: {i}\n\nbody {i}\n").as_bytes()).await;
     }
-    let before = listing(&store);
+    let before = listing(&store).await;
     // Another program moves a message to cur/ and sets a flag.
     let name = fs::read_dir(md.join("new")).expect("new").next().expect("one").expect("entry").file_name();
     let name = name.to_str().expect("utf8").to_owned();
     fs::rename(md.join("new").join(&name), md.join("cur").join(format!("{name}:2,S"))).expect("rename");
-    assert_eq!(listing(&store), before, "a rename does not change ids, sizes or order");
+    assert_eq!(listing(&store).await, before, "a rename does not change ids, sizes or order");
     assert!(!md.join("pillarbox-index").exists(), "names with both size hints need no index");
     // A file without hints makes the index necessary; losing it changes nothing either.
     write(&md.join("new/1700000000.X9.mx"), b"no hints\n");
-    let before = listing(&store);
+    let before = listing(&store).await;
     fs::remove_file(md.join("pillarbox-index")).expect("index exists now");
-    assert_eq!(listing(&store), before, "a rebuilt index gives the same ids");
+    assert_eq!(listing(&store).await, before, "a rebuilt index gives the same ids");
     write(&md.join("pillarbox-index"), b"pillarbox-index 1\nnonsense\n");
-    assert_eq!(listing(&store), before, "a damaged index is rebuilt");
+    assert_eq!(listing(&store).await, before, "a damaged index is rebuilt");
 }
 
-#[test]
-fn index_entry_is_not_trusted_when_the_file_changed() {
+#[tokio::test]
+async fn index_entry_is_not_trusted_when_the_file_changed() {
     let (_d, store, md) = setup();
     let f = md.join("new/1700000000.X1.host");
     write(&f, b"short\n");
-    assert_eq!(listing(&store)[0].0, 7);
+    assert_eq!(listing(&store).await[0].0, 7);
     // Rewritten in place by another tool: different stored size, so the cached size is dropped.
     write(&f, b"a much longer message\nwith two lines\n");
-    assert_eq!(listing(&store)[0].0, 39);
+    assert_eq!(listing(&store).await[0].0, 39);
 }
 
-#[test]
-fn message_renamed_during_a_session_is_still_served() {
+#[tokio::test]
+async fn message_renamed_during_a_session_is_still_served() {
     let (_d, store, md) = setup();
-    store.deliver(&alice(), &mut &b"Subject: x\n\nhello\n"[..], None).expect("deliver");
-    let mut opened = store.open(&alice(), true).expect("open");
+    deliver(&store, &alice(), b"Subject: x\n\nhello\n").await;
+    let mut opened = store.open(&alice(), true).await.expect("open");
     let name = fs::read_dir(md.join("new")).expect("new").next().expect("one").expect("entry").file_name();
     let name = name.to_str().expect("utf8").to_owned();
     fs::rename(md.join("new").join(&name), md.join("cur").join(format!("{name}:2,S"))).expect("rename");
     let mut content = Vec::new();
-    opened.maildrop.open_message(0).expect("relocated").read_to_end(&mut content).expect("read");
+    opened.maildrop.open_message(0).await.expect("relocated").read_to_end(&mut content).await.expect("read");
     assert_eq!(content, b"Subject: x\n\nhello\n");
-    opened.maildrop.commit(&Update { deleted: &[0], ..Update::default() }).expect("delete follows the rename too");
+    opened
+        .maildrop
+        .commit(&Update { deleted: &[0], ..Update::default() })
+        .await
+        .expect("delete follows the rename too");
     assert_eq!(fs::read_dir(md.join("cur")).expect("cur").count(), 0);
 }
 
-#[test]
-fn message_removed_behind_the_session_is_gone_not_an_error_to_delete() {
+#[tokio::test]
+async fn message_removed_behind_the_session_is_gone_not_an_error_to_delete() {
     let (_d, store, md) = setup();
-    store.deliver(&alice(), &mut &b"x\n"[..], None).expect("deliver");
-    let mut opened = store.open(&alice(), true).expect("open");
+    deliver(&store, &alice(), b"x\n").await;
+    let mut opened = store.open(&alice(), true).await.expect("open");
     for e in fs::read_dir(md.join("new")).expect("new") {
         fs::remove_file(e.expect("entry").path()).expect("rm");
     }
-    assert!(matches!(opened.maildrop.open_message(0), Err(StoreError::Gone)));
-    opened.maildrop.commit(&Update { deleted: &[0], ..Update::default() }).expect("already gone counts as deleted");
+    assert!(matches!(opened.maildrop.open_message(0).await, Err(StoreError::Gone)));
+    opened
+        .maildrop
+        .commit(&Update { deleted: &[0], ..Update::default() })
+        .await
+        .expect("already gone counts as deleted");
 }
 
-#[test]
-fn delivered_file_names_carry_both_size_hints() {
+#[tokio::test]
+async fn delivered_file_names_carry_both_size_hints() {
     let (_d, store, md) = setup();
-    let d = store.deliver(&alice(), &mut &b"a\nb\n"[..], None).expect("deliver");
+    let d = deliver(&store, &alice(), b"a\nb\n").await;
     assert!(d.name.ends_with(",S=4,W=6"), "{}", d.name);
     assert!(md.join("new").join(&d.name).is_file());
 }
 
-#[test]
-fn dovecot_uidlist_keeps_dovecot_uidls_and_order() {
+#[tokio::test]
+async fn dovecot_uidlist_keeps_dovecot_uidls_and_order() {
     let (_d, store, md) = setup();
     // Delivered "later" by time but numbered first by Dovecot, one with a saved POP3 UIDL, and
     // one message Dovecot never saw.
@@ -132,7 +142,7 @@ fn dovecot_uidlist_keeps_dovecot_uidls_and_order() {
         &md.join("dovecot-uidlist"),
         b"3 V1700000000 N4 G0123456789abcdef\n1 :1700000009.M1P1.host,S=6,W=7\n2 W8 :1700000001.M2P1.host,S=7,W=8\n3 Pkept-from-before :1700000005.M3P1.host,S=6,W=7\n",
     );
-    let l = listing(&store);
+    let l = listing(&store).await;
     assert_eq!(
         l,
         vec![
@@ -152,28 +162,26 @@ fn age_folders(md: &Path, base: std::time::SystemTime) {
     }
 }
 
-#[test]
-fn a_large_maildrop_listing_is_reused_only_while_its_folders_are_unchanged() {
+#[tokio::test]
+async fn a_large_maildrop_listing_is_reused_only_while_its_folders_are_unchanged() {
     let (_d, store, md) = setup();
     for i in 0..1200 {
         write(&md.join("cur").join(format!("{}.M{i}P1.host,S=4,W=5:2,S", 1_700_000_000 + i)), b"x\n\n\n");
     }
     let base = std::time::SystemTime::now();
     age_folders(&md, base);
-    assert_eq!(listing(&store).len(), 1200);
+    assert_eq!(listing(&store).await.len(), 1200);
     // Proof that the second open used the kept listing: a file removed behind the store's back,
     // with the folder's time put back as it was, is still listed (only possible by tampering).
     let victim = md.join("cur").join(format!("{}.M0P1.host,S=4,W=5:2,S", 1_700_000_000));
     fs::remove_file(&victim).expect("remove");
     age_folders(&md, base);
-    assert_eq!(listing(&store).len(), 1200, "the kept listing was used");
+    assert_eq!(listing(&store).await.len(), 1200, "the kept listing was used");
     // Any real change moves the folder's time on: seen at once, even within the same second.
     write(&md.join("new").join("1800000000.M1P1.host,S=4,W=5"), b"y\n\n\n");
-    assert_eq!(listing(&store).len(), 1200, "one removed, one added");
-    let mut p = store.begin_delivery(&alice()).expect("begin");
-    p.write(b"Subject: new\n\nbody\n").expect("write");
-    p.commit().expect("commit");
-    assert_eq!(listing(&store).len(), 1201);
+    assert_eq!(listing(&store).await.len(), 1200, "one removed, one added");
+    deliver(&store, &alice(), b"Subject: new\n\nbody\n").await;
+    assert_eq!(listing(&store).await.len(), 1201);
     // A listing taken while the folders had just changed is not kept: a change within the same
     // clock tick leaves the folder's time as it was and would otherwise go unnoticed.
     let recent = std::time::SystemTime::now();
@@ -183,29 +191,29 @@ fn a_large_maildrop_listing_is_reused_only_while_its_folders_are_unchanged() {
         }
     };
     touch(recent);
-    assert_eq!(listing(&store).len(), 1201);
+    assert_eq!(listing(&store).await.len(), 1201);
     fs::remove_file(md.join("new").join("1800000000.M1P1.host,S=4,W=5")).expect("remove");
     touch(recent);
-    assert_eq!(listing(&store).len(), 1200, "a listing of unsettled folders is not reused");
+    assert_eq!(listing(&store).await.len(), 1200, "a listing of unsettled folders is not reused");
 }
 
-#[test]
-fn deletions_through_a_kept_listing_are_durable_and_seen() {
+#[tokio::test]
+async fn deletions_through_a_kept_listing_are_durable_and_seen() {
     let (_d, store, md) = setup();
     for i in 0..1000 {
         write(&md.join("cur").join(format!("{}.M{i}P1.host,S=4,W=5:2,S", 1_700_000_000 + i)), b"x\n\n\n");
     }
     age_folders(&md, std::time::SystemTime::now());
-    assert_eq!(listing(&store).len(), 1000);
-    let mut opened = store.open(&alice(), true).expect("open");
+    assert_eq!(listing(&store).await.len(), 1000);
+    let mut opened = store.open(&alice(), true).await.expect("open");
     assert_eq!(opened.listing.entries.len(), 1000);
-    opened.maildrop.commit(&Update { deleted: &[0, 999], retrieved: &[], now: 0 }).expect("commit");
+    opened.maildrop.commit(&Update { deleted: &[0, 999], retrieved: &[], now: 0 }).await.expect("commit");
     drop(opened);
-    assert_eq!(listing(&store).len(), 998);
+    assert_eq!(listing(&store).await.len(), 998);
 }
 
-#[test]
-fn what_a_file_name_says() {
+#[tokio::test]
+async fn what_a_file_name_says() {
     use pillarbox_store::maildir::NameInfo;
     let n = NameInfo::parse("1700000000.M123P45.host,S=1234,W=1260:2,RS");
     assert_eq!((n.stored_size, n.crlf_size, n.time), (Some(1234), Some(1260), (1_700_000_000, 123)));
