@@ -7,6 +7,7 @@ mod backup;
 mod fetch;
 mod mail;
 mod migrate;
+mod user;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -14,16 +15,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use pillarbox_auth::{UserFile, UserRecord, check_password_policy, format_expire, generate_password, read_secret_line};
-use pillarbox_proto::{Expire, Secret, UserName};
+use pillarbox_auth::UserFile;
 use pillarbox_server::config::{CONFIG_FILE, Config, HumanSize};
 use pillarbox_server::datadir::{self, Prepared};
 use pillarbox_server::privileges::Outcome;
 use pillarbox_server::{ListenAddrs, Listeners, Server, Service};
+use pillarbox_store::Mailstore;
 use pillarbox_store::maildir::MaildirStore;
-use pillarbox_store::{Mailstore, StoreError};
 
 /// Pillarbox: a POP3 mail system.
 #[derive(Debug, Parser)]
@@ -345,14 +345,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Check) => config_check(data_dir.as_deref(), config.as_deref()),
-        Command::User(cmd) => user(&server()?.0, cmd),
-        Command::Deliver { user, max_size } => deliver(&server()?.0, &user, max_size),
+        Command::User(cmd) => user::command(&server()?.0, cmd),
+        Command::Deliver { user, max_size } => user::deliver(&server()?.0, &user, max_size),
         Command::Migrate(MigrateCommand::Verify { dovecot, pillarbox, user, password_stdin, insecure }) => {
             let config = server()?.0;
             let new = pillarbox
                 .or_else(|| config.pop3.first().copied())
                 .context("no --pillarbox address and no pop3 listener in the configuration")?;
-            let secret = read_password(password_stdin, &user, false)?;
+            let secret = user::read_password(password_stdin, &user, false)?;
             let same = migrate::verify(dovecot, new, &user, &secret, insecure)?;
             Ok(if same { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
@@ -434,7 +434,7 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs) -> Result<Exit
                     Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded; new connections use them"),
                     Err(e) => tracing::error!(error = %e, "SIGHUP: the new TLS certificate or key cannot be used; keeping the old one"),
                 }
-                match reloader.reload_users() {
+                match reloader.reload_users().await {
                     Ok(n) => tracing::info!(users = n, "SIGHUP: user file checked"),
                     Err(e) => tracing::error!(error = %e, "SIGHUP: the user file cannot be used; keeping the last good copy"),
                 }
@@ -477,7 +477,7 @@ fn config_check(data_dir: Option<&std::path::Path>, config: Option<&std::path::P
         .collect();
     notes.push(format!("listens on {}", listen.join(", ")));
     if let Some(t) = &config.tls {
-        match pillarbox_server::tls::acceptor(&t.cert, &t.key) {
+        match pillarbox_server::tls::load_pair(&t.cert, &t.key) {
             Ok(_) => notes.push(format!("TLS certificate {} and key load", t.cert.display())),
             Err(e) => problems.push(e.to_string()),
         }
@@ -532,264 +532,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
-    }
-}
-
-/// A user name as typed: SASLprep-ed (RFC 4013) and validated.
-fn parse_user(name: &str) -> Result<UserName> {
-    pillarbox_auth::saslprep(name)
-        .and_then(|n| UserName::new(&n).map_err(|e| e.to_string()))
-        .map_err(|e| Exit(EX_DATAERR, e).into())
-}
-
-/// A password from standard input or, on a terminal, typed without echo (twice when `confirm`).
-fn read_password(from_stdin: bool, prompt_for: &str, confirm: bool) -> Result<Secret<Vec<u8>>> {
-    if from_stdin {
-        return Ok(read_secret_line(std::io::stdin().lock())?);
-    }
-    if !std::io::stdin().is_terminal() {
-        bail!("no terminal to ask for the password on; use --password-stdin");
-    }
-    let first = Secret::new(rpassword::prompt_password(format!("Password for {prompt_for}: "))?.into_bytes());
-    if confirm {
-        let second = Secret::new(rpassword::prompt_password("Repeat the password: ")?.into_bytes());
-        if first != second {
-            bail!("the passwords do not match");
-        }
-    }
-    Ok(first)
-}
-
-/// A record holding only the new password's secrets (argon2id hash and SCRAM keys).
-fn new_password(source: &PasswordSource, name: &UserName, config: &Config) -> Result<UserRecord> {
-    let password = if source.generate {
-        let p = generate_password()?;
-        println!("generated password for {name} (shown only now): {p}");
-        Secret::new(p.into_bytes())
-    } else {
-        let p = read_password(source.password_stdin, name.as_str(), true)?;
-        check_password_policy(p.expose(), name.as_str(), config.min_password_score)
-            .map_err(|why| Exit(EX_DATAERR, format!("{why}; or use --generate for a strong random password")))?;
-        p
-    };
-    let mut rec = UserRecord::default();
-    rec.set_password(password.expose(), config.scram_sha1)?;
-    Ok(rec)
-}
-
-fn user(config: &Config, cmd: UserCommand) -> Result<ExitCode> {
-    let file = UserFile::new(&config.users_file);
-    match cmd {
-        UserCommand::Add { name, password } => {
-            let name = parse_user(&name)?;
-            if file.load()?.users.contains_key(&name) {
-                bail!("user {name} already exists; use `user passwd` to change the password");
-            }
-            let fresh = new_password(&password, &name, config)?;
-            file.update(|u| match u.users.entry(name.clone()) {
-                std::collections::btree_map::Entry::Occupied(_) => Err(format!("user {name} already exists")),
-                std::collections::btree_map::Entry::Vacant(v) => {
-                    v.insert(fresh);
-                    Ok(())
-                }
-            })?
-            .map_err(anyhow::Error::msg)?;
-            let store = MaildirStore::new(&config.maildir_root);
-            // Create the maildrop now, so an MTA can deliver before the first login.
-            drop(store.open(&name, false).context("creating the maildrop")?);
-            println!("added user {name}");
-        }
-        UserCommand::Passwd { name, password } => {
-            let name = parse_user(&name)?;
-            if !file.load()?.users.contains_key(&name) {
-                return Err(Exit(EX_NOUSER, format!("no such user: {name}")).into());
-            }
-            let fresh = new_password(&password, &name, config)?;
-            update_user(&file, &name, |rec| {
-                rec.password_hash = fresh.password_hash;
-                rec.scram_sha256 = fresh.scram_sha256;
-                rec.scram_sha1 = fresh.scram_sha1;
-            })?;
-            println!("changed the password of {name}");
-        }
-        UserCommand::Del { name } => {
-            let name = parse_user(&name)?;
-            file.update(|u| u.users.remove(&name).map(|_| ()).ok_or_else(|| format!("no such user: {name}")))?
-                .map_err(|e| Exit(EX_NOUSER, e))?;
-            println!(
-                "removed user {name} (the maildrop {} is kept)",
-                MaildirStore::new(&config.maildir_root).maildir(&name).display()
-            );
-        }
-        UserCommand::List => {
-            for (name, rec) in file.load()?.users {
-                let mut line = name.to_string();
-                if rec.apop_secret.is_some() {
-                    line.push_str("\tapop");
-                }
-                for (key, value) in rec.settings() {
-                    line.push_str(&format!("\t{key}={value}"));
-                }
-                println!("{line}");
-            }
-        }
-        UserCommand::Quota { name, bytes, messages, clear } => {
-            let name = parse_user(&name)?;
-            if !clear && bytes.is_none() && messages.is_none() {
-                bail!("give --bytes and/or --messages, or --clear");
-            }
-            update_user(&file, &name, |rec| {
-                if clear {
-                    rec.quota_bytes = None;
-                    rec.quota_messages = None;
-                }
-                if let Some(b) = bytes {
-                    rec.quota_bytes = Some(b.0);
-                }
-                if let Some(m) = messages {
-                    rec.quota_messages = Some(m);
-                }
-            })?;
-            println!("updated the quota of {name}");
-        }
-        UserCommand::Expire { name, days, never, default } => {
-            let name = parse_user(&name)?;
-            let expire = match (days, never, default) {
-                (Some(d), _, _) => Some(Expire::Days(d)),
-                (None, true, _) => Some(Expire::Never),
-                _ => None,
-            };
-            update_user(&file, &name, |rec| rec.expire = expire)?;
-            match expire {
-                Some(e) => println!("retention of {name}: {}", format_expire(e)),
-                None => println!("{name} uses the server's default retention"),
-            }
-        }
-        UserCommand::LoginDelay { name, seconds, default: _ } => {
-            let name = parse_user(&name)?;
-            update_user(&file, &name, |rec| rec.login_delay = seconds)?;
-            match seconds {
-                Some(s) => println!("{name} must wait {s} seconds between logins"),
-                None => println!("{name} uses the server's default login delay"),
-            }
-        }
-        UserCommand::Import { file: source, replace } => return import_users(&file, &source, replace),
-        UserCommand::Apop { name, secret_stdin, clear } => {
-            let name = parse_user(&name)?;
-            let secret = if clear {
-                None
-            } else if secret_stdin {
-                Some(read_secret_line(std::io::stdin().lock())?)
-            } else {
-                bail!("give --secret-stdin to set the APOP secret, or --clear to remove it");
-            };
-            if secret.as_ref().is_some_and(|s| s.expose().is_empty()) {
-                return Err(Exit(EX_DATAERR, "the APOP secret is empty".into()).into());
-            }
-            update_user(&file, &name, |rec| rec.apop_secret = secret)?;
-            println!("{} the APOP secret of {name}", if clear { "removed" } else { "set" });
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `pillarbox user import`: Dovecot passwd-file lines into the user file, hashes kept.
-fn import_users(file: &UserFile, source: &std::path::Path, replace: bool) -> Result<ExitCode> {
-    let text = std::fs::read_to_string(source).with_context(|| format!("reading {}", source.display()))?;
-    let mut imported = Vec::new();
-    let mut skipped = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut fields = line.split(':');
-        let (Some(user), Some(hash)) = (fields.next(), fields.next()) else {
-            skipped.push(format!("line {}: not user:password", n + 1));
-            continue;
-        };
-        let name = match pillarbox_auth::saslprep(user).and_then(|u| UserName::new(&u).map_err(|e| e.to_string())) {
-            Ok(n) => n,
-            Err(e) => {
-                skipped.push(format!("line {}: {e}", n + 1));
-                continue;
-            }
-        };
-        let hash = pillarbox_auth::legacy::normalize_dovecot_hash(hash);
-        let scheme = pillarbox_auth::legacy::split_scheme(&hash).map(|(s, _)| s.to_owned()).unwrap_or_default();
-        if let Some(why) = pillarbox_auth::legacy::unsupported_reason(&scheme) {
-            skipped.push(format!("{name}: {why}"));
-            continue;
-        }
-        imported.push((name, hash));
-    }
-    let result = file.update(|u| {
-        let mut done = 0;
-        for (name, hash) in &imported {
-            match u.users.get_mut(name) {
-                Some(_) if !replace => skipped.push(format!("{name}: already exists (use --replace)")),
-                Some(rec) => {
-                    rec.password_hash = hash.clone();
-                    rec.scram_sha256 = None;
-                    rec.scram_sha1 = None;
-                    done += 1;
-                }
-                None => {
-                    u.users.insert(name.clone(), UserRecord::with_hash(hash.clone()));
-                    done += 1;
-                }
-            }
-        }
-        Ok::<usize, String>(done)
-    })?;
-    let done = result.map_err(anyhow::Error::msg)?;
-    println!("imported {done} user(s) from {}", source.display());
-    for s in &skipped {
-        println!("skipped {s}");
-    }
-    if done > 0 {
-        println!("their Dovecot hashes are kept and replaced by argon2id (with SCRAM keys) at each user's first login");
-    }
-    Ok(if skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EX_DATAERR) })
-}
-
-/// Change one existing user's record under the user file's lock.
-fn update_user(file: &UserFile, name: &UserName, change: impl FnOnce(&mut UserRecord)) -> Result<()> {
-    file.update(|u| match u.users.get_mut(name) {
-        Some(rec) => {
-            change(rec);
-            Ok(())
-        }
-        None => Err(format!("no such user: {name}")),
-    })?
-    .map_err(|e| Exit(EX_NOUSER, e).into())
-}
-
-fn deliver(config: &Config, user: &str, max_size: Option<u64>) -> Result<ExitCode> {
-    let name = UserName::new(user).map_err(|e| Exit(EX_NOUSER, e.to_string()))?;
-    let users = UserFile::new(&config.users_file).load().map_err(|e| Exit(EX_TEMPFAIL, e.to_string()))?;
-    if !users.users.contains_key(&name) {
-        return Err(Exit(EX_NOUSER, format!("no such user: {name}")).into());
-    }
-    let store = MaildirStore::new(&config.maildir_root);
-    let mut stdin = std::io::stdin().lock();
-    match store.deliver(&name, &mut stdin, max_size) {
-        Ok(d) => {
-            tracing::info!(user = %name, file = %d.name, size = d.size, "delivered");
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(StoreError::TooLarge { limit }) => {
-            Err(Exit(EX_DATAERR, format!("message refused: larger than {limit} octets")).into())
-        }
-        Err(e @ StoreError::Io { .. }) => {
-            let code = if matches!(&e, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
-            {
-                EX_CANTCREAT
-            } else {
-                EX_TEMPFAIL
-            };
-            Err(Exit(code, format!("delivery to {name} failed, nothing was stored: {e}")).into())
-        }
-        Err(e) => Err(Exit(EX_TEMPFAIL, format!("delivery to {name} failed, nothing was stored: {e}")).into()),
     }
 }

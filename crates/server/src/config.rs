@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use pillarbox_core::DeliveryPolicy;
 use pillarbox_proto::Expire;
 use pillarbox_proto::limits::MIN_AUTOLOGOUT_SECS;
 pub use pillarbox_proto::units::{HumanDuration, HumanSize};
@@ -104,6 +105,9 @@ idle_timeout = "5m"
 max_connections = 1000
 # Simultaneous connections from one address (IPv6: one /64).
 max_connections_per_ip = 20
+# Simultaneous POP3 sessions of one user; more get -ERR [IN-USE]. 0: no limit (with lock = true a
+# maildrop has one session anyway; this bounds a user when lock = false).
+max_sessions_per_user = 0
 # On SIGTERM/SIGINT: how long open sessions may go on (and QUIT normally) before they are closed.
 shutdown_grace = "10s"
 
@@ -329,7 +333,7 @@ impl<'de> Deserialize<'de> for ExpireSetting {
 /// What to answer when a delivery would exceed a quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum OverQuota {
+enum OverQuota {
     /// 552 5.2.2: the sender's MTA bounces the message.
     Permanent,
     /// 452 4.2.2: the sender's MTA keeps it and retries.
@@ -444,6 +448,7 @@ impl Default for RawStore {
 struct RawLimits {
     max_connections: usize,
     max_connections_per_ip: usize,
+    max_sessions_per_user: usize,
     shutdown_grace: HumanDuration,
 }
 
@@ -452,6 +457,7 @@ impl Default for RawLimits {
         Self {
             max_connections: 1000,
             max_connections_per_ip: 20,
+            max_sessions_per_user: 0,
             shutdown_grace: HumanDuration(Duration::from_secs(10)),
         }
     }
@@ -486,6 +492,7 @@ pub struct Config {
     pub fail_delay: Duration,
     pub fail_delay_max: Duration,
     pub max_connections_per_ip: usize,
+    pub max_sessions_per_user: usize,
     pub maildir_root: PathBuf,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
@@ -495,23 +502,10 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// The user and group to run as after binding (`[process]`), if set.
     pub run_as: Option<(String, Option<String>)>,
-    pub delivery: Delivery,
-}
-
-/// LMTP delivery settings.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    /// Lowercase domains delivered locally; empty accepts all.
-    pub domains: Vec<String>,
-    pub recipient_delimiter: String,
-    pub max_message_size: u64,
-    pub max_recipients: usize,
-    /// Default quota in octets; 0 means none.
-    pub quota_bytes: u64,
-    /// Default quota in messages; 0 means none.
-    pub quota_messages: u64,
-    pub over_quota: OverQuota,
-    pub idle_timeout: Duration,
+    /// The rules of delivery (domains, sizes, quotas), as the service layer applies them.
+    pub delivery: DeliveryPolicy,
+    /// LMTP autologout.
+    pub lmtp_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -611,6 +605,7 @@ impl Config {
             fail_delay: raw.auth.fail_delay.0,
             fail_delay_max: raw.auth.fail_delay_max.0,
             max_connections_per_ip: raw.limits.max_connections_per_ip,
+            max_sessions_per_user: raw.limits.max_sessions_per_user,
             users_file: rel(&raw.auth.users),
             trusted_networks: raw.auth.trusted_networks,
             maildir_root: rel(&raw.store.maildir),
@@ -622,18 +617,38 @@ impl Config {
                 let g = raw.process.group.trim();
                 (raw.process.user.trim().to_owned(), (!g.is_empty()).then(|| g.to_owned()))
             }),
-            delivery: Delivery {
+            delivery: DeliveryPolicy {
                 domains: raw.delivery.domains.iter().map(|d| d.trim().to_ascii_lowercase()).collect(),
                 recipient_delimiter: raw.delivery.recipient_delimiter,
                 max_message_size: raw.delivery.max_message_size.0,
                 max_recipients: raw.delivery.max_recipients,
                 quota_bytes: raw.delivery.quota_bytes.0,
                 quota_messages: raw.delivery.quota_messages,
-                over_quota: raw.delivery.over_quota,
-                idle_timeout: raw.delivery.idle_timeout.0,
+                over_quota: match raw.delivery.over_quota {
+                    OverQuota::Permanent => pillarbox_core::OverQuota::Permanent,
+                    OverQuota::Temporary => pillarbox_core::OverQuota::Temporary,
+                },
             },
+            lmtp_idle_timeout: raw.delivery.idle_timeout.0,
             data_dir,
         })
+    }
+
+    /// The rules of the service layer, from this configuration.
+    pub fn policy(&self) -> pillarbox_core::Policy {
+        pillarbox_core::Policy {
+            lock: self.lock,
+            apop: self.apop,
+            expire: self.expire,
+            login_delay: self.login_delay,
+            scram_sha1: self.scram_sha1,
+            upgrade_hashes: self.upgrade_hashes,
+            min_password_score: self.min_password_score,
+            fail_delay: self.fail_delay,
+            fail_delay_max: self.fail_delay_max,
+            max_sessions_per_user: self.max_sessions_per_user,
+            delivery: self.delivery.clone(),
+        }
     }
 
     pub fn is_trusted(&self, ip: IpAddr) -> bool {

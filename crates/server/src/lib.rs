@@ -1,17 +1,24 @@
-//! The Pillarbox POP3 server: configuration, data folder, TLS, and the tokio driver that runs
-//! the protocol core of `pillarbox-proto` on real sockets.
+//! The Pillarbox server: configuration, data folder, TLS, and the tokio drivers that run the
+//! protocol cores of `pillarbox-proto` (POP3) and `pillarbox-lmtp` on real sockets, calling the
+//! service layer of `pillarbox-core` for every rule.
+//!
+//! Modules, each depending only on those listed before it: [`config`], [`tls`], `shutdown`
+//! (phases), `frontend` (what drivers share), `pop3` and `lmtp` (one driver each), `listen`
+//! (listeners and limits), `server` (all of it run together).
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod datadir;
-mod driver;
-mod expunge;
-mod hashpool;
+mod frontend;
+mod listen;
 mod lmtp;
-mod login;
 pub mod metrics;
+mod pop3;
 pub mod privileges;
+mod server;
+mod shutdown;
 pub mod tls;
 
 pub use config::{Config, ConfigError};
-pub use driver::{ListenAddrs, Listeners, Server, ServerError, Service};
+pub use listen::{ListenAddrs, Listeners, Service};
+pub use server::{Server, ServerError};

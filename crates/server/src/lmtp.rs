@@ -7,15 +7,16 @@
 use std::io;
 use std::sync::Arc;
 
+use pillarbox_core::deliver::Refusal;
 use pillarbox_lmtp::{Config as LmtpConfig, Event, Recipient, Reply, Session};
 use pillarbox_proto::UserName;
-use pillarbox_store::{PendingDelivery, StoreError};
+use pillarbox_store::PendingDelivery;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::OverQuota;
-use crate::driver::{Peer, Phase, Shared, closing, unix_now};
+use crate::frontend::{Frontend, Peer};
+use crate::shutdown::{Phase, closing};
 
 /// Octets read from the client at a time; also the most message text held in memory.
 const READ_BUFFER: usize = 64 * 1024;
@@ -27,14 +28,16 @@ struct Slot {
     state: Result<Box<dyn PendingDelivery>, Reply>,
 }
 
-pub(crate) async fn session<S>(shared: Arc<Shared>, mut stream: S, peer: Peer, mut phase: watch::Receiver<Phase>)
+pub(crate) async fn session<S>(front: Arc<Frontend>, mut stream: S, peer: Peer, mut phase: watch::Receiver<Phase>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let started = std::time::Instant::now();
-    let d = &shared.config.delivery;
+    let services = &front.services;
+    let d = &services.policy.delivery;
+    let idle_timeout = front.config.lmtp_idle_timeout;
     let mut session = Session::new(LmtpConfig {
-        hostname: shared.hostname.clone(),
+        hostname: services.hostname.clone(),
         max_message_size: d.max_message_size,
         max_recipients: d.max_recipients,
     });
@@ -55,7 +58,7 @@ where
                             session.feed(&buf[..n]);
                         }
                     },
-                    _ = tokio::time::sleep(d.idle_timeout) => {
+                    _ = tokio::time::sleep(idle_timeout) => {
                         if session.idle_timeout().is_some() {
                             slots.clear();
                         }
@@ -67,27 +70,18 @@ where
                     }
                 }
             }
-            Event::Recipient { address, size_hint } => {
-                let (shared2, addr) = (shared.clone(), address.clone());
-                let verdict = tokio::task::spawn_blocking(move || resolve(&shared2, &addr, size_hint))
-                    .await
-                    .unwrap_or_else(|_| Err(Reply::new(451, (4, 3, 0), "temporary failure")));
-                match verdict {
-                    Ok(user) => session.accept_recipient(address, user.as_str().to_owned()),
-                    Err(reply) => session.reject_recipient(reply),
-                }
-            }
+            Event::Recipient { address, size_hint } => match services.recipient(&address, size_hint).await {
+                Ok(user) => session.accept_recipient(address, user.as_str().to_owned()),
+                Err(refusal) => session.reject_recipient(reply(&refusal)),
+            },
             Event::BeginMessage { sender, lhlo, recipients } => {
-                let (shared2, peer2) = (shared.clone(), peer.trace());
-                slots = tokio::task::spawn_blocking(move || begin(&shared2, &sender, &lhlo, &peer2, recipients))
-                    .await
-                    .unwrap_or_default();
+                slots = begin(&front, &sender, &lhlo, &peer.trace(), recipients).await;
             }
             Event::Body(text) => {
-                // Page-cache writes of at most one read's worth, like the POP3 side's reads.
+                // At most one read's worth per write; each recipient's copy in turn.
                 for slot in &mut slots {
                     if let Ok(p) = &mut slot.state
-                        && let Err(e) = p.write(&text)
+                        && let Err(e) = p.write(&text).await
                     {
                         warn!(recipient = %slot.rcpt.address, error = %e, "delivery failed while writing");
                         slot.state = Err(Reply::new(451, (4, 3, 0), "local write error, try again later"));
@@ -96,8 +90,7 @@ where
             }
             Event::AbortMessage => slots.clear(),
             Event::EndMessage => {
-                let (shared2, taken) = (shared.clone(), std::mem::take(&mut slots));
-                let replies = tokio::task::spawn_blocking(move || finish(&shared2, taken)).await.unwrap_or_default();
+                let replies = finish(&front, std::mem::take(&mut slots)).await;
                 session.delivered(replies);
             }
             Event::Close => {
@@ -129,120 +122,75 @@ async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, session: &mut Session)
     Ok(())
 }
 
-/// Map a recipient address to a local user and check the quota (RFC 2033 section 4.2 leaves the
-/// mapping to the server). `user+detail@domain` is `user`; local parts are case-insensitive.
-fn resolve(shared: &Shared, address: &str, size_hint: Option<u64>) -> Result<UserName, Reply> {
-    let d = &shared.config.delivery;
-    let (local, domain) = address.rsplit_once('@').unwrap_or((address, ""));
-    if !d.domains.is_empty() && !d.domains.iter().any(|x| x.eq_ignore_ascii_case(domain)) {
-        return Err(Reply::new(550, (5, 1, 2), format!("mail for {domain} is not delivered here")));
+/// The LMTP reply for a refused recipient (RFC 3463 enhanced status codes).
+fn reply(refusal: &Refusal) -> Reply {
+    match refusal {
+        Refusal::NotHere(domain) => Reply::new(550, (5, 1, 2), format!("mail for {domain} is not delivered here")),
+        Refusal::UnknownUser => Reply::new(550, (5, 1, 1), "no such user here"),
+        Refusal::OverQuota { permanent: true } => Reply::new(552, (5, 2, 2), "mailbox is full"),
+        Refusal::OverQuota { permanent: false } => Reply::new(452, (4, 2, 2), "mailbox is full, try again later"),
+        Refusal::TooLarge { .. } => Reply::new(552, (5, 3, 4), "message too large"),
+        // A maildrop whose files are wrong needs an administrator, who may take a while: the
+        // MTA keeps the message meanwhile instead of bouncing it.
+        Refusal::Permanent(_) | Refusal::Temporary(_) => Reply::new(451, (4, 3, 0), "local error, try again later"),
     }
-    let local = match d.recipient_delimiter.as_str() {
-        "" => local,
-        delim => local.split(delim).next().unwrap_or(local),
-    };
-    let unknown = || Reply::new(550, (5, 1, 1), "no such user here");
-    let name = UserName::new(local).map_err(|_| unknown())?;
-    let (users, _) = shared.users.current();
-    let record = users.users.get(&name).ok_or_else(unknown)?;
-    check_quota(shared, &name, record, size_hint.unwrap_or(0), 1)?;
-    Ok(name)
-}
-
-/// Whether `extra_bytes` and `extra_messages` more fit in the user's quota.
-fn check_quota(
-    shared: &Shared,
-    name: &UserName,
-    record: &pillarbox_auth::UserRecord,
-    extra_bytes: u64,
-    extra_messages: u64,
-) -> Result<(), Reply> {
-    let d = &shared.config.delivery;
-    let max_bytes = record.quota_bytes.unwrap_or(d.quota_bytes);
-    let max_messages = record.quota_messages.unwrap_or(d.quota_messages);
-    if max_bytes == 0 && max_messages == 0 {
-        return Ok(());
-    }
-    let usage = shared.store.usage(name).map_err(|e| {
-        warn!(user = %name, error = %e, "cannot read the maildrop's usage");
-        Reply::new(451, (4, 3, 0), "temporary failure reading the mailbox")
-    })?;
-    let over = (max_bytes > 0 && usage.bytes + extra_bytes > max_bytes)
-        || (max_messages > 0 && usage.messages + extra_messages > max_messages);
-    if !over {
-        return Ok(());
-    }
-    info!(user = %name, bytes = usage.bytes, messages = usage.messages, "over quota");
-    shared.metrics.quota_refusals.inc();
-    shared.metrics.delivery("over-quota");
-    Err(match d.over_quota {
-        OverQuota::Permanent => Reply::new(552, (5, 2, 2), "mailbox is full"),
-        OverQuota::Temporary => Reply::new(452, (4, 2, 2), "mailbox is full, try again later"),
-    })
 }
 
 /// Open one delivery per recipient and write the trace headers (RFC 5321 section 4.4).
-fn begin(shared: &Shared, sender: &str, lhlo: &str, peer: &str, recipients: Vec<Recipient>) -> Vec<Slot> {
+async fn begin(front: &Frontend, sender: &str, lhlo: &str, peer: &str, recipients: Vec<Recipient>) -> Vec<Slot> {
+    let services = &front.services;
     let mut id = [0u8; 8];
     let _ = getrandom::fill(&mut id);
     let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    let date = pillarbox_proto::date::rfc5322(unix_now());
-    recipients
-        .into_iter()
-        .map(|rcpt| {
-            let state = UserName::new(&rcpt.user)
-                .map_err(|e| StoreError::io("recipient", io::Error::other(e)))
-                .and_then(|name| shared.store.begin_delivery(&name))
-                .and_then(|mut p| {
+    let date = pillarbox_proto::date::rfc5322(pillarbox_os::unix_now());
+    let mut slots = Vec::with_capacity(recipients.len());
+    for rcpt in recipients {
+        let state = match UserName::new(&rcpt.user) {
+            Err(_) => Err(Reply::new(451, (4, 3, 0), "local error, try again later")),
+            Ok(name) => match services.begin_delivery(&name).await {
+                Err(refusal) => Err(reply(&refusal)),
+                Ok(mut p) => {
                     let headers = format!(
                         "Return-Path: <{sender}>\r\nDelivered-To: {}\r\nReceived: from {lhlo} ({peer})\r\n\tby {} (Pillarbox) with LMTP id {id}\r\n\tfor <{}>; {date}\r\n",
-                        rcpt.address, shared.hostname, rcpt.address
+                        rcpt.address, services.hostname, rcpt.address
                     );
-                    p.write(headers.as_bytes())?;
-                    Ok(p)
-                })
-                .map_err(|e| {
-                    warn!(recipient = %rcpt.address, error = %e, "cannot start delivery");
-                    Reply::new(451, (4, 3, 0), "local error, try again later")
-                });
-            Slot { rcpt, state }
-        })
-        .collect()
+                    match p.write(headers.as_bytes()).await {
+                        Ok(()) => Ok(p),
+                        Err(e) => {
+                            warn!(recipient = %rcpt.address, error = %e, "cannot start delivery");
+                            Err(Reply::new(451, (4, 3, 0), "local error, try again later"))
+                        }
+                    }
+                }
+            },
+        };
+        slots.push(Slot { rcpt, state });
+    }
+    slots
 }
 
 /// Commit every recipient's copy: one reply each, in RCPT order.
-fn finish(shared: &Shared, slots: Vec<Slot>) -> Vec<Reply> {
-    let (users, _) = shared.users.current();
-    slots
-        .into_iter()
-        .map(|slot| {
-            let pending = match slot.state {
-                Ok(p) => p,
-                Err(reply) => return reply,
-            };
-            let Ok(name) = UserName::new(&slot.rcpt.user) else {
-                return Reply::new(451, (4, 3, 0), "local error, try again later");
-            };
-            // Quota again, now that the size is known (SIZE= is optional and may be wrong).
-            if let Some(record) = users.users.get(&name)
-                && let Err(reply) = check_quota(shared, &name, record, pending.size(), 1)
-            {
-                return reply;
+async fn finish(front: &Frontend, slots: Vec<Slot>) -> Vec<Reply> {
+    let mut replies = Vec::with_capacity(slots.len());
+    for slot in slots {
+        let pending = match slot.state {
+            Ok(p) => p,
+            Err(reply) => {
+                replies.push(reply);
+                continue;
             }
-            match pending.commit() {
-                Ok(d) => {
-                    info!(target: "pillarbox::lmtp", user = %name, file = %d.name, size = d.size, "delivered");
-                    shared.metrics.delivery("delivered");
-                    shared.metrics.delivered_bytes.inc_by(d.size);
-                    Reply::new(250, (2, 0, 0), format!("<{}> delivered", slot.rcpt.address))
-                }
-                Err(e) => {
-                    warn!(user = %name, error = %e, "delivery failed");
-                    shared.metrics.delivery("failed");
-                    shared.metrics.error("store");
-                    Reply::new(451, (4, 3, 0), "local write error, try again later")
-                }
+        };
+        let Ok(name) = UserName::new(&slot.rcpt.user) else {
+            replies.push(Reply::new(451, (4, 3, 0), "local error, try again later"));
+            continue;
+        };
+        replies.push(match front.services.commit_delivery(&name, pending).await {
+            Ok(_) => Reply::new(250, (2, 0, 0), format!("<{}> delivered", slot.rcpt.address)),
+            Err(Refusal::Temporary(_) | Refusal::Permanent(_)) => {
+                Reply::new(451, (4, 3, 0), "local write error, try again later")
             }
-        })
-        .collect()
+            Err(refusal) => reply(&refusal),
+        });
+    }
+    replies
 }

@@ -1,0 +1,203 @@
+//! `pillarbox user ...` and `pillarbox deliver`: the command-line front end of the service
+//! layer's administration and delivery. Everything here is reading arguments and passwords and
+//! printing results; the rules are `pillarbox_core`'s.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use pillarbox_auth::{FileDirectory, UserFile, format_expire, read_secret_line};
+use pillarbox_core::admin::{AdminError, NewPassword, Setting, user_name};
+use pillarbox_core::deliver::Refusal;
+use pillarbox_core::{MemoryGate, Services};
+use pillarbox_proto::{Expire, Secret, UserName};
+use pillarbox_server::config::Config;
+use pillarbox_store::maildir::MaildirStore;
+
+use crate::{EX_CANTCREAT, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, Exit, PasswordSource, UserCommand};
+
+/// The service layer over this configuration's user file and Maildirs.
+fn services(config: &Config) -> Result<Services> {
+    let directory = Arc::new(FileDirectory::new(UserFile::new(&config.users_file)));
+    let store = Arc::new(MaildirStore::new(&config.maildir_root));
+    Ok(Services::new(config.policy(), directory, store, Arc::new(MemoryGate::new()))?)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")
+}
+
+/// An administration error as the command line reports it (with sysexits codes).
+fn exit(e: AdminError) -> anyhow::Error {
+    match e {
+        AdminError::NoSuchUser(_) => Exit(EX_NOUSER, e.to_string()).into(),
+        AdminError::BadName(_) | AdminError::Invalid(_) => Exit(EX_DATAERR, e.to_string()).into(),
+        AdminError::WeakPassword(why) => {
+            Exit(EX_DATAERR, format!("{why}; or use --generate for a strong random password")).into()
+        }
+        e => anyhow::Error::new(e),
+    }
+}
+
+fn parse_user(name: &str) -> Result<UserName> {
+    user_name(name).map_err(exit)
+}
+
+/// A password from standard input or, on a terminal, typed without echo (twice when `confirm`).
+pub(crate) fn read_password(from_stdin: bool, prompt_for: &str, confirm: bool) -> Result<Secret<Vec<u8>>> {
+    if from_stdin {
+        return Ok(read_secret_line(std::io::stdin().lock())?);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no terminal to ask for the password on; use --password-stdin");
+    }
+    let first = Secret::new(rpassword::prompt_password(format!("Password for {prompt_for}: "))?.into_bytes());
+    if confirm {
+        let second = Secret::new(rpassword::prompt_password("Repeat the password: ")?.into_bytes());
+        if first != second {
+            bail!("the passwords do not match");
+        }
+    }
+    Ok(first)
+}
+
+fn new_password(source: &PasswordSource, name: &UserName) -> Result<NewPassword> {
+    Ok(if source.generate {
+        NewPassword::Generate
+    } else {
+        NewPassword::Given(read_password(source.password_stdin, name.as_str(), true)?)
+    })
+}
+
+fn show_generated(name: &UserName, generated: Option<String>) {
+    if let Some(p) = generated {
+        println!("generated password for {name} (shown only now): {p}");
+    }
+}
+
+pub(crate) fn command(config: &Config, cmd: UserCommand) -> Result<ExitCode> {
+    let s = services(config)?;
+    runtime()?.block_on(run(&s, cmd))
+}
+
+async fn run(s: &Services, cmd: UserCommand) -> Result<ExitCode> {
+    let exists = async |name: &UserName| s.directory.lookup(name).await.map(|e| e.is_some());
+    match cmd {
+        UserCommand::Add { name, password } => {
+            let name = parse_user(&name)?;
+            // Asked before the password is, so nobody types one for nothing.
+            if exists(&name).await? {
+                return Err(exit(AdminError::Exists(name)));
+            }
+            let password = new_password(&password, &name)?;
+            show_generated(&name, s.add_user(&name, password).await.map_err(exit)?);
+            println!("added user {name}");
+        }
+        UserCommand::Passwd { name, password } => {
+            let name = parse_user(&name)?;
+            if !exists(&name).await? {
+                return Err(exit(AdminError::NoSuchUser(name)));
+            }
+            let password = new_password(&password, &name)?;
+            show_generated(&name, s.set_password(&name, password).await.map_err(exit)?);
+            println!("changed the password of {name}");
+        }
+        UserCommand::Del { name } => {
+            let name = parse_user(&name)?;
+            let kept = s.remove_user(&name).await.map_err(exit)?;
+            println!("removed user {name} (the maildrop {kept} is kept)");
+        }
+        UserCommand::List => {
+            for entry in s.users().await.map_err(exit)? {
+                let mut line = entry.name.to_string();
+                if entry.record.apop_secret.is_some() {
+                    line.push_str("\tapop");
+                }
+                for (key, value) in entry.record.settings() {
+                    line.push_str(&format!("\t{key}={value}"));
+                }
+                println!("{line}");
+            }
+        }
+        UserCommand::Quota { name, bytes, messages, clear } => {
+            let name = parse_user(&name)?;
+            let setting =
+                if clear { Setting::ClearQuota } else { Setting::Quota { bytes: bytes.map(|b| b.0), messages } };
+            s.set(&name, setting).await.map_err(exit)?;
+            println!("updated the quota of {name}");
+        }
+        UserCommand::Expire { name, days, never, default } => {
+            let name = parse_user(&name)?;
+            let expire = match (days, never, default) {
+                (Some(d), _, _) => Some(Expire::Days(d)),
+                (None, true, _) => Some(Expire::Never),
+                _ => None,
+            };
+            s.set(&name, Setting::Expire(expire)).await.map_err(exit)?;
+            match expire {
+                Some(e) => println!("retention of {name}: {}", format_expire(e)),
+                None => println!("{name} uses the server's default retention"),
+            }
+        }
+        UserCommand::LoginDelay { name, seconds, default: _ } => {
+            let name = parse_user(&name)?;
+            s.set(&name, Setting::LoginDelay(seconds)).await.map_err(exit)?;
+            match seconds {
+                Some(secs) => println!("{name} must wait {secs} seconds between logins"),
+                None => println!("{name} uses the server's default login delay"),
+            }
+        }
+        UserCommand::Import { file, replace } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let report = s.import_users(&text, replace).await.map_err(exit)?;
+            println!("imported {} user(s) from {}", report.imported, file.display());
+            for line in &report.skipped {
+                println!("skipped {line}");
+            }
+            if report.imported > 0 {
+                println!(
+                    "their Dovecot hashes are kept and replaced by argon2id (with SCRAM keys) at each user's first login"
+                );
+            }
+            return Ok(if report.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EX_DATAERR) });
+        }
+        UserCommand::Apop { name, secret_stdin, clear } => {
+            let name = parse_user(&name)?;
+            let secret = if clear {
+                None
+            } else if secret_stdin {
+                Some(read_secret_line(std::io::stdin().lock())?)
+            } else {
+                bail!("give --secret-stdin to set the APOP secret, or --clear to remove it");
+            };
+            s.set_apop(&name, secret).await.map_err(exit)?;
+            println!("{} the APOP secret of {name}", if clear { "removed" } else { "set" });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pillarbox deliver NAME`: one message from standard input, with the same size and quota
+/// rules as LMTP. Exits with sysexits codes that MTAs understand; on failure nothing is stored.
+pub(crate) fn deliver(config: &Config, user: &str, max_size: Option<u64>) -> Result<ExitCode> {
+    let s = services(config)?;
+    let stdin: Box<dyn std::io::Read + Send> = Box::new(std::io::stdin());
+    match runtime()?.block_on(s.deliver(user, stdin, max_size)) {
+        Ok(d) => {
+            tracing::info!(user = %user, file = %d.name, size = d.size, "delivered");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(Refusal::UnknownUser) => Err(Exit(EX_NOUSER, format!("no such user: {user}")).into()),
+        Err(Refusal::TooLarge { limit }) => {
+            Err(Exit(EX_DATAERR, format!("message refused: larger than {limit} octets")).into())
+        }
+        Err(r @ Refusal::OverQuota { permanent: true }) => {
+            Err(Exit(EX_CANTCREAT, format!("delivery to {user} refused, nothing was stored: {r}")).into())
+        }
+        Err(r @ Refusal::Permanent(_)) => {
+            Err(Exit(EX_CANTCREAT, format!("delivery to {user} failed, nothing was stored: {r}")).into())
+        }
+        Err(r) => Err(Exit(EX_TEMPFAIL, format!("delivery to {user} failed, nothing was stored: {r}")).into()),
+    }
+}

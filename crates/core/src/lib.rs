@@ -1,0 +1,162 @@
+//! Pillarbox's service layer: the rules of the mail system, in one place for every front end
+//! (the POP3 and LMTP drivers, the command line, and an HTTP surface). [`Services`] holds the
+//! user [`Directory`], the [`Mailstore`], the [`LoginGate`] and the metrics, and offers:
+//!
+//! - login ([`login`]): credential checks that cost the same for unknown users, brute-force
+//!   delays, LOGIN-DELAY, sessions per user, the compare-and-set upgrade of imported hashes, and
+//!   opening the maildrop;
+//! - delivery ([`deliver`]): recipient mapping, size limits and quotas, for LMTP and
+//!   `pillarbox deliver` alike;
+//! - user administration ([`admin`]): add, passwd, del, quota, expire, login-delay, APOP,
+//!   import, each creating or keeping the maildrop as it should;
+//! - the retention round ([`expunge`]) of RFC 2449 EXPIRE.
+//!
+//! No front end touches the directory or the store for any of these on its own.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use pillarbox_auth::Directory;
+use pillarbox_proto::Expire;
+pub use pillarbox_store::Mailstore;
+
+pub mod admin;
+pub mod deliver;
+pub mod expunge;
+pub mod gate;
+mod hashpool;
+pub mod login;
+pub mod metrics;
+pub mod sasl;
+
+pub use gate::{LoginGate, MemoryGate, Permit};
+pub use metrics::Metrics;
+
+/// What to do with mail for a full mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverQuota {
+    /// 552 5.2.2: the sender's MTA bounces the message.
+    Permanent,
+    /// 452 4.2.2: the sender's MTA keeps it and retries.
+    Temporary,
+}
+
+/// The rules for delivery.
+#[derive(Debug, Clone)]
+pub struct DeliveryPolicy {
+    /// Domains delivered here (empty: any).
+    pub domains: Vec<String>,
+    /// `user+detail` is `user` (empty: no detail part).
+    pub recipient_delimiter: String,
+    /// Largest message accepted over LMTP, in octets.
+    pub max_message_size: u64,
+    /// Recipients per LMTP transaction.
+    pub max_recipients: usize,
+    /// Default quota in octets (0: none).
+    pub quota_bytes: u64,
+    /// Default quota in messages (0: none).
+    pub quota_messages: u64,
+    pub over_quota: OverQuota,
+}
+
+impl Default for DeliveryPolicy {
+    fn default() -> Self {
+        Self {
+            domains: Vec::new(),
+            recipient_delimiter: "+".into(),
+            max_message_size: 50 * 1000 * 1000,
+            max_recipients: 100,
+            quota_bytes: 0,
+            quota_messages: 0,
+            over_quota: OverQuota::Permanent,
+        }
+    }
+}
+
+/// The rules every front end follows, from the server configuration.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Exclusive maildrop access (RFC 1939 section 8).
+    pub lock: bool,
+    /// APOP for users who have a secret.
+    pub apop: bool,
+    /// Default retention (RFC 2449 EXPIRE).
+    pub expire: Expire,
+    /// Default LOGIN-DELAY in seconds (0: none).
+    pub login_delay: u32,
+    pub scram_sha1: bool,
+    /// Replace imported hashes at the next login.
+    pub upgrade_hashes: bool,
+    /// Lowest zxcvbn score (0-4) a new password may have.
+    pub min_password_score: u8,
+    /// First brute-force delay; doubled with each failure up to `fail_delay_max`.
+    pub fail_delay: Duration,
+    pub fail_delay_max: Duration,
+    /// Open sessions per user (0: no limit; with `lock` a maildrop has one anyway).
+    pub max_sessions_per_user: usize,
+    pub delivery: DeliveryPolicy,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            lock: true,
+            apop: false,
+            expire: Expire::Never,
+            login_delay: 0,
+            scram_sha1: false,
+            upgrade_hashes: true,
+            min_password_score: 3,
+            fail_delay: Duration::from_secs(2),
+            fail_delay_max: Duration::from_secs(15),
+            max_sessions_per_user: 0,
+            delivery: DeliveryPolicy::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("no randomness available: {0}")]
+    Random(String),
+    #[error("cannot start the password-checking threads: {0}")]
+    Threads(std::io::Error),
+}
+
+/// The service layer: every rule of the mail system over its three backends.
+pub struct Services {
+    pub policy: Arc<Policy>,
+    pub directory: Arc<dyn Directory>,
+    pub store: Arc<dyn Mailstore>,
+    pub gate: Arc<dyn LoginGate>,
+    pub metrics: Arc<Metrics>,
+    /// This machine's name, for trace headers and APOP timestamps.
+    pub hostname: String,
+    /// Where password hashes are checked.
+    hashes: hashpool::HashPool,
+    /// Secret for the SCRAM parameters of unknown users.
+    scram_secret: [u8; 32],
+}
+
+impl Services {
+    pub fn new(
+        policy: Policy,
+        directory: Arc<dyn Directory>,
+        store: Arc<dyn Mailstore>,
+        gate: Arc<dyn LoginGate>,
+    ) -> Result<Self, CoreError> {
+        let mut scram_secret = [0u8; 32];
+        getrandom::fill(&mut scram_secret).map_err(|e| CoreError::Random(e.to_string()))?;
+        Ok(Self {
+            policy: Arc::new(policy),
+            directory,
+            store,
+            gate,
+            metrics: Arc::default(),
+            hostname: pillarbox_os::host_name(),
+            hashes: hashpool::HashPool::per_core().map_err(CoreError::Threads)?,
+            scram_secret,
+        })
+    }
+}

@@ -1,0 +1,265 @@
+//! Login: checking a credential without telling unknown users from wrong passwords, the
+//! brute-force delay after a failure, LOGIN-DELAY (RFC 2449 section 6.5), sessions per user,
+//! the transparent upgrade of imported password hashes (a compare-and-set, so it never undoes a
+//! password an administrator set meanwhile), and opening the maildrop. One audit line per
+//! attempt, never with a secret.
+//!
+//! A front end calls [`Services::check_credential`] (USER/PASS, APOP, SASL PLAIN/LOGIN) or runs
+//! a [`crate::sasl::Mech`] that proves the user itself, then [`Services::open_session`] on
+//! success or [`Services::login_failed`] on failure.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pillarbox_auth::directory::{SecretVersion, Secrets, canonical_login, scram_keys};
+use pillarbox_auth::scram::DEFAULT_ITERATIONS;
+use pillarbox_auth::{DirectoryError, Entry, ScramHash, ScramKeys, Summary};
+use pillarbox_proto::server::{AuthFailure, Credential, ExpireCapa, Login};
+use pillarbox_proto::{Listing, Secret, UserName, apop};
+use pillarbox_store::{Maildrop, StoreError};
+use sha2::{Digest, Sha256};
+use tracing::{error, info, warn};
+
+use crate::{Permit, Services};
+
+/// Who is trying to log in, for the log and the counters.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    /// `USER/PASS`, `APOP` or the SASL mechanism's name.
+    pub mechanism: &'a str,
+}
+
+/// A user whose credential was proven, ready for [`Services::open_session`].
+pub struct Verified {
+    name: UserName,
+    /// The password, for the upgrade of an imported hash (password logins only).
+    password: Option<Secret<Vec<u8>>>,
+    /// The state of the secrets the password was checked against.
+    version: Option<SecretVersion>,
+}
+
+impl Verified {
+    /// A user proven by the exchange itself (SCRAM): nothing to upgrade.
+    pub fn by_proof(name: UserName) -> Self {
+        Self { name, password: None, version: None }
+    }
+
+    pub fn name(&self) -> &UserName {
+        &self.name
+    }
+}
+
+/// What a greeting and CAPA announce before anyone logs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announce {
+    /// Some user can log in with APOP (the greeting carries a timestamp).
+    pub apop: bool,
+    pub expire: ExpireCapa,
+    /// The default LOGIN-DELAY and whether users differ from it, when there is any.
+    pub login_delay: Option<(u32, bool)>,
+}
+
+/// An open session: the maildrop's fixed listing, the handle that serves it, and what the
+/// client is told after login. Dropping it releases the maildrop and the session's count.
+pub struct UserSession {
+    pub name: UserName,
+    pub listing: Listing,
+    pub maildrop: Box<dyn Maildrop>,
+    pub login: Login,
+    _permit: Option<Permit>,
+}
+
+impl Services {
+    /// What the greeting and CAPA of a new connection announce.
+    pub async fn announce(&self) -> Announce {
+        let summary = match self.directory.summary().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "the user directory cannot be read");
+                std::sync::Arc::new(Summary::default())
+            }
+        };
+        let p = &self.policy;
+        let per_user_delay = summary.login_delays.iter().any(|&d| d != p.login_delay);
+        Announce {
+            apop: p.apop && summary.apop,
+            expire: ExpireCapa { default: p.expire, per_user: summary.expires.iter().any(|&e| e != p.expire) },
+            login_delay: (p.login_delay > 0 || per_user_delay).then_some((p.login_delay, per_user_delay)),
+        }
+    }
+
+    async fn lookup(&self, name: &UserName) -> Result<Option<Entry>, DirectoryError> {
+        if let Some(problem) = self.directory.problem() {
+            warn!(error = %problem, "the user directory has a problem; using the last good copy");
+        }
+        self.directory.lookup(name).await
+    }
+
+    /// Check USER/PASS, APOP or a password from PLAIN/LOGIN. Unknown users cost the same work
+    /// as known ones; slow hashes are checked on the hashing threads.
+    pub async fn check_credential(&self, login: &str, credential: Credential) -> Option<Verified> {
+        let name = canonical_login(login);
+        let entry = match &name {
+            Some(n) => match self.lookup(n).await {
+                Ok(e) => e,
+                Err(e) => {
+                    warn!(error = %e, "the user directory cannot be read");
+                    None
+                }
+            },
+            None => None,
+        };
+        let ok = match &credential {
+            Credential::Apop { timestamp, digest } => entry
+                .as_ref()
+                .and_then(|e| e.record.apop_secret.as_ref())
+                .is_some_and(|s| apop::verify(timestamp, s.expose(), digest.expose())),
+            Credential::Password(p) if pillarbox_auth::fast_to_verify(entry.as_ref().map(|e| &e.record)) => {
+                self.directory.verify_password(entry.as_ref(), p.expose())
+            }
+            Credential::Password(p) => {
+                let (directory, entry, p) = (self.directory.clone(), entry.clone(), p.clone());
+                self.hashes.run(move || directory.verify_password(entry.as_ref(), p.expose())).await.unwrap_or(false)
+            }
+        };
+        let (Some(name), Some(entry), true) = (name, entry, ok) else { return None };
+        let password = match credential {
+            Credential::Password(p) => Some(p),
+            Credential::Apop { .. } => None,
+        };
+        Some(Verified { name, password, version: Some(entry.version) })
+    }
+
+    /// The SCRAM keys for `login` (as the client typed it): the user's own, or keys derived
+    /// from a secret for a user that does not exist or has none yet, so that repeated attempts
+    /// see the same salt and nothing tells the cases apart. The user is `None` for made-up keys.
+    pub async fn scram_keys(&self, login: &str, hash: ScramHash) -> (Option<UserName>, ScramKeys) {
+        let name = canonical_login(login);
+        let keys = match &name {
+            Some(n) => self.lookup(n).await.ok().flatten().and_then(|e| scram_keys(&e.record, hash).cloned()),
+            None => None,
+        };
+        match keys {
+            Some(k) => (name, k),
+            None => (None, self.fake_scram_keys(login)),
+        }
+    }
+
+    fn fake_scram_keys(&self, login: &str) -> ScramKeys {
+        let mut h = Sha256::new();
+        h.update(self.scram_secret);
+        h.update(login.as_bytes());
+        let digest = h.finalize();
+        ScramKeys {
+            iterations: DEFAULT_ITERATIONS,
+            salt: digest[..16].to_vec(),
+            stored_key: digest.to_vec(),
+            server_key: digest.to_vec(),
+        }
+    }
+
+    /// A failed login: count it, log it, and wait the brute-force delay (doubling with each
+    /// failure from the address or for the account, capped) before the caller answers.
+    pub async fn login_failed(&self, attempt: &Attempt<'_>, claimed: &str) {
+        let account = canonical_login(claimed).map_or_else(|| claimed.to_owned(), |n| n.to_string());
+        let count = self.gate.failure(attempt.peer.ip(), &account).await;
+        let p = &self.policy;
+        let factor = 1u32.checked_shl(count.saturating_sub(1)).unwrap_or(u32::MAX);
+        let delay = p.fail_delay.saturating_mul(factor).min(p.fail_delay_max);
+        info!(
+            target: "pillarbox::auth",
+            client = %attempt.peer, user = claimed, mechanism = attempt.mechanism, tls = attempt.tls, result = "failed",
+            delay_ms = delay.as_millis() as u64, "authentication failed"
+        );
+        self.metrics.login(attempt.mechanism, "failed");
+        self.metrics.auth_delay(delay);
+        tokio::time::sleep(delay).await;
+    }
+
+    /// After the credential is proven: LOGIN-DELAY, the session count, the stored-secret
+    /// upgrade, and opening (and, with `lock`, locking) the maildrop.
+    pub async fn open_session(&self, attempt: &Attempt<'_>, verified: Verified) -> Result<UserSession, AuthFailure> {
+        let name = verified.name.clone();
+        self.gate.success(attempt.peer.ip(), name.as_str()).await;
+        let opened = self.open_verified(verified).await;
+        let result = match &opened {
+            Ok(_) => "ok",
+            Err(AuthFailure::InUse) => "in-use",
+            Err(AuthFailure::LoginDelay) => "login-delay",
+            Err(_) => "maildrop-error",
+        };
+        info!(
+            target: "pillarbox::auth",
+            client = %attempt.peer, user = %name, mechanism = attempt.mechanism, tls = attempt.tls, result,
+            delay_ms = 0u64, "login"
+        );
+        self.metrics.login(attempt.mechanism, result);
+        opened
+    }
+
+    async fn open_verified(&self, verified: Verified) -> Result<UserSession, AuthFailure> {
+        let Verified { name, password, version } = verified;
+        let entry = match self.lookup(&name).await {
+            Ok(Some(e)) => e,
+            // Removed between the check and now.
+            Ok(None) => return Err(AuthFailure::Credentials),
+            Err(e) => {
+                error!(user = %name, error = %e, "the user directory cannot be read");
+                return Err(AuthFailure::Temporary);
+            }
+        };
+        let record = &entry.record;
+        let p = &self.policy;
+        let login_delay = record.login_delay.unwrap_or(p.login_delay);
+        if login_delay > 0 && !self.gate.login_allowed(&name, Duration::from_secs(u64::from(login_delay))).await {
+            return Err(AuthFailure::LoginDelay);
+        }
+        let permit = self.gate.session(&name, p.max_sessions_per_user).await.ok_or(AuthFailure::InUse)?;
+        if let (Some(pw), Some(seen)) = (password, version)
+            && p.upgrade_hashes
+            && record.needs_upgrade(p.scram_sha1)
+        {
+            self.upgrade(&name, pw, seen).await;
+        }
+        let expire = record.expire.unwrap_or(p.expire);
+        let login = Login { expire: Some(expire), login_delay: (login_delay > 0).then_some(login_delay) };
+        match self.store.open(&name, p.lock).await {
+            Ok(opened) => Ok(UserSession {
+                name,
+                listing: opened.listing,
+                maildrop: opened.maildrop,
+                login,
+                _permit: Some(permit),
+            }),
+            Err(StoreError::InUse) => Err(AuthFailure::InUse),
+            Err(e) => {
+                error!(user = %name, error = %e, "cannot open maildrop");
+                self.metrics.error("store");
+                Err(if e.is_permanent() { AuthFailure::Permanent } else { AuthFailure::Temporary })
+            }
+        }
+    }
+
+    /// Replace an imported legacy hash with argon2id and add SCRAM keys, from the password the
+    /// user just proved, unless the secrets changed since they were checked.
+    async fn upgrade(&self, name: &UserName, password: Secret<Vec<u8>>, seen: SecretVersion) {
+        let sha1 = self.policy.scram_sha1;
+        let secrets = self.hashes.run(move || Secrets::for_password(password.expose(), sha1)).await;
+        let secrets = match secrets {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => return warn!(user = %name, error = %e, "could not upgrade the stored password"),
+            None => return warn!(user = %name, "could not upgrade the stored password: the hashing thread failed"),
+        };
+        match self.directory.set_secrets(name, Some(seen), secrets).await {
+            Ok(_) => {
+                info!(target: "pillarbox::auth", user = %name, "stored password upgraded to argon2id with SCRAM keys")
+            }
+            Err(DirectoryError::Conflict(_)) => {
+                info!(target: "pillarbox::auth", user = %name, "stored password not upgraded: it was changed meanwhile")
+            }
+            Err(e) => warn!(user = %name, error = %e, "could not upgrade the stored password"),
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The service layer's rules, through its own API, over the in-memory directory, gate and store
+//! (and the Maildir store where files matter).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pillarbox_auth::{Directory, MemoryDirectory, UserRecord};
+use pillarbox_core::admin::{AdminError, Imported, NewPassword, Setting};
+use pillarbox_core::deliver::Refusal;
+use pillarbox_core::login::Attempt;
+use pillarbox_core::{MemoryGate, Policy, Services};
+use pillarbox_proto::server::{AuthFailure, Credential};
+use pillarbox_proto::{Expire, Secret, UserName};
+use pillarbox_store::Mailstore;
+use pillarbox_store::maildir::MaildirStore;
+use pillarbox_store::memory::MemoryStore;
+
+const PASSWORD: &str = "correct horse battery staple 2026";
+
+fn name(s: &str) -> UserName {
+    UserName::new(s).expect("name")
+}
+
+fn services(policy: Policy) -> (Services, Arc<MemoryDirectory>, MemoryStore) {
+    let directory = Arc::new(MemoryDirectory::new());
+    let store = MemoryStore::new();
+    let s = Services::new(policy, directory.clone(), Arc::new(store.clone()), Arc::new(MemoryGate::new()))
+        .expect("services");
+    (s, directory, store)
+}
+
+fn password(p: &str) -> Credential {
+    Credential::Password(Secret::new(p.as_bytes().to_vec()))
+}
+
+fn attempt() -> Attempt<'static> {
+    Attempt { peer: SocketAddr::from(([192, 0, 2, 7], 40000)), tls: true, mechanism: "USER/PASS" }
+}
+
+async fn add(s: &Services, user: &str) {
+    s.add_user(&name(user), NewPassword::Given(Secret::new(PASSWORD.as_bytes().to_vec()))).await.expect("add");
+}
+
+fn message(n: usize) -> Box<dyn std::io::Read + Send> {
+    Box::new(std::io::Cursor::new(format!("Subject: {n}\n\nbody {n}\n").into_bytes()))
+}
+
+#[tokio::test]
+async fn logins_check_credentials_and_open_the_maildrop() {
+    let (s, _, _) = services(Policy::default());
+    add(&s, "alice").await;
+    assert!(s.check_credential("alice", password("wrong password")).await.is_none());
+    assert!(s.check_credential("nobody", password(PASSWORD)).await.is_none());
+    let v = s.check_credential("ALICE", password(PASSWORD)).await.expect("canonical name, right password");
+    assert_eq!(v.name().as_str(), "alice");
+    let session = s.open_session(&attempt(), v).await.expect("open");
+    assert!(session.maildrop.lease().is_some(), "lock = true leases the maildrop");
+    let again = s.check_credential("alice", password(PASSWORD)).await.expect("verified");
+    assert!(matches!(s.open_session(&attempt(), again).await, Err(AuthFailure::InUse)));
+    drop(session);
+    let again = s.check_credential("alice", password(PASSWORD)).await.expect("verified");
+    assert!(s.open_session(&attempt(), again).await.is_ok(), "the maildrop is free again");
+}
+
+#[tokio::test]
+async fn a_login_upgrade_never_undoes_a_password_change_made_meanwhile() {
+    let (s, directory, _) = services(Policy::default());
+    let alice = name("alice");
+    // An imported hash, upgraded at the next password login.
+    directory.create(&alice, UserRecord::with_hash("{PLAIN}imported secret".into())).await.expect("create");
+    let verified = s.check_credential("alice", password("imported secret")).await.expect("imported hash verifies");
+    // Between the check and the upgrade, the administrator sets a new password.
+    s.set_password(&alice, NewPassword::Given(Secret::new(PASSWORD.as_bytes().to_vec()))).await.expect("passwd");
+    drop(s.open_session(&attempt(), verified).await.expect("the login itself goes on"));
+    let entry = directory.lookup(&alice).await.expect("lookup").expect("alice");
+    assert!(directory.verify_password(Some(&entry), PASSWORD.as_bytes()), "the administrator's password stands");
+    assert!(!directory.verify_password(Some(&entry), b"imported secret"), "the old one is not brought back");
+
+    // Without a change meanwhile, the upgrade happens: argon2id and SCRAM keys.
+    let bob = name("bob");
+    directory.create(&bob, UserRecord::with_hash("{PLAIN}imported secret".into())).await.expect("create");
+    let verified = s.check_credential("bob", password("imported secret")).await.expect("verifies");
+    drop(s.open_session(&attempt(), verified).await.expect("open"));
+    let entry = directory.lookup(&bob).await.expect("lookup").expect("bob");
+    assert!(entry.record.password_hash.starts_with("$argon2id$"), "{}", entry.record.password_hash);
+    assert!(entry.record.scram_sha256.is_some());
+    assert!(directory.verify_password(Some(&entry), b"imported secret"));
+}
+
+#[tokio::test]
+async fn scram_keys_of_unknown_users_look_like_real_ones_and_stay_the_same() {
+    let (s, _, _) = services(Policy::default());
+    add(&s, "alice").await;
+    let hash = pillarbox_auth::ScramHash::Sha256;
+    let (user, real) = s.scram_keys("alice", hash).await;
+    assert_eq!(user.map(|u| u.to_string()), Some("alice".into()));
+    let (none, fake) = s.scram_keys("mallory", hash).await;
+    assert!(none.is_none());
+    assert_eq!((fake.salt.len(), fake.iterations), (real.salt.len(), real.iterations));
+    assert_eq!(s.scram_keys("mallory", hash).await.1.salt, fake.salt, "the same salt every time");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_logins_wait_longer_each_time_up_to_the_cap() {
+    let policy =
+        Policy { fail_delay: Duration::from_secs(2), fail_delay_max: Duration::from_secs(7), ..Policy::default() };
+    let (s, _, _) = services(policy);
+    let mut waited = Vec::new();
+    for _ in 0..4 {
+        let start = tokio::time::Instant::now();
+        s.login_failed(&attempt(), "alice").await;
+        waited.push(start.elapsed().as_secs());
+    }
+    assert_eq!(waited, vec![2, 4, 7, 7]);
+    // A success clears the count.
+    add(&s, "alice").await;
+    let v = s.check_credential("alice", password(PASSWORD)).await.expect("verified");
+    drop(s.open_session(&attempt(), v).await.expect("open"));
+    let start = tokio::time::Instant::now();
+    s.login_failed(&attempt(), "alice").await;
+    assert_eq!(start.elapsed().as_secs(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn login_delay_and_sessions_per_user() {
+    let policy = Policy { lock: false, login_delay: 60, max_sessions_per_user: 2, ..Policy::default() };
+    let (s, _, _) = services(policy);
+    add(&s, "alice").await;
+    let login = async || s.check_credential("alice", password(PASSWORD)).await.expect("verified");
+    let first = s.open_session(&attempt(), login().await).await.expect("first");
+    assert_eq!(first.login.login_delay, Some(60));
+    assert!(matches!(s.open_session(&attempt(), login().await).await, Err(AuthFailure::LoginDelay)));
+    // Per user: a shorter delay of their own.
+    s.set(&name("alice"), Setting::LoginDelay(Some(1))).await.expect("set");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let second = s.open_session(&attempt(), login().await).await.expect("second");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(matches!(s.open_session(&attempt(), login().await).await, Err(AuthFailure::InUse)), "two at most");
+    drop(second);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(s.open_session(&attempt(), login().await).await.is_ok());
+    drop(first);
+}
+
+#[tokio::test]
+async fn announce_reflects_per_user_settings() {
+    let (s, _, _) = services(Policy { expire: Expire::Days(30), ..Policy::default() });
+    add(&s, "alice").await;
+    let a = s.announce().await;
+    assert!(!a.apop && !a.expire.per_user && a.login_delay.is_none());
+    s.set(&name("alice"), Setting::Expire(Some(Expire::Days(3)))).await.expect("set");
+    s.set_apop(&name("alice"), Some(Secret::new(b"apop secret".to_vec()))).await.expect("apop");
+    let a = s.announce().await;
+    assert!(a.expire.per_user);
+    assert!(!a.apop, "APOP is off in this policy");
+    let (s, _, _) = services(Policy { apop: true, ..Policy::default() });
+    add(&s, "bob").await;
+    s.set_apop(&name("bob"), Some(Secret::new(b"apop secret".to_vec()))).await.expect("apop");
+    assert!(s.announce().await.apop);
+}
+
+#[tokio::test]
+async fn recipients_map_to_users_within_the_configured_domains() {
+    let mut policy = Policy::default();
+    policy.delivery.domains = vec!["example.org".into()];
+    let (s, _, _) = services(policy);
+    add(&s, "alice").await;
+    assert_eq!(s.recipient("Alice+lists@EXAMPLE.org", None).await.map(|u| u.to_string()), Ok("alice".into()));
+    assert_eq!(s.recipient("alice@example.com", None).await, Err(Refusal::NotHere("example.com".into())));
+    assert_eq!(s.recipient("bob@example.org", None).await, Err(Refusal::UnknownUser));
+    assert_eq!(s.recipient("b o b@example.org", None).await, Err(Refusal::UnknownUser));
+}
+
+#[tokio::test]
+async fn every_delivery_path_enforces_the_quota() {
+    let mut policy = Policy::default();
+    policy.delivery.quota_messages = 2;
+    let (s, _, store) = services(policy);
+    add(&s, "alice").await;
+    // The MDA path (`pillarbox deliver`), which once skipped the quota.
+    s.deliver("alice", message(1), None).await.expect("first");
+    s.deliver("alice", message(2), None).await.expect("second");
+    assert_eq!(s.deliver("alice", message(3), None).await, Err(Refusal::OverQuota { permanent: true }));
+    // The LMTP path: refused at RCPT already.
+    assert_eq!(s.recipient("alice", Some(10)).await, Err(Refusal::OverQuota { permanent: true }));
+    assert_eq!(store.usage(&name("alice")).await.expect("usage").messages, 2);
+    // A user's own quota overrides the default; a temporary policy asks the sender to retry.
+    s.set(&name("alice"), Setting::Quota { bytes: Some(1_000_000), messages: Some(10) }).await.expect("set");
+    s.deliver("alice", message(3), None).await.expect("within the user's own quota");
+    let mut policy = Policy::default();
+    policy.delivery.quota_bytes = 30;
+    policy.delivery.over_quota = pillarbox_core::OverQuota::Temporary;
+    let (s, _, _) = services(policy);
+    add(&s, "bob").await;
+    s.deliver("bob", message(1), None).await.expect("fits");
+    let r = s.deliver("bob", message(2), None).await;
+    assert_eq!(r, Err(Refusal::OverQuota { permanent: false }));
+    assert!(r.err().is_some_and(|r| r.is_temporary()));
+}
+
+#[tokio::test]
+async fn the_size_limit_and_unknown_users_store_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(MaildirStore::new(dir.path()));
+    let s =
+        Services::new(Policy::default(), Arc::new(MemoryDirectory::new()), store.clone(), Arc::new(MemoryGate::new()))
+            .expect("services");
+    add(&s, "alice").await;
+    let big: Box<dyn std::io::Read + Send> = Box::new(std::io::Cursor::new(vec![b'x'; 200_000]));
+    assert_eq!(s.deliver("alice", big, Some(100_000)).await, Err(Refusal::TooLarge { limit: 100_000 }));
+    assert_eq!(s.deliver("nobody", message(1), None).await, Err(Refusal::UnknownUser));
+    assert_eq!(store.usage(&name("alice")).await.expect("usage").messages, 0);
+    assert_eq!(std::fs::read_dir(dir.path().join("alice/tmp")).expect("tmp").count(), 0, "no partial file left");
+    assert!(!dir.path().join("nobody").exists(), "no maildrop made for an unknown user");
+    let d = s.deliver("alice", message(1), Some(100_000)).await.expect("deliver");
+    assert!(dir.path().join("alice/new").join(&d.name).is_file());
+}
+
+#[tokio::test]
+async fn administration_keeps_its_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Services::new(
+        Policy::default(),
+        Arc::new(MemoryDirectory::new()),
+        Arc::new(MaildirStore::new(dir.path())),
+        Arc::new(MemoryGate::new()),
+    )
+    .expect("services");
+    let alice = name("alice");
+    let weak = s.add_user(&alice, NewPassword::Given(Secret::new(b"password1".to_vec()))).await;
+    assert!(matches!(weak, Err(AdminError::WeakPassword(_))), "{weak:?}");
+    let generated = s.add_user(&alice, NewPassword::Generate).await.expect("add").expect("generated");
+    assert!(dir.path().join("alice/new").is_dir(), "the maildrop exists before the first delivery");
+    let v = s.check_credential("alice", password(&generated)).await;
+    assert!(v.is_some(), "the generated password works");
+    assert!(matches!(s.add_user(&alice, NewPassword::Generate).await, Err(AdminError::Exists(_))));
+    assert!(matches!(s.set(&name("bob"), Setting::ClearQuota).await, Err(AdminError::NoSuchUser(_))));
+    assert!(matches!(s.set(&alice, Setting::Quota { bytes: None, messages: None }).await, Err(AdminError::Invalid(_))));
+    assert!(matches!(s.set_apop(&alice, Some(Secret::new(Vec::new()))).await, Err(AdminError::Invalid(_))));
+    let kept = s.remove_user(&alice).await.expect("remove");
+    assert_eq!(kept, dir.path().join("alice").display().to_string());
+    assert!(dir.path().join("alice/new").is_dir(), "the mail is kept");
+    assert!(s.check_credential("alice", password(&generated)).await.is_none());
+
+    let report = s
+        .import_users(
+            "# a Dovecot passwd-file\ncarol:{PLAIN}carol secret::::::\nbad name:{PLAIN}x\ndave:{CRAM-MD5}abc\nnocolon\n",
+            false,
+        )
+        .await
+        .expect("import");
+    assert_eq!(report.imported, 1);
+    assert_eq!(report.skipped.len(), 3, "{:?}", report.skipped);
+    assert!(s.check_credential("carol", password("carol secret")).await.is_some());
+    let again = s.import_users("carol:{PLAIN}other\n", false).await.expect("import");
+    assert_eq!(again, Imported { imported: 0, skipped: vec!["carol: already exists (use --replace)".into()] });
+}
+
+#[tokio::test]
+async fn the_expunge_round_removes_what_is_past_retention() {
+    let (s, _, store) = services(Policy { expire: Expire::Days(1), ..Policy::default() });
+    add(&s, "alice").await;
+    add(&s, "bob").await;
+    s.set(&name("bob"), Setting::Expire(Some(Expire::Never))).await.expect("set");
+    for user in ["alice", "bob"] {
+        s.deliver(user, message(1), None).await.expect("deliver");
+        s.deliver(user, message(2), None).await.expect("deliver");
+        let mut opened = store.open(&name(user), true).await.expect("open");
+        let long_ago = pillarbox_os::unix_now() - 3 * 86_400;
+        opened
+            .maildrop
+            .commit(&pillarbox_store::Update { deleted: &[], retrieved: &[0], now: long_ago })
+            .await
+            .expect("retrieved three days ago");
+    }
+    assert_eq!(s.expunge_round().await, 1, "alice's old message; bob keeps his");
+    assert_eq!(store.usage(&name("alice")).await.expect("usage").messages, 1);
+    assert_eq!(store.usage(&name("bob")).await.expect("usage").messages, 2);
+    // A maildrop in use is left for the next round.
+    let held = s.check_credential("alice", password(PASSWORD)).await.expect("verified");
+    let held = s.open_session(&attempt(), held).await.expect("open");
+    assert_eq!(s.expunge_round().await, 0);
+    drop(held);
+}

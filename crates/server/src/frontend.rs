@@ -1,0 +1,43 @@
+//! What the POP3 and LMTP drivers share: the service layer, the server's own settings, the TLS
+//! acceptor, and who is on the other end of a connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pillarbox_core::Services;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+
+/// Everything a connection's driver needs, shared by all connections.
+pub(crate) struct Frontend {
+    pub(crate) services: Arc<Services>,
+    pub(crate) config: Arc<Config>,
+    /// For STLS and POP3S; `None` without a `[tls]` section.
+    pub(crate) tls: Option<TlsAcceptor>,
+    /// One permit per open connection (`max_connections`).
+    pub(crate) connections: Arc<Semaphore>,
+    /// Bounds the TLS handshakes done only to refuse a POP3S connection politely.
+    pub(crate) refusals: Arc<Semaphore>,
+}
+
+/// The peer of a connection: an IP address, or a local socket.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) local: bool,
+}
+
+impl Peer {
+    /// The peer as a trace header names it (`[192.0.2.1]`, RFC 5321 section 4.4).
+    pub(crate) fn trace(&self) -> String {
+        if self.local { "local".into() } else { format!("[{}]", self.addr.ip()) }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.local { f.write_str("local") } else { write!(f, "{}", self.addr) }
+    }
+}

@@ -1,0 +1,140 @@
+//! The server: the service layer and the listeners put together, run until a shutdown signal,
+//! with the retention round in the background and reloads (SIGHUP) of what can change while
+//! running.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+
+use pillarbox_auth::{FileDirectory, UserFile};
+use pillarbox_core::{MemoryGate, Services};
+use pillarbox_store::Mailstore;
+use tokio::sync::{Semaphore, watch};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::frontend::Frontend;
+use crate::listen::{Listeners, accept_loop};
+use crate::shutdown::{self, Phase, draining};
+use crate::tls::{self, Certificates};
+
+/// POP3S connections over a limit that may be in a TLS handshake at once, just to be refused.
+const REFUSAL_HANDSHAKES: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("the configuration has pop3s listeners but no [tls] section")]
+    NoTls,
+    #[error(transparent)]
+    Core(#[from] pillarbox_core::CoreError),
+}
+
+/// The POP3 and LMTP server.
+#[derive(Clone)]
+pub struct Server {
+    front: Arc<Frontend>,
+    certificates: Option<Arc<Certificates>>,
+}
+
+impl Server {
+    /// A server with the backends of a single machine: the user file, `store`, and a login gate
+    /// in this process's memory.
+    pub fn new(config: Arc<Config>, store: Arc<dyn Mailstore>) -> Result<Self, ServerError> {
+        let directory = Arc::new(FileDirectory::new(UserFile::new(&config.users_file)));
+        if let Some(problem) = pillarbox_core::Directory::problem(directory.as_ref()) {
+            warn!(error = %problem, "the user file cannot be read; nobody can log in until it is fixed");
+        }
+        let services = Services::new(config.policy(), directory, store, Arc::new(MemoryGate::new()))?;
+        Self::with_services(config, Arc::new(services))
+    }
+
+    /// A server over any service layer (another directory, store or gate).
+    pub fn with_services(config: Arc<Config>, services: Arc<Services>) -> Result<Self, ServerError> {
+        let certificates = match &config.tls {
+            Some(t) => Some(Certificates::new(tls::load_pair(&t.cert, &t.key)?)),
+            None if !config.pop3s.is_empty() => return Err(ServerError::NoTls),
+            None => None,
+        };
+        let front = Frontend {
+            services,
+            tls: certificates.clone().map(tls::acceptor),
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            refusals: Arc::new(Semaphore::new(REFUSAL_HANDSHAKES)),
+            config,
+        };
+        Ok(Self { front: Arc::new(front), certificates })
+    }
+
+    pub fn services(&self) -> &Arc<Services> {
+        &self.front.services
+    }
+
+    /// Serve the Prometheus metrics on `listener` (from [`crate::metrics::bind`]) in the
+    /// background.
+    pub fn serve_metrics(&self, listener: tokio::net::TcpListener) {
+        tokio::spawn(crate::metrics::serve(listener, self.front.services.metrics.clone()));
+    }
+
+    /// Check the user directory now (the user file is also re-read whenever it changes): the
+    /// number of users, or why it cannot be used (the last good copy then stays in use).
+    pub async fn reload_users(&self) -> Result<usize, String> {
+        let services = &self.front.services;
+        let users =
+            pillarbox_auth::directory::all_users(services.directory.as_ref()).await.map_err(|e| e.to_string())?;
+        match services.directory.problem() {
+            Some(p) => Err(p),
+            None => Ok(users.len()),
+        }
+    }
+
+    /// Read the TLS certificate and key again (after a renewal). New connections get the new
+    /// ones; open sessions keep theirs. A pair that cannot be used is refused and the old one
+    /// stays in service.
+    pub fn reload_tls(&self) -> Result<(), tls::TlsError> {
+        let (Some(t), Some(certs)) = (&self.front.config.tls, &self.certificates) else { return Ok(()) };
+        certs.replace(tls::load_pair(&t.cert, &t.key)?);
+        Ok(())
+    }
+
+    /// Serve until `signal` completes, then drain: stop accepting, let open sessions go on for
+    /// the configured grace period, then close the rest without entering UPDATE.
+    pub async fn run(&self, listeners: Listeners, signal: impl Future<Output = ()>) {
+        let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+        let mut tasks = Vec::new();
+        for (service, listener) in listeners.bound {
+            tasks.push(tokio::spawn(accept_loop(self.front.clone(), listener, service, phase_rx.clone())));
+        }
+        tasks.push(tokio::spawn(expunger(self.front.clone(), phase_rx)));
+        let stopped = async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        let c = &self.front.config;
+        shutdown::run(signal, phase_tx, stopped, &self.front.connections, c.max_connections, c.shutdown_grace).await;
+    }
+}
+
+/// The retention round (RFC 2449 EXPIRE) every `expunge_interval`, until the server drains.
+async fn expunger(front: Arc<Frontend>, mut phase: watch::Receiver<Phase>) {
+    let mut total: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(front.config.expunge_interval) => {}
+            _ = draining(&mut phase) => return,
+        }
+        let n = front.services.expunge_round().await;
+        if n > 0 {
+            total += n;
+            info!(target: "pillarbox::expunge", removed = n, total, "expunged messages past their retention");
+        }
+    }
+}
