@@ -45,20 +45,12 @@ impl Reply {
 
     fn encode(&self, out: &mut BytesMut) {
         let (a, b, c) = self.status;
-        let _ = write!(Sink(out), "{} {a}.{b}.{c} ", self.code);
+        // BytesMut is a fmt::Write of its own: no intermediate String.
+        let _ = write!(out, "{} {a}.{b}.{c} ", self.code);
         for &byte in self.text.as_bytes() {
             out.put_u8(if byte == b'\r' || byte == b'\n' { b' ' } else { byte });
         }
         out.put_slice(b"\r\n");
-    }
-}
-
-struct Sink<'a>(&'a mut BytesMut);
-
-impl std::fmt::Write for Sink<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.put_slice(s.as_bytes());
-        Ok(())
     }
 }
 
@@ -184,7 +176,7 @@ impl Session {
 
     /// A reply without an enhanced status code (the greeting, RFC 2034 section 3).
     fn reply_plain(&mut self, code: u16, text: &str) {
-        let _ = write!(Sink(&mut self.out), "{code} {text}\r\n");
+        let _ = write!(self.out, "{code} {text}\r\n");
     }
 
     pub fn feed(&mut self, data: &[u8]) {
@@ -397,7 +389,7 @@ impl Session {
                 ];
                 for (i, l) in lines.iter().enumerate() {
                     let sep = if i + 1 == lines.len() { ' ' } else { '-' };
-                    let _ = write!(Sink(&mut self.out), "250{sep}{l}\r\n");
+                    let _ = write!(self.out, "250{sep}{l}\r\n");
                 }
                 self.state = State::Ready;
                 None

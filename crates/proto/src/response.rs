@@ -54,7 +54,7 @@ pub fn ok(out: &mut BytesMut, text: &str) {
 pub fn ok_fmt(out: &mut BytesMut, args: std::fmt::Arguments<'_>) {
     out.put_slice(b"+OK ");
     let start = out.len();
-    let _ = FmtSink(out).write_fmt(args);
+    let _ = out.write_fmt(args);
     sanitize_from(out, start);
     out.put_slice(b"\r\n");
 }
@@ -87,7 +87,7 @@ pub fn line(out: &mut BytesMut, text: &str) {
 /// start with a message number and so never need dot-stuffing.
 pub fn line_fmt(out: &mut BytesMut, args: std::fmt::Arguments<'_>) {
     let start = out.len();
-    let _ = FmtSink(out).write_fmt(args);
+    let _ = out.write_fmt(args);
     sanitize_from(out, start);
     debug_assert_ne!(out.get(start), Some(&b'.'), "line_fmt is for listings only");
     out.put_slice(b"\r\n");
@@ -103,15 +103,6 @@ fn sanitize_from(out: &mut BytesMut, start: usize) {
         if *b == b'\r' || *b == b'\n' {
             *b = b' ';
         }
-    }
-}
-
-struct FmtSink<'a>(&'a mut BytesMut);
-
-impl std::fmt::Write for FmtSink<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.put_slice(s.as_bytes());
-        Ok(())
     }
 }
 
