@@ -1,21 +1,40 @@
 #![no_main]
-//! The SASL parsers: SCRAM client-first and client-final messages (with and without channel
-//! binding) from arbitrary bytes must be refused cleanly or parsed, never panic.
+//! The SASL mechanisms of both sides on arbitrary bytes: every server mechanism (PLAIN, LOGIN,
+//! SCRAM with and without channel binding, OAUTHBEARER, XOAUTH2) stepped through messages split
+//! at 0xff, its requests answered as a server would, and every client mechanism answering
+//! arbitrary challenges. Each must refuse cleanly or go on, never panic.
 use libfuzzer_sys::fuzz_target;
-use pillarbox_auth::ScramHash;
-use pillarbox_auth::scram::{ScramKeys, ScramServer};
+use pillarbox_proto::Secret;
+use pillarbox_sasl::client::ClientMech;
+use pillarbox_sasl::scram::ScramKeys;
+use pillarbox_sasl::server::{MECHANISMS, Mech, Step};
 
 fuzz_target!(|data: &[u8]| {
-    let split = data.iter().position(|&b| b == 0xff).unwrap_or(data.len());
-    let (first, last) = data.split_at(split);
-    for (hash, plus) in [(ScramHash::Sha256, false), (ScramHash::Sha256, true), (ScramHash::Sha1, false)] {
-        let cb = plus.then(|| vec![7u8; 32]);
-        let mut server = ScramServer::new(hash, plus, cb);
-        if server.client_first(first).is_ok() {
-            let keys = ScramKeys::derive(hash, b"pencil", b"salt", 1);
-            let _ = server.server_first(keys, &[1u8; 18]);
-            let _ = server.client_final(last.get(1..).unwrap_or_default());
+    let messages: Vec<&[u8]> = data.split(|&b| b == 0xff).collect();
+    for name in MECHANISMS {
+        let Some(mut m) = Mech::new(name, Some(vec![7u8; 32])) else { continue };
+        let mut step = m.step(None);
+        for msg in &messages {
+            step = match step {
+                Step::NeedScramKeys { hash, .. } => {
+                    m.scram_keys(msg.len() % 2 == 0, ScramKeys::derive(hash, b"pencil", b"salt", 1))
+                }
+                Step::CheckBearer { user, .. } => m.bearer_checked(user.filter(|_| msg.is_empty())),
+                Step::Challenge(_) => m.step(Some(msg)),
+                Step::CheckPassword { .. } | Step::Verified(_) | Step::Failed { .. } => break,
+            };
         }
+        let _ = m.cancel();
+        let mut c = match ClientMech::new(name, "user", &Secret::new(b"pencil".to_vec()), Some(vec![7u8; 32])) {
+            Ok(c) => c,
+            Err(_) => continue,
+        };
+        for msg in &messages {
+            if c.respond(msg).is_err() {
+                break;
+            }
+        }
+        let _ = c.finish();
     }
-    let _ = pillarbox_auth::saslprep(&String::from_utf8_lossy(data));
+    let _ = pillarbox_sasl::saslprep(&String::from_utf8_lossy(data));
 });

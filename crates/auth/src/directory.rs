@@ -123,8 +123,8 @@ pub trait Directory: Send + Sync + 'static {
     /// the new hash (and lose their SCRAM keys, which no longer match) only with `replace`.
     async fn import(&self, users: Vec<(UserName, String)>, replace: bool) -> Result<ImportReport, DirectoryError>;
 
-    /// A problem the directory is working around right now (the last good copy of a file that
-    /// no longer parses), for the log; `None` when all is well.
+    /// A problem the directory found at its last look and is working around (the last good
+    /// copy of a file that no longer parses), for the log; `None` when all is well.
     fn problem(&self) -> Option<String> {
         None
     }
@@ -151,20 +151,27 @@ pub fn scram_keys(record: &UserRecord, hash: ScramHash) -> Option<&ScramKeys> {
     }
 }
 
-/// The version of a record's secrets, derived from the secrets themselves.
+/// The version of a record's secrets, derived from the secrets themselves (a hash of their
+/// bytes, with lengths, so that no two different sets of secrets run together).
 pub fn secret_version(record: &UserRecord) -> SecretVersion {
     let mut h = Sha256::new();
-    h.update(record.password_hash.as_bytes());
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(record.password_hash.as_bytes());
     for keys in [&record.scram_sha256, &record.scram_sha1] {
-        h.update([0]);
-        if let Some(k) = keys {
-            h.update(k.to_field().as_bytes());
+        match keys {
+            Some(k) => {
+                field(&k.iterations.to_le_bytes());
+                field(&k.salt);
+                field(&k.stored_key);
+                field(&k.server_key);
+            }
+            None => field(b""),
         }
     }
-    h.update([0]);
-    if let Some(s) = &record.apop_secret {
-        h.update(s.expose());
-    }
+    field(record.apop_secret.as_ref().map_or(&[][..], |s| s.expose().as_slice()));
     let d = h.finalize();
     let mut v = [0u8; 8];
     v.copy_from_slice(&d[..8]);
@@ -247,11 +254,15 @@ pub struct FileDirectory {
     db: UserDb,
     /// The summary of the copy it was computed from.
     summary: Mutex<Option<(Arc<Users>, Arc<Summary>)>>,
+    /// Why the file could not be used at the last look, if it could not.
+    problem: Mutex<Option<String>>,
 }
 
 impl FileDirectory {
     pub fn new(file: UserFile) -> Self {
-        Self { db: UserDb::new(file), summary: Mutex::new(None) }
+        let d = Self { db: UserDb::new(file), summary: Mutex::new(None), problem: Mutex::new(None) };
+        d.current();
+        d
     }
 
     pub fn file(&self) -> &UserFile {
@@ -293,8 +304,11 @@ impl FileDirectory {
         }
     }
 
+    /// The users now (one `stat` of the file, a read when it changed), noting any problem.
     fn current(&self) -> Arc<Users> {
-        self.db.current().0
+        let (users, problem) = self.db.current();
+        *self.problem.lock().unwrap_or_else(PoisonError::into_inner) = problem.map(|e| e.to_string());
+        users
     }
 }
 
@@ -353,7 +367,7 @@ impl Directory for FileDirectory {
     }
 
     fn problem(&self) -> Option<String> {
-        self.db.current().1.map(|e| e.to_string())
+        self.problem.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 

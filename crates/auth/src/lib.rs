@@ -29,7 +29,8 @@ use pillarbox_proto::{Expire, Secret, UserName};
 
 pub mod directory;
 pub mod legacy;
-pub mod scram;
+/// SCRAM keys and exchanges (re-exported from `pillarbox-sasl`, where the mechanisms live).
+pub use pillarbox_sasl::scram;
 
 pub use directory::{Directory, DirectoryError, Entry, FileDirectory, MemoryDirectory, SecretVersion, Secrets};
 pub use scram::{ScramHash, ScramKeys, ScramServer};
@@ -378,16 +379,10 @@ pub(crate) fn argon2_verify(hash: &str, password: &[u8]) -> bool {
 
 /// SASLprep (RFC 4013) of a password; passwords that are not UTF-8 are used as they are.
 pub fn prepare_password(password: &[u8]) -> Result<Vec<u8>, AuthError> {
-    match std::str::from_utf8(password) {
-        Ok(s) => saslprep(s).map(String::into_bytes).map_err(|e| AuthError::Hash(format!("password: {e}"))),
-        Err(_) => Ok(password.to_vec()),
-    }
+    pillarbox_sasl::prepare_password(password).map_err(AuthError::Hash)
 }
 
-/// SASLprep (RFC 4013): the normalisation both ends apply to user names and passwords.
-pub fn saslprep(s: &str) -> Result<String, String> {
-    stringprep::saslprep(s).map(|c| c.into_owned()).map_err(|e| format!("not allowed by SASLprep (RFC 4013): {e}"))
-}
+pub use pillarbox_sasl::saslprep;
 
 /// Reject weak passwords, with the reason and a hint. Strength is estimated with zxcvbn (score 0
 /// to 4, counting the user name and its parts as known words); `min_score` is the lowest

@@ -8,8 +8,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::BytesMut;
-use pillarbox_auth::ScramHash;
 use pillarbox_proto::{Secret, Unstuffed, Unstuffer};
+use pillarbox_sasl::client::{ClientError, ClientMech};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -487,24 +487,7 @@ impl Conn {
                 let digest = pillarbox_proto::apop::digest(ts, password.expose());
                 self.command(&format!("APOP {user} {digest}")).await.map(drop)
             }
-            "PLAIN" => {
-                let mut msg = vec![0u8];
-                msg.extend_from_slice(user.as_bytes());
-                msg.push(0);
-                msg.extend_from_slice(password.expose());
-                let r = self.command(&format!("AUTH PLAIN {}", B64.encode(&msg))).await.map(drop);
-                msg.iter_mut().for_each(|b| *b = 0);
-                r
-            }
-            "LOGIN" => {
-                self.send(b"AUTH LOGIN\r\n").await?;
-                self.challenge("AUTH").await?;
-                self.send(format!("{}\r\n", B64.encode(user)).as_bytes()).await?;
-                self.challenge("AUTH").await?;
-                self.send(format!("{}\r\n", B64.encode(password.expose())).as_bytes()).await?;
-                self.status("AUTH").await.map(drop)
-            }
-            m => self.scram(m, user, password, cb).await,
+            m => self.sasl(m, user, password, cb).await,
         };
         match result {
             Ok(()) => Ok(()),
@@ -513,76 +496,54 @@ impl Conn {
         }
     }
 
-    /// A `+ base64` challenge line, decoded.
-    async fn challenge(&mut self, command: &str) -> Result<Vec<u8>, ConnError> {
-        let l = self.line().await?;
-        match l.strip_prefix('+') {
-            Some(rest) if !rest.starts_with("OK") => {
-                B64.decode(rest.trim()).map_err(|_| ConnError::Protocol("a SASL challenge that is not base64".into()))
-            }
-            _ if l.starts_with("-ERR") => Err(ConnError::Refused { command: command.to_owned(), line: l }),
-            _ => Err(ConnError::Protocol(format!("expected a SASL challenge, got {l:?}"))),
-        }
-    }
-
-    async fn scram(
+    /// A SASL exchange (RFC 5034) driven by the mechanism of `pillarbox-sasl`. The initial
+    /// response goes with AUTH when the line stays within 255 octets (RFC 2449 section 4);
+    /// otherwise it answers the server's first, empty challenge.
+    async fn sasl(
         &mut self,
         mechanism: &str,
         user: &str,
-        password: &Secret<Vec<u8>>,
+        secret: &Secret<Vec<u8>>,
         cb: Option<Vec<u8>>,
     ) -> Result<(), ConnError> {
-        let plus = mechanism.ends_with("-PLUS");
-        let prepared =
-            pillarbox_auth::prepare_password(password.expose()).map_err(|e| ConnError::NoAuth(e.to_string()))?;
-        let mut nonce = [0u8; 18];
-        getrandom::fill(&mut nonce).map_err(|e| ConnError::NoAuth(e.to_string()))?;
-        let gs2 = if plus {
-            "p=tls-exporter,,"
-        } else if cb.is_some() {
-            "y,,"
-        } else {
-            "n,,"
-        };
-        let name = user.replace('=', "=3D").replace(',', "=2C");
-        let bare = format!("n={name},r={}", B64.encode(nonce));
-        self.send(format!("AUTH {mechanism} {}\r\n", B64.encode(format!("{gs2}{bare}"))).as_bytes()).await?;
-        let server_first = String::from_utf8(self.challenge("AUTH").await?)
-            .map_err(|_| ConnError::Protocol("server-first is not UTF-8".into()))?;
-        let binding = if plus { cb.unwrap_or_default() } else { Vec::new() };
-        let (client_final, expected) = pillarbox_auth::scram::client::client_final(
-            ScramHash::Sha256,
-            &prepared,
-            gs2,
-            &binding,
-            &bare,
-            &server_first,
-        )
-        .ok_or_else(|| ConnError::Protocol("malformed SCRAM server-first message".into()))?;
-        if !server_first.starts_with(&format!("r={}", B64.encode(nonce))) {
-            return Err(ConnError::Protocol("the server changed the SCRAM nonce".into()));
+        let mut mech = ClientMech::new(mechanism, user, secret, cb).map_err(|e| ConnError::NoAuth(e.to_string()))?;
+        let mut held = None;
+        match mech.initial() {
+            Some(first) if "AUTH  \r\n".len() + mechanism.len() + first.expose().len().div_ceil(3) * 4 <= 255 => {
+                let line = Secret::new(format!("AUTH {mechanism} {}\r\n", B64.encode(first.expose())).into_bytes());
+                self.send(line.expose()).await?;
+            }
+            first => {
+                held = first;
+                self.send(format!("AUTH {mechanism}\r\n").as_bytes()).await?;
+            }
         }
-        self.send(format!("{}\r\n", B64.encode(client_final)).as_bytes()).await?;
-        // server-final comes as a challenge (RFC 5034) or with +OK.
-        let l = self.line().await?;
-        let server_final = if let Some(rest) = l.strip_prefix("+ ") {
-            let v = B64.decode(rest.trim()).map_err(|_| ConnError::Protocol("server-final is not base64".into()))?;
-            self.send(b"\r\n").await?;
-            self.status("AUTH").await?;
-            v
-        } else if l.starts_with("+OK") {
-            return Err(ConnError::Protocol(
-                "the server did not prove it knows the password (no SCRAM server signature)".into(),
-            ));
-        } else {
-            return Err(ConnError::Refused { command: "AUTH".into(), line: l });
-        };
-        if server_final != expected.as_bytes() {
-            return Err(ConnError::Protocol(
-                "the SCRAM server signature is wrong: this is not the server that holds your password".into(),
-            ));
+        let protocol = |e: ClientError| ConnError::Protocol(e.to_string());
+        loop {
+            let l = self.line().await?;
+            match l.strip_prefix('+') {
+                Some(rest) if !rest.starts_with("OK") => {
+                    let challenge = B64
+                        .decode(rest.trim())
+                        .map_err(|_| ConnError::Protocol("a SASL challenge that is not base64".into()))?;
+                    let answer = match held.take() {
+                        Some(first) if challenge.is_empty() => first,
+                        _ => mech.respond(&challenge).map_err(protocol)?,
+                    };
+                    let line = Secret::new(format!("{}\r\n", B64.encode(answer.expose())).into_bytes());
+                    self.send(line.expose()).await?;
+                }
+                Some(_) => return mech.finish().map_err(protocol),
+                None if l.starts_with("-ERR") => {
+                    let line = match mech.refusal() {
+                        Some(why) => format!("{l} ({why})"),
+                        None => l,
+                    };
+                    return Err(ConnError::Refused { command: "AUTH".into(), line });
+                }
+                None => return Err(ConnError::Protocol(format!("expected a SASL challenge, got {l:?}"))),
+            }
         }
-        Ok(())
     }
 }
 

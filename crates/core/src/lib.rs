@@ -28,7 +28,6 @@ pub mod gate;
 mod hashpool;
 pub mod login;
 pub mod metrics;
-pub mod sasl;
 
 pub use gate::{LoginGate, MemoryGate, Permit};
 pub use metrics::Metrics;

@@ -5,8 +5,8 @@
 //! attempt, never with a secret.
 //!
 //! A front end calls [`Services::check_credential`] (USER/PASS, APOP, SASL PLAIN/LOGIN) or runs
-//! a [`crate::sasl::Mech`] that proves the user itself, then [`Services::open_session`] on
-//! success or [`Services::login_failed`] on failure.
+//! a SASL mechanism ([`pillarbox_sasl::server::Mech`]) that proves the user itself, then
+//! [`Services::open_session`] on success or [`Services::login_failed`] on failure.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,7 +20,29 @@ use pillarbox_store::{Maildrop, StoreError};
 use sha2::{Digest, Sha256};
 use tracing::{error, info, warn};
 
-use crate::{Permit, Services};
+use crate::{Permit, Policy, Services};
+
+/// The mechanisms usable on a connection, strongest first (RFC 5034: the CAPA SASL line lists
+/// exactly these). PLAIN and LOGIN only where cleartext passwords are allowed; the `-PLUS`
+/// variants only when there is `tls-exporter` data (TLS 1.3, RFC 9266 section 3).
+pub fn mechanisms(policy: &Policy, encrypted: bool, trusted: bool, channel_binding: bool) -> Vec<String> {
+    let mut v = Vec::new();
+    if channel_binding {
+        v.push("SCRAM-SHA-256-PLUS".to_owned());
+    }
+    v.push("SCRAM-SHA-256".to_owned());
+    if policy.scram_sha1 {
+        if channel_binding {
+            v.push("SCRAM-SHA-1-PLUS".to_owned());
+        }
+        v.push("SCRAM-SHA-1".to_owned());
+    }
+    if encrypted || trusted {
+        v.push("PLAIN".to_owned());
+        v.push("LOGIN".to_owned());
+    }
+    v
+}
 
 /// Who is trying to log in, for the log and the counters.
 #[derive(Debug, Clone, Copy)]
@@ -34,16 +56,17 @@ pub struct Attempt<'a> {
 /// A user whose credential was proven, ready for [`Services::open_session`].
 pub struct Verified {
     name: UserName,
+    /// The user as the credential was checked against (`None`: look it up again).
+    entry: Option<Entry>,
     /// The password, for the upgrade of an imported hash (password logins only).
     password: Option<Secret<Vec<u8>>>,
-    /// The state of the secrets the password was checked against.
-    version: Option<SecretVersion>,
 }
 
 impl Verified {
-    /// A user proven by the exchange itself (SCRAM): nothing to upgrade.
-    pub fn by_proof(name: UserName) -> Self {
-        Self { name, password: None, version: None }
+    /// A user proven by the exchange itself (SCRAM), by the name the client gave: nothing to
+    /// upgrade. `None` for a name no user can have.
+    pub fn by_proof(login: &str) -> Option<Self> {
+        canonical_login(login).map(|name| Self { name, entry: None, password: None })
     }
 
     pub fn name(&self) -> &UserName {
@@ -129,7 +152,7 @@ impl Services {
             Credential::Password(p) => Some(p),
             Credential::Apop { .. } => None,
         };
-        Some(Verified { name, password, version: Some(entry.version) })
+        Some(Verified { name, entry: Some(entry), password })
     }
 
     /// The SCRAM keys for `login` (as the client typed it): the user's own, or keys derived
@@ -200,15 +223,18 @@ impl Services {
     }
 
     async fn open_verified(&self, verified: Verified) -> Result<UserSession, AuthFailure> {
-        let Verified { name, password, version } = verified;
-        let entry = match self.lookup(&name).await {
-            Ok(Some(e)) => e,
-            // Removed between the check and now.
-            Ok(None) => return Err(AuthFailure::Credentials),
-            Err(e) => {
-                error!(user = %name, error = %e, "the user directory cannot be read");
-                return Err(AuthFailure::Temporary);
-            }
+        let Verified { name, entry, password } = verified;
+        let entry = match entry {
+            Some(e) => e,
+            None => match self.lookup(&name).await {
+                Ok(Some(e)) => e,
+                // Removed since the exchange began.
+                Ok(None) => return Err(AuthFailure::Credentials),
+                Err(e) => {
+                    error!(user = %name, error = %e, "the user directory cannot be read");
+                    return Err(AuthFailure::Temporary);
+                }
+            },
         };
         let record = &entry.record;
         let p = &self.policy;
@@ -216,23 +242,23 @@ impl Services {
         if login_delay > 0 && !self.gate.login_allowed(&name, Duration::from_secs(u64::from(login_delay))).await {
             return Err(AuthFailure::LoginDelay);
         }
-        let permit = self.gate.session(&name, p.max_sessions_per_user).await.ok_or(AuthFailure::InUse)?;
-        if let (Some(pw), Some(seen)) = (password, version)
+        // Without a limit there is nothing to count.
+        let permit = match p.max_sessions_per_user {
+            0 => None,
+            limit => Some(self.gate.session(&name, limit).await.ok_or(AuthFailure::InUse)?),
+        };
+        if let Some(pw) = password
             && p.upgrade_hashes
             && record.needs_upgrade(p.scram_sha1)
         {
-            self.upgrade(&name, pw, seen).await;
+            self.upgrade(&name, pw, entry.version).await;
         }
         let expire = record.expire.unwrap_or(p.expire);
         let login = Login { expire: Some(expire), login_delay: (login_delay > 0).then_some(login_delay) };
         match self.store.open(&name, p.lock).await {
-            Ok(opened) => Ok(UserSession {
-                name,
-                listing: opened.listing,
-                maildrop: opened.maildrop,
-                login,
-                _permit: Some(permit),
-            }),
+            Ok(opened) => {
+                Ok(UserSession { name, listing: opened.listing, maildrop: opened.maildrop, login, _permit: permit })
+            }
             Err(StoreError::InUse) => Err(AuthFailure::InUse),
             Err(e) => {
                 error!(user = %name, error = %e, "cannot open maildrop");
@@ -261,5 +287,22 @@ impl Services {
             }
             Err(e) => warn!(user = %name, error = %e, "could not upgrade the stored password"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mechanism_lists() {
+        let p = Policy::default();
+        assert_eq!(mechanisms(&p, false, false, false), ["SCRAM-SHA-256"]);
+        assert_eq!(mechanisms(&p, true, false, true), ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256", "PLAIN", "LOGIN"]);
+        let p = Policy { scram_sha1: true, ..Policy::default() };
+        assert_eq!(mechanisms(&p, false, true, false), ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "LOGIN"]);
+        // Every name offered is one the SASL crate can run.
+        let all = mechanisms(&p, true, true, true);
+        assert!(all.iter().all(|m| pillarbox_sasl::server::Mech::new(m, Some(vec![0; 32])).is_some()));
     }
 }

@@ -1,4 +1,4 @@
-//! SCRAM server side (RFC 5802) for SCRAM-SHA-256 (RFC 7677) and SCRAM-SHA-1, with the `-PLUS`
+//! SCRAM (RFC 5802) for SCRAM-SHA-256 (RFC 7677) and SCRAM-SHA-1, with the `-PLUS`
 //! variants bound to the TLS connection by `tls-exporter` (RFC 9266).
 //!
 //! Only salted keys are stored (`StoredKey = H(HMAC(SaltedPassword, "Client Key"))` and
@@ -282,7 +282,7 @@ impl ScramServer {
 }
 
 /// RFC 5802 saslname: `=2C` is `,` and `=3D` is `=`; any other `=` is an error.
-fn decode_saslname(s: &str) -> Result<String, ScramError> {
+pub(crate) fn decode_saslname(s: &str) -> Result<String, ScramError> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('=') {

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use pillarbox_core::login::{Attempt, UserSession, Verified};
-use pillarbox_core::sasl::{self, Mech, Step};
+use pillarbox_core::login::{Attempt, UserSession, Verified, mechanisms};
 use pillarbox_proto::Secret;
 use pillarbox_proto::server::{AuthFailure, Credential, Event, ServerSession, SessionConfig};
+use pillarbox_sasl::server::{Failure, Mech, Step};
 use pillarbox_store::{StoreError, Update};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -152,7 +152,7 @@ pub(crate) async fn session(
     services.metrics.sessions_active.get_or_create(&listener).inc();
     let channel_binding = channel_binding(&conn);
     let trusted = front.config.is_trusted(peer.ip());
-    let sasl = sasl::mechanisms(&services.policy, implicit, trusted, channel_binding.is_some());
+    let sasl = mechanisms(&services.policy, implicit, trusted, channel_binding.is_some());
     let announce = services.announce().await;
     let apop_timestamp = announce.apop.then(|| {
         let mut r = [0u8; 8];
@@ -292,8 +292,7 @@ impl Conversation {
                         _ => return End::TlsFailed,
                     };
                     self.channel_binding = channel_binding(&conn);
-                    let mechs =
-                        sasl::mechanisms(&self.front.services.policy, true, true, self.channel_binding.is_some());
+                    let mechs = mechanisms(&self.front.services.policy, true, true, self.channel_binding.is_some());
                     self.session.tls_established(mechs);
                 }
                 Event::Commit { deleted, retrieved } => {
@@ -331,9 +330,14 @@ impl Conversation {
         };
         let services = self.front.services.clone();
         let mut step = mech.step(data.as_ref().map(|d| d.expose().as_slice()));
-        if let Step::NeedScramKeys { login, hash } = &step {
-            let (user, keys) = services.scram_keys(login, *hash).await;
-            step = mech.scram_keys(user, keys);
+        match &step {
+            Step::NeedScramKeys { login, hash } => {
+                let (user, keys) = services.scram_keys(login, *hash).await;
+                step = mech.scram_keys(user.is_some(), keys);
+            }
+            // No bearer mechanism is offered yet: a token is never accepted.
+            Step::CheckBearer { .. } => step = mech.bearer_checked(None),
+            _ => {}
         }
         let mechanism = mech.name().to_owned();
         match step {
@@ -343,17 +347,19 @@ impl Conversation {
                 let verified = services.check_credential(&user, Credential::Password(password)).await;
                 self.finish_login(verified, &mechanism, &user).await;
             }
-            Step::Verified(name) => {
+            Step::Verified(login) => {
                 self.sasl = None;
-                let claimed = name.to_string();
-                self.finish_login(Some(Verified::by_proof(name)), &mechanism, &claimed).await;
+                self.finish_login(Verified::by_proof(&login), &mechanism, &login).await;
             }
-            Step::Failed(claimed) => {
+            Step::Failed { user, reason } => {
                 self.sasl = None;
-                self.finish_login(None, &mechanism, &claimed).await;
+                if reason != Failure::Credentials {
+                    info!(target: "pillarbox::auth", client = %self.peer, user, mechanism, ?reason, "SASL exchange failed");
+                }
+                self.finish_login(None, &mechanism, &user).await;
             }
             // Answered above.
-            Step::NeedScramKeys { .. } => {
+            Step::NeedScramKeys { .. } | Step::CheckBearer { .. } => {
                 self.sasl = None;
                 self.finish_login(None, &mechanism, "").await;
             }
