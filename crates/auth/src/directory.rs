@@ -295,10 +295,8 @@ impl FileDirectory {
         };
         match tokio::runtime::Handle::try_current() {
             Ok(_) => tokio::task::spawn_blocking(run).await.unwrap_or_else(|e| {
-                Err(DirectoryError::Unavailable(AuthError::Io {
-                    context: "editing the user file".into(),
-                    source: std::io::Error::other(e.to_string()),
-                }))
+                let e = pillarbox_os::io_err("editing the user file")(std::io::Error::other(e.to_string()));
+                Err(DirectoryError::Unavailable(e.into()))
             }),
             Err(_) => run(),
         }

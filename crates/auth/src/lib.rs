@@ -15,6 +15,7 @@
 //! so it exists only for users the administrator explicitly gives one.
 #![forbid(unsafe_code)]
 
+use pillarbox_os::io_err;
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -42,19 +43,10 @@ pub const MIN_PASSWORD_LEN: usize = 8;
 pub enum AuthError {
     #[error("{path}:{line}: {message}")]
     Parse { path: PathBuf, line: usize, message: String },
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] pillarbox_os::IoError),
     #[error("password hashing failed: {0}")]
     Hash(String),
-}
-
-fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> AuthError {
-    let context = context.into();
-    move |source| AuthError::Io { context, source }
 }
 
 /// One user: secrets and per-user settings.
@@ -460,7 +452,7 @@ impl UserFile {
         match fs::read_to_string(&self.path) {
             Ok(text) => Users::parse(&text, &self.path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Users::default()),
-            Err(e) => Err(io_err(format!("reading {}", self.path.display()))(e)),
+            Err(e) => Err(io_err(format!("reading {}", self.path.display()))(e).into()),
         }
     }
 
@@ -505,7 +497,7 @@ impl UserFile {
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        result.map_err(io_err(format!("writing {}", self.path.display())))
+        Ok(result.map_err(io_err(format!("writing {}", self.path.display())))?)
     }
 }
 

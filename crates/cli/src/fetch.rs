@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -187,7 +187,7 @@ pub fn run(args: FetchArgs) -> Result<u8> {
         Output::Bars { multi: MultiProgress::new(), bars: Mutex::new(Default::default()) }
     });
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
-    let now = args.now.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+    let now = args.now.unwrap_or_else(pillarbox_os::unix_now);
     if let Some(spec) = &args.import_state {
         return import_state(spec, &chosen, &state_dir, now);
     }
@@ -203,8 +203,7 @@ pub fn run(args: FetchArgs) -> Result<u8> {
         let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
         let mut backoff = Duration::ZERO;
         loop {
-            let now =
-                args.now.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+            let now = args.now.unwrap_or_else(pillarbox_os::unix_now);
             let opts = Options { state_dir: state_dir.clone(), dry_run: args.dry_run, now };
             let run = run_once(&chosen, &opts, &output);
             tokio::pin!(run);

@@ -13,13 +13,13 @@
 //! number in the chain, time, sources), then the new file contents under their paths (for a full
 //! archive, the store's own tree), then `manifest.json`.
 
+use pillarbox_os::io_err;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use age::secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -41,8 +41,8 @@ const MAX_SCRYPT_LOG_N: u8 = 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
-    #[error("{what}: {source}")]
-    Io { what: String, source: io::Error },
+    #[error(transparent)]
+    Io(#[from] pillarbox_os::IoError),
     #[error("{0}: wrong passphrase or key (none of the given keys opens this archive)")]
     WrongKey(PathBuf),
     #[error("{0}: this archive is encrypted to a public key; give its key with --identity FILE")]
@@ -55,11 +55,6 @@ pub enum BackupError {
     Refused(String),
     #[error("{0}")]
     Key(String),
-}
-
-fn io_err(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> BackupError {
-    let what = what.to_string();
-    move |source| BackupError::Io { what, source }
 }
 
 /// What a part of the store is, for walking and for the reader of a restore.
@@ -291,10 +286,6 @@ pub fn parse_name(name: &str) -> Option<(String, u32, bool)> {
     (chain.len() == 8 && chain.bytes().all(|b| b.is_ascii_hexdigit())).then(|| (chain.to_owned(), seq, encrypted))
 }
 
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -316,13 +307,13 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BackupError> {
     create_private_dir(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir.display()))?;
     tmp.write_all(bytes).and_then(|()| tmp.as_file().sync_all()).map_err(io_err(path.display()))?;
-    tmp.persist(path).map_err(|e| BackupError::Io { what: path.display().to_string(), source: e.error })?;
+    tmp.persist(path).map_err(|e| io_err(path.display())(e.error))?;
     Ok(())
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), BackupError> {
     use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err(dir.display()))
+    Ok(fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err(dir.display()))?)
 }
 
 /// A file found in the store.
@@ -352,7 +343,7 @@ fn walk(sources: &[Source], skipped: &mut Vec<String>) -> Result<Vec<Found>, Bac
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
                         skipped.push(format!("{}: not there", s.path.display()))
                     }
-                    Err(e) => return Err(io_err(s.path.display())(e)),
+                    Err(e) => return Err(io_err(s.path.display())(e).into()),
                 }
             }
             SourceKind::Maildir | SourceKind::Folder => {
@@ -405,7 +396,7 @@ fn walk_dir(
             match fs::symlink_metadata(&path) {
                 Ok(meta) => out.push(Found { name: child, path, meta, content: None }),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(path.display())(e)),
+                Err(e) => return Err(io_err(path.display())(e).into()),
             }
         } else {
             skipped.push(format!("{}: not a regular file", path.display()));
@@ -488,7 +479,7 @@ fn tar_header(size: u64, mode: u32, mtime_ns: i128) -> tar::Header {
 
 fn append_json<W: Write, T: Serialize>(tar: &mut tar::Builder<W>, name: &str, value: &T) -> io::Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
-    let mut h = tar_header(bytes.len() as u64, 0o600, i128::from(now()) * 1_000_000_000);
+    let mut h = tar_header(bytes.len() as u64, 0o600, i128::from(pillarbox_os::unix_now()) * 1_000_000_000);
     tar.append_data(&mut h, name, bytes.as_slice())
 }
 
@@ -522,12 +513,12 @@ pub fn create(sources: &[Source], opts: &CreateOptions) -> Result<Created, Backu
             None => (Some(c), None),
         },
     };
-    let created = now();
+    let created = pillarbox_os::unix_now();
     let (chain, seq) = match &catalog {
         Some(c) => (c.chain.clone(), c.archives.last().map_or(0, |a| a.seq + 1)),
         None => {
             let mut id = [0u8; 4];
-            getrandom::fill(&mut id).map_err(|e| BackupError::Io { what: "random".into(), source: e.into() })?;
+            getrandom::fill(&mut id).map_err(|e| io_err("random")(e.into()))?;
             (hex(&id), 0)
         }
     };
@@ -549,7 +540,7 @@ pub fn create(sources: &[Source], opts: &CreateOptions) -> Result<Created, Backu
         .tempfile_in(&opts.dest)
         .map_err(io_err(opts.dest.display()))?;
     let file = tmp.as_file().try_clone().map_err(io_err(tmp.path().display()))?;
-    let write_err = |e: io::Error| BackupError::Io { what: format!("writing {}", final_path.display()), source: e };
+    let write_err = |e: io::Error| BackupError::Io(io_err(format!("writing {}", final_path.display()))(e));
     let mut tar = tar::Builder::new(Sink::new(file, &opts.encryption).map_err(write_err)?);
     tar.mode(tar::HeaderMode::Complete);
     let header = Header {
@@ -557,7 +548,7 @@ pub fn create(sources: &[Source], opts: &CreateOptions) -> Result<Created, Backu
         chain: chain.clone(),
         seq,
         created,
-        host: crate::deliver::maildir_host(),
+        host: pillarbox_os::host_name(),
         encrypted,
         sources: sources.to_vec(),
     };
@@ -634,7 +625,7 @@ pub fn create(sources: &[Source], opts: &CreateOptions) -> Result<Created, Backu
     let archive_bytes = file.metadata().map_err(write_err)?.len();
     drop(file);
     tmp.persist_noclobber(&final_path)
-        .map_err(|e| BackupError::Io { what: final_path.display().to_string(), source: e.error })?;
+        .map_err(|e| BackupError::Io(io_err(final_path.display().to_string())(e.error)))?;
     File::open(&opts.dest).and_then(|d| d.sync_all()).map_err(io_err(opts.dest.display()))?;
     opts.progress.finish();
 
@@ -643,8 +634,7 @@ pub fn create(sources: &[Source], opts: &CreateOptions) -> Result<Created, Backu
     catalog.archives.push(CatalogArchive { seq, file: name, size: archive_bytes, created });
     catalog.blobs.extend(here);
     catalog.stat = stat;
-    let bytes =
-        serde_json::to_vec(&catalog).map_err(|e| BackupError::Io { what: "catalog".into(), source: e.into() })?;
+    let bytes = serde_json::to_vec(&catalog).map_err(|e| BackupError::Io(io_err("catalog")(e.into())))?;
     write_atomically(&catalog_file, &bytes)?;
     skipped.extend(vanished.into_iter().map(|p| format!("{}: deleted while backing up", p.display())));
     Ok(Created {
@@ -674,7 +664,7 @@ fn lock_destination(dest: &Path) -> Result<File, BackupError> {
                 path.display()
             )));
         }
-        Err(fs::TryLockError::Error(e)) => return Err(io_err(path.display())(e)),
+        Err(fs::TryLockError::Error(e)) => return Err(io_err(path.display())(e).into()),
     }
     for e in fs::read_dir(dest).map_err(io_err(dest.display()))?.flatten() {
         let n = e.file_name();
@@ -1012,8 +1002,8 @@ fn read_entries<R: Read>(
         let size = entry.size();
         let mut hashing = Hashing { inner: &mut entry, hash: Sha256::new(), progress: &Quiet };
         each(&name, &mut hashing).map_err(|e| match e {
-            BackupError::Io { what, source } if source.kind() == io::ErrorKind::InvalidData => {
-                damaged(format!("{what}: {}", describe(&source)))
+            BackupError::Io(e) if e.source.kind() == io::ErrorKind::InvalidData => {
+                damaged(format!("{}: {}", e.context, describe(&e.source)))
             }
             e => e,
         })?;
@@ -1315,7 +1305,7 @@ pub fn restore(paths: &[PathBuf], to: &Path, keys: &Keys, progress: &dyn Progres
         };
         rustix::fs::chmodat(rustix::fs::CWD, &target, mode, rustix::fs::AtFlags::empty())
             .and_then(|()| rustix::fs::utimensat(rustix::fs::CWD, &target, &times, rustix::fs::AtFlags::empty()))
-            .map_err(|e| BackupError::Io { what: target.display().to_string(), source: e.into() })?;
+            .map_err(|e| BackupError::Io(io_err(target.display().to_string())(e.into())))?;
         bytes += f.size;
     }
     // Every Maildir gets its tmp/ (left out of archives) back, so mail programs accept it.
@@ -1328,13 +1318,12 @@ pub fn restore(paths: &[PathBuf], to: &Path, keys: &Keys, progress: &dyn Progres
     }
     fs::remove_dir_all(&blobs).map_err(io_err(blobs.display()))?;
     let dir = File::open(staging.path()).map_err(io_err(staging.path().display()))?;
-    rustix::fs::syncfs(&dir)
-        .map_err(|e| BackupError::Io { what: staging.path().display().to_string(), source: e.into() })?;
+    rustix::fs::syncfs(&dir).map_err(|e| BackupError::Io(io_err(staging.path().display().to_string())(e.into())))?;
     drop(dir);
     let staged = staging.keep();
     if let Err(e) = fs::rename(&staged, to) {
         let _ = fs::remove_dir_all(&staged);
-        return Err(io_err(to.display())(e));
+        return Err(io_err(to.display())(e).into());
     }
     progress.finish();
     Ok(Restored {

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rustls::{AlertDescription, CertificateError};
 use serde::Serialize;
@@ -509,7 +509,7 @@ impl Remote<'_, '_> {
             ConnError::Tls { cause, .. } => cause.clone(),
             _ => None,
         };
-        let now = unix_now();
+        let now = pillarbox_os::unix_now();
         let f = match cause {
             Some(rustls::Error::InvalidCertificate(ce)) => match ce {
                 CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
@@ -1129,10 +1129,6 @@ fn clip(s: &str) -> String {
     s.trim().to_owned()
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut v = n as f64;
@@ -1206,7 +1202,7 @@ impl CertInfo {
     }
 
     fn days_left(&self) -> i64 {
-        (self.not_after - unix_now() as i64) / 86_400
+        (self.not_after - pillarbox_os::unix_now() as i64) / 86_400
     }
 }
 

@@ -15,6 +15,7 @@
 //! - MDA: a message is delivered when the command exits 0; a crash between that and the journal
 //!   write may deliver it again (at least once), since nothing can ask the MDA what it stored.
 
+use pillarbox_os::io_err;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -29,19 +30,10 @@ use crate::account::Deliver;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] pillarbox_os::IoError),
     #[error("the MDA `{command}` failed ({status}) for a message")]
     Mda { command: String, status: String },
-}
-
-fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> DeliverError {
-    let context = context.into();
-    move |source| DeliverError::Io { context, source }
 }
 
 /// Converts CRLF to LF across chunk boundaries.
@@ -155,10 +147,6 @@ fn fetch_tag(account_key: &str, id: &str) -> String {
     h[..10].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn fsync_dir(p: &Path) -> io::Result<()> {
-    File::open(p)?.sync_all()
-}
-
 impl Local {
     /// Prepare the destination. `state_dir` holds the mbox recovery record; `last_batch` is the
     /// journal's last committed batch.
@@ -269,13 +257,13 @@ impl Local {
         match (&mut self.current, &mut self.kind) {
             (Some(Current::Maildir { file, tmp, size, .. }), _) => {
                 *size += data.len() as u64;
-                file.write_all(data).map_err(io_err(format!("writing {}", tmp.display())))
+                Ok(file.write_all(data).map_err(io_err(format!("writing {}", tmp.display())))?)
             }
             (Some(Current::Mbox { at_line_start, line, .. }), Kind::Mbox { path, file: Some(f), .. }) => {
-                mboxrd_quote(data, at_line_start, line, f).map_err(io_err(format!("writing {}", path.display())))
+                Ok(mboxrd_quote(data, at_line_start, line, f).map_err(io_err(format!("writing {}", path.display())))?)
             }
             (Some(Current::Mda { child, .. }), Kind::Mda { command, .. }) => match child.stdin.as_mut() {
-                Some(stdin) => stdin.write_all(data).map_err(io_err(format!("writing to the MDA `{command}`"))),
+                Some(stdin) => Ok(stdin.write_all(data).map_err(io_err(format!("writing to the MDA `{command}`")))?),
                 None => Ok(()),
             },
             _ => Ok(()),
@@ -297,12 +285,12 @@ impl Local {
                     Ok(f) => f,
                     Err(e) => {
                         let _ = fs::remove_file(&tmp);
-                        return Err(io_err(format!("writing {}", tmp.display()))(e.into_error()));
+                        return Err(io_err(format!("writing {}", tmp.display()))(e.into_error()).into());
                     }
                 };
                 let unique =
                     tmp.file_name().and_then(|n| n.to_str()).unwrap_or("msg").trim_end_matches(TMP_MARK).to_owned();
-                let name = format!("{unique}.F{}.{},S={size}", fetch_tag(&account_key, &id), maildir_host());
+                let name = format!("{unique}.F{}.{},S={size}", fetch_tag(&account_key, &id), pillarbox_os::host_name());
                 staged.push(Staged { id, file, tmp, name });
                 Ok(())
             }
@@ -369,7 +357,7 @@ impl Local {
                     ids.push(s.id);
                 }
                 if !ids.is_empty() {
-                    fsync_dir(&new).map_err(io_err(format!("syncing {}", new.display())))?;
+                    pillarbox_os::fsync_dir(&new).map_err(io_err(format!("syncing {}", new.display())))?;
                 }
                 Ok(ids)
             }
@@ -422,7 +410,7 @@ fn sync_all_parallel(staged: &[Staged]) -> Result<(), DeliverError> {
             })
             .collect();
         handles.into_iter().try_for_each(|h| {
-            h.join().unwrap_or_else(|_| Err(io_err("syncing")(std::io::Error::other("fsync thread panicked"))))
+            h.join().unwrap_or_else(|_| Err(io_err("syncing")(std::io::Error::other("fsync thread panicked")).into()))
         })
     })
 }
@@ -492,7 +480,7 @@ fn recover_mbox(path: &Path, pending: &Path, last_batch: u64) -> Result<(), Deli
             tracing::warn!(mbox = %path.display(), "the mbox shrank since an interrupted run; leaving it as it is");
         }
     }
-    fs::remove_file(pending).map_err(io_err(format!("removing {}", pending.display())))
+    Ok(fs::remove_file(pending).map_err(io_err(format!("removing {}", pending.display())))?)
 }
 
 /// Open the mbox for appending under an exclusive lock, recording where this batch starts.
@@ -519,15 +507,7 @@ fn open_mbox(path: &Path, pending: &Path, batch: u64) -> Result<File, DeliverErr
 
 /// The date of an mbox `From ` line: now, in UTC.
 fn mbox_date() -> String {
-    pillarbox_proto::date::asctime(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
-}
-
-/// This machine's name as it goes into Maildir file names: letters, digits and `-` only
-/// (`localhost` when it has none).
-pub fn maildir_host() -> String {
-    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let host: String = host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
-    if host.is_empty() { "localhost".into() } else { host }
+    pillarbox_proto::date::asctime(pillarbox_os::unix_now())
 }
 
 #[cfg(test)]

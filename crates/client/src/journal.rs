@@ -12,6 +12,7 @@
 //! - <id> .                 gone from the server (deleted there, or vanished)
 //! ```
 
+use pillarbox_os::io_err;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
@@ -24,17 +25,8 @@ const MAGIC: &str = "pillarbox-fetch-journal 1";
 pub enum JournalError {
     #[error("another `pillarbox fetch` is working on this account (lock {0})")]
     Locked(PathBuf),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
-}
-
-fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> JournalError {
-    let context = context.into();
-    move |source| JournalError::Io { context, source }
+    #[error(transparent)]
+    Io(#[from] pillarbox_os::IoError),
 }
 
 pub struct Journal {
@@ -63,7 +55,7 @@ impl Journal {
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(JournalError::Locked(lock_path)),
-            Err(fs::TryLockError::Error(e)) => return Err(io_err(format!("locking {}", lock_path.display()))(e)),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(format!("locking {}", lock_path.display()))(e).into()),
         }
         let path = dir.join("journal");
         let (entries, last_batch, lines) = read(&path).map_err(io_err(format!("reading {}", path.display())))?;
@@ -85,7 +77,7 @@ impl Journal {
     /// (for `pillarbox check`): empty when there is no journal yet.
     pub fn peek(dir: &Path) -> Result<HashMap<String, u64>, JournalError> {
         let path = dir.join("journal");
-        read(&path).map(|(entries, _, _)| entries).map_err(io_err(format!("reading {}", path.display())))
+        Ok(read(&path).map(|(entries, _, _)| entries).map_err(io_err(format!("reading {}", path.display())))?)
     }
 
     /// Whether a run holds the account's lock right now.

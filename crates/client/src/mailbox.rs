@@ -2,6 +2,7 @@
 //! their decoded headers (RFC 2047 encoded words, UTF-8), the text a person reads, and the
 //! attachments. Read only: nothing here changes the store.
 
+use pillarbox_os::io_err;
 use std::path::{Path, PathBuf};
 
 use mailparse::{DispositionType, MailHeaderMap, ParsedMail};
@@ -10,20 +11,12 @@ use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MailboxError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] pillarbox_os::IoError),
     #[error("no message with an id starting with {0:?}")]
     NotFound(String),
     #[error("{0:?} matches more than one message: give more of the id")]
     Ambiguous(String),
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MailboxError + '_ {
-    move |source| MailboxError::Io { path: path.to_owned(), source }
 }
 
 /// One message in the list.
@@ -71,7 +64,7 @@ pub fn id_of(file_name: &str) -> String {
 /// by `mbox_key`).
 pub fn message_files(maildir: &Path) -> Result<Vec<PathBuf>, MailboxError> {
     if maildir.is_file() {
-        let data = std::fs::read(maildir).map_err(io_err(maildir))?;
+        let data = std::fs::read(maildir).map_err(io_err(maildir.display()))?;
         return Ok(mbox_messages(&data).into_iter().map(|(at, _)| mbox_key(maildir, at)).collect());
     }
     let mut out = Vec::new();
@@ -80,10 +73,10 @@ pub fn message_files(maildir: &Path) -> Result<Vec<PathBuf>, MailboxError> {
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_err(&dir)(e)),
+            Err(e) => return Err(io_err(dir.display())(e).into()),
         };
         for e in entries {
-            let e = e.map_err(io_err(&dir))?;
+            let e = e.map_err(io_err(dir.display()))?;
             if e.file_name().to_str().is_some_and(|n| !n.starts_with('.')) {
                 out.push(e.path());
             }
@@ -106,7 +99,7 @@ fn file_name(path: &Path) -> &str {
 pub fn list(maildir: &Path) -> Result<Vec<Summary>, MailboxError> {
     let mut out = Vec::new();
     if maildir.is_file() {
-        let data = std::fs::read(maildir).map_err(io_err(maildir))?;
+        let data = std::fs::read(maildir).map_err(io_err(maildir.display()))?;
         out.extend(mbox_messages(&data).into_iter().map(|(at, m)| summarize(&mbox_key(maildir, at), &m)));
     } else {
         for path in message_files(maildir)? {
@@ -114,7 +107,7 @@ pub fn list(maildir: &Path) -> Result<Vec<Summary>, MailboxError> {
                 Ok(d) => d,
                 // Moved or removed by another program since the listing: not an error.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err(&path)(e)),
+                Err(e) => return Err(io_err(path.display())(e).into()),
             };
             out.push(summarize(&path, &data));
         }
@@ -193,7 +186,7 @@ pub fn show(path: &Path) -> Result<Shown, MailboxError> {
 pub fn save_attachments(path: &Path, dir: &Path) -> Result<Vec<PathBuf>, MailboxError> {
     let data = read_message(path)?;
     let Ok(m) = mailparse::parse_mail(&data) else { return Ok(Vec::new()) };
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    std::fs::create_dir_all(dir).map_err(io_err(dir.display()))?;
     let mut written = Vec::new();
     for (name, part) in attachments(&m) {
         let bytes = part.get_body_raw().unwrap_or_default();
@@ -210,7 +203,7 @@ pub fn save_attachments(path: &Path, dir: &Path) -> Result<Vec<PathBuf>, Mailbox
             target = dir.join(format!("{n}-{safe}"));
             n += 1;
         }
-        std::fs::write(&target, &bytes).map_err(io_err(&target))?;
+        std::fs::write(&target, &bytes).map_err(io_err(target.display()))?;
         written.push(target);
     }
     Ok(written)
@@ -222,10 +215,11 @@ pub fn save_attachments(path: &Path, dir: &Path) -> Result<Vec<PathBuf>, Mailbox
 pub fn export_mbox(maildirs: &[PathBuf], target: &Path) -> Result<usize, MailboxError> {
     use std::io::Write as _;
     if target.exists() {
-        return Err(io_err(target)(std::io::Error::new(
+        return Err(io_err(target.display())(std::io::Error::new(
             std::io::ErrorKind::AlreadyExists,
             "exists already; choose a new file name",
-        )));
+        ))
+        .into());
     }
     let mut all = Vec::new();
     for d in maildirs {
@@ -233,7 +227,7 @@ pub fn export_mbox(maildirs: &[PathBuf], target: &Path) -> Result<usize, Mailbox
     }
     all.sort_by_key(|s| (s.date, s.id.clone()));
     let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new().prefix(".pillarbox-export").tempfile_in(dir).map_err(io_err(dir))?;
+    let tmp = tempfile::Builder::new().prefix(".pillarbox-export").tempfile_in(dir).map_err(io_err(dir.display()))?;
     let mut out = std::io::BufWriter::new(tmp.as_file());
     for s in &all {
         let data = read_message(&s.path)?;
@@ -254,12 +248,12 @@ pub fn export_mbox(maildirs: &[PathBuf], target: &Path) -> Result<usize, Mailbox
             }
             out.write_all(b"\n")
         };
-        write(&mut out).map_err(io_err(target))?;
+        write(&mut out).map_err(io_err(target.display()))?;
     }
-    out.flush().map_err(io_err(target))?;
+    out.flush().map_err(io_err(target.display()))?;
     drop(out);
-    tmp.as_file().sync_all().map_err(io_err(target))?;
-    tmp.persist_noclobber(target).map_err(|e| io_err(target)(e.error))?;
+    tmp.as_file().sync_all().map_err(io_err(target.display()))?;
+    tmp.persist_noclobber(target).map_err(|e| io_err(target.display())(e.error))?;
     Ok(all.len())
 }
 
@@ -360,14 +354,14 @@ pub fn mbox_key(mbox: &Path, offset: usize) -> PathBuf {
 pub fn read_message(path: &Path) -> Result<Vec<u8>, MailboxError> {
     match std::fs::read(path) {
         Ok(d) => return Ok(d),
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(path)(e)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(path.display())(e).into()),
         Err(_) => {}
     }
     let text = path.to_string_lossy();
     let gone = || MailboxError::NotFound(path.display().to_string());
     let (file, offset) = text.rsplit_once('#').ok_or_else(gone)?;
     let offset: usize = offset.parse().map_err(|_| gone())?;
-    let data = std::fs::read(file).map_err(io_err(Path::new(file)))?;
+    let data = std::fs::read(file).map_err(io_err(Path::new(file).display()))?;
     mbox_messages(&data).into_iter().find(|(at, _)| *at == offset).map(|(_, m)| m).ok_or_else(gone)
 }
 
@@ -379,7 +373,7 @@ pub fn import(
 ) -> Result<Imported, MailboxError> {
     use std::io::Write as _;
     for sub in ["cur", "new", "tmp"] {
-        std::fs::create_dir_all(target.join(sub)).map_err(io_err(target))?;
+        std::fs::create_dir_all(target.join(sub)).map_err(io_err(target.display()))?;
     }
     let mut known = std::collections::HashSet::new();
     for p in message_files(target)? {
@@ -387,7 +381,7 @@ pub fn import(
             known.insert(content_hash(&d));
         }
     }
-    let host = crate::deliver::maildir_host();
+    let host = pillarbox_os::host_name();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let mut result = Imported::default();
     for (n, m) in messages.into_iter().enumerate() {
@@ -399,13 +393,14 @@ pub fn import(
         let name =
             format!("{}.M{}P{}Q{n}.{host},S={}", now.as_secs(), now.subsec_micros(), std::process::id(), m.len());
         let tmp = target.join("tmp").join(&name);
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(&m).and_then(|()| f.sync_all()).map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, target.join("new").join(&name)).map_err(io_err(&tmp))?;
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io_err(tmp.display()))?;
+        f.write_all(&m).and_then(|()| f.sync_all()).map_err(io_err(tmp.display()))?;
+        std::fs::rename(&tmp, target.join("new").join(&name)).map_err(io_err(tmp.display()))?;
         result.added += 1;
     }
     let new = target.join("new");
-    std::fs::File::open(&new).and_then(|d| d.sync_all()).map_err(io_err(&new))?;
+    pillarbox_os::fsync_dir(&new).map_err(io_err(new.display()))?;
     Ok(result)
 }
 
@@ -417,12 +412,12 @@ pub type Messages = Box<dyn Iterator<Item = Result<Vec<u8>, MailboxError>>>;
 pub fn read_source(source: &Path) -> Result<Messages, MailboxError> {
     if source.is_dir() {
         let files = message_files(source)?;
-        return Ok(Box::new(files.into_iter().map(|p| std::fs::read(&p).map_err(io_err(&p)))));
+        return Ok(Box::new(files.into_iter().map(|p| Ok(std::fs::read(&p).map_err(io_err(p.display()))?))));
     }
-    let file = std::fs::File::open(source).map_err(io_err(source))?;
+    let file = std::fs::File::open(source).map_err(io_err(source.display()))?;
     let path = source.to_owned();
     let reader = MboxReader::new(std::io::BufReader::with_capacity(1 << 20, file));
-    Ok(Box::new(reader.map(move |r| r.map(|(_, m)| m).map_err(io_err(&path)))))
+    Ok(Box::new(reader.map(move |r| Ok(r.map(|(_, m)| m).map_err(io_err(path.display()))?))))
 }
 
 /// The attachments of a message: parts that say so, or that are neither text nor multipart.

@@ -200,8 +200,9 @@ impl Index {
             }
             // An mbox file: unchanged (size and time) keeps its rows without reading it; grown,
             // its new messages are added; shrunk (rewritten by a mail program), it is read again.
-            let meta =
-                std::fs::metadata(dir).map_err(|source| mailbox::MailboxError::Io { path: dir.clone(), source })?;
+            let meta = std::fs::metadata(dir)
+                .map_err(pillarbox_os::io_err(dir.display()))
+                .map_err(mailbox::MailboxError::from)?;
             let key = dir.to_string_lossy().into_owned();
             let (size, mtime) = (meta.len() as i64, folder_mtime(&meta));
             let known = self.known_mbox(&key);
@@ -215,7 +216,8 @@ impl Index {
             if known.is_some_and(|(s, _)| size < s) {
                 rewritten.push(prefix);
             }
-            let data = std::fs::read(dir).map_err(|source| mailbox::MailboxError::Io { path: dir.clone(), source })?;
+            let data =
+                std::fs::read(dir).map_err(pillarbox_os::io_err(dir.display())).map_err(mailbox::MailboxError::from)?;
             for (at, m) in mailbox::mbox_messages(&data) {
                 let k = mailbox::mbox_key(dir, at);
                 on_disk.insert(k.clone(), account.clone());

@@ -1,9 +1,38 @@
 //! The few operating-system helpers every Pillarbox crate needs, each in one place: this
-//! machine's name, the time in seconds, and syncing a folder so that a rename in it is durable.
+//! machine's name, the time in seconds, syncing a folder so that a rename in it is durable, and
+//! an I/O error that says what was being done.
 #![forbid(unsafe_code)]
 
+use std::fmt;
 use std::io;
 use std::path::Path;
+
+/// An I/O error and what was being done when it happened ("reading /etc/x: permission denied").
+/// Every crate's error type holds one of these for its I/O failures.
+#[derive(Debug)]
+pub struct IoError {
+    pub context: String,
+    pub source: io::Error,
+}
+
+impl fmt::Display for IoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.context, self.source)
+    }
+}
+
+impl std::error::Error for IoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// For `map_err`: wrap an I/O error with what was being done (`io_err(format!("reading {p}"))`,
+/// or a path's `display()`).
+pub fn io_err(context: impl fmt::Display) -> impl FnOnce(io::Error) -> IoError {
+    let context = context.to_string();
+    move |source| IoError { context, source }
+}
 
 /// This machine's name as it may appear in Maildir file names, trace headers (RFC 5321 section
 /// 4.4) and APOP timestamps: the kernel's host name reduced to letters, digits, `-` and `.`
@@ -36,6 +65,13 @@ mod tests {
         assert!(!h.is_empty());
         assert!(h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'), "{h}");
         assert!(!h.starts_with('.') && !h.ends_with('.'));
+    }
+
+    #[test]
+    fn io_errors_say_what_was_being_done() {
+        let e = io_err("reading /x")(io::Error::from(io::ErrorKind::NotFound));
+        assert!(e.to_string().starts_with("reading /x: "), "{e}");
+        assert_eq!(std::error::Error::source(&e).map(|s| s.to_string()), Some(e.source.to_string()));
     }
 
     #[test]
