@@ -2,93 +2,48 @@
 //! and compare what a POP3 client would see: message count, order, sizes and UIDLs. If they agree,
 //! clients that leave mail on the server download nothing twice after the switch.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use pillarbox_client::conn::{Conn, connect};
 use pillarbox_proto::Secret;
+use pillarbox_proto::client::ClientCommand;
 
 /// One server's view: (message number, size, UIDL), in order.
 type View = Vec<(u32, u64, String)>;
 
-/// A minimal blocking POP3 conversation for this comparison: plaintext, USER/PASS, LIST, UIDL.
-struct Pop3 {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Pop3 {
-    fn connect(addr: SocketAddr) -> Result<Self> {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-            .with_context(|| format!("connecting to {addr}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut p = Self { reader: BufReader::new(s.try_clone()?), writer: s };
-        p.status().with_context(|| format!("greeting of {addr}"))?;
-        Ok(p)
-    }
-
-    fn line(&mut self) -> Result<String> {
-        let mut l = String::new();
-        if self.reader.read_line(&mut l)? == 0 {
-            bail!("the server closed the connection");
+/// Log in with USER/PASS (plaintext: loopback or a network the administrator vouches for) and
+/// read LIST and UIDL, through the same client core `fetch` uses.
+async fn view(addr: SocketAddr, user: &str, password: &Secret<Vec<u8>>) -> Result<View> {
+    let tcp = connect(&[addr], Duration::from_secs(10)).await?;
+    let mut p = Conn::new(tcp);
+    p.greet().await.with_context(|| format!("greeting of {addr}"))?;
+    p.command(ClientCommand::User(user)).await?;
+    p.command(ClientCommand::Pass(password.expose()))
+        .await
+        .with_context(|| format!("logging in to {addr} as {user}"))?;
+    p.command(ClientCommand::List(None)).await?;
+    let sizes = p.listing().await?;
+    p.command(ClientCommand::Uidl(None)).await?;
+    let uidls = p.listing().await?;
+    let _ = p.command(ClientCommand::Quit).await;
+    let pair = |l: &str| -> Option<(u32, String)> {
+        let (n, rest) = l.split_once(' ')?;
+        Some((n.parse().ok()?, rest.to_owned()))
+    };
+    let mut view = Vec::new();
+    for (s, u) in sizes.iter().zip(&uidls) {
+        let ((n, size), (m, uid)) = (pair(s).context("malformed LIST line")?, pair(u).context("malformed UIDL line")?);
+        if n != m {
+            bail!("{addr}: LIST and UIDL disagree on message numbers");
         }
-        Ok(l.trim_end_matches(['\r', '\n']).to_owned())
+        view.push((n, size.parse().context("malformed size")?, uid));
     }
-
-    fn status(&mut self) -> Result<String> {
-        let l = self.line()?;
-        if !l.starts_with("+OK") {
-            bail!("{l}");
-        }
-        Ok(l)
+    if sizes.len() != uidls.len() {
+        bail!("{addr}: LIST has {} messages, UIDL {}", sizes.len(), uidls.len());
     }
-
-    fn command(&mut self, cmd: &[u8]) -> Result<String> {
-        self.writer.write_all(cmd)?;
-        self.writer.write_all(b"\r\n")?;
-        self.status()
-    }
-
-    fn multiline(&mut self, cmd: &str) -> Result<Vec<String>> {
-        self.command(cmd.as_bytes())?;
-        let mut v = Vec::new();
-        loop {
-            let l = self.line()?;
-            if l == "." {
-                return Ok(v);
-            }
-            v.push(l.strip_prefix('.').map(str::to_owned).unwrap_or(l));
-        }
-    }
-
-    fn view(addr: SocketAddr, user: &str, password: &Secret<Vec<u8>>) -> Result<View> {
-        let mut p = Self::connect(addr)?;
-        p.command(format!("USER {user}").as_bytes())?;
-        let mut pass = b"PASS ".to_vec();
-        pass.extend_from_slice(password.expose());
-        p.command(&pass).with_context(|| format!("logging in to {addr} as {user}"))?;
-        let sizes = p.multiline("LIST")?;
-        let uidls = p.multiline("UIDL")?;
-        let _ = p.command(b"QUIT");
-        let pair = |l: &str| -> Option<(u32, String)> {
-            let (n, rest) = l.split_once(' ')?;
-            Some((n.parse().ok()?, rest.to_owned()))
-        };
-        let mut view = Vec::new();
-        for (s, u) in sizes.iter().zip(&uidls) {
-            let ((n, size), (m, uid)) =
-                (pair(s).context("malformed LIST line")?, pair(u).context("malformed UIDL line")?);
-            if n != m {
-                bail!("{addr}: LIST and UIDL disagree on message numbers");
-            }
-            view.push((n, size.parse().context("malformed size")?, uid));
-        }
-        if sizes.len() != uidls.len() {
-            bail!("{addr}: LIST has {} messages, UIDL {}", sizes.len(), uidls.len());
-        }
-        Ok(view)
-    }
+    Ok(view)
 }
 
 /// Compare the two views; returns the differences (empty when identical).
@@ -121,8 +76,9 @@ pub fn verify(
             );
         }
     }
-    let before = Pop3::view(old, user, password).context("reading the old server")?;
-    let after = Pop3::view(new, user, password).context("reading Pillarbox")?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let before = runtime.block_on(view(old, user, password)).context("reading the old server")?;
+    let after = runtime.block_on(view(new, user, password)).context("reading Pillarbox")?;
     let diffs = compare(&before, &after);
     if diffs.is_empty() {
         println!("{user}: {} messages; order, sizes and UIDLs are identical on both servers", before.len());

@@ -3,6 +3,7 @@
 //! does not, why and what to change. Nothing is deleted or marked on the server: the session only
 //! reads its listing and ends with QUIT.
 
+use pillarbox_proto::client::ClientCommand;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -270,7 +271,7 @@ impl Remote<'_, '_> {
         self.capabilities(&capa_before, &conn.capa);
         if logged_in {
             self.mailbox(&mut conn, rtt).await;
-            let _ = timed(t, conn.command("QUIT")).await;
+            let _ = timed(t, conn.command(ClientCommand::Quit)).await;
         }
     }
 
@@ -654,15 +655,17 @@ impl Remote<'_, '_> {
                     "use TLS: tls = \"implicit\" on port 995, or tls = \"starttls\" on port 110",
                 ),
             ),
-            Err(ConnError::AuthFailed(line)) if line.to_ascii_uppercase().contains("[SYS/PERM]") => (
-                AuthOutcome::Other,
-                Finding::fail(
-                    "auth",
-                    "the server says this mailbox cannot be used",
-                    format!("it answered: {line}"),
-                    "contact the provider: the mailbox is blocked, disabled or broken on their side",
-                ),
-            ),
+            Err(ConnError::AuthFailed(line)) if crate::conn::refusal_has(&line, pillarbox_proto::RespCode::SysPerm) => {
+                (
+                    AuthOutcome::Other,
+                    Finding::fail(
+                        "auth",
+                        "the server says this mailbox cannot be used",
+                        format!("it answered: {line}"),
+                        "contact the provider: the mailbox is blocked, disabled or broken on their side",
+                    ),
+                )
+            }
             Err(ConnError::AuthFailed(line)) => (
                 AuthOutcome::Refused,
                 Finding::fail(
@@ -688,15 +691,19 @@ impl Remote<'_, '_> {
                     "set auth = \"auto\", or one of the mechanisms the server offers",
                 ),
             ),
-            Err(ConnError::Refused { line, .. }) if line.to_ascii_uppercase().contains("[SYS/TEMP]") => (
-                AuthOutcome::Other,
-                Finding::warn(
-                    "auth",
-                    "the server has a temporary problem",
-                    format!("it answered: {line}"),
-                    "try again later; if it lasts, tell the provider",
-                ),
-            ),
+            Err(ConnError::Refused { line, .. })
+                if crate::conn::refusal_has(&line, pillarbox_proto::RespCode::SysTemp) =>
+            {
+                (
+                    AuthOutcome::Other,
+                    Finding::warn(
+                        "auth",
+                        "the server has a temporary problem",
+                        format!("it answered: {line}"),
+                        "try again later; if it lasts, tell the provider",
+                    ),
+                )
+            }
             Err(ConnError::Refused { command, line }) if command != "login" && !line.contains('[') => (
                 AuthOutcome::Other,
                 Finding::fail(
@@ -823,7 +830,7 @@ impl Remote<'_, '_> {
 
     async fn mailbox(&mut self, conn: &mut Conn, connect_rtt: Duration) {
         let t = self.opts.timeout;
-        let stat = match timed(t, conn.command("STAT")).await {
+        let stat = match timed(t, conn.command(ClientCommand::Stat)).await {
             Ok(s) => s,
             Err(e) => {
                 self.add(Finding::fail("mailbox", "STAT failed", e.to_string(), "try again later"));
@@ -843,7 +850,7 @@ impl Remote<'_, '_> {
             return;
         };
         let sizes = match timed(t, async {
-            conn.command("LIST").await?;
+            conn.command(ClientCommand::List(None)).await?;
             conn.listing().await
         })
         .await
@@ -858,7 +865,7 @@ impl Remote<'_, '_> {
             sizes.iter().filter_map(|l| l.split_once(' ')).filter_map(|(n, s)| Some((n, s.parse().ok()?))).collect();
         let size_of = |n: &str| sizes.get(n).copied().unwrap_or(0);
         let uids = timed(t, async {
-            conn.command("UIDL").await?;
+            conn.command(ClientCommand::Uidl(None)).await?;
             conn.listing().await
         })
         .await
@@ -881,7 +888,7 @@ impl Remote<'_, '_> {
         let mut rtts = Vec::new();
         for _ in 0..3 {
             let start = Instant::now();
-            if timed(t, conn.command("NOOP")).await.is_err() {
+            if timed(t, conn.command(ClientCommand::Noop)).await.is_err() {
                 break;
             }
             rtts.push(start.elapsed());

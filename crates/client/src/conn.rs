@@ -8,7 +8,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::BytesMut;
-use pillarbox_proto::{Secret, Unstuffed, Unstuffer};
+use pillarbox_proto::client::{ClientCommand, Item, MultiLine, encode, parse_status, take_line};
+use pillarbox_proto::{RespCode, Secret, Unstuffed, Unstuffer};
 use pillarbox_sasl::client::{ClientError, ClientMech};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -16,8 +17,7 @@ use tokio::net::TcpStream;
 use crate::account::{Account, AuthChoice, TlsMode};
 use crate::tls;
 
-/// Longest status or listing line accepted from a server.
-const MAX_LINE: usize = 8 * 1024;
+pub use pillarbox_proto::client::MAX_LINE;
 /// Most lines in a CAPA, LIST or UIDL answer (a maildrop of a million messages)...
 const MAX_LISTING: usize = 1_000_000;
 /// ...and most octets: a million UIDL lines of 70-character ids fit; a hostile server's endless
@@ -215,7 +215,7 @@ impl Conn {
         if !self.capa.has("STLS") {
             return Err(ConnError::NoStls);
         }
-        self.command("STLS").await?;
+        self.command(ClientCommand::Stls).await?;
         // Whatever arrived in plaintext after the +OK is not trusted inside TLS.
         self.buf.clear();
         self.start_tls(connector, host).await?;
@@ -307,61 +307,64 @@ impl Conn {
     /// One response line (CRLF or bare LF), bounded.
     pub async fn line(&mut self) -> Result<String, ConnError> {
         loop {
-            if let Some(i) = memchr::memchr(b'\n', &self.buf) {
-                let mut l = self.buf.split_to(i + 1);
-                l.truncate(i);
-                if l.last() == Some(&b'\r') {
-                    l.truncate(i - 1);
-                }
-                return Ok(String::from_utf8_lossy(&l).into_owned());
+            match take_line(&mut self.buf, MAX_LINE) {
+                Ok(Some(l)) => return Ok(String::from_utf8_lossy(&l).into_owned()),
+                Ok(None) => self.fill().await?,
+                Err(e) => return Err(ConnError::Protocol(e.to_string())),
             }
-            if self.buf.len() > MAX_LINE {
-                return Err(ConnError::Protocol(format!("a response line longer than {MAX_LINE} octets")));
-            }
-            self.fill().await?;
         }
     }
 
     /// A status line: `+OK` gives its text, `-ERR` an error naming `command`.
     pub async fn status(&mut self, command: &str) -> Result<String, ConnError> {
         let l = self.line().await?;
-        if let Some(rest) = l.strip_prefix("+OK") {
-            return Ok(rest.trim().to_owned());
+        match parse_status(&l) {
+            Some(s) if s.ok => Ok(l.strip_prefix("+OK").unwrap_or_default().trim().to_owned()),
+            Some(_) => Err(ConnError::Refused { command: command.to_owned(), line: l }),
+            None => Err(ConnError::Protocol(format!(
+                "expected +OK or -ERR to {command}, got {:?}",
+                l.chars().take(100).collect::<String>()
+            ))),
         }
-        if l.starts_with("-ERR") {
-            return Err(ConnError::Refused { command: command.to_owned(), line: l });
-        }
-        Err(ConnError::Protocol(format!(
-            "expected +OK or -ERR to {command}, got {:?}",
-            l.chars().take(100).collect::<String>()
-        )))
     }
 
-    pub async fn command(&mut self, cmd: &str) -> Result<String, ConnError> {
-        self.send(format!("{cmd}\r\n").as_bytes()).await?;
-        let keyword = cmd.split(' ').next().unwrap_or(cmd).to_owned();
-        self.status(&keyword).await
+    /// Send one command, encoded by the client core (which refuses arguments that would split
+    /// the line), without waiting for its answer (pipelining, RFC 2449 section 6.6).
+    pub async fn send_command(&mut self, command: ClientCommand<'_>) -> Result<(), ConnError> {
+        let mut out = BytesMut::new();
+        encode(&mut out, &command).map_err(|e| ConnError::Protocol(e.to_string()))?;
+        let sent = self.send(&out).await;
+        // The line may hold a password.
+        out.iter_mut().for_each(|b| *b = 0);
+        sent
+    }
+
+    /// Send one command and read its status line.
+    pub async fn command(&mut self, command: ClientCommand<'_>) -> Result<String, ConnError> {
+        self.send_command(command).await?;
+        let keyword = match command.keyword() {
+            "" => "AUTH",
+            k => k,
+        };
+        self.status(keyword).await
     }
 
     /// The lines of a multi-line answer after its status line.
     pub async fn listing(&mut self) -> Result<Vec<String>, ConnError> {
+        let mut reader = MultiLine::new(MAX_LISTING, MAX_LISTING_OCTETS);
         let mut v = Vec::new();
-        let mut octets = 0;
         loop {
-            let l = self.line().await?;
-            if l == "." {
-                return Ok(v);
+            match reader.next(&mut self.buf) {
+                Ok(Some(Item::Line(l))) => v.push(l),
+                Ok(Some(Item::End)) => return Ok(v),
+                Ok(None) => self.fill().await?,
+                Err(e) => return Err(ConnError::Protocol(e.to_string())),
             }
-            octets += l.len();
-            if v.len() >= MAX_LISTING || octets > MAX_LISTING_OCTETS {
-                return Err(ConnError::Protocol("a listing without end".into()));
-            }
-            v.push(l.strip_prefix('.').map(str::to_owned).unwrap_or(l));
         }
     }
 
     async fn read_capa(&mut self) -> Result<Capa, ConnError> {
-        self.send(b"CAPA\r\n").await?;
+        self.send_command(ClientCommand::Capa).await?;
         match self.status("CAPA").await {
             Ok(_) => Ok(Capa { lines: self.listing().await? }),
             // A server without CAPA (RFC 1939 only) is not an error.
@@ -470,22 +473,14 @@ impl Conn {
         self.mechanism = method.to_owned();
         let user = &account.username;
         let result = match method {
-            "USER" => match self.command(&format!("USER {user}")).await {
-                Ok(_) => {
-                    let mut line = b"PASS ".to_vec();
-                    line.extend_from_slice(password.expose());
-                    line.extend_from_slice(b"\r\n");
-                    let sent = self.send(&line).await;
-                    line.iter_mut().for_each(|b| *b = 0);
-                    sent?;
-                    self.status("PASS").await.map(drop)
-                }
+            "USER" => match self.command(ClientCommand::User(user)).await {
+                Ok(_) => self.command(ClientCommand::Pass(password.expose())).await.map(drop),
                 Err(e) => Err(e),
             },
             "APOP" => {
                 let ts = apop.ok_or_else(|| ConnError::NoAuth("the greeting has no APOP timestamp".into()))?;
                 let digest = pillarbox_proto::apop::digest(ts, password.expose());
-                self.command(&format!("APOP {user} {digest}")).await.map(drop)
+                self.command(ClientCommand::Apop(user, &digest)).await.map(drop)
             }
             m => self.sasl(m, user, password, cb).await,
         };
@@ -510,12 +505,12 @@ impl Conn {
         let mut held = None;
         match mech.initial() {
             Some(first) if "AUTH  \r\n".len() + mechanism.len() + first.expose().len().div_ceil(3) * 4 <= 255 => {
-                let line = Secret::new(format!("AUTH {mechanism} {}\r\n", B64.encode(first.expose())).into_bytes());
-                self.send(line.expose()).await?;
+                let initial = Secret::new(B64.encode(first.expose()));
+                self.send_command(ClientCommand::Auth(mechanism, Some(initial.expose()))).await?;
             }
             first => {
                 held = first;
-                self.send(format!("AUTH {mechanism}\r\n").as_bytes()).await?;
+                self.send_command(ClientCommand::Auth(mechanism, None)).await?;
             }
         }
         let protocol = |e: ClientError| ConnError::Protocol(e.to_string());
@@ -530,8 +525,8 @@ impl Conn {
                         Some(first) if challenge.is_empty() => first,
                         _ => mech.respond(&challenge).map_err(protocol)?,
                     };
-                    let line = Secret::new(format!("{}\r\n", B64.encode(answer.expose())).into_bytes());
-                    self.send(line.expose()).await?;
+                    let line = Secret::new(B64.encode(answer.expose()));
+                    self.send_command(ClientCommand::SaslResponse(line.expose())).await?;
                 }
                 Some(_) => return mech.finish().map_err(protocol),
                 None if l.starts_with("-ERR") => {
@@ -547,17 +542,19 @@ impl Conn {
     }
 }
 
+/// What a refused login means, from its response code (RFC 2449 section 8, RFC 3206).
 fn classify_refusal(line: String) -> ConnError {
-    let upper = line.to_ascii_uppercase();
-    if upper.contains("[IN-USE]") {
-        ConnError::InUse(line)
-    } else if upper.contains("[LOGIN-DELAY]") {
-        ConnError::LoginDelay(line)
-    } else if upper.contains("[SYS/TEMP]") {
-        ConnError::Refused { command: "login".into(), line }
-    } else {
-        ConnError::AuthFailed(line)
+    match parse_status(&line) {
+        Some(s) if s.has(RespCode::InUse) => ConnError::InUse(line),
+        Some(s) if s.has(RespCode::LoginDelay) => ConnError::LoginDelay(line),
+        Some(s) if s.has(RespCode::SysTemp) => ConnError::Refused { command: "login".into(), line },
+        _ => ConnError::AuthFailed(line),
     }
+}
+
+/// The response code of a refusal's line, if it has the given one.
+pub fn refusal_has(line: &str, code: RespCode) -> bool {
+    parse_status(line).is_some_and(|s| s.has(code))
 }
 
 async fn write_flush<S: AsyncWrite + Unpin>(s: &mut S, data: &[u8]) -> Result<(), ConnError> {

@@ -10,6 +10,7 @@
 //! (and recognised as such next time) or still on the server: the server deletes nothing without
 //! QUIT, and nothing is deleted that is not journaled.
 
+use pillarbox_proto::client::ClientCommand;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
@@ -212,7 +213,7 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
     drop(password);
 
     // The listing: sizes, and UIDLs when the server has them.
-    conn.command("LIST").await?;
+    conn.command(ClientCommand::List(None)).await?;
     let mut entries = Vec::new();
     for l in conn.listing().await? {
         let mut w = l.split_whitespace();
@@ -221,7 +222,7 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
             _ => warn("bad-listing", format!("ignoring a malformed LIST line {l:?}")),
         }
     }
-    let has_uidl = match conn.command("UIDL").await {
+    let has_uidl = match conn.command(ClientCommand::Uidl(None)).await {
         Ok(_) => {
             let mut seen: HashMap<String, usize> = HashMap::new();
             let mut uids: HashMap<u32, String> = HashMap::new();
@@ -251,7 +252,7 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
         Err(e) => return Err(e.into()),
     };
     if !has_uidl && account.keep != Keep::Delete {
-        let _ = conn.command("QUIT").await;
+        let _ = conn.command(ClientCommand::Quit).await;
         let keep = match account.keep {
             Keep::Days(n) => format!("\"{n}d\""),
             _ => "\"keep\"".to_owned(),
@@ -335,7 +336,7 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
     });
     let login_delay = conn.capa.login_delay();
     if opts.dry_run {
-        conn.command("QUIT").await?;
+        conn.command(ClientCommand::Quit).await?;
         return Ok(login_delay);
     }
 
@@ -377,7 +378,7 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
         }
     }
     deleted_ids.extend(dele(&mut conn, &to_delete, window).await?);
-    let quit = conn.command("QUIT").await;
+    let quit = conn.command(ClientCommand::Quit).await;
     let deleted = if quit.is_ok() { deleted_ids.len() } else { 0 };
     match quit {
         Ok(_) => {
@@ -426,7 +427,7 @@ async fn download(
     let next_batch = journal.last_batch() + 1;
     for (i, e) in part.iter().enumerate() {
         while sent < part.len() && sent < i + window {
-            conn.send(format!("RETR {}\r\n", part[sent].number).as_bytes()).await?;
+            conn.send_command(ClientCommand::Retr(part[sent].number)).await?;
             sent += 1;
         }
         if let Err(err) = conn.status("RETR").await {
@@ -495,7 +496,7 @@ async fn dele(conn: &mut Conn, numbers: &[(u32, String)], window: usize) -> Resu
     let mut sent = 0;
     for (i, (_, id)) in numbers.iter().enumerate() {
         while sent < numbers.len() && sent < i + window {
-            conn.send(format!("DELE {}\r\n", numbers[sent].0).as_bytes()).await?;
+            conn.send_command(ClientCommand::Dele(numbers[sent].0)).await?;
             sent += 1;
         }
         match conn.status("DELE").await {
