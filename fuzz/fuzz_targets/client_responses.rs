@@ -6,7 +6,7 @@
 //! than one line).
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use pillarbox_client::conn::Capa;
+use pillarbox_fetch::conn::Capa;
 use pillarbox_proto::client::{ClientCommand, Item, MAX_LINE, MultiLine, encode, parse_status, take_line};
 use pillarbox_proto::{Unstuffed, Unstuffer};
 

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use pillarbox_client::account::{self, Account, AuthChoice, Deliver, Keep, Oversize, PasswordSource, TlsMode};
-use pillarbox_client::check::{self, AuthOutcome, Report, Status};
-use pillarbox_client::discover::{self, mode_name};
-use pillarbox_client::dns::Resolver;
+use pillarbox_accounts::{self as account, Account, AuthChoice, Deliver, Keep, Oversize, PasswordSource, TlsMode};
+use pillarbox_doctor::check::{self, AuthOutcome, Report, Status};
+use pillarbox_doctor::discover::{self, mode_name};
+use pillarbox_doctor::dns::Resolver;
 use pillarbox_proto::units::HumanDuration;
 
 /// Where accounts and state live.
@@ -253,7 +253,7 @@ pub fn command(cmd: AccountCommand) -> Result<u8> {
             }
             println!("deliver   {}", deliver_text(&a.deliver));
             println!("keep      {}", a.keep);
-            println!("state     {}", files.state().join(pillarbox_client::fetch::account_key(a)).display());
+            println!("state     {}", files.state().join(pillarbox_fetch::account_key(a)).display());
             Ok(0)
         }
         AccountCommand::Remove { name, files } => {

@@ -1,5 +1,5 @@
 //! `pillarbox backup create|verify|restore|list|keygen`: encrypted, incremental backups of the
-//! local store (see `pillarbox_client::backup`).
+//! local store (see `pillarbox_backup`).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -8,9 +8,9 @@ use age::secrecy::{ExposeSecret, SecretString};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use pillarbox_client::account::{self, Account, BackupSettings, Deliver};
-use pillarbox_client::backup::{self, Encryption, Keys, Source, SourceKind};
-use pillarbox_client::check::human_bytes;
+use pillarbox_accounts::{self as account, Account, BackupSettings, Deliver};
+use pillarbox_backup::{self as backup, Encryption, Keys, Source, SourceKind};
+use pillarbox_doctor::check::human_bytes;
 
 /// The lowest zxcvbn score (0 to 4) accepted for a new backup passphrase.
 const MIN_PASSPHRASE_SCORE: u8 = 3;
@@ -254,7 +254,7 @@ fn sources(accounts: &[Account], accounts_file: &Path, state_dir: &Path) -> Resu
                 notes.push(format!("account {} delivers to a program ({cmd}): its mail is not kept here", a.name))
             }
         }
-        let key = pillarbox_client::fetch::account_key(a);
+        let key = pillarbox_fetch::account_key(a);
         add(Source {
             name: format!("state/fetch/{key}"),
             path: state_dir.join(&key),

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use pillarbox_client::account::{self, Account};
-use pillarbox_client::fetch::{self, Event, Options};
-use pillarbox_client::import::{self, Format};
-use pillarbox_client::journal::Journal;
+use pillarbox_accounts::{self as account, Account};
+use pillarbox_fetch::import::{self, Format};
+use pillarbox_fetch::journal::Journal;
+use pillarbox_fetch::{self as fetch, Event, Options};
 
 #[derive(Debug, clap::Args)]
 pub struct FetchArgs {

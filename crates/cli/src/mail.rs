@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use pillarbox_client::account::{self, Account, Deliver};
-use pillarbox_client::mailbox::{self, Summary};
+use pillarbox_accounts::{self as account, Account, Deliver};
+use pillarbox_mailbox::{self as mailbox, Summary};
 
 #[derive(Debug, Args)]
 pub struct Store {
@@ -164,7 +164,7 @@ pub fn after_fetch(accounts: &[Account], state_dir: &std::path::Path) {
             Deliver::Mda(_) => None,
         })
         .collect();
-    let result = pillarbox_client::search::Index::open(&path).and_then(|mut i| i.update(&dirs, false));
+    let result = pillarbox_mailbox::search::Index::open(&path).and_then(|mut i| i.update(&dirs, false));
     if let Err(e) = result {
         eprintln!("pillarbox fetch: the search index was not updated: {e}");
     }
@@ -186,7 +186,7 @@ fn print_summaries(items: impl Iterator<Item = (String, Summary)>, json: bool) -
                 pillarbox_proto::date::short(s.date.max(0).unsigned_abs()),
                 s.from,
                 s.subject,
-                pillarbox_client::check::human_bytes(s.size),
+                pillarbox_doctor::check::human_bytes(s.size),
                 if s.attachments > 0 { format!("  [{} attached]", s.attachments) } else { String::new() }
             )?;
         }
@@ -207,9 +207,9 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
             // The list comes from the search index (brought up to date first), so a large store
             // is not parsed again for every listing.
             maildirs(&store, account.as_deref())?;
-            let mut index = pillarbox_client::search::Index::open(&index_path(&store))?;
+            let mut index = pillarbox_mailbox::search::Index::open(&index_path(&store))?;
             index.update(&maildirs(&store, None)?, true)?;
-            let query = pillarbox_client::search::Query { after: since.map(|t| t as i64), ..Default::default() };
+            let query = pillarbox_mailbox::search::Query { after: since.map(|t| t as i64), ..Default::default() };
             let from = from.map(|f| f.to_lowercase());
             let shown = index
                 .search(&query, usize::MAX)?
@@ -237,8 +237,8 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
             Ok(0)
         }
         MailCommand::Search { query, limit, json, store } => {
-            let q = pillarbox_client::search::parse_query(&query.join(" "))?;
-            let mut index = pillarbox_client::search::Index::open(&index_path(&store))?;
+            let q = pillarbox_mailbox::search::parse_query(&query.join(" "))?;
+            let mut index = pillarbox_mailbox::search::Index::open(&index_path(&store))?;
             index.update(&maildirs(&store, None)?, true)?;
             print_summaries(index.search(&q, limit)?.into_iter(), json)?;
             Ok(0)
@@ -306,7 +306,7 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
             if !m.attachments.is_empty() {
                 writeln!(out, "\nAttachments (save them with --save-attachments DIR):")?;
                 for a in &m.attachments {
-                    writeln!(out, "  {}  {}  {}", a.name, a.mime, pillarbox_client::check::human_bytes(a.size as u64))?;
+                    writeln!(out, "  {}  {}  {}", a.name, a.mime, pillarbox_doctor::check::human_bytes(a.size as u64))?;
                 }
             }
             Ok(0)

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use pillarbox_client::conn::{Conn, connect};
+use pillarbox_fetch::conn::{Conn, connect};
 use pillarbox_proto::Secret;
 use pillarbox_proto::client::ClientCommand;
 

@@ -2,6 +2,8 @@
 //! their decoded headers (RFC 2047 encoded words, UTF-8), the text a person reads, and the
 //! attachments. Read only: nothing here changes the store.
 
+pub mod search;
+
 use pillarbox_os::io_err;
 use std::path::{Path, PathBuf};
 
@@ -83,12 +85,6 @@ pub fn message_files(maildir: &Path) -> Result<Vec<PathBuf>, MailboxError> {
         }
     }
     Ok(out)
-}
-
-/// A file's modification time in nanoseconds since the epoch.
-pub(crate) fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
-    use std::os::unix::fs::MetadataExt;
-    i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec())
 }
 
 fn file_name(path: &Path) -> &str {
@@ -241,7 +237,7 @@ pub fn export_mbox(maildirs: &[PathBuf], target: &Path) -> Result<usize, Mailbox
         let write = |out: &mut std::io::BufWriter<&std::fs::File>| -> std::io::Result<()> {
             out.write_all(format!("From MAILER-DAEMON {date}\n").as_bytes())?;
             let (mut at_start, mut line) = (true, Vec::new());
-            crate::deliver::mboxrd_quote(&lf, &mut at_start, &mut line, out)?;
+            mboxrd_quote(&lf, &mut at_start, &mut line, out)?;
             out.write_all(&line)?;
             if !lf.ends_with(b"\n") {
                 out.write_all(b"\n")?;
@@ -563,6 +559,52 @@ fn decode_entities(s: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// `From ` lines need their mboxrd quoting: any line matching `>*From ` gets one more `>`.
+pub fn mboxrd_quote(
+    data: &[u8],
+    at_line_start: &mut bool,
+    line: &mut Vec<u8>,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    // Only the start of each line matters; buffer at most the first 5+ octets of a line.
+    let mut rest = data;
+    while !rest.is_empty() {
+        if *at_line_start || !line.is_empty() {
+            // Collect the line's head until it is decided.
+            let take = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+            let head_needed = line.iter().take_while(|&&b| b == b'>').count() + 5;
+            let n = take.min(head_needed.saturating_sub(line.len()).max(1));
+            line.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            let gts = line.iter().take_while(|&&b| b == b'>').count();
+            let decided = line.len() >= gts + 5 || line.last() == Some(&b'\n');
+            if decided {
+                if line[gts..].starts_with(b"From ") {
+                    out.write_all(b">")?;
+                }
+                out.write_all(line)?;
+                *at_line_start = line.last() == Some(&b'\n');
+                line.clear();
+            } else {
+                *at_line_start = false;
+            }
+        } else {
+            match memchr::memchr(b'\n', rest) {
+                Some(i) => {
+                    out.write_all(&rest[..=i])?;
+                    rest = &rest[i + 1..];
+                    *at_line_start = true;
+                }
+                None => {
+                    out.write_all(rest)?;
+                    rest = &[];
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

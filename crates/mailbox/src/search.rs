@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use mailparse::MailHeaderMap;
 use rusqlite::{Connection, params};
 
-use crate::mailbox::{self, Summary};
+use crate::{self as mailbox, Summary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -391,7 +391,7 @@ impl Index {
 
 /// A modification time in nanoseconds, as the index keeps it.
 fn folder_mtime(meta: &std::fs::Metadata) -> i64 {
-    i64::try_from(mailbox::mtime_ns(meta)).unwrap_or(i64::MAX)
+    i64::try_from(pillarbox_os::mtime_ns(meta)).unwrap_or(i64::MAX)
 }
 
 /// A folder's modification time in nanoseconds (0 when it is not there).

@@ -26,7 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use crate::account::Deliver;
+use pillarbox_accounts::Deliver;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
@@ -260,7 +260,8 @@ impl Local {
                 Ok(file.write_all(data).map_err(io_err(format!("writing {}", tmp.display())))?)
             }
             (Some(Current::Mbox { at_line_start, line, .. }), Kind::Mbox { path, file: Some(f), .. }) => {
-                Ok(mboxrd_quote(data, at_line_start, line, f).map_err(io_err(format!("writing {}", path.display())))?)
+                Ok(pillarbox_mailbox::mboxrd_quote(data, at_line_start, line, f)
+                    .map_err(io_err(format!("writing {}", path.display())))?)
             }
             (Some(Current::Mda { child, .. }), Kind::Mda { command, .. }) => match child.stdin.as_mut() {
                 Some(stdin) => Ok(stdin.write_all(data).map_err(io_err(format!("writing to the MDA `{command}`")))?),
@@ -413,52 +414,6 @@ fn sync_all_parallel(staged: &[Staged]) -> Result<(), DeliverError> {
             h.join().unwrap_or_else(|_| Err(io_err("syncing")(std::io::Error::other("fsync thread panicked")).into()))
         })
     })
-}
-
-/// `From ` lines need their mboxrd quoting: any line matching `>*From ` gets one more `>`.
-pub(crate) fn mboxrd_quote(
-    data: &[u8],
-    at_line_start: &mut bool,
-    line: &mut Vec<u8>,
-    out: &mut impl Write,
-) -> io::Result<()> {
-    // Only the start of each line matters; buffer at most the first 5+ octets of a line.
-    let mut rest = data;
-    while !rest.is_empty() {
-        if *at_line_start || !line.is_empty() {
-            // Collect the line's head until it is decided.
-            let take = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
-            let head_needed = line.iter().take_while(|&&b| b == b'>').count() + 5;
-            let n = take.min(head_needed.saturating_sub(line.len()).max(1));
-            line.extend_from_slice(&rest[..n]);
-            rest = &rest[n..];
-            let gts = line.iter().take_while(|&&b| b == b'>').count();
-            let decided = line.len() >= gts + 5 || line.last() == Some(&b'\n');
-            if decided {
-                if line[gts..].starts_with(b"From ") {
-                    out.write_all(b">")?;
-                }
-                out.write_all(line)?;
-                *at_line_start = line.last() == Some(&b'\n');
-                line.clear();
-            } else {
-                *at_line_start = false;
-            }
-        } else {
-            match memchr::memchr(b'\n', rest) {
-                Some(i) => {
-                    out.write_all(&rest[..=i])?;
-                    rest = &rest[i + 1..];
-                    *at_line_start = true;
-                }
-                None => {
-                    out.write_all(rest)?;
-                    rest = &[];
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 fn read_pending(path: &Path) -> Option<(u64, u64)> {

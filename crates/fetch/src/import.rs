@@ -2,7 +2,7 @@
 //! fetchmail (`.fetchids`), mpop (its UIDL file) or getmail (`oldmail-*`) and record those
 //! messages as already downloaded in the account's journal.
 
-use crate::account::Account;
+use pillarbox_accounts::Account;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -74,7 +74,7 @@ mod tests {
     use super::*;
 
     fn account() -> Account {
-        crate::account::parse(
+        pillarbox_accounts::parse(
             "[accounts.a]\nhost = \"127.0.0.1\"\nusername = \"alice\"\npassword_env = \"X\"\ndeliver = { mbox = \"/tmp/m\" }\n",
             std::path::Path::new("a.toml"),
         )

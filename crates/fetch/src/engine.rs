@@ -18,10 +18,10 @@ use pillarbox_proto::Secret;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::account::{Account, Keep, Oversize, PasswordSource};
 use crate::conn::{Conn, ConnError};
 use crate::deliver::{DeliverError, Local};
 use crate::journal::{Journal, JournalError};
+use pillarbox_accounts::{Account, Keep, Oversize, PasswordSource};
 
 /// Messages per group commit.
 const BATCH_MESSAGES: usize = 100;

@@ -14,8 +14,8 @@ use pillarbox_sasl::client::{ClientError, ClientMech};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::account::{Account, AuthChoice, TlsMode};
 use crate::tls;
+use pillarbox_accounts::{Account, AuthChoice, TlsMode};
 
 pub use pillarbox_proto::client::MAX_LINE;
 /// Most lines in a CAPA, LIST or UIDL answer (a maildrop of a million messages)...

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use rustls::{AlertDescription, CertificateError};
 use serde::Serialize;
 
-use crate::account::{Account, Deliver, Keep, TlsMode};
-use crate::conn::{self, Capa, Conn, ConnError};
 use crate::dns::{DnsError, Resolver};
-use crate::journal::Journal;
-use crate::tls::{self, Presented};
+use pillarbox_accounts::{Account, Deliver, Keep, TlsMode};
+use pillarbox_fetch::conn::{self, Capa, Conn, ConnError};
+use pillarbox_fetch::journal::Journal;
+use pillarbox_fetch::tls::{self, Presented};
 
 /// The checks, in the order they run and are shown.
 pub const CHECKS: [&str; 9] =
@@ -611,7 +611,7 @@ impl Remote<'_, '_> {
 
     async fn auth(&mut self, conn: &mut Conn) -> bool {
         let a = self.account;
-        let password = match crate::fetch::password(a) {
+        let password = match pillarbox_fetch::password(a) {
             Ok(p) => p,
             Err(e) => {
                 self.report.auth = Some(AuthOutcome::Other);
@@ -655,7 +655,9 @@ impl Remote<'_, '_> {
                     "use TLS: tls = \"implicit\" on port 995, or tls = \"starttls\" on port 110",
                 ),
             ),
-            Err(ConnError::AuthFailed(line)) if crate::conn::refusal_has(&line, pillarbox_proto::RespCode::SysPerm) => {
+            Err(ConnError::AuthFailed(line))
+                if pillarbox_fetch::conn::refusal_has(&line, pillarbox_proto::RespCode::SysPerm) =>
+            {
                 (
                     AuthOutcome::Other,
                     Finding::fail(
@@ -692,7 +694,7 @@ impl Remote<'_, '_> {
                 ),
             ),
             Err(ConnError::Refused { line, .. })
-                if crate::conn::refusal_has(&line, pillarbox_proto::RespCode::SysTemp) =>
+                if pillarbox_fetch::conn::refusal_has(&line, pillarbox_proto::RespCode::SysTemp) =>
             {
                 (
                     AuthOutcome::Other,
@@ -874,7 +876,7 @@ impl Remote<'_, '_> {
             .opts
             .state_dir
             .as_ref()
-            .map(|d| Journal::peek(&d.join(crate::fetch::account_key(self.account))).unwrap_or_default())
+            .map(|d| Journal::peek(&d.join(pillarbox_fetch::account_key(self.account))).unwrap_or_default())
             .unwrap_or_default();
         let (new, new_octets) = match &uids {
             Some(lines) => lines
@@ -985,7 +987,7 @@ fn local(account: &Account, opts: &Options<'_>, report: &mut Report) {
         }
     }
     if let Some(dir) = &opts.state_dir {
-        let d = dir.join(crate::fetch::account_key(account));
+        let d = dir.join(pillarbox_fetch::account_key(account));
         if Journal::is_locked(&d) {
             found.push(Finding::warn(
                 "local",
@@ -999,7 +1001,7 @@ fn local(account: &Account, opts: &Options<'_>, report: &mut Report) {
     if let Some(f) = &opts.accounts_file {
         files.push(("the accounts file", f.clone(), Status::Warn));
     }
-    if let crate::account::PasswordSource::File(p) = &account.password {
+    if let pillarbox_accounts::PasswordSource::File(p) = &account.password {
         files.push(("the password file", p.clone(), Status::Fail));
     }
     for (what, path, severity) in files {

@@ -25,7 +25,7 @@ use age::secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::mailbox::mtime_ns;
+use pillarbox_os::mtime_ns;
 
 /// Version of the archive layout.
 pub const FORMAT: u32 = 1;

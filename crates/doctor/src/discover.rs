@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::account::{Account, TlsMode};
-use crate::conn::{self, Conn};
 use crate::dns::{DnsError, Resolver};
-use crate::tls;
+use pillarbox_accounts::{Account, TlsMode};
+use pillarbox_fetch::conn::{self, Conn};
+use pillarbox_fetch::tls;
 
 /// A server that answered like a POP3 server.
 #[derive(Debug, Clone, PartialEq, Eq)]
