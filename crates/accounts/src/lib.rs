@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use pillarbox_proto::units::HumanSize;
+use pillarbox_config::HumanSize;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -150,7 +150,7 @@ pub fn backup_settings(path: &Path) -> Result<BackupSettings, AccountError> {
     for r in &raw.backup.recipients {
         recipients.push(r.trim().parse().map_err(|e| AccountError::Field {
             path: path.to_owned(),
-            line: pillarbox_proto::units::key_line(&text, "backup", "recipients"),
+            line: pillarbox_config::key_line(&text, "backup", "recipients"),
             field: "backup.recipients".into(),
             message: format!("{r:?} is not an age public key (age1...): {e}"),
         })?);
@@ -380,7 +380,7 @@ fn edit_file(
         Err(source) => return Err(AccountError::Read { path: path.to_owned(), source }),
     };
     let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
-        let (line, field) = pillarbox_proto::units::toml_location(&text, e.span().map_or(0, |s| s.start));
+        let (line, field) = pillarbox_config::toml_location(&text, e.span().map_or(0, |s| s.start));
         AccountError::Field { path: path.to_owned(), line, field, message: e.message().trim().to_owned() }
     })?;
     change(&mut doc).map_err(field_err)?;
@@ -464,13 +464,13 @@ pub fn load(path: &Path) -> Result<Vec<Account>, AccountError> {
 
 pub fn parse(text: &str, path: &Path) -> Result<Vec<Account>, AccountError> {
     let raw: RawFile = toml::from_str(text).map_err(|e| {
-        let (line, field) = pillarbox_proto::units::toml_location(text, e.span().map_or(0, |s| s.start));
+        let (line, field) = pillarbox_config::toml_location(text, e.span().map_or(0, |s| s.start));
         AccountError::Field { path: path.to_owned(), line, field, message: e.message().trim().to_owned() }
     })?;
     let mut out = Vec::new();
     for (name, a) in raw.accounts {
         let err = |key: &str, message: String| {
-            let line = pillarbox_proto::units::key_line(text, &format!("accounts.{name}"), key);
+            let line = pillarbox_config::key_line(text, &format!("accounts.{name}"), key);
             AccountError::Field { path: path.to_owned(), line, field: format!("accounts.{name}.{key}"), message }
         };
         let tls = a.tls.unwrap_or(TlsMode::Implicit);
@@ -545,7 +545,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Account>, AccountError> {
         {
             return Err(AccountError::Field {
                 path: path.to_owned(),
-                line: pillarbox_proto::units::key_line(text, &format!("accounts.{}", a.name), "host"),
+                line: pillarbox_config::key_line(text, &format!("accounts.{}", a.name), "host"),
                 field: format!("accounts.{}.host", a.name),
                 message: format!(
                     "accounts {} and {} fetch the same mailbox ({}@{}:{}); keep one of them",

@@ -268,7 +268,7 @@ pub struct Created {
 
 /// An archive's name: `pillarbox-YYYYMMDDTHHMMSSZ-CHAIN-SEQ.tar.zst[.age]`.
 fn archive_name(created: u64, chain: &str, seq: u32, encrypted: bool) -> String {
-    let time = pillarbox_proto::date::compact(created);
+    let time = pillarbox_os::date::compact(created);
     format!("pillarbox-{time}-{chain}-{seq:03}.tar.zst{}", if encrypted { ".age" } else { "" })
 }
 
@@ -1366,7 +1366,7 @@ pub fn list(dir: &Path) -> Result<Vec<ListedChain>, BackupError> {
         let created = name
             .strip_prefix("pillarbox-")
             .and_then(|r| r.get(..16))
-            .and_then(pillarbox_proto::date::parse_compact)
+            .and_then(pillarbox_os::date::parse_compact)
             .unwrap_or(0);
         chains.entry(chain.clone()).or_default().push(Listed {
             file: name.to_owned(),

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use pillarbox_accounts::{self as account, Account, AuthChoice, Deliver, Keep, Oversize, PasswordSource, TlsMode};
+use pillarbox_config::HumanDuration;
 use pillarbox_doctor::check::{self, AuthOutcome, Report, Status};
 use pillarbox_doctor::discover::{self, mode_name};
 use pillarbox_doctor::dns::Resolver;
-use pillarbox_proto::units::HumanDuration;
 
 /// Where accounts and state live.
 #[derive(Debug, Args)]

@@ -275,7 +275,7 @@ fn sources(accounts: &[Account], accounts_file: &Path, state_dir: &Path) -> Resu
 }
 
 fn day_time(secs: u64) -> String {
-    pillarbox_proto::date::short(secs)
+    pillarbox_os::date::short(secs)
 }
 
 pub fn command(cmd: BackupCommand) -> Result<u8> {

@@ -35,7 +35,7 @@ pub struct FetchArgs {
     /// Run again after this long, until SIGINT/SIGTERM (e.g. 5m); errors back off, and a server's
     /// LOGIN-DELAY is respected.
     #[arg(long, value_name = "INTERVAL")]
-    pub every: Option<pillarbox_proto::units::HumanDuration>,
+    pub every: Option<pillarbox_config::HumanDuration>,
     /// Mark what another client already downloaded as downloaded: FORMAT is fetchmail (its
     /// .fetchids), mpop (its UIDL file) or getmail (its oldmail-* file); give exactly one ACCOUNT.
     #[arg(long, num_args = 2, value_names = ["FORMAT", "FILE"])]

@@ -183,7 +183,7 @@ fn print_summaries(items: impl Iterator<Item = (String, Summary)>, json: bool) -
                 out,
                 "{}  {}  {:<28.28}  {:<48.48}  {:>7}{}",
                 s.id,
-                pillarbox_proto::date::short(s.date.max(0).unsigned_abs()),
+                pillarbox_os::date::short(s.date.max(0).unsigned_abs()),
                 s.from,
                 s.subject,
                 pillarbox_doctor::check::human_bytes(s.size),
@@ -199,8 +199,7 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
         MailCommand::List { account, limit, since, from, json, store } => {
             let since = match since.as_deref() {
                 Some(s) => Some(
-                    pillarbox_proto::date::parse_day(s)
-                        .with_context(|| format!("--since {s:?}: expected YYYY-MM-DD"))?,
+                    pillarbox_os::date::parse_day(s).with_context(|| format!("--since {s:?}: expected YYYY-MM-DD"))?,
                 ),
                 None => None,
             };

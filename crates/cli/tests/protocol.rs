@@ -6,7 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::{Client, PASSWORD, Pillarbox, crlf, message};
-use pillarbox_proto::transcript::{self, Step};
+// The transcript reader of the protocol core's tests, shared rather than copied.
+#[path = "../../proto/tests/common/transcript.rs"]
+mod transcript;
+use transcript::Step;
 
 #[test]
 fn rfc1939_transcript_replays_against_the_server() {

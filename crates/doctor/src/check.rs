@@ -484,7 +484,7 @@ impl Remote<'_, '_> {
                         "valid for {}: issued by {}, until {} ({days} days)",
                         a.host,
                         c.issuer,
-                        pillarbox_proto::date::rfc5322(c.not_after.max(0).unsigned_abs())
+                        pillarbox_os::date::rfc5322(c.not_after.max(0).unsigned_abs())
                     );
                     if days < 14 {
                         Finding::warn(
@@ -520,8 +520,8 @@ impl Remote<'_, '_> {
                         "the server's certificate has expired",
                         format!(
                             "it was valid until {}; it is now {}",
-                            pillarbox_proto::date::rfc5322(until.max(0).unsigned_abs()),
-                            pillarbox_proto::date::rfc5322(now)
+                            pillarbox_os::date::rfc5322(until.max(0).unsigned_abs()),
+                            pillarbox_os::date::rfc5322(now)
                         ),
                         format!("the server's admin must renew it. Until then, {pin_fix}"),
                     )
@@ -533,8 +533,8 @@ impl Remote<'_, '_> {
                         "the server's certificate is not valid yet",
                         format!(
                             "it is valid from {}, and this computer's clock says {}",
-                            pillarbox_proto::date::rfc5322(from.max(0).unsigned_abs()),
-                            pillarbox_proto::date::rfc5322(now)
+                            pillarbox_os::date::rfc5322(from.max(0).unsigned_abs()),
+                            pillarbox_os::date::rfc5322(now)
                         ),
                         "check this computer's date and time; if they are right, the server's certificate is wrong",
                     )

@@ -462,7 +462,7 @@ fn open_mbox(path: &Path, pending: &Path, batch: u64) -> Result<File, DeliverErr
 
 /// The date of an mbox `From ` line: now, in UTC.
 fn mbox_date() -> String {
-    pillarbox_proto::date::asctime(pillarbox_os::unix_now())
+    pillarbox_os::date::asctime(pillarbox_os::unix_now())
 }
 
 #[cfg(test)]

@@ -233,7 +233,7 @@ pub fn export_mbox(maildirs: &[PathBuf], target: &Path) -> Result<usize, Mailbox
             .filter(|&(i, &b)| !(b == b'\r' && data.get(i + 1) == Some(&b'\n')))
             .map(|(_, &b)| b)
             .collect();
-        let date = pillarbox_proto::date::asctime(s.date.max(0).unsigned_abs());
+        let date = pillarbox_os::date::asctime(s.date.max(0).unsigned_abs());
         let write = |out: &mut std::io::BufWriter<&std::fs::File>| -> std::io::Result<()> {
             out.write_all(format!("From MAILER-DAEMON {date}\n").as_bytes())?;
             let (mut at_start, mut line) = (true, Vec::new());

@@ -87,7 +87,7 @@ pub fn parse_query(q: &str) -> Result<Query, SearchError> {
             continue;
         }
         let day = |v: &str| {
-            pillarbox_proto::date::parse_day(v)
+            pillarbox_os::date::parse_day(v)
                 .map(|s| s as i64)
                 .ok_or_else(|| SearchError::Query(format!("{v:?} is not a day like 2026-11-26")))
         };

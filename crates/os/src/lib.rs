@@ -1,7 +1,9 @@
 //! The few operating-system helpers every Pillarbox crate needs, each in one place: this
-//! machine's name, the time in seconds, syncing a folder so that a rename in it is durable, and
-//! an I/O error that says what was being done.
+//! machine's name, the time (in seconds, and as mail dates: [`date`]), file times, syncing a
+//! folder so that a rename in it is durable, and an I/O error that says what was being done.
 #![forbid(unsafe_code)]
+
+pub mod date;
 
 use std::fmt;
 use std::io;

@@ -11,15 +11,12 @@
 pub mod apop;
 pub mod client;
 pub mod command;
-pub mod date;
 pub mod dotstuff;
 pub mod limits;
 pub mod line;
 pub mod response;
 pub mod server;
-pub mod transcript;
 pub mod types;
-pub mod units;
 
 pub use command::{Command, ParseError};
 pub use dotstuff::{CrlfCounter, MessageEncoder, Unstuffed, Unstuffer, crlf_size};

@@ -5,8 +5,10 @@ use bytes::BytesMut;
 use pillarbox_proto::server::{
     AuthFailure, Credential, Event, Expire, ExpireCapa, Listing, ListingEntry, Login, ServerSession, SessionConfig,
 };
-use pillarbox_proto::transcript::{self, Step};
+#[path = "common/transcript.rs"]
+mod transcript;
 use pillarbox_proto::{CrlfCounter, UniqueId, apop};
+use transcript::Step;
 
 const TS: &str = "<1896.697170952@dbc.mtview.ca.us>";
 

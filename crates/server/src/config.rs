@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use pillarbox_config::{HumanDuration, HumanSize};
+use pillarbox_config::{key_line, number_or_text, toml_location};
 pub use pillarbox_core::DeliveryPolicy;
 use pillarbox_proto::Expire;
 use pillarbox_proto::limits::MIN_AUTOLOGOUT_SECS;
-pub use pillarbox_proto::units::{HumanDuration, HumanSize};
-use pillarbox_proto::units::{key_line, number_or_text, toml_location};
 use serde::Deserialize;
 
 /// The file name of the configuration inside a data folder.

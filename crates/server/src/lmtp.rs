@@ -142,7 +142,7 @@ async fn begin(front: &Frontend, sender: &str, lhlo: &str, peer: &str, recipient
     let mut id = [0u8; 8];
     let _ = getrandom::fill(&mut id);
     let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    let date = pillarbox_proto::date::rfc5322(pillarbox_os::unix_now());
+    let date = pillarbox_os::date::rfc5322(pillarbox_os::unix_now());
     let mut slots = Vec::with_capacity(recipients.len());
     for rcpt in recipients {
         let state = match UserName::new(&rcpt.user) {

@@ -187,7 +187,7 @@ pub fn message(rng: &mut Rng, i: usize, base_time: u64) -> Generated {
         "Return-Path: <{from_addr}>\r\nMessage-ID: <{i}.{:x}@gen.example>\r\nDate: {}\r\nFrom: {} <{from_addr}>\r\n\
          To: Me <me@example.org>\r\nSubject: {}\r\nMIME-Version: 1.0\r\n",
         rng.next(),
-        pillarbox_proto::date::rfc5322(date),
+        pillarbox_os::date::rfc5322(date),
         encode_words(from_name, i.is_multiple_of(2)),
         encode_words(&subject, i.is_multiple_of(3)),
     );

@@ -1,5 +1,5 @@
-//! Dates for mail headers and mbox separators, in UTC, from seconds since the Unix epoch (the
-//! crate has no clock: callers pass the time).
+//! Dates for mail headers and mbox separators, in UTC, from seconds since the Unix epoch (callers
+//! pass the time, so that tests can).
 
 /// The calendar fields of a Unix time, in UTC.
 struct Civil {

@@ -1,5 +1,7 @@
 //! Transcript files: scripted client/server exchanges (`C:` / `S:` lines, as in the RFCs'
-//! examples) that tests replay against the session core and against the running server.
+//! examples) that tests replay against the session core and against the running server. Shared
+//! by two test binaries, each using part of it.
+#![allow(dead_code)]
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -36,7 +38,7 @@ pub fn expand(line: &str, timestamp: Option<&str>) -> String {
         (Some(start), Some(ts)) => {
             let end = line[start..].find('}').map_or(line.len(), |e| start + e);
             let secret = &line[start + 6..end];
-            let digest = crate::apop::digest(ts, secret.as_bytes());
+            let digest = pillarbox_proto::apop::digest(ts, secret.as_bytes());
             format!("{}{}{}", &line[..start], digest, &line[(end + 1).min(line.len())..])
         }
         _ => line.to_owned(),
