@@ -46,7 +46,7 @@ impl Files {
     }
 
     fn state(&self) -> PathBuf {
-        self.state_dir.clone().unwrap_or_else(crate::fetch::default_state_dir)
+        self.state_dir.clone().unwrap_or_else(pillarbox_fetch::default_state_dir)
     }
 }
 

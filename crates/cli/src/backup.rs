@@ -314,7 +314,7 @@ pub fn command(cmd: BackupCommand) -> Result<u8> {
                 }
                 bail!("{}: no accounts, so no local mail to back up", accounts_file.display());
             }
-            let state_dir = state_dir.unwrap_or_else(crate::fetch::default_state_dir);
+            let state_dir = state_dir.unwrap_or_else(pillarbox_fetch::default_state_dir);
             let state_root = state_dir.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
             let (sources, notes) = sources(&chosen, &accounts_file, &state_dir)?;
 

@@ -74,15 +74,6 @@ fn import_state(spec: &[String], accounts: &[Account], state_dir: &std::path::Pa
     Ok(0)
 }
 
-pub fn default_state_dir() -> PathBuf {
-    std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("pillarbox")
-        .join("fetch")
-}
-
 /// How events reach the user.
 enum Output {
     Json(Mutex<std::io::Stdout>),
@@ -186,7 +177,7 @@ pub fn run(args: FetchArgs) -> Result<u8> {
     } else {
         Output::Bars { multi: MultiProgress::new(), bars: Mutex::new(Default::default()) }
     });
-    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let state_dir = args.state_dir.clone().unwrap_or_else(fetch::default_state_dir);
     let now = args.now.unwrap_or_else(pillarbox_os::unix_now);
     if let Some(spec) = &args.import_state {
         return import_state(spec, &chosen, &state_dir, now);

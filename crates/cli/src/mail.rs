@@ -129,7 +129,7 @@ fn maildirs(store: &Store, account: Option<&str>) -> Result<Vec<(String, PathBuf
 
 /// Where the search index is kept by default: beside fetch's state.
 fn default_index() -> PathBuf {
-    let state = crate::fetch::default_state_dir();
+    let state = pillarbox_fetch::default_state_dir();
     state.parent().map_or_else(|| PathBuf::from("search.sqlite"), |p| p.join("search.sqlite"))
 }
 

@@ -507,3 +507,14 @@ async fn dele(conn: &mut Conn, numbers: &[(u32, String)], window: usize) -> Resu
     }
     Ok(ok)
 }
+
+/// Where fetch keeps its journals by default: `$XDG_STATE_HOME/pillarbox/fetch`
+/// (`~/.local/state/pillarbox/fetch`).
+pub fn default_state_dir() -> PathBuf {
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("pillarbox")
+        .join("fetch")
+}
