@@ -247,26 +247,113 @@ mod edit {
     }
 }
 
+/// A directory that keeps every user in one [`Users`] map, read whole and changed whole (the
+/// user file, and the in-memory directory of tests). Its [`Directory`] methods are written once,
+/// for every such backend.
+pub trait UserMap: Send + Sync + 'static {
+    /// The users now (a backend may serve its last good copy when the source cannot be read).
+    fn users(&self) -> Arc<Users>;
+
+    /// The users as the source holds them now, or why it cannot be read (for listings, which
+    /// an administrator reads).
+    fn users_now(&self) -> Result<Arc<Users>, DirectoryError> {
+        Ok(self.users())
+    }
+
+    /// Apply `f` to the users under the backend's lock and keep the result; nothing is kept
+    /// when `f` fails.
+    fn edit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Users) -> Result<T, DirectoryError> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, DirectoryError>> + Send;
+
+    /// What [`Directory::problem`] says.
+    fn last_problem(&self) -> Option<String> {
+        None
+    }
+}
+
+#[async_trait]
+impl<M: UserMap> Directory for M {
+    async fn lookup(&self, name: &UserName) -> Result<Option<Entry>, DirectoryError> {
+        Ok(self.users().users.get(name).map(|r| entry(name, r)))
+    }
+
+    async fn summary(&self) -> Result<Arc<Summary>, DirectoryError> {
+        // Computed once per loaded copy of the users, then cloned.
+        Ok(Arc::new(self.users().summary().clone()))
+    }
+
+    async fn list(&self, after: Option<&UserName>, limit: usize) -> Result<Vec<Entry>, DirectoryError> {
+        let users = self.users_now()?;
+        Ok(edit::list(&users, after, limit))
+    }
+
+    async fn create(&self, name: &UserName, record: UserRecord) -> Result<(), DirectoryError> {
+        let name = name.clone();
+        self.edit(move |u| edit::create(u, &name, record)).await
+    }
+
+    async fn modify(&self, name: &UserName, change: Change) -> Result<(), DirectoryError> {
+        let name = name.clone();
+        self.edit(move |u| edit::modify(u, &name, change)).await
+    }
+
+    async fn set_secrets(
+        &self,
+        name: &UserName,
+        expected: Option<SecretVersion>,
+        secrets: Secrets,
+    ) -> Result<SecretVersion, DirectoryError> {
+        let name = name.clone();
+        self.edit(move |u| edit::set_secrets(u, &name, expected, secrets)).await
+    }
+
+    async fn remove(&self, name: &UserName) -> Result<(), DirectoryError> {
+        let name = name.clone();
+        self.edit(move |u| edit::remove(u, &name)).await
+    }
+
+    async fn import(&self, users: Vec<(UserName, String)>, replace: bool) -> Result<ImportReport, DirectoryError> {
+        self.edit(move |u| Ok(edit::import(u, users, replace))).await
+    }
+
+    fn problem(&self) -> Option<String> {
+        self.last_problem()
+    }
+}
+
 /// The user file as a directory: read through [`UserDb`] (re-read when the file changes, the
 /// last good copy kept when it stops parsing), written under the file's lock.
 #[derive(Debug)]
 pub struct FileDirectory {
     db: UserDb,
-    /// The summary of the copy it was computed from.
-    summary: Mutex<Option<(Arc<Users>, Arc<Summary>)>>,
     /// Why the file could not be used at the last look, if it could not.
     problem: Mutex<Option<String>>,
 }
 
 impl FileDirectory {
     pub fn new(file: UserFile) -> Self {
-        let d = Self { db: UserDb::new(file), summary: Mutex::new(None), problem: Mutex::new(None) };
-        d.current();
+        let d = Self { db: UserDb::new(file), problem: Mutex::new(None) };
+        d.users();
         d
     }
 
     pub fn file(&self) -> &UserFile {
         self.db.file()
+    }
+}
+
+impl UserMap for FileDirectory {
+    /// One `stat` of the file, a read when it changed; any problem is noted.
+    fn users(&self) -> Arc<Users> {
+        let (users, problem) = self.db.current();
+        *self.problem.lock().unwrap_or_else(PoisonError::into_inner) = problem.map(|e| e.to_string());
+        users
+    }
+
+    fn users_now(&self) -> Result<Arc<Users>, DirectoryError> {
+        Ok(Arc::new(self.db.file().load()?))
     }
 
     /// Read, change and write under the file's lock (blocking work on a blocking thread).
@@ -302,69 +389,7 @@ impl FileDirectory {
         }
     }
 
-    /// The users now (one `stat` of the file, a read when it changed), noting any problem.
-    fn current(&self) -> Arc<Users> {
-        let (users, problem) = self.db.current();
-        *self.problem.lock().unwrap_or_else(PoisonError::into_inner) = problem.map(|e| e.to_string());
-        users
-    }
-}
-
-#[async_trait]
-impl Directory for FileDirectory {
-    async fn lookup(&self, name: &UserName) -> Result<Option<Entry>, DirectoryError> {
-        Ok(self.current().users.get(name).map(|r| entry(name, r)))
-    }
-
-    async fn summary(&self) -> Result<Arc<Summary>, DirectoryError> {
-        let users = self.current();
-        let mut cached = self.summary.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((from, s)) = cached.as_ref()
-            && Arc::ptr_eq(from, &users)
-        {
-            return Ok(s.clone());
-        }
-        let s = Arc::new(users.summary().clone());
-        *cached = Some((users, s.clone()));
-        Ok(s)
-    }
-
-    async fn list(&self, after: Option<&UserName>, limit: usize) -> Result<Vec<Entry>, DirectoryError> {
-        // The administrator's listing reads the file as it is now, and says when it cannot.
-        let users = self.db.file().load()?;
-        Ok(edit::list(&users, after, limit))
-    }
-
-    async fn create(&self, name: &UserName, record: UserRecord) -> Result<(), DirectoryError> {
-        let name = name.clone();
-        self.edit(move |u| edit::create(u, &name, record)).await
-    }
-
-    async fn modify(&self, name: &UserName, change: Change) -> Result<(), DirectoryError> {
-        let name = name.clone();
-        self.edit(move |u| edit::modify(u, &name, change)).await
-    }
-
-    async fn set_secrets(
-        &self,
-        name: &UserName,
-        expected: Option<SecretVersion>,
-        secrets: Secrets,
-    ) -> Result<SecretVersion, DirectoryError> {
-        let name = name.clone();
-        self.edit(move |u| edit::set_secrets(u, &name, expected, secrets)).await
-    }
-
-    async fn remove(&self, name: &UserName) -> Result<(), DirectoryError> {
-        let name = name.clone();
-        self.edit(move |u| edit::remove(u, &name)).await
-    }
-
-    async fn import(&self, users: Vec<(UserName, String)>, replace: bool) -> Result<ImportReport, DirectoryError> {
-        self.edit(move |u| Ok(edit::import(u, users, replace))).await
-    }
-
-    fn problem(&self) -> Option<String> {
+    fn last_problem(&self) -> Option<String> {
         self.problem.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
@@ -372,58 +397,30 @@ impl Directory for FileDirectory {
 /// Users in memory: for tests, and as the reference backend of the conformance suite.
 #[derive(Debug, Default)]
 pub struct MemoryDirectory {
-    users: Mutex<Users>,
+    users: Mutex<Arc<Users>>,
 }
 
 impl MemoryDirectory {
     pub fn new() -> Self {
         Self::default()
     }
-
-    fn with<T>(&self, f: impl FnOnce(&mut Users) -> T) -> T {
-        let mut u = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-        f(&mut u)
-    }
 }
 
-#[async_trait]
-impl Directory for MemoryDirectory {
-    async fn lookup(&self, name: &UserName) -> Result<Option<Entry>, DirectoryError> {
-        Ok(self.with(|u| u.users.get(name).map(|r| entry(name, r))))
+impl UserMap for MemoryDirectory {
+    fn users(&self) -> Arc<Users> {
+        self.users.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    async fn summary(&self) -> Result<Arc<Summary>, DirectoryError> {
-        // A fresh copy computes its summary anew.
-        Ok(Arc::new(self.with(|u| Users { users: u.users.clone(), ..Users::default() }.summary().clone())))
-    }
-
-    async fn list(&self, after: Option<&UserName>, limit: usize) -> Result<Vec<Entry>, DirectoryError> {
-        Ok(self.with(|u| edit::list(u, after, limit)))
-    }
-
-    async fn create(&self, name: &UserName, record: UserRecord) -> Result<(), DirectoryError> {
-        self.with(|u| edit::create(u, name, record))
-    }
-
-    async fn modify(&self, name: &UserName, change: Change) -> Result<(), DirectoryError> {
-        self.with(|u| edit::modify(u, name, change))
-    }
-
-    async fn set_secrets(
+    async fn edit<T: Send + 'static>(
         &self,
-        name: &UserName,
-        expected: Option<SecretVersion>,
-        secrets: Secrets,
-    ) -> Result<SecretVersion, DirectoryError> {
-        self.with(|u| edit::set_secrets(u, name, expected, secrets))
-    }
-
-    async fn remove(&self, name: &UserName) -> Result<(), DirectoryError> {
-        self.with(|u| edit::remove(u, name))
-    }
-
-    async fn import(&self, users: Vec<(UserName, String)>, replace: bool) -> Result<ImportReport, DirectoryError> {
-        Ok(self.with(|u| edit::import(u, users, replace)))
+        f: impl FnOnce(&mut Users) -> Result<T, DirectoryError> + Send + 'static,
+    ) -> Result<T, DirectoryError> {
+        let mut current = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        // A fresh copy, so that readers holding the old one keep it as it was (and its summary).
+        let mut next = Users { users: current.users.clone(), ..Users::default() };
+        let result = f(&mut next)?;
+        *current = Arc::new(next);
+        Ok(result)
     }
 }
 

@@ -12,9 +12,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use pillarbox_proto::Secret;
 
-use crate::prepare_password;
 use crate::scram::ScramHash;
 use crate::scram::client::client_final;
+use crate::{Mechanism, prepare_password};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
@@ -87,17 +87,13 @@ impl ClientMech {
         secret: &Secret<Vec<u8>>,
         channel_binding: Option<Vec<u8>>,
     ) -> Result<Self, ClientError> {
-        let scram = |hash, plus| Kind::Scram { hash, plus, state: Scram::Start };
-        let kind = match mechanism {
-            "PLAIN" => Kind::Plain,
-            "LOGIN" => Kind::Login { sent_user: false },
-            "SCRAM-SHA-256" => scram(ScramHash::Sha256, false),
-            "SCRAM-SHA-256-PLUS" => scram(ScramHash::Sha256, true),
-            "SCRAM-SHA-1" => scram(ScramHash::Sha1, false),
-            "SCRAM-SHA-1-PLUS" => scram(ScramHash::Sha1, true),
-            "OAUTHBEARER" => Kind::OAuthBearer { refused: None },
-            "XOAUTH2" => Kind::XOAuth2 { refused: None },
-            m => return Err(ClientError::Unknown(m.to_owned())),
+        let kind = match Mechanism::parse(mechanism) {
+            Some(Mechanism::Plain) => Kind::Plain,
+            Some(Mechanism::Login) => Kind::Login { sent_user: false },
+            Some(Mechanism::Scram { hash, plus }) => Kind::Scram { hash, plus, state: Scram::Start },
+            Some(Mechanism::OAuthBearer) => Kind::OAuthBearer { refused: None },
+            Some(Mechanism::XOAuth2) => Kind::XOAuth2 { refused: None },
+            None => return Err(ClientError::Unknown(mechanism.to_owned())),
         };
         if matches!(kind, Kind::Scram { plus: true, .. }) && channel_binding.is_none() {
             return Err(ClientError::Unknown(format!("{mechanism} without TLS 1.3 channel binding")));

@@ -14,6 +14,48 @@ pub mod server;
 
 pub use scram::{ScramHash, ScramKeys};
 
+/// A mechanism this crate runs, by its registered name (RFC 4422 section 3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    Plain,
+    Login,
+    /// SCRAM with this hash, `plus` for the channel-bound variant.
+    Scram {
+        hash: ScramHash,
+        plus: bool,
+    },
+    OAuthBearer,
+    XOAuth2,
+}
+
+impl Mechanism {
+    /// The mechanism a name stands for (`None`: one this crate does not run).
+    pub fn parse(name: &str) -> Option<Self> {
+        let scram = |hash, plus| Some(Mechanism::Scram { hash, plus });
+        match name {
+            "PLAIN" => Some(Mechanism::Plain),
+            "LOGIN" => Some(Mechanism::Login),
+            "SCRAM-SHA-256" => scram(ScramHash::Sha256, false),
+            "SCRAM-SHA-256-PLUS" => scram(ScramHash::Sha256, true),
+            "SCRAM-SHA-1" => scram(ScramHash::Sha1, false),
+            "SCRAM-SHA-1-PLUS" => scram(ScramHash::Sha1, true),
+            "OAUTHBEARER" => Some(Mechanism::OAuthBearer),
+            "XOAUTH2" => Some(Mechanism::XOAuth2),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Plain => "PLAIN",
+            Mechanism::Login => "LOGIN",
+            Mechanism::Scram { hash, plus } => hash.mechanism(plus),
+            Mechanism::OAuthBearer => "OAUTHBEARER",
+            Mechanism::XOAuth2 => "XOAUTH2",
+        }
+    }
+}
+
 /// SASLprep (RFC 4013): the normalisation both ends apply to user names and passwords.
 pub fn saslprep(s: &str) -> Result<String, String> {
     stringprep::saslprep(s).map(|c| c.into_owned()).map_err(|e| format!("not allowed by SASLprep (RFC 4013): {e}"))
@@ -24,5 +66,19 @@ pub fn prepare_password(password: &[u8]) -> Result<Vec<u8>, String> {
     match std::str::from_utf8(password) {
         Ok(s) => saslprep(s).map(String::into_bytes).map_err(|e| format!("password: {e}")),
         Err(_) => Ok(password.to_vec()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mechanism_names_round_trip() {
+        for name in server::MECHANISMS {
+            assert_eq!(Mechanism::parse(name).map(Mechanism::name), Some(name));
+        }
+        assert_eq!(Mechanism::parse("scram-sha-256"), None, "names are upper case, as registered");
+        assert_eq!(Mechanism::parse("CRAM-MD5"), None);
     }
 }

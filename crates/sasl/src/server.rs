@@ -6,8 +6,8 @@
 
 use pillarbox_proto::Secret;
 
-use crate::saslprep;
 use crate::scram::{ScramError, ScramHash, ScramKeys, ScramServer};
+use crate::{Mechanism, saslprep};
 
 /// What a mechanism needs next.
 #[derive(Debug)]
@@ -102,20 +102,16 @@ impl Mech {
     /// The mechanism for a name the caller offered (`None` for an unknown one). `-PLUS` variants
     /// need `channel_binding` (the `tls-exporter` data of the connection).
     pub fn new(name: &str, channel_binding: Option<Vec<u8>>) -> Option<Self> {
-        let scram = |hash, plus| {
-            let server = Box::new(ScramServer::new(hash, plus, channel_binding.clone()));
-            Kind::Scram { server, hash, stage: ScramStage::ClientFirst }
-        };
-        let kind = match name {
-            "PLAIN" => Kind::Plain,
-            "LOGIN" => Kind::Login { user: None },
-            "SCRAM-SHA-256" => scram(ScramHash::Sha256, false),
-            "SCRAM-SHA-256-PLUS" => scram(ScramHash::Sha256, true),
-            "SCRAM-SHA-1" => scram(ScramHash::Sha1, false),
-            "SCRAM-SHA-1-PLUS" => scram(ScramHash::Sha1, true),
-            "OAUTHBEARER" => Kind::OAuthBearer(BearerStage::Start),
-            "XOAUTH2" => Kind::XOAuth2(BearerStage::Start),
-            _ => return None,
+        let kind = match Mechanism::parse(name)? {
+            Mechanism::Plain => Kind::Plain,
+            Mechanism::Login => Kind::Login { user: None },
+            Mechanism::Scram { hash, plus } => Kind::Scram {
+                server: Box::new(ScramServer::new(hash, plus, channel_binding)),
+                hash,
+                stage: ScramStage::ClientFirst,
+            },
+            Mechanism::OAuthBearer => Kind::OAuthBearer(BearerStage::Start),
+            Mechanism::XOAuth2 => Kind::XOAuth2(BearerStage::Start),
         };
         Some(Self { name: name.to_owned(), kind })
     }
