@@ -175,16 +175,18 @@ impl ClientMech {
                 return if challenge.is_empty() { Ok(first) } else { Err(ClientError::Unexpected) };
             }
         }
-        let password = self.secret.expose().clone();
-        let user = self.user.clone();
-        match &mut self.kind {
+        // The fields apart, so that the password is only ever borrowed (a copy would outlive
+        // this call unwiped).
+        let Self { kind, user, secret, channel_binding, .. } = self;
+        let password = secret.expose();
+        match kind {
             Kind::Plain => Err(ClientError::Unexpected),
             // Username first, then the password, whatever the prompts say.
             Kind::Login { sent_user } if !*sent_user => {
                 *sent_user = true;
-                Ok(Secret::new(user.into_bytes()))
+                Ok(Secret::new(user.clone().into_bytes()))
             }
-            Kind::Login { .. } => Ok(Secret::new(password)),
+            Kind::Login { .. } => Ok(Secret::new(password.clone())),
             Kind::Scram { hash, state, .. } => match std::mem::replace(state, Scram::Start) {
                 Scram::SentFirst { bare, gs2, nonce } => {
                     let server_first =
@@ -192,12 +194,9 @@ impl ClientMech {
                     if !server_first.starts_with(&format!("r={nonce}")) {
                         return Err(ClientError::Nonce);
                     }
-                    let binding = if gs2.starts_with('p') {
-                        self.channel_binding.clone().unwrap_or_default()
-                    } else {
-                        Vec::new()
-                    };
-                    let (client_final, expected) = client_final(*hash, &password, gs2, &binding, &bare, server_first)
+                    let binding =
+                        if gs2.starts_with('p') { channel_binding.clone().unwrap_or_default() } else { Vec::new() };
+                    let (client_final, expected) = client_final(*hash, password, gs2, &binding, &bare, server_first)
                         .ok_or(ClientError::Malformed("SCRAM server-first"))?;
                     *state = Scram::SentFinal { expected };
                     Ok(Secret::new(client_final.into_bytes()))
