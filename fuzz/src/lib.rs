@@ -79,4 +79,12 @@ pub const LMTP: &[&[u8]] = &[
     b"a@b",
     b"user+x@host",
     b"\r\n",
+    // Non-ASCII where a keyword is expected (a sliced character once panicked here), and the
+    // bare-LF terminator shapes that must stay text (SMTP smuggling).
+    "MAIL FR\u{d6}\u{d6}:<".as_bytes(),
+    "RCPT \u{d6}\u{d6}:<".as_bytes(),
+    "\u{e9}".as_bytes(),
+    b"\n.\n",
+    b"\n.\r\n",
+    b"\r\n.\n",
 ];

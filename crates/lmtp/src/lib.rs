@@ -550,7 +550,7 @@ impl Session {
         };
         self.reply_plain(354, "send the message, end with <CRLF>.<CRLF>");
         self.raw = self.decoder.take_buffered();
-        self.state = State::Data(txn, Unstuffer::new());
+        self.state = State::Data(txn, Unstuffer::strict());
         Some(event)
     }
 
@@ -629,7 +629,8 @@ impl Session {
 /// `FROM:<path> params` or `TO:<path> params` (case-insensitive keyword, optional space after the
 /// colon as some clients send it). Returns the path without brackets and the parameter text.
 fn parse_path<'a>(rest: &'a str, keyword: &str) -> Option<(String, &'a str)> {
-    if rest.len() < keyword.len() || !rest[..keyword.len()].eq_ignore_ascii_case(keyword) {
+    // `get`, not indexing: a non-ASCII octet may straddle the keyword's length.
+    if !rest.get(..keyword.len()).is_some_and(|k| k.eq_ignore_ascii_case(keyword)) {
         return None;
     }
     let after = rest[keyword.len()..].trim_start();

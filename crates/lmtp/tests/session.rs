@@ -182,3 +182,35 @@ proptest::proptest! {
         proptest::prop_assert!(o.output.ends_with("\r\n"));
     }
 }
+
+/// A non-ASCII octet where `FROM:` or `TO:` is expected once made the keyword check slice a
+/// character in half and panic; every such line gets a syntax reply and the session goes on.
+#[test]
+fn non_ascii_octets_inside_the_path_keyword_get_a_reply_not_a_panic() {
+    let input = "LHLO x\r\nMAIL FRÖÖ:<a@b>\r\nMAIL FROM:<a@b>\r\nRCPT ÖÖ:<alice@x>\r\nRCPT TÖ:<alice@x>\r\nRCPT TO:<alice@x>\r\nRSET\r\nQUIT\r\n";
+    for size in [1, 2, 3, 7, 64, 4096] {
+        let o = run(input.as_bytes(), size, 1000);
+        assert_eq!(o.output.matches("501 5.").count(), 3, "chunks of {size}: {}", o.output);
+        assert!(o.output.contains("250 2.1.5"), "the valid RCPT after them is accepted: {}", o.output);
+        assert!(o.output.ends_with("221 2.0.0 bye\r\n"), "{}", o.output);
+    }
+}
+
+/// SMTP smuggling: an MTA in front passes `LF . LF` (and `LF . CRLF`, `. LF`) on as text, so
+/// DATA must not end there, or the rest would be read as a second, forged transaction.
+#[test]
+fn data_ends_only_at_crlf_dot_crlf_so_nothing_is_smuggled() {
+    for smuggled in ["\n.\n", "\n.\r\n", "\r\n.\n"] {
+        let input = format!(
+            "LHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<alice@x>\r\nDATA\r\nSubject: one\r\n\r\nhello{smuggled}MAIL FROM:<forged@x>\r\nRCPT TO:<bob@x>\r\nDATA\r\nSubject: forged\r\n\r\n.\r\nQUIT\r\n"
+        );
+        for size in [1, 2, 5, 64, 4096] {
+            let o = run(input.as_bytes(), size, 100_000);
+            assert_eq!(o.messages.len(), 1, "{smuggled:?} chunks of {size}: {}", o.output);
+            let (users, text) = &o.messages[0];
+            assert_eq!(users, &["alice"], "nothing reached bob");
+            let text = String::from_utf8_lossy(text);
+            assert!(text.contains("MAIL FROM:<forged@x>") && text.contains("Subject: forged"), "all one text: {text}");
+        }
+    }
+}

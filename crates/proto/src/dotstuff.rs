@@ -114,12 +114,21 @@ impl MessageEncoder {
 }
 
 /// Undoes dot-stuffing of a multi-line transfer (RFC 1939 section 3, RFC 5321 section 4.5.2),
-/// chunk by chunk, and finds the terminating `.CRLF` line. Used for the text of LMTP DATA and for
-/// a POP3 client reading RETR. Line ends pass through unchanged; a lone `.` line ended by a bare LF
-/// also terminates (some senders use bare LF throughout).
+/// chunk by chunk, and finds the terminating `.CRLF` line. Line ends pass through unchanged.
+///
+/// Two readings of "a line": [`Unstuffer::new`] (for a POP3 client reading RETR) also ends a line
+/// at a bare LF, so a lone `.` line ended by a bare LF terminates too (some servers use bare LF
+/// throughout); [`Unstuffer::strict`] (for LMTP DATA) knows only CRLF, so the text ends only at
+/// `CRLF . CRLF` and `LF . LF`, `LF . CRLF` or `. LF` are text. A receiver that ended DATA at those
+/// would let a sender smuggle a second message past the MTA in front of it (the SMTP-smuggling
+/// class of attacks), since the MTA reads them as text.
 #[derive(Debug, Clone)]
 pub struct Unstuffer {
     state: Unstuff,
+    /// Only CRLF ends a line.
+    strict: bool,
+    /// The last octet of text seen was CR (a line end may straddle two chunks).
+    prev_cr: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,8 +161,14 @@ impl Default for Unstuffer {
 }
 
 impl Unstuffer {
+    /// Lines end at CRLF or a bare LF.
     pub fn new() -> Self {
-        Self { state: Unstuff::LineStart }
+        Self { state: Unstuff::LineStart, strict: false, prev_cr: false }
+    }
+
+    /// Lines end only at CRLF (RFC 5321 section 2.3.8): for text an MTA hands on.
+    pub fn strict() -> Self {
+        Self { strict: true, ..Self::new() }
     }
 
     /// Append the unstuffed text of `input` to `out`.
@@ -175,6 +190,12 @@ impl Unstuffer {
                         self.state = Unstuff::DotCr;
                         i += 1;
                     }
+                    // `. LF` is no terminator where only CRLF ends a line: the dot is text.
+                    b'\n' if self.strict => {
+                        out.put_u8(b'.');
+                        self.prev_cr = false;
+                        self.state = Unstuff::Middle;
+                    }
                     b'\n' => {
                         self.state = Unstuff::Done;
                         return Unstuffed::Done(i + 1);
@@ -189,16 +210,23 @@ impl Unstuffer {
                     }
                     // ".CR" followed by something else: the CR is text.
                     out.put_u8(b'\r');
+                    self.prev_cr = true;
                     self.state = Unstuff::Middle;
                 }
                 Unstuff::Middle => match memchr::memchr(b'\n', &input[i..]) {
                     Some(j) => {
+                        let crlf = if j > 0 { input[i + j - 1] == b'\r' } else { self.prev_cr };
                         out.put_slice(&input[i..=i + j]);
                         i += j + 1;
-                        self.state = Unstuff::LineStart;
+                        self.prev_cr = false;
+                        // A bare LF does not start a line where only CRLF ends one.
+                        if crlf || !self.strict {
+                            self.state = Unstuff::LineStart;
+                        }
                     }
                     None => {
                         out.put_slice(&input[i..]);
+                        self.prev_cr = input.last() == Some(&b'\r');
                         i = input.len();
                     }
                 },
@@ -301,7 +329,10 @@ mod tests {
     }
 
     fn unstuff_chunked(wire: &[u8], size: usize) -> (Vec<u8>, Option<usize>) {
-        let mut u = Unstuffer::new();
+        unstuff_with(Unstuffer::new(), wire, size)
+    }
+
+    fn unstuff_with(mut u: Unstuffer, wire: &[u8], size: usize) -> (Vec<u8>, Option<usize>) {
         let mut out = BytesMut::new();
         let mut offset = 0;
         for chunk in wire.chunks(size.max(1)) {
@@ -337,6 +368,33 @@ mod tests {
     }
 
     const SIZES: [usize; 10] = [1, 2, 3, 4, 8, 16, 64, 128, 512, 4096];
+
+    /// LMTP DATA: only CRLF . CRLF ends the text; the bare-LF shapes an MTA reads as text stay
+    /// text (SMTP smuggling), in every chunking, and stuffed dots are still undone.
+    #[test]
+    fn strict_unstuffer_ends_only_at_crlf_dot_crlf() {
+        let table: &[(&[u8], &[u8], Option<usize>)] = &[
+            (b".\r\n", b"", Some(3)),
+            (b"a\r\n.\r\nNEXT", b"a\r\n", Some(6)),
+            (b"..x\r\n...\r\n.\r\n", b".x\r\n..\r\n", Some(13)),
+            (b"a\n.\nMAIL FROM:<x>\r\n", b"a\n.\nMAIL FROM:<x>\r\n", None),
+            (b"a\n.\r\nMAIL", b"a\n.\r\nMAIL", None),
+            (b".\nx\r\n", b".\nx\r\n", None),
+            (b"a\r\n.\nb\r\n.\r\n", b"a\r\n.\nb\r\n", Some(11)),
+            (b"a\r\n..\n.\r\n", b"a\r\n.\n.\r\n", None),
+            (b"a\r\r\n.\r\n", b"a\r\r\n", Some(7)),
+        ];
+        for (wire, text, end) in table {
+            for size in SIZES {
+                assert_eq!(
+                    unstuff_with(Unstuffer::strict(), wire, size),
+                    (text.to_vec(), *end),
+                    "{:?} chunk {size}",
+                    String::from_utf8_lossy(wire)
+                );
+            }
+        }
+    }
 
     #[test]
     fn known_answers_retr() {
