@@ -196,6 +196,11 @@ fn import_from_mbox_and_maildir_skips_what_is_already_there() {
     .expect("accounts");
     let said = mail(&acc, &["import", &mbox.display().to_string(), "other"]);
     assert!(said.contains("3 added to other") && said.contains("0 already there"), "{said}");
+    // Imported mail is the owner's alone, whatever the umask (it was written with it).
+    for f in std::fs::read_dir(other.join("new")).expect("new") {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&f.expect("entry").metadata().expect("meta").permissions());
+        assert_eq!(mode & 0o777, 0o600, "imported message mode");
+    }
     // Again, and from the first account's Maildir (the same mail with CRLF line ends): nothing new.
     let said = mail(&acc, &["import", &mbox.display().to_string(), "other"]);
     assert!(said.contains("0 added") && said.contains("3 already there"), "{said}");
@@ -269,13 +274,27 @@ fn search_finds_words_and_terms_and_follows_the_store() {
     assert_eq!(search(&acc, &index, &["budget"]), ["Budget 2027"]);
     assert!(search(&acc, &index, &["small"]).is_empty());
     assert_eq!(indexed(&index), 3);
-    // A missing or damaged index is rebuilt.
-    std::fs::write(&index, "not a database").expect("write");
+    // A damaged index (a database whose pages are garbage) is rebuilt: it is only a cache.
+    let mut damaged = b"SQLite format 3\0".to_vec();
+    damaged.extend_from_slice(&[0x5a; 8192]);
+    std::fs::write(&index, &damaged).expect("write");
     for suffix in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", index.display()));
     }
     assert_eq!(search(&acc, &index, &["numbers"]), ["Budget 2027"]);
     assert_eq!(indexed(&index), 3);
+    // A file that is no index at all is refused and left as it was (it was once deleted).
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "not a database").expect("write");
+    let out = Command::new(bin())
+        .args(["mail", "search", "--accounts-file", &acc, "--index"])
+        .arg(&notes)
+        .arg("numbers")
+        .output()
+        .expect("search");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a Pillarbox search index"), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&notes).expect("kept"), "not a database");
 }
 
 /// An accounts file with one account, `home`, fetching alice's mail from `pb` and delivering

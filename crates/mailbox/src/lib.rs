@@ -5,6 +5,7 @@
 pub mod search;
 
 use pillarbox_os::io_err;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use mailparse::{DispositionType, MailHeaderMap, ParsedMail};
@@ -177,8 +178,8 @@ pub fn show(path: &Path) -> Result<Shown, MailboxError> {
     Ok(Shown { id, headers, text, attachments })
 }
 
-/// Write the attachments of the message at `path` into `dir` (names made safe, never
-/// overwriting); returns the files written.
+/// Write the attachments of the message at `path` into `dir` (names made safe, new files only,
+/// owner-only): returns the files written.
 pub fn save_attachments(path: &Path, dir: &Path) -> Result<Vec<PathBuf>, MailboxError> {
     let data = read_message(path)?;
     let Ok(m) = mailparse::parse_mail(&data) else { return Ok(Vec::new()) };
@@ -193,13 +194,18 @@ pub fn save_attachments(path: &Path, dir: &Path) -> Result<Vec<PathBuf>, Mailbox
             .trim_start_matches('.')
             .to_owned();
         let safe = if safe.is_empty() { "attachment".to_owned() } else { safe };
-        let mut target = dir.join(&safe);
-        let mut n = 1;
-        while target.exists() {
-            target = dir.join(format!("{n}-{safe}"));
-            n += 1;
-        }
-        std::fs::write(&target, &bytes).map_err(io_err(target.display()))?;
+        // New files only (O_EXCL, which also refuses to follow a symbolic link planted under
+        // the name): an existing name gets a number in front.
+        let mut n = 0;
+        let (target, mut file) = loop {
+            let target = if n == 0 { dir.join(&safe) } else { dir.join(format!("{n}-{safe}")) };
+            match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&target) {
+                Ok(f) => break (target, f),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 10_000 => n += 1,
+                Err(e) => return Err(io_err(target.display())(e).into()),
+            }
+        };
+        std::io::Write::write_all(&mut file, &bytes).map_err(io_err(target.display()))?;
         written.push(target);
     }
     Ok(written)
@@ -389,8 +395,13 @@ pub fn import(
         let name =
             format!("{}.M{}P{}Q{n}.{host},S={}", now.as_secs(), now.subsec_micros(), std::process::id(), m.len());
         let tmp = target.join("tmp").join(&name);
-        let mut f =
-            std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io_err(tmp.display()))?;
+        // The owner's alone, whatever the umask: this is someone's mail.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(tmp.display()))?;
         f.write_all(&m).and_then(|()| f.sync_all()).map_err(io_err(tmp.display()))?;
         std::fs::rename(&tmp, target.join("new").join(&name)).map_err(io_err(tmp.display()))?;
         result.added += 1;
@@ -610,6 +621,35 @@ pub fn mboxrd_quote(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A symbolic link planted under an attachment's name once had the attachment written
+    /// through it (anywhere the link pointed); now only new files are made, owner-only.
+    #[test]
+    fn saved_attachments_never_follow_a_planted_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let msg = dir.path().join("msg");
+        std::fs::write(
+            &msg,
+            "Subject: a\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=report.pdf\r\n\r\nPDF\r\n--b--\r\n",
+        )
+        .expect("message");
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).expect("out");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").expect("victim");
+        std::os::unix::fs::symlink(&victim, out.join("report.pdf")).expect("plant a link");
+        let written = save_attachments(&msg, &out).expect("save");
+        assert_eq!(written, vec![out.join("1-report.pdf")]);
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"precious", "the link's target is untouched");
+        assert_eq!(std::fs::read(&written[0]).expect("saved"), b"PDF");
+        assert_eq!(std::fs::metadata(&written[0]).expect("saved").permissions().mode() & 0o777, 0o600);
+        // A dangling link is not followed either.
+        std::fs::remove_file(&victim).expect("rm");
+        let again = save_attachments(&msg, &out).expect("save");
+        assert_eq!(again, vec![out.join("2-report.pdf")]);
+        assert!(!victim.exists(), "nothing was created through the dangling link");
+    }
 
     #[test]
     fn html_becomes_readable_text() {

@@ -26,7 +26,13 @@ pub enum SearchError {
     Mailbox(#[from] mailbox::MailboxError),
     #[error("{0}")]
     Query(String),
+    /// `--index` names a file that is not a Pillarbox search index: it is left alone.
+    #[error("{0}: not a Pillarbox search index (it is left as it is; choose another --index file)")]
+    NotAnIndex(PathBuf),
 }
+
+/// `PRAGMA application_id` of a Pillarbox search index ("PBX1").
+const APPLICATION_ID: i64 = 0x5042_5831;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -119,26 +125,61 @@ fn next_token(s: &str) -> (String, &str) {
 }
 
 impl Index {
-    /// Open (or create) the index at `path`; an unreadable one is replaced by a new, empty one.
+    /// Open (or create) the index at `path`, readable by its owner only (it holds senders,
+    /// subjects and the words of every message). A damaged index is only a cache and is made
+    /// anew; a file that is not one (another program's database, any other file) is refused and
+    /// left alone.
     pub fn open(path: &Path) -> Result<Self, SearchError> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let err = |source| SearchError::Db { path: path.to_owned(), source };
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let open = || -> Result<Connection, rusqlite::Error> {
+        // The header of what is there (16 octets, not the whole index).
+        let mut head = Vec::with_capacity(16);
+        let existing = std::fs::File::open(path)
+            .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, 16), &mut head))
+            .ok()
+            .filter(|&n| n > 0)
+            .map(|_| head.starts_with(b"SQLite format 3\0"));
+        if existing == Some(false) {
+            return Err(SearchError::NotAnIndex(path.to_owned()));
+        }
+        // Made (or tightened) to 0600 before SQLite opens it; its -wal and -shm files take the
+        // database file's permissions.
+        let private = |p: &Path| match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(p) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
+            }
+            Err(e) => Err(e),
+        };
+        let _ = private(path);
+        let open = || -> Result<Result<Connection, SearchError>, rusqlite::Error> {
             let db = Connection::open(path)?;
+            let id: i64 = db.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+            let tables: i64 = db.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+            let ours: i64 =
+                db.query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'messages'", [], |r| r.get(0))?;
+            // Another program's database: refused (an index of an earlier version, without the
+            // id but with its tables, is adopted).
+            if id != APPLICATION_ID && tables > 0 && (id != 0 || ours == 0) {
+                return Ok(Err(SearchError::NotAnIndex(path.to_owned())));
+            }
             db.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
             db.execute_batch(SCHEMA)?;
-            Ok(db)
+            db.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID};"))?;
+            Ok(Ok(db))
         };
         let db = match open() {
-            Ok(db) => db,
+            Ok(r) => r?,
             Err(_) => {
-                // Only a cache: start again rather than fail.
+                // A damaged SQLite file at the index's place: only a cache, start again.
                 for suffix in ["", "-wal", "-shm"] {
                     let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
                 }
-                open().map_err(err)?
+                let _ = private(path);
+                open().map_err(err)??
             }
         };
         Ok(Self { db, path: path.to_owned() })
@@ -402,6 +443,45 @@ fn mtime_ns(dir: &Path) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The index holds senders, subjects and body words: owner-only, even under umask 022.
+    #[test]
+    fn the_index_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("index.sqlite");
+        let index = Index::open(&path).expect("open");
+        drop(index);
+        assert_eq!(std::fs::metadata(&path).expect("index").permissions().mode() & 0o777, 0o600);
+        // One made by an earlier version, world-readable, is tightened.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        Index::open(&path).expect("open again");
+        assert_eq!(std::fs::metadata(&path).expect("index").permissions().mode() & 0o777, 0o600);
+    }
+
+    /// `--index FILE` naming something else once deleted it; now it is refused and untouched.
+    #[test]
+    fn a_file_that_is_not_an_index_is_refused_not_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let notes = dir.path().join("notes.txt");
+        std::fs::write(&notes, b"my notes, not a database\n").expect("write");
+        assert!(matches!(Index::open(&notes), Err(SearchError::NotAnIndex(_))));
+        assert_eq!(std::fs::read(&notes).expect("still there"), b"my notes, not a database\n");
+        // Another program's SQLite database is not taken over either.
+        let other = dir.path().join("other.sqlite");
+        let db = Connection::open(&other).expect("sqlite");
+        db.execute_batch("CREATE TABLE contacts (name TEXT); INSERT INTO contacts VALUES ('x');").expect("create");
+        drop(db);
+        let before = std::fs::read(&other).expect("read");
+        assert!(matches!(Index::open(&other), Err(SearchError::NotAnIndex(_))));
+        assert_eq!(std::fs::read(&other).expect("read"), before, "untouched");
+        // A damaged index (SQLite header, garbage after it) is a cache and is made anew.
+        let damaged = dir.path().join("damaged.sqlite");
+        let mut bytes = b"SQLite format 3\0".to_vec();
+        bytes.extend_from_slice(&[0xAB; 4000]);
+        std::fs::write(&damaged, &bytes).expect("write");
+        Index::open(&damaged).expect("a damaged index is replaced");
+    }
 
     #[test]
     fn an_unchanged_settled_maildir_is_not_listed_again() {
