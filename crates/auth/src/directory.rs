@@ -280,8 +280,8 @@ impl<M: UserMap> Directory for M {
     }
 
     async fn summary(&self) -> Result<Arc<Summary>, DirectoryError> {
-        // Computed once per loaded copy of the users, then cloned.
-        Ok(Arc::new(self.users().summary().clone()))
+        // Computed once per loaded copy of the users.
+        Ok(self.users().shared_summary())
     }
 
     async fn list(&self, after: Option<&UserName>, limit: usize) -> Result<Vec<Entry>, DirectoryError> {

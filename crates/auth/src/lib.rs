@@ -131,7 +131,7 @@ pub struct Users {
     pub users: BTreeMap<UserName, UserRecord>,
     /// What every connection asks about all users, computed once per loaded file (the server
     /// never changes its copies; the CLI, which does, never asks).
-    summary: std::sync::OnceLock<Summary>,
+    summary: std::sync::OnceLock<Arc<Summary>>,
 }
 
 impl PartialEq for Users {
@@ -233,6 +233,15 @@ impl Users {
 
     /// See [`Summary`]; computed on first use.
     pub fn summary(&self) -> &Summary {
+        self.shared_summary_ref()
+    }
+
+    /// The summary, shared: every greeting of one loaded copy gets the same one.
+    pub fn shared_summary(&self) -> Arc<Summary> {
+        Arc::clone(self.shared_summary_ref())
+    }
+
+    fn shared_summary_ref(&self) -> &Arc<Summary> {
         self.summary.get_or_init(|| {
             let mut s = Summary::default();
             for r in self.users.values() {
@@ -244,7 +253,7 @@ impl Users {
                     s.login_delays.push(d);
                 }
             }
-            s
+            Arc::new(s)
         })
     }
 
@@ -467,13 +476,7 @@ impl UserFile {
     /// Read, change and write the file under a lock, so concurrent edits are not lost.
     pub fn update<T>(&self, f: impl FnOnce(&mut Users) -> Result<T, String>) -> Result<Result<T, String>, AuthError> {
         let lock_path = self.path.with_extension("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(io_err(format!("opening {}", lock_path.display())))?;
+        let lock = pillarbox_os::open_lock_file(&lock_path)?;
         lock.lock().map_err(io_err(format!("locking {}", lock_path.display())))?;
         let mut users = self.load()?;
         let result = f(&mut users);

@@ -87,7 +87,6 @@ pub struct Announce {
 /// An open session: the maildrop's fixed listing, the handle that serves it, and what the
 /// client is told after login. Dropping it releases the maildrop and the session's count.
 pub struct UserSession {
-    pub name: UserName,
     pub listing: Listing,
     pub maildrop: Box<dyn Maildrop>,
     pub login: Login,
@@ -257,7 +256,7 @@ impl Services {
         let login = Login { expire: Some(expire), login_delay: (login_delay > 0).then_some(login_delay) };
         match self.store.open(&name, p.lock).await {
             Ok(opened) => {
-                Ok(UserSession { name, listing: opened.listing, maildrop: opened.maildrop, login, _permit: permit })
+                Ok(UserSession { listing: opened.listing, maildrop: opened.maildrop, login, _permit: permit })
             }
             Err(StoreError::InUse) => Err(AuthFailure::InUse),
             Err(e) => {

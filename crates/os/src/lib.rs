@@ -58,6 +58,20 @@ pub fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
     i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec())
 }
 
+/// Open (creating, mode 0600, never truncating) a lock file for `flock`; reading and writing
+/// both allowed, so that a lock may carry a token.
+pub fn open_lock_file(path: &Path) -> Result<std::fs::File, IoError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(format!("opening {}", path.display())))
+}
+
 /// Make the entries of a folder (a file created or renamed into it) durable: fsync the folder.
 pub fn fsync_dir(path: &Path) -> io::Result<()> {
     std::fs::File::open(path)?.sync_all()

@@ -453,14 +453,8 @@ struct LeaseFile {
 impl LeaseFile {
     fn acquire(path: PathBuf) -> Result<Self, StoreError> {
         let ctx = |what: &str| format!("{what} {}", path.display());
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| StoreError::io(ctx("opening"), e))?;
+        let file =
+            pillarbox_os::open_lock_file(&path).map_err(|e| StoreError::Io { context: e.context, source: e.source })?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(StoreError::InUse),
