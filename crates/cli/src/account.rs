@@ -11,6 +11,7 @@ use pillarbox_config::HumanDuration;
 use pillarbox_doctor::check::{self, AuthOutcome, Report, Status};
 use pillarbox_doctor::discover::{self, mode_name};
 use pillarbox_doctor::dns::Resolver;
+use pillarbox_fetch::state::StateDirs;
 
 /// Where accounts and state live.
 #[derive(Debug, Args)]
@@ -253,7 +254,7 @@ pub fn command(cmd: AccountCommand) -> Result<u8> {
             }
             println!("deliver   {}", deliver_text(&a.deliver));
             println!("keep      {}", a.keep);
-            println!("state     {}", files.state().join(pillarbox_fetch::account_key(a)).display());
+            println!("state     {}", StateDirs::new(files.state(), &accounts).of(a).display());
             Ok(0)
         }
         AccountCommand::Remove { name, files } => {
@@ -294,19 +295,19 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// `pillarbox check`.
 pub fn check(args: CheckArgs) -> Result<u8> {
     let path = args.files.accounts();
-    let (accounts, local) = match &args.server.host {
+    let (accounts, local, all) = match &args.server.host {
         Some(host) => {
             let Some(user) = &args.server.username else { bail!("--host needs --username too") };
             if !args.accounts.is_empty() {
                 bail!("give either account names or --host, not both");
             }
             let a = args.server.account(&format!("{host}:{user}"), host, user, Deliver::Mda(String::new()))?;
-            (vec![a], false)
+            (vec![a.clone()], false, vec![a])
         }
         None => {
             let all = load(&path)?;
             let chosen: Vec<Account> = if args.accounts.is_empty() {
-                all
+                all.clone()
             } else {
                 let mut v = Vec::new();
                 for n in &args.accounts {
@@ -322,7 +323,7 @@ pub fn check(args: CheckArgs) -> Result<u8> {
             if chosen.is_empty() {
                 bail!("{} has no accounts; add one with `pillarbox account add ADDRESS`", path.display());
             }
-            (chosen, true)
+            (chosen, true, all)
         }
     };
     let state = args.files.state();
@@ -331,7 +332,7 @@ pub fn check(args: CheckArgs) -> Result<u8> {
         let opts = check::Options {
             resolver: &resolver,
             timeout: args.net.timeout.0,
-            state_dir: Some(state),
+            state: Some(StateDirs::new(state, &all)),
             accounts_file: local.then(|| path.clone()),
             local,
         };
@@ -538,7 +539,7 @@ fn add(args: AddArgs) -> Result<u8> {
                 let opts = check::Options {
                     resolver: &resolver,
                     timeout,
-                    state_dir: Some(state.clone()),
+                    state: Some(StateDirs::new(state.clone(), std::slice::from_ref(&account))),
                     accounts_file: None,
                     local: true,
                 };

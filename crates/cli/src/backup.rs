@@ -228,7 +228,11 @@ fn keys<'a>(read: &'a Reading, settings: &'a BackupSettings) -> Result<Keys<'a>>
 }
 
 /// What `create` backs up for these accounts.
-fn sources(accounts: &[Account], accounts_file: &Path, state_dir: &Path) -> Result<(Vec<Source>, Vec<String>)> {
+fn sources(
+    accounts: &[Account],
+    accounts_file: &Path,
+    dirs: &pillarbox_fetch::state::StateDirs,
+) -> Result<(Vec<Source>, Vec<String>)> {
     let mut out: Vec<Source> = Vec::new();
     let mut notes = Vec::new();
     let mut add = |s: Source| {
@@ -254,10 +258,10 @@ fn sources(accounts: &[Account], accounts_file: &Path, state_dir: &Path) -> Resu
                 notes.push(format!("account {} delivers to a program ({cmd}): its mail is not kept here", a.name))
             }
         }
-        let key = pillarbox_fetch::account_key(a);
+        let dir = dirs.of(a);
         add(Source {
-            name: format!("state/fetch/{key}"),
-            path: state_dir.join(&key),
+            name: format!("state/fetch/{}", dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()),
+            path: dir.clone(),
             kind: SourceKind::Folder,
             content: None,
         });
@@ -303,7 +307,7 @@ pub fn command(cmd: BackupCommand) -> Result<u8> {
                 }
             }
             let chosen: Vec<Account> =
-                all.into_iter().filter(|a| accounts.is_empty() || accounts.contains(&a.name)).collect();
+                all.iter().filter(|&a| accounts.is_empty() || accounts.contains(&a.name)).cloned().collect();
             if chosen.is_empty() {
                 if !accounts_file.exists() {
                     bail!(
@@ -316,7 +320,8 @@ pub fn command(cmd: BackupCommand) -> Result<u8> {
             }
             let state_dir = state_dir.unwrap_or_else(pillarbox_fetch::default_state_dir);
             let state_root = state_dir.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-            let (sources, notes) = sources(&chosen, &accounts_file, &state_dir)?;
+            let dirs = pillarbox_fetch::state::StateDirs::new(state_dir.clone(), &all);
+            let (sources, notes) = sources(&chosen, &accounts_file, &dirs)?;
 
             let mut keys: Vec<(String, String)> =
                 recipient.iter().map(|r| ("--recipient".to_owned(), r.clone())).collect();

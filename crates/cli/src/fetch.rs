@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use pillarbox_accounts::{self as account, Account};
 use pillarbox_fetch::import::{self, Format};
-use pillarbox_fetch::journal::Journal;
+use pillarbox_fetch::state::StateDirs;
 use pillarbox_fetch::{self as fetch, Event, Options};
 
 #[derive(Debug, clap::Args)]
@@ -46,7 +46,7 @@ pub struct FetchArgs {
 }
 
 /// `--import-state FORMAT FILE ACCOUNT`.
-fn import_state(spec: &[String], accounts: &[Account], state_dir: &std::path::Path, now: u64) -> Result<u8> {
+fn import_state(spec: &[String], accounts: &[Account], state: &StateDirs, now: u64) -> Result<u8> {
     let [format, file] = spec else { return Ok(64) };
     let format: Format = match format.parse() {
         Ok(f) => f,
@@ -62,7 +62,7 @@ fn import_state(spec: &[String], accounts: &[Account], state_dir: &std::path::Pa
     let data = std::fs::read(file).with_context(|| format!("reading {file}"))?;
     let ids: Vec<(String, u64)> =
         import::read_ids(format, &data, account).into_iter().map(|(id, t)| (id, t.unwrap_or(now))).collect();
-    let mut journal = Journal::open(&state_dir.join(fetch::account_key(account)))?;
+    let mut journal = state.open(account, true)?.journal;
     journal.stored_batch_at(&ids)?;
     println!(
         "imported {} message ids for account {} ({}@{}): they will not be downloaded again",
@@ -154,7 +154,7 @@ pub fn run(args: FetchArgs) -> Result<u8> {
     };
     let mut chosen: Vec<Account> = Vec::new();
     if args.accounts.is_empty() {
-        chosen = all;
+        chosen = all.clone();
     } else {
         for name in &args.accounts {
             match all.iter().find(|a| &a.name == name) {
@@ -177,15 +177,15 @@ pub fn run(args: FetchArgs) -> Result<u8> {
     } else {
         Output::Bars { multi: MultiProgress::new(), bars: Mutex::new(Default::default()) }
     });
-    let state_dir = args.state_dir.clone().unwrap_or_else(fetch::default_state_dir);
+    let state = StateDirs::new(args.state_dir.clone().unwrap_or_else(fetch::default_state_dir), &all);
     let now = args.now.unwrap_or_else(pillarbox_os::unix_now);
     if let Some(spec) = &args.import_state {
-        return import_state(spec, &chosen, &state_dir, now);
+        return import_state(spec, &chosen, &state, now);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         let Some(every) = args.every else {
-            let opts = Options { state_dir, dry_run: args.dry_run, now };
+            let opts = Options { state, dry_run: args.dry_run, now };
             return Ok(run_once(&chosen, &opts, &output).await.0);
         };
         // Repeating: SIGINT or SIGTERM lets the current run finish, then stops.
@@ -195,7 +195,7 @@ pub fn run(args: FetchArgs) -> Result<u8> {
         let mut backoff = Duration::ZERO;
         loop {
             let now = args.now.unwrap_or_else(pillarbox_os::unix_now);
-            let opts = Options { state_dir: state_dir.clone(), dry_run: args.dry_run, now };
+            let opts = Options { state: state.clone(), dry_run: args.dry_run, now };
             let run = run_once(&chosen, &opts, &output);
             tokio::pin!(run);
             let mut stop = false;
@@ -256,7 +256,7 @@ async fn run_once(accounts: &[Account], opts: &Options, output: &Arc<Output>) ->
         delay = delay.max(d);
     }
     if !opts.dry_run {
-        let (accounts, state_dir) = (accounts.to_vec(), opts.state_dir.clone());
+        let (accounts, state_dir) = (accounts.to_vec(), opts.state.base().to_owned());
         let _ = tokio::task::spawn_blocking(move || crate::mail::after_fetch(&accounts, &state_dir)).await;
     }
     (worst, delay)

@@ -634,3 +634,50 @@ fn a_migrated_user_without_scram_keys_logs_in_and_then_gets_scram() {
     let (_, ev) = fetch(w, &acct, &[]);
     assert_eq!(mech(&ev), Some("SCRAM-SHA-256-PLUS".into()), "the first login created the SCRAM keys");
 }
+
+#[test]
+fn a_journal_kept_under_the_old_folder_name_is_adopted_and_nothing_is_downloaded_twice() {
+    let mut pb = Pillarbox::without_users();
+    pb.add_user("jürgen", PASSWORD);
+    for i in 0..3 {
+        pb.deliver("jürgen", &message(i));
+    }
+    pb.start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let juergen = tls_account(&pb, "juergen", "keep = \"keep\"", &w.join("m")).replace("\"alice\"", "\"jürgen\"");
+    let (out, ev) = fetch(w, &juergen, &[]);
+    assert!(out.status.success(), "{ev:?}");
+    assert_eq!(count(&ev, "delivered"), 3);
+
+    // Make the folder what an earlier version left: the old name (non-ASCII folded to `_`), no
+    // owner record.
+    let port = pb.pop3s.expect("pop3s").port();
+    let state = w.join("state");
+    let new: Vec<PathBuf> = std::fs::read_dir(&state).expect("state").map(|e| e.expect("entry").path()).collect();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert!(new[0].to_string_lossy().contains('~'), "the new name is told apart from jörgen's: {new:?}");
+    let old = state.join(format!("localhost_{port}_j_rgen"));
+    std::fs::rename(&new[0], &old).expect("rename");
+    std::fs::remove_file(old.join("account")).expect("owner record");
+
+    pb.deliver("jürgen", &message(7));
+    let (out, ev) = fetch(w, &juergen, &[]);
+    assert!(out.status.success(), "{ev:?}");
+    assert_eq!(count(&ev, "delivered"), 1, "only the new message: {ev:?}");
+    assert!(ev.iter().any(|e| e["code"] == "state-renamed"), "{ev:?}");
+    assert!(!old.exists() && new[0].join("journal").exists());
+    assert_eq!(maildir(&w.join("m")).len(), 4);
+
+    // With jörgen in the same accounts file, the old folder could be either's: it is set aside
+    // and the mail downloaded again (into a fresh Maildir here, so that no file there is
+    // recognised) rather than counted as the other account's.
+    std::fs::rename(&new[0], &old).expect("rename");
+    std::fs::remove_file(old.join("account")).expect("owner record");
+    let fresh = juergen.replace(&format!("{}\"", w.join("m").display()), &format!("{}\"", w.join("m2").display()));
+    let both = format!("{fresh}\n{}", fresh.replace("juergen]", "joergen]").replace("\"jürgen\"", "\"jörgen\""));
+    let (_, ev) = fetch(w, &both, &["juergen"]);
+    assert_eq!(count(&ev, "delivered"), 4, "{ev:?}");
+    assert!(ev.iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains("shared by accounts"))), "{ev:?}");
+    assert!(state.join(format!("localhost_{port}_j_rgen.shared/journal")).exists());
+}

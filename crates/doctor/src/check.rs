@@ -119,7 +119,7 @@ pub struct Options<'a> {
     /// Longest wait for each network step.
     pub timeout: Duration,
     /// Where `pillarbox fetch` keeps its journals, to count new messages and see its lock.
-    pub state_dir: Option<PathBuf>,
+    pub state: Option<pillarbox_fetch::state::StateDirs>,
     /// The accounts file, whose permissions are checked.
     pub accounts_file: Option<PathBuf>,
     /// Check the local destination (false when it is not known, e.g. `check --host`).
@@ -874,9 +874,9 @@ impl Remote<'_, '_> {
         .ok();
         let stored = self
             .opts
-            .state_dir
+            .state
             .as_ref()
-            .map(|d| Journal::peek(&d.join(pillarbox_fetch::account_key(self.account))).unwrap_or_default())
+            .map(|d| Journal::peek(&d.of(self.account)).unwrap_or_default())
             .unwrap_or_default();
         let (new, new_octets) = match &uids {
             Some(lines) => lines
@@ -986,8 +986,8 @@ fn local(account: &Account, opts: &Options<'_>, report: &mut Report) {
             }
         }
     }
-    if let Some(dir) = &opts.state_dir {
-        let d = dir.join(pillarbox_fetch::account_key(account));
+    if let Some(dirs) = &opts.state {
+        let d = dirs.of(account);
         if Journal::is_locked(&d) {
             found.push(Finding::warn(
                 "local",

@@ -103,6 +103,9 @@ enum Current {
 pub struct Local {
     kind: Kind,
     account_key: String,
+    /// The account's folder name before the naming change, when its journal was adopted: a run
+    /// interrupted before the change tagged its Maildir files with it.
+    legacy_key: Option<String>,
     current: Option<Current>,
     lf: ToLf,
     scratch: Vec<u8>,
@@ -150,7 +153,13 @@ fn fetch_tag(account_key: &str, id: &str) -> String {
 impl Local {
     /// Prepare the destination. `state_dir` holds the mbox recovery record; `last_batch` is the
     /// journal's last committed batch.
-    pub fn open(deliver: &Deliver, account_key: &str, state_dir: &Path, last_batch: u64) -> Result<Self, DeliverError> {
+    pub fn open(
+        deliver: &Deliver,
+        account_key: &str,
+        legacy_key: Option<String>,
+        state_dir: &Path,
+        last_batch: u64,
+    ) -> Result<Self, DeliverError> {
         let kind = match deliver {
             Deliver::Maildir(dir) => {
                 for sub in ["tmp", "new", "cur"] {
@@ -167,12 +176,12 @@ impl Local {
             }
             Deliver::Mda(command) => Kind::Mda { command: command.clone(), done: Vec::new() },
         };
-        Ok(Self { kind, account_key: account_key.to_owned(), current: None, lf: ToLf::default(), scratch: Vec::new() })
+        Ok(Self::new(kind, account_key, legacy_key))
     }
 
     /// Look at the destination without changing anything (for a dry run): no folders created, no
     /// recovery, nothing to deliver into.
-    pub fn inspect(deliver: &Deliver, account_key: &str) -> Self {
+    pub fn inspect(deliver: &Deliver, account_key: &str, legacy_key: Option<String>) -> Self {
         let kind = match deliver {
             Deliver::Maildir(dir) => {
                 Kind::Maildir { dir: dir.clone(), present: present_tags(dir).unwrap_or_default(), staged: Vec::new() }
@@ -182,13 +191,20 @@ impl Local {
             }
             Deliver::Mda(command) => Kind::Mda { command: command.clone(), done: Vec::new() },
         };
-        Self { kind, account_key: account_key.to_owned(), current: None, lf: ToLf::default(), scratch: Vec::new() }
+        Self::new(kind, account_key, legacy_key)
+    }
+
+    fn new(kind: Kind, account_key: &str, legacy_key: Option<String>) -> Self {
+        let account_key = account_key.to_owned();
+        Self { kind, account_key, legacy_key, current: None, lf: ToLf::default(), scratch: Vec::new() }
     }
 
     /// Whether a previous, interrupted run already stored this message (Maildir only).
     pub fn already_stored(&self, id: &str) -> bool {
         match &self.kind {
-            Kind::Maildir { present, .. } => present.contains(&fetch_tag(&self.account_key, id)),
+            Kind::Maildir { present, .. } => std::iter::once(&self.account_key)
+                .chain(&self.legacy_key)
+                .any(|key| present.contains(&fetch_tag(key, id))),
             _ => false,
         }
     }
@@ -487,13 +503,19 @@ mod tests {
     fn maildir_recognises_what_it_stored_and_converts_line_ends() {
         let dir = tempfile::tempdir().expect("tempdir");
         let md = dir.path().join("Mail");
-        let mut l = Local::open(&Deliver::Maildir(md.clone()), "acct", dir.path(), 0).expect("open");
+        let mut l = Local::open(&Deliver::Maildir(md.clone()), "acct", None, dir.path(), 0).expect("open");
         deliver_all(&mut l, &[("u1", b"A: b\r\n\r\nx\r\n"), ("u2", b"c\r\n")], 3);
         assert!(!l.already_stored("u1"), "not durable before flush");
         assert_eq!(l.flush().expect("flush"), vec!["u1".to_owned(), "u2".to_owned()]);
         drop(l);
-        let l = Local::open(&Deliver::Maildir(md.clone()), "acct", dir.path(), 0).expect("reopen");
+        let l = Local::open(&Deliver::Maildir(md.clone()), "acct", None, dir.path(), 0).expect("reopen");
         assert!(l.already_stored("u1") && l.already_stored("u2") && !l.already_stored("u3"));
+        // Under a new folder name, files tagged with the old one are still recognised, and only
+        // when the journal was adopted from that name.
+        let renamed = Local::open(&Deliver::Maildir(md.clone()), "renamed", Some("acct".into()), dir.path(), 0);
+        assert!(renamed.expect("renamed").already_stored("u1"));
+        let other = Local::open(&Deliver::Maildir(md.clone()), "renamed", None, dir.path(), 0).expect("other");
+        assert!(!other.already_stored("u1"));
         let mut contents: Vec<Vec<u8>> =
             fs::read_dir(md.join("new")).expect("new").map(|e| fs::read(e.expect("e").path()).expect("read")).collect();
         contents.sort();
@@ -503,7 +525,7 @@ mod tests {
         fs::write(md.join("tmp/1.M1P999999999R00000000.pillarbox-fetch"), b"x").expect("write");
         fs::write(md.join(format!("tmp/1.M1P{}R00000000.pillarbox-fetch", std::process::id())), b"x").expect("write");
         fs::write(md.join("tmp/1.M1P999999999.mta"), b"x").expect("write");
-        let _l = Local::open(&Deliver::Maildir(md.clone()), "acct", dir.path(), 0).expect("reopen");
+        let _l = Local::open(&Deliver::Maildir(md.clone()), "acct", None, dir.path(), 0).expect("reopen");
         assert_eq!(fs::read_dir(md.join("tmp")).expect("tmp").count(), 2);
     }
 
@@ -529,7 +551,7 @@ mod tests {
         for chunk in [1, 2, 3, 5, 7, 64] {
             let dir = tempfile::tempdir().expect("tempdir");
             let mbox = dir.path().join("mbox");
-            let mut l = Local::open(&Deliver::Mbox(mbox.clone()), "a", dir.path(), 0).expect("open");
+            let mut l = Local::open(&Deliver::Mbox(mbox.clone()), "a", None, dir.path(), 0).expect("open");
             deliver_all(&mut l, &[("1", msg)], chunk);
             l.flush().expect("flush");
             l.committed();
@@ -543,7 +565,7 @@ mod tests {
     fn uncommitted_mbox_batch_is_cut_back_at_the_next_run() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mbox = dir.path().join("mbox");
-        let mut l = Local::open(&Deliver::Mbox(mbox.clone()), "a", dir.path(), 0).expect("open");
+        let mut l = Local::open(&Deliver::Mbox(mbox.clone()), "a", None, dir.path(), 0).expect("open");
         deliver_all(&mut l, &[("1", b"one\r\n")], 64);
         l.flush().expect("flush");
         l.committed();
@@ -552,7 +574,7 @@ mod tests {
         l.flush().expect("flush");
         // The journal never recorded batch 2: a crash here.
         std::mem::forget(l);
-        let _l = Local::open(&Deliver::Mbox(mbox.clone()), "a", dir.path(), 1).expect("recover");
+        let _l = Local::open(&Deliver::Mbox(mbox.clone()), "a", None, dir.path(), 1).expect("recover");
         assert_eq!(fs::metadata(&mbox).expect("m").len(), after_first);
     }
 
@@ -560,11 +582,13 @@ mod tests {
     fn mda_exit_status_decides() {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("out");
-        let mut l = Local::open(&Deliver::Mda(format!("cat >> {}", out.display())), "a", dir.path(), 0).expect("open");
+        let mut l =
+            Local::open(&Deliver::Mda(format!("cat >> {}", out.display())), "a", None, dir.path(), 0).expect("open");
         deliver_all(&mut l, &[("1", b"hello\r\n")], 4);
         assert_eq!(l.flush().expect("flush"), vec!["1".to_owned()]);
         assert_eq!(fs::read(&out).expect("read"), b"hello\n");
-        let mut l = Local::open(&Deliver::Mda("cat > /dev/null; exit 75".into()), "a", dir.path(), 0).expect("open");
+        let mut l =
+            Local::open(&Deliver::Mda("cat > /dev/null; exit 75".into()), "a", None, dir.path(), 0).expect("open");
         l.begin(1).expect("begin");
         l.write(b"x\r\n").expect("write");
         assert!(matches!(l.finish("2"), Err(DeliverError::Mda { .. })));

@@ -33,7 +33,7 @@ const WINDOW: usize = 64;
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Folder for the journals and locks, one subfolder per account.
-    pub state_dir: PathBuf,
+    pub state: crate::state::StateDirs,
     /// Only say what would be done.
     pub dry_run: bool,
     /// The current time (seconds since the epoch), for keep = "Nd".
@@ -139,12 +139,6 @@ impl FetchError {
     }
 }
 
-/// The folder of an account's journal: one per server and user.
-pub fn account_key(account: &Account) -> String {
-    let raw = format!("{}_{}_{}", account.host, account.port, account.username);
-    raw.chars().map(|c| if c.is_ascii_alphanumeric() || "._@-".contains(c) { c } else { '_' }).collect()
-}
-
 /// Get the password from the account's source.
 pub fn password(account: &Account) -> Result<Secret<Vec<u8>>, FetchError> {
     let mut value = match &account.password {
@@ -205,9 +199,12 @@ fn due_for_deletion(keep: Keep, stored_at: u64, now: u64) -> bool {
 pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync)) -> Result<Option<u64>, FetchError> {
     let name = account.name.clone();
     let warn = |code: &str, message: String| emit(Event::Warning { account: name.clone(), code: code.into(), message });
-    let key = account_key(account);
-    let state = opts.state_dir.join(&key);
-    let mut journal = Journal::open(&state)?;
+    let key = crate::state::state_key(account);
+    let opened = opts.state.open(account, !opts.dry_run)?;
+    if let Some(notice) = &opened.notice {
+        warn("state-renamed", notice.to_string());
+    }
+    let (mut journal, state, legacy_tag) = (opened.journal, opened.dir, opened.legacy_tag);
     let password = password(account)?;
     let mut conn = Conn::open(account, &password).await?;
     drop(password);
@@ -263,9 +260,9 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
     }
 
     let mut local = if opts.dry_run {
-        Local::inspect(&account.deliver, &key)
+        Local::inspect(&account.deliver, &key, legacy_tag)
     } else {
-        Local::open(&account.deliver, &key, &state, journal.last_batch())?
+        Local::open(&account.deliver, &key, legacy_tag, &state, journal.last_batch())?
     };
     // Messages stored by an interrupted run (Maildir) but not journaled yet.
     let recovered: Vec<String> = entries

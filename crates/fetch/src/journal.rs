@@ -25,6 +25,8 @@ const MAGIC: &str = "pillarbox-fetch-journal 1";
 pub enum JournalError {
     #[error("another `pillarbox fetch` is working on this account (lock {0})")]
     Locked(PathBuf),
+    #[error("{0} holds the download journal of another account; move it away or correct the accounts file")]
+    Foreign(PathBuf),
     #[error(transparent)]
     Io(#[from] pillarbox_os::IoError),
 }
@@ -43,6 +45,16 @@ pub struct Journal {
 impl Journal {
     /// Open (creating) the journal in `dir`, taking the account's lock.
     pub fn open(dir: &Path) -> Result<Self, JournalError> {
+        Self::open_reading(dir, true)
+    }
+
+    /// Take the lock of `dir` and start from an empty journal, without reading or writing what
+    /// is there (a dry run next to a journal that is not this account's).
+    pub(crate) fn open_ignoring_records(dir: &Path) -> Result<Self, JournalError> {
+        Self::open_reading(dir, false)
+    }
+
+    fn open_reading(dir: &Path, records: bool) -> Result<Self, JournalError> {
         fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let lock_path = dir.join("lock");
         let lock = pillarbox_os::open_lock_file(&lock_path)?;
@@ -52,7 +64,11 @@ impl Journal {
             Err(fs::TryLockError::Error(e)) => return Err(io_err(format!("locking {}", lock_path.display()))(e).into()),
         }
         let path = dir.join("journal");
-        let (entries, last_batch, lines) = read(&path).map_err(io_err(format!("reading {}", path.display())))?;
+        let (mut entries, mut last_batch, lines) =
+            read(&path).map_err(io_err(format!("reading {}", path.display())))?;
+        if !records {
+            (entries, last_batch) = (HashMap::new(), 0);
+        }
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
