@@ -249,8 +249,11 @@ impl Unstuffer {
 /// Counts the octets of a message's CRLF form, chunk by chunk.
 #[derive(Debug, Clone, Default)]
 pub struct CrlfCounter {
-    size: u64,
+    converted: u64,
     prev_cr: bool,
+    /// The last octet seen was LF (or nothing was seen).
+    at_line_start: bool,
+    any: bool,
 }
 
 impl CrlfCounter {
@@ -259,20 +262,46 @@ impl CrlfCounter {
     }
 
     pub fn update(&mut self, chunk: &[u8]) {
-        self.size += chunk.len() as u64;
+        self.converted += chunk.len() as u64;
         for i in memchr::memchr_iter(b'\n', chunk) {
             let cr_before = if i > 0 { chunk[i - 1] == b'\r' } else { self.prev_cr };
             if !cr_before {
-                self.size += 1;
+                self.converted += 1;
             }
         }
         if let Some(&last) = chunk.last() {
             self.prev_cr = last == b'\r';
+            self.at_line_start = last == b'\n';
+            self.any = true;
         }
     }
 
+    /// The size of the message as RETR sends it (before stuffing): every line end a CRLF, and
+    /// the CRLF that [`MessageEncoder::finish`] supplies when the message does not end with a
+    /// line end. What LIST and STAT report.
     pub fn size(&self) -> u64 {
-        self.size
+        self.converted + self.missing_line_end()
+    }
+
+    /// The CRLF size of the octets alone, without a supplied final line end: what a Maildir
+    /// name's `W=` records (as Dovecot's do).
+    pub fn converted(&self) -> u64 {
+        self.converted
+    }
+
+    /// What to append so that the message ends with a line end while RETR still sends the same
+    /// octets: nothing, LF, or CRLF after a final CR (an LF would join it into one line end).
+    pub fn line_end_to_append(&self) -> &'static [u8] {
+        match (self.missing_line_end(), self.prev_cr) {
+            (0, _) => b"",
+            (_, true) => b"\r\n",
+            (_, false) => b"\n",
+        }
+    }
+
+    /// 2 when the message is not empty and does not end with a line end, else 0.
+    pub fn missing_line_end(&self) -> u64 {
+        if self.any && !self.at_line_start { 2 } else { 0 }
     }
 }
 
@@ -452,7 +481,7 @@ mod tests {
             let crlf = to_crlf(&msg);
             let mut counter = CrlfCounter::new();
             for chunk in msg.chunks(size) { counter.update(chunk); }
-            prop_assert_eq!(counter.size(), crlf.len() as u64);
+            prop_assert_eq!(counter.converted(), crlf.len() as u64);
             // The wire form contains no bare LF.
             for (i, &b) in wire.iter().enumerate() {
                 if b == b'\n' { prop_assert!(i > 0 && wire[i - 1] == b'\r'); }
@@ -460,6 +489,15 @@ mod tests {
             let mut expected = crlf.clone();
             if !expected.is_empty() && !expected.ends_with(b"\n") { expected.extend_from_slice(b"\r\n"); }
             prop_assert_eq!(unstuff(&wire), expected.clone());
+            // LIST and STAT report exactly the octets the client ends up with.
+            prop_assert_eq!(counter.size(), expected.len() as u64);
+            // Completing the last line changes nothing a client sees, and needs no more.
+            let mut completed = msg.clone();
+            completed.extend_from_slice(counter.line_end_to_append());
+            prop_assert_eq!(encode_chunked(MessageEncoder::retr(), &completed, size), wire.clone());
+            let mut again = CrlfCounter::new();
+            again.update(&completed);
+            prop_assert_eq!((again.missing_line_end(), again.size()), (0, counter.size()));
             // The streaming unstuffer agrees, and finds the end exactly at the terminator.
             prop_assert_eq!(unstuff_chunked(&wire, size), (expected, Some(wire.len())));
         }

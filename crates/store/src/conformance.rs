@@ -52,6 +52,12 @@ pub async fn run(store: &dyn Mailstore, lose_lease: &(dyn Fn(&UserName) + Sync))
     assert_eq!(opened.maildrop.lease(), None, "a shared open holds no lease");
     drop(opened);
     assert_eq!(read_all(store, &alice, 0).await, b"Subject: one\n\nbody\n");
+    // A message without a final line end: RETR supplies a CRLF, and LIST, STAT and the usage
+    // count it.
+    let opened = store.open(&bob, false).await.expect("open");
+    assert_eq!(opened.listing.entries[0].size, 9, "`for bob` and the CRLF RETR adds");
+    drop(opened);
+    assert_eq!(store.usage(&bob).await.expect("usage").bytes, 9);
 
     // Unique ids are valid, distinct and stable across opens.
     let first = uids(store, &alice).await;

@@ -31,7 +31,11 @@ use crate::{
 };
 
 const INDEX_FILE: &str = "pillarbox-index";
-const INDEX_MAGIC: &str = "pillarbox-index 1";
+/// Version 2: sizes include the CRLF that RETR supplies after a message without a final line end,
+/// and every message is listed (a `W=` name hint alone cannot tell whether the file ends with one).
+const INDEX_MAGIC: &str = "pillarbox-index 2";
+/// Indexes of older versions, rebuilt without a warning.
+const INDEX_OLDER: &[&str] = &["pillarbox-index 1"];
 const LOCK_FILE: &str = "pillarbox-pop3.lock";
 const DOVECOT_UIDLIST: &str = "dovecot-uidlist";
 const RETRIEVED_FILE: &str = "pillarbox-retrieved";
@@ -239,6 +243,23 @@ fn read_dovecot_uidlist(path: &Path) -> HashMap<String, DovecotUid> {
     map
 }
 
+/// Whether a base name is one [`unique_name`] made since deliveries end every message with a line
+/// end (`...R<8 hex>L.`).
+fn ends_with_line_end_by_name(base: &str) -> bool {
+    let mut parts = base.split('.');
+    let (Some(mid), Some(_host)) = (parts.nth(1), parts.next()) else { return false };
+    let Some(mut rest) = mid.strip_suffix('L') else { return false };
+    for lead in ['M', 'P', 'Q'] {
+        let Some(tail) = rest.strip_prefix(lead) else { return false };
+        let digits = tail.find(|c: char| !c.is_ascii_digit()).unwrap_or(tail.len());
+        if digits == 0 {
+            return false;
+        }
+        rest = &tail[digits..];
+    }
+    rest.len() == 9 && rest.starts_with('R') && rest[1..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// A size hint `,X=<digits>` in a Maildir base name.
 fn size_hint(base: &str, key: char) -> Option<u64> {
     let pat = [',', key, '='];
@@ -300,9 +321,13 @@ fn read_index(path: &Path) -> HashMap<String, IndexEntry> {
     let mut map = HashMap::new();
     let Ok(file) = File::open(path) else { return map };
     let mut lines = BufReader::new(file).lines();
-    if !matches!(lines.next(), Some(Ok(ref l)) if l == INDEX_MAGIC) {
-        warn!(index = %path.display(), "index has an unknown format; rebuilding it");
-        return map;
+    match lines.next() {
+        Some(Ok(l)) if l == INDEX_MAGIC => {}
+        Some(Ok(l)) if INDEX_OLDER.contains(&l.as_str()) => return map,
+        _ => {
+            warn!(index = %path.display(), "index has an unknown format; rebuilding it");
+            return map;
+        }
     }
     for line in lines {
         let Ok(line) = line else { break };
@@ -352,12 +377,16 @@ fn write_index(dir: &Path, found: &[Found]) -> io::Result<()> {
 /// Scan `new/` and `cur/`, reconcile with the index, and return the messages in delivery order.
 fn scan(dir: &Path) -> Result<Vec<Found>, StoreError> {
     let index_path = dir.join(INDEX_FILE);
-    // Names with both size hints (what Pillarbox, Dovecot and genmail-style tools write) need no
-    // index at all; it is read only when a name lacks the CRLF size.
+    // A name's CRLF size hint (`W=`, written by Pillarbox, Dovecot and genmail-style tools) counts
+    // the file's octets only; RETR adds a CRLF after a message without a final line end, which
+    // only the file's last octet tells. Names this store gave need nothing more (see
+    // `unique_name`); any other file is looked at once (its last octet when the name has the
+    // hint, all of it when not) and its size kept in the index, which is read only then.
     let mut index: Option<HashMap<String, IndexEntry>> = None;
     let dovecot = read_dovecot_uidlist(&dir.join(DOVECOT_UIDLIST));
     let mut found: Vec<Found> = Vec::new();
-    let mut changed = false;
+    // Files whose size must be measured: their place in `found`, path and `W=` hint.
+    let mut unmeasured: Vec<(usize, PathBuf, Option<u64>)> = Vec::new();
     for sub in ["new", "cur"] {
         let path = dir.join(sub);
         let entries = fs::read_dir(&path).map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
@@ -382,29 +411,35 @@ fn scan(dir: &Path) -> Result<Vec<Found>, StoreError> {
                     Err(e) => return Err(StoreError::io(format!("reading {}", path.join(&file).display()), e)),
                 },
             };
-            let cached = match size_hint(base, 'W') {
-                Some(w) => Some(w),
-                None => index
+            let exact = size_hint(base, 'W').filter(|_| ends_with_line_end_by_name(base));
+            let cached = exact.or_else(|| {
+                index
                     .get_or_insert_with(|| read_index(&index_path))
                     .get(base)
                     .filter(|c| c.raw_size == raw_size)
-                    .map(|c| c.size),
-            };
-            let size = match cached {
-                Some(s) => s,
-                None => {
-                    changed = true;
-                    match File::open(path.join(&file)).and_then(pillarbox_proto::crlf_size) {
-                        Ok(s) => s,
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(StoreError::io(format!("reading {}", path.join(&file).display()), e)),
-                    }
-                }
-            };
+                    .map(|c| c.size)
+            });
+            if cached.is_none() {
+                unmeasured.push((found.len(), path.join(&file), size_hint(base, 'W')));
+            }
+            let size = cached.unwrap_or(0);
             let time = delivery_time(base);
             let dovecot = dovecot.get(base).cloned();
             found.push(Found { sub, file, base_len, raw_size, size, time, dovecot });
         }
+    }
+    let changed = !unmeasured.is_empty();
+    let mut vanished = vec![false; found.len()];
+    for ((at, path, _), size) in unmeasured.iter().zip(measure_all(&unmeasured)) {
+        match size {
+            Ok(s) => found[*at].size = s,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => vanished[*at] = true,
+            Err(e) => return Err(StoreError::io(format!("reading {}", path.display()), e)),
+        }
+    }
+    if vanished.contains(&true) {
+        let mut keep = vanished.iter().map(|v| !v);
+        found.retain(|_| keep.next().unwrap_or(true));
     }
     // Messages Dovecot numbered keep Dovecot's order (by UID, as its POP3 server lists them);
     // the others follow in delivery order.
@@ -415,12 +450,66 @@ fn scan(dir: &Path) -> Result<Vec<Found>, StoreError> {
     // The same message in new/ and cur/ at once (another program mid-rename) is listed once.
     found.dedup_by(|a, b| a.base() == b.base());
     let Some(index) = index else { return Ok(found) };
-    changed |= found.len() != index.len();
+    let changed = changed || found.len() != index.len();
     if changed && let Err(e) = write_index(dir, &found) {
         // Only a cache: serving the maildrop does not depend on it.
         warn!(dir = %dir.display(), error = %e, "could not write the maildrop index");
     }
     Ok(found)
+}
+
+/// The sizes LIST reports for files not measured before: the last octet when the name has a `W=`
+/// hint, every octet when not. The files are read by several threads at once, since the first
+/// open of a maildrop another program wrote may find them all out of the page cache, and a disk
+/// serves many small reads at once faster than one after the other.
+fn measure_all(files: &[(usize, PathBuf, Option<u64>)]) -> Vec<io::Result<u64>> {
+    let measure = |(_, path, hint): &(usize, PathBuf, Option<u64>)| match hint {
+        Some(w) => missing_line_end(path).map(|extra| w + extra),
+        None => File::open(path).and_then(pillarbox_proto::crlf_size),
+    };
+    const PER_THREAD: usize = 256;
+    let threads = files.len().div_ceil(PER_THREAD).min(MEASURE_THREADS);
+    if threads <= 1 {
+        return files.iter().map(measure).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<Option<io::Result<u64>>> = std::iter::repeat_with(|| None).take(files.len()).collect();
+    let parts: Vec<Vec<(usize, io::Result<u64>)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let start = next.fetch_add(PER_THREAD / 4, Ordering::Relaxed);
+                        if start >= files.len() {
+                            return done;
+                        }
+                        let end = (start + PER_THREAD / 4).min(files.len());
+                        done.extend(files[start..end].iter().enumerate().map(|(k, f)| (start + k, measure(f))));
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or_default()).collect()
+    });
+    for (i, r) in parts.into_iter().flatten() {
+        results[i] = Some(r);
+    }
+    results.into_iter().map(|r| r.unwrap_or_else(|| Err(io::Error::other("a measuring thread failed")))).collect()
+}
+
+/// Threads that measure files at once (see [`measure_all`]).
+const MEASURE_THREADS: usize = 64;
+
+/// The octets RETR adds after the file's content: 2 (a CRLF) when the file is not empty and its
+/// last octet is not LF. The file's own length is used: a name's `S=` may be wrong.
+fn missing_line_end(path: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(path)?;
+    let Some(last) = file.metadata()?.len().checked_sub(1) else { return Ok(0) };
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, last)?;
+    Ok(if byte[0] == b'\n' { 0 } else { 2 })
 }
 
 /// Find a message's current file by its base name (another program may have renamed it, e.g.
@@ -618,13 +707,19 @@ impl PendingDelivery for MaildirPending {
 impl MaildirPending {
     fn commit_blocking(mut self) -> Result<Delivered, StoreError> {
         let ctx = |what: &str, p: &Path| format!("{what} {}", p.display());
-        let Some(file) = self.file.take() else {
+        let Some(mut file) = self.file.take() else {
             return Err(StoreError::io("committing a message", io::Error::other("already committed")));
         };
+        // Every file ends with a line end (what RETR sends is the same either way), so that the
+        // name's `W=` is the listed size.
+        let end = self.counter.line_end_to_append();
+        file.write_all(end).map_err(|e| StoreError::io(ctx("writing", &self.tmp), e))?;
+        self.raw += end.len() as u64;
+        self.counter.update(end);
         let file = file.into_inner().map_err(|e| StoreError::io(ctx("writing", &self.tmp), e.into_error()))?;
         file.sync_all().map_err(|e| StoreError::io(ctx("syncing", &self.tmp), e))?;
         drop(file);
-        let name = format!("{},S={},W={}", self.unique, self.raw, self.counter.size());
+        let name = format!("{},S={},W={}", self.unique, self.raw, self.counter.converted());
         let new_dir = self.dir.join("new");
         fs::rename(&self.tmp, new_dir.join(&name))
             .map_err(|e| StoreError::io(ctx("moving message into", &new_dir), e))?;
@@ -653,15 +748,17 @@ fn unique_suffix() -> String {
     format!("{}{:08x}", std::process::id(), u32::from_le_bytes(r))
 }
 
-/// A Maildir unique name: `<secs>.M<usec>P<pid>Q<n>R<random>.<host>` (the Dovecot/Courier shape
-/// with random bits, so names from several processes or hosts never collide).
+/// A Maildir unique name: `<secs>.M<usec>P<pid>Q<n>R<random>L.<host>` (the Dovecot/Courier shape
+/// with random bits, so names from several processes or hosts never collide). The `L` says the
+/// file ends with a line end (every delivery here makes sure of it), so its `W=` is the size
+/// LIST reports without looking at the file: see [`ends_with_line_end_by_name`].
 fn unique_name() -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let q = DELIVERIES.fetch_add(1, Ordering::Relaxed);
     let mut r = [0u8; 4];
     let _ = getrandom::fill(&mut r);
     format!(
-        "{}.M{}P{}Q{}R{:08x}.{}",
+        "{}.M{}P{}Q{}R{:08x}L.{}",
         now.as_secs(),
         now.subsec_micros(),
         std::process::id(),
@@ -880,6 +977,24 @@ fn write_retrieved(dir: &Path, map: &HashMap<String, u64>) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_this_store_gives_say_the_file_ends_with_a_line_end() {
+        let name = unique_name();
+        assert!(ends_with_line_end_by_name(&name), "{name}");
+        assert!(ends_with_line_end_by_name("1700000000.M12P34Q5R0badf00dL.host,S=1,W=2"));
+        for other in [
+            "1700000000.M12P34Q5R0badf00d.host,S=1,W=2",
+            "1700000000.M12P34.host,S=1,W=2",
+            "1700000000.M12P34Q5R0badf00dL",
+            "1700000000.MP34Q5R0badf00dL.host",
+            "1700000000.M12P34Q5R0badf0L.host",
+            "1700000000.M12P34Q5Rxxxxxxx0L.host",
+            "1700000000.L.host",
+        ] {
+            assert!(!ends_with_line_end_by_name(other), "{other}");
+        }
+    }
 
     #[test]
     fn size_hints() {

@@ -65,13 +65,13 @@ async fn uids_survive_index_loss_and_flag_renames() {
     let name = name.to_str().expect("utf8").to_owned();
     fs::rename(md.join("new").join(&name), md.join("cur").join(format!("{name}:2,S"))).expect("rename");
     assert_eq!(listing(&store).await, before, "a rename does not change ids, sizes or order");
-    assert!(!md.join("pillarbox-index").exists(), "names with both size hints need no index");
+    assert!(!md.join("pillarbox-index").exists(), "names this store gives need no index");
     // A file without hints makes the index necessary; losing it changes nothing either.
     write(&md.join("new/1700000000.X9.mx"), b"no hints\n");
     let before = listing(&store).await;
     fs::remove_file(md.join("pillarbox-index")).expect("index exists now");
     assert_eq!(listing(&store).await, before, "a rebuilt index gives the same ids");
-    write(&md.join("pillarbox-index"), b"pillarbox-index 1\nnonsense\n");
+    write(&md.join("pillarbox-index"), b"pillarbox-index 2\nnonsense\n");
     assert_eq!(listing(&store).await, before, "a damaged index is rebuilt");
 }
 
@@ -220,4 +220,83 @@ async fn what_a_file_name_says() {
     assert_eq!(n.uid.to_string(), "1700000000.M123P45.host,S=1234,W=1260");
     let odd = NameInfo::parse("no-time,S=x:2,");
     assert_eq!((odd.stored_size, odd.crlf_size, odd.time.0), (None, None, u64::MAX));
+}
+
+/// The octets a client ends up with after RETR: the message encoded for the wire, then read back
+/// the way a client does (an oracle independent of how the store counts).
+fn retr_octets(message: &[u8]) -> usize {
+    use pillarbox_proto::{MessageEncoder, Unstuffer};
+    let mut wire = bytes::BytesMut::new();
+    let mut enc = MessageEncoder::retr();
+    enc.encode(message, &mut wire);
+    enc.finish(&mut wire);
+    let mut text = bytes::BytesMut::new();
+    assert_eq!(Unstuffer::new().decode(&wire, &mut text), pillarbox_proto::Unstuffed::Done(wire.len()));
+    text.len()
+}
+
+#[tokio::test]
+async fn sizes_count_the_crlf_retr_adds_after_a_message_without_a_final_line_end() {
+    let (_d, store, md) = setup();
+    // Files other programs wrote, with and without size hints (a hint counts the octets only).
+    let files: [(&str, &[u8]); 5] = [
+        ("1700000001.M1P1.host,S=3,W=3", b"abc"),
+        ("1700000002.M1P1.host", b"abc"),
+        ("1700000003.M1P1.host,S=2,W=2", b"x\r"),
+        ("1700000004.M1P1.host,S=4,W=6", b"a\nb\n"),
+        ("1700000005.M1P1.host,S=0,W=0", b""),
+    ];
+    for (name, body) in files {
+        write(&md.join("cur").join(format!("{name}:2,")), body);
+    }
+    // An index of the previous version, whose sizes left the CRLF out: not trusted.
+    write(
+        &md.join("pillarbox-index"),
+        b"pillarbox-index 1\n1700000001.M1P1.host,S=3,W=3\t3\t3\n1700000002.M1P1.host\t3\t3\nend 2\n",
+    );
+    let want: Vec<u64> = files.iter().map(|(_, b)| retr_octets(b) as u64).collect();
+    assert_eq!(want, vec![5, 5, 4, 6, 0]);
+    let sizes = |l: Vec<(u64, String)>| l.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+    assert_eq!(sizes(listing(&store).await), want, "first listing");
+    let index = fs::read_to_string(md.join("pillarbox-index")).expect("index");
+    assert!(index.starts_with("pillarbox-index 2\n") && index.contains("end 5"), "{index}");
+    assert_eq!(sizes(listing(&store).await), want, "from the index");
+    assert_eq!(store.usage(&alice()).await.expect("usage").bytes, want.iter().sum::<u64>());
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    #[test]
+    fn listed_sizes_are_the_octets_retr_gives_for_any_body(
+        body in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::strategy::Just(b'.'),
+                proptest::strategy::Just(b'\r'),
+                proptest::strategy::Just(b'\n'),
+                proptest::strategy::Just(b'a'),
+                proptest::prelude::any::<u8>()
+            ],
+            0..300,
+        ),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let (_d, store, md) = setup();
+        let want = retr_octets(&body) as u64;
+        rt.block_on(async {
+            let delivered = deliver(&store, &alice(), &body).await;
+            assert_eq!(delivered.size, want, "what delivery reports");
+            // The same body as files another program wrote, without hints and with them (whose
+            // `W=` counts the octets alone, as Dovecot's does).
+            write(&md.join("cur").join("1800000000.M1P1.other:2,"), &body);
+            let mut c = pillarbox_proto::CrlfCounter::new();
+            c.update(&body);
+            let hinted = format!("1800000001.M1P1.other,S={},W={}:2,", body.len(), c.converted());
+            write(&md.join("cur").join(hinted), &body);
+            for pass in ["scan", "index"] {
+                let opened = store.open(&alice(), false).await.expect("open");
+                let sizes: Vec<u64> = opened.listing.entries.iter().map(|e| e.size).collect();
+                assert_eq!(sizes, vec![want, want, want], "{pass}: {body:?}");
+            }
+        });
+    }
 }

@@ -28,7 +28,8 @@ def joined(lines):
 
 expected = [open(f, "rb").read() for f in files]
 wire = [crlf(m) if m.endswith(b"\n") else crlf(m) + b"\r\n" for m in expected]
-sizes = [len(crlf(m)) for m in expected]
+# LIST and STAT count what RETR sends, the CRLF after a last line without one included.
+sizes = [len(w) for w in wire]
 ctx = ssl.create_default_context(cafile=cafile)
 
 # 1. USER/PASS on the plain port (loopback is a trusted network), every listing command.
