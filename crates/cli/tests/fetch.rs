@@ -404,6 +404,113 @@ fn kill_9_at_random_moments_never_loses_or_duplicates_mail() {
     assert_eq!(std::fs::read_dir(w.join("m/tmp")).expect("tmp").count(), 0, "no partial files left behind");
 }
 
+/// Another mbox writer (what procmail or the MTA's local delivery does): every few milliseconds,
+/// under the dotlock and flock, one message with its own Message-ID. Returns how many it wrote.
+fn other_mbox_writer(mbox: PathBuf, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> usize {
+    use std::io::Write;
+    let dot = mbox.with_extension("mbox.lock");
+    let mut written = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&dot) {
+            Ok(mut d) => d.write_all(b"0\n").expect("dotlock"),
+            Err(_) => {
+                // A dotlock left by a killed fetch goes when the next run recovers; this writer
+                // breaks one only when it is very old, as procmail does.
+                let old = std::fs::metadata(&dot)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(30));
+                if old {
+                    let _ = std::fs::remove_file(&dot);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+        }
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&mbox).expect("mbox");
+        f.lock().expect("flock");
+        write!(f, "From other@example.org Thu Jan  1 00:00:00 2026\nMessage-ID: <other-{written}@example.org>\n\nfrom procmail\n\n")
+            .expect("append");
+        drop(f);
+        std::fs::remove_file(&dot).expect("dotlock");
+        written += 1;
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    written
+}
+
+#[test]
+fn kill_9_next_to_another_mbox_writer_never_loses_cuts_or_duplicates_mail() {
+    let mut pb = Pillarbox::new();
+    let total = 600;
+    let new = pb.maildir("alice").join("new");
+    for i in 0..total {
+        let mut m = message(i);
+        m.extend(std::iter::repeat_n(b'z', 2000 + (i * 37) % 20_000));
+        m.push(b'\n');
+        std::fs::write(new.join(format!("{}.M{i}P1.test", 1_700_000_000 + i)), &m).expect("write");
+    }
+    pb.start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let mbox = w.join("inbox.mbox");
+    let acct = tls_account(&pb, "crash", "", &w.join("unused")).replace(
+        &format!("{{ maildir = \"{}\" }}", w.join("unused").display()),
+        &format!("{{ mbox = \"{}\" }}", mbox.display()),
+    );
+    assert!(acct.contains("mbox ="), "{acct}");
+    let file = w.join("accounts.toml");
+    std::fs::write(&file, &acct).expect("accounts");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (mbox, stop) = (mbox.clone(), stop.clone());
+        std::thread::spawn(move || other_mbox_writer(mbox, stop))
+    };
+    let mut rng = Rng(0x0dd_ba11_5eed_f00d);
+    let started = Instant::now();
+    let mut trials = 0;
+    while trials < 12 && started.elapsed() < Duration::from_secs(60) && pb.stored("alice") > 0 {
+        trials += 1;
+        let mut child = Command::new(bin())
+            .args(["fetch", "--quiet", "--accounts-file"])
+            .arg(&file)
+            .arg("--state-dir")
+            .arg(w.join("state"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("fetch");
+        std::thread::sleep(Duration::from_millis(10 + rng.next() % 250));
+        let _ = Command::new("kill").args(["-KILL", &child.id().to_string()]).status();
+        let _ = child.wait();
+    }
+    assert!(trials >= 2, "the fetch was interrupted {trials} time(s)");
+    let (out, ev) = fetch(w, &acct, &[]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let others = writer.join().expect("writer");
+    assert!(out.status.success(), "{ev:?}");
+    assert_eq!(pb.stored("alice"), 0, "everything was deleted on the server after being stored");
+
+    // The mbox: each message starts with a From_ line and has one Message-ID; every one of the
+    // other writer's messages is there once, and every server message once.
+    let text = std::fs::read_to_string(&mbox).expect("mbox");
+    assert!(text.starts_with("From "), "{}", &text[..80.min(text.len())]);
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for m in text.split("\n\nFrom ") {
+        let ids: Vec<&str> = m.lines().filter(|l| l.starts_with("Message-ID:")).collect();
+        assert_eq!(ids.len(), 1, "a message that is not whole: {:?}", &m[..200.min(m.len())]);
+        if ids[0].contains("<other-") { theirs.push(ids[0]) } else { ours.push(ids[0]) }
+    }
+    let count = |v: &mut Vec<&str>| {
+        v.sort_unstable();
+        let n = v.len();
+        v.dedup();
+        (n, v.len())
+    };
+    assert_eq!(count(&mut theirs), (others, others), "the other writer's mail, each once ({trials} kills)");
+    assert_eq!(count(&mut ours), (total, total), "the server's mail, each once ({trials} kills)");
+}
+
 #[test]
 fn switching_from_mpop_fetchmail_or_getmail_downloads_nothing_twice() {
     require_tool("mpop");

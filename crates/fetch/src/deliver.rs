@@ -15,10 +15,11 @@
 //! - MDA: a message is delivered when the command exits 0; a crash between that and the journal
 //!   write may deliver it again (at least once), since nothing can ask the MDA what it stored.
 
+use crate::mbox::{MboxLock, Pending, Recovered};
 use pillarbox_os::io_err;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -79,8 +80,70 @@ struct Staged {
 
 enum Kind {
     Maildir { dir: PathBuf, present: HashSet<String>, staged: Vec<Staged> },
-    Mbox { path: PathBuf, pending: PathBuf, file: Option<File>, written: Vec<String> },
+    Mbox(Mbox),
     Mda { command: String, done: Vec<String> },
+}
+
+/// An mbox destination (see [`crate::mbox`] for how a batch is appended and recovered).
+struct Mbox {
+    path: PathBuf,
+    /// The recovery record and the staging file, beside the journal.
+    pending: PathBuf,
+    staging: PathBuf,
+    /// The staging file of the batch being written, and that batch's number.
+    file: Option<(File, u64)>,
+    /// Ids of the messages staged in this batch.
+    written: Vec<String>,
+    /// The mbox's locks, from the append until the journal has the batch.
+    held: Option<MboxLock>,
+    /// Ids of messages a killed run appended whole (see [`crate::mbox::recover`]).
+    kept: HashSet<String>,
+}
+
+impl Mbox {
+    fn new(path: &Path, state_dir: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            pending: state_dir.join("mbox-pending"),
+            staging: state_dir.join("mbox-batch"),
+            file: None,
+            written: Vec::new(),
+            held: None,
+            kept: HashSet::new(),
+        }
+    }
+
+    /// The batch is recorded (or was recovered): its recovery record and staged copy go.
+    fn forget_batch(&mut self) -> Result<(), DeliverError> {
+        for p in [&self.pending, &self.staging] {
+            match fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(format!("removing {}", p.display()))(e).into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Append the staged batch under the mbox's locks, after making its recovery record
+    /// durable; the locks stay held until [`Local::committed`].
+    fn append(&mut self) -> Result<(), DeliverError> {
+        let Some((staged, batch)) = self.file.take() else { return Ok(()) };
+        let ctx = |what: &str, p: &Path| io_err(format!("{what} {}", p.display()));
+        staged.sync_all().map_err(ctx("syncing", &self.staging))?;
+        let len = staged.metadata().map_err(ctx("reading", &self.staging))?.len();
+        drop(staged);
+        let mut lock = MboxLock::acquire(&self.path)?;
+        let start = lock.file().metadata().map_err(ctx("reading", &self.path))?.len();
+        let dotlock = lock.dotlock_id();
+        Pending { batch, start, len, ids: self.written.clone(), dotlock }.write(&self.pending)?;
+        let mut from = File::open(&self.staging).map_err(ctx("opening", &self.staging))?;
+        io::copy(&mut from, lock.file())
+            .and_then(|_| lock.file().sync_all())
+            .map_err(ctx("appending to", &self.path))?;
+        self.held = Some(lock);
+        Ok(())
+    }
 }
 
 enum Current {
@@ -89,7 +152,7 @@ enum Current {
         tmp: PathBuf,
         size: u64,
     },
-    /// `start`: where the message begins in the mbox; `line`: the undecided head of a line.
+    /// `start`: where the message begins in the staging file; `line`: the undecided head of a line.
     Mbox {
         start: u64,
         at_line_start: bool,
@@ -106,6 +169,7 @@ pub struct Local {
     /// The account's folder name before the naming change, when its journal was adopted: a run
     /// interrupted before the change tagged its Maildir files with it.
     legacy_key: Option<String>,
+    notices: Vec<String>,
     current: Option<Current>,
     lf: ToLf,
     scratch: Vec<u8>,
@@ -160,6 +224,7 @@ impl Local {
         state_dir: &Path,
         last_batch: u64,
     ) -> Result<Self, DeliverError> {
+        let mut notices = Vec::new();
         let kind = match deliver {
             Deliver::Maildir(dir) => {
                 for sub in ["tmp", "new", "cur"] {
@@ -170,13 +235,31 @@ impl Local {
                 Kind::Maildir { dir: dir.clone(), present: present_tags(dir)?, staged: Vec::new() }
             }
             Deliver::Mbox(path) => {
-                let pending = state_dir.join("mbox-pending");
-                recover_mbox(path, &pending, last_batch)?;
-                Kind::Mbox { path: path.clone(), pending, file: None, written: Vec::new() }
+                let mut mbox = Mbox::new(path, state_dir);
+                match crate::mbox::recover(path, &mbox.pending, &mbox.staging, last_batch)? {
+                    Recovered::Kept(ids) => mbox.kept = ids,
+                    Recovered::Nothing => {}
+                    Recovered::Cut(bytes) => notices.push(format!(
+                        "removed the {bytes} bytes of an incomplete batch an interrupted run left at the end of {}",
+                        path.display()
+                    )),
+                    Recovered::Left(why) => notices.push(why),
+                }
+                if mbox.kept.is_empty() {
+                    mbox.forget_batch()?;
+                }
+                Kind::Mbox(mbox)
             }
             Deliver::Mda(command) => Kind::Mda { command: command.clone(), done: Vec::new() },
         };
-        Ok(Self::new(kind, account_key, legacy_key))
+        let mut local = Self::new(kind, account_key, legacy_key);
+        local.notices = notices;
+        Ok(local)
+    }
+
+    /// What opening the destination found that the user should know (an interrupted mbox batch).
+    pub fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
     }
 
     /// Look at the destination without changing anything (for a dry run): no folders created, no
@@ -186,9 +269,7 @@ impl Local {
             Deliver::Maildir(dir) => {
                 Kind::Maildir { dir: dir.clone(), present: present_tags(dir).unwrap_or_default(), staged: Vec::new() }
             }
-            Deliver::Mbox(path) => {
-                Kind::Mbox { path: path.clone(), pending: PathBuf::new(), file: None, written: Vec::new() }
-            }
+            Deliver::Mbox(path) => Kind::Mbox(Mbox::new(path, Path::new("/nonexistent"))),
             Deliver::Mda(command) => Kind::Mda { command: command.clone(), done: Vec::new() },
         };
         Self::new(kind, account_key, legacy_key)
@@ -196,7 +277,15 @@ impl Local {
 
     fn new(kind: Kind, account_key: &str, legacy_key: Option<String>) -> Self {
         let account_key = account_key.to_owned();
-        Self { kind, account_key, legacy_key, current: None, lf: ToLf::default(), scratch: Vec::new() }
+        Self {
+            kind,
+            account_key,
+            legacy_key,
+            current: None,
+            lf: ToLf::default(),
+            scratch: Vec::new(),
+            notices: Vec::new(),
+        }
     }
 
     /// Whether a previous, interrupted run already stored this message (Maildir only).
@@ -205,7 +294,8 @@ impl Local {
             Kind::Maildir { present, .. } => std::iter::once(&self.account_key)
                 .chain(&self.legacy_key)
                 .any(|key| present.contains(&fetch_tag(key, id))),
-            _ => false,
+            Kind::Mbox(mbox) => mbox.kept.contains(id),
+            Kind::Mda { .. } => false,
         }
     }
 
@@ -235,15 +325,28 @@ impl Local {
                     .map_err(io_err(format!("creating {}", tmp.display())))?;
                 Current::Maildir { file: BufWriter::with_capacity(64 * 1024, file), tmp, size: 0 }
             }
-            Kind::Mbox { path, pending, file, .. } => {
-                if file.is_none() {
-                    *file = Some(open_mbox(path, pending, next_batch)?);
+            Kind::Mbox(mbox) => {
+                if mbox.file.is_none() {
+                    // A recovered batch's record goes before a new batch is staged.
+                    mbox.forget_batch()?;
                 }
-                let f = file.as_mut().ok_or_else(|| io_err("mbox")(io::Error::other("not open")))?;
-                let start = f.metadata().map_err(io_err(format!("reading {}", path.display())))?.len();
+                let staging = &mbox.staging;
+                let ctx = |what: &str| io_err(format!("{what} {}", staging.display()));
+                if mbox.file.is_none() {
+                    let f = OpenOptions::new()
+                        .create(true)
+                        .truncate(true)
+                        .read(true)
+                        .write(true)
+                        .mode(0o600)
+                        .open(staging)
+                        .map_err(ctx("creating"))?;
+                    mbox.file = Some((f, next_batch));
+                }
+                let (f, _) = mbox.file.as_mut().ok_or_else(|| ctx("staging")(io::Error::other("not open")))?;
+                let start = f.metadata().map_err(ctx("reading"))?.len();
                 let date = mbox_date();
-                f.write_all(format!("From MAILER-DAEMON {date}\n").as_bytes())
-                    .map_err(io_err(format!("writing {}", path.display())))?;
+                f.write_all(format!("From MAILER-DAEMON {date}\n").as_bytes()).map_err(ctx("writing"))?;
                 Current::Mbox { start, at_line_start: true, line: Vec::new() }
             }
             Kind::Mda { command, .. } => {
@@ -275,9 +378,9 @@ impl Local {
                 *size += data.len() as u64;
                 Ok(file.write_all(data).map_err(io_err(format!("writing {}", tmp.display())))?)
             }
-            (Some(Current::Mbox { at_line_start, line, .. }), Kind::Mbox { path, file: Some(f), .. }) => {
+            (Some(Current::Mbox { at_line_start, line, .. }), Kind::Mbox(Mbox { staging, file: Some((f, _)), .. })) => {
                 Ok(pillarbox_mailbox::mboxrd_quote(data, at_line_start, line, f)
-                    .map_err(io_err(format!("writing {}", path.display())))?)
+                    .map_err(io_err(format!("writing {}", staging.display())))?)
             }
             (Some(Current::Mda { child, .. }), Kind::Mda { command, .. }) => match child.stdin.as_mut() {
                 Some(stdin) => Ok(stdin.write_all(data).map_err(io_err(format!("writing to the MDA `{command}`")))?),
@@ -311,7 +414,10 @@ impl Local {
                 staged.push(Staged { id, file, tmp, name });
                 Ok(())
             }
-            (Some(Current::Mbox { at_line_start, line, .. }), Kind::Mbox { path, file: Some(f), written, .. }) => {
+            (
+                Some(Current::Mbox { at_line_start, line, .. }),
+                Kind::Mbox(Mbox { staging, file: Some((f, _)), written, .. }),
+            ) => {
                 // The undecided head of a last line is too short to be a From_ line. A message
                 // without a final newline still ends its line; then comes the blank separator.
                 let ends_with_newline = if line.is_empty() { at_line_start } else { line.last() == Some(&b'\n') };
@@ -320,7 +426,7 @@ impl Local {
                     end.push(b'\n');
                 }
                 end.push(b'\n');
-                f.write_all(&end).map_err(io_err(format!("writing {}", path.display())))?;
+                f.write_all(&end).map_err(io_err(format!("writing {}", staging.display())))?;
                 written.push(id);
                 Ok(())
             }
@@ -346,8 +452,9 @@ impl Local {
             }
             // Cut the partial message off; the batch's finished messages stay.
             Some(Current::Mbox { start, .. }) => {
-                if let Kind::Mbox { file: Some(f), .. } = &mut self.kind {
+                if let Kind::Mbox(Mbox { file: Some((f, _)), .. }) = &mut self.kind {
                     let _ = f.set_len(start);
+                    let _ = f.seek(io::SeekFrom::Start(start));
                 }
             }
             Some(Current::Mda { mut child, .. }) => {
@@ -378,11 +485,9 @@ impl Local {
                 }
                 Ok(ids)
             }
-            Kind::Mbox { path, file, written, .. } => {
-                if let Some(f) = file.take() {
-                    f.sync_all().map_err(io_err(format!("syncing {}", path.display())))?;
-                }
-                Ok(std::mem::take(written))
+            Kind::Mbox(mbox) => {
+                mbox.append()?;
+                Ok(std::mem::take(&mut mbox.written))
             }
             Kind::Mda { done, .. } => Ok(std::mem::take(done)),
         }
@@ -390,8 +495,9 @@ impl Local {
 
     /// After the journal committed a batch: the mbox recovery record is no longer needed.
     pub fn committed(&mut self) {
-        if let Kind::Mbox { pending, .. } = &self.kind {
-            let _ = fs::remove_file(pending);
+        if let Kind::Mbox(mbox) = &mut self.kind {
+            let _ = mbox.forget_batch();
+            mbox.held = None;
         }
     }
 }
@@ -430,50 +536,6 @@ fn sync_all_parallel(staged: &[Staged]) -> Result<(), DeliverError> {
             h.join().unwrap_or_else(|_| Err(io_err("syncing")(std::io::Error::other("fsync thread panicked")).into()))
         })
     })
-}
-
-fn read_pending(path: &Path) -> Option<(u64, u64)> {
-    let text = fs::read_to_string(path).ok()?;
-    let (b, l) = text.trim().split_once(' ')?;
-    Some((b.parse().ok()?, l.parse().ok()?))
-}
-
-/// Cut the mbox back to where an uncommitted batch began.
-fn recover_mbox(path: &Path, pending: &Path, last_batch: u64) -> Result<(), DeliverError> {
-    let Some((batch, len)) = read_pending(pending) else { return Ok(()) };
-    if batch > last_batch {
-        let f = OpenOptions::new().write(true).open(path).map_err(io_err(format!("opening {}", path.display())))?;
-        let now = f.metadata().map(|m| m.len()).unwrap_or(0);
-        if now >= len {
-            f.set_len(len).and_then(|()| f.sync_all()).map_err(io_err(format!("truncating {}", path.display())))?;
-            tracing::warn!(mbox = %path.display(), removed = now - len, "removed an unconfirmed batch left by an interrupted run");
-        } else {
-            tracing::warn!(mbox = %path.display(), "the mbox shrank since an interrupted run; leaving it as it is");
-        }
-    }
-    Ok(fs::remove_file(pending).map_err(io_err(format!("removing {}", pending.display())))?)
-}
-
-/// Open the mbox for appending under an exclusive lock, recording where this batch starts.
-fn open_mbox(path: &Path, pending: &Path, batch: u64) -> Result<File, DeliverError> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent).map_err(io_err(format!("creating {}", parent.display())))?;
-    }
-    let f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err(format!("opening {}", path.display())))?;
-    f.lock().map_err(io_err(format!("locking {}", path.display())))?;
-    let len = f.metadata().map_err(io_err(format!("reading {}", path.display())))?.len();
-    let write = || -> io::Result<()> {
-        let mut p = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(pending)?;
-        p.write_all(format!("{batch} {len}\n").as_bytes())?;
-        p.sync_all()
-    };
-    write().map_err(io_err(format!("writing {}", pending.display())))?;
-    Ok(f)
 }
 
 /// The date of an mbox `From ` line: now, in UTC.
@@ -562,7 +624,7 @@ mod tests {
     }
 
     #[test]
-    fn uncommitted_mbox_batch_is_cut_back_at_the_next_run() {
+    fn an_unrecorded_mbox_batch_is_kept_when_whole_and_cut_when_partial() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mbox = dir.path().join("mbox");
         let mut l = Local::open(&Deliver::Mbox(mbox.clone()), "a", None, dir.path(), 0).expect("open");
@@ -572,10 +634,21 @@ mod tests {
         let after_first = fs::metadata(&mbox).expect("m").len();
         deliver_batch(&mut l, &[("2", b"two\r\n")], 64, 2);
         l.flush().expect("flush");
-        // The journal never recorded batch 2: a crash here.
-        std::mem::forget(l);
-        let _l = Local::open(&Deliver::Mbox(mbox.clone()), "a", None, dir.path(), 1).expect("recover");
+        // The journal never recorded batch 2: a crash here. The whole batch is in the mbox, so it
+        // stays, and its message counts as stored.
+        drop(l);
+        let whole = fs::read(&mbox).expect("mbox");
+        let l = Local::open(&Deliver::Mbox(mbox.clone()), "a", None, dir.path(), 1).expect("recover");
+        assert_eq!(fs::read(&mbox).expect("mbox"), whole);
+        assert!(l.already_stored("2") && !l.already_stored("1"));
+        drop(l);
+        // Killed while appending batch 2: the part of it at the end is cut, and only that.
+        let f = File::options().write(true).open(&mbox).expect("mbox");
+        f.set_len(after_first + 7).expect("cut");
+        let mut l = Local::open(&Deliver::Mbox(mbox.clone()), "a", None, dir.path(), 1).expect("recover");
         assert_eq!(fs::metadata(&mbox).expect("m").len(), after_first);
+        assert!(!l.already_stored("2"));
+        assert_eq!(l.take_notices().len(), 1);
     }
 
     #[test]

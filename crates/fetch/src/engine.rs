@@ -264,6 +264,9 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
     } else {
         Local::open(&account.deliver, &key, legacy_tag, &state, journal.last_batch())?
     };
+    for notice in local.take_notices() {
+        warn("interrupted-batch", notice);
+    }
     // Messages stored by an interrupted run (Maildir) but not journaled yet.
     let recovered: Vec<String> = entries
         .iter()
@@ -272,6 +275,7 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
         .collect();
     if !recovered.is_empty() && !opts.dry_run {
         journal.stored_batch(&recovered, opts.now)?;
+        local.committed();
     }
 
     let mut to_fetch = Vec::new();
@@ -354,7 +358,9 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
             let part = &batch[start..end];
             start = end;
             let fetched = download(&mut conn, &mut local, &journal, part, window, &warn).await?;
-            let mut ids = local.flush()?;
+            // Syncing, and for an mbox waiting for other writers' locks, must not hold up the
+            // other accounts' connections on this worker thread.
+            let mut ids = blocking(|| local.flush())?;
             // Recognised as stored by an interrupted run: journaled now, so they can go too.
             ids.extend(fetched.iter().filter(|f| !f.fresh && journal.stored_at(&f.id).is_none()).map(|f| f.id.clone()));
             journal.stored_batch(&ids, opts.now)?;
@@ -514,4 +520,13 @@ pub fn default_state_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
         .join("pillarbox")
         .join("fetch")
+}
+
+/// Run blocking file work (fsync, waiting for an mbox lock) from the async side without stalling
+/// the runtime's other tasks: on a multi-threaded runtime the worker hands its tasks over first.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }

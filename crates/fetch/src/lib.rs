@@ -13,6 +13,7 @@ pub mod deliver;
 mod engine;
 pub mod import;
 pub mod journal;
+pub mod mbox;
 pub mod state;
 pub mod tls;
 
