@@ -46,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
         loop {
             match s.poll() {
                 Event::NeedInput => break,
+                Event::Flush => output.extend_from_slice(&s.take_output()),
                 Event::Close => break 'outer,
                 Event::Authenticate { user, credential } => {
                     let ok =
@@ -57,6 +58,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 Event::SaslStart { initial: None, .. } => s.sasl_challenge(b""),
+                Event::SaslCancelled => s.auth_failed(AuthFailure::Cancelled),
                 Event::SaslStart { initial: Some(d), .. } | Event::SaslResponse(d) => {
                     if d.expose() == b"\0mrose\0secret" {
                         s.authenticated(listing(), Login { expire: None, login_delay: None });

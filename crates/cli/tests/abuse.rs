@@ -163,3 +163,160 @@ fn byte_at_a_time_clients_do_not_hold_up_others_and_a_client_that_never_reads_is
     assert!(stuck.saturating_sub(before) < 16 * 1024, "the unread message is buffered: +{} KiB", stuck - before);
     drop(hog);
 }
+
+/// Read what arrives within `wait` (until the peer closes or goes quiet).
+fn read_for(s: &mut TcpStream, wait: Duration) -> String {
+    s.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    let until = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < until {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Log in as alice on a fresh connection; returns it with the login's answers read.
+fn logged_in(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.write_all(format!("USER alice\r\nPASS {PASSWORD}\r\n").as_bytes()).expect("send");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while seen.iter().filter(|&&b| b == b'\n').count() < 3 {
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0, "closed");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).lines().all(|l| l.starts_with("+OK")), "{}", String::from_utf8_lossy(&seen));
+    s
+}
+
+#[test]
+fn pipelined_listings_from_a_client_that_never_reads_are_not_buffered_without_bound() {
+    let mut pb = Pillarbox::new();
+    // 20,000 messages, written as an MTA would: each UIDL answer is about 900 kB.
+    let new = pb.maildir("alice").join("new");
+    for i in 0..20_000 {
+        std::fs::write(new.join(format!("{}.M{i}P1.test,S=20,W=21", 1_700_000_000 + i)), b"Subject: x\n\nshort.\n\n")
+            .expect("write");
+    }
+    pb.start();
+    let addr = pb.pop3.expect("pop3");
+    let mut s = logged_in(addr);
+    let before = rss_kib(pb.pid());
+    // 300 UIDLs in one go (270 MB of answers), and nothing read.
+    s.set_write_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let sent = (0..300).take_while(|_| s.write_all(b"UIDL\r\n").is_ok()).count();
+    std::thread::sleep(Duration::from_secs(3));
+    let stuck = rss_kib(pb.pid());
+    let mut other = TcpStream::connect(addr).expect("connect");
+    other.write_all(b"CAPA\r\n").expect("send");
+    assert!(read_for(&mut other, Duration::from_secs(2)).starts_with("+OK"), "another client is served meanwhile");
+    eprintln!(
+        "{sent} pipelined UIDLs of 20,000 messages, unread: server RSS {} MiB -> {} MiB",
+        before / 1024,
+        stuck / 1024
+    );
+    assert!(stuck.saturating_sub(before) < 32 * 1024, "the answers pile up: +{} KiB", stuck - before);
+    // The client that finally reads gets every answer, complete and in order.
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut r = std::io::BufReader::new(s);
+    let mut answers = 0;
+    let mut line = String::new();
+    while answers < sent {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut r, &mut line).expect("read") > 0, "closed after {answers}");
+        if line == ".\r\n" {
+            answers += 1;
+        }
+    }
+}
+
+#[test]
+fn a_connection_that_never_logs_in_is_closed_after_the_prelogin_timeout() {
+    let mut pb = Pillarbox::new();
+    pb.edit_config("prelogin_timeout = \"60s\"", "prelogin_timeout = \"1s\"");
+    pb.start();
+    let addr = pb.pop3.expect("pop3");
+    let mut idle = TcpStream::connect(addr).expect("connect");
+    let mut busy = TcpStream::connect(addr).expect("connect");
+    // A command resets no pre-login clock: only a login does.
+    busy.write_all(b"CAPA\r\n").expect("send");
+    let mut s = logged_in(addr);
+    let got = read_for(&mut idle, Duration::from_secs(20));
+    assert!(got.starts_with("+OK") && got.contains("-ERR"), "{got:?}");
+    assert!(read_for(&mut busy, Duration::from_secs(20)).contains("-ERR"));
+    // After login the idle timeout (10 minutes) applies.
+    s.write_all(b"NOOP\r\n").expect("send");
+    assert_eq!(read_for(&mut s, Duration::from_secs(2)), "+OK\r\n");
+}
+
+#[test]
+fn lmtp_has_a_pool_and_a_per_address_limit_of_its_own() {
+    let mut pb = Pillarbox::new();
+    pb.edit_config("lmtp_max_connections_per_ip = 20", "lmtp_max_connections_per_ip = 2");
+    pb.start();
+    let lmtp = pb.lmtp.expect("lmtp");
+    let mut held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(lmtp).expect("connect")).collect();
+    for c in &mut held {
+        assert!(read_for(c, Duration::from_secs(2)).starts_with("220 "));
+    }
+    let mut third = TcpStream::connect(lmtp).expect("connect");
+    let refused = read_for(&mut third, Duration::from_secs(5));
+    assert!(refused.starts_with("421 4.3.2 "), "{refused:?}");
+    // POP3 from the same address is counted apart.
+    normal_session(pb.pop3.expect("pop3")).expect("POP3 is not crowded out by LMTP");
+}
+
+#[test]
+fn guesses_in_parallel_on_one_account_are_limited() {
+    let mut pb = Pillarbox::new();
+    pb.edit_config("fail_delay = \"20ms\"", "fail_delay = \"4s\"");
+    pb.edit_config("fail_delay_max = \"100ms\"", "fail_delay_max = \"4s\"");
+    pb.edit_config("max_connections_per_ip = 20", "max_connections_per_ip = 200");
+    pb.start();
+    let addr = pb.pop3.expect("pop3");
+    // Three wrong passwords at once: each holds its place for the 4 s failure delay.
+    let mut guessers: Vec<TcpStream> = (0..3)
+        .map(|i| {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.write_all(format!("USER ALICE\r\nPASS wrong guess {i}\r\n").as_bytes()).expect("send");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut fourth = TcpStream::connect(addr).expect("connect");
+    fourth.write_all(b"USER ali\xc2\xadce\r\nPASS another guess\r\n").expect("send");
+    let got = read_for(&mut fourth, Duration::from_secs(2));
+    assert!(got.contains("-ERR [SYS/TEMP] too many logins"), "{got:?}");
+    for g in &mut guessers {
+        assert!(read_for(g, Duration::from_secs(15)).contains("-ERR [AUTH]"));
+    }
+    // Once they are answered, the account takes logins again.
+    normal_session(addr).expect("a login after the guesses");
+}
+
+#[test]
+fn a_cancelled_scram_exchange_counts_as_a_failed_login() {
+    let mut pb = Pillarbox::new();
+    pb.start();
+    let mut s = TcpStream::connect(pb.pop3.expect("pop3")).expect("connect");
+    use base64::Engine;
+    let first = base64::engine::general_purpose::STANDARD.encode("n,,n=alice,r=fyko+d2lbbFgONRv9qkxdawL");
+    s.write_all(format!("AUTH SCRAM-SHA-256 {first}\r\n").as_bytes()).expect("send");
+    let challenge = read_for(&mut s, Duration::from_secs(2));
+    assert!(challenge.contains("\r\n+ "), "{challenge:?}");
+    s.write_all(b"*\r\n").expect("cancel");
+    assert!(read_for(&mut s, Duration::from_secs(5)).starts_with("-ERR authentication cancelled"));
+    let log = pb.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("authentication failed") && l.contains("SASL (cancelled)") && l.contains("alice")),
+        "{log}"
+    );
+}

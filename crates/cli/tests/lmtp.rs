@@ -364,3 +364,41 @@ fn idle_lmtp_client_is_disconnected_with_421() {
     assert_eq!(std::fs::read_dir(pb.maildir("alice").join("tmp")).expect("tmp").count(), 0);
     assert_eq!(stored_messages(&pb, "alice").len(), 0);
 }
+
+#[test]
+fn the_lmtp_socket_belongs_to_the_mta_group_and_takes_deliveries() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut pb = Pillarbox::new();
+    let socket = pb.data().join("run/lmtp.sock");
+    // Root may give the socket any group; anyone else one of their own.
+    let group = if nix::unistd::Uid::effective().is_root() {
+        "nogroup".to_owned()
+    } else {
+        nix::unistd::Group::from_gid(nix::unistd::Gid::effective()).expect("group").expect("named").name
+    };
+    let gid = nix::unistd::Group::from_name(&group).expect("lookup").expect("group exists").gid.as_raw();
+    pb.edit_config("lmtp_unix_group = \"\"", &format!("lmtp_unix_group = \"{group}\""));
+    pb.start_with(&["--lmtp-unix", &socket.display().to_string()]);
+    let meta = std::fs::metadata(&socket).expect("socket");
+    assert_eq!((meta.gid(), meta.permissions().mode() & 0o777), (gid, 0o660), "group {group}");
+    let mut s = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(b"LHLO mta\r\nMAIL FROM:<a@x>\r\nRCPT TO:<alice@x>\r\nDATA\r\nSubject: s\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+        .expect("send");
+    let mut got = String::new();
+    let _ = s.read_to_string(&mut got);
+    assert!(got.contains("250 2.0.0 <alice@x> delivered"), "{got}");
+    assert_eq!(pb.stored("alice"), 1);
+
+    // A group that does not exist stops the start with a message naming it.
+    let mut bad = Pillarbox::new();
+    bad.edit_config("lmtp_unix_group = \"\"", "lmtp_unix_group = \"no-such-group-here\"");
+    let sock = bad.data().join("l.sock").display().to_string();
+    let out = bad.run(&["serve", "--pop3", "127.0.0.1:0", "--lmtp-unix", &sock], b"");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no-such-group-here"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -94,6 +94,8 @@ pub struct Policy {
     pub fail_delay_max: Duration,
     /// Open sessions per user (0: no limit; with `lock` a maildrop has one anyway).
     pub max_sessions_per_user: usize,
+    /// Logins to one account in progress at once (0: no limit); the rest are told to retry.
+    pub max_concurrent_attempts_per_account: usize,
     pub delivery: DeliveryPolicy,
 }
 
@@ -110,6 +112,7 @@ impl Default for Policy {
             fail_delay: Duration::from_secs(2),
             fail_delay_max: Duration::from_secs(15),
             max_sessions_per_user: 0,
+            max_concurrent_attempts_per_account: 3,
             delivery: DeliveryPolicy::default(),
         }
     }
@@ -136,6 +139,10 @@ pub struct Services {
     hashes: hashpool::HashPool,
     /// Secret for the SCRAM parameters of unknown users.
     scram_secret: [u8; 32],
+    /// How long a slow password check takes (nanoseconds, a running average): a failed check
+    /// that was faster (an imported fast hash) is made to last as long, so that the time of the
+    /// answer does not tell which users exist.
+    slow_check_ns: std::sync::atomic::AtomicU64,
 }
 
 impl Services {
@@ -156,6 +163,7 @@ impl Services {
             hostname: pillarbox_os::host_name(),
             hashes: hashpool::HashPool::per_core().map_err(CoreError::Threads)?,
             scram_secret,
+            slow_check_ns: std::sync::atomic::AtomicU64::new(0),
         })
     }
 }

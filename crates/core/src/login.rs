@@ -122,6 +122,28 @@ impl Services {
     /// Check USER/PASS, APOP or a password from PLAIN/LOGIN. Unknown users cost the same work
     /// as known ones; slow hashes are checked on the hashing threads.
     pub async fn check_credential(&self, login: &str, credential: Credential) -> Option<Verified> {
+        let started = tokio::time::Instant::now();
+        let password = matches!(credential, Credential::Password(_));
+        let verified = self.check_credential_now(login, credential).await;
+        if verified.is_none() && password {
+            // As long as a slow check: a fast imported hash must not answer sooner than the
+            // dummy check of a user who does not exist.
+            let slow = Duration::from_nanos(self.slow_check_ns.load(std::sync::atomic::Ordering::Relaxed));
+            tokio::time::sleep_until(started + slow).await;
+        }
+        verified
+    }
+
+    /// Record how long a slow check took (a running average over the last few).
+    fn note_slow_check(&self, took: Duration) {
+        use std::sync::atomic::Ordering;
+        let took = took.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let _ = self.slow_check_ns.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+            Some(if avg == 0 { took } else { avg - avg / 8 + took / 8 })
+        });
+    }
+
+    async fn check_credential_now(&self, login: &str, credential: Credential) -> Option<Verified> {
         let name = canonical_login(login);
         let entry = match &name {
             Some(n) => match self.lookup(n).await {
@@ -143,7 +165,10 @@ impl Services {
             }
             Credential::Password(p) => {
                 let (directory, entry, p) = (self.directory.clone(), entry.clone(), p.clone());
-                self.hashes.run(move || directory.verify_password(entry.as_ref(), p.expose())).await.unwrap_or(false)
+                let started = std::time::Instant::now();
+                let ok = self.hashes.run(move || directory.verify_password(entry.as_ref(), p.expose())).await;
+                self.note_slow_check(started.elapsed());
+                ok.unwrap_or(false)
             }
         };
         let (Some(name), Some(entry), true) = (name, entry, ok) else { return None };
@@ -165,14 +190,18 @@ impl Services {
         };
         match keys {
             Some(k) => (name, k),
-            None => (None, self.fake_scram_keys(login)),
+            None => (None, self.fake_scram_keys(login, hash)),
         }
     }
 
-    fn fake_scram_keys(&self, login: &str) -> ScramKeys {
+    /// Made-up SCRAM keys for a name with none, derived from the name as every spelling of it
+    /// canonicalises (as a real user's keys are found), so that `n=alice` and `n=ALICE` get the
+    /// same salt whether alice exists or not.
+    fn fake_scram_keys(&self, login: &str, hash: ScramHash) -> ScramKeys {
         let mut h = Sha256::new();
         h.update(self.scram_secret);
-        h.update(login.as_bytes());
+        h.update([hash as u8]);
+        h.update(crate::gate::account_key(login).as_bytes());
         let digest = h.finalize();
         ScramKeys {
             iterations: DEFAULT_ITERATIONS,
@@ -180,6 +209,14 @@ impl Services {
             stored_key: digest.to_vec(),
             server_key: digest.to_vec(),
         }
+    }
+
+    /// A place among the logins to `login`'s account in progress (see
+    /// [`Policy::max_concurrent_attempts_per_account`]); `None`: too many at once, answer
+    /// [`AuthFailure::TooManyAttempts`] without checking anything. Hold it until the login has
+    /// been answered (after the failure delay).
+    pub async fn attempt_slot(&self, login: &str) -> Option<Permit> {
+        self.gate.attempt(login, self.policy.max_concurrent_attempts_per_account).await
     }
 
     /// A failed login: count it, log it, and wait the brute-force delay (doubling with each

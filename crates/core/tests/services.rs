@@ -101,6 +101,58 @@ async fn scram_keys_of_unknown_users_look_like_real_ones_and_stay_the_same() {
     assert_eq!(s.scram_keys("mallory", hash).await.1.salt, fake.salt, "the same salt every time");
 }
 
+#[tokio::test]
+async fn scram_salts_do_not_tell_which_users_exist() {
+    let (s, _, _) = services(Policy::default());
+    add(&s, "alice").await;
+    let hash = pillarbox_auth::ScramHash::Sha256;
+    // For alice every spelling of the name gives her salt; for mallory, who does not exist,
+    // every spelling must give one salt too, or comparing them would tell the two apart.
+    for user in ["alice", "mallory"] {
+        let salts: Vec<Vec<u8>> = futures_salts(&s, user, hash).await;
+        assert!(salts.windows(2).all(|w| w[0] == w[1]), "{user}: {salts:?}");
+    }
+    assert_ne!(
+        s.scram_keys("mallory", hash).await.1.salt,
+        s.scram_keys("mallory", pillarbox_auth::ScramHash::Sha1).await.1.salt,
+        "each hash its own made-up salt, as a real user has"
+    );
+}
+
+async fn futures_salts(s: &Services, user: &str, hash: pillarbox_auth::ScramHash) -> Vec<Vec<u8>> {
+    let upper = user.to_uppercase();
+    let soft = format!("{}\u{AD}{}", &user[..2], &user[2..]);
+    let mut v = Vec::new();
+    for spelling in [user, upper.as_str(), soft.as_str()] {
+        v.push(s.scram_keys(spelling, hash).await.1.salt);
+    }
+    v
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wrong_password_of_a_fast_imported_hash_takes_as_long_as_an_unknown_user() {
+    let (s, _, _) = services(Policy::default());
+    s.import_users("fast:{PLAIN}imported secret\n", false).await.expect("import");
+    // An unknown user pays the dummy slow check; that sets how long a slow check takes. (The
+    // clock is paused: the check runs on its own thread in real time, while waits are on the
+    // paused clock, so what is compared is how long the server makes the client wait.)
+    assert!(s.check_credential("nobody", password("guess")).await.is_none());
+    let t0 = tokio::time::Instant::now();
+    assert!(s.check_credential("nobody", password("guess")).await.is_none());
+    let unknown = tokio::time::Instant::now() - t0;
+    let t1 = tokio::time::Instant::now();
+    assert!(s.check_credential("fast", password("guess")).await.is_none());
+    let fast = tokio::time::Instant::now() - t1;
+    assert!(fast > Duration::ZERO, "a failed fast check is held back");
+    // Both wait until the average slow check is over (the average moves a little with each).
+    let (lo, hi) = (unknown.min(fast), unknown.max(fast));
+    assert!(hi <= lo * 2, "unknown {unknown:?}, fast {fast:?}");
+    // A right password is not held back.
+    let t2 = tokio::time::Instant::now();
+    assert!(s.check_credential("fast", password("imported secret")).await.is_some());
+    assert_eq!(tokio::time::Instant::now() - t2, Duration::ZERO);
+}
+
 #[tokio::test(start_paused = true)]
 async fn failed_logins_wait_longer_each_time_up_to_the_cap() {
     let policy =

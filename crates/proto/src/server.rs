@@ -119,6 +119,10 @@ pub enum AuthFailure {
     Permanent,
     /// The user logged in too recently (`-ERR [LOGIN-DELAY]`, RFC 2449 section 8.1.2).
     LoginDelay,
+    /// Too many logins to the account are in progress at once (`-ERR [SYS/TEMP]`).
+    TooManyAttempts,
+    /// The client cancelled a SASL exchange with `*` (RFC 5034 section 4).
+    Cancelled,
 }
 
 /// What the session needs from the driver next.
@@ -126,6 +130,10 @@ pub enum AuthFailure {
 pub enum Event {
     /// All buffered input is handled: write the pending output, then read more.
     NeedInput,
+    /// The unsent output has reached the bound ([`ServerSession::limit_output`]): write it
+    /// before polling again. Commands still buffered wait, so a client that pipelines commands
+    /// and never reads cannot make the output grow without bound.
+    Flush,
     /// Check the credential and open (and lock) the maildrop; answer with
     /// [`ServerSession::authenticated`] or [`ServerSession::auth_failed`].
     Authenticate { user: String, credential: Credential },
@@ -135,6 +143,10 @@ pub enum Event {
     SaslStart { mechanism: String, initial: Option<Secret<Vec<u8>>> },
     /// The client answered a challenge; answer as for [`Event::SaslStart`].
     SaslResponse(Secret<Vec<u8>>),
+    /// The client cancelled the exchange with `*`: answer with [`ServerSession::auth_failed`]
+    /// ([`AuthFailure::Cancelled`], after counting it as a failed login when the exchange had
+    /// told the client something about the account, such as a SCRAM salt).
+    SaslCancelled,
     /// Send a message: open it, then call [`ServerSession::begin_message`] and stream it through
     /// the returned encoder, or call [`ServerSession::message_unavailable`].
     Retrieve { index: usize, top: Option<u64> },
@@ -215,7 +227,12 @@ pub struct ServerSession {
     quit: bool,
     utf8: bool,
     stats: SessionStats,
+    /// See [`Self::limit_output`].
+    output_limit: usize,
 }
+
+/// The default bound of unsent output (`[limits] max_unsent_output`).
+pub const DEFAULT_OUTPUT_LIMIT: usize = 1 << 20;
 
 const NO_SUCH_MESSAGE: &str = "no such message";
 const WRONG_STATE: &str = "command not valid in this state";
@@ -239,7 +256,14 @@ impl ServerSession {
             quit: false,
             utf8: false,
             stats: SessionStats::default(),
+            output_limit: DEFAULT_OUTPUT_LIMIT,
         }
+    }
+
+    /// Stop handling buffered commands (return [`Event::Flush`]) while this many octets of
+    /// output are unsent (at least one answer is always produced).
+    pub fn limit_output(&mut self, octets: usize) {
+        self.output_limit = octets.max(1);
     }
 
     /// Bytes received from the client.
@@ -296,6 +320,9 @@ impl ServerSession {
                 State::Authenticating | State::StartingTls | State::Update => return Event::Close,
                 State::Authorization { .. } | State::Transaction(_) | State::SaslResponse => {}
             }
+            if self.out.len() >= self.output_limit {
+                return Event::Flush;
+            }
             let Some(event) = self.decoder.next_event() else {
                 return Event::NeedInput;
             };
@@ -339,9 +366,8 @@ impl ServerSession {
     fn sasl_line(&mut self, line: &[u8]) -> Option<Event> {
         self.decoder.set_max(MAX_COMMAND_LINE);
         if line == b"*" {
-            self.state = State::Authorization { user: None };
-            response::err(&mut self.out, None, "authentication cancelled");
-            return None;
+            self.state = State::Authenticating;
+            return Some(Event::SaslCancelled);
         }
         match base64_decode(line) {
             Some(v) => {
@@ -653,13 +679,19 @@ impl ServerSession {
         }
         self.user = None;
         let (code, text) = match failure {
-            AuthFailure::Credentials => (RespCode::Auth, "authentication failed"),
-            AuthFailure::InUse => (RespCode::InUse, "maildrop is locked by another session; try again later"),
-            AuthFailure::Temporary => (RespCode::SysTemp, "temporary server problem; try again later"),
-            AuthFailure::Permanent => (RespCode::SysPerm, "this maildrop cannot be opened; contact your administrator"),
-            AuthFailure::LoginDelay => (RespCode::LoginDelay, "you logged in too recently; try again later"),
+            AuthFailure::Credentials => (Some(RespCode::Auth), "authentication failed"),
+            AuthFailure::InUse => (Some(RespCode::InUse), "maildrop is locked by another session; try again later"),
+            AuthFailure::Temporary => (Some(RespCode::SysTemp), "temporary server problem; try again later"),
+            AuthFailure::Permanent => {
+                (Some(RespCode::SysPerm), "this maildrop cannot be opened; contact your administrator")
+            }
+            AuthFailure::LoginDelay => (Some(RespCode::LoginDelay), "you logged in too recently; try again later"),
+            AuthFailure::TooManyAttempts => {
+                (Some(RespCode::SysTemp), "too many logins to this account are in progress; try again later")
+            }
+            AuthFailure::Cancelled => (None, "authentication cancelled"),
         };
-        response::err(&mut self.out, Some(code), text);
+        response::err(&mut self.out, code, text);
         self.auth_failures += 1;
         if self.auth_failures >= MAX_AUTH_FAILURES {
             response::err(&mut self.out, None, "too many failed logins, closing connection");

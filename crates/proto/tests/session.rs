@@ -93,6 +93,7 @@ impl Harness {
                     self.collect();
                     return event;
                 }
+                Event::Flush => self.collect(),
                 Event::Authenticate { user, credential } => {
                     let ok = user == "mrose"
                         && match credential {
@@ -124,6 +125,7 @@ impl Harness {
                     self.session.tls_established(vec!["PLAIN".into()]);
                 }
                 Event::SaslStart { initial: None, .. } => self.session.sasl_challenge(b""),
+                Event::SaslCancelled => self.session.auth_failed(AuthFailure::Cancelled),
                 Event::SaslStart { initial: Some(data), .. } | Event::SaslResponse(data) => {
                     let parts: Vec<&[u8]> = data.expose().split(|&b| b == 0).collect();
                     if parts.len() == 3 && parts[1] == b"mrose" && parts[2] == b"secret" {
@@ -467,4 +469,26 @@ fn cleartext_sasl_is_refused_without_tls_and_utf8_is_accepted() {
     assert!(h.session.utf8());
     let capa = Harness::new(SessionConfig { login_delay: Some((300, true)), ..config() }, vec![]).cmd("CAPA");
     assert!(capa.contains("\r\nLOGIN-DELAY 300 USER\r\n"), "{capa}");
+}
+
+#[test]
+fn pipelined_commands_wait_while_unsent_output_is_over_the_bound() {
+    let mut h = Harness::with_rfc_messages();
+    h.login();
+    h.session.limit_output(40);
+    h.session.feed(b"UIDL\r\nUIDL\r\nUIDL\r\nNOOP\r\n");
+    // One UIDL answer is over 40 octets: each is followed by a Flush before the next command.
+    let mut events = Vec::new();
+    loop {
+        let e = h.session.poll();
+        let unsent = h.session.take_output().len();
+        let done = e == Event::NeedInput;
+        events.push((e, unsent));
+        if done {
+            break;
+        }
+    }
+    let flushes = events.iter().filter(|(e, _)| *e == Event::Flush).count();
+    assert_eq!(flushes, 3, "{events:?}");
+    assert!(events.iter().all(|(_, unsent)| *unsent < 40 + 60), "{events:?}");
 }

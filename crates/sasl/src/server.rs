@@ -125,7 +125,8 @@ impl Mech {
         Step::Failed { user: self.claimed().unwrap_or_default(), reason: Failure::Cancelled }
     }
 
-    fn claimed(&self) -> Option<String> {
+    /// The account the client claims, once the exchange has named one.
+    pub fn claimed(&self) -> Option<String> {
         match &self.kind {
             Kind::Login { user } => user.clone(),
             Kind::Scram { stage, .. } => match stage {

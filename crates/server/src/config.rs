@@ -30,9 +30,11 @@ pop3 = ["127.0.0.1:1110"]
 pop3s = ["127.0.0.1:1995"]
 # LMTP (RFC 2033) for the MTA to deliver into; keep it on loopback or a private network.
 lmtp = ["127.0.0.1:2424"]
-# LMTP on a Unix socket as well (e.g. for Postfix: lmtp:unix:/path), and its permissions.
+# LMTP on a Unix socket as well (e.g. for Postfix: lmtp:unix:/path), its permissions, and the
+# group it belongs to (the MTA's, e.g. "postfix", so that the MTA may connect; empty: the server's).
 # lmtp_unix = "/var/spool/postfix/private/pillarbox-lmtp"
 lmtp_unix_mode = "0660"
+lmtp_unix_group = ""
 
 [tls]
 # PEM certificate chain and private key. A self-signed pair was generated on first start;
@@ -103,8 +105,25 @@ idle_timeout = "5m"
 [limits]
 # Simultaneous connections; more are answered with -ERR [SYS/TEMP] and closed.
 max_connections = 1000
-# Simultaneous connections from one address (IPv6: one /64).
+# Simultaneous POP3 connections from one address (IPv6: one network of ipv6_prefix bits).
 max_connections_per_ip = 20
+# IPv6 addresses are counted by network: connections and failed logins by this prefix (one
+# subscriber's network), failed logins also by the wider ipv6_aggregate_prefix (whoever holds a
+# whole /48 cannot try from a fresh /64 each time).
+ipv6_prefix = 64
+ipv6_aggregate_prefix = 48
+# Logins to one account in progress at once (each waits out its failure delay); more are told
+# -ERR [SYS/TEMP] without being checked. 0: no limit.
+max_concurrent_attempts_per_account = 3
+# A connection that has not logged in after this long is closed (the idle timeout applies after
+# login).
+prelogin_timeout = "60s"
+# Stop reading a client's commands while this much of the answers to them is still unsent (a
+# client that pipelines commands and never reads cannot make the server buffer without bound).
+max_unsent_output = "1MiB"
+# LMTP connections have their own pool, so that neither side can crowd out the other.
+lmtp_max_connections = 200
+lmtp_max_connections_per_ip = 20
 # Simultaneous POP3 sessions of one user; more get -ERR [IN-USE]. 0: no limit (with lock = true a
 # maildrop has one session anyway; this bounds a user when lock = false).
 max_sessions_per_user = 0
@@ -286,6 +305,8 @@ struct RawListen {
     lmtp_unix: Option<PathBuf>,
     #[serde(default = "default_socket_mode")]
     lmtp_unix_mode: FileMode,
+    #[serde(default)]
+    lmtp_unix_group: String,
 }
 
 fn default_socket_mode() -> FileMode {
@@ -450,6 +471,13 @@ struct RawLimits {
     max_connections_per_ip: usize,
     max_sessions_per_user: usize,
     shutdown_grace: HumanDuration,
+    ipv6_prefix: u8,
+    ipv6_aggregate_prefix: u8,
+    max_concurrent_attempts_per_account: usize,
+    prelogin_timeout: HumanDuration,
+    max_unsent_output: HumanSize,
+    lmtp_max_connections: usize,
+    lmtp_max_connections_per_ip: usize,
 }
 
 impl Default for RawLimits {
@@ -459,6 +487,13 @@ impl Default for RawLimits {
             max_connections_per_ip: 20,
             max_sessions_per_user: 0,
             shutdown_grace: HumanDuration(Duration::from_secs(10)),
+            ipv6_prefix: 64,
+            ipv6_aggregate_prefix: 48,
+            max_concurrent_attempts_per_account: 3,
+            prelogin_timeout: HumanDuration(Duration::from_secs(60)),
+            max_unsent_output: HumanSize(1 << 20),
+            lmtp_max_connections: 200,
+            lmtp_max_connections_per_ip: 20,
         }
     }
 }
@@ -474,6 +509,8 @@ pub struct Config {
     pub lmtp: Vec<SocketAddr>,
     pub lmtp_unix: Option<PathBuf>,
     pub lmtp_unix_mode: u32,
+    /// The group given to the LMTP socket (`None`: the server's).
+    pub lmtp_unix_group: Option<String>,
     pub tls: Option<TlsPaths>,
     pub lock: bool,
     pub idle_timeout: Duration,
@@ -493,6 +530,15 @@ pub struct Config {
     pub fail_delay_max: Duration,
     pub max_connections_per_ip: usize,
     pub max_sessions_per_user: usize,
+    /// How IPv6 addresses are grouped (`ipv6_prefix`, `ipv6_aggregate_prefix`).
+    pub ip_grouping: pillarbox_core::gate::IpGrouping,
+    pub max_concurrent_attempts_per_account: usize,
+    /// Before login, a connection is closed after this long (the idle timeout applies after).
+    pub prelogin_timeout: Duration,
+    /// Input is not read while this many octets of output are unsent.
+    pub max_unsent_output: usize,
+    pub lmtp_max_connections: usize,
+    pub lmtp_max_connections_per_ip: usize,
     pub maildir_root: PathBuf,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
@@ -552,6 +598,33 @@ impl Config {
         if raw.limits.max_connections == 0 {
             return Err(field_at(text, path, "limits", "max_connections", "must be at least 1".into()));
         }
+        let l = &raw.limits;
+        if !(1..=128).contains(&l.ipv6_prefix) {
+            return Err(field_at(text, path, "limits", "ipv6_prefix", "is a prefix length from 1 to 128".into()));
+        }
+        if l.ipv6_aggregate_prefix > l.ipv6_prefix {
+            return Err(field_at(
+                text,
+                path,
+                "limits",
+                "ipv6_aggregate_prefix",
+                format!("must not be longer than ipv6_prefix ({}): it is the wider network", l.ipv6_prefix),
+            ));
+        }
+        for (key, value) in [
+            ("lmtp_max_connections", l.lmtp_max_connections),
+            ("lmtp_max_connections_per_ip", l.lmtp_max_connections_per_ip),
+        ] {
+            if value == 0 {
+                return Err(field_at(text, path, "limits", key, "must be at least 1".into()));
+            }
+        }
+        if l.prelogin_timeout.0 < Duration::from_secs(1) {
+            return Err(field_at(text, path, "limits", "prelogin_timeout", "must be at least 1s".into()));
+        }
+        if l.max_unsent_output.0 < 4096 {
+            return Err(field_at(text, path, "limits", "max_unsent_output", "must be at least 4KiB".into()));
+        }
         if !raw.listen.pop3s.is_empty() && raw.tls.is_none() {
             return Err(invalid("[listen] pop3s needs a [tls] section with cert and key".into()));
         }
@@ -592,6 +665,7 @@ impl Config {
             lmtp: raw.listen.lmtp,
             lmtp_unix: raw.listen.lmtp_unix.map(|p| rel(&p)),
             lmtp_unix_mode: raw.listen.lmtp_unix_mode.0,
+            lmtp_unix_group: Some(raw.listen.lmtp_unix_group.clone()).filter(|g| !g.is_empty()),
             tls: raw.tls.map(|t| TlsPaths { cert: rel(&t.cert), key: rel(&t.key) }),
             lock: raw.pop3.lock,
             idle_timeout: raw.pop3.idle_timeout.0,
@@ -606,6 +680,15 @@ impl Config {
             fail_delay_max: raw.auth.fail_delay_max.0,
             max_connections_per_ip: raw.limits.max_connections_per_ip,
             max_sessions_per_user: raw.limits.max_sessions_per_user,
+            ip_grouping: pillarbox_core::gate::IpGrouping {
+                prefix: raw.limits.ipv6_prefix,
+                aggregate: raw.limits.ipv6_aggregate_prefix,
+            },
+            max_concurrent_attempts_per_account: raw.limits.max_concurrent_attempts_per_account,
+            prelogin_timeout: raw.limits.prelogin_timeout.0,
+            max_unsent_output: usize::try_from(raw.limits.max_unsent_output.0).unwrap_or(usize::MAX),
+            lmtp_max_connections: raw.limits.lmtp_max_connections,
+            lmtp_max_connections_per_ip: raw.limits.lmtp_max_connections_per_ip,
             users_file: rel(&raw.auth.users),
             trusted_networks: raw.auth.trusted_networks,
             maildir_root: rel(&raw.store.maildir),
@@ -647,6 +730,7 @@ impl Config {
             fail_delay: self.fail_delay,
             fail_delay_max: self.fail_delay_max,
             max_sessions_per_user: self.max_sessions_per_user,
+            max_concurrent_attempts_per_account: self.max_concurrent_attempts_per_account,
             delivery: self.delivery.clone(),
         }
     }

@@ -16,8 +16,11 @@ pub(crate) struct Frontend {
     pub(crate) config: Arc<Config>,
     /// For STLS and POP3S; `None` without a `[tls]` section.
     pub(crate) tls: Option<TlsAcceptor>,
-    /// One permit per open connection (`max_connections`).
+    /// One permit per open POP3 connection (`max_connections`).
     pub(crate) connections: Arc<Semaphore>,
+    /// One permit per open LMTP connection (`lmtp_max_connections`): a pool of its own, so that
+    /// neither side can crowd out the other.
+    pub(crate) lmtp_connections: Arc<Semaphore>,
     /// Bounds the TLS handshakes done only to refuse a POP3S connection politely.
     pub(crate) refusals: Arc<Semaphore>,
 }

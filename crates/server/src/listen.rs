@@ -31,6 +31,14 @@ pub enum Service {
 }
 
 impl Service {
+    /// The pool of connections it counts in (POP3 and POP3S share one).
+    pub fn pool(self) -> &'static str {
+        match self {
+            Service::Pop3 | Service::Pop3s => "pop3",
+            Service::Lmtp => "lmtp",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Service::Pop3 => "pop3",
@@ -56,7 +64,8 @@ pub struct ListenAddrs {
     pub pop3: Vec<SocketAddr>,
     pub pop3s: Vec<SocketAddr>,
     pub lmtp: Vec<SocketAddr>,
-    pub lmtp_unix: Option<(PathBuf, u32)>,
+    /// The socket's path, mode and group.
+    pub lmtp_unix: Option<(PathBuf, u32, Option<String>)>,
 }
 
 impl ListenAddrs {
@@ -65,7 +74,7 @@ impl ListenAddrs {
             pop3: config.pop3.clone(),
             pop3s: config.pop3s.clone(),
             lmtp: config.lmtp.clone(),
-            lmtp_unix: config.lmtp_unix.clone().map(|p| (p, config.lmtp_unix_mode)),
+            lmtp_unix: config.lmtp_unix.clone().map(|p| (p, config.lmtp_unix_mode, config.lmtp_unix_group.clone())),
         }
     }
 }
@@ -81,8 +90,8 @@ impl Listeners {
                 bound.push((service, Listener::Tcp(l)));
             }
         }
-        if let Some((path, mode)) = &addrs.lmtp_unix {
-            bound.push((Service::Lmtp, Listener::Unix(bind_unix(path, *mode)?, path.clone())));
+        if let Some((path, mode, group)) = &addrs.lmtp_unix {
+            bound.push((Service::Lmtp, Listener::Unix(bind_unix(path, *mode, group.as_deref())?, path.clone())));
         }
         Ok(Self { bound })
     }
@@ -116,7 +125,7 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServerError> {
+fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> Result<UnixListener, ServerError> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let err = |source| ServerError::Bind { addr: format!("unix:{}", path.display()), source };
     if let Ok(meta) = std::fs::symlink_metadata(path) {
@@ -133,6 +142,17 @@ fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServerError> {
     }
     let listener = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    if let Some(name) = group {
+        let gid = match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => g.gid,
+            Ok(None) => {
+                let msg = format!("lmtp_unix_group: there is no group named {name:?}");
+                return Err(err(io::Error::new(io::ErrorKind::NotFound, msg)));
+            }
+            Err(e) => return Err(err(e.into())),
+        };
+        nix::unistd::chown(path, None, Some(gid)).map_err(|e| err(e.into()))?;
+    }
     Ok(listener)
 }
 
@@ -156,18 +176,24 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = front.connections.clone().try_acquire_owned() else {
-            warn!(client = %peer, limit = front.config.max_connections, "connection refused: too many connections");
+        let (pool, limit, per_ip) = match service {
+            Service::Lmtp => {
+                (&front.lmtp_connections, front.config.lmtp_max_connections, front.config.lmtp_max_connections_per_ip)
+            }
+            _ => (&front.connections, front.config.max_connections, front.config.max_connections_per_ip),
+        };
+        let Ok(permit) = pool.clone().try_acquire_owned() else {
+            warn!(client = %peer, limit, "connection refused: too many connections");
             refuse(&front, stream, service, "too many connections; try again later");
             continue;
         };
-        // POP3 clients are limited per address; an MTA delivering over LMTP is not.
-        let ip_permit = match service {
-            Service::Lmtp => None,
-            _ => match front.services.gate.connection(peer.addr.ip(), front.config.max_connections_per_ip).await {
+        // Per address (IPv6: per network); a local socket's peers are the machine's own programs.
+        let ip_permit = match peer.local {
+            true => None,
+            false => match front.services.gate.connection(service.pool(), peer.addr.ip(), per_ip).await {
                 Some(p) => Some(p),
                 None => {
-                    warn!(client = %peer, limit = front.config.max_connections_per_ip, "connection refused: too many from this address");
+                    warn!(client = %peer, limit = per_ip, "connection refused: too many from this address");
                     refuse(&front, stream, service, "too many connections from your address; try again later");
                     continue;
                 }
@@ -239,6 +265,13 @@ fn refuse(front: &Frontend, stream: Stream, service: Service, text: &'static str
                 drop(slot);
             });
         }
-        Service::Lmtp => {}
+        // RFC 5321 section 3.8: a server that cannot serve answers 421 in place of its greeting.
+        Service::Lmtp => {
+            tokio::spawn(async move {
+                let mut tcp = tcp;
+                let line = format!("421 4.3.2 {text}\r\n");
+                let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(line.as_bytes())).await;
+            });
+        }
     }
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use pillarbox_core::Permit;
 use pillarbox_core::login::{Attempt, UserSession, Verified, mechanisms};
 use pillarbox_proto::Secret;
 use pillarbox_proto::server::{AuthFailure, Credential, Event, ServerSession, SessionConfig};
@@ -119,6 +120,8 @@ struct Conversation {
     /// The SASL exchange in progress.
     sasl: Option<Mech>,
     channel_binding: Option<Vec<u8>>,
+    /// This connection's place among the logins to one account in progress.
+    attempt: Option<Permit>,
 }
 
 pub(crate) async fn session(
@@ -172,12 +175,17 @@ pub(crate) async fn session(
     };
     let mut conv = Conversation {
         front: front.clone(),
-        session: ServerSession::new(config),
+        session: {
+            let mut s = ServerSession::new(config);
+            s.limit_output(front.config.max_unsent_output);
+            s
+        },
         user: None,
         bytes_out: 0,
         peer,
         sasl: None,
         channel_binding,
+        attempt: None,
     };
     let end = conv.run(conn, phase).await;
     let stats = conv.session.stats();
@@ -237,13 +245,29 @@ impl Conversation {
     async fn run(&mut self, mut conn: Conn, mut phase: watch::Receiver<Phase>) -> End {
         let mut buf = vec![0u8; READ_BUFFER];
         let mut end = None;
+        let started = tokio::time::Instant::now();
         loop {
             match self.session.poll() {
+                // Unsent answers reached the bound: written (waiting for the client to read)
+                // before the next command is handled.
+                Event::Flush => {
+                    if self.send(&mut conn).await.is_err() {
+                        return End::IoError;
+                    }
+                }
                 Event::NeedInput => {
                     if self.send(&mut conn).await.is_err() {
                         return End::IoError;
                     }
-                    let idle = self.front.config.idle_timeout;
+                    // Before login a connection gets the short pre-login timeout, counted from
+                    // its start (a slot must not be held for the whole idle timeout by someone
+                    // who never logs in).
+                    let idle = match self.user {
+                        Some(_) => self.front.config.idle_timeout,
+                        None => (started + self.front.config.prelogin_timeout)
+                            .saturating_duration_since(tokio::time::Instant::now())
+                            .min(self.front.config.idle_timeout),
+                    };
                     tokio::select! {
                         r = conn.read(&mut buf) => match r {
                             Ok(0) => return End::ClientClosed,
@@ -262,6 +286,9 @@ impl Conversation {
                 }
                 Event::Authenticate { user, credential } => {
                     let method = if matches!(credential, Credential::Password(_)) { "USER/PASS" } else { "APOP" };
+                    if !self.take_attempt_slot(&user, method).await {
+                        continue;
+                    }
                     let verified = self.front.services.check_credential(&user, credential).await;
                     self.finish_login(verified, method, &user).await;
                 }
@@ -274,6 +301,7 @@ impl Conversation {
                     self.sasl_step(initial).await;
                 }
                 Event::SaslResponse(data) => self.sasl_step(Some(data)).await,
+                Event::SaslCancelled => self.sasl_cancelled().await,
                 Event::Retrieve { index, top } => {
                     if let Err(e) = self.retrieve(&mut conn, index, top).await {
                         debug!(error = %e, "connection lost while sending a message");
@@ -340,6 +368,20 @@ impl Conversation {
             _ => {}
         }
         let mechanism = mech.name().to_owned();
+        // The account is known from here on: hold a place among its logins in progress.
+        let claimed = match &step {
+            Step::CheckPassword { user, .. } | Step::Failed { user, .. } => Some(user.clone()),
+            Step::Challenge(_) => self.sasl.as_ref().and_then(Mech::claimed),
+            _ => None,
+        };
+        if let Some(user) = claimed.filter(|u| !u.is_empty())
+            && self.attempt.is_none()
+            && !matches!(step, Step::Failed { .. })
+            && !self.take_attempt_slot(&user, &mechanism).await
+        {
+            self.sasl = None;
+            return;
+        }
         match step {
             Step::Challenge(c) => self.session.sasl_challenge(&c),
             Step::CheckPassword { user, password } => {
@@ -366,9 +408,46 @@ impl Conversation {
         }
     }
 
+    /// Take this connection's place among the logins to `user`'s account in progress; when
+    /// there are too many, answer without checking anything and return false.
+    async fn take_attempt_slot(&mut self, user: &str, mechanism: &str) -> bool {
+        if self.attempt.is_some() {
+            return true;
+        }
+        match self.front.services.attempt_slot(user).await {
+            Some(p) => {
+                self.attempt = Some(p);
+                true
+            }
+            None => {
+                info!(target: "pillarbox::auth", client = %self.peer, user, mechanism, result = "too-many-attempts", "login refused");
+                self.session.auth_failed(AuthFailure::TooManyAttempts);
+                false
+            }
+        }
+    }
+
+    /// The client cancelled a SASL exchange. Once the exchange has told it something about an
+    /// account (a SCRAM salt), the cancel counts as a failed login, with its delay: otherwise
+    /// salts could be collected for free.
+    async fn sasl_cancelled(&mut self) {
+        let claimed = self.sasl.take().and_then(|m| m.claimed()).filter(|u| !u.is_empty());
+        if let Some(user) = claimed {
+            let attempt = Attempt { peer: self.peer, tls: self.session.is_tls(), mechanism: "SASL (cancelled)" };
+            self.front.services.login_failed(&attempt, &user).await;
+        }
+        self.attempt = None;
+        self.session.auth_failed(AuthFailure::Cancelled);
+    }
+
     /// Complete a login attempt through the service layer: on failure it waits the brute-force
     /// delay, on success it opens the maildrop.
     async fn finish_login(&mut self, verified: Option<Verified>, mechanism: &str, claimed: &str) {
+        self.finish_login_holding(verified, mechanism, claimed).await;
+        self.attempt = None;
+    }
+
+    async fn finish_login_holding(&mut self, verified: Option<Verified>, mechanism: &str, claimed: &str) {
         let services = self.front.services.clone();
         let attempt = Attempt { peer: self.peer, tls: self.session.is_tls(), mechanism };
         let Some(verified) = verified else {

@@ -52,7 +52,12 @@ impl Server {
         if let Some(problem) = pillarbox_core::Directory::problem(directory.as_ref()) {
             warn!(error = %problem, "the user file cannot be read; nobody can log in until it is fixed");
         }
-        let services = Services::new(config.policy(), directory, store, Arc::new(MemoryGate::new()))?;
+        let services = Services::new(
+            config.policy(),
+            directory,
+            store,
+            Arc::new(MemoryGate::with(config.ip_grouping, pillarbox_core::gate::MAX_TRACKED)),
+        )?;
         Self::with_services(config, Arc::new(services))
     }
 
@@ -67,6 +72,7 @@ impl Server {
             services,
             tls: certificates.clone().map(tls::acceptor),
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            lmtp_connections: Arc::new(Semaphore::new(config.lmtp_max_connections)),
             refusals: Arc::new(Semaphore::new(REFUSAL_HANDSHAKES)),
             config,
         };
@@ -119,7 +125,9 @@ impl Server {
             }
         };
         let c = &self.front.config;
-        shutdown::run(signal, phase_tx, stopped, &self.front.connections, c.max_connections, c.shutdown_grace).await;
+        let pools =
+            [(&*self.front.connections, c.max_connections), (&*self.front.lmtp_connections, c.lmtp_max_connections)];
+        shutdown::run(signal, phase_tx, stopped, &pools, c.shutdown_grace).await;
     }
 }
 

@@ -34,23 +34,25 @@ pub(crate) async fn draining(phase: &mut watch::Receiver<Phase>) {
 }
 
 /// Wait for `signal`, tell everyone to drain, wait for `stopped` (the listeners and background
-/// tasks), then give the open sessions (each holding one of `max` permits of `sessions`) the
-/// grace period, and close what is left.
+/// tasks), then give the open sessions (each holding one of the permits of a pool: the semaphore
+/// and its size) the grace period, and close what is left.
 pub(crate) async fn run(
     signal: impl Future<Output = ()>,
     phase: watch::Sender<Phase>,
     stopped: impl Future<Output = ()>,
-    sessions: &Semaphore,
-    max: usize,
+    pools: &[(&Semaphore, usize)],
     grace: Duration,
 ) {
     signal.await;
     let _ = phase.send(Phase::Draining);
     stopped.await;
-    let open = max - sessions.available_permits();
+    let open: usize = pools.iter().map(|(s, max)| max - s.available_permits()).sum();
     info!(open_sessions = open, grace_secs = grace.as_secs(), "shutting down");
-    let all = u32::try_from(max).unwrap_or(u32::MAX);
-    let all_done = || sessions.acquire_many(all);
+    let all_done = || async {
+        for (s, max) in pools {
+            let _ = s.acquire_many(u32::try_from(*max).unwrap_or(u32::MAX)).await;
+        }
+    };
     if tokio::time::timeout(grace, all_done()).await.is_err() {
         let _ = phase.send(Phase::Closing);
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, all_done()).await;
