@@ -391,7 +391,7 @@ fn the_lmtp_socket_belongs_to_the_mta_group_and_takes_deliveries() {
     assert_eq!(pb.stored("alice"), 1);
 
     // A group that does not exist stops the start with a message naming it.
-    let mut bad = Pillarbox::new();
+    let bad = Pillarbox::new();
     bad.edit_config("lmtp_unix_group = \"\"", "lmtp_unix_group = \"no-such-group-here\"");
     let sock = bad.data().join("l.sock").display().to_string();
     let out = bad.run(&["serve", "--pop3", "127.0.0.1:0", "--lmtp-unix", &sock], b"");
