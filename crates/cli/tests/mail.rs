@@ -124,7 +124,7 @@ fn show_gives_text_html_as_text_attachments_and_raw_bytes() {
     let greeting = mail(&acc, &["show", &id(2)]);
     assert!(greeting.contains("Subject: Grüße aus Berlin") && greeting.contains("Schöne Grüße."), "{greeting}");
     let html = mail(&acc, &["show", &id(1)[..8]]);
-    assert!(html.contains("Big & small\n") && html.contains("- one\n- two"), "{html}");
+    assert!(html.contains("Big & small\n") && html.contains("* one\n* two"), "{html}");
     assert!(!html.contains("<li>") && !html.contains("</p>") && !html.contains("&amp;"), "{html}");
     let report = mail(&acc, &["show", &id(0)]);
     assert!(report.contains("Here it is.") && report.contains("report.pdf  application/pdf"), "{report}");
