@@ -484,15 +484,16 @@ fn leaves<'a>(m: &'a ParsedMail<'a>) -> Vec<&'a ParsedMail<'a>> {
 }
 
 /// HTML as plain text, for `mail show` and the search index: what a browser would show (script
-/// and style dropped, entities decoded, blocks and list items on lines of their own), wrapped
-/// at 78 columns, links without footnotes. html2text parses with html5ever, in time linear in
-/// the input (a 10 MB newsletter of 300,000 script tags included).
+/// and style dropped, entities decoded, blocks and list items on lines of their own), links
+/// without footnotes, and paragraphs not wrapped (a phrase search must find words a wrap would
+/// put on two lines). html2text parses with html5ever, in time linear in the input (a 10 MB
+/// newsletter of 300,000 script tags included).
 pub fn html_to_text(html: &str) -> String {
-    const WIDTH: usize = 78;
+    const WIDTH: usize = 100_000;
     html2text::config::plain_no_decorate()
         .link_footnotes(false)
         .string_from_read(html.as_bytes(), WIDTH)
-        // Only for a width too narrow for the content, which 78 is not: the input as it is.
+        // Only for a width too narrow for the content, which this is not: the input as it is.
         .unwrap_or_else(|_| html.to_owned())
 }
 
