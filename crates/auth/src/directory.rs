@@ -271,17 +271,23 @@ pub trait UserMap: Send + Sync + 'static {
     fn last_problem(&self) -> Option<String> {
         None
     }
+
+    /// The users to serve lookups from: [`Self::users`], or an error when there is not even a
+    /// last good copy (a lookup must not say "no such user" for a file it could not read).
+    fn users_to_serve(&self) -> Result<Arc<Users>, DirectoryError> {
+        Ok(self.users())
+    }
 }
 
 #[async_trait]
 impl<M: UserMap> Directory for M {
     async fn lookup(&self, name: &UserName) -> Result<Option<Entry>, DirectoryError> {
-        Ok(self.users().users.get(name).map(|r| entry(name, r)))
+        Ok(self.users_to_serve()?.users.get(name).map(|r| entry(name, r)))
     }
 
     async fn summary(&self) -> Result<Arc<Summary>, DirectoryError> {
         // Computed once per loaded copy of the users.
-        Ok(self.users().shared_summary())
+        Ok(self.users_to_serve()?.shared_summary())
     }
 
     async fn list(&self, after: Option<&UserName>, limit: usize) -> Result<Vec<Entry>, DirectoryError> {
@@ -354,6 +360,12 @@ impl UserMap for FileDirectory {
 
     fn users_now(&self) -> Result<Arc<Users>, DirectoryError> {
         Ok(Arc::new(self.db.file().load()?))
+    }
+
+    fn users_to_serve(&self) -> Result<Arc<Users>, DirectoryError> {
+        let (users, problem) = self.db.current_or_error()?;
+        *self.problem.lock().unwrap_or_else(PoisonError::into_inner) = problem.map(|e| e.to_string());
+        Ok(users)
     }
 
     /// Read, change and write under the file's lock (blocking work on a blocking thread).
@@ -574,6 +586,27 @@ mod tests {
     #[tokio::test]
     async fn memory_directory_conforms() {
         conformance::run(&MemoryDirectory::new()).await;
+    }
+
+    #[tokio::test]
+    async fn a_user_file_that_cannot_be_read_is_an_error_not_an_empty_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A path that cannot be read as a file (permissions do not stop root; a folder does).
+        std::fs::create_dir(dir.path().join("users")).expect("mkdir");
+        let d = FileDirectory::new(UserFile::new(dir.path().join("users")));
+        let alice = UserName::new("alice").expect("name");
+        assert!(matches!(d.lookup(&alice).await, Err(DirectoryError::Unavailable(_))), "never read: no answer");
+        assert!(d.summary().await.is_err());
+        // Once a good copy was read, it is served while the file is broken.
+        std::fs::remove_dir(dir.path().join("users")).expect("rmdir");
+        let file = UserFile::new(dir.path().join("users"));
+        file.create_if_missing().expect("create");
+        let d = FileDirectory::new(file);
+        d.create(&alice, UserRecord::with_hash("{PLAIN}an imported secret".into())).await.expect("add");
+        assert!(d.lookup(&alice).await.expect("lookup").is_some());
+        std::fs::write(dir.path().join("users"), "not a user line\n").expect("break");
+        assert!(d.lookup(&alice).await.expect("last good copy").is_some());
+        assert!(d.problem().is_some());
     }
 
     #[tokio::test]

@@ -524,6 +524,18 @@ impl UserDb {
         &self.file
     }
 
+    /// The current users, or why there are none to serve: the file cannot be read or parsed and
+    /// no good copy was ever read (an empty set then would turn every recipient into "no such
+    /// user", and every message into a bounce).
+    pub fn current_or_error(&self) -> Result<(Arc<Users>, Option<AuthError>), AuthError> {
+        let (users, problem) = self.current();
+        let never_read = self.cached.lock().unwrap_or_else(PoisonError::into_inner).0.is_none();
+        match problem {
+            Some(e) if never_read => Err(e),
+            problem => Ok((users, problem)),
+        }
+    }
+
     /// The current users. If the file cannot be read or parsed, the last good copy is kept and
     /// the error is returned alongside it for logging.
     pub fn current(&self) -> (Arc<Users>, Option<AuthError>) {

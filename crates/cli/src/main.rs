@@ -288,6 +288,7 @@ const EX_DATAERR: u8 = 65;
 const EX_NOUSER: u8 = 67;
 const EX_CANTCREAT: u8 = 73;
 const EX_TEMPFAIL: u8 = 75;
+const EX_NOPERM: u8 = 77;
 const EX_CONFIG: u8 = 78;
 
 /// Where the configuration comes from.
@@ -306,6 +307,29 @@ fn load_config(data_dir: Option<&std::path::Path>, config: Option<&std::path::Pa
             })
         }
     }
+}
+
+/// Run as root, an administrative command that writes the server's data (`user ...`,
+/// `deliver`) first becomes the `[process] user` the server runs as, so that every file it
+/// creates or rewrites (the user file, a new Maildir, a delivered message) is that user's and not
+/// root's 0600, which the server could not read. The configuration is read as root first, as the
+/// server reads it.
+fn become_service_user(data_dir: Option<&std::path::Path>, config: Option<&std::path::Path>) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let path = match config {
+        Some(p) => p.to_path_buf(),
+        None => data_dir.unwrap_or(std::path::Path::new("pillarbox-data")).join("pillarbox.toml"),
+    };
+    if !path.exists() {
+        return Ok(());
+    }
+    let loaded = Config::load(&path).map_err(|e| Exit(EX_CONFIG, e.to_string()))?;
+    if loaded.run_as.is_some() {
+        pillarbox_server::privileges::drop_to(loaded.run_as.as_ref()).map_err(|e| Exit(EX_NOPERM, e))?;
+    }
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -345,8 +369,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Check) => config_check(data_dir.as_deref(), config.as_deref()),
-        Command::User(cmd) => user::command(&server()?.0, cmd),
-        Command::Deliver { user, max_size } => user::deliver(&server()?.0, &user, max_size),
+        Command::User(cmd) => {
+            become_service_user(data_dir.as_deref(), config.as_deref())?;
+            user::command(&server()?.0, cmd)
+        }
+        Command::Deliver { user, max_size } => {
+            become_service_user(data_dir.as_deref(), config.as_deref())?;
+            user::deliver(&server()?.0, &user, max_size)
+        }
         Command::Migrate(MigrateCommand::Verify { dovecot, pillarbox, user, password_stdin, insecure }) => {
             let config = server()?.0;
             let new = pillarbox

@@ -439,8 +439,10 @@ fn started_as_root_it_serves_as_the_configured_user() {
     let mut pb = Pillarbox::new();
     pb.edit_config("[process]\n", "[process]\nuser = \"nobody\"\n");
     pb.edit_config("user = \"\"\n", "");
-    pb.deliver("alice", &message(1));
+    // The data is the service user's (as a package installs it); root's `deliver` becomes that
+    // user, so what it writes stays readable by the server.
     chown_tree(pb.data(), 65534, 65534);
+    pb.deliver("alice", &message(1));
     pb.start();
     let status = std::fs::read_to_string(format!("/proc/{}/status", pb.pid())).expect("status");
     let uid = status.lines().find(|l| l.starts_with("Uid:")).expect("Uid");
@@ -487,4 +489,143 @@ fn a_broken_user_file_is_refused_and_the_last_good_copy_stays_in_use() {
     c.ok("USER carol");
     c.ok("PASS carol's long password 2026");
     c.ok("QUIT");
+}
+
+/// Owner uid of every file and folder under `dir` that is not `uid`'s.
+fn not_owned_by(dir: &std::path::Path, uid: u32) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut wrong = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let meta = e.path().symlink_metadata().expect("metadata");
+            if meta.uid() != uid {
+                wrong.push(format!("{} (uid {})", e.path().display(), meta.uid()));
+            }
+            if meta.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    wrong
+}
+
+#[test]
+fn as_root_with_a_service_user_every_file_stays_the_servers() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the packaging test runs as root (as an administrator installs)");
+        return;
+    }
+    let service = nix::unistd::User::from_name("nobody").expect("lookup").expect("the nobody user");
+    let (uid, gid) = (service.uid.as_raw(), service.gid.as_raw());
+    let group = nix::unistd::Group::from_gid(service.gid).expect("lookup").expect("its group").name;
+    // As a package installs it: a configuration root owns (readable by all), a data folder the
+    // service user owns.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o750)).expect("chmod");
+    nix::unistd::chown(&data, Some(service.uid), Some(service.gid)).expect("chown");
+    let config = tmp.path().join("pillarbox.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\nusers = \"{d}/users\"\n[store]\nmaildir = \"{d}/mail\"\n[listen]\npop3 = [\"127.0.0.1:0\"]\n\
+             lmtp_unix_group = \"{group}\"\n[process]\nuser = \"nobody\"\n",
+            d = data.display()
+        ),
+    )
+    .expect("config");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let pillarbox = |args: &[&str], input: &[u8]| {
+        let mut child = Command::new(bin())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let _ = child.stdin.take().expect("stdin").write_all(input);
+        let out = child.wait_with_output().expect("wait");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+
+    // Root adds a user and delivers a message: the files are the service user's.
+    pillarbox(&["user", "add", "alice", "--password-stdin"], format!("{PASSWORD}\n").as_bytes());
+    pillarbox(&["deliver", "alice"], &message(1));
+    assert_eq!(not_owned_by(&data, uid), Vec::<String>::new());
+    let users = std::fs::metadata(data.join("users")).expect("users");
+    assert_eq!((users.uid(), users.mode() & 0o777), (uid, 0o600));
+
+    // Root starts the server; it becomes nobody, logs alice in, takes mail over the Unix socket.
+    let socket = tmp.path().join("run/lmtp.sock");
+    let mut server = Command::new(bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["serve", "--pop3", "127.0.0.1:0", "--lmtp-unix"])
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
+    let pop3: std::net::SocketAddr = loop {
+        let line = lines.next().expect("server output").expect("line");
+        if let Some(rest) = line.strip_prefix("pillarbox: pop3 listening on ") {
+            break rest.split_whitespace().next().expect("address").parse().expect("address");
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let sock = std::fs::metadata(&socket).expect("socket");
+    assert_eq!((sock.gid(), sock.mode() & 0o777), (gid, 0o660), "the MTA's group may connect");
+    let mut lmtp = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+    lmtp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    lmtp.write_all(
+        b"LHLO mta\r\nMAIL FROM:<a@x>\r\nRCPT TO:<alice@x>\r\nDATA\r\nSubject: two\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+    )
+    .expect("send");
+    let mut answer = String::new();
+    let _ = lmtp.read_to_string(&mut answer);
+    assert!(answer.contains("250 2.0.0 <alice@x> delivered"), "{answer}");
+    let mut c = Client::connect(pop3);
+    c.expect_ok();
+    c.ok("USER alice");
+    c.ok(&format!("PASS {PASSWORD}"));
+    assert!(c.ok("STAT").starts_with("+OK 2 "), "both messages are readable by the server");
+    c.ok("QUIT");
+    assert_eq!(not_owned_by(&data, uid), Vec::<String>::new());
+    let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
+    let _ = server.wait();
+}
+
+#[test]
+fn the_systemd_unit_runs_the_server_as_its_own_user() {
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../dist/pillarbox.service")).expect("unit");
+    let has = |line: &str| unit.lines().any(|l| l.trim() == line);
+    // StateDirectory= without User= gives the data to root at every start.
+    assert!(unit.lines().any(|l| l.starts_with("StateDirectory=")));
+    assert!(has("User=pillarbox") && has("Group=pillarbox"), "{unit}");
+    assert!(has("AmbientCapabilities=CAP_NET_BIND_SERVICE") && has("CapabilityBoundingSet=CAP_NET_BIND_SERVICE"));
+    if which("systemd-analyze") {
+        let out = Command::new("systemd-analyze")
+            .args(["verify"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../dist/pillarbox.service"))
+            .output()
+            .expect("systemd-analyze");
+        let text = String::from_utf8_lossy(&out.stderr);
+        // Only the absence of the installed binary and manual may be reported here.
+        let other: Vec<&str> =
+            text.lines().filter(|l| !l.contains("/usr/bin/pillarbox") && !l.contains("pillarbox-serve(1)")).collect();
+        assert!(other.is_empty(), "{text}");
+    }
+}
+
+fn which(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
