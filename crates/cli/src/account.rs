@@ -445,7 +445,28 @@ fn add(args: AddArgs) -> Result<u8> {
             for n in &found.notes {
                 eprintln!("  {n}");
             }
-            match found.found.first() {
+            // A server in another domain, named by an unauthenticated SRV record, only when the
+            // user says so; without a terminal only servers inside the address's domain.
+            let mut usable = None;
+            for f in &found.found {
+                if !f.needs_confirmation {
+                    usable = Some(f);
+                    break;
+                }
+                eprintln!(
+                    "{} names {}:{}, which is outside {domain}. DNS answers are not authenticated \
+                     (no DNSSEC), so this may be someone else's server that would receive your password.",
+                    f.via, f.host, f.port
+                );
+                if prompt.interactive && prompt.yes(&format!("Use {} for {domain}?", f.host))? {
+                    usable = Some(f);
+                    break;
+                }
+                if !prompt.interactive {
+                    eprintln!("  not used without confirmation (give --host {} to choose it)", f.host);
+                }
+            }
+            match usable {
                 Some(f) => {
                     eprintln!("Found {}:{} ({}), via {}", f.host, f.port, mode_name(f.tls), f.via);
                     server.port = server.port.or(Some(f.port));

@@ -504,6 +504,34 @@ fn account_add_finds_dovecot_through_srv_records() {
 }
 
 #[test]
+fn an_srv_record_naming_a_server_in_another_domain_is_not_followed_without_asking() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let mut pb = Pillarbox::new();
+    pb.start();
+    let pop3s = pb.pop3s.expect("pop3s").port();
+    // Anyone on the path can forge an SRV answer without DNSSEC: this one sends the user's
+    // password to a host outside the address's domain.
+    let dns = Dns::start(
+        "example.test",
+        &[
+            format!("--srv-host=_pop3s._tcp.example.test,pop.attacker.test,{pop3s},0,0"),
+            "--host-record=pop.attacker.test,127.0.0.1".into(),
+        ],
+    );
+    let maildir = w.join("Mail").display().to_string();
+    let pw = echo_password(PASSWORD);
+    let out =
+        account_cmd(w, &dns, &["add", "alice@example.test", "--password-command", &pw, "--deliver-maildir", &maildir]);
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("pop.attacker.test") && said.contains("outside example.test"), "{said}");
+    assert!(said.contains("not used without confirmation"), "{said}");
+    assert!(!w.join("accounts.toml").exists(), "nothing saved");
+    assert!(!pb.log().contains("authentication failed") && !pb.log().contains("login"), "no login was tried there");
+}
+
+#[test]
 fn account_add_asks_on_a_terminal() {
     require_tool("python3");
     let work = tempfile::tempdir().expect("tempdir");

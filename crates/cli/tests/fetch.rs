@@ -270,6 +270,7 @@ fn misbehaving_servers_lose_nothing_and_are_reported() {
         "garbage",
         "retr-err",
         "no-stls",
+        "endless",
     ] {
         let dir = w.join(mode);
         std::fs::create_dir_all(&dir).expect("mkdir");
@@ -323,6 +324,30 @@ fn misbehaving_servers_lose_nothing_and_are_reported() {
     let (code, stored, gone, ev) = &results["no-stls"];
     assert_eq!((*code, stored.len(), *gone), (Some(69), 0, 0));
     assert!(ev.iter().any(|e| e["code"] == "starttls-missing"), "never falls back to plaintext");
+    // A message far larger than announced: the run stops, nothing of it is kept, nothing deleted.
+    let (code, stored, gone, ev) = &results["endless"];
+    assert_eq!((*code, *gone), (Some(69), 0), "{ev:?}");
+    assert!(stored.iter().all(|m| !m.contains("Message-ID: <2@bad>")), "no part of the oversized message");
+    assert!(ev.iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains("larger than announced"))), "{ev:?}");
+    assert_eq!(std::fs::read_dir(w.join("endless/m/tmp")).expect("tmp").count(), 0);
+
+    // Text from the server never reaches the terminal with escape sequences in it.
+    let dir = w.join("escape");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let (server, port) = common::scripted_server("escape", &dir.join("deleted"));
+    let file = dir.join("accounts.toml");
+    std::fs::write(&file, account("bad", port, "tls = \"none\"\ninsecure = true", &dir.join("m"))).expect("write");
+    let out = Command::new(bin())
+        .args(["fetch", "--quiet", "--accounts-file"])
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .output()
+        .expect("fetch");
+    drop(server);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("bad password"), "{said}");
+    assert!(!said.contains('\x1b') && !said.contains('\x07') && !said.contains('\u{9b}'), "{said:?}");
 
     // A server without UIDL cannot honour keep policies: refused with a reason.
     let dir = w.join("nouidl-keep");

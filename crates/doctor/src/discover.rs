@@ -18,6 +18,17 @@ pub struct Found {
     pub tls: TlsMode,
     /// How it was found, for the user.
     pub via: String,
+    /// Named by an SRV record in another domain than the address's. Without DNSSEC anyone on
+    /// the path can forge that record and send the password elsewhere (RFC 6186 section 6), so
+    /// such a server is used only when the user confirms it.
+    pub needs_confirmation: bool,
+}
+
+/// Whether `host` is `domain` or a name inside it (`pop.example.com` in `example.com`).
+pub fn inside_domain(host: &str, domain: &str) -> bool {
+    let (host, domain) =
+        (host.trim_end_matches('.').to_ascii_lowercase(), domain.trim_end_matches('.').to_ascii_lowercase());
+    host == domain || host.ends_with(&format!(".{domain}"))
 }
 
 /// What discovery tried, found and ruled out, in order.
@@ -42,7 +53,8 @@ pub async fn discover(domain: &str, resolver: &Resolver, timeout: Duration) -> D
                     match probe(resolver, &r.target, r.port, tls, timeout).await {
                         Ok(()) => {
                             d.notes.push(format!("{name}: {}:{} answers ({})", r.target, r.port, mode_name(tls)));
-                            d.found.push(Found { host: r.target, port: r.port, tls, via });
+                            let needs_confirmation = !inside_domain(&r.target, domain);
+                            d.found.push(Found { host: r.target, port: r.port, tls, via, needs_confirmation });
                         }
                         Err(why) => d.notes.push(format!("{name}: {}:{}: {why}", r.target, r.port)),
                     }
@@ -72,7 +84,13 @@ pub async fn discover(domain: &str, resolver: &Resolver, timeout: Duration) -> D
         match task.await {
             Ok(Ok(())) => {
                 d.notes.push(format!("{host}:{port} answers ({})", mode_name(tls)));
-                d.found.push(Found { host, port, tls, via: "the usual server names".into() });
+                d.found.push(Found {
+                    host,
+                    port,
+                    tls,
+                    via: "the usual server names".into(),
+                    needs_confirmation: false,
+                });
             }
             Ok(Err(why)) => d.notes.push(format!("{host}:{port}: {why}")),
             Err(e) => d.notes.push(format!("{host}:{port}: {e}")),
@@ -124,4 +142,18 @@ async fn probe(resolver: &Resolver, host: &str, port: u16, tls: TlsMode, timeout
 
 async fn within<T>(t: Duration, f: impl Future<Output = T>) -> Result<T, String> {
     tokio::time::timeout(t, f).await.map_err(|_| "no answer in time".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inside_domain;
+
+    #[test]
+    fn which_servers_are_inside_the_domain() {
+        assert!(inside_domain("pop.example.com", "example.com"));
+        assert!(inside_domain("Example.COM.", "example.com"));
+        assert!(!inside_domain("pop.example.com.evil.test", "example.com"));
+        assert!(!inside_domain("badexample.com", "example.com"));
+        assert!(!inside_domain("pop.gmail.com", "example.com"));
+    }
 }

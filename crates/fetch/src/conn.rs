@@ -304,11 +304,12 @@ impl Conn {
         Ok(())
     }
 
-    /// One response line (CRLF or bare LF), bounded.
+    /// One response line (CRLF or bare LF), bounded, with control characters replaced: it may
+    /// end up on a terminal (see [`pillarbox_proto::client::printable`]).
     pub async fn line(&mut self) -> Result<String, ConnError> {
         loop {
             match take_line(&mut self.buf, MAX_LINE) {
-                Ok(Some(l)) => return Ok(String::from_utf8_lossy(&l).into_owned()),
+                Ok(Some(l)) => return Ok(pillarbox_proto::client::printable(&String::from_utf8_lossy(&l))),
                 Ok(None) => self.fill().await?,
                 Err(e) => return Err(ConnError::Protocol(e.to_string())),
             }

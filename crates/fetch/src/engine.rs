@@ -357,7 +357,7 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
             }
             let part = &batch[start..end];
             start = end;
-            let fetched = download(&mut conn, &mut local, &journal, part, window, &warn).await?;
+            let fetched = download(&mut conn, &mut local, &journal, part, window, account.max_size, &warn).await?;
             // Syncing, and for an mbox waiting for other writers' locks, must not hold up the
             // other accounts' connections on this worker thread.
             let mut ids = blocking(|| local.flush())?;
@@ -423,6 +423,7 @@ async fn download(
     journal: &Journal,
     part: &[&Entry],
     window: usize,
+    max_size: Option<u64>,
     warn: &(dyn Fn(&str, String) + Sync),
 ) -> Result<Vec<Fetched>, FetchError> {
     let mut done = Vec::new();
@@ -446,8 +447,21 @@ async fn download(
         local.begin(next_batch)?;
         let mut hasher = e.uid.is_none().then(Sha256::new);
         let mut failed: Option<DeliverError> = None;
+        // A message cannot be much larger than LIST said (twice, for a message of lines that
+        // all needed a CR, and 1 MiB to spare), nor larger than max_size: a hostile server
+        // sending without end would otherwise fill the disk.
+        let limit = received_limit(e.size, max_size);
+        let mut so_far = 0u64;
         let received = conn
             .message(|chunk| {
+                so_far += chunk.len() as u64;
+                if so_far > limit {
+                    return Err(ConnError::Protocol(format!(
+                        "message {} is larger than announced (LIST said {} octets, more than {limit} came); \
+                         nothing of it was kept",
+                        e.number, e.size
+                    )));
+                }
                 if let Some(h) = hasher.as_mut() {
                     h.update(chunk);
                 }
@@ -529,4 +543,10 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
     }
+}
+
+/// The most octets of one message accepted after LIST announced `listed` (see `download`).
+fn received_limit(listed: u64, max_size: Option<u64>) -> u64 {
+    let announced = listed.saturating_mul(2).saturating_add(1 << 20);
+    max_size.map_or(announced, |m| announced.min(m.saturating_add(1 << 20)))
 }

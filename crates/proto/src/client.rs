@@ -196,7 +196,14 @@ pub fn parse_status(line: &str) -> Option<Status> {
         Some((code, text)) if !code.is_empty() && !code.contains(' ') => (Some(Code::parse(code)), text.trim_start()),
         _ => (None, rest),
     };
-    Some(Status { ok, code, text: text.to_owned() })
+    Some(Status { ok, code, text: printable(text) })
+}
+
+/// Server text made safe to show on a terminal: control characters (ESC, BEL, the C1 controls
+/// such as CSI) become U+FFFD, so a hostile server cannot move the cursor, retitle the window or
+/// hide what it said. Tabs stay.
+pub fn printable(text: &str) -> String {
+    text.chars().map(|c| if c != '\t' && (c.is_control()) { '\u{FFFD}' } else { c }).collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -264,6 +271,16 @@ impl MultiLine {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn server_text_loses_its_terminal_controls() {
+        assert_eq!(
+            printable("\u{1b}]0;owned\u{7}\u{1b}[2Jbad\tpassword\u{9b}1m"),
+            "\u{FFFD}]0;owned\u{FFFD}\u{FFFD}[2Jbad\tpassword\u{FFFD}1m"
+        );
+        let s = parse_status("-ERR [AUTH] \u{1b}[31mno").expect("status");
+        assert_eq!(s.text, "\u{FFFD}[31mno");
+    }
+
     use super::*;
 
     fn enc(c: ClientCommand<'_>) -> Result<String, EncodeError> {

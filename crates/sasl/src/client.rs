@@ -34,6 +34,17 @@ pub enum ClientError {
     Unexpected,
     #[error("the server refused the token: {0}")]
     Token(String),
+    #[error("the server asks for {0} SCRAM iterations, more than the {MAX_ITERATIONS} this client computes")]
+    TooManyIterations(u64),
+}
+
+/// The most SCRAM iterations a server may ask for: a hostile server asking for billions would
+/// keep the client computing for hours. (Servers use 4,096 to a few hundred thousand.)
+pub const MAX_ITERATIONS: u64 = 1_000_000;
+
+/// The `i=` of a server-first message, when it is a number.
+fn iterations_asked(server_first: &str) -> Option<u64> {
+    server_first.split(',').find_map(|p| p.strip_prefix("i=")).and_then(|v| v.parse().ok())
 }
 
 enum Kind {
@@ -194,6 +205,9 @@ impl ClientMech {
                     if !server_first.starts_with(&format!("r={nonce}")) {
                         return Err(ClientError::Nonce);
                     }
+                    if let Some(i) = iterations_asked(server_first).filter(|&i| i > MAX_ITERATIONS) {
+                        return Err(ClientError::TooManyIterations(i));
+                    }
                     let binding =
                         if gs2.starts_with('p') { channel_binding.clone().unwrap_or_default() } else { Vec::new() };
                     let (client_final, expected) = client_final(*hash, password, gs2, &binding, &bare, server_first)
@@ -339,6 +353,16 @@ mod tests {
             ClientMech::new("SCRAM-SHA-256-PLUS", "alice", &secret("pw"), None).is_err(),
             "-PLUS needs binding data"
         );
+    }
+
+    #[test]
+    fn a_server_asking_for_billions_of_scram_iterations_is_refused_at_once() {
+        let mut c = ClientMech::new("SCRAM-SHA-256", "alice", &secret("pw"), None).expect("client");
+        let first = String::from_utf8(c.initial().expect("client-first").expose().clone()).expect("utf8");
+        let nonce = first.split("r=").nth(1).expect("nonce").to_owned();
+        // (Four billion PBKDF2 rounds would take an hour: refused before any is computed.)
+        let asked = format!("r={nonce}srv,s={},i=4000000000", B64.encode(b"salt"));
+        assert!(matches!(c.respond(asked.as_bytes()), Err(ClientError::TooManyIterations(4_000_000_000))));
     }
 
     /// Initial responses for user "user" and token "mF_9.B5f-4.1JqM": XOAUTH2 in the form

@@ -12,6 +12,8 @@ messages to any number of connections until killed, misbehaving as MODE says:
   garbage         the answer to RETR 2 is not +OK/-ERR
   retr-err        RETR 2 is refused with -ERR (the message vanished)
   no-stls         STLS is not offered (CAPA lists no STLS)
+  endless         message 2 is listed at its size but RETR sends 3 MB of it
+  escape          the login is refused with terminal escape sequences in the text
 
 usage: bad_pop3.py PORT MODE STATE-FILE
 Deletions are kept in STATE-FILE (one message number per line) so they survive reconnects.
@@ -67,6 +69,8 @@ def serve(c):
             for cap in caps:
                 send(cap)
             send(b".")
+        elif verb == b"PASS" and mode == "escape":
+            send(b"-ERR \x1b]0;owned\x07\x1b[2J\x1b[31mbad password\x9b1m")
         elif verb in (b"USER", b"PASS"):
             send(b"+OK")
         elif verb == b"STLS":
@@ -100,6 +104,8 @@ def serve(c):
                 continue
             send(b"+OK message follows")
             body = MSGS[i]
+            if mode == "endless" and i == 1:
+                body = body + (b"y" * 998 + b"\r\n") * 3000
             lines = body.split(b"\r\n")[:-1]
             data = b"".join((b"." + l if l.startswith(b".") else l) + eol for l in lines) + b"." + eol
             if mode == "drop" and i == 1:
