@@ -271,6 +271,7 @@ fn misbehaving_servers_lose_nothing_and_are_reported() {
         "retr-err",
         "no-stls",
         "endless",
+        "utf8",
     ] {
         let dir = w.join(mode);
         std::fs::create_dir_all(&dir).expect("mkdir");
@@ -324,6 +325,12 @@ fn misbehaving_servers_lose_nothing_and_are_reported() {
     let (code, stored, gone, ev) = &results["no-stls"];
     assert_eq!((*code, stored.len(), *gone), (Some(69), 0, 0));
     assert!(ev.iter().any(|e| e["code"] == "starttls-missing"), "never falls back to plaintext");
+    // A server that downgrades messages with UTF-8 headers for clients that do not send UTF8
+    // (as Courier's pop3d does): fetch sends it, and stores the original.
+    let (code, stored, gone, ev) = &results["utf8"];
+    assert_eq!((*code, stored.len(), *gone), (Some(0), 3, 3), "{ev:?}");
+    assert!(stored.iter().any(|m| m.contains("Subject: Grüße aus Köln")), "{stored:?}");
+    assert!(!stored.iter().any(|m| m.contains("Cannot display Unicode")), "{stored:?}");
     // A message far larger than announced: the run stops, nothing of it is kept, nothing deleted.
     let (code, stored, gone, ev) = &results["endless"];
     assert_eq!((*code, *gone), (Some(69), 0), "{ev:?}");

@@ -139,6 +139,8 @@ pub struct Conn {
     pub capa: Capa,
     pub tls: bool,
     pub mechanism: String,
+    /// The server switched to UTF-8 mode (RFC 6856) at our UTF8 command.
+    pub utf8: bool,
 }
 
 /// The addresses of `host:port`, from the system's resolver (hosts file, DNS).
@@ -200,6 +202,7 @@ impl Conn {
             capa: Capa::default(),
             tls: false,
             mechanism: String::new(),
+            utf8: false,
         }
     }
 
@@ -402,6 +405,16 @@ impl Conn {
     }
 
     pub async fn login(&mut self, account: &Account, password: &Secret<Vec<u8>>) -> Result<(), ConnError> {
+        // RFC 6856: a server that offers UTF8 may otherwise hand messages with UTF-8 headers
+        // over in a downgraded form (Courier replaces each by a notice with the original as an
+        // attachment). The command belongs before the login; a refusal changes nothing.
+        if self.capa.has("UTF8") {
+            match self.command(ClientCommand::Utf8).await {
+                Ok(_) => self.utf8 = true,
+                Err(ConnError::Refused { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let sasl = self.capa.sasl();
         let cleartext_ok = self.tls || account.insecure;
         let apop = self

@@ -14,6 +14,9 @@ messages to any number of connections until killed, misbehaving as MODE says:
   no-stls         STLS is not offered (CAPA lists no STLS)
   endless         message 2 is listed at its size but RETR sends 3 MB of it
   escape          the login is refused with terminal escape sequences in the text
+  utf8            offers UTF8 (RFC 6856) and, as Courier's pop3d does, hands message 2 (UTF-8
+                  headers) to a client that did not send UTF8 as a notice with the original
+                  attached as message/global
 
 usage: bad_pop3.py PORT MODE STATE-FILE
 Deletions are kept in STATE-FILE (one message number per line) so they survive reconnects.
@@ -29,6 +32,13 @@ MSGS = [
     b"Subject: two\r\nMessage-ID: <2@bad>\r\n\r\nsecond\r\n.dot\r\n",
     b"Subject: three\r\nMessage-ID: <3@bad>\r\n\r\nthird\r\n",
 ]
+if mode == "utf8":
+    MSGS[1] = "Subject: Grüße aus Köln\r\nMessage-ID: <2@bad>\r\n\r\nsecond\r\n".encode()
+DOWNGRADED = (
+    b"Subject: Cannot display Unicode content\r\nMessage-ID: <2@bad>\r\nContent-Type: multipart/mixed; "
+    b"boundary=b\r\n\r\n--b\r\n\r\nThis message has Unicode content.\r\n--b\r\n"
+    b"Content-Type: message/global\r\n\r\n(the original)\r\n--b--\r\n"
+)
 if mode == "long-line":
     MSGS[1] = b"Subject: two\r\nMessage-ID: <2@bad>\r\n\r\n" + b"x" * 100000 + b"\r\n"
 UIDS = ["u1", "u2", "u1" if mode == "dup-uidl" else "u3"]
@@ -50,6 +60,7 @@ def serve(c):
         c.sendall(line + eol)
 
     send(b"+OK bad server ready")
+    utf8 = False
     marked = set()
     gone = deleted()
     live = [i for i in range(3) if i + 1 not in gone]
@@ -66,6 +77,8 @@ def serve(c):
                 caps.append(b"UIDL")
             if mode not in ("no-stls",):
                 caps.append(b"TOP")
+            if mode == "utf8":
+                caps.append(b"UTF8")
             for cap in caps:
                 send(cap)
             send(b".")
@@ -73,6 +86,9 @@ def serve(c):
             send(b"-ERR \x1b]0;owned\x07\x1b[2J\x1b[31mbad password\x9b1m")
         elif verb in (b"USER", b"PASS"):
             send(b"+OK")
+        elif verb == b"UTF8" and mode == "utf8":
+            utf8 = True
+            send(b"+OK UTF8 enabled")
         elif verb == b"STLS":
             send(b"-ERR not here")
         elif verb == b"STAT":
@@ -104,6 +120,8 @@ def serve(c):
                 continue
             send(b"+OK message follows")
             body = MSGS[i]
+            if mode == "utf8" and i == 1 and not utf8:
+                body = DOWNGRADED
             if mode == "endless" and i == 1:
                 body = body + (b"y" * 998 + b"\r\n") * 3000
             lines = body.split(b"\r\n")[:-1]
