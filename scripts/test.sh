@@ -2,7 +2,8 @@
 # Run every Pillarbox test on a fresh Debian machine.
 #
 # The end-to-end tests talk to the real binary with real clients (Python's poplib and smtplib,
-# curl, mpop, swaks, a SCRAM client on pyOpenSSL; age, zstd and tar open backups) and compare it with a real Dovecot (account
+# curl, mpop, swaks, a SCRAM client on pyOpenSSL; age, zstd and tar open backups) and compare it with a real Dovecot
+# and fetch from a real Courier too (account
 # discovery asks a private dnsmasq), so this
 # first installs what provides them when it is missing, then runs the whole workspace's tests
 # (unit, protocol, end-to-end, doc tests).
@@ -23,6 +24,8 @@ have python3 || missing+=(python3)
 have doveadm || missing+=(dovecot-core)
 [ -x /usr/lib/dovecot/pop3 ] || missing+=(dovecot-pop3d)
 [ -x /usr/lib/dovecot/lmtp ] || missing+=(dovecot-lmtpd)
+[ -x /usr/lib/courier/courier/courierpop3login ] || missing+=(courier-pop)
+have unshare || missing+=(util-linux)
 [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
 have ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || missing+=(procps)

@@ -134,6 +134,26 @@ fn from_dovecot_over_plain_stls_pop3s_with_ca_and_with_a_pinned_certificate() {
 }
 
 #[test]
+fn from_courier_messages_with_utf8_headers_arrive_as_sent() {
+    let courier = common::courier::Courier::start(&[("alice", PASSWORD)]);
+    courier.deliver("alice", "1.M1P1.test", "Subject: Grüße aus Köln\nMessage-ID: <u1@c>\n\nhallo\n".as_bytes());
+    courier.deliver("alice", "2.M1P1.test", b"Subject: plain\nMessage-ID: <a2@c>\n\nascii only\n");
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let acct = account("courier", courier.pop3.port(), "tls = \"none\"\ninsecure = true", &w.join("m"))
+        .replace("\"localhost\"", "\"127.0.0.1\"");
+    let (out, ev) = fetch(w, &acct, &[]);
+    assert!(out.status.success(), "{ev:?}\n{}", courier.log());
+    let stored = maildir(&w.join("m"));
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    // Without UTF8 (RFC 6856) Courier hands over a "Cannot display Unicode content" notice with
+    // the original attached as message/global, and that notice is what would be stored.
+    assert!(stored.iter().any(|m| m.starts_with("Subject: Grüße aus Köln\n")), "{stored:?}");
+    assert!(!stored.iter().any(|m| m.contains("Cannot display Unicode")), "{stored:?}");
+    assert_eq!(courier.stored("alice"), 0, "deleted on the server once stored");
+}
+
+#[test]
 fn keep_policies_over_runs_with_injected_time() {
     let mut pb = Pillarbox::new();
     for i in 0..4 {

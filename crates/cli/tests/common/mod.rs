@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod courier;
 pub mod dns;
 pub mod dovecot;
 pub mod genmail;
