@@ -24,7 +24,9 @@ have python3 || missing+=(python3)
 have doveadm || missing+=(dovecot-core)
 [ -x /usr/lib/dovecot/pop3 ] || missing+=(dovecot-pop3d)
 [ -x /usr/lib/dovecot/lmtp ] || missing+=(dovecot-lmtpd)
-[ -x /usr/lib/courier/courier/courierpop3login ] || missing+=(courier-pop)
+have couriertcpd || missing+=(courier-base)
+[ -x /usr/lib/courier/courier-authlib/authdaemond ] || missing+=(courier-authdaemon)
+have makeuserdb || missing+=(courier-authlib-userdb)
 have unshare || missing+=(util-linux)
 [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
 have ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
@@ -40,6 +42,23 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   "${sudo[@]}" apt-get update -qq
   "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Courier's pop3d, a second real server for the client's tests. Its package conflicts with
+# Dovecot's (both provide pop3-server), so it is unpacked here instead of installed; its
+# libraries and tools come from the packages above.
+courier=target/test-deps/courier-pop
+if [ ! -x "$courier/usr/lib/courier/courier/courierpop3login" ]; then
+  echo "test.sh: unpacking courier-pop into $courier"
+  mkdir -p "$courier"
+  download=$(mktemp -d)
+  chmod 0755 "$download"
+  if ! (cd "$download" && apt-get download -qq courier-pop >/dev/null 2>&1); then
+    "${sudo[@]}" apt-get update -qq
+    (cd "$download" && apt-get download -qq courier-pop >/dev/null 2>&1)
+  fi
+  dpkg-deb -x "$download"/courier-pop_*.deb "$courier"
+  rm -rf "$download"
 fi
 
 # pyOpenSSL gives the SCRAM test client the TLS exporter (RFC 9266) that Python's ssl lacks.

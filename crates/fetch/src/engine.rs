@@ -262,7 +262,8 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
     let mut local = if opts.dry_run {
         Local::inspect(&account.deliver, &key, legacy_tag)
     } else {
-        Local::open(&account.deliver, &key, legacy_tag, &state, journal.last_batch())?
+        // Recovery may wait for another mbox writer's lock.
+        blocking(|| Local::open(&account.deliver, &key, legacy_tag, &state, journal.last_batch()))?
     };
     for notice in local.take_notices() {
         warn("interrupted-batch", notice);

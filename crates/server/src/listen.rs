@@ -151,7 +151,7 @@ fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> Result<UnixListener
             }
             Err(e) => return Err(err(e.into())),
         };
-        nix::unistd::chown(path, None, Some(gid)).map_err(|e| err(e.into()))?;
+        std::os::unix::fs::chown(path, None, Some(gid.as_raw())).map_err(err)?;
     }
     Ok(listener)
 }

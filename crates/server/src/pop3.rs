@@ -368,15 +368,17 @@ impl Conversation {
             _ => {}
         }
         let mechanism = mech.name().to_owned();
-        // The account is known from here on: hold a place among its logins in progress.
-        let claimed = match &step {
-            Step::CheckPassword { user, .. } | Step::Failed { user, .. } => Some(user.clone()),
-            Step::Challenge(_) => self.sasl.as_ref().and_then(Mech::claimed),
+        // Where a guess is judged (a password to check, a SCRAM proof found right or wrong), a
+        // place among the account's logins in progress is needed first, and held through the
+        // failure delay; without one, nothing is told about the guess. (Not earlier: a client
+        // that starts an exchange and goes quiet must not keep an account's places.)
+        let judged = match &step {
+            Step::CheckPassword { user, .. } => Some(user.clone()),
+            Step::Verified(login) => Some(login.clone()),
+            Step::Failed { user, reason: Failure::Credentials } => Some(user.clone()),
             _ => None,
         };
-        if let Some(user) = claimed.filter(|u| !u.is_empty())
-            && self.attempt.is_none()
-            && !matches!(step, Step::Failed { .. })
+        if let Some(user) = judged.filter(|u| !u.is_empty())
             && !self.take_attempt_slot(&user, &mechanism).await
         {
             self.sasl = None;

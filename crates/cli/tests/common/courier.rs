@@ -2,7 +2,9 @@
 //! for the client beside Dovecot. Courier's authentication daemon and its tools read and write
 //! fixed paths (`/etc/courier`, `/run/courier`), so the instance runs in a mount namespace of its
 //! own where those are this test's folders: nothing of the machine's is read or changed. Needs
-//! root (to make the namespace). Stopped, only this instance, when dropped.
+//! root (to make the namespace). Stopped, only this instance, when dropped. The `courier-pop`
+//! package itself conflicts with Dovecot's, so `scripts/test.sh` unpacks it into
+//! `target/test-deps` instead of installing it.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -12,8 +14,13 @@ use std::time::{Duration, Instant};
 
 use super::require_tool;
 
-const COURIER_LOGIN: &str = "/usr/lib/courier/courier/courierpop3login";
-const COURIER_POP3D: &str = "/usr/lib/courier/courier/courierpop3d";
+/// Where `scripts/test.sh` unpacks the `courier-pop` package (it conflicts with Dovecot's, so
+/// it is not installed), or where an installed one is.
+fn courier_pop_dir() -> PathBuf {
+    let unpacked =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-deps/courier-pop/usr/lib/courier/courier");
+    if unpacked.join("courierpop3login").exists() { unpacked } else { PathBuf::from("/usr/lib/courier/courier") }
+}
 const AUTHDAEMOND: &str = "/usr/lib/courier/courier-authlib/authdaemond";
 /// The owner of the Maildirs (nobody), as in a virtual-user setup.
 const MAIL_ID: u32 = 65534;
@@ -29,7 +36,9 @@ impl Courier {
     pub fn start(users: &[(&str, &str)]) -> Self {
         require_tool("couriertcpd");
         require_tool("unshare");
-        assert!(Path::new(COURIER_LOGIN).exists(), "courier-pop is not installed (./scripts/test.sh installs it)");
+        let bin = courier_pop_dir();
+        let (login, pop3d) = (bin.join("courierpop3login"), bin.join("courierpop3d"));
+        assert!(login.exists(), "courier-pop is not unpacked (./scripts/test.sh does it)");
         let base = tempfile::Builder::new().prefix("pillarbox-courier").tempdir().expect("tempdir");
         let b = base.path();
         std::fs::set_permissions(b, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -71,11 +80,13 @@ impl Courier {
              {AUTHDAEMOND} &\n\
              auth=$!\n\
              couriertcpd -address=127.0.0.1 -nodnslookup -noidentlookup -maxprocs=20 {port} \
-             {COURIER_LOGIN} {COURIER_POP3D} Maildir &\n\
+             {login} {pop3d} Maildir &\n\
              tcpd=$!\n\
              trap 'kill $tcpd $auth 2>/dev/null; wait' TERM INT\n\
              wait\n",
-            etc = etc.display()
+            etc = etc.display(),
+            login = login.display(),
+            pop3d = pop3d.display()
         );
         let child = Command::new("unshare")
             .args(["--mount", "--propagation", "private", "sh", "-c", &script])
