@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
                     let ok =
                         user == "mrose" && matches!(&credential, Credential::Password(p) if p.expose() == b"secret");
                     if ok {
-                        s.authenticated(listing(), Login { expire: None, login_delay: None });
+                        s.authenticated("mrose", listing(), Login { expire: None, login_delay: None });
                     } else {
                         s.auth_failed(AuthFailure::Credentials);
                     }
@@ -61,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
                 Event::SaslCancelled => s.auth_failed(AuthFailure::Cancelled),
                 Event::SaslStart { initial: Some(d), .. } | Event::SaslResponse(d) => {
                     if d.expose() == b"\0mrose\0secret" {
-                        s.authenticated(listing(), Login { expire: None, login_delay: None });
+                        s.authenticated("mrose", listing(), Login { expire: None, login_delay: None });
                     } else {
                         s.auth_failed(AuthFailure::Credentials);
                     }

@@ -310,11 +310,19 @@ fn session_log_line_has_the_facts_and_no_secrets() {
     assert!(bad.cmd("PASS wrong-password-xyzzy").starts_with("-ERR [AUTH]"));
     bad.ok("QUIT");
     assert!(bad.closed());
+    // A SASL login names the account as it logged in (the canonical name), like USER does.
+    let mut sasl = pb.connect();
+    sasl.expect_ok();
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("\0ALICE\0{PASSWORD}"));
+    sasl.ok(&format!("AUTH PLAIN {token}"));
+    sasl.ok("QUIT");
+    assert!(sasl.closed());
     // The lines are written as the sessions wind down: wait for them (bounded).
     let start = std::time::Instant::now();
     let log = loop {
         let log = pb.log();
-        if log.matches("session ended").count() >= 2 || start.elapsed() > Duration::from_secs(10) {
+        if log.matches("session ended").count() >= 3 || start.elapsed() > Duration::from_secs(10) {
             break log;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -334,6 +342,8 @@ fn session_log_line_has_the_facts_and_no_secrets() {
         assert!(line.contains(field), "{field} missing in {line}");
     }
     assert!(!log.contains(PASSWORD) && !log.contains("wrong-password-xyzzy"), "a password reached the log");
+    let sasl_line = log.lines().find(|l| l.contains("session ended") && l.contains("commands=2")).expect("SASL session");
+    assert!(sasl_line.contains("user=\"alice\""), "{sasl_line}");
 }
 
 #[test]

@@ -643,11 +643,14 @@ impl ServerSession {
         response::end(out);
     }
 
-    /// The driver's answer to [`Event::Authenticate`].
-    pub fn authenticated(&mut self, listing: Listing, login: Login) {
+    /// The driver's answer to [`Event::Authenticate`] (or to a SASL exchange that succeeded):
+    /// `user` is the account as it logged in (its canonical name), which [`Self::user`] reports
+    /// from then on, whatever name or mechanism the client used.
+    pub fn authenticated(&mut self, user: &str, listing: Listing, login: Login) {
         if !matches!(self.state, State::Authenticating) {
             return;
         }
+        self.user = Some(user.to_owned());
         let (count, size) = (listing.entries.len(), listing.entries.iter().map(|e| e.size).sum::<u64>());
         response::ok_fmt(&mut self.out, format_args!("maildrop has {count} messages ({size} octets)"));
         self.stats.listed = count;

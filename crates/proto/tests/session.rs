@@ -108,7 +108,7 @@ impl Harness {
                         self.session.auth_failed(AuthFailure::InUse);
                     } else {
                         let listing = self.listing();
-                        self.session.authenticated(listing, Login { expire: self.expire, login_delay: None });
+                        self.session.authenticated("mrose", listing, Login { expire: self.expire, login_delay: None });
                     }
                 }
                 Event::Retrieve { index, top } => {
@@ -130,7 +130,7 @@ impl Harness {
                     let parts: Vec<&[u8]> = data.expose().split(|&b| b == 0).collect();
                     if parts.len() == 3 && parts[1] == b"mrose" && parts[2] == b"secret" {
                         let listing = self.listing();
-                        self.session.authenticated(listing, Login { expire: self.expire, login_delay: Some(900) });
+                        self.session.authenticated("mrose", listing, Login { expire: self.expire, login_delay: Some(900) });
                     } else {
                         self.session.auth_failed(AuthFailure::Credentials);
                     }

@@ -457,12 +457,13 @@ impl Conversation {
             self.session.auth_failed(AuthFailure::Credentials);
             return;
         };
+        let name = verified.name().to_string();
         match services.open_session(&attempt, verified).await {
             Ok(mut user) => {
                 let listing = std::mem::take(&mut user.listing);
                 let login = user.login;
                 self.user = Some(user);
-                self.session.authenticated(listing, login);
+                self.session.authenticated(&name, listing, login);
             }
             Err(f) => self.session.auth_failed(f),
         }
