@@ -17,7 +17,7 @@ use pillarbox_fetch::state::StateDirs;
 #[derive(Debug, Args)]
 pub struct Files {
     /// The accounts file (default: $XDG_CONFIG_HOME/pillarbox/accounts.toml).
-    #[arg(long = "accounts-file", value_name = "FILE", env = "PILLARBOX_ACCOUNTS")]
+    #[arg(long = "accounts-file", visible_alias = "accounts", value_name = "FILE", env = "PILLARBOX_ACCOUNTS")]
     pub accounts_file: Option<PathBuf>,
     /// Where `pillarbox fetch` keeps its journals (default: $XDG_STATE_HOME/pillarbox/fetch).
     #[arg(long, value_name = "DIR")]
@@ -270,6 +270,22 @@ pub fn command(cmd: AccountCommand) -> Result<u8> {
     }
 }
 
+/// The accounts of a file that must exist (for `fetch`, `mail`, `backup`): a missing file is
+/// the first run, answered with what to do rather than "No such file or directory".
+pub fn load_required(path: &Path) -> Result<Vec<Account>, account::AccountError> {
+    match account::load(path) {
+        Err(account::AccountError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(account::AccountError::Edit {
+                path: path.to_owned(),
+                message: "there is no accounts file yet: add an account with `pillarbox account add ADDRESS` \
+                          (or name another file with --accounts-file)"
+                    .into(),
+            })
+        }
+        other => other,
+    }
+}
+
 fn load(path: &Path) -> Result<Vec<Account>> {
     match account::load(path) {
         Ok(a) => Ok(a),
@@ -418,8 +434,16 @@ impl Prompt {
 /// `pillarbox account add EMAIL`.
 fn add(args: AddArgs) -> Result<u8> {
     let prompt = Prompt { interactive: std::io::stdin().is_terminal() && std::io::stderr().is_terminal() };
-    let Some((local, domain)) = args.email.rsplit_once('@').filter(|(l, d)| !l.is_empty() && d.contains('.')) else {
-        bail!("{:?} is not an email address (like me@example.com)", args.email);
+    // A domain without a dot (`bob@localhost`, `me@mailhost`) is a valid one on a local network.
+    let domain_ok = |d: &str| {
+        !d.is_empty()
+            && !d.starts_with(['.', '-'])
+            && !d.ends_with('-')
+            && !d.contains("..")
+            && d.chars().all(|c| c.is_alphanumeric() || ".-".contains(c))
+    };
+    let Some((local, domain)) = args.email.rsplit_once('@').filter(|(l, d)| !l.is_empty() && domain_ok(d)) else {
+        bail!("{:?} is not an email address (like me@example.com or me@localhost)", args.email);
     };
     let path = args.files.accounts();
     let existing = load(&path)?;

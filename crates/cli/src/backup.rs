@@ -19,7 +19,7 @@ const MIN_PASSPHRASE_SCORE: u8 = 3;
 pub struct Where {
     /// The accounts file (default: $XDG_CONFIG_HOME/pillarbox/accounts.toml); its [backup] table
     /// gives defaults for the folder and the encryption.
-    #[arg(long = "accounts-file", value_name = "FILE", env = "PILLARBOX_ACCOUNTS")]
+    #[arg(long = "accounts-file", visible_alias = "accounts", value_name = "FILE", env = "PILLARBOX_ACCOUNTS")]
     accounts_file: Option<PathBuf>,
 }
 

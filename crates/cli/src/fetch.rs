@@ -18,7 +18,7 @@ pub struct FetchArgs {
     /// Accounts to fetch (default: all in the accounts file).
     pub accounts: Vec<String>,
     /// The accounts file (default: $XDG_CONFIG_HOME/pillarbox/accounts.toml).
-    #[arg(long = "accounts-file", value_name = "FILE", env = "PILLARBOX_ACCOUNTS")]
+    #[arg(long = "accounts-file", visible_alias = "accounts", value_name = "FILE", env = "PILLARBOX_ACCOUNTS")]
     pub file: Option<PathBuf>,
     /// Where journals and locks are kept (default: $XDG_STATE_HOME/pillarbox/fetch).
     #[arg(long, value_name = "DIR")]
@@ -145,7 +145,7 @@ impl Output {
 
 pub fn run(args: FetchArgs) -> Result<u8> {
     let file = args.file.clone().unwrap_or_else(account::default_path);
-    let all = match account::load(&file) {
+    let all = match crate::account::load_required(&file) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("pillarbox fetch: {e}");

@@ -15,7 +15,7 @@ pub struct Store {
     #[arg(long, value_name = "FILE", env = "PILLARBOX_SEARCH_INDEX")]
     index: Option<PathBuf>,
     /// The accounts file (default: $XDG_CONFIG_HOME/pillarbox/accounts.toml).
-    #[arg(long = "accounts-file", value_name = "FILE", env = "PILLARBOX_ACCOUNTS")]
+    #[arg(long = "accounts-file", visible_alias = "accounts", value_name = "FILE", env = "PILLARBOX_ACCOUNTS")]
     accounts_file: Option<PathBuf>,
     /// Read this Maildir (or mbox file) instead of the accounts' ones.
     #[arg(long, value_name = "DIR")]
@@ -104,7 +104,7 @@ fn maildirs(store: &Store, account: Option<&str>) -> Result<Vec<(String, PathBuf
         return Ok(vec![("-".into(), dir.clone())]);
     }
     let path = store.accounts_file.clone().unwrap_or_else(account::default_path);
-    let accounts: Vec<Account> = account::load(&path)?;
+    let accounts: Vec<Account> = crate::account::load_required(&path)?;
     let chosen: Vec<&Account> = match account {
         Some(n) => vec![
             accounts

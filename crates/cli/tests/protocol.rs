@@ -342,7 +342,8 @@ fn session_log_line_has_the_facts_and_no_secrets() {
         assert!(line.contains(field), "{field} missing in {line}");
     }
     assert!(!log.contains(PASSWORD) && !log.contains("wrong-password-xyzzy"), "a password reached the log");
-    let sasl_line = log.lines().find(|l| l.contains("session ended") && l.contains("commands=2")).expect("SASL session");
+    let sasl_line =
+        log.lines().find(|l| l.contains("session ended") && l.contains("commands=2")).expect("SASL session");
     assert!(sasl_line.contains("user=\"alice\""), "{sasl_line}");
 }
 

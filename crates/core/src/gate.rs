@@ -61,8 +61,10 @@ pub trait LoginGate: Send + Sync + 'static {
     async fn session(&self, user: &UserName, limit: usize) -> Option<Permit>;
 
     /// One more login attempt in progress for `account` (any spelling), unless `limit` are
-    /// (0: no limit). Guessing in parallel over many connections would otherwise sidestep the
-    /// delay each failure earns.
+    /// and the account has failed logins counted (0: no limit). Guessing in parallel over many
+    /// connections would otherwise sidestep the delay each failure earns; an account nobody is
+    /// guessing at (no failures) takes any number of logins at once, as many clients of one
+    /// account do.
     async fn attempt(&self, account: &str, limit: usize) -> Option<Permit>;
 }
 
@@ -282,7 +284,9 @@ impl LoginGate for MemoryGate {
     }
 
     async fn attempt(&self, account: &str, limit: usize) -> Option<Permit> {
-        self.attempts.acquire(account_key(account), if limit == 0 { usize::MAX } else { limit })
+        let key = account_key(account);
+        let failing = lock(&self.failures).get(&format!("user:{key}"), Instant::now()) > 0;
+        self.attempts.acquire(key, if limit == 0 || !failing { usize::MAX } else { limit })
     }
 }
 
@@ -369,7 +373,10 @@ pub mod conformance {
             assert_eq!(gate.failure(from, &format!("target{i}")).await, i, "try {i} from the same /48");
         }
 
-        // Attempts in progress per account, whatever the spelling.
+        // Attempts in progress per account, whatever the spelling, once it has failures.
+        let many: Vec<_> = open_attempts(gate, "fine", 5).await;
+        assert_eq!(many.len(), 5, "an account without failures takes any number at once");
+        gate.failure(ip("203.0.113.9"), "victim").await;
         let first = gate.attempt("victim", 2).await.expect("first");
         let _second = gate.attempt("VICTIM", 2).await.expect("second");
         assert!(gate.attempt("vic\u{AD}tim", 2).await.is_none(), "a third at once");
@@ -404,6 +411,14 @@ pub mod conformance {
         assert!(gate.session(&alice, 1).await.is_some());
         let many: Vec<_> = open_sessions(gate, &alice, 50).await;
         assert_eq!(many.len(), 50, "0 means no limit");
+    }
+
+    async fn open_attempts(gate: &dyn LoginGate, account: &str, n: usize) -> Vec<Permit> {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.extend(gate.attempt(account, 2).await);
+        }
+        v
     }
 
     async fn open_sessions(gate: &dyn LoginGate, user: &UserName, n: usize) -> Vec<Permit> {

@@ -130,7 +130,11 @@ impl Harness {
                     let parts: Vec<&[u8]> = data.expose().split(|&b| b == 0).collect();
                     if parts.len() == 3 && parts[1] == b"mrose" && parts[2] == b"secret" {
                         let listing = self.listing();
-                        self.session.authenticated("mrose", listing, Login { expire: self.expire, login_delay: Some(900) });
+                        self.session.authenticated(
+                            "mrose",
+                            listing,
+                            Login { expire: self.expire, login_delay: Some(900) },
+                        );
                     } else {
                         self.session.auth_failed(AuthFailure::Credentials);
                     }

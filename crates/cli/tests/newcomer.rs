@@ -1,0 +1,73 @@
+//! What a new user meets first: commands run before there is an accounts file, the names the
+//! documentation uses, addresses on a local network.
+
+mod common;
+
+use std::process::Command;
+
+use common::bin;
+
+fn run(home: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_STATE_HOME", home.join("state"))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env_remove("PILLARBOX_ACCOUNTS")
+        .output()
+        .expect("run");
+    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn the_first_fetch_or_mail_list_without_an_accounts_file_says_what_to_do() {
+    let home = tempfile::tempdir().expect("tempdir");
+    for args in [&["fetch"][..], &["mail", "list"], &["fetch", "--dry-run"]] {
+        let (code, said) = run(home.path(), args);
+        assert_ne!(code, Some(0), "{args:?}: {said}");
+        assert_eq!(said.matches("pillarbox account add").count(), 1, "{args:?}, once: {said}");
+        assert!(!said.contains("No such file"), "{args:?}: {said}");
+    }
+    let (code, _) = run(home.path(), &["fetch"]);
+    assert_eq!(code, Some(78));
+    // Nothing was created on the way.
+    assert_eq!(std::fs::read_dir(home.path()).expect("home").count(), 0);
+}
+
+#[test]
+fn accounts_is_accepted_as_well_as_accounts_file() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let file = home.path().join("mine.toml");
+    std::fs::write(
+        &file,
+        "[accounts.a]\nhost = \"127.0.0.1\"\nport = 1\nusername = \"u\"\npassword_command = \"true\"\n\
+                           deliver = { maildir = \"m\" }\nkeep = \"sometimes\"\n",
+    )
+    .expect("write");
+    for flag in ["--accounts", "--accounts-file"] {
+        let (code, said) = run(home.path(), &["fetch", flag, &file.display().to_string()]);
+        // The file was read: its mistake is reported with its name, line and field.
+        assert_eq!(code, Some(78), "{flag}: {said}");
+        assert!(said.contains("mine.toml") && said.contains("keep"), "{flag}: {said}");
+    }
+}
+
+#[test]
+fn an_address_on_a_dotless_domain_is_an_address() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let file = home.path().join("accounts.toml");
+    for address in ["bob@localhost", "me@mailhost"] {
+        let (_, said) = run(
+            home.path(),
+            &["account", "add", address, "--accounts-file", &file.display().to_string(), "--timeout", "1s"],
+        );
+        assert!(!said.contains("not an email address"), "{address}: {said}");
+        assert!(said.contains("Looking for the POP3 server of"), "{address}: {said}");
+    }
+    for bad in ["bob@", "@localhost", "bob@-x", "bob@a..b", "bob"] {
+        let (code, said) = run(home.path(), &["account", "add", bad, "--accounts-file", &file.display().to_string()]);
+        assert_ne!(code, Some(0));
+        assert!(said.contains("not an email address"), "{bad}: {said}");
+    }
+}
