@@ -297,9 +297,17 @@ pub fn command(cmd: BackupCommand) -> Result<u8> {
             place,
         } => {
             let (accounts_file, settings) = settings(&place)?;
-            let dest = to.or_else(|| settings.dir.clone()).context(
-                "where to? give --to DIR (or PILLARBOX_BACKUP_DIR), or set `dir` in the [backup] table of the accounts file",
-            )?;
+            let chosen = to.or_else(|| settings.dir.clone());
+            let defaulted = chosen.is_none();
+            let dest = chosen.unwrap_or_else(default_backup_dir);
+            if defaulted && !json {
+                eprintln!(
+                    "pillarbox backup: into {} (the default: choose with --to DIR, PILLARBOX_BACKUP_DIR, or \
+                     `dir` in the [backup] table of the accounts file; a folder on another disk keeps mail \
+                     safe from this one failing)",
+                    dest.display()
+                );
+            }
             let all = if accounts_file.exists() { account::load(&accounts_file)? } else { Vec::new() };
             for n in &accounts {
                 if !all.iter().any(|a| &a.name == n) {
@@ -529,4 +537,15 @@ pub fn command(cmd: BackupCommand) -> Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// Where backups go when no folder is given: `$XDG_DATA_HOME/pillarbox/backups`
+/// (`~/.local/share/pillarbox/backups`), created private.
+fn default_backup_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("pillarbox")
+        .join("backups")
 }

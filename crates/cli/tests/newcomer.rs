@@ -71,3 +71,43 @@ fn an_address_on_a_dotless_domain_is_an_address() {
         assert!(said.contains("not an email address"), "{bad}: {said}");
     }
 }
+
+#[test]
+fn a_backup_without_a_folder_goes_to_a_private_default_and_says_where() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    let maildir = h.join("Mail");
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(maildir.join(sub)).expect("mkdir");
+    }
+    std::fs::write(maildir.join("new/1.M1P1.host"), "Subject: kept\n\nsafe\n").expect("message");
+    let config = h.join("config/pillarbox");
+    std::fs::create_dir_all(&config).expect("mkdir");
+    std::fs::write(
+        config.join("accounts.toml"),
+        format!(
+            "[accounts.home]\nhost = \"pop.example.org\"\nusername = \"me\"\npassword_command = \"true\"\n\
+             deliver = {{ maildir = \"{}\" }}\n",
+            maildir.display()
+        ),
+    )
+    .expect("accounts");
+    let out = Command::new(bin())
+        .args(["backup", "create"])
+        .env("HOME", h)
+        .env("XDG_CONFIG_HOME", h.join("config"))
+        .env("XDG_STATE_HOME", h.join("state"))
+        .env("XDG_DATA_HOME", h.join("data"))
+        .env("PILLARBOX_PASSPHRASE", "quartz mongoose lantern 7 wide rivers")
+        .env_remove("PILLARBOX_BACKUP_DIR")
+        .output()
+        .expect("backup");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    let dir = h.join("data/pillarbox/backups");
+    assert!(said.contains(&dir.display().to_string()) && said.contains("the default"), "{said}");
+    let archives: Vec<_> = std::fs::read_dir(&dir).expect("backups").flatten().collect();
+    assert!(archives.iter().any(|e| e.file_name().to_string_lossy().ends_with(".tar.zst.age")), "{archives:?}");
+    assert_eq!(std::fs::metadata(&dir).expect("dir").permissions().mode() & 0o777, 0o700);
+}
