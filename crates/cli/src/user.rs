@@ -84,15 +84,19 @@ pub(crate) fn command(config: &Config, cmd: UserCommand) -> Result<ExitCode> {
 async fn run(s: &Services, cmd: UserCommand) -> Result<ExitCode> {
     let exists = async |name: &UserName| s.directory.lookup(name).await.map(|e| e.is_some());
     match cmd {
-        UserCommand::Add { name, password } => {
-            let name = parse_user(&name)?;
+        UserCommand::Add { name: given, password } => {
+            let name = parse_user(&given)?;
             // Asked before the password is, so nobody types one for nothing.
             if exists(&name).await? {
                 return Err(exit(AdminError::Exists(name)));
             }
             let password = new_password(&password, &name)?;
             show_generated(&name, s.add_user(&name, password).await.map_err(exit)?);
-            println!("added user {name}");
+            if name.as_str() != given {
+                println!("added user {name} (user names are not case-sensitive: {given} logs in as {name} too)");
+            } else {
+                println!("added user {name}");
+            }
         }
         UserCommand::Passwd { name, password } => {
             let name = parse_user(&name)?;

@@ -111,3 +111,19 @@ fn a_backup_without_a_folder_goes_to_a_private_default_and_says_where() {
     assert!(archives.iter().any(|e| e.file_name().to_string_lossy().ends_with(".tar.zst.age")), "{archives:?}");
     assert_eq!(std::fs::metadata(&dir).expect("dir").permissions().mode() & 0o777, 0o700);
 }
+
+#[test]
+fn user_names_say_how_they_are_stored_and_what_is_allowed() {
+    let pb = common::Pillarbox::without_users();
+    let out = pb.run(&["user", "add", "Eve", "--password-stdin"], b"a long and fine password 2026\n");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("added user eve") && said.contains("Eve logs in as eve"), "{said}");
+    let out = pb.run(&["user", "add", "müller", "--password-stdin"], b"a long and fine password 2026\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "added user müller");
+    let out = pb.run(&["user", "add", "a/b", "--password-stdin"], b"a long and fine password 2026\n");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(said.contains("letters (of any script") && !said.contains("a-z, 0-9"), "{said}");
+}

@@ -146,7 +146,10 @@ mod tests {
 pub struct UserName(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid user name {0:?}: use 1 to 64 characters from a-z, 0-9 and . _ + @ -, not starting with . or -")]
+#[error(
+    "invalid user name {0:?}: use 1 to 64 letters (of any script: müller and 用户 are fine) or digits, \
+     and . _ + @ -, not starting with . or -; names are not case-sensitive"
+)]
 pub struct UserNameError(pub String);
 
 impl UserName {
