@@ -287,6 +287,7 @@ impl std::error::Error for Exit {}
 const EX_DATAERR: u8 = 65;
 const EX_NOUSER: u8 = 67;
 const EX_CANTCREAT: u8 = 73;
+const EX_UNAVAILABLE: u8 = 69;
 const EX_TEMPFAIL: u8 = 75;
 const EX_NOPERM: u8 = 77;
 const EX_CONFIG: u8 = 78;
@@ -413,7 +414,13 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs) -> Result<Exit
     let server = Server::new(config.clone(), store)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
-        let listeners = Listeners::bind(&ListenAddrs::from_config(&config)).await?;
+        let listeners = match Listeners::bind(&ListenAddrs::from_config(&config)).await {
+            Ok(l) => l,
+            Err(pillarbox_server::ServerError::Bind { addr, source }) => {
+                return Err(Exit(EX_UNAVAILABLE, cannot_listen(&config, &addr, &source)).into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         if let Some(addr) = config.metrics {
             let listener = pillarbox_server::metrics::bind(addr)
                 .await
@@ -477,6 +484,42 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs) -> Result<Exit
 }
 
 /// `pillarbox config check`: everything `serve` would load, loaded and reported, nothing created.
+/// The setting and the flag that choose the listener at `addr`, for messages.
+fn listener_setting(config: &Config, addr: &str) -> &'static str {
+    let is = |list: &[std::net::SocketAddr]| list.iter().any(|a| a.to_string() == addr);
+    if is(&config.pop3) {
+        "[listen] pop3 in the configuration, or --pop3 ADDRESS"
+    } else if is(&config.pop3s) {
+        "[listen] pop3s in the configuration, or --pop3s ADDRESS"
+    } else if is(&config.lmtp) {
+        "[listen] lmtp in the configuration, or --lmtp ADDRESS"
+    } else {
+        "[listen] lmtp_unix in the configuration, or --lmtp-unix PATH"
+    }
+}
+
+/// What to say when a listener cannot be opened: once, with what to change.
+fn cannot_listen(config: &Config, addr: &str, source: &std::io::Error) -> String {
+    let setting = listener_setting(config, addr);
+    let why = match source.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            let port = addr.rsplit(':').next().unwrap_or(addr);
+            format!(
+                "another program is listening there (`ss -ltnp 'sport = :{port}'` shows which; a Pillarbox \
+                 already running with this configuration is one)"
+            )
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "ports below 1024 need the server started as root (with [process] user) or given \
+             CAP_NET_BIND_SERVICE"
+                .to_owned()
+        }
+        std::io::ErrorKind::AddrNotAvailable => "no network interface of this machine has that address".to_owned(),
+        _ => source.to_string(),
+    };
+    format!("cannot listen on {addr}: {why}; choose another with {setting} ({})", config.source.display())
+}
+
 fn config_check(data_dir: Option<&std::path::Path>, config: Option<&std::path::Path>) -> Result<ExitCode> {
     let path = match config {
         Some(p) => p.to_path_buf(),
@@ -506,6 +549,22 @@ fn config_check(data_dir: Option<&std::path::Path>, config: Option<&std::path::P
         .chain(config.lmtp_unix.iter().map(|p| format!("lmtp {}", p.display())))
         .collect();
     notes.push(format!("listens on {}", listen.join(", ")));
+    // The ports, tried: one in use is a warning (the server this configuration describes may be
+    // the one using it, as when checking before a SIGHUP), not a failure.
+    let mut warnings = Vec::new();
+    for addr in config.pop3.iter().chain(&config.pop3s).chain(&config.lmtp) {
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if !answers_as_pillarbox(*addr) {
+                    warnings.push(cannot_listen(&config, &addr.to_string(), &e));
+                }
+            }
+            // Ports below 1024 when not root: the server started as root binds them.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+            Err(e) => problems.push(cannot_listen(&config, &addr.to_string(), &e)),
+        }
+    }
     if let Some(t) = &config.tls {
         match pillarbox_server::tls::load_pair(&t.cert, &t.key) {
             Ok(_) => notes.push(format!("TLS certificate {} and key load", t.cert.display())),
@@ -531,6 +590,9 @@ fn config_check(data_dir: Option<&std::path::Path>, config: Option<&std::path::P
         && let Some(dir) = sock.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
     {
         problems.push(format!("[listen] lmtp_unix: the folder {} does not exist", dir.display()));
+    }
+    for w in &warnings {
+        eprintln!("pillarbox config check: {}: warning: {w}", path.display());
     }
     if problems.is_empty() {
         println!("{}: OK; {}", path.display(), notes.join("; "));
@@ -563,4 +625,17 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// Whether the server listening at `addr` greets as Pillarbox does (POP3 `+OK Pillarbox`, LMTP
+/// `220 ... Pillarbox`): then the port is this configuration's own running server's.
+fn answers_as_pillarbox(addr: std::net::SocketAddr) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).contains("Pillarbox")
 }

@@ -127,3 +127,40 @@ fn user_names_say_how_they_are_stored_and_what_is_allowed() {
     assert_eq!(out.status.code(), Some(65));
     assert!(said.contains("letters (of any script") && !said.contains("a-z, 0-9"), "{said}");
 }
+
+#[test]
+fn a_port_in_use_is_told_once_with_what_to_change_and_config_check_warns() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().expect("addr").port();
+    let pb = common::Pillarbox::without_users();
+    pb.edit_config("pop3 = [\"127.0.0.1:1110\"]", &format!("pop3 = [\"127.0.0.1:{port}\"]"));
+    pb.edit_config("pop3s = [\"127.0.0.1:1995\"]", "pop3s = [\"127.0.0.1:0\"]");
+    pb.edit_config("lmtp = [\"127.0.0.1:2424\"]", "lmtp = [\"127.0.0.1:0\"]");
+    let out = pb.run(&["serve"], b"");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{said}");
+    assert_eq!(said.matches("cannot listen").count(), 1, "once: {said}");
+    assert!(
+        said.contains(&format!("127.0.0.1:{port}"))
+            && said.contains("--pop3 ADDRESS")
+            && said.contains("[listen] pop3"),
+        "{said}"
+    );
+    // config check: the file is fine; the port in use is a warning, not a failure.
+    let out = pb.run(&["config", "check"], b"");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("OK") && stderr.contains("warning") && stderr.contains(&port.to_string()),
+        "{stdout}{stderr}"
+    );
+    drop(busy);
+    let out = pb.run(&["config", "check"], b"");
+    assert!(out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("warning"));
+    // Run while this configuration's own server holds the port (before a SIGHUP): no warning.
+    let mut pb = pb;
+    pb.start_with(&["--pop3", &format!("127.0.0.1:{port}")]);
+    let out = pb.run(&["config", "check"], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("warning"), "{stderr}");
+}
