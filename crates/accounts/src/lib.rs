@@ -462,7 +462,38 @@ pub fn load(path: &Path) -> Result<Vec<Account>, AccountError> {
     parse(&text, path)
 }
 
+/// An account that cannot be used as it is, and why (with the place in the file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub account: String,
+    pub error: String,
+}
+
+/// Every account of the file, and the problems that stop some of them (two accounts on one
+/// mailbox: both), so that one broken account never stops the others. A file that cannot be
+/// read or parsed at all is still an error.
+pub fn load_all(path: &Path) -> Result<(Vec<Account>, Vec<Problem>), AccountError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AccountError::Read { path: path.to_owned(), source })?;
+    let accounts = parse_accounts(&text, path)?;
+    let problems = shared_mailboxes(&accounts, &text, path)
+        .into_iter()
+        .flat_map(|(a, b, e)| {
+            let error = e.to_string();
+            [Problem { account: a, error: error.clone() }, Problem { account: b, error }]
+        })
+        .collect();
+    Ok((accounts, problems))
+}
+
 pub fn parse(text: &str, path: &Path) -> Result<Vec<Account>, AccountError> {
+    let out = parse_accounts(text, path)?;
+    match shared_mailboxes(&out, text, path).into_iter().next() {
+        Some((_, _, e)) => Err(e),
+        None => Ok(out),
+    }
+}
+
+fn parse_accounts(text: &str, path: &Path) -> Result<Vec<Account>, AccountError> {
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         let (line, field) = pillarbox_config::toml_location(text, e.span().map_or(0, |s| s.start));
         AccountError::Field { path: path.to_owned(), line, field, message: e.message().trim().to_owned() }
@@ -536,14 +567,20 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Account>, AccountError> {
             oversize: a.oversize.unwrap_or(Oversize::Skip),
         });
     }
-    // The journal (what was downloaded) belongs to the mailbox, not to the account's name: two
-    // accounts on one mailbox would each think the other's downloads were their own.
+    Ok(out)
+}
+
+/// Pairs of accounts on one mailbox, with the error naming them. The journal (what was
+/// downloaded) belongs to the mailbox, not to the account's name: two accounts on one mailbox
+/// would each think the other's downloads were their own.
+fn shared_mailboxes(out: &[Account], text: &str, path: &Path) -> Vec<(String, String, AccountError)> {
+    let mut pairs = Vec::new();
     for (i, a) in out.iter().enumerate() {
         if let Some(b) = out[..i]
             .iter()
             .find(|b| b.host.eq_ignore_ascii_case(&a.host) && b.port == a.port && b.username == a.username)
         {
-            return Err(AccountError::Field {
+            let e = AccountError::Field {
                 path: path.to_owned(),
                 line: pillarbox_config::key_line(text, &format!("accounts.{}", a.name), "host"),
                 field: format!("accounts.{}.host", a.name),
@@ -551,10 +588,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Account>, AccountError> {
                     "accounts {} and {} fetch the same mailbox ({}@{}:{}); keep one of them",
                     b.name, a.name, a.username, a.host, a.port
                 ),
-            });
+            };
+            pairs.push((b.name.clone(), a.name.clone(), e));
         }
     }
-    Ok(out)
+    pairs
 }
 
 #[cfg(test)]

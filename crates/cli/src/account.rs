@@ -273,7 +273,17 @@ pub fn command(cmd: AccountCommand) -> Result<u8> {
 /// The accounts of a file that must exist (for `fetch`, `mail`, `backup`): a missing file is
 /// the first run, answered with what to do rather than "No such file or directory".
 pub fn load_required(path: &Path) -> Result<Vec<Account>, account::AccountError> {
-    match account::load(path) {
+    missing_hint(path, account::load(path))
+}
+
+/// Like [`load_required`], keeping the accounts that have a problem apart (see
+/// [`account::load_all`]).
+pub fn load_all_required(path: &Path) -> Result<(Vec<Account>, Vec<account::Problem>), account::AccountError> {
+    missing_hint(path, account::load_all(path))
+}
+
+fn missing_hint<T>(path: &Path, loaded: Result<T, account::AccountError>) -> Result<T, account::AccountError> {
+    match loaded {
         Err(account::AccountError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             Err(account::AccountError::Edit {
                 path: path.to_owned(),
@@ -311,6 +321,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// `pillarbox check`.
 pub fn check(args: CheckArgs) -> Result<u8> {
     let path = args.files.accounts();
+    let mut problems: Vec<account::Problem> = Vec::new();
     let (accounts, local, all) = match &args.server.host {
         Some(host) => {
             let Some(user) = &args.server.username else { bail!("--host needs --username too") };
@@ -321,7 +332,16 @@ pub fn check(args: CheckArgs) -> Result<u8> {
             (vec![a.clone()], false, vec![a])
         }
         None => {
-            let all = load(&path)?;
+            let all = match account::load_all(&path) {
+                Ok((all, p)) => {
+                    problems = p;
+                    all
+                }
+                Err(account::AccountError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    Vec::new()
+                }
+                Err(e) => return Err(e.into()),
+            };
             let chosen: Vec<Account> = if args.accounts.is_empty() {
                 all.clone()
             } else {
@@ -357,7 +377,13 @@ pub fn check(args: CheckArgs) -> Result<u8> {
             if !args.json {
                 println!("{}", heading(a));
             }
-            let report = check::run(a, &opts).await;
+            let report = match problems.iter().find(|p| p.account == a.name) {
+                Some(p) => Report::config_failure(
+                    p.error.clone(),
+                    "give each mailbox one account in the accounts file (remove or change one of them)",
+                ),
+                None => check::run(a, &opts).await,
+            };
             failed |= report.failed();
             if args.json {
                 let line = serde_json::json!({

@@ -145,7 +145,7 @@ impl Output {
 
 pub fn run(args: FetchArgs) -> Result<u8> {
     let file = args.file.clone().unwrap_or_else(account::default_path);
-    let all = match crate::account::load_required(&file) {
+    let (all, problems) = match crate::account::load_all_required(&file) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("pillarbox fetch: {e}");
@@ -166,8 +166,19 @@ pub fn run(args: FetchArgs) -> Result<u8> {
             }
         }
     }
+    // An account with a problem is reported and left out; the others are fetched, and the
+    // exit status says a configuration problem remains (78).
+    let broken: Vec<&account::Problem> =
+        problems.iter().filter(|p| chosen.iter().any(|a| a.name == p.account)).collect();
+    for p in &broken {
+        eprintln!("pillarbox fetch: account {} is not fetched: {}", p.account, p.error);
+    }
+    chosen.retain(|a| !problems.iter().any(|p| p.account == a.name));
+    let config_status = if broken.is_empty() { 0 } else { 78 };
     if chosen.is_empty() {
-        eprintln!("pillarbox fetch: {} has no accounts", file.display());
+        if broken.is_empty() {
+            eprintln!("pillarbox fetch: {} has no accounts", file.display());
+        }
         return Ok(78);
     }
     let output = Arc::new(if args.json {
@@ -186,7 +197,8 @@ pub fn run(args: FetchArgs) -> Result<u8> {
     runtime.block_on(async move {
         let Some(every) = args.every else {
             let opts = Options { state, dry_run: args.dry_run, now };
-            return Ok(run_once(&chosen, &opts, &output).await.0);
+            let status = run_once(&chosen, &opts, &output).await.0;
+            return Ok(if config_status != 0 { config_status } else { status });
         };
         // Repeating: SIGINT or SIGTERM lets the current run finish, then stops.
         use tokio::signal::unix::{SignalKind, signal};

@@ -840,3 +840,51 @@ fn a_journal_kept_under_the_old_folder_name_is_adopted_and_nothing_is_downloaded
     assert!(ev.iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains("shared by accounts"))), "{ev:?}");
     assert!(state.join(format!("localhost_{port}_j_rgen.shared/journal")).exists());
 }
+
+#[test]
+fn two_accounts_on_one_mailbox_stop_only_themselves() {
+    let mut pb = Pillarbox::new();
+    pb.add_user("bob", "bob has a long password 2026");
+    pb.deliver("alice", &message(1));
+    pb.deliver("bob", &message(2));
+    pb.start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let good = tls_account(&pb, "good", "", &w.join("good"));
+    let twin = |name: &str| {
+        tls_account(&pb, name, "", &w.join(name))
+            .replace("\"alice\"", "\"bob\"")
+            .replace(&format!("echo '{PASSWORD}'"), "echo 'bob has a long password 2026'")
+    };
+    let accounts = format!("{good}\n{}\n{}", twin("twin1"), twin("twin2"));
+    let (out, ev) = fetch(w, &accounts, &[]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{said}");
+    assert_eq!(count(&ev, "delivered"), 1, "the good account is fetched: {ev:?}");
+    assert_eq!(maildir(&w.join("good")).len(), 1);
+    for twin in ["twin1", "twin2"] {
+        assert!(said.contains(&format!("account {twin} is not fetched")), "{said}");
+        assert!(!w.join(twin).exists(), "{twin} was not touched");
+    }
+    assert_eq!(pb.stored("bob"), 1, "bob's mail stays on the server");
+
+    // check examines every account and reports the two as failing their configuration.
+    let out = Command::new(bin())
+        .args(["check", "--json", "--accounts-file"])
+        .arg(w.join("accounts.toml"))
+        .arg("--state-dir")
+        .arg(w.join("state"))
+        .output()
+        .expect("check");
+    let reports: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(reports.len(), 3, "{reports:?}");
+    assert_eq!(out.status.code(), Some(1));
+    for r in &reports {
+        let config_failed =
+            r["checks"].as_array().expect("checks").iter().any(|c| c["id"] == "config" && c["status"] == "fail");
+        assert_eq!(config_failed, r["account"] != "good", "{r}");
+    }
+}

@@ -112,6 +112,16 @@ impl Report {
     pub fn failed(&self) -> bool {
         self.worst() == Status::Fail
     }
+
+    /// The report of an account whose configuration keeps it from being used (nothing else is
+    /// checked: a doctor still examines, and says what is wrong).
+    pub fn config_failure(cause: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            findings: vec![Finding::fail("config", "the account cannot be used as configured", cause, fix)],
+            auth: None,
+            new_mail: None,
+        }
+    }
 }
 
 pub struct Options<'a> {
