@@ -313,6 +313,13 @@ impl AuthChoice {
     }
 }
 
+/// `sha256:` and the bytes in hex with colons, upper case, as openssl and browsers show them
+/// (for reading out to someone who compares).
+pub fn fingerprint_display(f: &[u8; 32]) -> String {
+    let pairs: Vec<String> = f.iter().map(|b| format!("{b:02X}")).collect();
+    format!("sha256:{}", pairs.join(":"))
+}
+
 /// `sha256:` and 64 hex digits.
 pub fn fingerprint_text(f: &[u8; 32]) -> String {
     let hex: String = f.iter().map(|b| format!("{b:02x}")).collect();
@@ -445,8 +452,16 @@ pub fn default_path() -> PathBuf {
 }
 
 /// `sha256:` followed by 64 hex digits (colons allowed between bytes, as tools print them).
+/// Also the forms tools print: `SHA256 Fingerprint=F4:7A:...` (openssl), `F4:7A:...`
+/// (browsers), upper or lower case, with colons or spaces between bytes.
 pub fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
-    let hex: String = s.strip_prefix("sha256:").unwrap_or(s).chars().filter(|c| *c != ':').collect();
+    let s = s.trim();
+    let lower = s.to_ascii_lowercase();
+    let rest = ["sha256 fingerprint=", "sha256fingerprint=", "sha256:", "sha256="]
+        .iter()
+        .find_map(|p| lower.strip_prefix(p))
+        .unwrap_or(&lower);
+    let hex: String = rest.chars().filter(|c| *c != ':' && !c.is_whitespace()).collect();
     if hex.len() != 64 {
         return None;
     }
@@ -597,6 +612,29 @@ fn shared_mailboxes(out: &[Account], text: &str, path: &Path) -> Vec<(String, St
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fingerprints_in_every_form_tools_print() {
+        let bytes: Vec<u8> = (0u8..32).map(|b| b.wrapping_mul(7)).collect();
+        let want: [u8; 32] = bytes.clone().try_into().expect("32");
+        let lower: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let colons = fingerprint_display(&want);
+        assert!(colons.starts_with("sha256:00:07:0E:"), "{colons}");
+        for form in [
+            format!("sha256:{lower}"),
+            lower.clone(),
+            colons.clone(),
+            colons.trim_start_matches("sha256:").to_owned(),
+            format!("SHA256 Fingerprint={}", colons.trim_start_matches("sha256:")),
+            format!("sha256 Fingerprint={}", colons.trim_start_matches("sha256:").to_lowercase()),
+            colons.trim_start_matches("sha256:").replace(':', " "),
+        ] {
+            assert_eq!(parse_fingerprint(&form), Some(want), "{form}");
+        }
+        assert_eq!(parse_fingerprint(&fingerprint_text(&want)), Some(want));
+        assert_eq!(parse_fingerprint("sha256:abcd"), None);
+        assert_eq!(parse_fingerprint(&format!("md5:{lower}")), None);
+    }
+
     use super::*;
 
     #[test]

@@ -130,7 +130,7 @@ impl ServerArgs {
             fingerprint: self
                 .tls_fingerprint
                 .as_deref()
-                .map(|f| account::parse_fingerprint(f).context("--tls-fingerprint: expected sha256: and 64 hex digits"))
+                .map(|f| account::parse_fingerprint(f).context("--tls-fingerprint: expected a SHA-256 fingerprint (sha256:64 hex digits, or the AB:CD:... form openssl and browsers print)"))
                 .transpose()?,
             deliver,
             keep: self.keep.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?.unwrap_or(Keep::Delete),

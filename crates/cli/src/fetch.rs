@@ -40,9 +40,6 @@ pub struct FetchArgs {
     /// .fetchids), mpop (its UIDL file) or getmail (its oldmail-* file); give exactly one ACCOUNT.
     #[arg(long, num_args = 2, value_names = ["FORMAT", "FILE"])]
     pub import_state: Option<Vec<String>>,
-    /// The current time in seconds since the epoch (for testing keep = "Nd").
-    #[arg(long, hide = true)]
-    pub now: Option<u64>,
 }
 
 /// `--import-state FORMAT FILE ACCOUNT`.
@@ -189,7 +186,7 @@ pub fn run(args: FetchArgs) -> Result<u8> {
         Output::Bars { multi: MultiProgress::new(), bars: Mutex::new(Default::default()) }
     });
     let state = StateDirs::new(args.state_dir.clone().unwrap_or_else(fetch::default_state_dir), &all);
-    let now = args.now.unwrap_or_else(pillarbox_os::unix_now);
+    let now = injected_now().unwrap_or_else(pillarbox_os::unix_now);
     if let Some(spec) = &args.import_state {
         return import_state(spec, &chosen, &state, now);
     }
@@ -206,7 +203,7 @@ pub fn run(args: FetchArgs) -> Result<u8> {
         let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
         let mut backoff = Duration::ZERO;
         loop {
-            let now = args.now.unwrap_or_else(pillarbox_os::unix_now);
+            let now = injected_now().unwrap_or_else(pillarbox_os::unix_now);
             let opts = Options { state: state.clone(), dry_run: args.dry_run, now };
             let run = run_once(&chosen, &opts, &output);
             tokio::pin!(run);
@@ -272,4 +269,11 @@ async fn run_once(accounts: &[Account], opts: &Options, output: &Arc<Output>) ->
         let _ = tokio::task::spawn_blocking(move || crate::mail::after_fetch(&accounts, &state_dir)).await;
     }
     (worst, delay)
+}
+
+/// The current time, in seconds since the epoch, when the environment sets it
+/// (`PILLARBOX_NOW`, for tests of `keep = "Nd"`): not a flag, so that it shows in no help text
+/// or shell completion.
+fn injected_now() -> Option<u64> {
+    std::env::var("PILLARBOX_NOW").ok().and_then(|v| v.parse().ok())
 }

@@ -445,6 +445,16 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs) -> Result<Exit
             };
             println!("pillarbox: {} listening on {addr} ({note})", service.name());
         }
+        if let Some(t) = &config.tls
+            && let Ok(pair) = pillarbox_server::tls::load_pair(&t.cert, &t.key)
+            && let Some(fp) = pillarbox_server::tls::fingerprint(&pair)
+        {
+            println!(
+                "pillarbox: TLS certificate {} has fingerprint {} (what a client asked to compare sees)",
+                t.cert.display(),
+                pillarbox_accounts::fingerprint_display(&fp)
+            );
+        }
         let users = UserFile::new(&config.users_file).load().map(|u| u.users.len()).unwrap_or(0);
         let flag = config_flag(&config);
         if users == 0 {

@@ -14,6 +14,11 @@ use common::{PASSWORD, Pillarbox, bin, message, require_tool};
 
 /// Run `pillarbox fetch --json` with these accounts; returns the output and the parsed events.
 fn fetch(dir: &Path, accounts: &str, extra: &[&str]) -> (Output, Vec<serde_json::Value>) {
+    fetch_at(dir, accounts, extra, None)
+}
+
+/// [`fetch`] at an injected time (`PILLARBOX_NOW`).
+fn fetch_at(dir: &Path, accounts: &str, extra: &[&str], now: Option<u64>) -> (Output, Vec<serde_json::Value>) {
     let file = dir.join("accounts.toml");
     std::fs::write(&file, accounts).expect("accounts");
     let out = Command::new(bin())
@@ -22,6 +27,7 @@ fn fetch(dir: &Path, accounts: &str, extra: &[&str]) -> (Output, Vec<serde_json:
         .arg("--state-dir")
         .arg(dir.join("state"))
         .args(extra)
+        .envs(now.map(|n| ("PILLARBOX_NOW", n.to_string())))
         .output()
         .expect("fetch");
     let events = String::from_utf8_lossy(&out.stdout)
@@ -166,15 +172,14 @@ fn keep_policies_over_runs_with_injected_time() {
     let port = pb.pop3s.expect("pop3s").port();
     let days = account("aged", port, &format!("{ca}\nkeep = \"3d\""), &w.join("m"));
     let t0: u64 = 2_000_000_000;
-    let at = |t: u64| t.to_string();
-    let (out, ev) = fetch(w, &days, &["--now", &at(t0)]);
+    let (out, ev) = fetch_at(w, &days, &[], Some(t0));
     assert!(out.status.success(), "{ev:?}");
     assert_eq!((count(&ev, "delivered"), count(&ev, "deleted")), (4, 0));
     assert_eq!(pb.stored("alice"), 4);
-    let (_, ev) = fetch(w, &days, &["--now", &at(t0 + 2 * 86_400)]);
+    let (_, ev) = fetch_at(w, &days, &[], Some(t0 + 2 * 86_400));
     assert_eq!((count(&ev, "delivered"), count(&ev, "deleted")), (0, 0), "two days later: kept");
     pb.deliver("alice", &message(9));
-    let (_, ev) = fetch(w, &days, &["--now", &at(t0 + 3 * 86_400 + 1)]);
+    let (_, ev) = fetch_at(w, &days, &[], Some(t0 + 3 * 86_400 + 1));
     assert_eq!((count(&ev, "delivered"), count(&ev, "deleted")), (1, 4), "three days after the first download");
     assert_eq!(pb.stored("alice"), 1, "the new message stays for its own three days");
     assert_eq!(maildir(&w.join("m")).len(), 5);
@@ -887,4 +892,60 @@ fn two_accounts_on_one_mailbox_stop_only_themselves() {
             r["checks"].as_array().expect("checks").iter().any(|c| c["id"] == "config" && c["status"] == "fail");
         assert_eq!(config_failed, r["account"] != "good", "{r}");
     }
+}
+
+#[test]
+fn the_fingerprint_serve_prints_and_the_one_openssl_prints_both_pin_the_server() {
+    let pb = Pillarbox::new();
+    pb.deliver("alice", &message(1));
+    // serve says its certificate's fingerprint at start.
+    let mut serve = Command::new(bin())
+        .arg("--data-dir")
+        .arg(pb.data())
+        .args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(serve.stdout.take().expect("stdout")));
+    let (mut pop3s, mut printed) = (None, None);
+    while printed.is_none() {
+        let line = lines.next().expect("output").expect("line");
+        if let Some(rest) = line.strip_prefix("pillarbox: pop3s listening on ") {
+            pop3s = rest.split_whitespace().next().and_then(|a| a.parse::<std::net::SocketAddr>().ok());
+        }
+        if let Some((_, fp)) = line.split_once(" has fingerprint ") {
+            printed = fp.split_whitespace().next().map(str::to_owned);
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let printed = printed.expect("fingerprint");
+    let ours = fingerprint(&pb.cert());
+    assert_eq!(
+        pillarbox_accounts::parse_fingerprint(&printed),
+        pillarbox_accounts::parse_fingerprint(&ours),
+        "{printed}"
+    );
+    assert!(printed.contains(':') && printed[7..].chars().all(|c| c == ':' || c.is_ascii_hexdigit()), "{printed}");
+    // What openssl prints (`sha256 Fingerprint=AB:CD:...`) is accepted as it is.
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(pb.cert())
+        .output()
+        .expect("openssl");
+    let openssl = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(openssl.to_ascii_lowercase().starts_with("sha256 fingerprint="), "{openssl}");
+    let port = pop3s.expect("pop3s").port();
+    for (i, pin) in [openssl.as_str(), printed.as_str()].iter().enumerate() {
+        // Each in a state folder of its own (one mailbox, downloaded once per journal).
+        let work = tempfile::tempdir().expect("tempdir");
+        let w = work.path();
+        let acct =
+            account(&format!("pin{i}"), port, &format!("tls_fingerprint = \"{pin}\"\nkeep = \"keep\""), &w.join("m"));
+        let (out, ev) = fetch(w, &acct, &[]);
+        assert!(out.status.success(), "{pin}: {ev:?}");
+        assert_eq!(count(&ev, "delivered"), 1, "{pin}");
+    }
+    let _ = Command::new("kill").args(["-TERM", &serve.id().to_string()]).status();
+    let _ = serve.wait();
 }

@@ -164,3 +164,14 @@ fn a_port_in_use_is_told_once_with_what_to_change_and_config_check_warns() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !stderr.contains("warning"), "{stderr}");
 }
+
+#[test]
+fn shell_completions_offer_no_hidden_test_knob() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(bin()).args(["completions", shell]).output().expect("completions");
+        assert!(out.status.success());
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains("accounts-file"), "{shell}");
+        assert!(!script.contains("--now") && !script.contains("-l now"), "{shell}");
+    }
+}

@@ -46,6 +46,13 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError>
     CertifiedKey::from_der(certs, key, &provider).map(Arc::new).map_err(|e| TlsError::Config(e.to_string()))
 }
 
+/// The SHA-256 of the leaf certificate (DER) of a loaded pair: what a client pins, and what an
+/// admin reads out to a user asked to compare.
+pub fn fingerprint(pair: &CertifiedKey) -> Option<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    pair.cert.first().map(|c| Sha256::digest(c.as_ref()).into())
+}
+
 /// Where the server's certificates come from: rustls asks it for every handshake
 /// ([`ResolvesServerCert`]), so a certificate can be replaced (a SIGHUP after a renewal) without
 /// a new TLS configuration, and per-name certificates (SNI) or ACME plug in here. Today it holds
