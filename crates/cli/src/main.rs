@@ -222,10 +222,20 @@ struct PasswordSource {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
+    let json_log = cli.log_format == "json";
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("pillarbox: {e:#}");
+            if json_log {
+                let line = serde_json::json!({
+                    "timestamp": pillarbox_os::date::rfc3339(pillarbox_os::unix_now()),
+                    "level": "ERROR",
+                    "message": format!("{e:#}"),
+                });
+                eprintln!("{line}");
+            } else {
+                eprintln!("pillarbox: {e:#}");
+            }
             e.downcast_ref::<Exit>().map_or(ExitCode::from(1), |x| ExitCode::from(x.0))
         }
     }
@@ -334,6 +344,7 @@ fn become_service_user(data_dir: Option<&std::path::Path>, config: Option<&std::
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    let json_log = cli.log_format == "json";
     let Cli { data_dir, config, command, .. } = cli;
     // Server commands share the server configuration; the client needs none of it.
     let server = || {
@@ -351,7 +362,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(args) => account::check(*args).map(ExitCode::from),
         Command::Serve(args) => {
             let (config, prepared) = server()?;
-            serve(config, prepared, args)
+            serve(config, prepared, args, json_log)
         }
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -390,7 +401,36 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn serve(mut config: Config, prepared: Prepared, args: ServeArgs) -> Result<ExitCode> {
+/// What `serve` says about itself at start: plain lines (`pillarbox: ...`), or with
+/// `--log-format json` one JSON object per line, like the log (under systemd both land in one
+/// journal, where a plain line among JSON ones breaks whoever parses it).
+struct Say {
+    json: bool,
+}
+
+impl Say {
+    /// `event` names the line for programs; `text` is the sentence for people; `fields` are
+    /// added to the JSON object.
+    fn line(&self, event: &str, text: &str, fields: serde_json::Value) {
+        if self.json {
+            let mut o = serde_json::json!({
+                "timestamp": pillarbox_os::date::rfc3339(pillarbox_os::unix_now()),
+                "level": "INFO",
+                "event": event,
+                "message": text,
+            });
+            if let (Some(o), serde_json::Value::Object(f)) = (o.as_object_mut(), fields) {
+                o.extend(f);
+            }
+            println!("{o}");
+        } else {
+            println!("pillarbox: {text}");
+        }
+    }
+}
+
+fn serve(mut config: Config, prepared: Prepared, args: ServeArgs, json: bool) -> Result<ExitCode> {
+    let say = Say { json };
     // Any listener flag replaces every configured listener.
     if !args.pop3.is_empty() || !args.pop3s.is_empty() || !args.lmtp.is_empty() || args.lmtp_unix.is_some() {
         config.pop3 = args.pop3;
@@ -399,15 +439,19 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs) -> Result<Exit
         config.lmtp_unix = args.lmtp_unix;
     }
     if prepared.created_anything() {
-        println!("pillarbox: prepared data folder {}", config.data_dir.display());
+        let mut text = format!("prepared data folder {}", config.data_dir.display());
         if prepared.created_config {
-            println!("  configuration: {}", config.data_dir.join(CONFIG_FILE).display());
+            text.push_str(&format!("\n  configuration: {}", config.data_dir.join(CONFIG_FILE).display()));
         }
-        if prepared.created_certificate
-            && let Some(t) = &config.tls
-        {
-            println!("  self-signed TLS certificate for localhost: {}", t.cert.display());
+        let cert = config.tls.as_ref().filter(|_| prepared.created_certificate).map(|t| t.cert.clone());
+        if let Some(c) = &cert {
+            text.push_str(&format!("\n  self-signed TLS certificate for localhost: {}", c.display()));
         }
+        say.line(
+            "prepared",
+            &text,
+            serde_json::json!({ "data_dir": config.data_dir, "created_config": prepared.created_config, "certificate": cert }),
+        );
     }
     let config = Arc::new(config);
     let store: Arc<dyn Mailstore> = Arc::new(MaildirStore::new(&config.maildir_root));
@@ -425,12 +469,17 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs) -> Result<Exit
             let listener = pillarbox_server::metrics::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen for metrics on {addr}"))?;
-            println!("pillarbox: metrics listening on http://{}/metrics", listener.local_addr()?);
+            let at = listener.local_addr()?;
+            say.line("listening", &format!("metrics listening on http://{at}/metrics"), serde_json::json!({ "service": "metrics", "address": at.to_string() }));
             server.serve_metrics(listener);
         }
         // Every socket is open: give up root before reading a byte from anyone.
         match pillarbox_server::privileges::drop_to(config.run_as.as_ref()) {
-            Ok(Outcome::Switched { user, uid, gid }) => println!("pillarbox: running as {user} (uid {uid}, gid {gid})"),
+            Ok(Outcome::Switched { user, uid, gid }) => say.line(
+                "user",
+                &format!("running as {user} (uid {uid}, gid {gid})"),
+                serde_json::json!({ "user": user, "uid": uid, "gid": gid }),
+            ),
             Ok(Outcome::StillRoot) => tracing::warn!(
                 "running as root; set [process] user to switch to an unprivileged user once the ports are open"
             ),
@@ -443,22 +492,31 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs) -> Result<Exit
                 Service::Pop3s => "implicit TLS",
                 Service::Lmtp => "mail delivery from the MTA",
             };
-            println!("pillarbox: {} listening on {addr} ({note})", service.name());
+            say.line(
+                "listening",
+                &format!("{} listening on {addr} ({note})", service.name()),
+                serde_json::json!({ "service": service.name(), "address": addr }),
+            );
         }
         if let Some(t) = &config.tls
             && let Ok(pair) = pillarbox_server::tls::load_pair(&t.cert, &t.key)
             && let Some(fp) = pillarbox_server::tls::fingerprint(&pair)
         {
-            println!(
-                "pillarbox: TLS certificate {} has fingerprint {} (what a client asked to compare sees)",
-                t.cert.display(),
-                pillarbox_accounts::fingerprint_display(&fp)
+            let shown = pillarbox_accounts::fingerprint_display(&fp);
+            say.line(
+                "certificate",
+                &format!("TLS certificate {} has fingerprint {shown} (what a client asked to compare sees)", t.cert.display()),
+                serde_json::json!({ "certificate": t.cert, "fingerprint": shown }),
             );
         }
         let users = UserFile::new(&config.users_file).load().map(|u| u.users.len()).unwrap_or(0);
         let flag = config_flag(&config);
         if users == 0 {
-            println!("pillarbox: no users yet. Add one with:  pillarbox {flag} user add NAME");
+            say.line(
+                "no-users",
+                &format!("no users yet. Add one with:  pillarbox {flag} user add NAME"),
+                serde_json::json!({}),
+            );
         }
         if let Some(addr) = listeners
             .local_addrs()
@@ -466,7 +524,11 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs) -> Result<Exit
             .find(|(s, _)| *s == Service::Pop3s)
             .and_then(|(_, a)| a.parse::<SocketAddr>().ok())
         {
-            println!("pillarbox: connect a mail client to {} port {} with SSL/TLS", addr.ip(), addr.port());
+            say.line(
+                "hint",
+                &format!("connect a mail client to {} port {} with SSL/TLS", addr.ip(), addr.port()),
+                serde_json::json!({ "address": addr.to_string() }),
+            );
         }
         use std::io::Write as _;
         let _ = std::io::stdout().flush();

@@ -175,3 +175,48 @@ fn shell_completions_offer_no_hidden_test_knob() {
         assert!(!script.contains("--now") && !script.contains("-l now"), "{shell}");
     }
 }
+
+#[test]
+fn with_json_logs_every_line_serve_writes_is_a_json_object() {
+    use std::io::BufRead;
+    let pb = common::Pillarbox::without_users();
+    let mut child = Command::new(bin())
+        .args(["--log-format", "json", "--data-dir"])
+        .arg(pb.data())
+        .args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0", "--lmtp", "127.0.0.1:0"])
+        .env("PILLARBOX_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|v: &serde_json::Value| v["event"] == "hint") {
+        let line = lines.next().expect("a line").expect("read");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        seen.push(v);
+    }
+    let services: Vec<&str> =
+        seen.iter().filter(|v| v["event"] == "listening").filter_map(|v| v["service"].as_str()).collect();
+    assert_eq!(services, ["pop3", "pop3s", "lmtp"], "{seen:?}");
+    assert!(seen.iter().any(|v| v["event"] == "certificate" && v["fingerprint"].as_str().is_some_and(|f| f.starts_with("sha256:"))));
+    assert!(seen.iter().all(|v| v["timestamp"].as_str().is_some_and(|t| t.ends_with('Z'))));
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let out = child.wait_with_output().expect("wait");
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        assert!(serde_json::from_str::<serde_json::Value>(line).is_ok(), "stderr, not JSON: {line}");
+    }
+    // An error at start is a JSON object too.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let out = Command::new(bin())
+        .args(["--log-format", "json", "--data-dir"])
+        .arg(pb.data())
+        .args(["serve", "--pop3", &busy.local_addr().expect("addr").to_string()])
+        .output()
+        .expect("serve");
+    assert_eq!(out.status.code(), Some(69));
+    for line in String::from_utf8_lossy(&out.stdout).lines().chain(String::from_utf8_lossy(&out.stderr).lines()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["message"].is_string(), "{v}");
+    }
+}

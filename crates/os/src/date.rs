@@ -39,6 +39,12 @@ fn civil(secs: u64) -> Civil {
     }
 }
 
+/// `2026-11-26T07:29:05Z` (RFC 3339, UTC), for machine-read logs.
+pub fn rfc3339(secs: u64) -> String {
+    let c = civil(secs);
+    format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z", c.year, c.month, c.day, c.hour, c.minute, c.second)
+}
+
 /// `2026-11-26 07:29` (UTC), for lists.
 pub fn short(secs: u64) -> String {
     let c = civil(secs);
