@@ -899,15 +899,17 @@ fn the_fingerprint_serve_prints_and_the_one_openssl_prints_both_pin_the_server()
     let pb = Pillarbox::new();
     pb.deliver("alice", &message(1));
     // serve says its certificate's fingerprint at start.
-    let mut serve = Command::new(bin())
-        .arg("--data-dir")
-        .arg(pb.data())
-        .args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(serve.stdout.take().expect("stdout")));
+    let mut serve = common::KillOnDrop(
+        Command::new(bin())
+            .arg("--data-dir")
+            .arg(pb.data())
+            .args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("serve"),
+    );
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(serve.0.stdout.take().expect("stdout")));
     let (mut pop3s, mut printed) = (None, None);
     while printed.is_none() {
         let line = lines.next().expect("output").expect("line");
@@ -946,6 +948,5 @@ fn the_fingerprint_serve_prints_and_the_one_openssl_prints_both_pin_the_server()
         assert!(out.status.success(), "{pin}: {ev:?}");
         assert_eq!(count(&ev, "delivered"), 1, "{pin}");
     }
-    let _ = Command::new("kill").args(["-TERM", &serve.id().to_string()]).status();
-    let _ = serve.wait();
+    drop(serve);
 }

@@ -148,6 +148,18 @@ impl Pillarbox {
                 Some(Ok(l)) => l,
                 _ => panic!("server exited before listening: {}", self.log()),
             };
+            // With --log-format json the same facts come as JSON objects.
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                let at = v["address"].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
+                match (v["event"].as_str(), v["service"].as_str()) {
+                    (Some("listening"), Some("pop3")) => pop3 = at,
+                    (Some("listening"), Some("pop3s")) => pop3s = at,
+                    (Some("listening"), Some("lmtp")) if at.is_some() => lmtp = at,
+                    (Some("listening"), Some("metrics")) => self.metrics = at,
+                    _ => {}
+                }
+                continue;
+            }
             let addr = || line.split_whitespace().nth(4).and_then(|a| a.parse::<SocketAddr>().ok());
             if let Some(url) = line.strip_prefix("pillarbox: metrics listening on http://") {
                 self.metrics = url.trim_end_matches("/metrics").parse().ok();
