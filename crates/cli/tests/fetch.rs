@@ -407,11 +407,9 @@ impl Rng {
     }
 }
 
-#[test]
-fn kill_9_at_random_moments_never_loses_or_duplicates_mail() {
-    let mut pb = Pillarbox::new();
-    // Written straight into the Maildir (as an MTA would): enough mail that a run takes a while.
-    let total = 1500;
+/// `total` messages for alice, written straight into her Maildir (as an MTA would): enough mail
+/// that a fetch takes a while.
+fn write_crash_mail(pb: &Pillarbox, total: usize) {
     let new = pb.maildir("alice").join("new");
     for i in 0..total {
         let mut m = message(i);
@@ -419,22 +417,21 @@ fn kill_9_at_random_moments_never_loses_or_duplicates_mail() {
         m.push(b'\n');
         std::fs::write(new.join(format!("{}.M{i}P1.test", 1_700_000_000 + i)), &m).expect("write");
     }
-    pb.start();
-    let work = tempfile::tempdir().expect("tempdir");
-    let w = work.path();
-    let acct = tls_account(&pb, "crash", "", &w.join("m"));
-    let file = w.join("accounts.toml");
-    std::fs::write(&file, &acct).expect("accounts");
-    let mut rng = Rng(0x5eed_1234_abcd_9876);
+}
+
+/// Start `fetch` with these accounts and kill -9 it after a random 10-260 ms, up to 12 times
+/// (at most a minute, and only while alice has mail left); returns how many times.
+fn kill_9_trials(pb: &Pillarbox, accounts: &Path, state: &Path, seed: u64) -> usize {
+    let mut rng = Rng(seed);
     let started = Instant::now();
     let mut trials = 0;
     while trials < 12 && started.elapsed() < Duration::from_secs(60) && pb.stored("alice") > 0 {
         trials += 1;
         let mut child = Command::new(bin())
             .args(["fetch", "--quiet", "--accounts-file"])
-            .arg(&file)
+            .arg(accounts)
             .arg("--state-dir")
-            .arg(w.join("state"))
+            .arg(state)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -443,6 +440,21 @@ fn kill_9_at_random_moments_never_loses_or_duplicates_mail() {
         let _ = Command::new("kill").args(["-KILL", &child.id().to_string()]).status();
         let _ = child.wait();
     }
+    trials
+}
+
+#[test]
+fn kill_9_at_random_moments_never_loses_or_duplicates_mail() {
+    let mut pb = Pillarbox::new();
+    let total = 1500;
+    write_crash_mail(&pb, total);
+    pb.start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let acct = tls_account(&pb, "crash", "", &w.join("m"));
+    let file = w.join("accounts.toml");
+    std::fs::write(&file, &acct).expect("accounts");
+    let trials = kill_9_trials(&pb, &file, &w.join("state"), 0x5eed_1234_abcd_9876);
     assert!(trials >= 2, "the fetch was interrupted {trials} time(s)");
     // Finish normally, then check: every message exactly once locally, none left on the server.
     let (out, ev) = fetch(w, &acct, &[]);
@@ -499,13 +511,7 @@ fn other_mbox_writer(mbox: PathBuf, stop: std::sync::Arc<std::sync::atomic::Atom
 fn kill_9_next_to_another_mbox_writer_never_loses_cuts_or_duplicates_mail() {
     let mut pb = Pillarbox::new();
     let total = 600;
-    let new = pb.maildir("alice").join("new");
-    for i in 0..total {
-        let mut m = message(i);
-        m.extend(std::iter::repeat_n(b'z', 2000 + (i * 37) % 20_000));
-        m.push(b'\n');
-        std::fs::write(new.join(format!("{}.M{i}P1.test", 1_700_000_000 + i)), &m).expect("write");
-    }
+    write_crash_mail(&pb, total);
     pb.start();
     let work = tempfile::tempdir().expect("tempdir");
     let w = work.path();
@@ -522,24 +528,7 @@ fn kill_9_next_to_another_mbox_writer_never_loses_cuts_or_duplicates_mail() {
         let (mbox, stop) = (mbox.clone(), stop.clone());
         std::thread::spawn(move || other_mbox_writer(mbox, stop))
     };
-    let mut rng = Rng(0x0dd_ba11_5eed_f00d);
-    let started = Instant::now();
-    let mut trials = 0;
-    while trials < 12 && started.elapsed() < Duration::from_secs(60) && pb.stored("alice") > 0 {
-        trials += 1;
-        let mut child = Command::new(bin())
-            .args(["fetch", "--quiet", "--accounts-file"])
-            .arg(&file)
-            .arg("--state-dir")
-            .arg(w.join("state"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("fetch");
-        std::thread::sleep(Duration::from_millis(10 + rng.next() % 250));
-        let _ = Command::new("kill").args(["-KILL", &child.id().to_string()]).status();
-        let _ = child.wait();
-    }
+    let trials = kill_9_trials(&pb, &file, &w.join("state"), 0x0dd_ba11_5eed_f00d);
     assert!(trials >= 2, "the fetch was interrupted {trials} time(s)");
     let (out, ev) = fetch(w, &acct, &[]);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
