@@ -166,28 +166,20 @@ fn byte_at_a_time_clients_do_not_hold_up_others_and_a_client_that_never_reads_is
 
 /// Read until `needle` has arrived (or `wait` is over, or the peer closes).
 fn read_until(s: &mut TcpStream, needle: &str, wait: Duration) -> String {
-    s.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
-    let until = Instant::now() + wait;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while Instant::now() < until && !String::from_utf8_lossy(&got).contains(needle) {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(_) => break,
-        }
-    }
-    String::from_utf8_lossy(&got).into_owned()
+    read_within(s, Some(needle), wait)
 }
 
-/// Read what arrives within `wait` (until the peer closes or goes quiet).
+/// Read what arrives within `wait` (until the peer closes or the time is over).
 fn read_for(s: &mut TcpStream, wait: Duration) -> String {
+    read_within(s, None, wait)
+}
+
+fn read_within(s: &mut TcpStream, needle: Option<&str>, wait: Duration) -> String {
     s.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
     let until = Instant::now() + wait;
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
-    while Instant::now() < until {
+    while Instant::now() < until && !needle.is_some_and(|n| String::from_utf8_lossy(&got).contains(n)) {
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => got.extend_from_slice(&buf[..n]),
