@@ -541,17 +541,7 @@ fn as_root_with_a_service_user_every_file_stays_the_servers() {
     .expect("config");
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let pillarbox = |args: &[&str], input: &[u8]| {
-        let mut child = Command::new(bin())
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let _ = child.stdin.take().expect("stdin").write_all(input);
-        let out = child.wait_with_output().expect("wait");
+        let out = common::run_with_input(Command::new(bin()).arg("--config").arg(&config).args(args), input);
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     };
 

@@ -16,6 +16,15 @@ use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "correct horse battery";
 
+/// Run `cmd` with `input` on stdin; its output.
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Output {
+    let mut child =
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn pillarbox");
+    // The command may exit before reading its input (an unknown user, say): that is fine.
+    let _ = child.stdin.take().expect("stdin").write_all(input);
+    child.wait_with_output().expect("wait")
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pillarbox"))
 }
@@ -73,17 +82,7 @@ impl Pillarbox {
 
     /// Run a command with `input` on stdin.
     pub fn run(&self, args: &[&str], input: &[u8]) -> Output {
-        let mut child = self
-            .cmd()
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn pillarbox");
-        // The command may exit before reading its input (an unknown user, say): that is fine.
-        let _ = child.stdin.take().expect("stdin").write_all(input);
-        child.wait_with_output().expect("wait")
+        run_with_input(self.cmd().args(args), input)
     }
 
     pub fn add_user(&self, name: &str, password: &str) {
