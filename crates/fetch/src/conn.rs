@@ -312,7 +312,10 @@ impl Conn {
     pub async fn line(&mut self) -> Result<String, ConnError> {
         loop {
             match take_line(&mut self.buf, MAX_LINE) {
-                Ok(Some(l)) => return Ok(pillarbox_proto::client::printable(&String::from_utf8_lossy(&l))),
+                Ok(Some(l)) => {
+                    let text = String::from_utf8_lossy(&l);
+                    return Ok(pillarbox_proto::client::printable(&text).into_owned());
+                }
                 Ok(None) => self.fill().await?,
                 Err(e) => return Err(ConnError::Protocol(e.to_string())),
             }

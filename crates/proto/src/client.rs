@@ -196,14 +196,19 @@ pub fn parse_status(line: &str) -> Option<Status> {
         Some((code, text)) if !code.is_empty() && !code.contains(' ') => (Some(Code::parse(code)), text.trim_start()),
         _ => (None, rest),
     };
-    Some(Status { ok, code, text: printable(text) })
+    Some(Status { ok, code, text: printable(text).into_owned() })
 }
 
 /// Server text made safe to show on a terminal: control characters (ESC, BEL, the C1 controls
 /// such as CSI) become U+FFFD, so a hostile server cannot move the cursor, retitle the window or
 /// hide what it said. Tabs stay.
-pub fn printable(text: &str) -> String {
-    text.chars().map(|c| if c != '\t' && (c.is_control()) { '\u{FFFD}' } else { c }).collect()
+/// Borrowed when there is nothing to replace (every line of a listing goes through here).
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let control = |c: char| c != '\t' && c.is_control();
+    if !text.chars().any(control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(text.chars().map(|c| if control(c) { '\u{FFFD}' } else { c }).collect())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
