@@ -491,7 +491,7 @@ impl Default for RawLimits {
             ipv6_aggregate_prefix: 48,
             max_concurrent_attempts_per_account: 3,
             prelogin_timeout: HumanDuration(Duration::from_secs(60)),
-            max_unsent_output: HumanSize(1 << 20),
+            max_unsent_output: HumanSize(pillarbox_proto::server::DEFAULT_OUTPUT_LIMIT as u64),
             lmtp_max_connections: 200,
             lmtp_max_connections_per_ip: 20,
         }
