@@ -467,35 +467,26 @@ fn measure_all(files: &[(usize, PathBuf, Option<u64>)]) -> Vec<io::Result<u64>> 
         Some(w) => missing_line_end(path).map(|extra| w + extra),
         None => File::open(path).and_then(pillarbox_proto::crlf_size),
     };
-    const PER_THREAD: usize = 256;
-    let threads = files.len().div_ceil(PER_THREAD).min(MEASURE_THREADS);
+    // A thread for every 256 files, up to MEASURE_THREADS, each measuring a run of them.
+    let threads = files.len().div_ceil(256).min(MEASURE_THREADS);
     if threads <= 1 {
         return files.iter().map(measure).collect();
     }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<Option<io::Result<u64>>> = std::iter::repeat_with(|| None).take(files.len()).collect();
-    let parts: Vec<Vec<(usize, io::Result<u64>)>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let start = next.fetch_add(PER_THREAD / 4, Ordering::Relaxed);
-                        if start >= files.len() {
-                            return done;
-                        }
-                        let end = (start + PER_THREAD / 4).min(files.len());
-                        done.extend(files[start..end].iter().enumerate().map(|(k, f)| (start + k, measure(f))));
-                    }
-                })
-            })
+    let per_thread = files.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = files
+            .chunks(per_thread)
+            .map(|run| (run, scope.spawn(move || run.iter().map(measure).collect::<Vec<_>>())))
             .collect();
-        workers.into_iter().map(|w| w.join().unwrap_or_default()).collect()
-    });
-    for (i, r) in parts.into_iter().flatten() {
-        results[i] = Some(r);
-    }
-    results.into_iter().map(|r| r.unwrap_or_else(|| Err(io::Error::other("a measuring thread failed")))).collect()
+        let mut out = Vec::with_capacity(files.len());
+        for (run, worker) in runs {
+            match worker.join() {
+                Ok(sizes) => out.extend(sizes),
+                Err(_) => out.extend(run.iter().map(|_| Err(io::Error::other("a measuring thread failed")))),
+            }
+        }
+        out
+    })
 }
 
 /// Threads that measure files at once (see [`measure_all`]).
