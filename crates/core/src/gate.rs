@@ -110,7 +110,8 @@ fn v6_prefix(v6: std::net::Ipv6Addr, bits: u8) -> String {
 /// The key an account is counted under: its canonical name (SASLprep, lower case), or for a
 /// name no user can have, the name as typed in lower case.
 pub fn account_key(account: &str) -> String {
-    canonical_login(account).map_or_else(|| account.to_lowercase(), |n| n.as_str().to_lowercase())
+    // A canonical name is lower case already (UserName keeps names so).
+    canonical_login(account).map_or_else(|| account.to_lowercase(), |n| n.to_string())
 }
 
 /// Counts in this process's memory.

@@ -222,8 +222,8 @@ impl Services {
     /// A failed login: count it, log it, and wait the brute-force delay (doubling with each
     /// failure from the address or for the account, capped) before the caller answers.
     pub async fn login_failed(&self, attempt: &Attempt<'_>, claimed: &str) {
-        let account = canonical_login(claimed).map_or_else(|| claimed.to_owned(), |n| n.to_string());
-        let count = self.gate.failure(attempt.peer.ip(), &account).await;
+        // The gate counts every spelling of a name as its canonical account.
+        let count = self.gate.failure(attempt.peer.ip(), claimed).await;
         let p = &self.policy;
         let factor = 1u32.checked_shl(count.saturating_sub(1)).unwrap_or(u32::MAX);
         let delay = p.fail_delay.saturating_mul(factor).min(p.fail_delay_max);
