@@ -136,16 +136,7 @@ fn byte_at_a_time_clients_do_not_hold_up_others_and_a_client_that_never_reads_is
     std::thread::sleep(Duration::from_millis(500));
     // The client that asks for 30 MB and reads nothing: logged in first, so that what the login
     // itself costs (the password hash's working memory) is not counted.
-    let mut hog = TcpStream::connect(addr).expect("connect");
-    hog.write_all(b"USER bob\r\nPASS bob's long password 2026\r\n").expect("send");
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    while seen.iter().filter(|&&b| b == b'\n').count() < 3 {
-        let n = hog.read(&mut buf).expect("read");
-        assert!(n > 0, "closed");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    assert!(String::from_utf8_lossy(&seen).lines().all(|l| l.starts_with("+OK")), "{}", String::from_utf8_lossy(&seen));
+    let mut hog = logged_in(addr, "bob", "bob's long password 2026");
     let before = rss_kib(pb.pid());
     hog.write_all(b"RETR 1\r\n").expect("send");
     std::thread::sleep(Duration::from_secs(2));
@@ -190,10 +181,10 @@ fn read_within(s: &mut TcpStream, needle: Option<&str>, wait: Duration) -> Strin
     String::from_utf8_lossy(&got).into_owned()
 }
 
-/// Log in as alice on a fresh connection; returns it with the login's answers read.
-fn logged_in(addr: SocketAddr) -> TcpStream {
+/// Log in on a fresh connection; returns it with the login's answers read.
+fn logged_in(addr: SocketAddr, user: &str, password: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("connect");
-    s.write_all(format!("USER alice\r\nPASS {PASSWORD}\r\n").as_bytes()).expect("send");
+    s.write_all(format!("USER {user}\r\nPASS {password}\r\n").as_bytes()).expect("send");
     let mut seen = Vec::new();
     let mut buf = [0u8; 256];
     while seen.iter().filter(|&&b| b == b'\n').count() < 3 {
@@ -216,7 +207,7 @@ fn pipelined_listings_from_a_client_that_never_reads_are_not_buffered_without_bo
     }
     pb.start();
     let addr = pb.pop3.expect("pop3");
-    let mut s = logged_in(addr);
+    let mut s = logged_in(addr, "alice", PASSWORD);
     let before = rss_kib(pb.pid());
     // 300 UIDLs in one go (270 MB of answers), and nothing read.
     s.set_write_timeout(Some(Duration::from_secs(5))).expect("timeout");
@@ -256,7 +247,7 @@ fn a_connection_that_never_logs_in_is_closed_after_the_prelogin_timeout() {
     let mut busy = TcpStream::connect(addr).expect("connect");
     // A command resets no pre-login clock: only a login does.
     busy.write_all(b"CAPA\r\n").expect("send");
-    let mut s = logged_in(addr);
+    let mut s = logged_in(addr, "alice", PASSWORD);
     let got = read_for(&mut idle, Duration::from_secs(20));
     assert!(got.starts_with("+OK") && got.contains("-ERR"), "{got:?}");
     assert!(read_for(&mut busy, Duration::from_secs(20)).contains("-ERR"));
