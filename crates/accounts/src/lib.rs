@@ -21,7 +21,8 @@ pub enum TlsMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthChoice {
-    /// The strongest the server offers: SCRAM-SHA-256, then PLAIN/LOGIN/USER over TLS, then APOP.
+    /// The strongest the server offers (SCRAM-SHA-256, then PLAIN/LOGIN/USER over TLS, then APOP),
+    /// and only that one: a refused password is not tried again with another mechanism.
     Auto,
     ScramSha256,
     Plain,

@@ -12,6 +12,9 @@ use pillarbox_doctor::check::{self, AuthOutcome, Report, Status};
 use pillarbox_doctor::discover::{self, mode_name};
 use pillarbox_doctor::dns::Resolver;
 use pillarbox_fetch::state::StateDirs;
+use pillarbox_proto::Secret;
+
+use crate::interrupt::Interrupts;
 
 /// Where accounts and state live.
 #[derive(Debug, Args)]
@@ -371,6 +374,7 @@ pub fn check(args: CheckArgs) -> Result<u8> {
             state: Some(StateDirs::new(state, &all)),
             accounts_file: local.then(|| path.clone()),
             local,
+            password: None,
         };
         let mut failed = false;
         for a in &accounts {
@@ -459,6 +463,9 @@ impl Prompt {
 
 /// `pillarbox account add EMAIL`.
 fn add(args: AddArgs) -> Result<u8> {
+    // Nothing is written before the account is saved; an interrupt puts the terminal back (echo
+    // is off at the password prompt) and is held off while saving.
+    let interrupts = Interrupts::install("pillarbox account add: interrupted; nothing was saved")?;
     let prompt = Prompt { interactive: std::io::stdin().is_terminal() && std::io::stderr().is_terminal() };
     // A domain without a dot (`bob@localhost`, `me@mailhost`) is a valid one on a local network.
     let domain_ok = |d: &str| {
@@ -521,7 +528,7 @@ fn add(args: AddArgs) -> Result<u8> {
                     eprintln!("Found {}:{} ({}), via {}", f.host, f.port, mode_name(f.tls), f.via);
                     server.port = server.port.or(Some(f.port));
                     server.tls = server.tls.or_else(|| Some(f.tls.as_str().to_owned()));
-                    f.host.clone()
+                    prompt.ask("POP3 server", &f.host)?
                 }
                 None if prompt.interactive => {
                     eprintln!("No POP3 server found for {domain}; the provider's help pages name it.");
@@ -537,14 +544,19 @@ fn add(args: AddArgs) -> Result<u8> {
             }
         }
     };
-    let host = prompt.ask("POP3 server", &host)?;
-    let tls: TlsMode = prompt
-        .ask("TLS: implicit (port 995), starttls (port 110) or none", server.tls.as_deref().unwrap_or("implicit"))?
-        .parse()
-        .map_err(anyhow::Error::msg)?;
+    // Each question once, and none that a flag already answered.
+    let tls: TlsMode = match args.server.tls_mode()? {
+        Some(t) => t,
+        None => prompt
+            .ask("TLS: implicit (port 995), starttls (port 110) or none", server.tls.as_deref().unwrap_or("implicit"))?
+            .parse()
+            .map_err(anyhow::Error::msg)?,
+    };
     server.tls = Some(tls.as_str().to_owned());
-    let default_port = server.port.unwrap_or(if tls == TlsMode::Implicit { 995 } else { 110 });
-    server.port = Some(prompt.ask("Port", &default_port.to_string())?.parse().context("the port is a number")?);
+    if args.server.port.is_none() {
+        let default_port = server.port.unwrap_or(if tls == TlsMode::Implicit { 995 } else { 110 });
+        server.port = Some(prompt.ask("Port", &default_port.to_string())?.parse().context("the port is a number")?);
+    }
     if tls == TlsMode::None && !server.insecure {
         server.insecure = prompt.yes("Without TLS, the password and mail cross the network in cleartext. Continue?")?;
     }
@@ -559,7 +571,8 @@ fn add(args: AddArgs) -> Result<u8> {
     };
 
     // 3. Where the password comes from.
-    let mut created_password_file = None;
+    // A typed password stays in memory until the account is saved.
+    let mut typed: Option<(PathBuf, Secret<Vec<u8>>)> = None;
     if server.password().is_none() {
         if !prompt.interactive {
             bail!("give the password's source: --password-command, --password-file or --password-env");
@@ -573,12 +586,16 @@ fn add(args: AddArgs) -> Result<u8> {
             "1" => server.password_command = Some(prompt.ask("Command", "pass show mail")?),
             "2" => server.password_file = Some(PathBuf::from(prompt.ask("File", "~/.config/pillarbox/password")?)),
             _ => {
-                let secret = rpassword::prompt_password(format!("Password for {}: ", args.email))?;
+                let secret = match rpassword::prompt_password(format!("Password for {}: ", args.email)) {
+                    Ok(s) => Secret::new(s.into_bytes()),
+                    // The prompt reads the terminal raw: Ctrl-C arrives as a character.
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => interrupts.interrupted(),
+                    Err(e) => return Err(e.into()),
+                };
                 let dir = path.parent().unwrap_or(Path::new(".")).join("passwords");
                 let file = dir.join(name.replace(['/', '\0'], "_"));
-                write_private(&file, secret.as_bytes())?;
                 server.password_file = Some(file.clone());
-                created_password_file = Some(file);
+                typed = Some((file, secret));
             }
         }
     }
@@ -613,6 +630,7 @@ fn add(args: AddArgs) -> Result<u8> {
                     state: Some(StateDirs::new(state.clone(), std::slice::from_ref(&account))),
                     accounts_file: None,
                     local: true,
+                    password: typed.as_ref().map(|(_, secret)| secret),
                 };
                 report = check::run(&account, &opts).await;
                 if report.auth == Some(AuthOutcome::Refused) && i + 1 < usernames.len() {
@@ -645,13 +663,19 @@ fn add(args: AddArgs) -> Result<u8> {
     })?;
     print_report(&report);
     if report.failed() && !args.force {
-        if let Some(f) = created_password_file {
-            let _ = std::fs::remove_file(f);
-        }
         eprintln!("Not saved: fix what failed above and run this again, or add --force to save it anyway.");
         return Ok(1);
     }
-    account::add_to_file(&path, &account)?;
+    let _saving = interrupts.hold();
+    if let Some((file, secret)) = &typed {
+        write_private(file, secret.expose())?;
+    }
+    if let Err(e) = account::add_to_file(&path, &account) {
+        if let Some((file, _)) = &typed {
+            let _ = std::fs::remove_file(file);
+        }
+        return Err(e.into());
+    }
     println!(
         "Saved account {name} in {}. Download its mail with `pillarbox fetch {}`.",
         path.display(),
@@ -668,20 +692,18 @@ fn shell_word(s: &str) -> String {
     }
 }
 
-/// A new file readable only by its owner, in a folder only its owner can enter.
+/// A file readable only by its owner, in a folder only its owner can enter. Written beside its
+/// place and renamed over it, so a file left by an earlier attempt is replaced whole.
 fn write_private(path: &Path, data: &[u8]) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    // A new temporary file has mode 0600.
+    let mut f =
+        tempfile::NamedTempFile::new_in(dir).with_context(|| format!("creating a file in {}", dir.display()))?;
     f.write_all(data)?;
     f.write_all(b"\n")?;
-    f.sync_all()?;
+    f.as_file().sync_all()?;
+    f.persist(path).with_context(|| format!("saving {}", path.display()))?;
     Ok(())
 }

@@ -5,6 +5,7 @@
 mod account;
 mod backup;
 mod fetch;
+mod interrupt;
 mod mail;
 mod migrate;
 mod user;

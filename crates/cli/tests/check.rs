@@ -532,7 +532,7 @@ fn an_srv_record_naming_a_server_in_another_domain_is_not_followed_without_askin
 }
 
 #[test]
-fn account_add_asks_on_a_terminal() {
+fn account_add_asks_on_a_terminal_once_each_and_an_interrupt_leaves_nothing() {
     require_tool("python3");
     let work = tempfile::tempdir().expect("tempdir");
     let w = work.path();
@@ -548,43 +548,85 @@ fn account_add_asks_on_a_terminal() {
     );
     let accounts = w.join("config/accounts.toml");
     let maildir = w.join("Mail/home");
-    // Prompts and answers, in order; the certificate is self-signed, so the test pins it.
-    let script: Vec<String> = [
+    let drive_for = |address: &str, dns: &Dns, status: &str, prompts: &[(&str, &str)]| {
+        let mut full: Vec<String> = vec!["--status".into(), status.into()];
+        full.extend(prompts.iter().flat_map(|(p, a)| [p.to_string(), a.to_string()]));
+        full.push("--".into());
+        full.push(bin().display().to_string());
+        full.extend(["account", "add", address, "--accounts-file"].map(String::from));
+        full.push(accounts.display().to_string());
+        full.extend(["--state-dir".into(), w.join("state").display().to_string()]);
+        full.extend(["--dns-server".into(), dns.addr.to_string()]);
+        common::python("pty_drive.py", &full)
+    };
+    let drive = |status: &str, prompts: &[(&str, &str)]| drive_for("alice@example.test", &dns, status, prompts);
+    let port_prompt = format!("Port [{pop3s}]");
+    let questions = [
         ("Account name", "home"),
         ("POP3 server [pop.example.test]", ""),
         ("TLS: implicit", ""),
-        (&format!("Port [{pop3s}]"), ""),
+        (port_prompt.as_str(), ""),
         ("User name [alice@example.test]", ""),
         ("Password from:", ""),
+    ];
+
+    // Ctrl-C at the password prompt (echo is off there): the terminal echoes again, and no file
+    // is left behind to make the next attempt fail.
+    let mut interrupted = questions.to_vec();
+    interrupted.push(("Password for alice@example.test:", "<ctrl-c>"));
+    interrupted.push(("nothing was saved", ""));
+    let transcript = drive("130", &interrupted);
+    assert!(transcript.contains("--- terminal echo on"), "{transcript}");
+    assert!(!w.join("config").exists(), "nothing written: {transcript}");
+
+    // Where nothing is found, the server is asked for once too.
+    let nothing = Dns::start("nothing.test", &[]);
+    let transcript = drive_for(
+        "bob@nothing.test",
+        &nothing,
+        "130",
+        &[
+            ("Account name", ""),
+            ("POP3 server [pop.nothing.test]", "localhost"),
+            ("TLS: implicit", ""),
+            ("Port [995]", &pop3s.to_string()),
+            ("User name [bob@nothing.test]", ""),
+            ("Password from:", "<ctrl-c>"),
+            ("nothing was saved", ""),
+        ],
+    );
+    assert!(transcript.contains("No POP3 server found for nothing.test"), "{transcript}");
+    assert_eq!(transcript.matches("POP3 server [").count(), 1, "{transcript}");
+    assert!(!w.join("config").exists(), "nothing written: {transcript}");
+
+    // A password file that an earlier version left after an interrupt is replaced, not an error.
+    let pw_file = w.join("config/passwords/home");
+    std::fs::create_dir_all(pw_file.parent().expect("dir")).expect("mkdir");
+    std::fs::write(&pw_file, "stale\n").expect("stale file");
+
+    // Prompts and answers, in order; the certificate is self-signed, so the test pins it.
+    let maildir_text = maildir.display().to_string();
+    let mut full = questions.to_vec();
+    full.extend([
         ("Password for alice@example.test:", PASSWORD),
-        ("Maildir to deliver into [~/Mail/home]", &maildir.display().to_string()),
+        ("Maildir to deliver into [~/Mail/home]", maildir_text.as_str()),
         ("After download:", "keep"),
         ("Trust this certificate (sha256:", "y"),
         ("Saved account home", ""),
-    ]
-    .iter()
-    .flat_map(|(p, a)| [p.to_string(), a.to_string()])
-    .collect();
-    let mut args: Vec<String> = vec![bin().display().to_string()];
-    args.extend(["account", "add", "alice@example.test", "--accounts-file"].map(String::from));
-    args.push(accounts.display().to_string());
-    args.extend(["--state-dir".into(), w.join("state").display().to_string()]);
-    args.extend(["--dns-server".into(), dns.addr.to_string()]);
-    let mut call = vec!["--".to_owned()];
-    call.extend(args);
-    let mut full = script;
-    full.extend(call);
-    let transcript = common::python("pty_drive.py", &full);
+    ]);
+    let transcript = drive("0", &full);
     assert!(transcript.contains("PASS auth"), "{transcript}");
+    assert_eq!(transcript.matches("POP3 server [").count(), 1, "the server is asked for once: {transcript}");
     let saved = std::fs::read_to_string(&accounts).expect("saved");
     assert!(saved.contains("[accounts.home]") && saved.contains("keep = \"keep\""), "{saved}");
     assert!(saved.contains("tls_fingerprint = \"sha256:"), "{saved}");
     // The typed password went into a file only its owner can read, and the account uses it.
-    let pw_file = w.join("config/passwords/home");
     assert_eq!(std::fs::read_to_string(&pw_file).expect("password file"), format!("{PASSWORD}\n"));
     assert_eq!(std::fs::metadata(&pw_file).expect("meta").permissions().mode() & 0o777, 0o600);
     assert!(saved.contains(&format!("password_file = \"{}\"", pw_file.display())), "{saved}");
     assert!(!saved.contains(PASSWORD));
+    let leftovers: Vec<_> = std::fs::read_dir(pw_file.parent().expect("dir")).expect("dir").collect();
+    assert_eq!(leftovers.len(), 1, "no temporary file left: {leftovers:?}");
 }
 
 /// A network namespace of the test's own (removed on drop): nothing in it has a route anywhere

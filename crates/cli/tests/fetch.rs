@@ -769,7 +769,7 @@ fn a_terminal_gets_a_progress_bar_per_account() {
 }
 
 #[test]
-fn a_migrated_user_without_scram_keys_logs_in_and_then_gets_scram() {
+fn a_refused_password_is_tried_once_and_a_moved_account_is_told_how_to_get_scram_keys() {
     let mut pb = Pillarbox::without_users();
     let users = pb.data().join("dovecot-users");
     std::fs::write(&users, format!("alice:{{PLAIN}}{PASSWORD}:1000:1000::/home/alice::\n")).expect("users");
@@ -779,13 +779,35 @@ fn a_migrated_user_without_scram_keys_logs_in_and_then_gets_scram() {
     pb.start();
     let work = tempfile::tempdir().expect("tempdir");
     let w = work.path();
+    let failures = |pb: &Pillarbox| pb.log().matches("authentication failed").count();
+
+    // The imported user has no SCRAM keys yet: SCRAM fails, and nothing else is tried (the
+    // server would count a second failure against the account).
     let acct = tls_account(&pb, "migrated", "keep = \"keep\"", &w.join("m"));
     let (out, ev) = fetch(w, &acct, &[]);
+    assert_eq!(out.status.code(), Some(77), "{ev:?}");
+    let error = ev.iter().find(|e| e["code"] == "auth-failed").expect("auth-failed event");
+    let error = error["message"].as_str().expect("message");
+    assert!(error.contains("SCRAM-SHA-256") && error.contains("auth = \"plain\""), "{error}");
+    assert_eq!(failures(&pb), 1, "one failure, one mechanism: {}", pb.log());
+
+    // Once with PLAIN (over TLS), as the hint says: the server makes the SCRAM keys.
+    let plain = acct.replace("keep = \"keep\"", "keep = \"keep\"\nauth = \"plain\"");
+    let (out, ev) = fetch(w, &plain, &[]);
     assert!(out.status.success(), "{ev:?}");
     let mech = |ev: &[serde_json::Value]| ev.iter().find(|e| e["event"] == "connected").map(|e| e["mechanism"].clone());
-    assert_eq!(mech(&ev), Some("PLAIN".into()), "SCRAM refused (no keys yet), PLAIN over TLS worked");
-    let (_, ev) = fetch(w, &acct, &[]);
-    assert_eq!(mech(&ev), Some("SCRAM-SHA-256-PLUS".into()), "the first login created the SCRAM keys");
+    assert_eq!(mech(&ev), Some("PLAIN".into()));
+    let (out, ev) = fetch(w, &acct, &[]);
+    assert!(out.status.success(), "{ev:?}");
+    assert_eq!(mech(&ev), Some("SCRAM-SHA-256-PLUS".into()), "the password login created the SCRAM keys");
+
+    // A wrong password: one attempt, one failure on the server.
+    let before = failures(&pb);
+    let wrong = acct.replace(PASSWORD, "not the password");
+    assert_ne!(wrong, acct);
+    let (out, ev) = fetch(w, &wrong, &[]);
+    assert_eq!(out.status.code(), Some(77), "{ev:?}");
+    assert_eq!(failures(&pb), before + 1, "{}", pb.log());
 }
 
 #[test]

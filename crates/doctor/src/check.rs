@@ -134,6 +134,9 @@ pub struct Options<'a> {
     pub accounts_file: Option<PathBuf>,
     /// Check the local destination (false when it is not known, e.g. `check --host`).
     pub local: bool,
+    /// The password itself, when it was typed and is not saved anywhere yet (`account add`):
+    /// used instead of the account's password source.
+    pub password: Option<&'a pillarbox_proto::Secret<Vec<u8>>>,
 }
 
 /// Run every check for `account`.
@@ -621,7 +624,8 @@ impl Remote<'_, '_> {
 
     async fn auth(&mut self, conn: &mut Conn) -> bool {
         let a = self.account;
-        let password = match pillarbox_fetch::password(a) {
+        let typed = self.opts.password.cloned().map(Ok);
+        let password = match typed.unwrap_or_else(|| pillarbox_fetch::password(a)) {
             Ok(p) => p,
             Err(e) => {
                 self.report.auth = Some(AuthOutcome::Other);
@@ -1011,7 +1015,10 @@ fn local(account: &Account, opts: &Options<'_>, report: &mut Report) {
     if let Some(f) = &opts.accounts_file {
         files.push(("the accounts file", f.clone(), Status::Warn));
     }
-    if let pillarbox_accounts::PasswordSource::File(p) = &account.password {
+    // A typed password's file is written when the account is saved.
+    if let pillarbox_accounts::PasswordSource::File(p) = &account.password
+        && opts.password.is_none()
+    {
         files.push(("the password file", p.clone(), Status::Fail));
     }
     for (what, path, severity) in files {

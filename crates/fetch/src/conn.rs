@@ -427,55 +427,63 @@ impl Conn {
         let cb = self.channel_binding();
         let offers = |m: &str| sasl.iter().any(|x| x == m);
         let scram = if cb.is_some() && offers("SCRAM-SHA-256-PLUS") { "SCRAM-SHA-256-PLUS" } else { "SCRAM-SHA-256" };
-        let methods: Vec<&str> = match account.auth {
-            // Strongest first. If SCRAM is refused, a password mechanism over TLS is tried next: a
-            // user whose account was just migrated has no SCRAM keys on the server until the first
-            // password login (a wrong password fails both).
+        let method: &str = match account.auth {
+            // The strongest the server offers, and only that one: a wrong password is wrong in
+            // every mechanism, and trying a second would cost the user a second failure delay and
+            // the account a second strike (see the refusal's hint below for moved accounts).
             AuthChoice::Auto => {
-                let mut m = Vec::new();
+                let password_mech = if !cleartext_ok {
+                    None
+                } else if offers("PLAIN") {
+                    Some("PLAIN")
+                } else if self.capa.has("USER") || self.capa.lines.is_empty() {
+                    Some("USER")
+                } else if offers("LOGIN") {
+                    Some("LOGIN")
+                } else {
+                    None
+                };
                 if offers("SCRAM-SHA-256") || offers("SCRAM-SHA-256-PLUS") {
-                    m.push(scram);
-                }
-                if cleartext_ok {
-                    if offers("PLAIN") {
-                        m.push("PLAIN");
-                    } else if self.capa.has("USER") || self.capa.lines.is_empty() {
-                        m.push("USER");
-                    } else if offers("LOGIN") {
-                        m.push("LOGIN");
-                    }
-                }
-                if m.is_empty() && apop.is_some() {
-                    m.push("APOP");
-                }
-                if m.is_empty() {
+                    scram
+                } else if let Some(m) = password_mech {
+                    m
+                } else if apop.is_some() {
+                    "APOP"
+                } else {
                     return Err(ConnError::NoAuth(if cleartext_ok {
                         format!("the server offers no known mechanism (SASL: {})", sasl.join(" "))
                     } else {
                         "the server offers only cleartext logins and the connection is not encrypted; use TLS (or insecure = true)".into()
                     }));
                 }
-                m
             }
-            AuthChoice::ScramSha256 => vec![scram],
-            AuthChoice::Plain => vec!["PLAIN"],
-            AuthChoice::Login => vec!["LOGIN"],
-            AuthChoice::Apop => vec!["APOP"],
-            AuthChoice::User => vec!["USER"],
+            AuthChoice::ScramSha256 => scram,
+            AuthChoice::Plain => "PLAIN",
+            AuthChoice::Login => "LOGIN",
+            AuthChoice::Apop => "APOP",
+            AuthChoice::User => "USER",
         };
-        let mut result = Err(ConnError::NoAuth("no mechanism".into()));
-        for method in methods {
-            if matches!(method, "PLAIN" | "LOGIN" | "USER") && !cleartext_ok {
-                return Err(ConnError::NoAuth(format!(
-                    "{method} would send the password in cleartext; use TLS (or insecure = true)"
-                )));
-            }
-            result = self.try_method(method, account, password, apop.as_deref(), cb.clone()).await;
-            if !matches!(result, Err(ConnError::AuthFailed(_))) {
-                break;
-            }
+        if matches!(method, "PLAIN" | "LOGIN" | "USER") && !cleartext_ok {
+            return Err(ConnError::NoAuth(format!(
+                "{method} would send the password in cleartext; use TLS (or insecure = true)"
+            )));
         }
-        result
+        match self.try_method(method, account, password, apop.as_deref(), cb).await {
+            // A server that has just taken the account over from another may have no SCRAM keys
+            // for it until one login with the password itself.
+            Err(ConnError::AuthFailed(line))
+                if account.auth == AuthChoice::Auto
+                    && method.starts_with("SCRAM")
+                    && cleartext_ok
+                    && offers("PLAIN") =>
+            {
+                Err(ConnError::AuthFailed(format!(
+                    "{line} (with {method}; if the password is right and the account was just moved to this \
+                     server, it may not have SCRAM keys for it yet: log in once with auth = \"plain\")"
+                )))
+            }
+            other => other,
+        }
     }
 
     /// One login attempt with one method.

@@ -2,19 +2,26 @@
 """Drive an interactive program through a pseudo-terminal, as a person at a terminal would:
 wait for each prompt, type its answer and Enter.
 
-usage: pty_drive.py PROMPT ANSWER [PROMPT ANSWER ...] -- COMMAND [ARG ...]
+usage: pty_drive.py [--status N] PROMPT ANSWER [PROMPT ANSWER ...] -- COMMAND [ARG ...]
 
 Each PROMPT must appear in the output after the previous one (within 60 s); an empty ANSWER
-after the last PROMPT types nothing. Prints everything the program wrote; exits 1 when a prompt
-does not come or the program fails.
+after the last PROMPT types nothing, and the ANSWER `<ctrl-c>` types the terminal's interrupt
+character (no Enter). Prints everything the program wrote and then a last line saying whether
+the terminal echoes what is typed; exits 1 when a prompt does not come or the program's exit
+status is not N (default 0).
 """
 import os
 import pty
 import select
 import sys
+import termios
 import time
 
 args = sys.argv[1:]
+expected_status = 0
+if args[:1] == ["--status"]:
+    expected_status = int(args[1])
+    args = args[2:]
 split = args.index("--")
 pairs = list(zip(args[:split:2], args[1:split:2]))
 command = args[split + 1:]
@@ -56,13 +63,18 @@ for i, (prompt, answer) in enumerate(pairs):
         if time.time() > deadline or not read(deadline):
             fail("no prompt %r" % prompt)
     pos = out.index(want, pos) + len(want)
-    if answer or i + 1 < len(pairs):
+    if answer == "<ctrl-c>":
+        os.write(fd, bytes([termios.tcgetattr(fd)[6][termios.VINTR][0]]))
+    elif answer or i + 1 < len(pairs):
         os.write(fd, answer.encode() + b"\r")
 
 deadline = time.time() + 60
 while time.time() < deadline and read(deadline):
     pass
 _, status = os.waitpid(pid, 0)
+echo = "on" if termios.tcgetattr(fd)[3] & termios.ECHO else "off"
+out += ("\n--- terminal echo %s\n" % echo).encode()
+code = os.waitstatus_to_exitcode(status)
+if code != expected_status:
+    fail("exit status %d" % code)
 sys.stdout.write(out.decode(errors="replace"))
-if os.waitstatus_to_exitcode(status) != 0:
-    fail("exit status %d" % os.waitstatus_to_exitcode(status))
