@@ -1,17 +1,21 @@
 //! `pillarbox fetch`: run the accounts (in parallel), show progress on a terminal, print JSON
 //! events with `--json`, and exit with a sysexits code.
 
+use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressState, ProgressStyle};
 use pillarbox_accounts::{self as account, Account};
+use pillarbox_doctor::check::human_bytes;
 use pillarbox_fetch::import::{self, Format};
 use pillarbox_fetch::state::StateDirs;
 use pillarbox_fetch::{self as fetch, Event, Options};
+
+use crate::table::{self, Table};
 
 #[derive(Debug, clap::Args)]
 pub struct FetchArgs {
@@ -74,8 +78,60 @@ fn import_state(spec: &[String], accounts: &[Account], state: &StateDirs, now: u
 /// How events reach the user.
 enum Output {
     Json(Mutex<std::io::Stdout>),
-    Bars { multi: MultiProgress, bars: Mutex<std::collections::HashMap<String, ProgressBar>> },
+    Bars {
+        multi: MultiProgress,
+        bars: Mutex<HashMap<String, ProgressBar>>,
+    },
+    /// A dry run's plan, as a table per account on standard output.
+    Plan(Mutex<HashMap<String, Vec<Planned>>>),
     Quiet,
+}
+
+/// One message of a dry run's plan.
+struct Planned {
+    number: u32,
+    action: String,
+    size: u64,
+    date: Option<String>,
+    from: String,
+    subject: String,
+    reason: String,
+}
+
+/// An account's plan: what is on the server, what would happen to each message and why, and
+/// the totals.
+fn print_plan(account: &str, server: &str, rows: &[Planned]) {
+    let mut t = Table::new(&["#>", "ACTION", "SIZE>", "DATE", "FROM", "SUBJECT", "WHY"]);
+    for r in rows {
+        // `2026-11-30T09:12:00Z` is shown as `2026-11-30 09:12`.
+        let date = r.date.as_deref().map_or_else(String::new, |d| d.replace('T', " ").chars().take(16).collect());
+        t.row(vec![
+            r.number.to_string(),
+            r.action.clone(),
+            human_bytes(r.size),
+            date,
+            table::sender(&r.from, 24),
+            table::ellipsize(&r.subject, 40),
+            r.reason.clone(),
+        ]);
+    }
+    let count = |action: &str| rows.iter().filter(|r| r.action == action).count();
+    let bytes: u64 = rows.iter().filter(|r| r.action == "download").map(|r| r.size).sum();
+    let mut out = std::io::stdout().lock();
+    let messages = if rows.len() == 1 { "message" } else { "messages" };
+    let _ = writeln!(out, "{account} ({server}): {} {messages} on the server", rows.len());
+    if !t.is_empty() {
+        let _ = t.write(&mut out, 2);
+    }
+    let _ = writeln!(
+        out,
+        "  would download {} ({}), delete {}, keep {}, skip {}; nothing was done (dry run)",
+        count("download"),
+        human_bytes(bytes),
+        count("delete"),
+        count("keep"),
+        count("skip")
+    );
 }
 
 impl Output {
@@ -95,9 +151,12 @@ impl Output {
                         let bar = multi.add(ProgressBar::new(*new as u64));
                         bar.set_style(
                             ProgressStyle::with_template(
-                                "{prefix:>12} [{bar:30}] {pos}/{len} messages, {per_sec}, eta {eta}  {msg}",
+                                "{prefix:>12} [{bar:30}] {pos}/{len} messages, {rate}, eta {eta}  {msg}",
                             )
                             .unwrap_or_else(|_| ProgressStyle::default_bar())
+                            .with_key("rate", |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                                let _ = w.write_str(&rate(state.per_sec()));
+                            })
                             .progress_chars("=> "),
                         );
                         bar.set_prefix(account.clone());
@@ -109,10 +168,6 @@ impl Output {
                             b.inc(1);
                             b.set_message(format!("{} KiB", size / 1024));
                         }
-                    }
-                    Event::Planned { account, number, id, size, action, reason } => {
-                        let _ = multi
-                            .println(format!("{account}: message {number} ({id}, {size} octets): {action}: {reason}"));
                     }
                     Event::Warning { account, message, .. } => {
                         let _ = multi.println(format!("{account}: warning: {message}"));
@@ -128,6 +183,31 @@ impl Output {
                             ));
                         }
                     }
+                    _ => {}
+                }
+            }
+            Output::Plan(plans) => {
+                let mut plans = plans.lock().unwrap_or_else(PoisonError::into_inner);
+                match e {
+                    Event::Planned { account, number, size, action, reason, from, subject, date, .. } => {
+                        plans.entry(account.clone()).or_default().push(Planned {
+                            number: *number,
+                            action: action.clone(),
+                            size: *size,
+                            date: date.clone(),
+                            from: from.clone(),
+                            subject: subject.clone(),
+                            reason: reason.clone(),
+                        });
+                    }
+                    // A dry run's messages all come before this.
+                    Event::Connected { account, server, .. } => {
+                        print_plan(account, server, &plans.remove(account).unwrap_or_default());
+                    }
+                    Event::Warning { account, message, .. } => {
+                        eprintln!("pillarbox fetch: {account}: warning: {message}")
+                    }
+                    Event::Error { account, message, .. } => eprintln!("pillarbox fetch: {account}: {message}"),
                     _ => {}
                 }
             }
@@ -180,10 +260,15 @@ pub fn run(args: FetchArgs) -> Result<u8> {
     }
     let output = Arc::new(if args.json {
         Output::Json(Mutex::new(std::io::stdout()))
-    } else if args.quiet || !std::io::stderr().is_terminal() {
-        if args.dry_run { Output::Json(Mutex::new(std::io::stdout())) } else { Output::Quiet }
+    } else if args.quiet {
+        Output::Quiet
+    } else if args.dry_run {
+        // The plan is what a dry run is for: shown whether or not standard output is a terminal.
+        Output::Plan(Mutex::default())
+    } else if !std::io::stderr().is_terminal() {
+        Output::Quiet
     } else {
-        Output::Bars { multi: MultiProgress::new(), bars: Mutex::new(Default::default()) }
+        Output::Bars { multi: MultiProgress::new(), bars: Mutex::default() }
     });
     let state = StateDirs::new(args.state_dir.clone().unwrap_or_else(fetch::default_state_dir), &all);
     let now = injected_now().unwrap_or_else(pillarbox_os::unix_now);
@@ -271,9 +356,31 @@ async fn run_once(accounts: &[Account], opts: &Options, output: &Arc<Output>) ->
     (worst, delay)
 }
 
+/// Messages per second as a person reads it: `12/s`, `3.4/s`, `0.2/s` (not `1,100.4274/s`).
+fn rate(per_sec: f64) -> String {
+    if !per_sec.is_finite() || per_sec <= 0.0 {
+        "0/s".to_owned()
+    } else if per_sec < 10.0 {
+        format!("{per_sec:.1}/s")
+    } else {
+        format!("{per_sec:.0}/s")
+    }
+}
+
 /// The current time, in seconds since the epoch, when the environment sets it
 /// (`PILLARBOX_NOW`, for tests of `keep = "Nd"`): not a flag, so that it shows in no help text
 /// or shell completion.
 fn injected_now() -> Option<u64> {
     std::env::var("PILLARBOX_NOW").ok().and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rates_have_at_most_one_decimal() {
+        assert_eq!(super::rate(1100.4274), "1100/s");
+        assert_eq!(super::rate(3.456), "3.5/s");
+        assert_eq!(super::rate(0.0), "0/s");
+        assert_eq!(super::rate(f64::NAN), "0/s");
+    }
 }

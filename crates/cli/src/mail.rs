@@ -8,6 +8,8 @@ use clap::{Args, Subcommand};
 use pillarbox_accounts::{self as account, Account, Deliver};
 use pillarbox_mailbox::{self as mailbox, Summary};
 
+use crate::table::{self, Table};
+
 #[derive(Debug, Args)]
 pub struct Store {
     /// The search index (default: $XDG_STATE_HOME/pillarbox/search.sqlite); a cache, rebuilt when
@@ -64,8 +66,9 @@ pub enum MailCommand {
         #[command(flatten)]
         store: Store,
     },
-    /// Find messages: words anywhere in the sender, recipients, subject and text, and the terms
-    /// from:, to:, subject:, before:DAY and after:DAY (DAY as YYYY-MM-DD); newest first.
+    /// Find messages: words anywhere in the sender, recipients, subject, text and attachment
+    /// names, and the terms from:, to:, subject:, attachment:, before:DAY and after:DAY (DAY as
+    /// YYYY-MM-DD); newest first. Exits 1 when nothing matches.
     Search {
         /// The query, e.g. `from:ann subject:"the report" after:2026-11-01 budget`.
         #[arg(required = true, num_args = 1..)]
@@ -170,28 +173,34 @@ pub fn after_fetch(accounts: &[Account], state_dir: &std::path::Path) {
     }
 }
 
-/// Print summaries as `mail list` does.
-fn print_summaries(items: impl Iterator<Item = (String, Summary)>, json: bool) -> Result<()> {
+/// Print summaries as `mail list` does: a table with a header row, or one JSON object per
+/// message. Returns how many there were.
+fn print_summaries(items: impl Iterator<Item = (String, Summary)>, json: bool) -> Result<usize> {
     let mut out = std::io::stdout().lock();
+    let mut table = Table::new(&["ID", "DATE", "ACCOUNT", "FROM", "SUBJECT", "SIZE>", "ATTACHED>"]);
+    let mut count = 0;
     for (account, s) in items {
+        count += 1;
         if json {
             let mut v = serde_json::to_value(&s)?;
             v["account"] = account.into();
             writeln!(out, "{v}")?;
         } else {
-            writeln!(
-                out,
-                "{}  {}  {:<28.28}  {:<48.48}  {:>7}{}",
+            table.row(vec![
                 s.id,
                 pillarbox_os::date::short(s.date.max(0).unsigned_abs()),
-                s.from,
-                s.subject,
+                account,
+                table::sender(&s.from, 28),
+                table::ellipsize(&s.subject, 48),
                 pillarbox_doctor::check::human_bytes(s.size),
-                if s.attachments > 0 { format!("  [{} attached]", s.attachments) } else { String::new() }
-            )?;
+                if s.attachments > 0 { s.attachments.to_string() } else { String::new() },
+            ]);
         }
     }
-    Ok(())
+    if !table.is_empty() {
+        table.write(&mut out, 0)?;
+    }
+    Ok(count)
 }
 
 pub fn command(cmd: MailCommand) -> Result<u8> {
@@ -216,7 +225,9 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
                 .filter(|(a, _)| account.as_ref().is_none_or(|n| a == n))
                 .filter(|(_, s)| from.as_ref().is_none_or(|f| s.from.to_lowercase().contains(f)))
                 .take(limit.unwrap_or(usize::MAX));
-            print_summaries(shown, json)?;
+            if print_summaries(shown, json)? == 0 && !json {
+                eprintln!("no messages{}", if since.is_some() || from.is_some() { " match" } else { " here yet" });
+            }
             Ok(0)
         }
         MailCommand::Export { account, mbox, store } => {
@@ -239,7 +250,13 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
             let q = pillarbox_mailbox::search::parse_query(&query.join(" "))?;
             let mut index = pillarbox_mailbox::search::Index::open(&index_path(&store))?;
             index.update(&maildirs(&store, None)?, true)?;
-            print_summaries(index.search(&q, limit)?.into_iter(), json)?;
+            // Like grep: exit 1 when nothing matches (said on a terminal's screen, not in the output).
+            if print_summaries(index.search(&q, limit)?.into_iter(), json)? == 0 {
+                if !json {
+                    eprintln!("no message matches {}", query.join(" "));
+                }
+                return Ok(1);
+            }
             Ok(0)
         }
         MailCommand::Import { source, account, store } => {

@@ -8,6 +8,7 @@ mod fetch;
 mod interrupt;
 mod mail;
 mod migrate;
+mod table;
 mod user;
 
 use std::io::IsTerminal;

@@ -172,15 +172,19 @@ fn keep_policies_over_runs_with_injected_time() {
     let port = pb.pop3s.expect("pop3s").port();
     let days = account("aged", port, &format!("{ca}\nkeep = \"3d\""), &w.join("m"));
     let t0: u64 = 2_000_000_000;
+    let kept = |ev: &[serde_json::Value]| ev.iter().find(|e| e["event"] == "summary").map(|e| e["kept"].clone());
     let (out, ev) = fetch_at(w, &days, &[], Some(t0));
     assert!(out.status.success(), "{ev:?}");
     assert_eq!((count(&ev, "delivered"), count(&ev, "deleted")), (4, 0));
+    assert_eq!(kept(&ev), Some(4.into()), "downloaded by this run and left on the server: kept");
     assert_eq!(pb.stored("alice"), 4);
     let (_, ev) = fetch_at(w, &days, &[], Some(t0 + 2 * 86_400));
     assert_eq!((count(&ev, "delivered"), count(&ev, "deleted")), (0, 0), "two days later: kept");
+    assert_eq!(kept(&ev), Some(4.into()));
     pb.deliver("alice", &message(9));
     let (_, ev) = fetch_at(w, &days, &[], Some(t0 + 3 * 86_400 + 1));
     assert_eq!((count(&ev, "delivered"), count(&ev, "deleted")), (1, 4), "three days after the first download");
+    assert_eq!(kept(&ev), Some(1.into()), "the new one stays; the four old ones went");
     assert_eq!(pb.stored("alice"), 1, "the new message stays for its own three days");
     assert_eq!(maildir(&w.join("m")).len(), 5);
 
@@ -209,6 +213,108 @@ fn keep_policies_over_runs_with_injected_time() {
     let (out, ev) = fetch(&dry, &fresh, &["--dry-run"]);
     assert!(out.status.success(), "{ev:?}");
     assert!(!w.join("not-yet").exists(), "the dry run created the Maildir");
+}
+
+#[test]
+fn a_dry_run_shows_a_table_of_senders_subjects_dates_and_reasons_with_days() {
+    let mut pb = Pillarbox::new();
+    pb.deliver(
+        "alice",
+        b"From: Ann Example <ann@example.org>\nSubject: Quarterly figures\nDate: Mon, 30 Nov 2026 09:12:00 +0000\n\nhi\n",
+    );
+    pb.start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let days = tls_account(&pb, "aged", "keep = \"7d\"", &w.join("m"));
+    let t0 = epoch_of_day("2026-11-30") + 10 * 3600;
+    let (out, _) = fetch_at(w, &days, &[], Some(t0));
+    assert!(out.status.success());
+    let long = "someone.with.a.rather.long.name@subdomain.example.org";
+    pb.deliver("alice", format!("From: {long}\nSubject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\n\nhallo\n").as_bytes());
+
+    // Not a terminal, no --json: the plan as text, not JSON.
+    let file = w.join("accounts.toml");
+    let out = Command::new(bin())
+        .args(["fetch", "--dry-run", "--accounts-file"])
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(w.join("state"))
+        .env("PILLARBOX_NOW", (t0 + 86_400).to_string())
+        .output()
+        .expect("fetch");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!text.contains('{'), "no JSON without --json: {text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("aged (localhost:") && lines[0].ends_with("2 messages on the server"), "{text}");
+    for column in ["#", "ACTION", "SIZE", "DATE", "FROM", "SUBJECT", "WHY"] {
+        assert!(lines[1].contains(column), "header row: {text}");
+    }
+    let old = lines.iter().find(|l| l.contains("Quarterly figures")).expect("the old message");
+    assert!(old.contains("keep") && old.contains("2026-11-30 09:12") && old.contains("Ann Example"), "{text}");
+    assert!(!old.contains("ann@example.org"), "the name, not the address: {text}");
+    assert!(old.contains("first downloaded 2026-11-30, deleted after 2026-12-07"), "{text}");
+    let new = lines.iter().find(|l| l.contains("Grüße")).expect("the new message, its subject decoded");
+    assert!(new.contains("download") && new.contains(long) && new.trim_end().ends_with("new"), "{text}");
+    assert!(text.contains("would download 1 ("), "{text}");
+    assert!(text.contains("delete 0, keep 1, skip 0; nothing was done"), "{text}");
+    assert!(!text.contains(&t0.to_string()), "no epoch seconds: {text}");
+    assert_eq!(pb.stored("alice"), 2);
+    assert_eq!(maildir(&w.join("m")).len(), 1, "nothing downloaded");
+
+    // With --json: the same plan, with the headers as fields.
+    let (_, ev) = fetch_at(w, &days, &["--dry-run"], Some(t0 + 86_400));
+    let planned: Vec<&serde_json::Value> = ev.iter().filter(|e| e["event"] == "planned").collect();
+    assert_eq!(planned[0]["from"], "Ann Example <ann@example.org>");
+    assert_eq!(planned[0]["date"], "2026-11-30T09:12:00Z");
+    assert_eq!(planned[1]["subject"], "Grüße");
+}
+
+#[test]
+fn a_second_run_stops_at_once_with_75_and_check_says_so() {
+    let mut pb = Pillarbox::new();
+    pb.deliver("alice", &message(1));
+    pb.start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let acct = tls_account(&pb, "home", "keep = \"keep\"", &w.join("m"));
+    let (out, _) = fetch(w, &acct, &[]);
+    assert!(out.status.success());
+    let folders: Vec<PathBuf> =
+        std::fs::read_dir(w.join("state")).expect("state").map(|e| e.expect("entry").path()).collect();
+    assert_eq!(folders.len(), 1, "{folders:?}");
+    // Another run holds the account's lock (a lock on its own open file, as a process has).
+    let lock = std::fs::File::open(folders[0].join("lock")).expect("lock file");
+    lock.lock().expect("lock");
+
+    pb.deliver("alice", &message(2));
+    let started = Instant::now();
+    let (out, ev) = fetch(w, &acct, &[]);
+    assert_eq!(out.status.code(), Some(75), "{ev:?}");
+    assert!(started.elapsed() < Duration::from_secs(30), "it does not wait for the other run");
+    assert!(ev.iter().any(|e| e["code"] == "locked"), "{ev:?}");
+    assert_eq!(maildir(&w.join("m")).len(), 1, "nothing was downloaded by the second run");
+
+    let out = Command::new(bin())
+        .args(["check", "--accounts-file"])
+        .arg(w.join("accounts.toml"))
+        .arg("--state-dir")
+        .arg(w.join("state"))
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("a `pillarbox fetch` is running for this account now"), "{text}");
+    assert!(text.contains("stops at once (exit 75)") && !text.contains("wait for its turn"), "{text}");
+    drop(lock);
+    let (out, ev) = fetch(w, &acct, &[]);
+    assert!(out.status.success(), "{ev:?}");
+    assert_eq!(count(&ev, "delivered"), 1);
+}
+
+/// Seconds since the epoch at the start of a day, for readable test times.
+fn epoch_of_day(day: &str) -> u64 {
+    let out = Command::new("date").args(["-u", "-d", day, "+%s"]).output().expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("seconds")
 }
 
 #[test]

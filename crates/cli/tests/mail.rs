@@ -108,11 +108,13 @@ fn list_decodes_headers_newest_first_and_filters() {
     let from = json_lines(&mail(&acc, &["list", "--json", "--from", "MÜLLER"]));
     assert_eq!(from.len(), 1, "{from:?}");
     let text = mail(&acc, &["list"]);
-    let first = text.lines().next().expect("a line");
-    assert!(
-        first.contains("2026-11-25 09:30") && first.contains("The report") && first.contains("[1 attached]"),
-        "{text}"
-    );
+    let lines: Vec<&str> = text.lines().collect();
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(header, ["ID", "DATE", "ACCOUNT", "FROM", "SUBJECT", "SIZE", "ATTACHED"], "{text}");
+    let first = lines[1];
+    assert!(first.contains("2026-11-25 09:30") && first.contains("  home  ") && first.contains("The report"), "{text}");
+    assert!(first.trim_end().ends_with(" 1"), "one attachment: {text}");
+    assert!(lines[3].contains("Jürgen Müller") && !lines[3].contains("jm@example.de"), "{text}");
 }
 
 #[test]
@@ -229,7 +231,9 @@ fn search(acc: &str, index: &Path, query: &[&str]) -> Vec<String> {
         .args(query)
         .output()
         .expect("search");
-    assert!(out.status.success(), "search {query:?}: {}", String::from_utf8_lossy(&out.stderr));
+    // Exit 1, like grep, when nothing matches; nothing said besides with --json.
+    let nothing = out.status.code() == Some(1) && out.stdout.is_empty() && out.stderr.is_empty();
+    assert!(out.status.success() || nothing, "search {query:?}: {}", String::from_utf8_lossy(&out.stderr));
     json_lines(&String::from_utf8_lossy(&out.stdout))
         .iter()
         .map(|m| m["subject"].as_str().unwrap_or_default().to_owned())
@@ -258,6 +262,21 @@ fn search_finds_words_and_terms_and_follows_the_store() {
     assert_eq!(search(&acc, &index, &["to:me@example.org", "after:2026-11-10"]), ["The report", "Offers"]);
     assert_eq!(search(&acc, &index, &["before:2026-11-10"]), ["Grüße aus Berlin"]);
     assert!(search(&acc, &index, &["nothing-like-this"]).is_empty());
+    assert_eq!(search(&acc, &index, &["grüsse"]), ["Grüße aus Berlin"], "ß is ss");
+    assert_eq!(search(&acc, &index, &["subject:GRÜẞE"]), ["Grüße aus Berlin"]);
+    assert_eq!(search(&acc, &index, &["pdf"]), ["The report"], "attachment names are indexed");
+    assert_eq!(search(&acc, &index, &["attachment:report.pdf"]), ["The report"]);
+    assert!(search(&acc, &index, &["attachment:here"]).is_empty(), "only names, in that field");
+    // Without --json, a search that finds nothing says so.
+    let out = Command::new(bin())
+        .args(["mail", "search", "--accounts-file", &acc, "--index"])
+        .arg(&index)
+        .args(["nothing-like-this"])
+        .output()
+        .expect("search");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "no message matches nothing-like-this");
     assert_eq!(indexed(&index), 3);
     // New mail and removed mail are seen at the next search.
     let md = dir.path().join("Mail/home");

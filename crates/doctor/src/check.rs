@@ -1007,7 +1007,8 @@ fn local(account: &Account, opts: &Options<'_>, report: &mut Report) {
                 "local",
                 "a `pillarbox fetch` is running for this account now",
                 format!("its lock {} is held", d.join("lock").display()),
-                "nothing to do: a second run would wait for its turn; if none is running, check for a stuck process",
+                "nothing to do: a second `pillarbox fetch` started now stops at once (exit 75) and leaves the account to \
+                 this one; if none is running, look for a stuck process (fuser -v on the lock file)",
             ));
         }
     }

@@ -22,6 +22,7 @@ use crate::conn::{Conn, ConnError};
 use crate::deliver::{DeliverError, Local};
 use crate::journal::{Journal, JournalError};
 use pillarbox_accounts::{Account, Keep, Oversize, PasswordSource};
+use pillarbox_mailbox::Headline;
 
 /// Messages per group commit.
 const BATCH_MESSAGES: usize = 100;
@@ -68,6 +69,8 @@ pub enum Event {
         size: u64,
         reason: String,
     },
+    /// What a dry run would do with one message. All of an account's come before its
+    /// `Connected`.
     Planned {
         account: String,
         number: u32,
@@ -75,6 +78,11 @@ pub enum Event {
         size: u64,
         action: String,
         reason: String,
+        /// From the message's header (`TOP n 0`); empty when the server has no TOP.
+        from: String,
+        subject: String,
+        /// The Date header, RFC 3339.
+        date: Option<String>,
     },
     Warning {
         account: String,
@@ -281,19 +289,16 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
 
     let mut to_fetch = Vec::new();
     let mut to_delete = Vec::new();
-    let mut kept = 0;
     let mut skipped = 0;
+    let mut plan: Vec<(&Entry, &str, String)> = Vec::new();
     for e in &entries {
         let stored_at = e.uid.as_deref().and_then(|u| journal.stored_at(u));
         let (action, reason) = match stored_at {
             Some(t) if due_for_deletion(account.keep, t, opts.now) => {
                 to_delete.push((e.number, e.uid.clone().unwrap_or_default()));
-                ("delete", "already downloaded".to_owned())
+                ("delete", kept_reason(account.keep, t))
             }
-            Some(t) => {
-                kept += 1;
-                ("keep", format!("already downloaded (first at {t}); kept by the keep policy"))
-            }
+            Some(t) => ("keep", kept_reason(account.keep, t)),
             None if account.max_size.is_some_and(|m| e.size > m) => {
                 skipped += 1;
                 let id = e.uid.clone().unwrap_or_else(|| format!("#{}", e.number));
@@ -316,14 +321,23 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
             }
         };
         if opts.dry_run {
-            let id = e.uid.clone().unwrap_or_else(|| "(no UIDL)".into());
+            plan.push((e, action, reason));
+        }
+    }
+    if opts.dry_run {
+        let window = if conn.capa.has("PIPELINING") { WINDOW } else { 1 };
+        let headlines = headlines(&mut conn, plan.iter().map(|(e, ..)| *e), window).await?;
+        for ((e, action, reason), headline) in plan.into_iter().zip(headlines) {
             emit(Event::Planned {
                 account: name.clone(),
                 number: e.number,
-                id,
+                id: e.uid.clone().unwrap_or_else(|| "(no UIDL)".into()),
                 size: e.size,
                 action: action.into(),
                 reason,
+                from: headline.from,
+                subject: headline.subject,
+                date: headline.date.and_then(|d| u64::try_from(d).ok()).map(pillarbox_os::date::rfc3339),
             });
         }
     }
@@ -384,11 +398,20 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
     deleted_ids.extend(dele(&mut conn, &to_delete, window).await?);
     let quit = conn.command(ClientCommand::Quit).await;
     let deleted = if quit.is_ok() { deleted_ids.len() } else { 0 };
+    // Without a QUIT the server deletes nothing: everything downloaded stays.
+    let mut kept = entries.iter().filter_map(|e| e.uid.as_deref()).filter(|u| journal.stored_at(u).is_some()).count();
     match quit {
         Ok(_) => {
             for id in &deleted_ids {
                 emit(Event::Deleted { account: name.clone(), id: id.clone() });
             }
+            // Downloaded (by this run or an earlier one) and still on the server.
+            let deleted: HashSet<&str> = deleted_ids.iter().map(String::as_str).collect();
+            kept = entries
+                .iter()
+                .filter_map(|e| e.uid.as_deref())
+                .filter(|u| journal.stored_at(u).is_some() && !deleted.contains(u))
+                .count();
             // Deleted for good, and messages that vanished from the server, are forgotten.
             let on_server: HashSet<&str> = entries.iter().filter_map(|e| e.uid.as_deref()).collect();
             let mut gone: Vec<String> = deleted_ids.clone();
@@ -407,6 +430,78 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
     emit(Event::Summary { account: name.clone(), delivered, deleted, skipped, kept, bytes });
     Ok(login_delay)
 }
+
+/// Why a message downloaded earlier is kept or deleted now, with its dates.
+fn kept_reason(keep: Keep, stored_at: u64) -> String {
+    let day = pillarbox_os::date::day;
+    match keep {
+        Keep::Delete => format!("downloaded {} by an earlier run, not yet deleted; keep = \"delete\"", day(stored_at)),
+        Keep::Keep => format!("first downloaded {}; keep = \"keep\"", day(stored_at)),
+        Keep::Days(n) => format!(
+            "first downloaded {}, deleted after {}",
+            day(stored_at),
+            day(stored_at.saturating_add(u64::from(n) * 86_400))
+        ),
+    }
+}
+
+/// The sender, subject and date of each message (`TOP n 0`, up to `window` in flight), for a
+/// dry run's plan; empty ones when the server has no TOP (it is optional in RFC 1939).
+async fn headlines(
+    conn: &mut Conn,
+    entries: impl ExactSizeIterator<Item = &Entry> + Clone,
+    window: usize,
+) -> Result<Vec<Headline>, FetchError> {
+    let count = entries.len();
+    let mut out = vec![Headline::default(); count];
+    if count == 0 || (!conn.capa.lines.is_empty() && !conn.capa.has("TOP")) {
+        return Ok(out);
+    }
+    let all: Vec<&Entry> = entries.collect();
+    let mut sent = 0;
+    let mut refused = false;
+    for (i, e) in all.iter().enumerate() {
+        while !refused && sent < count && sent < i + window {
+            conn.send_command(ClientCommand::Top(all[sent].number, 0)).await?;
+            sent += 1;
+        }
+        if i >= sent {
+            break;
+        }
+        match conn.status("TOP").await {
+            Ok(_) => {}
+            // A server without TOP (and no CAPA to say so): no headers, and no more asking.
+            Err(ConnError::Refused { .. }) => {
+                refused = true;
+                continue;
+            }
+            Err(other) => return Err(other.into()),
+        }
+        // A header is far smaller than its message; what is kept of it is bounded either way.
+        let limit = received_limit(e.size, None);
+        let mut header = Vec::new();
+        let mut so_far = 0u64;
+        conn.message(|chunk| {
+            so_far += chunk.len() as u64;
+            if so_far > limit {
+                return Err(ConnError::Protocol(format!(
+                    "the header of message {} is larger than the message (LIST said {} octets)",
+                    e.number, e.size
+                )));
+            }
+            if header.len() < HEADLINE_BYTES {
+                header.extend_from_slice(&chunk[..chunk.len().min(HEADLINE_BYTES - header.len())]);
+            }
+            Ok(())
+        })
+        .await?;
+        out[i] = pillarbox_mailbox::headline(&header);
+    }
+    Ok(out)
+}
+
+/// How much of a header a dry run reads for its sender, subject and date.
+const HEADLINE_BYTES: usize = 64 * 1024;
 
 /// A message downloaded in this run.
 struct Fetched {

@@ -23,7 +23,7 @@ const MAGIC: &str = "pillarbox-fetch-journal 1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("another `pillarbox fetch` is working on this account (lock {0})")]
+    #[error("another `pillarbox fetch` is working on this account (lock {0}); this run leaves it to that one")]
     Locked(PathBuf),
     #[error("{0} holds the download journal of another account; move it away or correct the accounts file")]
     Foreign(PathBuf),

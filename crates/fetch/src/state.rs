@@ -204,7 +204,7 @@ impl Opened {
 }
 
 /// Take the lock of a folder of the first scheme: a run of an older version working on it makes
-/// this wait for its turn (`Locked`).
+/// this one stop at once (`Locked`), as a second run of this version does.
 fn lock_old(old: &Path) -> Result<fs::File, JournalError> {
     let lock_path = old.join("lock");
     let lock = pillarbox_os::open_lock_file(&lock_path)?;

@@ -113,20 +113,61 @@ pub fn list(maildir: &Path) -> Result<Vec<Summary>, MailboxError> {
     Ok(out)
 }
 
+/// Sender, subject and date of a message, from its header (RFC 2047 words decoded).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Headline {
+    pub from: String,
+    pub subject: String,
+    /// Seconds since the epoch, from the Date header when it can be read.
+    pub date: Option<i64>,
+}
+
+impl Headline {
+    fn of(headers: &[mailparse::MailHeader<'_>]) -> Self {
+        Self {
+            from: headers.get_first_value("From").unwrap_or_default(),
+            subject: headers.get_first_value("Subject").unwrap_or_default(),
+            date: headers.get_first_value("Date").and_then(|d| mailparse::dateparse(&d).ok()),
+        }
+    }
+}
+
+/// How a sender is shown in a list: the display name when the From header has one, else the
+/// address (`Ann Example <ann@example.org>` is `Ann Example`; `ann@example.org` stays itself).
+pub fn sender_name(from: &str) -> String {
+    let name = match mailparse::addrparse(from).ok().as_ref().and_then(|l| l.first()) {
+        Some(mailparse::MailAddr::Single(a)) => {
+            a.display_name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| a.addr.clone())
+        }
+        Some(mailparse::MailAddr::Group(g)) => g.group_name.clone(),
+        None => from.to_owned(),
+    };
+    name.trim().to_owned()
+}
+
+/// The [`Headline`] of a message's header (the rest of the message, if any, is not read): what
+/// `TOP n 0` returns, say.
+pub fn headline(header: &[u8]) -> Headline {
+    mailparse::parse_headers(header).map(|(h, _)| Headline::of(&h)).unwrap_or_default()
+}
+
 /// The list entry of one message file's content.
 pub fn summarize(path: &Path, data: &[u8]) -> Summary {
     let name = file_name(path);
     let delivered = name.split('.').next().and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
     match mailparse::parse_mail(data) {
-        Ok(m) => Summary {
-            id: id_of(name),
-            date: m.headers.get_first_value("Date").and_then(|d| mailparse::dateparse(&d).ok()).unwrap_or(delivered),
-            from: m.headers.get_first_value("From").unwrap_or_default(),
-            subject: m.headers.get_first_value("Subject").unwrap_or_default(),
-            size: data.len() as u64,
-            attachments: attachments(&m).len(),
-            path: path.to_owned(),
-        },
+        Ok(m) => {
+            let h = Headline::of(&m.headers);
+            Summary {
+                id: id_of(name),
+                date: h.date.unwrap_or(delivered),
+                from: h.from,
+                subject: h.subject,
+                size: data.len() as u64,
+                attachments: attachments(&m).len(),
+                path: path.to_owned(),
+            }
+        }
         Err(_) => Summary {
             id: id_of(name),
             date: delivered,
@@ -428,6 +469,18 @@ pub fn read_source(source: &Path) -> Result<Messages, MailboxError> {
 }
 
 /// The attachments of a message: parts that say so, or that are neither text nor multipart.
+/// The file names the sender gave the attachments (not the names made up for unnamed ones), for
+/// the search index.
+pub fn attachment_names(m: &ParsedMail<'_>) -> Vec<String> {
+    attachments(m)
+        .into_iter()
+        .filter(|(_, part)| {
+            part.get_content_disposition().params.contains_key("filename") || part.ctype.params.contains_key("name")
+        })
+        .map(|(name, _)| name)
+        .collect()
+}
+
 fn attachments<'a>(m: &'a ParsedMail<'a>) -> Vec<(String, &'a ParsedMail<'a>)> {
     let mut out = Vec::new();
     collect_attachments(m, &mut out, true);
@@ -546,6 +599,19 @@ pub fn mboxrd_quote(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sender_is_shown_by_name_or_by_whole_address() {
+        assert_eq!(sender_name("Ann Example <ann@example.org>"), "Ann Example");
+        assert_eq!(sender_name("\"Example, Ann\" <ann@example.org>"), "Example, Ann");
+        assert_eq!(sender_name("ann@example.org"), "ann@example.org");
+        assert_eq!(sender_name("<ann@example.org>"), "ann@example.org");
+        assert_eq!(sender_name("not an address at all"), "not an address at all");
+        assert_eq!(
+            headline(b"From: =?UTF-8?Q?J=C3=BCrgen?= <j@example.org>\r\nSubject: Hi\r\n\r\n").from,
+            "J\u{fc}rgen <j@example.org>"
+        );
+    }
 
     /// A symbolic link planted under an attachment's name once had the attachment written
     /// through it (anywhere the link pointed); now only new files are made, owner-only.

@@ -49,8 +49,19 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_date ON messages(date);
 CREATE TABLE IF NOT EXISTS mboxes (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS maildirs (path TEXT PRIMARY KEY, new_mtime INTEGER NOT NULL, cur_mtime INTEGER NOT NULL);
-CREATE VIRTUAL TABLE IF NOT EXISTS text USING fts5(sender, recipients, subject, body, content = '', contentless_delete = 1, tokenize = 'unicode61 remove_diacritics 2');
+CREATE VIRTUAL TABLE IF NOT EXISTS text USING fts5(sender, recipients, subject, body, attachments, content = '', contentless_delete = 1, tokenize = 'unicode61 remove_diacritics 2');
 ";
+
+/// `PRAGMA user_version` of the schema above; an index of another version is made anew (it is
+/// only a cache). 2: attachment names indexed, `ß` folded to `ss`.
+const SCHEMA_VERSION: i64 = 2;
+
+/// What the index keeps of a text, and what a query's words are turned into the same way: the
+/// tokenizer lowercases and drops diacritics (`ü` is `u`), but leaves `ß` alone, so `Grüße` and
+/// `Grüsse` would not find each other.
+fn fold(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains(['ß', 'ẞ']) { s.replace(['ß', 'ẞ'], "ss").into() } else { s.into() }
+}
 
 pub struct Index {
     db: Connection,
@@ -83,7 +94,10 @@ pub fn parse_query(q: &str) -> Result<Query, SearchError> {
         let (token, tail) = next_token(rest);
         rest = tail.trim_start();
         let (field, value) = match token.split_once(':') {
-            Some((f, v)) if ["from", "to", "subject", "before", "after"].contains(&f.to_ascii_lowercase().as_str()) => {
+            Some((f, v))
+                if ["from", "to", "subject", "attachment", "before", "after"]
+                    .contains(&f.to_ascii_lowercase().as_str()) =>
+            {
                 (Some(f.to_ascii_lowercase()), v.to_owned())
             }
             _ => (None, token),
@@ -97,13 +111,14 @@ pub fn parse_query(q: &str) -> Result<Query, SearchError> {
                 .map(|s| s as i64)
                 .ok_or_else(|| SearchError::Query(format!("{v:?} is not a day like 2026-11-26")))
         };
-        let quoted = format!("\"{}\"", value.replace('"', "\"\""));
+        let quoted = format!("\"{}\"", fold(&value).replace('"', "\"\""));
         match field.as_deref() {
             Some("before") => out.before = Some(day(&value)?),
             Some("after") => out.after = Some(day(&value)?),
             Some("from") => terms.push(format!("sender : {quoted}")),
             Some("to") => terms.push(format!("recipients : {quoted}")),
             Some("subject") => terms.push(format!("subject : {quoted}")),
+            Some("attachment") => terms.push(format!("attachments : {quoted}")),
             _ => terms.push(quoted),
         }
     }
@@ -167,7 +182,15 @@ impl Index {
                 return Ok(Err(SearchError::NotAnIndex(path.to_owned())));
             }
             db.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+            let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if version != SCHEMA_VERSION {
+                db.execute_batch(
+                    "DROP TABLE IF EXISTS text; DROP TABLE IF EXISTS messages; DROP TABLE IF EXISTS mboxes; \
+                     DROP TABLE IF EXISTS maildirs;",
+                )?;
+            }
             db.execute_batch(SCHEMA)?;
+            db.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
             db.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID};"))?;
             Ok(Ok(db))
         };
@@ -295,13 +318,13 @@ impl Index {
                 },
             };
             let s = mailbox::summarize(&path, &data);
-            let (recipients, body) = match mailparse::parse_mail(&data) {
+            let (recipients, body, files) = match mailparse::parse_mail(&data) {
                 Ok(m) => {
                     let to =
                         ["To", "Cc"].iter().filter_map(|h| m.headers.get_first_value(h)).collect::<Vec<_>>().join(", ");
-                    (to, mailbox::readable_text(&m))
+                    (to, mailbox::readable_text(&m), mailbox::attachment_names(&m).join("\n"))
                 }
-                Err(_) => (String::new(), String::new()),
+                Err(_) => (String::new(), String::new(), String::new()),
             };
             tx.execute(
                 "INSERT INTO messages (path, account, id, date, sender, subject, size, attachments) \
@@ -320,8 +343,9 @@ impl Index {
             .map_err(err)?;
             let rowid = tx.last_insert_rowid();
             tx.execute(
-                "INSERT INTO text (rowid, sender, recipients, subject, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![rowid, s.from, recipients, s.subject, body],
+                "INSERT INTO text (rowid, sender, recipients, subject, body, attachments) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![rowid, fold(&s.from), fold(&recipients), fold(&s.subject), fold(&body), fold(&files)],
             )
             .map_err(err)?;
             result.added += 1;
@@ -542,6 +566,12 @@ mod tests {
         assert_eq!(index.update(std::slice::from_ref(&a), true).expect("update").removed, 1);
         let left = index.search(&Query::default(), 10).expect("search");
         assert_eq!(left.iter().map(|(acc, _)| acc.as_str()).collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[test]
+    fn sharp_s_is_folded_in_queries_and_attachment_names_are_a_field() {
+        assert_eq!(parse_query("Grüße").expect("query").fts, r#""Grüsse""#);
+        assert_eq!(parse_query("attachment:Rechnung.pdf").expect("query").fts, r#"attachments : "Rechnung.pdf""#);
     }
 
     #[test]

@@ -51,6 +51,12 @@ pub fn short(secs: u64) -> String {
     format!("{:04}-{:02}-{:02} {:02}:{:02}", c.year, c.month, c.day, c.hour, c.minute)
 }
 
+/// `2026-11-26` (UTC), for a day in a sentence.
+pub fn day(secs: u64) -> String {
+    let c = civil(secs);
+    format!("{:04}-{:02}-{:02}", c.year, c.month, c.day)
+}
+
 /// Seconds since the epoch at the start (UTC) of a `YYYY-MM-DD` date.
 pub fn parse_day(s: &str) -> Option<u64> {
     let mut it = s.trim().splitn(3, '-');
@@ -68,7 +74,7 @@ pub fn parse_day(s: &str) -> Option<u64> {
     let days = era * 146_097 + doe - 719_468;
     let secs = u64::try_from(days).ok()? * 86_400;
     // 2026-02-31 is not a date: it must come back as itself.
-    (short(secs)[..10] == *s.trim()).then_some(secs)
+    (day(secs) == *s.trim()).then_some(secs)
 }
 
 /// `20261126T072950Z` (ISO 8601 basic format, UTC), for file names that sort by time.
