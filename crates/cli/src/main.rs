@@ -120,7 +120,7 @@ enum MigrateCommand {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 struct ServeArgs {
     /// Listen for POP3 (with STLS) here instead of the configured addresses; repeatable.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -279,7 +279,11 @@ fn init_logging(cli: &Cli) {
 
 /// Apply `[log] level` from the configuration (when nothing else chose the filter).
 fn apply_config_log_level(config: &Config) {
-    if let (Some(handle), Some(filter)) = (LOG_FILTER.get(), log_filter(&config.log_level)) {
+    apply_log_level(&config.log_level);
+}
+
+fn apply_log_level(level: &str) {
+    if let (Some(handle), Some(filter)) = (LOG_FILTER.get(), log_filter(level)) {
         let _ = handle.reload(filter);
     }
 }
@@ -433,13 +437,7 @@ impl Say {
 
 fn serve(mut config: Config, prepared: Prepared, args: ServeArgs, json: bool) -> Result<ExitCode> {
     let say = Say { json };
-    // Any listener flag replaces every configured listener.
-    if !args.pop3.is_empty() || !args.pop3s.is_empty() || !args.lmtp.is_empty() || args.lmtp_unix.is_some() {
-        config.pop3 = args.pop3;
-        config.pop3s = args.pop3s;
-        config.lmtp = args.lmtp;
-        config.lmtp_unix = args.lmtp_unix;
-    }
+    args.apply(&mut config);
     if prepared.created_anything() {
         let mut text = format!("prepared data folder {}", config.data_dir.display());
         if prepared.created_config {
@@ -472,7 +470,11 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs, json: bool) ->
                 .await
                 .with_context(|| format!("cannot listen for metrics on {addr}"))?;
             let at = listener.local_addr()?;
-            say.line("listening", &format!("metrics listening on http://{at}/metrics"), serde_json::json!({ "service": "metrics", "address": at.to_string() }));
+            say.line(
+                "listening",
+                &format!("metrics listening on http://{at}/metrics"),
+                serde_json::json!({ "service": "metrics", "address": at.to_string() }),
+            );
             server.serve_metrics(listener);
         }
         // Every socket is open: give up root before reading a byte from anyone.
@@ -507,7 +509,10 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs, json: bool) ->
             let shown = pillarbox_accounts::fingerprint_display(&fp);
             say.line(
                 "certificate",
-                &format!("TLS certificate {} has fingerprint {shown} (what a client asked to compare sees)", t.cert.display()),
+                &format!(
+                    "TLS certificate {} has fingerprint {shown} (what a client asked to compare sees)",
+                    t.cert.display()
+                ),
                 serde_json::json!({ "certificate": t.cert, "fingerprint": shown }),
             );
         }
@@ -534,27 +539,82 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs, json: bool) ->
         }
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
-        // SIGHUP: read the TLS certificate and key again (e.g. after certbot renewed them), and
-        // check the user file.
+        // SIGHUP: read the configuration file again and put in force what can change while
+        // running, the TLS certificate and key included (e.g. after certbot renewed them); name
+        // what needs a restart; check the user file.
         let reloader = server.clone();
+        let source = config.source.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
             let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
             while hup.recv().await.is_some() {
-                match reloader.reload_tls() {
-                    Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded; new connections use them"),
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: the new TLS certificate or key cannot be used; keeping the old one"),
-                }
-                match reloader.reload_users().await {
-                    Ok(n) => tracing::info!(users = n, "SIGHUP: user file checked"),
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: the user file cannot be used; keeping the last good copy"),
-                }
+                reload(&reloader, &source, &args).await;
             }
         });
         server.run(listeners, shutdown_signal()).await;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+impl ServeArgs {
+    /// Any listener flag replaces every configured listener (at start and at each reload).
+    fn apply(&self, config: &mut Config) {
+        if !self.pop3.is_empty() || !self.pop3s.is_empty() || !self.lmtp.is_empty() || self.lmtp_unix.is_some() {
+            config.pop3.clone_from(&self.pop3);
+            config.pop3s.clone_from(&self.pop3s);
+            config.lmtp.clone_from(&self.lmtp);
+            config.lmtp_unix.clone_from(&self.lmtp_unix);
+        }
+    }
+}
+
+/// A SIGHUP: the configuration file read again and what it changes put in force, each setting
+/// named in the log; a file that cannot be used changes nothing.
+async fn reload(server: &Server, source: &std::path::Path, flags: &ServeArgs) {
+    let mut new = match Config::load(source) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: the configuration cannot be used; the running one stays in force");
+            return;
+        }
+    };
+    flags.apply(&mut new);
+    let level = new.log_level.clone();
+    let tls = new.tls.is_some();
+    match server.reload_config(new) {
+        Ok(changes) => {
+            if tls {
+                tracing::info!("SIGHUP: TLS certificate and key reloaded; new connections use them");
+            }
+            if changes.applied.contains(&"[log] level") {
+                apply_log_level(&level);
+            }
+            if changes.applied.is_empty() {
+                tracing::info!("SIGHUP: configuration read again; no setting that can change while running changed");
+            } else {
+                tracing::info!(
+                    changed = %changes.applied.join(", "),
+                    "SIGHUP: configuration reloaded; new connections, logins and deliveries follow it"
+                );
+            }
+            for setting in &changes.need_restart {
+                tracing::warn!(
+                    setting,
+                    "SIGHUP: {setting} changed in {}, but takes effect only when the server is restarted",
+                    source.display()
+                );
+            }
+        }
+        Err(e) => tracing::error!(
+            error = %e,
+            "SIGHUP: the new TLS certificate or key cannot be used; keeping the old one, and the running configuration"
+        ),
+    }
+    match server.reload_users().await {
+        Ok(n) => tracing::info!(users = n, "SIGHUP: user file checked"),
+        Err(e) => tracing::error!(error = %e, "SIGHUP: the user file cannot be used; keeping the last good copy"),
+    }
 }
 
 /// `pillarbox config check`: everything `serve` would load, loaded and reported, nothing created.

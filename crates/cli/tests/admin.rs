@@ -619,3 +619,41 @@ fn the_systemd_unit_runs_the_server_as_its_own_user() {
 fn which(tool: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
+
+#[test]
+fn sighup_reloads_what_it_can_and_names_what_needs_a_restart() {
+    let mut pb = Pillarbox::new();
+    pb.start();
+    let capa = |pb: &Pillarbox| {
+        let mut c = pb.connect();
+        c.expect_ok();
+        c.ok("CAPA");
+        String::from_utf8_lossy(&c.multiline()).into_owned()
+    };
+    let wait_for = |pb: &Pillarbox, text: &str| {
+        let start = std::time::Instant::now();
+        while !pb.log().contains(text) {
+            assert!(start.elapsed() < Duration::from_secs(10), "no {text:?} in the log: {}", pb.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(capa(&pb).contains("EXPIRE NEVER"), "{}", capa(&pb));
+    pb.edit_config("expire = \"never\"", "expire = \"30\"");
+    pb.edit_config("max_connections = 1000", "max_connections = 500");
+    pb.signal("HUP");
+    wait_for(&pb, "configuration reloaded");
+    let log = pb.log();
+    let reloaded = log.lines().find(|l| l.contains("configuration reloaded")).expect("line");
+    assert!(reloaded.contains("[pop3] expire") && !reloaded.contains("max_connections"), "{reloaded}");
+    let restart = log.lines().find(|l| l.contains("[limits] max_connections changed")).expect("named: {log}");
+    assert!(restart.contains("pillarbox.toml") && restart.contains("restarted"), "{restart}");
+    assert!(capa(&pb).contains("EXPIRE 30"), "new connections see the new retention: {}", capa(&pb));
+
+    // A file that cannot be used: said where, and nothing changes.
+    pb.edit_config("expire = \"30\"", "expire = \"thirty\"");
+    pb.signal("HUP");
+    wait_for(&pb, "the running one stays in force");
+    let refused = pb.log().lines().find(|l| l.contains("the running one stays in force")).expect("line").to_owned();
+    assert!(refused.contains("pillarbox.toml") && refused.contains("pop3.expire"), "{refused}");
+    assert!(capa(&pb).contains("EXPIRE 30"));
+}

@@ -98,12 +98,12 @@ impl Services {
                 (Secret::new(p.clone().into_bytes()), Some(p))
             }
             NewPassword::Given(p) => {
-                check_password_policy(p.expose(), name.as_str(), self.policy.min_password_score)
+                check_password_policy(p.expose(), name.as_str(), self.policy().min_password_score)
                     .map_err(AdminError::WeakPassword)?;
                 (p, None)
             }
         };
-        let sha1 = self.policy.scram_sha1;
+        let sha1 = self.policy().scram_sha1;
         let secrets = self
             .hashes
             .run(move || Secrets::for_password(password.expose(), sha1))

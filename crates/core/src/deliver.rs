@@ -52,7 +52,8 @@ impl Services {
     /// The local user a recipient address delivers to, if it takes a message of about
     /// `size_hint` octets (the SIZE= of MAIL FROM, RFC 1870) now.
     pub async fn recipient(&self, address: &str, size_hint: Option<u64>) -> Result<UserName, Refusal> {
-        let d = &self.policy.delivery;
+        let policy = self.policy();
+        let d = &policy.delivery;
         let (local, domain) = address.rsplit_once('@').unwrap_or((address, ""));
         if !d.domains.is_empty() && !d.domains.iter().any(|x| x.eq_ignore_ascii_case(domain)) {
             return Err(Refusal::NotHere(domain.to_owned()));
@@ -80,7 +81,8 @@ impl Services {
 
     /// Whether one more message of `extra_bytes` fits in the user's quota.
     async fn check_quota(&self, entry: &Entry, extra_bytes: u64) -> Result<(), Refusal> {
-        let d = &self.policy.delivery;
+        let policy = self.policy();
+        let d = &policy.delivery;
         let (max_bytes, max_messages) = quota(&entry.record, d.quota_bytes, d.quota_messages);
         if max_bytes == 0 && max_messages == 0 {
             return Ok(());

@@ -21,7 +21,7 @@ impl Services {
         let now = pillarbox_os::unix_now();
         let mut removed = 0;
         for entry in users {
-            let Expire::Days(days) = entry.record.expire.unwrap_or(self.policy.expire) else { continue };
+            let Expire::Days(days) = entry.record.expire.unwrap_or(self.policy().expire) else { continue };
             // EXPIRE 0 is applied at QUIT; messages retrieved before a change to 0 go here too.
             let cutoff = now.saturating_sub(u64::from(days) * 86_400);
             let name = entry.name;

@@ -128,7 +128,8 @@ pub enum CoreError {
 
 /// The service layer: every rule of the mail system over its three backends.
 pub struct Services {
-    pub policy: Arc<Policy>,
+    /// Replaced whole when the configuration is reloaded; a session reads it where it needs it.
+    policy: std::sync::RwLock<Arc<Policy>>,
     pub directory: Arc<dyn Directory>,
     pub store: Arc<dyn Mailstore>,
     pub gate: Arc<dyn LoginGate>,
@@ -155,7 +156,7 @@ impl Services {
         let mut scram_secret = [0u8; 32];
         getrandom::fill(&mut scram_secret).map_err(|e| CoreError::Random(e.to_string()))?;
         Ok(Self {
-            policy: Arc::new(policy),
+            policy: std::sync::RwLock::new(Arc::new(policy)),
             directory,
             store,
             gate,
@@ -165,5 +166,16 @@ impl Services {
             scram_secret,
             slow_check_ns: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Put a new policy in force (a configuration reload): logins and deliveries that start
+    /// from now on follow it.
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(policy);
     }
 }

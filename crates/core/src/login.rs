@@ -103,7 +103,7 @@ impl Services {
                 std::sync::Arc::new(Summary::default())
             }
         };
-        let p = &self.policy;
+        let p = self.policy();
         let per_user_delay = summary.login_delays.iter().any(|&d| d != p.login_delay);
         Announce {
             apop: p.apop && summary.apop,
@@ -216,7 +216,7 @@ impl Services {
     /// [`AuthFailure::TooManyAttempts`] without checking anything. Hold it until the login has
     /// been answered (after the failure delay).
     pub async fn attempt_slot(&self, login: &str) -> Option<Permit> {
-        self.gate.attempt(login, self.policy.max_concurrent_attempts_per_account).await
+        self.gate.attempt(login, self.policy().max_concurrent_attempts_per_account).await
     }
 
     /// A failed login: count it, log it, and wait the brute-force delay (doubling with each
@@ -224,7 +224,7 @@ impl Services {
     pub async fn login_failed(&self, attempt: &Attempt<'_>, claimed: &str) {
         // The gate counts every spelling of a name as its canonical account.
         let count = self.gate.failure(attempt.peer.ip(), claimed).await;
-        let p = &self.policy;
+        let p = self.policy();
         let factor = 1u32.checked_shl(count.saturating_sub(1)).unwrap_or(u32::MAX);
         let delay = p.fail_delay.saturating_mul(factor).min(p.fail_delay_max);
         info!(
@@ -273,7 +273,7 @@ impl Services {
             },
         };
         let record = &entry.record;
-        let p = &self.policy;
+        let p = self.policy();
         let login_delay = record.login_delay.unwrap_or(p.login_delay);
         if login_delay > 0 && !self.gate.login_allowed(&name, Duration::from_secs(u64::from(login_delay))).await {
             return Err(AuthFailure::LoginDelay);
@@ -307,7 +307,7 @@ impl Services {
     /// Replace an imported legacy hash with argon2id and add SCRAM keys, from the password the
     /// user just proved, unless the secrets changed since they were checked.
     async fn upgrade(&self, name: &UserName, password: Secret<Vec<u8>>, seen: SecretVersion) {
-        let sha1 = self.policy.scram_sha1;
+        let sha1 = self.policy().scram_sha1;
         let secrets = self.hashes.run(move || Secrets::for_password(password.expose(), sha1)).await;
         let secrets = match secrets {
             Some(Ok(s)) => s,

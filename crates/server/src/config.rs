@@ -738,6 +738,143 @@ impl Config {
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted_networks.iter().any(|n| n.contains(ip))
     }
+
+    /// What a reload from `new` changes: the settings, by name, that take effect now, and those
+    /// that changed but need a restart (listening sockets, the user file and mail folders, the
+    /// sizes of the connection pools...). The configuration returned is `new` with the running
+    /// values kept for the latter, so that what is in force is what is reported.
+    pub fn reloaded(&self, mut new: Config) -> (Config, Changes) {
+        // Every field is named below, as restart or live: a field added to `Config` without a
+        // place in one of the lists does not compile.
+        let Config {
+            source: _,
+            data_dir: _,
+            pop3: _,
+            pop3s: _,
+            lmtp: _,
+            lmtp_unix: _,
+            lmtp_unix_mode: _,
+            lmtp_unix_group: _,
+            tls: _,
+            lock: _,
+            idle_timeout: _,
+            apop: _,
+            expire: _,
+            expunge_interval: _,
+            login_delay: _,
+            users_file: _,
+            trusted_networks: _,
+            scram_sha1: _,
+            upgrade_hashes: _,
+            min_password_score: _,
+            fail_delay: _,
+            fail_delay_max: _,
+            max_connections_per_ip: _,
+            max_sessions_per_user: _,
+            ip_grouping: _,
+            max_concurrent_attempts_per_account: _,
+            prelogin_timeout: _,
+            max_unsent_output: _,
+            lmtp_max_connections: _,
+            lmtp_max_connections_per_ip: _,
+            maildir_root: _,
+            max_connections: _,
+            shutdown_grace: _,
+            log_level: _,
+            metrics: _,
+            run_as: _,
+            delivery:
+                pillarbox_core::DeliveryPolicy {
+                    domains: _,
+                    recipient_delimiter: _,
+                    max_message_size: _,
+                    max_recipients: _,
+                    quota_bytes: _,
+                    quota_messages: _,
+                    over_quota: _,
+                },
+            lmtp_idle_timeout: _,
+        } = self;
+        let mut changes = Changes::default();
+        let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        macro_rules! restart {
+            ($($field:ident $(. $sub:ident)? => $name:expr),* $(,)?) => {$(
+                if differs(&self.$field $(. $sub)?, &new.$field $(. $sub)?) {
+                    changes.need_restart.push($name);
+                    new.$field $(. $sub)? = self.$field $(. $sub)?.clone();
+                }
+            )*};
+        }
+        macro_rules! live {
+            ($($field:ident $(. $sub:ident)? => $name:expr),* $(,)?) => {$(
+                if differs(&self.$field $(. $sub)?, &new.$field $(. $sub)?) {
+                    changes.applied.push($name);
+                }
+            )*};
+        }
+        // With a [tls] section added or removed the listeners would be set up differently.
+        if self.tls.is_some() != new.tls.is_some() {
+            changes.need_restart.push("[tls]");
+            new.tls.clone_from(&self.tls);
+        }
+        restart! {
+            data_dir => "data_dir",
+            pop3 => "[listen] pop3",
+            pop3s => "[listen] pop3s",
+            lmtp => "[listen] lmtp",
+            lmtp_unix => "[listen] lmtp_unix",
+            lmtp_unix_mode => "[listen] lmtp_unix_mode",
+            lmtp_unix_group => "[listen] lmtp_unix_group",
+            users_file => "[auth] users",
+            maildir_root => "[store] maildir",
+            ip_grouping => "[limits] ipv6_prefix / ipv6_aggregate_prefix",
+            max_connections => "[limits] max_connections",
+            lmtp_max_connections => "[limits] lmtp_max_connections",
+            metrics => "[metrics] listen",
+            run_as => "[process] user / group",
+        }
+        live! {
+            tls => "[tls] cert / key",
+            lock => "[pop3] lock",
+            idle_timeout => "[pop3] idle_timeout",
+            apop => "[pop3] apop",
+            expire => "[pop3] expire",
+            expunge_interval => "[pop3] expunge_interval",
+            login_delay => "[pop3] login_delay",
+            trusted_networks => "[auth] trusted_networks",
+            scram_sha1 => "[auth] scram_sha1",
+            upgrade_hashes => "[auth] upgrade_hashes",
+            min_password_score => "[auth] min_password_score",
+            fail_delay => "[auth] fail_delay",
+            fail_delay_max => "[auth] fail_delay_max",
+            delivery.domains => "[delivery] domains",
+            delivery.recipient_delimiter => "[delivery] recipient_delimiter",
+            delivery.max_message_size => "[delivery] max_message_size",
+            delivery.max_recipients => "[delivery] max_recipients",
+            delivery.quota_bytes => "[delivery] quota_bytes",
+            delivery.quota_messages => "[delivery] quota_messages",
+            delivery.over_quota => "[delivery] over_quota",
+            lmtp_idle_timeout => "[delivery] idle_timeout",
+            max_connections_per_ip => "[limits] max_connections_per_ip",
+            max_concurrent_attempts_per_account => "[limits] max_concurrent_attempts_per_account",
+            prelogin_timeout => "[limits] prelogin_timeout",
+            max_unsent_output => "[limits] max_unsent_output",
+            lmtp_max_connections_per_ip => "[limits] lmtp_max_connections_per_ip",
+            max_sessions_per_user => "[limits] max_sessions_per_user",
+            shutdown_grace => "[limits] shutdown_grace",
+            log_level => "[log] level",
+        }
+        (new, changes)
+    }
+}
+
+/// What a configuration reload changed (see [`Config::reloaded`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// Settings in force from now on (new connections, logins and deliveries).
+    pub applied: Vec<&'static str>,
+    /// Settings that changed in the file but keep their running value until a restart.
+    pub need_restart: Vec<&'static str>,
 }
 
 /// `path` without `.` components (`data/./users` reads badly in messages); `.` if that is all.
@@ -768,6 +905,27 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/pillarbox/pillarbox.toml"))
+    }
+
+    #[test]
+    fn a_reload_applies_what_can_change_and_keeps_the_rest_running() {
+        let old = parse(DEFAULT_CONFIG).expect("default config");
+        let edited = DEFAULT_CONFIG
+            .replace("expire = \"never\"", "expire = \"30\"")
+            .replace("users = \"users\"", "users = \"other-users\"")
+            .replace("quota_messages = 0", "quota_messages = 500")
+            .replace("[tls]\n", "")
+            .replace("cert = \"tls/cert.pem\"\n", "")
+            .replace("key = \"tls/key.pem\"\n", "")
+            .replace("pop3s = [\"127.0.0.1:1995\"]", "pop3s = []");
+        let (now, changes) = old.reloaded(parse(&edited).expect("edited"));
+        assert_eq!(changes.applied, ["[pop3] expire", "[delivery] quota_messages"]);
+        assert_eq!(changes.need_restart, ["[tls]", "[listen] pop3s", "[auth] users"]);
+        assert_eq!((now.expire, now.delivery.quota_messages), (Expire::Days(30), 500));
+        assert_eq!(now.users_file, old.users_file, "the running value stays until a restart");
+        assert!(now.tls.is_some());
+        let (_, none) = old.reloaded(parse(DEFAULT_CONFIG).expect("same"));
+        assert_eq!(none, Changes::default());
     }
 
     #[test]

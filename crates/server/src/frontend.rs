@@ -2,7 +2,7 @@
 //! acceptor, and who is on the other end of a connection.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use pillarbox_core::Services;
 use tokio::sync::Semaphore;
@@ -13,7 +13,8 @@ use crate::config::Config;
 /// Everything a connection's driver needs, shared by all connections.
 pub(crate) struct Frontend {
     pub(crate) services: Arc<Services>,
-    pub(crate) config: Arc<Config>,
+    /// The server's own settings; replaced whole by a reload.
+    pub(crate) settings: RwLock<Arc<Config>>,
     /// For STLS and POP3S; `None` without a `[tls]` section.
     pub(crate) tls: Option<TlsAcceptor>,
     /// One permit per open POP3 connection (`max_connections`).
@@ -23,6 +24,17 @@ pub(crate) struct Frontend {
     pub(crate) lmtp_connections: Arc<Semaphore>,
     /// Bounds the TLS handshakes done only to refuse a POP3S connection politely.
     pub(crate) refusals: Arc<Semaphore>,
+}
+
+impl Frontend {
+    /// The settings in force now.
+    pub(crate) fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.settings.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub(crate) fn set_config(&self, config: Arc<Config>) {
+        *self.settings.write().unwrap_or_else(PoisonError::into_inner) = config;
+    }
 }
 
 /// The peer of a connection: an IP address, or a local socket.

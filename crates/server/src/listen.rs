@@ -177,10 +177,12 @@ pub(crate) async fn accept_loop(
             }
         };
         let (pool, limit, per_ip) = match service {
-            Service::Lmtp => {
-                (&front.lmtp_connections, front.config.lmtp_max_connections, front.config.lmtp_max_connections_per_ip)
-            }
-            _ => (&front.connections, front.config.max_connections, front.config.max_connections_per_ip),
+            Service::Lmtp => (
+                &front.lmtp_connections,
+                front.config().lmtp_max_connections,
+                front.config().lmtp_max_connections_per_ip,
+            ),
+            _ => (&front.connections, front.config().max_connections, front.config().max_connections_per_ip),
         };
         let Ok(permit) = pool.clone().try_acquire_owned() else {
             warn!(client = %peer, limit, "connection refused: too many connections");

@@ -34,8 +34,9 @@ where
 {
     let started = std::time::Instant::now();
     let services = &front.services;
-    let d = &services.policy.delivery;
-    let idle_timeout = front.config.lmtp_idle_timeout;
+    let policy = services.policy();
+    let d = &policy.delivery;
+    let idle_timeout = front.config().lmtp_idle_timeout;
     let mut session = Session::new(LmtpConfig {
         hostname: services.hostname.clone(),
         max_message_size: d.max_message_size,

@@ -154,8 +154,8 @@ pub(crate) async fn session(
     let listener = pillarbox_core::metrics::ListenerLabel { listener: if implicit { "pop3s" } else { "pop3" }.into() };
     services.metrics.sessions_active.get_or_create(&listener).inc();
     let channel_binding = channel_binding(&conn);
-    let trusted = front.config.is_trusted(peer.ip());
-    let sasl = mechanisms(&services.policy, implicit, trusted, channel_binding.is_some());
+    let trusted = front.config().is_trusted(peer.ip());
+    let sasl = mechanisms(&services.policy(), implicit, trusted, channel_binding.is_some());
     let announce = services.announce().await;
     let apop_timestamp = announce.apop.then(|| {
         let mut r = [0u8; 8];
@@ -177,7 +177,7 @@ pub(crate) async fn session(
         front: front.clone(),
         session: {
             let mut s = ServerSession::new(config);
-            s.limit_output(front.config.max_unsent_output);
+            s.limit_output(front.config().max_unsent_output);
             s
         },
         user: None,
@@ -229,7 +229,7 @@ impl Conversation {
         if out.is_empty() {
             return Ok(());
         }
-        let idle = self.front.config.idle_timeout;
+        let idle = self.front.config().idle_timeout;
         let write = async {
             conn.write_all(&out).await?;
             conn.flush().await
@@ -263,10 +263,10 @@ impl Conversation {
                     // its start (a slot must not be held for the whole idle timeout by someone
                     // who never logs in).
                     let idle = match self.user {
-                        Some(_) => self.front.config.idle_timeout,
-                        None => (started + self.front.config.prelogin_timeout)
+                        Some(_) => self.front.config().idle_timeout,
+                        None => (started + self.front.config().prelogin_timeout)
                             .saturating_duration_since(tokio::time::Instant::now())
-                            .min(self.front.config.idle_timeout),
+                            .min(self.front.config().idle_timeout),
                     };
                     tokio::select! {
                         r = conn.read(&mut buf) => match r {
@@ -320,7 +320,7 @@ impl Conversation {
                         _ => return End::TlsFailed,
                     };
                     self.channel_binding = channel_binding(&conn);
-                    let mechs = mechanisms(&self.front.services.policy, true, true, self.channel_binding.is_some());
+                    let mechs = mechanisms(&self.front.services.policy(), true, true, self.channel_binding.is_some());
                     self.session.tls_established(mechs);
                 }
                 Event::Commit { deleted, retrieved } => {

@@ -12,7 +12,7 @@ use pillarbox_store::Mailstore;
 use tokio::sync::{Semaphore, watch};
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Changes, Config};
 use crate::frontend::Frontend;
 use crate::listen::{Listeners, accept_loop};
 use crate::shutdown::{self, Phase, draining};
@@ -74,7 +74,7 @@ impl Server {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             lmtp_connections: Arc::new(Semaphore::new(config.lmtp_max_connections)),
             refusals: Arc::new(Semaphore::new(REFUSAL_HANDSHAKES)),
-            config,
+            settings: std::sync::RwLock::new(config),
         };
         Ok(Self { front: Arc::new(front), certificates })
     }
@@ -105,9 +105,26 @@ impl Server {
     /// ones; open sessions keep theirs. A pair that cannot be used is refused and the old one
     /// stays in service.
     pub fn reload_tls(&self) -> Result<(), tls::TlsError> {
-        let (Some(t), Some(certs)) = (&self.front.config.tls, &self.certificates) else { return Ok(()) };
+        let config = self.front.config();
+        let (Some(t), Some(certs)) = (&config.tls, &self.certificates) else { return Ok(()) };
         certs.replace(tls::load_pair(&t.cert, &t.key)?);
         Ok(())
+    }
+
+    /// Put a configuration read again (SIGHUP) in force: all of it that can change while running
+    /// (the policy of logins and deliveries, timeouts, limits per address, retention, the TLS
+    /// pair, which is read again in any case), at once for new connections. What needs a restart
+    /// keeps its running value and is named in the answer. Nothing changes when the new TLS pair
+    /// cannot be used.
+    pub fn reload_config(&self, new: Config) -> Result<Changes, ServerError> {
+        let (new, changes) = self.front.config().reloaded(new);
+        // (A [tls] section removed or added changes how the listeners are set up: a restart.)
+        if let (Some(t), Some(certs)) = (&new.tls, &self.certificates) {
+            certs.replace(tls::load_pair(&t.cert, &t.key)?);
+        }
+        self.front.services.set_policy(new.policy());
+        self.front.set_config(Arc::new(new));
+        Ok(changes)
     }
 
     /// Serve until `signal` completes, then drain: stop accepting, let open sessions go on for
@@ -124,10 +141,11 @@ impl Server {
                 let _ = t.await;
             }
         };
-        let c = &self.front.config;
+        let c = self.front.config();
         let pools =
             [(&*self.front.connections, c.max_connections), (&*self.front.lmtp_connections, c.lmtp_max_connections)];
-        shutdown::run(signal, phase_tx, stopped, &pools, c.shutdown_grace).await;
+        let front = &self.front;
+        shutdown::run(signal, phase_tx, stopped, &pools, || front.config().shutdown_grace).await;
     }
 }
 
@@ -136,7 +154,7 @@ async fn expunger(front: Arc<Frontend>, mut phase: watch::Receiver<Phase>) {
     let mut total: u64 = 0;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(front.config.expunge_interval) => {}
+            _ = tokio::time::sleep(front.config().expunge_interval) => {}
             _ = draining(&mut phase) => return,
         }
         let n = front.services.expunge_round().await;

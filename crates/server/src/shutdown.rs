@@ -41,9 +41,11 @@ pub(crate) async fn run(
     phase: watch::Sender<Phase>,
     stopped: impl Future<Output = ()>,
     pools: &[(&Semaphore, usize)],
-    grace: Duration,
+    grace: impl Fn() -> Duration,
 ) {
     signal.await;
+    // As configured when the signal comes (a reload may have changed it).
+    let grace = grace();
     let _ = phase.send(Phase::Draining);
     stopped.await;
     let open: usize = pools.iter().map(|(s, max)| max - s.available_permits()).sum();
