@@ -112,8 +112,9 @@ pub enum AccountError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
-    #[serde(default)]
-    accounts: BTreeMap<String, RawAccount>,
+    /// Read one by one (see [`parse_accounts`]), so that one broken account leaves the others.
+    #[serde(default, rename = "accounts")]
+    _accounts: BTreeMap<String, serde::de::IgnoredAny>,
     #[serde(default)]
     backup: RawBackup,
 }
@@ -483,107 +484,139 @@ pub fn load(path: &Path) -> Result<Vec<Account>, AccountError> {
 pub struct Problem {
     pub account: String,
     pub error: String,
+    /// What to do about it.
+    pub fix: &'static str,
 }
 
-/// Every account of the file, and the problems that stop some of them (two accounts on one
-/// mailbox: both), so that one broken account never stops the others. A file that cannot be
-/// read or parsed at all is still an error.
+/// Every account of the file that can be used, and the problems that stop the others (a key
+/// missing or wrong in one account: that one; two accounts on one mailbox: both), so that one
+/// broken account never stops the others. A file that cannot be read or is not TOML at all is
+/// still an error.
 pub fn load_all(path: &Path) -> Result<(Vec<Account>, Vec<Problem>), AccountError> {
     let text = std::fs::read_to_string(path).map_err(|source| AccountError::Read { path: path.to_owned(), source })?;
-    let accounts = parse_accounts(&text, path)?;
-    let problems = shared_mailboxes(&accounts, &text, path)
+    let (accounts, broken) = parse_accounts(&text, path)?;
+    let mut problems: Vec<Problem> = broken
         .into_iter()
-        .flat_map(|(a, b, e)| {
-            let error = e.to_string();
-            [Problem { account: a, error: error.clone() }, Problem { account: b, error }]
+        .map(|(account, e)| Problem {
+            account,
+            error: e.to_string(),
+            fix: "correct this account in the accounts file (see accounts.toml(5)); the other accounts are not affected",
         })
         .collect();
+    for (a, b, e) in shared_mailboxes(&accounts, &text, path) {
+        let error = e.to_string();
+        let fix = "give each mailbox one account in the accounts file (remove or change one of them)";
+        problems.push(Problem { account: a, error: error.clone(), fix });
+        problems.push(Problem { account: b, error, fix });
+    }
     Ok((accounts, problems))
 }
 
+/// Every account of the file, or the first problem of any of them.
 pub fn parse(text: &str, path: &Path) -> Result<Vec<Account>, AccountError> {
-    let out = parse_accounts(text, path)?;
+    let (out, mut broken) = parse_accounts(text, path)?;
+    if !broken.is_empty() {
+        return Err(broken.swap_remove(0).1);
+    }
     match shared_mailboxes(&out, text, path).into_iter().next() {
         Some((_, _, e)) => Err(e),
         None => Ok(out),
     }
 }
 
-fn parse_accounts(text: &str, path: &Path) -> Result<Vec<Account>, AccountError> {
-    let raw: RawFile = toml::from_str(text).map_err(|e| {
+/// The accounts that can be used, and each one that cannot (by name) with its error.
+type Parsed = (Vec<Account>, Vec<(String, AccountError)>);
+
+fn parse_accounts(text: &str, path: &Path) -> Result<Parsed, AccountError> {
+    let located = |e: toml::de::Error| {
         let (line, field) = pillarbox_config::toml_location(text, e.span().map_or(0, |s| s.start));
         AccountError::Field { path: path.to_owned(), line, field, message: e.message().trim().to_owned() }
-    })?;
+    };
+    // The file as a whole (TOML, and nothing but [accounts.*] and [backup]) ...
+    let _: RawFile = toml::from_str(text).map_err(located)?;
+    // ... then each account on its own, its errors still located in the file.
+    let doc = toml::de::DeTable::parse(text).map_err(located)?;
     let mut out = Vec::new();
-    for (name, a) in raw.accounts {
-        let err = |key: &str, message: String| {
-            let line = pillarbox_config::key_line(text, &format!("accounts.{name}"), key);
-            AccountError::Field { path: path.to_owned(), line, field: format!("accounts.{name}.{key}"), message }
-        };
-        let tls = a.tls.unwrap_or(TlsMode::Implicit);
-        if tls == TlsMode::None && !a.insecure {
+    let mut broken = Vec::new();
+    let tables = doc.get_ref().iter().filter(|(k, _)| k.get_ref() == "accounts").map(|(_, v)| v.get_ref());
+    for table in tables {
+        let toml::de::DeValue::Table(accounts) = table else { continue };
+        for (name, value) in accounts {
+            let name = name.get_ref().to_string();
+            let account = RawAccount::deserialize(toml::de::ValueDeserializer::from(value.clone()))
+                .map_err(located)
+                .and_then(|raw| account_of(text, path, name.clone(), raw));
+            match account {
+                Ok(a) => out.push(a),
+                Err(e) => broken.push((name, e)),
+            }
+        }
+    }
+    // In the order of their names, as `account list` and `fetch` show them.
+    out.sort_by(|a: &Account, b| a.name.cmp(&b.name));
+    Ok((out, broken))
+}
+
+fn account_of(text: &str, path: &Path, name: String, a: RawAccount) -> Result<Account, AccountError> {
+    let err = |key: &str, message: String| {
+        let line = pillarbox_config::key_line(text, &format!("accounts.{name}"), key);
+        AccountError::Field { path: path.to_owned(), line, field: format!("accounts.{name}.{key}"), message }
+    };
+    let tls = a.tls.unwrap_or(TlsMode::Implicit);
+    if tls == TlsMode::None && !a.insecure {
+        return Err(err("tls", "\"none\" sends the password and mail in cleartext; it needs insecure = true".into()));
+    }
+    let password = match (a.password_command, a.password_file, a.password_env) {
+        (Some(c), None, None) => PasswordSource::Command(c),
+        (None, Some(f), None) => PasswordSource::File(expand_home(&f)),
+        (None, None, Some(v)) => PasswordSource::Env(v),
+        (None, None, None) => {
+            return Err(err("password_command", "give one of password_command, password_file or password_env".into()));
+        }
+        _ => {
             return Err(err(
-                "tls",
-                "\"none\" sends the password and mail in cleartext; it needs insecure = true".into(),
+                "password_command",
+                "give only one of password_command, password_file, password_env".into(),
             ));
         }
-        let password = match (a.password_command, a.password_file, a.password_env) {
-            (Some(c), None, None) => PasswordSource::Command(c),
-            (None, Some(f), None) => PasswordSource::File(expand_home(&f)),
-            (None, None, Some(v)) => PasswordSource::Env(v),
-            (None, None, None) => {
-                return Err(err(
-                    "password_command",
-                    "give one of password_command, password_file or password_env".into(),
-                ));
-            }
-            _ => {
-                return Err(err(
-                    "password_command",
-                    "give only one of password_command, password_file, password_env".into(),
-                ));
-            }
-        };
-        let deliver = match (a.deliver.maildir, a.deliver.mbox, a.deliver.mda) {
-            (Some(m), None, None) => Deliver::Maildir(expand_home(&m)),
-            (None, Some(m), None) => Deliver::Mbox(expand_home(&m)),
-            (None, None, Some(c)) => Deliver::Mda(c),
-            _ => {
-                return Err(err(
-                    "deliver",
-                    "give exactly one of { maildir = PATH }, { mbox = PATH }, { mda = COMMAND }".into(),
-                ));
-            }
-        };
-        let keep = match a.keep.as_deref() {
-            None => Keep::Delete,
-            Some(s) => s.parse().map_err(|m| err("keep", m))?,
-        };
-        let fingerprint = match a.tls_fingerprint {
-            None => None,
-            Some(f) => Some(
-                parse_fingerprint(&f)
-                    .ok_or_else(|| err("tls_fingerprint", "expected sha256: and 64 hex digits".into()))?,
-            ),
-        };
-        out.push(Account {
-            port: a.port.unwrap_or(if tls == TlsMode::Implicit { 995 } else { 110 }),
-            name,
-            host: a.host,
-            tls,
-            insecure: a.insecure,
-            username: a.username,
-            password,
-            auth: a.auth.unwrap_or(AuthChoice::Auto),
-            ca_file: a.ca_file.map(|p| expand_home(&p)),
-            fingerprint,
-            deliver,
-            keep,
-            max_size: a.max_size.map(|s| s.0),
-            oversize: a.oversize.unwrap_or(Oversize::Skip),
-        });
-    }
-    Ok(out)
+    };
+    let deliver = match (a.deliver.maildir, a.deliver.mbox, a.deliver.mda) {
+        (Some(m), None, None) => Deliver::Maildir(expand_home(&m)),
+        (None, Some(m), None) => Deliver::Mbox(expand_home(&m)),
+        (None, None, Some(c)) => Deliver::Mda(c),
+        _ => {
+            return Err(err(
+                "deliver",
+                "give exactly one of { maildir = PATH }, { mbox = PATH }, { mda = COMMAND }".into(),
+            ));
+        }
+    };
+    let keep = match a.keep.as_deref() {
+        None => Keep::Delete,
+        Some(s) => s.parse().map_err(|m| err("keep", m))?,
+    };
+    let fingerprint = match a.tls_fingerprint {
+        None => None,
+        Some(f) => Some(
+            parse_fingerprint(&f).ok_or_else(|| err("tls_fingerprint", "expected sha256: and 64 hex digits".into()))?,
+        ),
+    };
+    Ok(Account {
+        port: a.port.unwrap_or(if tls == TlsMode::Implicit { 995 } else { 110 }),
+        name,
+        host: a.host,
+        tls,
+        insecure: a.insecure,
+        username: a.username,
+        password,
+        auth: a.auth.unwrap_or(AuthChoice::Auto),
+        ca_file: a.ca_file.map(|p| expand_home(&p)),
+        fingerprint,
+        deliver,
+        keep,
+        max_size: a.max_size.map(|s| s.0),
+        oversize: a.oversize.unwrap_or(Oversize::Skip),
+    })
 }
 
 /// Pairs of accounts on one mailbox, with the error naming them. The journal (what was
@@ -613,6 +646,30 @@ fn shared_mailboxes(out: &[Account], text: &str, path: &Path) -> Vec<(String, St
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn one_broken_account_leaves_the_others() {
+        let text = "[accounts.good]\nhost = \"h\"\nusername = \"u\"\npassword_env = \"P\"\n\
+                    deliver = { maildir = \"/m\" }\n\n\
+                    [accounts.nohost]\nusername = \"u\"\npassword_env = \"P\"\ndeliver = { maildir = \"/n\" }\n\n\
+                    [accounts.badport]\nhost = \"h2\"\nport = \"pop\"\nusername = \"u\"\npassword_env = \"P\"\n\
+                    deliver = { maildir = \"/b\" }\n";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("accounts.toml");
+        std::fs::write(&path, text).expect("write");
+        let (ok, problems) = super::load_all(&path).expect("the file as a whole is fine");
+        assert_eq!(ok.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["good"]);
+        let said = |name: &str| problems.iter().find(|p| p.account == name).map(|p| p.error.clone()).expect(name);
+        assert!(said("nohost").contains("line 7") && said("nohost").contains("missing field `host`"), "{problems:?}");
+        assert!(
+            said("badport").contains("line 14") && said("badport").contains("accounts.badport.port"),
+            "{problems:?}"
+        );
+        assert!(super::load(&path).is_err(), "load wants every account");
+        // Not TOML at all: the whole file is an error.
+        std::fs::write(&path, "[accounts.x\n").expect("write");
+        assert!(super::load_all(&path).is_err());
+    }
+
     #[test]
     fn fingerprints_in_every_form_tools_print() {
         let bytes: Vec<u8> = (0u8..32).map(|b| b.wrapping_mul(7)).collect();

@@ -213,9 +213,12 @@ pub fn command(cmd: AccountCommand) -> Result<u8> {
         AccountCommand::Add(args) => add(*args),
         AccountCommand::List { files } => {
             let path = files.accounts();
-            let accounts = load(&path)?;
-            if accounts.is_empty() {
+            let (accounts, problems) = load(&path)?;
+            if accounts.is_empty() && problems.is_empty() {
                 println!("no accounts in {}; add one with `pillarbox account add ADDRESS`", path.display());
+            }
+            for p in problems.iter().filter(|p| !accounts.iter().any(|a| a.name == p.account)) {
+                println!("{:<24} cannot be used: {}", p.account, p.error);
             }
             for a in accounts {
                 println!(
@@ -233,8 +236,11 @@ pub fn command(cmd: AccountCommand) -> Result<u8> {
         }
         AccountCommand::Show { name, files } => {
             let path = files.accounts();
-            let accounts = load(&path)?;
+            let (accounts, problems) = load(&path)?;
             let Some(a) = accounts.iter().find(|a| a.name == name) else {
+                if let Some(p) = problems.iter().find(|p| p.account == name) {
+                    bail!("account {name} cannot be used: {}", p.error);
+                }
                 bail!("{}: no account named {name}", path.display());
             };
             println!("account   {}", a.name);
@@ -273,14 +279,9 @@ pub fn command(cmd: AccountCommand) -> Result<u8> {
     }
 }
 
-/// The accounts of a file that must exist (for `fetch`, `mail`, `backup`): a missing file is
-/// the first run, answered with what to do rather than "No such file or directory".
-pub fn load_required(path: &Path) -> Result<Vec<Account>, account::AccountError> {
-    missing_hint(path, account::load(path))
-}
-
-/// Like [`load_required`], keeping the accounts that have a problem apart (see
-/// [`account::load_all`]).
+/// The accounts of a file that must exist (for `fetch` and `mail`), with those that have a
+/// problem apart (see [`account::load_all`]): a missing file is the first run, answered with
+/// what to do rather than "No such file or directory".
 pub fn load_all_required(path: &Path) -> Result<(Vec<Account>, Vec<account::Problem>), account::AccountError> {
     missing_hint(path, account::load_all(path))
 }
@@ -299,11 +300,12 @@ fn missing_hint<T>(path: &Path, loaded: Result<T, account::AccountError>) -> Res
     }
 }
 
-fn load(path: &Path) -> Result<Vec<Account>> {
-    match account::load(path) {
+/// The accounts, and those that cannot be read apart; none when there is no file yet.
+fn load(path: &Path) -> Result<(Vec<Account>, Vec<account::Problem>)> {
+    match account::load_all(path) {
         Ok(a) => Ok(a),
         Err(account::AccountError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Ok(Vec::new())
+            Ok(Default::default())
         }
         Err(e) => Err(e.into()),
     }
@@ -325,6 +327,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 pub fn check(args: CheckArgs) -> Result<u8> {
     let path = args.files.accounts();
     let mut problems: Vec<account::Problem> = Vec::new();
+    let mut unreadable: Vec<account::Problem> = Vec::new();
     let (accounts, local, all) = match &args.server.host {
         Some(host) => {
             let Some(user) = &args.server.username else { bail!("--host needs --username too") };
@@ -350,16 +353,22 @@ pub fn check(args: CheckArgs) -> Result<u8> {
             } else {
                 let mut v = Vec::new();
                 for n in &args.accounts {
-                    v.push(
-                        all.iter()
-                            .find(|a| &a.name == n)
-                            .cloned()
-                            .with_context(|| format!("{}: no account named {n}", path.display()))?,
-                    );
+                    match all.iter().find(|a| &a.name == n) {
+                        Some(a) => v.push(a.clone()),
+                        None if problems.iter().any(|p| &p.account == n) => {}
+                        None => bail!("{}: no account named {n}", path.display()),
+                    }
                 }
                 v
             };
-            if chosen.is_empty() {
+            // Accounts that cannot even be read are examined too: their check is the failing one.
+            unreadable = problems
+                .iter()
+                .filter(|p| !all.iter().any(|a| a.name == p.account))
+                .filter(|p| args.accounts.is_empty() || args.accounts.contains(&p.account))
+                .cloned()
+                .collect();
+            if chosen.is_empty() && unreadable.is_empty() {
                 bail!("{} has no accounts; add one with `pillarbox account add ADDRESS`", path.display());
             }
             (chosen, true, all)
@@ -376,16 +385,23 @@ pub fn check(args: CheckArgs) -> Result<u8> {
             local,
             password: None,
         };
-        let mut failed = false;
+        let mut failed = !unreadable.is_empty();
+        for p in &unreadable {
+            let report = Report::config_failure(p.error.clone(), p.fix);
+            if args.json {
+                let line = serde_json::json!({ "account": p.account, "ok": false, "checks": report.findings });
+                println!("{line}");
+            } else {
+                println!("{}: (cannot be read from the accounts file)", p.account);
+                print_report(&report);
+            }
+        }
         for a in &accounts {
             if !args.json {
                 println!("{}", heading(a));
             }
             let report = match problems.iter().find(|p| p.account == a.name) {
-                Some(p) => Report::config_failure(
-                    p.error.clone(),
-                    "give each mailbox one account in the accounts file (remove or change one of them)",
-                ),
+                Some(p) => Report::config_failure(p.error.clone(), p.fix),
                 None => check::run(a, &opts).await,
             };
             failed |= report.failed();
@@ -479,12 +495,12 @@ fn add(args: AddArgs) -> Result<u8> {
         bail!("{:?} is not an email address (like me@example.com or me@localhost)", args.email);
     };
     let path = args.files.accounts();
-    let existing = load(&path)?;
+    let (existing, problems) = load(&path)?;
     let name = match &args.name {
         Some(n) => n.clone(),
         None => prompt.ask("Account name", &args.email)?,
     };
-    if existing.iter().any(|a| a.name == name) {
+    if existing.iter().any(|a| a.name == name) || problems.iter().any(|p| p.account == name) {
         bail!("{}: an account named {name} already exists (choose another with --name)", path.display());
     }
     let timeout = args.net.timeout.0;

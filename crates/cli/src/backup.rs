@@ -308,9 +308,18 @@ pub fn command(cmd: BackupCommand) -> Result<u8> {
                     dest.display()
                 );
             }
-            let all = if accounts_file.exists() { account::load(&accounts_file)? } else { Vec::new() };
+            let (all, problems) =
+                if accounts_file.exists() { account::load_all(&accounts_file)? } else { Default::default() };
+            // An account that cannot be read is left out, said, and the status says so (78);
+            // the others are backed up.
+            let left_out: Vec<&account::Problem> =
+                problems.iter().filter(|p| accounts.is_empty() || accounts.contains(&p.account)).collect();
+            for p in &left_out {
+                eprintln!("pillarbox backup: account {} is left out: {}", p.account, p.error);
+            }
+            let status = if left_out.is_empty() { 0 } else { 78 };
             for n in &accounts {
-                if !all.iter().any(|a| &a.name == n) {
+                if !all.iter().any(|a| &a.name == n) && !problems.iter().any(|p| &p.account == n) {
                     bail!("{}: no account named {n}", accounts_file.display());
                 }
             }
@@ -368,7 +377,7 @@ pub fn command(cmd: BackupCommand) -> Result<u8> {
             }
             if json {
                 println!("{}", serde_json::to_string(&made)?);
-                return Ok(0);
+                return Ok(status);
             }
             let kind = if made.seq == 0 {
                 "full".to_owned()
@@ -389,7 +398,7 @@ pub fn command(cmd: BackupCommand) -> Result<u8> {
             if no_encrypt {
                 eprintln!("pillarbox backup: the archive is NOT encrypted; keep it where nobody else can read it");
             }
-            Ok(0)
+            Ok(status)
         }
         BackupCommand::Verify { archives, read } => {
             let (_, settings) = settings(&read.place)?;

@@ -236,6 +236,8 @@ pub fn run(args: FetchArgs) -> Result<u8> {
         for name in &args.accounts {
             match all.iter().find(|a| &a.name == name) {
                 Some(a) => chosen.push(a.clone()),
+                // Reported below with what is wrong with it.
+                None if problems.iter().any(|p| &p.account == name) => {}
                 None => {
                     eprintln!("pillarbox fetch: {}: no account named {name}", file.display());
                     return Ok(78);
@@ -245,8 +247,10 @@ pub fn run(args: FetchArgs) -> Result<u8> {
     }
     // An account with a problem is reported and left out; the others are fetched, and the
     // exit status says a configuration problem remains (78).
-    let broken: Vec<&account::Problem> =
-        problems.iter().filter(|p| chosen.iter().any(|a| a.name == p.account)).collect();
+    let broken: Vec<&account::Problem> = problems
+        .iter()
+        .filter(|p| if args.accounts.is_empty() { true } else { args.accounts.contains(&p.account) })
+        .collect();
     for p in &broken {
         eprintln!("pillarbox fetch: account {} is not fetched: {}", p.account, p.error);
     }

@@ -107,7 +107,10 @@ fn maildirs(store: &Store, account: Option<&str>) -> Result<Vec<(String, PathBuf
         return Ok(vec![("-".into(), dir.clone())]);
     }
     let path = store.accounts_file.clone().unwrap_or_else(account::default_path);
-    let accounts: Vec<Account> = crate::account::load_required(&path)?;
+    let (accounts, problems) = crate::account::load_all_required(&path)?;
+    for p in problems.iter().filter(|p| account.is_none_or(|n| n == p.account)) {
+        eprintln!("pillarbox mail: account {} is left out: {}", p.account, p.error);
+    }
     let chosen: Vec<&Account> = match account {
         Some(n) => vec![
             accounts

@@ -964,7 +964,7 @@ fn a_journal_kept_under_the_old_folder_name_is_adopted_and_nothing_is_downloaded
 }
 
 #[test]
-fn two_accounts_on_one_mailbox_stop_only_themselves() {
+fn two_accounts_on_one_mailbox_or_a_broken_account_stop_only_themselves() {
     let mut pb = Pillarbox::new();
     pb.add_user("bob", "bob has a long password 2026");
     pb.deliver("alice", &message(1));
@@ -978,7 +978,10 @@ fn two_accounts_on_one_mailbox_stop_only_themselves() {
             .replace("\"alice\"", "\"bob\"")
             .replace(&format!("echo '{PASSWORD}'"), "echo 'bob has a long password 2026'")
     };
-    let accounts = format!("{good}\n{}\n{}", twin("twin1"), twin("twin2"));
+    // And one that says too little to be fetched (its host is missing).
+    let broken =
+        "[accounts.broken]\nusername = \"carol\"\npassword_env = \"X\"\ndeliver = { maildir = \"/nowhere\" }\n";
+    let accounts = format!("{good}\n{}\n{}\n{broken}", twin("twin1"), twin("twin2"));
     let (out, ev) = fetch(w, &accounts, &[]);
     let said = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{said}");
@@ -989,6 +992,12 @@ fn two_accounts_on_one_mailbox_stop_only_themselves() {
         assert!(!w.join(twin).exists(), "{twin} was not touched");
     }
     assert_eq!(pb.stored("bob"), 1, "bob's mail stays on the server");
+    assert!(said.contains("account broken is not fetched") && said.contains("missing field `host`"), "{said}");
+    assert!(said.contains("accounts.toml, line "), "the place in the file: {said}");
+    // Named on the command line, it is told the same way (not "no account named").
+    let (out, _) = fetch(w, &accounts, &["broken"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing field `host`"));
 
     // check examines every account and reports the two as failing their configuration.
     let out = Command::new(bin())
@@ -1002,7 +1011,7 @@ fn two_accounts_on_one_mailbox_stop_only_themselves() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
-    assert_eq!(reports.len(), 3, "{reports:?}");
+    assert_eq!(reports.len(), 4, "{reports:?}");
     assert_eq!(out.status.code(), Some(1));
     for r in &reports {
         let config_failed =
