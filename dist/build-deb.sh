@@ -10,7 +10,7 @@ out=target/dist
 rm -rf "$out" && mkdir -p "$out/man" "$out/completions" "$out/cfg"
 B=target/release/pillarbox
 "$B" man "$out/man" >/dev/null
-gzip -9n "$out"/man/*.1
+gzip -9n "$out"/man/*.1 "$out"/man/*.5
 "$B" completions bash > "$out/completions/pillarbox"
 "$B" completions zsh > "$out/completions/_pillarbox"
 "$B" completions fish > "$out/completions/pillarbox.fish"

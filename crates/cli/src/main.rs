@@ -7,6 +7,7 @@ mod backup;
 mod fetch;
 mod interrupt;
 mod mail;
+mod manual;
 mod migrate;
 mod table;
 mod user;
@@ -80,7 +81,8 @@ enum Command {
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell), e.g.
     /// `pillarbox completions bash > /etc/bash_completion.d/pillarbox`.
     Completions { shell: clap_complete::Shell },
-    /// Write manual pages (pillarbox.1 and one per subcommand, like pillarbox-fetch.1) into DIR.
+    /// Write manual pages into DIR: pillarbox.1 and one per subcommand (like pillarbox-fetch.1),
+    /// and pillarbox.toml.5 and accounts.toml.5.
     Man { dir: PathBuf },
     /// Deliver one message from standard input into a user's maildrop (for an MTA's pipe).
     Deliver {
@@ -381,9 +383,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Man { dir } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
+            let written = manual::write_all(<Cli as clap::CommandFactory>::command(), &dir)
                 .with_context(|| format!("writing manual pages into {}", dir.display()))?;
-            println!("manual pages written into {}", dir.display());
+            println!("{} manual pages written into {}", written.len(), dir.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Check) => config_check(data_dir.as_deref(), config.as_deref()),

@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::bin;
+use common::{Pillarbox, bin, require_tool};
 
 fn run(home: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(bin())
@@ -218,5 +218,92 @@ fn with_json_logs_every_line_serve_writes_is_a_json_object() {
     for line in String::from_utf8_lossy(&out.stdout).lines().chain(String::from_utf8_lossy(&out.stderr).lines()) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(v["message"].is_string(), "{v}");
+    }
+}
+
+#[test]
+fn manual_pages_have_exit_status_files_environment_and_examples_and_section_5_pages() {
+    require_tool("groff");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(bin()).arg("man").arg(dir.path()).output().expect("man");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let render = |page: &str| {
+        let out = Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-rLL=200n"])
+            .arg(dir.path().join(page))
+            .output()
+            .expect("groff");
+        let warnings = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && warnings.is_empty(), "{page}: {warnings}");
+        // Without the overstriking groff uses for bold and underline on a terminal.
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut plain = String::new();
+        for c in text.chars() {
+            if c == '\u{8}' {
+                plain.pop();
+            } else {
+                plain.push(c);
+            }
+        }
+        plain
+    };
+    for page in std::fs::read_dir(dir.path()).expect("dir").map(|e| e.expect("entry").file_name()) {
+        render(&page.to_string_lossy());
+    }
+    for page in [
+        "pillarbox.1",
+        "pillarbox-fetch.1",
+        "pillarbox-check.1",
+        "pillarbox-account-add.1",
+        "pillarbox-serve.1",
+        "pillarbox-mail-search.1",
+        "pillarbox-deliver.1",
+        "pillarbox-backup-create.1",
+    ] {
+        let text = render(page);
+        for section in ["EXIT STATUS", "ENVIRONMENT", "FILES", "EXAMPLES", "SEE ALSO"] {
+            assert!(text.contains(&format!("\n{section}\n")), "{page} has no {section}:\n{text}");
+        }
+    }
+    let fetch = render("pillarbox-fetch.1");
+    for status in ["69", "75", "77", "78"] {
+        assert!(fetch.contains(&format!("\n       {status} ")), "pillarbox-fetch(1) explains {status}:\n{fetch}");
+    }
+    assert!(fetch.contains("accounts.toml(5)") && fetch.contains("PILLARBOX_ACCOUNTS"), "{fetch}");
+
+    // pillarbox.toml(5) names every key of the configuration a new data folder gets, with its
+    // default (the test harness changes a few values of its own, not the keys).
+    let pb = Pillarbox::new();
+    let config = std::fs::read_to_string(pb.config_path()).expect("config");
+    let manual = render("pillarbox.toml.5");
+    assert!(manual.contains("idle_timeout = \"10m\"") && manual.contains("Default: \"10m\""), "{manual}");
+    let mut keys = 0;
+    for line in config.lines().filter(|l| !l.starts_with('#') && l.contains(" = ")) {
+        let (key, _) = line.split_once(" = ").expect("key");
+        assert!(manual.contains(&format!("\n       {key} = ")), "pillarbox.toml(5) lacks {key}");
+        keys += 1;
+    }
+    assert!(keys > 30, "{keys} keys");
+    assert!(manual.contains("RELOADING"), "{manual}");
+    let accounts = render("accounts.toml.5");
+    for key in [
+        "host",
+        "port",
+        "tls",
+        "username",
+        "password_command",
+        "password_file",
+        "password_env",
+        "auth",
+        "ca_file",
+        "tls_fingerprint",
+        "deliver",
+        "keep",
+        "max_size",
+        "oversize",
+        "recipients",
+        "passphrase_file",
+    ] {
+        assert!(accounts.contains(&format!("\n       {key}")), "accounts.toml(5) lacks {key}:\n{accounts}");
     }
 }
