@@ -868,6 +868,14 @@ fn a_terminal_gets_a_progress_bar_per_account() {
     let screen = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{screen}");
     assert!(screen.contains("term [") && screen.contains("3/3 messages"), "{screen}");
+    // The rate reads as a person says it: at most one decimal (not `1,100.4274/s`).
+    let rates: Vec<&str> =
+        screen.split("messages, ").skip(1).filter_map(|r| r.split_once("/s").map(|(n, _)| n)).collect();
+    assert!(!rates.is_empty(), "{screen}");
+    for rate in rates {
+        let decimals = rate.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(decimals <= 1 && !rate.contains(',') && rate.len() < 8, "rate {rate:?} in {screen}");
+    }
     assert!(screen.contains("3 new ("), "the bar ends with a summary: {screen}");
     // Without a terminal: nothing but errors.
     let (out, _) = fetch(w, &acct, &[]);
