@@ -47,6 +47,9 @@ pub enum AuthError {
     Io(#[from] pillarbox_os::IoError),
     #[error("password hashing failed: {0}")]
     Hash(String),
+    /// A directory kept elsewhere (a database) cannot answer now.
+    #[error("{0}")]
+    Backend(String),
 }
 
 /// One user: secrets and per-user settings.

@@ -1,0 +1,1 @@
+//! Login throttling shared by every node (written below).

@@ -1,0 +1,1 @@
+//! Mail in PostgreSQL (written below).

@@ -1,0 +1,44 @@
+//! The PostgreSQL backends against a private PostgreSQL server (Debian's `postgresql`): the
+//! conformance suites every directory and store passes, and what only a shared database can
+//! show (schema versions, leases between nodes).
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use pillarbox_pg::{Db, Settings, schema};
+use pillarbox_testpg::TestPg;
+
+fn server() -> &'static TestPg {
+    static PG: OnceLock<TestPg> = OnceLock::new();
+    PG.get_or_init(TestPg::start)
+}
+
+/// A fresh database with the schema, and its URL.
+async fn fresh(lease: Duration) -> (Db, String) {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let name = format!("t{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    let url = server().database(&name);
+    let db = Db::new(Settings { url: url.clone(), pool_size: 8, lease, ..Settings::default() }).expect("pool");
+    assert_eq!(schema::init(&db).await.expect("init"), schema::VERSION);
+    (db, name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_directory_conforms() {
+    let (db, _) = fresh(Duration::from_secs(30)).await;
+    pillarbox_auth::directory::conformance::run(&pillarbox_pg::directory::PgDirectory::new(db)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_is_made_once_upgraded_in_place_and_a_newer_one_is_refused() {
+    let (db, name) = fresh(Duration::from_secs(30)).await;
+    assert_eq!(schema::init(&db).await.expect("again"), schema::VERSION, "idempotent");
+    schema::check(&db).await.expect("current");
+    let status = schema::status(&db).await.expect("status");
+    assert_eq!((status.version, status.users, status.messages, status.leases), (schema::VERSION, 0, 0, 0));
+    server().psql(&name, &format!("INSERT INTO pillarbox_schema (version) VALUES ({})", schema::VERSION + 1));
+    let refused = schema::init(&db).await.expect_err("newer");
+    assert!(refused.to_string().contains("newer than this program"), "{refused}");
+    assert!(schema::check(&db).await.is_err());
+}
