@@ -42,3 +42,19 @@ async fn the_schema_is_made_once_upgraded_in_place_and_a_newer_one_is_refused() 
     assert!(refused.to_string().contains("newer than this program"), "{refused}");
     assert!(schema::check(&db).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_conforms() {
+    let (db, name) = fresh(Duration::from_secs(30)).await;
+    let store = pillarbox_pg::store::PgStore::new(db);
+    let lose = |user: &pillarbox_proto::UserName| {
+        server().psql(
+            &name,
+            &format!(
+                "UPDATE leases SET expires_at = now() - interval '1 second' \
+                 WHERE account_id = (SELECT account_id FROM logins WHERE login = '{user}')"
+            ),
+        );
+    };
+    pillarbox_store::conformance::run(&store, &lose).await;
+}
