@@ -147,25 +147,38 @@ impl MemoryGate {
         }
     }
 
-    /// The counts a failure from `ip` for `account` adds to: the address's group, its aggregate,
-    /// the account, and the pair (address group, account) that a success takes back.
     fn keys(&self, ip: IpAddr, account: &str) -> Keys {
-        let group = format!("ip:{}", self.grouping.key(ip));
-        let account = account_key(account);
-        Keys {
-            pair: (!account.is_empty()).then(|| format!("pair:{group}\0{account}")),
-            group,
-            aggregate: self.grouping.aggregate_key(ip).map(|a| format!("net:{a}")),
-            account: (!account.is_empty()).then(|| format!("user:{account}")),
-        }
+        Keys::new(self.grouping, ip, account)
     }
 }
 
-struct Keys {
-    group: String,
-    aggregate: Option<String>,
-    account: Option<String>,
-    pair: Option<String>,
+/// The counts a failure from an address for an account adds to: the address's group, its
+/// aggregate, the account, and the pair (address group, account) that a success takes back.
+/// Every gate counts under these keys, so that counts kept in a database read the same.
+pub struct Keys {
+    pub group: String,
+    pub aggregate: Option<String>,
+    pub account: Option<String>,
+    pub pair: Option<String>,
+}
+
+impl Keys {
+    pub fn new(grouping: IpGrouping, ip: IpAddr, account: &str) -> Self {
+        let group = format!("ip:{}", grouping.key(ip));
+        let account = account_key(account);
+        Keys {
+            // A separator no address has and a database's text can hold (not NUL).
+            pair: (!account.is_empty()).then(|| format!("pair:{group}\u{1f}{account}")),
+            group,
+            aggregate: grouping.aggregate_key(ip).map(|a| format!("net:{a}")),
+            account: (!account.is_empty()).then(|| format!("user:{account}")),
+        }
+    }
+
+    /// The counts whose largest is the delay's measure (all but the pair).
+    pub fn counted(&self) -> impl Iterator<Item = &String> {
+        [Some(&self.group), self.aggregate.as_ref(), self.account.as_ref()].into_iter().flatten()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -271,7 +271,7 @@ impl Directory for PgDirectory {
         let Some(row) = rows.first() else { return Err(DirectoryError::NoSuchUser(name.clone())) };
         let id: i64 = row.get(0);
         // The account and everything keyed by it: nobody could reach its mail any more.
-        for table in ["messages", "bodies", "leases", "last_logins", "accounts"] {
+        for table in ["messages", "bodies", "leases", "accounts"] {
             tx.execute_typed(&format!("DELETE FROM {table} WHERE account_id = $1"), &[(&id, Type::INT8)])
                 .await
                 .map_err(unavailable)?;

@@ -84,7 +84,7 @@ CREATE TABLE login_failures (
     last_at    timestamptz NOT NULL
 );
 CREATE TABLE last_logins (
-    account_id bigint PRIMARY KEY,
+    login      text PRIMARY KEY,
     at         timestamptz NOT NULL
 );
 

@@ -58,3 +58,27 @@ async fn the_store_conforms() {
     };
     pillarbox_store::conformance::run(&store, &lose).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_gate_conforms_and_two_nodes_count_together() {
+    use pillarbox_core::gate::{IpGrouping, LoginGate};
+    let (db, name) = fresh(Duration::from_secs(30)).await;
+    pillarbox_core::gate::conformance::run(&pillarbox_pg::gate::PgLoginGate::new(db.clone(), IpGrouping::default()))
+        .await;
+    // The counts were kept in the database (not only by the node's fallback).
+    let kept: u32 = server().psql(&name, "SELECT count(*) FROM login_failures").parse().expect("count");
+    assert!(kept > 5, "{kept} counts in the database");
+    // Two nodes: a guesser who spreads over them is counted once.
+    let one = pillarbox_pg::gate::PgLoginGate::new(db.clone(), IpGrouping::default());
+    let two = pillarbox_pg::gate::PgLoginGate::new(db, IpGrouping::default());
+    let from: std::net::IpAddr = "203.0.113.77".parse().expect("ip");
+    let mut last = 0;
+    for i in 0..6 {
+        let node: &dyn LoginGate = if i % 2 == 0 { &one } else { &two };
+        last = node.failure(from, "spread").await;
+    }
+    assert_eq!(last, 6, "six failures over two nodes are six");
+    let erin = pillarbox_proto::UserName::new("erin").expect("name");
+    assert!(one.login_allowed(&erin, Duration::from_secs(60)).await);
+    assert!(!two.login_allowed(&erin, Duration::from_secs(60)).await, "LOGIN-DELAY holds on every node");
+}
