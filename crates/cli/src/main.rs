@@ -4,6 +4,7 @@
 
 mod account;
 mod backup;
+mod db;
 mod fetch;
 mod interrupt;
 mod mail;
@@ -25,8 +26,6 @@ use pillarbox_server::config::{CONFIG_FILE, Config, HumanSize};
 use pillarbox_server::datadir::{self, Prepared};
 use pillarbox_server::privileges::Outcome;
 use pillarbox_server::{ListenAddrs, Listeners, Server, Service};
-use pillarbox_store::Mailstore;
-use pillarbox_store::maildir::MaildirStore;
 
 /// Pillarbox: a POP3 mail system.
 #[derive(Debug, Parser)]
@@ -75,6 +74,10 @@ enum Command {
     /// Moving from another POP3 server.
     #[command(subcommand)]
     Migrate(MigrateCommand),
+    /// The cluster's database ([database] in the configuration): create or upgrade the schema,
+    /// and see what it holds.
+    #[command(subcommand)]
+    Db(db::DbCommand),
     /// The server configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -328,6 +331,17 @@ fn load_config(data_dir: Option<&std::path::Path>, config: Option<&std::path::Pa
     }
 }
 
+/// The configuration alone (nothing created), for commands that only read it.
+fn load_config_only(data_dir: Option<&std::path::Path>, config: Option<&std::path::Path>) -> Result<Config> {
+    let path = match config {
+        Some(p) => p.to_path_buf(),
+        None => data_dir.unwrap_or(std::path::Path::new("pillarbox-data")).join(CONFIG_FILE),
+    };
+    let loaded = Config::load(&path).map_err(|e| Exit(EX_CONFIG, e.to_string()))?;
+    apply_config_log_level(&loaded);
+    Ok(loaded)
+}
+
 /// Run as root, an administrative command that writes the server's data (`user ...`,
 /// `deliver`) first becomes the `[process] user` the server runs as, so that every file it
 /// creates or rewrites (the user file, a new Maildir, a delivered message) is that user's and not
@@ -397,6 +411,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             become_service_user(data_dir.as_deref(), config.as_deref())?;
             user::deliver(&server()?.0, &user, max_size)
         }
+        Command::Db(cmd) => db::command(&load_config_only(data_dir.as_deref(), config.as_deref())?, cmd),
         Command::Migrate(MigrateCommand::Verify { dovecot, pillarbox, user, password_stdin, insecure }) => {
             let config = server()?.0;
             let new = pillarbox
@@ -456,8 +471,7 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs, json: bool) ->
         );
     }
     let config = Arc::new(config);
-    let store: Arc<dyn Mailstore> = Arc::new(MaildirStore::new(&config.maildir_root));
-    let server = Server::new(config.clone(), store)?;
+    let server = Server::new(config.clone())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
         let listeners = match Listeners::bind(&ListenAddrs::from_config(&config)).await {
@@ -518,7 +532,45 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs, json: bool) ->
                 serde_json::json!({ "certificate": t.cert, "fingerprint": shown }),
             );
         }
-        let users = UserFile::new(&config.users_file).load().map(|u| u.users.len()).unwrap_or(0);
+        let users = match &config.database {
+            None => UserFile::new(&config.users_file).load().map(|u| u.users.len()).unwrap_or(0),
+            Some(d) => {
+                let db = pillarbox_server::database(d).map_err(|e| Exit(EX_CONFIG, e.to_string()))?;
+                let checked = async {
+                    pillarbox_pg::schema::check(&db).await?;
+                    pillarbox_pg::schema::status(&db).await
+                };
+                match checked.await {
+                    Ok(status) => {
+                        say.line(
+                            "database",
+                            &format!(
+                                "users and mail in the database {} (schema version {}, {} users, {} messages)",
+                                d.url_for_display(),
+                                status.version,
+                                status.users,
+                                status.messages
+                            ),
+                            serde_json::json!({
+                                "database": d.url_for_display(), "schema": status.version,
+                                "users": status.users, "messages": status.messages,
+                            }),
+                        );
+                        usize::try_from(status.users).unwrap_or(usize::MAX)
+                    }
+                    // Down now: the node serves, and sessions answer "try later" until it is back.
+                    Err(e) if pillarbox_pg::is_unavailable(&e) => {
+                        tracing::warn!(
+                            error = %e,
+                            "the database cannot be reached now; logins and deliveries are answered with a temporary \
+                             failure until it can"
+                        );
+                        1
+                    }
+                    Err(e) => return Err(Exit(EX_CONFIG, format!("{e} ({})", d.url_for_display())).into()),
+                }
+            }
+        };
         let flag = config_flag(&config);
         if users == 0 {
             say.line(

@@ -4,24 +4,21 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use pillarbox_auth::{FileDirectory, UserFile, format_expire, read_secret_line};
+use pillarbox_auth::{format_expire, read_secret_line};
+use pillarbox_core::Services;
 use pillarbox_core::admin::{AdminError, NewPassword, Setting, user_name};
 use pillarbox_core::deliver::Refusal;
-use pillarbox_core::{MemoryGate, Services};
 use pillarbox_proto::{Expire, Secret, UserName};
 use pillarbox_server::config::Config;
-use pillarbox_store::maildir::MaildirStore;
 
 use crate::{EX_CANTCREAT, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, Exit, PasswordSource, UserCommand};
 
-/// The service layer over this configuration's user file and Maildirs.
+/// The service layer over this configuration's backends (the user file and Maildirs, or the
+/// cluster's database).
 fn services(config: &Config) -> Result<Services> {
-    let directory = Arc::new(FileDirectory::new(UserFile::new(&config.users_file)));
-    let store = Arc::new(MaildirStore::new(&config.maildir_root));
-    Ok(Services::new(config.policy(), directory, store, Arc::new(MemoryGate::new()))?)
+    Ok(pillarbox_server::services(config)?)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -70,6 +70,12 @@ impl Default for Settings {
     }
 }
 
+/// Whether `url` is a connection string PostgreSQL's client understands (what is wrong, if not;
+/// never the URL itself, which may hold a password).
+pub fn check_url(url: &str) -> Result<(), String> {
+    url.parse::<tokio_postgres::Config>().map(drop).map_err(|e| format!("not a PostgreSQL connection string: {e}"))
+}
+
 /// The connection pool all backends share, and the settings they need.
 #[derive(Clone)]
 pub struct Db {

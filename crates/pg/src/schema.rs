@@ -55,9 +55,16 @@ CREATE TABLE messages (
     UNIQUE (account_id, uidl)
 );
 
--- Bodies are written chunk by chunk before the message row that links them exists; a body no
--- message row names an hour after it was started is an orphan, collected by a job.
+-- Bodies are written chunk by chunk before the message row that links them exists. A delivery
+-- in progress is listed in pending_bodies until the transaction that links its body commits
+-- (which removes the entry); one listed for hours died, and its chunks are collected by a job.
 CREATE SEQUENCE body_ids;
+CREATE TABLE pending_bodies (
+    account_id bigint NOT NULL,
+    body_id    bigint NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (account_id, body_id)
+);
 CREATE TABLE bodies (
     account_id bigint NOT NULL,
     body_id    bigint NOT NULL,

@@ -37,6 +37,10 @@ use crate::{Db, PgError};
 /// Octets of message per body row.
 pub const CHUNK: usize = 256 * 1024;
 
+/// A delivery still unfinished this long after it started is taken for dead (LMTP's idle
+/// timeout ends a stalled one much sooner; this leaves room for a slow, large one).
+const ORPHAN_AFTER_SECS: i64 = 6 * 3600;
+
 /// Body rows read per query while a message is sent.
 const CHUNKS_PER_READ: i64 = 4;
 
@@ -164,7 +168,10 @@ impl Mailstore for PgStore {
         let mut client = self.client().await?;
         let account = self.account(&mut client, user).await?;
         let body: i64 = client
-            .query_typed_one("SELECT nextval('body_ids')", &[])
+            .query_typed_one(
+                "INSERT INTO pending_bodies (account_id, body_id) VALUES ($1, nextval('body_ids')) RETURNING body_id",
+                &[(&account, Type::INT8)],
+            )
             .await
             .map_err(|e| db_error("starting a delivery", e))?
             .get(0);
@@ -178,6 +185,59 @@ impl Mailstore for PgStore {
             counter: CrlfCounter::new(),
             prev_cr: false,
         }))
+    }
+
+    async fn claim_job(&self, name: &str, every: Duration) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let ms = every.as_millis().min(i64::MAX as u128) as i64;
+        let rows = client
+            .query_typed(
+                "WITH due AS (SELECT name FROM jobs WHERE name = $1 AND due_at <= now() FOR UPDATE SKIP LOCKED) \
+                 UPDATE jobs SET due_at = now() + $2 * interval '1 millisecond', claimed_by = $3, done_at = now() \
+                 FROM due WHERE jobs.name = due.name RETURNING 1",
+                &[(&name, Type::TEXT), (&ms, Type::INT8), (&self.holder, Type::TEXT)],
+            )
+            .await
+            .map_err(|e| db_error("claiming a background job", e))?;
+        Ok(!rows.is_empty())
+    }
+
+    async fn collect_garbage(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let err = |e| db_error("housekeeping", e);
+        // The bodies of deliveries that died (started hours ago, never linked); each in a
+        // transaction of its own, so that a large backlog does not make one huge one.
+        let mut orphans = 0;
+        loop {
+            let row = client
+                .query_typed_one(
+                    "WITH dead AS (DELETE FROM pending_bodies WHERE ctid IN (SELECT ctid FROM pending_bodies \
+                     WHERE started_at < now() - $1 * interval '1 second' LIMIT 100) RETURNING account_id, body_id), \
+                     chunks AS (DELETE FROM bodies b USING dead WHERE b.account_id = dead.account_id \
+                     AND b.body_id = dead.body_id RETURNING 1) \
+                     SELECT (SELECT count(*) FROM dead), (SELECT count(*) FROM chunks)",
+                    &[(&ORPHAN_AFTER_SECS, Type::INT8)],
+                )
+                .await
+                .map_err(err)?;
+            let (dead, chunks): (i64, i64) = (row.get(0), row.get(1));
+            orphans += chunks.max(0) as u64;
+            if dead == 0 {
+                break;
+            }
+        }
+        let lapsed = client
+            .execute_typed("DELETE FROM leases WHERE expires_at < now() - interval '1 hour'", &[])
+            .await
+            .map_err(err)?;
+        let forgotten = client
+            .execute_typed(
+                "DELETE FROM login_failures WHERE last_at < now() - $1 * interval '1 millisecond'",
+                &[(&(pillarbox_core::gate::FORGET_AFTER.as_millis() as i64), Type::INT8)],
+            )
+            .await
+            .map_err(err)?;
+        Ok(orphans + lapsed + forgotten)
     }
 
     async fn usage(&self, user: &UserName) -> Result<Usage, StoreError> {
@@ -567,6 +627,12 @@ impl PendingDelivery for PgPending {
                 (&self.body, Type::INT8),
                 (&size_i, Type::INT8),
             ],
+        )
+        .await
+        .map_err(err)?;
+        tx.execute_typed(
+            "DELETE FROM pending_bodies WHERE account_id = $1 AND body_id = $2",
+            &[(&self.account, Type::INT8), (&self.body, Type::INT8)],
         )
         .await
         .map_err(err)?;

@@ -82,3 +82,29 @@ async fn the_login_gate_conforms_and_two_nodes_count_together() {
     assert!(one.login_allowed(&erin, Duration::from_secs(60)).await);
     assert!(!two.login_allowed(&erin, Duration::from_secs(60)).await, "LOGIN-DELAY holds on every node");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_claims_a_round_and_dead_deliveries_are_collected() {
+    use pillarbox_store::Mailstore;
+    let (db, name) = fresh(Duration::from_secs(30)).await;
+    let one = pillarbox_pg::store::PgStore::new(db.clone());
+    let two = pillarbox_pg::store::PgStore::new(db);
+    let hour = Duration::from_secs(3600);
+    assert!(one.claim_job("expunge", hour).await.expect("claim"));
+    assert!(!two.claim_job("expunge", hour).await.expect("claim"), "claimed by the other node for an hour");
+    assert!(!one.claim_job("expunge", hour).await.expect("claim"));
+    assert!(two.claim_job("orphans", hour).await.expect("claim"), "another job is claimed apart");
+
+    // A delivery that died after two chunks: nothing links them.
+    let bob = pillarbox_proto::UserName::new("bob").expect("name");
+    let mut p = one.begin_delivery(&bob).await.expect("begin");
+    p.write(&vec![b'x'; 600 * 1024]).await.expect("write");
+    drop(p);
+    let kept = pillarbox_store::conformance::deliver(&one, &bob, b"Subject: kept\n\nx\n").await;
+    assert_eq!(server().psql(&name, "SELECT count(*) FROM bodies"), "3", "two chunks of the dead one, one kept");
+    assert_eq!(one.collect_garbage().await.expect("gc"), 0, "a delivery that may still be running stays");
+    server().psql(&name, "UPDATE pending_bodies SET started_at = now() - interval '7 hours'");
+    assert_eq!(one.collect_garbage().await.expect("gc"), 2);
+    assert_eq!(server().psql(&name, "SELECT count(*) FROM bodies"), "1");
+    assert_eq!(one.open(&bob, false).await.expect("open").listing.entries.len(), 1, "{kept:?} stays");
+}

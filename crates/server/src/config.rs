@@ -137,6 +137,22 @@ shutdown_grace = "10s"
 user = ""
 group = ""
 
+[database]
+# Cluster mode: users, mail, maildrop leases and failed-login counts in PostgreSQL, shared by any
+# number of nodes (then [auth] users and [store] maildir are not used, and a node keeps nothing
+# but this file and its TLS files). Empty: this machine's files. The environment variable
+# PILLARBOX_DATABASE_URL overrides it. `pillarbox db init` creates the schema. For example:
+# "postgresql://pillarbox@db1,db2/mail?target_session_attrs=read-write"
+url = ""
+# Connections each node keeps to the database at most.
+pool_size = 16
+# How long a maildrop lease lasts unless its session renews it: a node that dies keeps its users'
+# maildrops locked this long at most.
+lease = "30s"
+# CA certificates (PEM) for the database's TLS certificate, besides the system's. TLS is required
+# for a database on another machine unless the url says sslmode=disable.
+ca_file = ""
+
 [metrics]
 # Prometheus metrics at http://ADDRESS/metrics, e.g. "127.0.0.1:9110"; empty: off. They carry no
 # user names or addresses; keep the address private all the same.
@@ -245,6 +261,8 @@ struct RawConfig {
     #[serde(default)]
     log: RawLog,
     #[serde(default)]
+    database: RawDatabase,
+    #[serde(default)]
     metrics: RawMetrics,
     #[serde(default)]
     process: RawProcess,
@@ -255,6 +273,68 @@ struct RawConfig {
 struct RawProcess {
     user: String,
     group: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDatabase {
+    url: String,
+    pool_size: usize,
+    lease: HumanDuration,
+    ca_file: PathBuf,
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            pool_size: 16,
+            lease: HumanDuration(Duration::from_secs(30)),
+            ca_file: PathBuf::new(),
+        }
+    }
+}
+
+/// `[database]`: cluster mode.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub pool_size: usize,
+    pub lease: Duration,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl DatabaseConfig {
+    /// The URL with any password in it replaced, for messages and logs.
+    pub fn url_for_display(&self) -> String {
+        match (self.url.find("://"), self.url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let userinfo = &self.url[scheme + 3..at];
+                match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{}{user}:***{}", &self.url[..scheme + 3], &self.url[at..]),
+                    None => self.url.clone(),
+                }
+            }
+            // The key=value form: a password=... part is hidden.
+            _ => self
+                .url
+                .split_whitespace()
+                .map(|kv| if kv.starts_with("password=") { "password=***" } else { kv })
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.url_for_display())
+            .field("pool_size", &self.pool_size)
+            .field("lease", &self.lease)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -552,6 +632,8 @@ pub struct Config {
     pub delivery: DeliveryPolicy,
     /// LMTP autologout.
     pub lmtp_idle_timeout: Duration,
+    /// Cluster mode: `[database]` (or `PILLARBOX_DATABASE_URL`), when a URL is set.
+    pub database: Option<DatabaseConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -655,6 +737,28 @@ impl Config {
         if raw.delivery.max_message_size.0 == 0 {
             return Err(field_at(text, path, "delivery", "max_message_size", "must be more than 0".into()));
         }
+        // The environment's URL wins over the file's (a secret kept out of the file).
+        let url =
+            std::env::var("PILLARBOX_DATABASE_URL").ok().filter(|u| !u.trim().is_empty()).unwrap_or(raw.database.url);
+        let database = if url.trim().is_empty() {
+            None
+        } else {
+            if raw.database.pool_size == 0 {
+                return Err(field_at(text, path, "database", "pool_size", "must be at least 1".into()));
+            }
+            if raw.database.lease.0 < Duration::from_secs(1) {
+                return Err(field_at(text, path, "database", "lease", "must be at least 1s".into()));
+            }
+            if let Err(e) = pillarbox_pg::check_url(&url) {
+                return Err(field_at(text, path, "database", "url", e));
+            }
+            Some(DatabaseConfig {
+                url: url.trim().to_owned(),
+                pool_size: raw.database.pool_size,
+                lease: raw.database.lease.0,
+                ca_file: (!raw.database.ca_file.as_os_str().is_empty()).then(|| rel(&raw.database.ca_file)),
+            })
+        };
         if raw.pop3.expunge_interval.0.is_zero() {
             return Err(field_at(text, path, "pop3", "expunge_interval", "must be more than 0".into()));
         }
@@ -713,6 +817,7 @@ impl Config {
                 },
             },
             lmtp_idle_timeout: raw.delivery.idle_timeout.0,
+            database,
             data_dir,
         })
     }
@@ -794,6 +899,7 @@ impl Config {
                     over_quota: _,
                 },
             lmtp_idle_timeout: _,
+            database: _,
         } = self;
         let mut changes = Changes::default();
         let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
@@ -832,6 +938,7 @@ impl Config {
             lmtp_max_connections => "[limits] lmtp_max_connections",
             metrics => "[metrics] listen",
             run_as => "[process] user / group",
+            database => "[database]",
         }
         live! {
             tls => "[tls] cert / key",

@@ -62,9 +62,13 @@ pub fn load_or_create(data_dir: &Path) -> Result<(Config, Prepared), DataDirErro
 /// when `self_signed` is allowed) a self-signed certificate.
 pub fn prepare(config: &Config, self_signed: bool) -> Result<Prepared, DataDirError> {
     let mut prepared = Prepared::default();
-    fs::create_dir_all(&config.maildir_root)
-        .map_err(|source| DataDirError::Io { path: config.maildir_root.clone(), source })?;
-    if !config.users_file.exists() {
+    // In cluster mode users and mail are the database's: nothing of them on the node.
+    let local = config.database.is_none();
+    if local {
+        fs::create_dir_all(&config.maildir_root)
+            .map_err(|source| DataDirError::Io { path: config.maildir_root.clone(), source })?;
+    }
+    if local && !config.users_file.exists() {
         pillarbox_auth::UserFile::new(&config.users_file).create_if_missing()?;
         prepared.created_users = true;
     }

@@ -21,4 +21,4 @@ pub mod tls;
 
 pub use config::{Config, ConfigError};
 pub use listen::{ListenAddrs, Listeners, Service};
-pub use server::{Server, ServerError};
+pub use server::{Server, ServerError, database, services};

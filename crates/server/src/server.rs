@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use pillarbox_auth::{FileDirectory, UserFile};
 use pillarbox_core::{MemoryGate, Services};
-use pillarbox_store::Mailstore;
 use tokio::sync::{Semaphore, watch};
 use tracing::{info, warn};
 
@@ -35,6 +34,46 @@ pub enum ServerError {
     NoTls,
     #[error(transparent)]
     Core(#[from] pillarbox_core::CoreError),
+    #[error(transparent)]
+    Database(#[from] pillarbox_pg::PgError),
+}
+
+/// The service layer over the backends a configuration names: on one machine the user file,
+/// the Maildirs and a login gate in memory; in cluster mode (`[database]`) PostgreSQL for all
+/// three, on one pool. Connections to the database are made when first needed.
+pub fn services(config: &Config) -> Result<Services, ServerError> {
+    let policy = config.policy();
+    Ok(match &config.database {
+        None => {
+            let directory = Arc::new(FileDirectory::new(UserFile::new(&config.users_file)));
+            if let Some(problem) = pillarbox_core::Directory::problem(directory.as_ref()) {
+                warn!(error = %problem, "the user file cannot be read; nobody can log in until it is fixed");
+            }
+            let store = Arc::new(pillarbox_store::maildir::MaildirStore::new(&config.maildir_root));
+            let gate = Arc::new(MemoryGate::with(config.ip_grouping, pillarbox_core::gate::MAX_TRACKED));
+            Services::new(policy, directory, store, gate)?
+        }
+        Some(d) => {
+            let db = database(d)?;
+            Services::new(
+                policy,
+                Arc::new(pillarbox_pg::directory::PgDirectory::new(db.clone())),
+                Arc::new(pillarbox_pg::store::PgStore::new(db.clone())),
+                Arc::new(pillarbox_pg::gate::PgLoginGate::new(db, config.ip_grouping)),
+            )?
+        }
+    })
+}
+
+/// The pool for `[database]`.
+pub fn database(d: &crate::config::DatabaseConfig) -> Result<pillarbox_pg::Db, pillarbox_pg::PgError> {
+    pillarbox_pg::Db::new(pillarbox_pg::Settings {
+        url: d.url.clone(),
+        pool_size: d.pool_size,
+        ca_file: d.ca_file.clone(),
+        lease: d.lease,
+        ..pillarbox_pg::Settings::default()
+    })
 }
 
 /// The POP3 and LMTP server.
@@ -45,19 +84,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server with the backends of a single machine: the user file, `store`, and a login gate
-    /// in this process's memory.
-    pub fn new(config: Arc<Config>, store: Arc<dyn Mailstore>) -> Result<Self, ServerError> {
-        let directory = Arc::new(FileDirectory::new(UserFile::new(&config.users_file)));
-        if let Some(problem) = pillarbox_core::Directory::problem(directory.as_ref()) {
-            warn!(error = %problem, "the user file cannot be read; nobody can log in until it is fixed");
-        }
-        let services = Services::new(
-            config.policy(),
-            directory,
-            store,
-            Arc::new(MemoryGate::with(config.ip_grouping, pillarbox_core::gate::MAX_TRACKED)),
-        )?;
+    /// A server with the backends its configuration names (see [`services`]).
+    pub fn new(config: Arc<Config>) -> Result<Self, ServerError> {
+        let services = services(&config)?;
         Self::with_services(config, Arc::new(services))
     }
 
@@ -157,10 +186,23 @@ async fn expunger(front: Arc<Frontend>, mut phase: watch::Receiver<Phase>) {
             _ = tokio::time::sleep(front.config().expunge_interval) => {}
             _ = draining(&mut phase) => return,
         }
-        let n = front.services.expunge_round().await;
-        if n > 0 {
-            total += n;
-            info!(target: "pillarbox::expunge", removed = n, total, "expunged messages past their retention");
+        // In a cluster, one node a round (whichever claims it first).
+        let store = &front.services.store;
+        match store.claim_job("expunge", front.config().expunge_interval).await {
+            Ok(true) => {
+                let n = front.services.expunge_round().await;
+                if n > 0 {
+                    total += n;
+                    info!(target: "pillarbox::expunge", removed = n, total, "expunged messages past their retention");
+                }
+                match store.collect_garbage().await {
+                    Ok(0) => {}
+                    Ok(n) => info!(removed = n, "removed what interrupted deliveries and sessions left"),
+                    Err(e) => warn!(error = %e, "housekeeping failed"),
+                }
+            }
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "cannot claim the retention round"),
         }
     }
 }

@@ -139,6 +139,21 @@ pub trait Mailstore: Send + Sync + 'static {
     /// The messages and octets in a user's maildrop.
     async fn usage(&self, user: &UserName) -> Result<Usage, StoreError>;
 
+    /// Claim the background job `name` (the retention round, housekeeping) for this node until
+    /// `every` from now: true when this node should run it now. A store that only one node
+    /// uses always says yes; a shared one lets exactly one of the nodes that ask have it, so no
+    /// work is done twice and no node has to be the leader.
+    async fn claim_job(&self, name: &str, every: std::time::Duration) -> Result<bool, StoreError> {
+        let _ = (name, every);
+        Ok(true)
+    }
+
+    /// Remove what an interrupted delivery or session may have left behind (a shared store:
+    /// message bodies nothing links, lapsed leases); the number of items removed.
+    async fn collect_garbage(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     /// Remove the messages first retrieved at or before `cutoff` (seconds since the epoch), for
     /// RFC 2449 EXPIRE retention. A maildrop in use is left alone (`Ok(None)`); otherwise the
     /// number of messages removed.

@@ -129,10 +129,16 @@ impl Pillarbox {
 
     /// Like [`Self::start`], with extra `serve` arguments.
     pub fn start_with(&mut self, extra: &[&str]) {
+        self.start_on("127.0.0.1", extra);
+    }
+
+    /// Like [`Self::start_with`], listening on another loopback address (a node of a cluster).
+    pub fn start_on(&mut self, ip: &str, extra: &[&str]) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr_path).expect("log");
+        let any = format!("{ip}:0");
         let mut child = self
             .cmd()
-            .args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0", "--lmtp", "127.0.0.1:0"])
+            .args(["serve", "--pop3", &any, "--pop3s", &any, "--lmtp", &any])
             .args(extra)
             .env("PILLARBOX_LOG", "info")
             .stdout(Stdio::piped())

@@ -1,0 +1,167 @@
+//! Cluster mode end to end: a private PostgreSQL (Debian's `postgresql`) and three nodes on
+//! 127.0.0.2-4 sharing it. Users are added through one node, mail delivered over LMTP to another
+//! and read and deleted over POP3 on a third; exclusive access holds across nodes; real clients
+//! (`pillarbox fetch`, Python's poplib) work against any node.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{PASSWORD, Pillarbox, bin, message};
+use pillarbox_testpg::TestPg;
+
+/// A node's data folder whose configuration names the cluster's database.
+fn node(url: &str) -> Pillarbox {
+    let pb = Pillarbox::without_users();
+    pb.edit_config("url = \"\"", &format!("url = \"{url}\""));
+    pb.edit_config("lease = \"30s\"", "lease = \"3s\"");
+    // What the folder got before it was a node; a node makes neither again.
+    std::fs::remove_file(pb.data().join("users")).expect("users");
+    std::fs::remove_dir_all(pb.data().join("mail")).expect("mail");
+    pb
+}
+
+/// The SHA-256 fingerprint of a PEM certificate, as tls_fingerprint takes it (the node's
+/// self-signed certificate names localhost, not 127.0.0.4).
+fn fingerprint(pem: &std::path::Path) -> String {
+    let out = Command::new("openssl").args(["x509", "-outform", "der", "-in"]).arg(pem).output().expect("openssl");
+    use sha2::Digest;
+    let hex: String = sha2::Sha256::digest(&out.stdout).iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Deliver one message over LMTP to `pb`, the way an MTA does (a client of our own: the LMTP
+/// tests run swaks and smtplib; this one needs nothing installed).
+fn lmtp(pb: &Pillarbox, to: &str, msg: &[u8]) -> String {
+    let mut c = common::Client::connect(pb.lmtp.expect("lmtp"));
+    assert!(c.line().starts_with("220"));
+    c.send(b"LHLO test\r\n");
+    while c.line().starts_with("250-") {}
+    c.send(format!("MAIL FROM:<s@example.org>\r\nRCPT TO:<{to}>\r\nDATA\r\n").as_bytes());
+    assert!(c.line().starts_with("250"));
+    let rcpt = c.line();
+    if !rcpt.starts_with("250") {
+        return rcpt;
+    }
+    assert!(c.line().starts_with("354"));
+    // Dot-stuffed, as SMTP and LMTP carry it.
+    let mut stuffed = Vec::new();
+    for line in common::crlf(msg).split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            stuffed.push(b'.');
+        }
+        stuffed.extend_from_slice(line);
+    }
+    c.send(&stuffed);
+    c.send(b".\r\n");
+    let done = c.line();
+    c.send(b"QUIT\r\n");
+    done
+}
+
+#[test]
+fn three_nodes_share_users_mail_and_exclusive_access() {
+    let pg = TestPg::start();
+    let url = pg.database("cluster");
+    let mut nodes: Vec<Pillarbox> = (0..3).map(|_| node(&url)).collect();
+
+    // The schema: absent, created, then up to date.
+    let status = nodes[0].run(&["db", "status"], b"");
+    assert!(
+        status.status.success() && text(&status).contains("version 0 (none yet: run `pillarbox db init`)"),
+        "{}",
+        text(&status)
+    );
+    let init = nodes[0].run(&["db", "init"], b"");
+    assert!(init.status.success() && text(&init).contains("created the schema (version 1)"), "{}", text(&init));
+    let again = nodes[1].run(&["db", "init"], b"");
+    assert!(text(&again).contains("up to date (version 1)"), "{}", text(&again));
+
+    // A user added through one node is known to all.
+    nodes[0].add_user("alice", PASSWORD);
+    let list = nodes[2].run(&["user", "list"], b"");
+    assert!(text(&list).contains("alice"), "{}", text(&list));
+    assert!(
+        !nodes[0].data().join("users").exists() && !nodes[0].data().join("mail").exists(),
+        "nothing kept on the node"
+    );
+
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.start_on(&format!("127.0.0.{}", i + 2), &[]);
+    }
+
+    // Delivered through node 1 (LMTP), and through `deliver` on node 2.
+    assert!(lmtp(&nodes[0], "alice@localhost", &message(1)).starts_with("250"));
+    nodes[1].deliver("alice", &message(2));
+    assert!(lmtp(&nodes[0], "nobody@localhost", &message(3)).starts_with("550"), "unknown users are refused");
+
+    // Read on node 3; meanwhile nobody else can have the maildrop, on any node.
+    let mut c = nodes[2].login();
+    assert!(c.ok("STAT").starts_with("+OK 2 "), "two messages");
+    c.ok("RETR 1");
+    let body = c.multiline();
+    assert!(body.ends_with(&common::crlf(&message(1))), "the message as delivered, after the trace headers");
+    assert!(body.starts_with(b"Return-Path: <s@example.org>\r\n"), "{}", String::from_utf8_lossy(&body));
+    for other in &nodes[..2] {
+        let mut d = other.connect();
+        d.expect_ok();
+        d.ok("USER alice");
+        let refused = d.cmd(&format!("PASS {PASSWORD}"));
+        assert!(refused.starts_with("-ERR [IN-USE]"), "{refused}");
+    }
+    c.ok("DELE 1");
+    c.ok("QUIT");
+
+    // The deletion holds everywhere; node 1 gets the maildrop at once after the QUIT.
+    let mut d = nodes[0].login_when_free();
+    assert!(d.ok("STAT").starts_with("+OK 1 "), "one left");
+    let uidl = d.ok("UIDL 1");
+    d.ok("QUIT");
+    let mut e = nodes[1].login_when_free();
+    assert_eq!(e.ok("UIDL 1"), uidl, "the same UIDL on every node");
+    e.ok("QUIT");
+
+    let status = nodes[1].run(&["db", "status"], b"");
+    let said = text(&status);
+    assert!(said.contains("users     1") && said.contains("messages  1"), "{said}");
+    let start = Instant::now();
+    loop {
+        let s = text(&nodes[1].run(&["db", "status", "--json"], b""));
+        if s.contains("\"leases\":0") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "leases released: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A real client on another node: `pillarbox fetch` downloads and deletes what is left.
+    let work = tempfile::tempdir().expect("tempdir");
+    let accounts = work.path().join("accounts.toml");
+    std::fs::write(
+        &accounts,
+        format!(
+            "[accounts.cluster]\nhost = \"127.0.0.4\"\nport = {}\nusername = \"alice\"\npassword_command = \"echo '{PASSWORD}'\"\n\
+             tls_fingerprint = \"{}\"\ndeliver = {{ maildir = \"{}\" }}\n",
+            nodes[2].pop3s.expect("pop3s").port(),
+            fingerprint(&nodes[2].cert()),
+            work.path().join("m").display()
+        ),
+    )
+    .expect("accounts");
+    let out = Command::new(bin())
+        .args(["fetch", "--json", "--accounts-file"])
+        .arg(&accounts)
+        .arg("--state-dir")
+        .arg(work.path().join("state"))
+        .output()
+        .expect("fetch");
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("\"event\":\"delivered\"") && said.contains("\"event\":\"deleted\""), "{said}");
+    assert!(text(&nodes[0].run(&["db", "status"], b"")).contains("messages  0"));
+}
