@@ -165,3 +165,47 @@ fn three_nodes_share_users_mail_and_exclusive_access() {
     assert!(said.contains("\"event\":\"delivered\"") && said.contains("\"event\":\"deleted\""), "{said}");
     assert!(text(&nodes[0].run(&["db", "status"], b"")).contains("messages  0"));
 }
+
+#[test]
+fn a_database_restart_answers_try_later_and_the_node_recovers_by_itself() {
+    let pg = TestPg::start();
+    let url = pg.database("faults");
+    let mut pb = node(&url);
+    assert!(pb.run(&["db", "init"], b"").status.success());
+    pb.add_user("alice", PASSWORD);
+    pb.deliver("alice", &message(1));
+    pb.start_on("127.0.0.2", &[]);
+    let mut open = pb.login();
+    assert!(open.ok("STAT").starts_with("+OK 1 "));
+    open.ok("DELE 1");
+
+    pg.stop_immediate();
+    // A new login, a delivery, and the QUIT of the open session: each says "later", nothing
+    // is lost or half done.
+    let mut c = pb.connect();
+    c.expect_ok();
+    c.ok("USER alice");
+    let refused = c.cmd(&format!("PASS {PASSWORD}"));
+    assert!(refused.starts_with("-ERR [SYS/TEMP]"), "{refused}");
+    assert!(!pb.log().contains("authentication failed"), "nothing was judged, no failure counted: {}", pb.log());
+    let answer = lmtp(&pb, "alice@localhost", &message(2));
+    assert!(answer.starts_with("451") || answer.starts_with("4"), "never 250 while the database is away: {answer}");
+    let quit = open.cmd("QUIT");
+    assert!(quit.starts_with("-ERR [SYS/TEMP]"), "{quit}");
+
+    pg.restart();
+    let start = Instant::now();
+    let mut c = loop {
+        let mut c = pb.connect();
+        c.expect_ok();
+        c.ok("USER alice");
+        if c.cmd(&format!("PASS {PASSWORD}")).starts_with("+OK") {
+            break c;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the node did not recover: {}", pb.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(c.ok("STAT").starts_with("+OK 1 "), "the DELE of the session that could not QUIT was not applied");
+    c.ok("QUIT");
+    assert!(lmtp(&pb, "alice@localhost", &message(3)).starts_with("250"));
+}

@@ -53,6 +53,37 @@ pub struct Attempt<'a> {
     pub mechanism: &'a str,
 }
 
+/// What checking a credential found.
+pub enum Checked {
+    /// Proven: ready for [`Services::open_session`].
+    Verified(Box<Verified>),
+    /// Wrong (or no such user: the answer does not say which).
+    Refused,
+    /// The user directory cannot answer now (a database that is down): nothing was judged, the
+    /// client is told to try later, and no failure is counted.
+    Unavailable,
+}
+
+impl Checked {
+    /// The proven user, if the credential was right.
+    pub fn verified(self) -> Option<Verified> {
+        match self {
+            Checked::Verified(v) => Some(*v),
+            Checked::Refused | Checked::Unavailable => None,
+        }
+    }
+}
+
+impl From<Option<Verified>> for Checked {
+    fn from(v: Option<Verified>) -> Self {
+        v.map_or(Checked::Refused, |v| Checked::Verified(Box::new(v)))
+    }
+}
+
+/// The user directory could not be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable;
+
 /// A user whose credential was proven, ready for [`Services::open_session`].
 pub struct Verified {
     name: UserName,
@@ -121,17 +152,20 @@ impl Services {
 
     /// Check USER/PASS, APOP or a password from PLAIN/LOGIN. Unknown users cost the same work
     /// as known ones; slow hashes are checked on the hashing threads.
-    pub async fn check_credential(&self, login: &str, credential: Credential) -> Option<Verified> {
+    pub async fn check_credential(&self, login: &str, credential: Credential) -> Checked {
         let started = tokio::time::Instant::now();
         let password = matches!(credential, Credential::Password(_));
-        let verified = self.check_credential_now(login, credential).await;
+        let verified = match self.check_credential_now(login, credential).await {
+            Ok(v) => v,
+            Err(Unavailable) => return Checked::Unavailable,
+        };
         if verified.is_none() && password {
             // As long as a slow check: a fast imported hash must not answer sooner than the
             // dummy check of a user who does not exist.
             let slow = Duration::from_nanos(self.slow_check_ns.load(std::sync::atomic::Ordering::Relaxed));
             tokio::time::sleep_until(started + slow).await;
         }
-        verified
+        verified.into()
     }
 
     /// Record how long a slow check took (a running average over the last few).
@@ -143,14 +177,14 @@ impl Services {
         });
     }
 
-    async fn check_credential_now(&self, login: &str, credential: Credential) -> Option<Verified> {
+    async fn check_credential_now(&self, login: &str, credential: Credential) -> Result<Option<Verified>, Unavailable> {
         let name = canonical_login(login);
         let entry = match &name {
             Some(n) => match self.lookup(n).await {
                 Ok(e) => e,
                 Err(e) => {
                     warn!(error = %e, "the user directory cannot be read");
-                    None
+                    return Err(Unavailable);
                 }
             },
             None => None,
@@ -171,27 +205,33 @@ impl Services {
                 ok.unwrap_or(false)
             }
         };
-        let (Some(name), Some(entry), true) = (name, entry, ok) else { return None };
+        let (Some(name), Some(entry), true) = (name, entry, ok) else { return Ok(None) };
         let password = match credential {
             Credential::Password(p) => Some(p),
             Credential::Apop { .. } => None,
         };
-        Some(Verified { name, entry: Some(entry), password })
+        Ok(Some(Verified { name, entry: Some(entry), password }))
     }
 
     /// The SCRAM keys for `login` (as the client typed it): the user's own, or keys derived
     /// from a secret for a user that does not exist or has none yet, so that repeated attempts
     /// see the same salt and nothing tells the cases apart. The user is `None` for made-up keys.
-    pub async fn scram_keys(&self, login: &str, hash: ScramHash) -> (Option<UserName>, ScramKeys) {
+    pub async fn scram_keys(&self, login: &str, hash: ScramHash) -> Result<(Option<UserName>, ScramKeys), Unavailable> {
         let name = canonical_login(login);
         let keys = match &name {
-            Some(n) => self.lookup(n).await.ok().flatten().and_then(|e| scram_keys(&e.record, hash).cloned()),
+            Some(n) => match self.lookup(n).await {
+                Ok(found) => found.and_then(|e| scram_keys(&e.record, hash).cloned()),
+                Err(e) => {
+                    warn!(error = %e, "the user directory cannot be read");
+                    return Err(Unavailable);
+                }
+            },
             None => None,
         };
-        match keys {
+        Ok(match keys {
             Some(k) => (name, k),
             None => (None, self.fake_scram_keys(login, hash)),
-        }
+        })
     }
 
     /// Made-up SCRAM keys for a name with none, derived from the name as every spelling of it

@@ -50,16 +50,16 @@ fn message(n: usize) -> Box<dyn std::io::Read + Send> {
 async fn logins_check_credentials_and_open_the_maildrop() {
     let (s, _, _) = services(Policy::default());
     add(&s, "alice").await;
-    assert!(s.check_credential("alice", password("wrong password")).await.is_none());
-    assert!(s.check_credential("nobody", password(PASSWORD)).await.is_none());
-    let v = s.check_credential("ALICE", password(PASSWORD)).await.expect("canonical name, right password");
+    assert!(s.check_credential("alice", password("wrong password")).await.verified().is_none());
+    assert!(s.check_credential("nobody", password(PASSWORD)).await.verified().is_none());
+    let v = s.check_credential("ALICE", password(PASSWORD)).await.verified().expect("canonical name, right password");
     assert_eq!(v.name().as_str(), "alice");
     let session = s.open_session(&attempt(), v).await.expect("open");
     assert!(session.maildrop.lease().is_some(), "lock = true leases the maildrop");
-    let again = s.check_credential("alice", password(PASSWORD)).await.expect("verified");
+    let again = s.check_credential("alice", password(PASSWORD)).await.verified().expect("verified");
     assert!(matches!(s.open_session(&attempt(), again).await, Err(AuthFailure::InUse)));
     drop(session);
-    let again = s.check_credential("alice", password(PASSWORD)).await.expect("verified");
+    let again = s.check_credential("alice", password(PASSWORD)).await.verified().expect("verified");
     assert!(s.open_session(&attempt(), again).await.is_ok(), "the maildrop is free again");
 }
 
@@ -69,7 +69,8 @@ async fn a_login_upgrade_never_undoes_a_password_change_made_meanwhile() {
     let alice = name("alice");
     // An imported hash, upgraded at the next password login.
     directory.create(&alice, UserRecord::with_hash("{PLAIN}imported secret".into())).await.expect("create");
-    let verified = s.check_credential("alice", password("imported secret")).await.expect("imported hash verifies");
+    let verified =
+        s.check_credential("alice", password("imported secret")).await.verified().expect("imported hash verifies");
     // Between the check and the upgrade, the administrator sets a new password.
     s.set_password(&alice, NewPassword::Given(Secret::new(PASSWORD.as_bytes().to_vec()))).await.expect("passwd");
     drop(s.open_session(&attempt(), verified).await.expect("the login itself goes on"));
@@ -80,7 +81,7 @@ async fn a_login_upgrade_never_undoes_a_password_change_made_meanwhile() {
     // Without a change meanwhile, the upgrade happens: argon2id and SCRAM keys.
     let bob = name("bob");
     directory.create(&bob, UserRecord::with_hash("{PLAIN}imported secret".into())).await.expect("create");
-    let verified = s.check_credential("bob", password("imported secret")).await.expect("verifies");
+    let verified = s.check_credential("bob", password("imported secret")).await.verified().expect("verifies");
     drop(s.open_session(&attempt(), verified).await.expect("open"));
     let entry = directory.lookup(&bob).await.expect("lookup").expect("bob");
     assert!(entry.record.password_hash.starts_with("$argon2id$"), "{}", entry.record.password_hash);
@@ -93,12 +94,16 @@ async fn scram_keys_of_unknown_users_look_like_real_ones_and_stay_the_same() {
     let (s, _, _) = services(Policy::default());
     add(&s, "alice").await;
     let hash = pillarbox_auth::ScramHash::Sha256;
-    let (user, real) = s.scram_keys("alice", hash).await;
+    let (user, real) = s.scram_keys("alice", hash).await.expect("the directory answers");
     assert_eq!(user.map(|u| u.to_string()), Some("alice".into()));
-    let (none, fake) = s.scram_keys("mallory", hash).await;
+    let (none, fake) = s.scram_keys("mallory", hash).await.expect("the directory answers");
     assert!(none.is_none());
     assert_eq!((fake.salt.len(), fake.iterations), (real.salt.len(), real.iterations));
-    assert_eq!(s.scram_keys("mallory", hash).await.1.salt, fake.salt, "the same salt every time");
+    assert_eq!(
+        s.scram_keys("mallory", hash).await.expect("the directory answers").1.salt,
+        fake.salt,
+        "the same salt every time"
+    );
 }
 
 #[tokio::test]
@@ -113,8 +118,8 @@ async fn scram_salts_do_not_tell_which_users_exist() {
         assert!(salts.windows(2).all(|w| w[0] == w[1]), "{user}: {salts:?}");
     }
     assert_ne!(
-        s.scram_keys("mallory", hash).await.1.salt,
-        s.scram_keys("mallory", pillarbox_auth::ScramHash::Sha1).await.1.salt,
+        s.scram_keys("mallory", hash).await.expect("the directory answers").1.salt,
+        s.scram_keys("mallory", pillarbox_auth::ScramHash::Sha1).await.expect("the directory answers").1.salt,
         "each hash its own made-up salt, as a real user has"
     );
 }
@@ -124,7 +129,7 @@ async fn futures_salts(s: &Services, user: &str, hash: pillarbox_auth::ScramHash
     let soft = format!("{}\u{AD}{}", &user[..2], &user[2..]);
     let mut v = Vec::new();
     for spelling in [user, upper.as_str(), soft.as_str()] {
-        v.push(s.scram_keys(spelling, hash).await.1.salt);
+        v.push(s.scram_keys(spelling, hash).await.expect("the directory answers").1.salt);
     }
     v
 }
@@ -136,12 +141,12 @@ async fn a_wrong_password_of_a_fast_imported_hash_takes_as_long_as_an_unknown_us
     // An unknown user pays the dummy slow check; that sets how long a slow check takes. (The
     // clock is paused: the check runs on its own thread in real time, while waits are on the
     // paused clock, so what is compared is how long the server makes the client wait.)
-    assert!(s.check_credential("nobody", password("guess")).await.is_none());
+    assert!(s.check_credential("nobody", password("guess")).await.verified().is_none());
     let t0 = tokio::time::Instant::now();
-    assert!(s.check_credential("nobody", password("guess")).await.is_none());
+    assert!(s.check_credential("nobody", password("guess")).await.verified().is_none());
     let unknown = tokio::time::Instant::now() - t0;
     let t1 = tokio::time::Instant::now();
-    assert!(s.check_credential("fast", password("guess")).await.is_none());
+    assert!(s.check_credential("fast", password("guess")).await.verified().is_none());
     let fast = tokio::time::Instant::now() - t1;
     assert!(fast > Duration::ZERO, "a failed fast check is held back");
     // Both wait until the average slow check is over (the average moves a little with each).
@@ -149,7 +154,7 @@ async fn a_wrong_password_of_a_fast_imported_hash_takes_as_long_as_an_unknown_us
     assert!(hi <= lo * 2, "unknown {unknown:?}, fast {fast:?}");
     // A right password is not held back.
     let t2 = tokio::time::Instant::now();
-    assert!(s.check_credential("fast", password("imported secret")).await.is_some());
+    assert!(s.check_credential("fast", password("imported secret")).await.verified().is_some());
     assert_eq!(tokio::time::Instant::now() - t2, Duration::ZERO);
 }
 
@@ -167,7 +172,7 @@ async fn failed_logins_wait_longer_each_time_up_to_the_cap() {
     assert_eq!(waited, vec![2, 4, 7, 7]);
     // A success clears the count.
     add(&s, "alice").await;
-    let v = s.check_credential("alice", password(PASSWORD)).await.expect("verified");
+    let v = s.check_credential("alice", password(PASSWORD)).await.verified().expect("verified");
     drop(s.open_session(&attempt(), v).await.expect("open"));
     let start = tokio::time::Instant::now();
     s.login_failed(&attempt(), "alice").await;
@@ -179,7 +184,7 @@ async fn login_delay_and_sessions_per_user() {
     let policy = Policy { lock: false, login_delay: 60, max_sessions_per_user: 2, ..Policy::default() };
     let (s, _, _) = services(policy);
     add(&s, "alice").await;
-    let login = async || s.check_credential("alice", password(PASSWORD)).await.expect("verified");
+    let login = async || s.check_credential("alice", password(PASSWORD)).await.verified().expect("verified");
     let first = s.open_session(&attempt(), login().await).await.expect("first");
     assert_eq!(first.login.login_delay, Some(60));
     assert!(matches!(s.open_session(&attempt(), login().await).await, Err(AuthFailure::LoginDelay)));
@@ -285,7 +290,7 @@ async fn administration_keeps_its_rules() {
     let generated = s.add_user(&alice, NewPassword::Generate).await.expect("add").expect("generated");
     assert!(dir.path().join("alice/new").is_dir(), "the maildrop exists before the first delivery");
     let v = s.check_credential("alice", password(&generated)).await;
-    assert!(v.is_some(), "the generated password works");
+    assert!(v.verified().is_some(), "the generated password works");
     assert!(matches!(s.add_user(&alice, NewPassword::Generate).await, Err(AdminError::Exists(_))));
     assert!(matches!(s.set(&name("bob"), Setting::ClearQuota).await, Err(AdminError::NoSuchUser(_))));
     assert!(matches!(s.set(&alice, Setting::Quota { bytes: None, messages: None }).await, Err(AdminError::Invalid(_))));
@@ -293,7 +298,7 @@ async fn administration_keeps_its_rules() {
     let kept = s.remove_user(&alice).await.expect("remove");
     assert_eq!(kept, dir.path().join("alice").display().to_string());
     assert!(dir.path().join("alice/new").is_dir(), "the mail is kept");
-    assert!(s.check_credential("alice", password(&generated)).await.is_none());
+    assert!(s.check_credential("alice", password(&generated)).await.verified().is_none());
 
     let report = s
         .import_users(
@@ -304,7 +309,7 @@ async fn administration_keeps_its_rules() {
         .expect("import");
     assert_eq!(report.imported, 1);
     assert_eq!(report.skipped.len(), 3, "{:?}", report.skipped);
-    assert!(s.check_credential("carol", password("carol secret")).await.is_some());
+    assert!(s.check_credential("carol", password("carol secret")).await.verified().is_some());
     let again = s.import_users("carol:{PLAIN}other\n", false).await.expect("import");
     assert_eq!(again, Imported { imported: 0, skipped: vec!["carol: already exists (use --replace)".into()] });
 }
@@ -330,7 +335,7 @@ async fn the_expunge_round_removes_what_is_past_retention() {
     assert_eq!(store.usage(&name("alice")).await.expect("usage").messages, 1);
     assert_eq!(store.usage(&name("bob")).await.expect("usage").messages, 2);
     // A maildrop in use is left for the next round.
-    let held = s.check_credential("alice", password(PASSWORD)).await.expect("verified");
+    let held = s.check_credential("alice", password(PASSWORD)).await.verified().expect("verified");
     let held = s.open_session(&attempt(), held).await.expect("open");
     assert_eq!(s.expunge_round().await, 0);
     drop(held);

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use pillarbox_core::Permit;
-use pillarbox_core::login::{Attempt, UserSession, Verified, mechanisms};
+use pillarbox_core::login::{Attempt, Checked, UserSession, Verified, mechanisms};
 use pillarbox_proto::Secret;
 use pillarbox_proto::server::{AuthFailure, Credential, Event, ServerSession, SessionConfig};
 use pillarbox_sasl::server::{Failure, Mech, Step};
@@ -359,10 +359,15 @@ impl Conversation {
         let services = self.front.services.clone();
         let mut step = mech.step(data.as_ref().map(|d| d.expose().as_slice()));
         match &step {
-            Step::NeedScramKeys { login, hash } => {
-                let (user, keys) = services.scram_keys(login, *hash).await;
-                step = mech.scram_keys(user.is_some(), keys);
-            }
+            Step::NeedScramKeys { login, hash } => match services.scram_keys(login, *hash).await {
+                Ok((user, keys)) => step = mech.scram_keys(user.is_some(), keys),
+                // Nothing judged: the exchange ends with "try later", no failure counted.
+                Err(_) => {
+                    self.sasl = None;
+                    self.session.auth_failed(AuthFailure::Temporary);
+                    return;
+                }
+            },
             // No bearer mechanism is offered yet: a token is never accepted.
             Step::CheckBearer { .. } => step = mech.bearer_checked(None),
             _ => {}
@@ -393,19 +398,19 @@ impl Conversation {
             }
             Step::Verified(login) => {
                 self.sasl = None;
-                self.finish_login(Verified::by_proof(&login), &mechanism, &login).await;
+                self.finish_login(Verified::by_proof(&login).into(), &mechanism, &login).await;
             }
             Step::Failed { user, reason } => {
                 self.sasl = None;
                 if reason != Failure::Credentials {
                     info!(target: "pillarbox::auth", client = %self.peer, user, mechanism, ?reason, "SASL exchange failed");
                 }
-                self.finish_login(None, &mechanism, &user).await;
+                self.finish_login(Checked::Refused, &mechanism, &user).await;
             }
             // Answered above.
             Step::NeedScramKeys { .. } | Step::CheckBearer { .. } => {
                 self.sasl = None;
-                self.finish_login(None, &mechanism, "").await;
+                self.finish_login(Checked::Refused, &mechanism, "").await;
             }
         }
     }
@@ -444,18 +449,25 @@ impl Conversation {
 
     /// Complete a login attempt through the service layer: on failure it waits the brute-force
     /// delay, on success it opens the maildrop.
-    async fn finish_login(&mut self, verified: Option<Verified>, mechanism: &str, claimed: &str) {
+    async fn finish_login(&mut self, verified: Checked, mechanism: &str, claimed: &str) {
         self.finish_login_holding(verified, mechanism, claimed).await;
         self.attempt = None;
     }
 
-    async fn finish_login_holding(&mut self, verified: Option<Verified>, mechanism: &str, claimed: &str) {
+    async fn finish_login_holding(&mut self, checked: Checked, mechanism: &str, claimed: &str) {
         let services = self.front.services.clone();
         let attempt = Attempt { peer: self.peer, tls: self.session.is_tls(), mechanism };
-        let Some(verified) = verified else {
-            services.login_failed(&attempt, claimed).await;
-            self.session.auth_failed(AuthFailure::Credentials);
-            return;
+        let verified = match checked {
+            Checked::Verified(v) => *v,
+            Checked::Refused => {
+                services.login_failed(&attempt, claimed).await;
+                self.session.auth_failed(AuthFailure::Credentials);
+                return;
+            }
+            Checked::Unavailable => {
+                self.session.auth_failed(AuthFailure::Temporary);
+                return;
+            }
         };
         let name = verified.name().to_string();
         match services.open_session(&attempt, verified).await {
