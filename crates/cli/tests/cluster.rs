@@ -209,3 +209,97 @@ fn a_database_restart_answers_try_later_and_the_node_recovers_by_itself() {
     c.ok("QUIT");
     assert!(lmtp(&pb, "alice@localhost", &message(3)).starts_with("250"));
 }
+
+#[test]
+fn a_node_paused_past_its_lease_deletes_nothing_when_it_resumes() {
+    let pg = TestPg::start();
+    let url = pg.database("paused");
+    let mut a = node(&url);
+    let mut b = node(&url);
+    assert!(a.run(&["db", "init"], b"").status.success());
+    a.add_user("alice", PASSWORD);
+    a.deliver("alice", &message(1));
+    a.deliver("alice", &message(2));
+    a.start_on("127.0.0.2", &[]);
+    b.start_on("127.0.0.3", &[]);
+
+    let mut held = a.login();
+    held.ok("DELE 1");
+    // The node holding the lease stops (as a long GC pause or a frozen VM would) past its lease.
+    a.signal("STOP");
+    std::thread::sleep(Duration::from_secs(5));
+    let mut other = b.login_when_free();
+    assert!(other.ok("STAT").starts_with("+OK 2 "), "the lease lapsed: node b has the maildrop");
+    a.signal("CONT");
+    let quit = held.cmd("QUIT");
+    assert!(!quit.starts_with("+OK"), "the resumed node's QUIT must not apply its DELE: {quit}");
+    other.ok("DELE 2");
+    other.ok("QUIT");
+    let mut check = b.login_when_free();
+    assert!(check.ok("STAT").starts_with("+OK 1 "), "only the DELE of the lease's holder was applied");
+    check.ok("RETR 1");
+    assert!(check.multiline().ends_with(&common::crlf(&message(1))), "message 1 was not deleted");
+    check.ok("QUIT");
+}
+
+#[test]
+fn ten_thousand_racing_logins_over_three_nodes_never_give_two_holders() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let pg = TestPg::start();
+    let url = pg.database("racing");
+    let mut nodes: Vec<Pillarbox> = (0..3).map(|_| node(&url)).collect();
+    assert!(nodes[0].run(&["db", "init"], b"").status.success());
+    // A hash that is quick to check, kept as imported: the race is about leases, not hashing.
+    let users = nodes[0].data().join("import");
+    std::fs::write(&users, format!("alice:{{PLAIN}}{PASSWORD}:1000:1000::/home/alice::\n")).expect("users");
+    assert!(nodes[0].run(&["user", "import", &users.display().to_string()], b"").status.success());
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.edit_config("upgrade_hashes = true", "upgrade_hashes = false");
+        n.edit_config("max_connections_per_ip = 20", "max_connections_per_ip = 1000");
+        n.start_on(&format!("127.0.0.{}", i + 2), &[]);
+    }
+    let addrs: Vec<std::net::SocketAddr> = nodes.iter().map(|n| n.pop3.expect("pop3")).collect();
+    let held = Arc::new(AtomicBool::new(false));
+    let (tries, holders, two) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let workers: Vec<_> = (0..24)
+        .map(|w| {
+            let (addrs, held, tries, holders, two) =
+                (addrs.clone(), held.clone(), tries.clone(), holders.clone(), two.clone());
+            std::thread::spawn(move || {
+                let mut i = w;
+                while tries.fetch_add(1, Ordering::Relaxed) < 10_000 && Instant::now() < deadline {
+                    let mut c = common::Client::connect(addrs[i % addrs.len()]);
+                    i += 1;
+                    c.expect_ok();
+                    c.ok("USER alice");
+                    let answer = c.cmd(&format!("PASS {PASSWORD}"));
+                    if answer.starts_with("+OK") {
+                        holders.fetch_add(1, Ordering::Relaxed);
+                        if held.swap(true, Ordering::SeqCst) {
+                            two.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // Held a moment, as a session does, so that an overlap would show.
+                        assert!(c.ok("STAT").starts_with("+OK"));
+                        // Given up before the QUIT that releases the lease.
+                        held.store(false, Ordering::SeqCst);
+                        c.ok("QUIT");
+                    } else {
+                        assert!(answer.starts_with("-ERR [IN-USE]"), "{answer}");
+                        c.send(b"QUIT\r\n");
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
+    let (tries, holders) = (tries.load(Ordering::Relaxed).min(10_000), holders.load(Ordering::Relaxed));
+    assert_eq!(tries, 10_000, "every login was tried in time");
+    assert_eq!(two.load(Ordering::Relaxed), 0, "never two holders at once ({holders} held it in turn)");
+    assert!(holders > 10, "the maildrop changed hands: {holders}");
+    eprintln!("{tries} racing logins over 3 nodes: {holders} got the maildrop in turn, never two at once");
+}
