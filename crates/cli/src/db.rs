@@ -14,6 +14,11 @@ use crate::{EX_CONFIG, EX_UNAVAILABLE, Exit};
 pub enum DbCommand {
     /// Create the schema, or upgrade it to this version (idempotent; refuses a newer schema).
     Init,
+    /// Move this configuration's user file ([auth] users) and Maildirs ([store] maildir) into
+    /// the database: hashes and settings, UIDLs, sizes and first-retrieval times kept. Run it
+    /// again after an interruption: what is there already is not copied twice. Ends by checking
+    /// every message by UIDL and size.
+    Import,
     /// The schema's version, and how many users, messages, octets and leases the database holds.
     Status {
         /// As one JSON object.
@@ -53,6 +58,7 @@ pub fn command(config: &Config, cmd: DbCommand) -> Result<ExitCode> {
                     println!("upgraded the schema from version {before} to {now}");
                 }
             }
+            DbCommand::Import => return import(config, &db).await,
             DbCommand::Status { json } => {
                 let s = schema::status(&db).await.map_err(reach)?;
                 if json {
@@ -82,7 +88,86 @@ pub fn command(config: &Config, cmd: DbCommand) -> Result<ExitCode> {
                 }
             }
         }
-        anyhow::Ok(())
-    })?;
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `db import`: the single machine's users and mail, into the database.
+async fn import(config: &Config, db: &pillarbox_pg::Db) -> Result<ExitCode> {
+    use pillarbox_auth::{Directory, DirectoryError, FileDirectory, UserFile};
+    use pillarbox_store::Mailstore;
+    use pillarbox_store::maildir::MaildirStore;
+    schema::check(db).await.map_err(|e| Exit(EX_CONFIG, e.to_string()))?;
+    let source_dir = FileDirectory::new(UserFile::new(&config.users_file));
+    let source = MaildirStore::new(&config.maildir_root);
+    let users = pillarbox_auth::directory::all_users(&source_dir)
+        .await
+        .with_context(|| format!("reading the user file {}", config.users_file.display()))?;
+    let target_dir = pillarbox_pg::directory::PgDirectory::new(db.clone());
+    let target = pillarbox_pg::store::PgStore::new(db.clone());
+    let human = pillarbox_doctor::check::human_bytes;
+    let (mut messages, mut bytes, mut copied, mut mismatched) = (0u64, 0u64, 0u64, Vec::new());
+    for entry in &users {
+        let name = &entry.name;
+        match target_dir.create(name, entry.record.clone()).await {
+            Ok(()) | Err(DirectoryError::Exists(_)) => {}
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("adding {name}"))),
+        }
+        let mut opened = source.open(name, false).await.with_context(|| format!("reading {name}'s Maildir"))?;
+        let (mut new, mut there) = (0, 0);
+        for (i, e) in opened.listing.entries.iter().enumerate() {
+            let retrieved = opened.maildrop.retrieved_at(i).await;
+            let body = match opened.maildrop.open_message(i).await {
+                Ok(b) => b,
+                // Removed meanwhile by someone else: nothing to move.
+                Err(pillarbox_store::StoreError::Gone) => continue,
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("reading a message of {name}"))),
+            };
+            if target
+                .import(name, e.uid.as_str(), retrieved, body)
+                .await
+                .with_context(|| format!("importing {name}'s mail"))?
+            {
+                new += 1;
+            } else {
+                there += 1;
+            }
+        }
+        // Every message of the Maildir is in the database with its UIDL and size.
+        let stored: std::collections::HashMap<String, u64> = target.sizes(name).await?.into_iter().collect();
+        let missing: Vec<&str> = opened
+            .listing
+            .entries
+            .iter()
+            .filter(|e| stored.get(e.uid.as_str()) != Some(&e.size))
+            .map(|e| e.uid.as_str())
+            .collect();
+        let size: u64 = opened.listing.entries.iter().map(|e| e.size).sum();
+        println!(
+            "{name}: {} messages ({}): {new} copied, {there} there already{}",
+            opened.listing.entries.len(),
+            human(size),
+            if missing.is_empty() { String::new() } else { format!("; {} DIFFER", missing.len()) }
+        );
+        if !missing.is_empty() {
+            mismatched.push(format!("{name}: {}", missing.join(" ")));
+        }
+        messages += opened.listing.entries.len() as u64;
+        bytes += size;
+        copied += new;
+    }
+    if !mismatched.is_empty() {
+        eprintln!("pillarbox db import: these messages are not in the database as they are in the Maildirs:");
+        for m in &mismatched {
+            eprintln!("  {m}");
+        }
+        return Ok(ExitCode::from(1));
+    }
+    println!(
+        "{} users and {messages} messages ({}) are in the database, {copied} copied now; every message checked by \
+         UIDL and size",
+        users.len(),
+        human(bytes)
+    );
     Ok(ExitCode::SUCCESS)
 }

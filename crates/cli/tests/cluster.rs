@@ -303,3 +303,91 @@ fn ten_thousand_racing_logins_over_three_nodes_never_give_two_holders() {
     assert!(holders > 10, "the maildrop changed hands: {holders}");
     eprintln!("{tries} racing logins over 3 nodes: {holders} got the maildrop in turn, never two at once");
 }
+
+/// What a POP3 client sees of alice's maildrop: LIST and UIDL.
+fn listing(pb: &Pillarbox, user: &str, password: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut c = pb.connect();
+    c.expect_ok();
+    c.ok(&format!("USER {user}"));
+    c.ok(&format!("PASS {password}"));
+    c.ok("LIST");
+    let list = c.multiline();
+    c.ok("UIDL");
+    let uidl = c.multiline();
+    c.ok("QUIT");
+    (list, uidl)
+}
+
+#[test]
+fn db_import_moves_a_single_node_in_keeping_uidls_sizes_and_retrievals_and_resumes_after_a_kill() {
+    let pg = TestPg::start();
+    let url = pg.database("import");
+    // A single machine with mail: alice (a retention and a quota of her own, one message
+    // already retrieved) and bob (many messages).
+    let mut single = Pillarbox::new();
+    single.add_user("bob", "bob has a long password 2026");
+    assert!(single.run(&["user", "expire", "alice", "--days", "30"], b"").status.success());
+    assert!(single.run(&["user", "quota", "alice", "--bytes", "5000000"], b"").status.success());
+    single.deliver("alice", &message(1));
+    single.deliver("alice", &message(2));
+    single.deliver("alice", b"Subject: no final line end\n\nlast line");
+    let new = single.maildir("bob").join("new");
+    for i in 0..300 {
+        std::fs::write(
+            new.join(format!("17000{i:05}.M1P1.import")),
+            format!("Subject: bulk {i}\n\n{}\n", "x".repeat(i * 50)),
+        )
+        .expect("write");
+    }
+    single.start();
+    let mut c = single.login();
+    c.ok("RETR 1");
+    c.multiline();
+    c.ok("QUIT");
+    let before_alice = listing(&single, "alice", PASSWORD);
+    let before_bob = listing(&single, "bob", "bob has a long password 2026");
+    single.signal("TERM");
+    single.wait_exit(Duration::from_secs(20));
+
+    // The same folder becomes a node of the cluster.
+    single.edit_config("url = \"\"", &format!("url = \"{url}\""));
+    assert!(single.run(&["db", "init"], b"").status.success());
+    // Killed part way, then run again: nothing twice, nothing missing.
+    let mut killed = single.cmd().args(["db", "import"]).stdout(std::process::Stdio::null()).spawn().expect("import");
+    let count = || pg.psql("import", "SELECT count(*) FROM messages").parse::<u32>().expect("count");
+    let start = Instant::now();
+    while count() < 50 {
+        assert!(start.elapsed() < Duration::from_secs(60), "the import did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = killed.kill();
+    let _ = killed.wait();
+    let at_kill = count();
+    assert!(at_kill < 303, "killed part way ({at_kill} of 303)");
+    let out = single.run(&["db", "import"], b"");
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("2 users and 303 messages") && said.contains("checked by UIDL and size"), "{said}");
+    let again = text(&single.run(&["db", "import"], b""));
+    assert!(
+        again.contains("0 copied now") && again.contains("bob: 300 messages") && again.contains("300 there already"),
+        "{again}"
+    );
+
+    // Served from the database, a client sees exactly what it saw before: same sizes, same UIDLs.
+    std::fs::remove_dir_all(single.data().join("mail")).expect("the Maildirs are not used any more");
+    single.start_on("127.0.0.2", &[]);
+    assert_eq!(listing(&single, "alice", PASSWORD), before_alice);
+    assert_eq!(listing(&single, "bob", "bob has a long password 2026"), before_bob);
+    let status = text(&single.run(&["db", "status"], b""));
+    assert!(status.contains("users     2") && status.contains("messages  303"), "{status}");
+    // The retention and the first retrieval came along: alice's first message is old enough to
+    // go once its 30 days are up.
+    let retrieved = pg.psql(
+        "import",
+        "SELECT count(*) FROM messages m JOIN logins l USING (account_id) WHERE l.login = 'alice' AND retrieved_at IS NOT NULL",
+    );
+    assert_eq!(retrieved, "1");
+    let kept = pg.psql("import", "SELECT expire, quota_bytes FROM accounts WHERE login = 'alice'");
+    assert_eq!(kept, "30|5000000", "settings kept");
+}

@@ -95,6 +95,86 @@ impl PgStore {
         }
     }
 
+    /// A delivery into `account` (an imported message keeps its UIDL and retrieval time).
+    async fn pending(
+        &self,
+        client: &deadpool_postgres::Object,
+        account: i64,
+        imported: Option<(String, Option<i64>)>,
+    ) -> Result<PgPending, StoreError> {
+        let body: i64 = client
+            .query_typed_one(
+                "INSERT INTO pending_bodies (account_id, body_id) VALUES ($1, nextval('body_ids')) RETURNING body_id",
+                &[(&account, Type::INT8)],
+            )
+            .await
+            .map_err(|e| db_error("starting a delivery", e))?
+            .get(0);
+        Ok(PgPending {
+            db: self.db.clone(),
+            account,
+            body,
+            buf: BytesMut::with_capacity(CHUNK),
+            seq: 0,
+            raw: 0,
+            counter: CrlfCounter::new(),
+            prev_cr: false,
+            imported,
+        })
+    }
+
+    /// The UIDLs and CRLF sizes of `user`'s messages, in order (for an import's check).
+    pub async fn sizes(&self, user: &UserName) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut client = self.client().await?;
+        let account = self.account(&mut client, user).await?;
+        let rows = client
+            .query_typed(
+                "SELECT uidl, size FROM messages WHERE account_id = $1 ORDER BY message_id",
+                &[(&account, Type::INT8)],
+            )
+            .await
+            .map_err(|e| db_error("listing the maildrop", e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64)).collect())
+    }
+
+    /// Store a message of another store as it was there: its UIDL, and when it was first
+    /// retrieved. `Ok(false)` when a message with that UIDL is here already (an import that
+    /// was interrupted and is run again).
+    pub async fn import(
+        &self,
+        user: &UserName,
+        uidl: &str,
+        retrieved_at: Option<u64>,
+        mut body: impl tokio::io::AsyncRead + Unpin + Send,
+    ) -> Result<bool, StoreError> {
+        use tokio::io::AsyncReadExt;
+        let mut client = self.client().await?;
+        let account = self.account(&mut client, user).await?;
+        let there = client
+            .query_typed(
+                "SELECT 1 FROM messages WHERE account_id = $1 AND uidl = $2",
+                &[(&account, Type::INT8), (&uidl, Type::TEXT)],
+            )
+            .await
+            .map_err(|e| db_error("importing a message", e))?;
+        if !there.is_empty() {
+            return Ok(false);
+        }
+        let retrieved = retrieved_at.map(|t| t.min(i64::MAX as u64) as i64);
+        let mut pending = self.pending(&client, account, Some((uidl.to_owned(), retrieved))).await?;
+        drop(client);
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = body.read(&mut buf).await.map_err(|e| StoreError::io("reading the message to import", e))?;
+            if n == 0 {
+                break;
+            }
+            pending.write(&buf[..n]).await?;
+        }
+        Box::new(pending).commit().await?;
+        Ok(true)
+    }
+
     fn lease_ms(&self) -> i64 {
         self.db.settings.lease.as_millis().min(i64::MAX as u128) as i64
     }
@@ -167,24 +247,7 @@ impl Mailstore for PgStore {
     async fn begin_delivery(&self, user: &UserName) -> Result<Box<dyn PendingDelivery>, StoreError> {
         let mut client = self.client().await?;
         let account = self.account(&mut client, user).await?;
-        let body: i64 = client
-            .query_typed_one(
-                "INSERT INTO pending_bodies (account_id, body_id) VALUES ($1, nextval('body_ids')) RETURNING body_id",
-                &[(&account, Type::INT8)],
-            )
-            .await
-            .map_err(|e| db_error("starting a delivery", e))?
-            .get(0);
-        Ok(Box::new(PgPending {
-            db: self.db.clone(),
-            account,
-            body,
-            buf: BytesMut::with_capacity(CHUNK),
-            seq: 0,
-            raw: 0,
-            counter: CrlfCounter::new(),
-            prev_cr: false,
-        }))
+        Ok(Box::new(self.pending(&client, account, None).await?))
     }
 
     async fn claim_job(&self, name: &str, every: Duration) -> Result<bool, StoreError> {
@@ -533,6 +596,8 @@ struct PgPending {
     counter: CrlfCounter,
     /// The last octet given was a CR (a CRLF may be split between writes).
     prev_cr: bool,
+    /// An imported message keeps the UIDL and first retrieval time it had.
+    imported: Option<(String, Option<i64>)>,
 }
 
 impl PgPending {
@@ -617,15 +682,20 @@ impl PendingDelivery for PgPending {
             .await
             .map_err(err)?
             .get(0);
-        let uidl = format!("{:x}.{:x}", self.account, id);
+        let (uidl, retrieved) = match &self.imported {
+            Some((uidl, retrieved)) => (uidl.clone(), *retrieved),
+            None => (format!("{:x}.{:x}", self.account, id), None),
+        };
         tx.execute_typed(
-            "INSERT INTO messages (account_id, message_id, uidl, body_id, size, raw_size) VALUES ($1, $2, $3, $4, $5, $5)",
+            "INSERT INTO messages (account_id, message_id, uidl, body_id, size, raw_size, retrieved_at) \
+             VALUES ($1, $2, $3, $4, $5, $5, $6)",
             &[
                 (&self.account, Type::INT8),
                 (&id, Type::INT8),
                 (&uidl, Type::TEXT),
                 (&self.body, Type::INT8),
                 (&size_i, Type::INT8),
+                (&retrieved, Type::INT8),
             ],
         )
         .await
