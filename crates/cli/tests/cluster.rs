@@ -391,3 +391,242 @@ fn db_import_moves_a_single_node_in_keeping_uidls_sizes_and_retrievals_and_resum
     let kept = pg.psql("import", "SELECT expire, quota_bytes FROM accounts WHERE login = 'alice'");
     assert_eq!(kept, "30|5000000", "settings kept");
 }
+
+/// One LMTP transaction on a fresh connection; the final reply to DATA, or `None` when the
+/// connection failed on the way (the message may or may not have been stored then).
+fn try_lmtp(addr: std::net::SocketAddr, id: u32) -> Option<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    let mut w = stream.try_clone().ok()?;
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    let mut read = |r: &mut BufReader<std::net::TcpStream>| -> Option<String> {
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(n) if n > 0 => Some(line.trim_end().to_owned()),
+            _ => None,
+        }
+    };
+    read(&mut r).filter(|l| l.starts_with("220"))?;
+    w.write_all(b"LHLO trial\r\n").ok()?;
+    while read(&mut r)?.starts_with("250-") {}
+    let msg = format!(
+        "MAIL FROM:<s@example.org>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\n\
+         Message-ID: <{id}@trial>\r\nSubject: trial {id}\r\n\r\n{}\r\n.\r\n",
+        "line of the body\r\n".repeat(id as usize % 40)
+    );
+    w.write_all(msg.as_bytes()).ok()?;
+    for _ in 0..3 {
+        let l = read(&mut r)?;
+        if !l.starts_with("250") && !l.starts_with("354") {
+            return Some(l);
+        }
+    }
+    let done = read(&mut r);
+    let _ = w.write_all(b"QUIT\r\n");
+    done
+}
+
+/// The trial ids in a POP3 download of one message.
+fn trial_id(message: &[u8]) -> Option<u32> {
+    let text = String::from_utf8_lossy(message);
+    let at = text.find("Message-ID: <")? + "Message-ID: <".len();
+    text[at..].split('@').next()?.parse().ok()
+}
+
+/// One POP3 session on `addr`: download everything, delete it, QUIT. Returns (ids downloaded,
+/// the QUIT's answer: Some(true) +OK, Some(false) an -ERR, None no answer); `None` when the
+/// session did not get as far as holding the maildrop.
+fn drain(addr: std::net::SocketAddr) -> Option<(Vec<u32>, Option<bool>)> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    let mut w = stream.try_clone().ok()?;
+    let mut r = BufReader::new(stream);
+    let line = |r: &mut BufReader<std::net::TcpStream>| -> Option<String> {
+        let mut l = String::new();
+        match r.read_line(&mut l) {
+            Ok(n) if n > 0 => Some(l.trim_end().to_owned()),
+            _ => None,
+        }
+    };
+    line(&mut r).filter(|l| l.starts_with("+OK"))?;
+    w.write_all(format!("USER alice\r\nPASS {PASSWORD}\r\n").as_bytes()).ok()?;
+    line(&mut r).filter(|l| l.starts_with("+OK"))?;
+    line(&mut r).filter(|l| l.starts_with("+OK"))?;
+    w.write_all(b"STAT\r\n").ok()?;
+    let count: usize = line(&mut r)?.split_whitespace().nth(1)?.parse().ok()?;
+    let mut ids = Vec::new();
+    let mut downloaded = Vec::new();
+    for n in 1..=count.min(200) {
+        w.write_all(format!("RETR {n}\r\n").as_bytes()).ok()?;
+        if !line(&mut r)?.starts_with("+OK") {
+            return Some((ids, None));
+        }
+        let mut msg = Vec::new();
+        loop {
+            let l = line(&mut r)?;
+            if l == "." {
+                break;
+            }
+            msg.extend_from_slice(l.as_bytes());
+            msg.push(b'\n');
+        }
+        if let Some(id) = trial_id(&msg) {
+            ids.push(id);
+        }
+        downloaded.push(n);
+    }
+    for n in &downloaded {
+        w.write_all(format!("DELE {n}\r\n").as_bytes()).ok()?;
+        line(&mut r)?;
+    }
+    if w.write_all(b"QUIT\r\n").is_err() {
+        return Some((ids, None));
+    }
+    let quit = line(&mut r).map(|l| l.starts_with("+OK"));
+    Some((ids, quit))
+}
+
+#[test]
+fn thirty_faults_over_five_thousand_deliveries_lose_nothing_and_double_nothing() {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::{Arc, Mutex};
+    const DELIVERIES: u32 = 5_000;
+    let pg = TestPg::start();
+    let url = pg.database("trial");
+    let mut nodes: Vec<Pillarbox> = (0..3).map(|_| node(&url)).collect();
+    assert!(nodes[0].run(&["db", "init"], b"").status.success());
+    let users = nodes[0].data().join("import");
+    std::fs::write(&users, format!("alice:{{PLAIN}}{PASSWORD}:1000:1000::/home/alice::\n")).expect("users");
+    assert!(nodes[0].run(&["user", "import", &users.display().to_string()], b"").status.success());
+    let ip = |i: usize| format!("127.0.0.{}", i + 2);
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.edit_config("upgrade_hashes = true", "upgrade_hashes = false");
+        n.edit_config("max_connections_per_ip = 20", "max_connections_per_ip = 1000");
+        n.edit_config("lmtp_max_connections_per_ip = 20", "lmtp_max_connections_per_ip = 1000");
+        n.start_on(&ip(i), &[]);
+    }
+    let addrs =
+        Arc::new(Mutex::new(nodes.iter().map(|n| (n.lmtp.expect("lmtp"), n.pop3.expect("pop3"))).collect::<Vec<_>>()));
+    let next = Arc::new(AtomicU32::new(0));
+    let accepted = Arc::new(Mutex::new(HashSet::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    // Per id: how many times a session downloaded it and had its QUIT confirmed.
+    let confirmed: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
+    let unsure: Arc<Mutex<HashSet<u32>>> = Arc::default();
+    let deadline = Instant::now() + Duration::from_secs(400);
+
+    let senders: Vec<_> = (0..6)
+        .map(|t| {
+            let (addrs, next, accepted) = (addrs.clone(), next.clone(), accepted.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let id = next.fetch_add(1, Ordering::Relaxed);
+                    if id >= DELIVERIES || Instant::now() > deadline {
+                        return;
+                    }
+                    let lmtp = addrs.lock().expect("addrs")[(id as usize + t) % 3].0;
+                    if try_lmtp(lmtp, id).is_some_and(|l| l.starts_with("250")) {
+                        accepted.lock().expect("ledger").insert(id);
+                    }
+                }
+            })
+        })
+        .collect();
+    let consumer = {
+        let (addrs, done, confirmed, unsure) = (addrs.clone(), done.clone(), confirmed.clone(), unsure.clone());
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !done.load(Ordering::Relaxed) {
+                let pop3 = addrs.lock().expect("addrs")[i % 3].1;
+                i += 1;
+                match drain(pop3) {
+                    Some((ids, Some(true))) => {
+                        let mut c = confirmed.lock().expect("ledger");
+                        for id in ids {
+                            *c.entry(id).or_default() += 1;
+                        }
+                    }
+                    // No answer to QUIT: deleted or not, nobody can say.
+                    Some((ids, None)) => unsure.lock().expect("ledger").extend(ids),
+                    Some((_, Some(false))) | None => {}
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+
+    // The faults: a node killed and started again, 30 times, and the database once.
+    let mut faults = 0;
+    let mut seed: u64 = 0x5eed;
+    while faults < 30 && Instant::now() < deadline {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis(150 + (seed >> 33) % 350));
+        let i = (seed >> 20) as usize % 3;
+        if faults == 15 {
+            pg.stop_immediate();
+            std::thread::sleep(Duration::from_millis(500));
+            pg.restart();
+        } else {
+            nodes[i].kill9();
+            nodes[i].start_on(&ip(i), &[]);
+            addrs.lock().expect("addrs")[i] = (nodes[i].lmtp.expect("lmtp"), nodes[i].pop3.expect("pop3"));
+        }
+        faults += 1;
+    }
+    for s in senders {
+        s.join().expect("sender");
+    }
+    done.store(true, Ordering::Relaxed);
+    consumer.join().expect("consumer");
+    assert!(next.load(Ordering::Relaxed) >= DELIVERIES, "every delivery was tried in time");
+
+    // What is left, read once the leases of killed nodes have lapsed.
+    let mut remaining: HashMap<u32, u32> = HashMap::new();
+    let start = Instant::now();
+    loop {
+        let pop3 = addrs.lock().expect("addrs")[0].1;
+        match drain(pop3) {
+            Some((ids, Some(true))) => {
+                let empty = ids.is_empty();
+                for id in ids {
+                    *remaining.entry(id).or_default() += 1;
+                }
+                if empty {
+                    break;
+                }
+            }
+            _ => {
+                assert!(start.elapsed() < Duration::from_secs(60), "the maildrop never came free");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    let accepted = accepted.lock().expect("ledger").clone();
+    let confirmed = confirmed.lock().expect("ledger").clone();
+    let unsure = unsure.lock().expect("ledger").clone();
+    let lost: Vec<u32> = accepted
+        .iter()
+        .filter(|id| !confirmed.contains_key(id) && !remaining.contains_key(id) && !unsure.contains(id))
+        .copied()
+        .collect();
+    assert!(lost.is_empty(), "{} accepted messages were lost: {:?}", lost.len(), &lost[..lost.len().min(20)]);
+    let doubled: Vec<u32> = confirmed
+        .iter()
+        .chain(&remaining)
+        .filter(|(id, n)| **n > 1 || (confirmed.contains_key(id) && remaining.contains_key(id)))
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(doubled.is_empty(), "downloaded twice: {doubled:?}");
+    eprintln!(
+        "{faults} faults over {DELIVERIES} deliveries: {} accepted (250), {} downloaded and deleted with a confirmed \
+         QUIT, {} downloaded in sessions whose QUIT got no answer, {} downloaded at the end; none lost, none twice",
+        accepted.len(),
+        confirmed.len(),
+        unsure.len(),
+        remaining.values().count()
+    );
+}
