@@ -7,6 +7,13 @@
 //!   input closes (or after HOLD seconds); prints `ready` once they are all open.
 //! * `sessions`: one client in a loop of connect, login, STAT, LIST, RETR 1, QUIT; prints the
 //!   session time's median and 99th percentile (latency while another load runs).
+//! * `lmtp`: CLIENTS concurrent LMTP clients delivering messages of SIZE_KB to the users in turn
+//!   for SECONDS; prints deliveries per second.
+//! * `retr`: CLIENTS concurrent sessions of one user (the server must not lock the maildrop),
+//!   each in a loop of RETR 1 for SECONDS; prints MiB per second.
+//!
+//! With `--addr` given more than once (the nodes of a cluster), clients take the addresses in
+//! turn.
 //!
 //! Every result line ends with this process's own CPU time (user + system), so a reader can see
 //! whether the generator was near its limit. Users are PREFIX0 .. PREFIX{USERS-1}, one password.
@@ -29,9 +36,9 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Target {
-    /// The server's POP3 address.
-    #[arg(long)]
-    addr: std::net::SocketAddr,
+    /// The server's POP3 (for `lmtp`: LMTP) address; repeat it for the nodes of a cluster.
+    #[arg(long, required = true)]
+    addr: Vec<std::net::SocketAddr>,
     /// User names are PREFIX followed by a number.
     #[arg(long, default_value = "user")]
     prefix: String,
@@ -48,6 +55,27 @@ enum Command {
         #[command(flatten)]
         target: Target,
         #[arg(long, default_value_t = 50)]
+        clients: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Ask UIDL after STAT (the session a client that keeps mail on the server makes).
+        #[arg(long)]
+        uidl: bool,
+    },
+    Lmtp {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 20)]
+        clients: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 10)]
+        size_kb: usize,
+    },
+    Retr {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 20)]
         clients: usize,
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
@@ -113,7 +141,7 @@ impl Session {
     }
 
     async fn login(t: &Target, user: usize) -> io::Result<Self> {
-        let stream = TcpStream::connect(t.addr).await?;
+        let stream = TcpStream::connect(t.addr[user % t.addr.len()]).await?;
         stream.set_nodelay(true)?;
         let (r, writer) = stream.into_split();
         let mut s = Self { reader: BufReader::with_capacity(16 * 1024, r), writer, line: String::with_capacity(256) };
@@ -143,7 +171,7 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
-async fn logins(t: Target, clients: usize, seconds: f64) {
+async fn logins(t: Target, clients: usize, seconds: f64, uidl: bool) {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let errors = Arc::new(AtomicU64::new(0));
     let cpu0 = own_cpu_ms();
@@ -159,6 +187,10 @@ async fn logins(t: Target, clients: usize, seconds: f64) {
                 let r = async {
                     let mut s = Session::login(&t, c).await?;
                     s.command("STAT\r\n").await?;
+                    if uidl {
+                        s.command("UIDL\r\n").await?;
+                        s.multiline().await?;
+                    }
                     s.command("QUIT\r\n").await
                 }
                 .await;
@@ -262,6 +294,128 @@ async fn sessions(t: Target, seconds: f64) {
     );
 }
 
+/// LMTP deliveries, each on a fresh connection (as an MTA's delivery agent makes them).
+async fn lmtp(t: Target, clients: usize, seconds: f64, size_kb: usize) {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let errors = Arc::new(AtomicU64::new(0));
+    let body: Arc<String> =
+        Arc::new("a line of a message body, 64 octets long, as mail tends to be.\r\n".repeat(size_kb * 16));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (t, errors, body) = (t.clone(), errors.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            let mut n = c;
+            while Instant::now() < deadline {
+                n += clients;
+                let r = async {
+                    let stream = TcpStream::connect(t.addr[n % t.addr.len()]).await?;
+                    stream.set_nodelay(true)?;
+                    let (r, mut w) = stream.into_split();
+                    let mut r = BufReader::new(r);
+                    let mut line = String::new();
+                    let mut expect = async |r: &mut BufReader<OwnedReadHalf>, code: &str| -> io::Result<()> {
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line).await? == 0 {
+                                return Err(protocol("connection closed".into()));
+                            }
+                            if !line.starts_with(code) {
+                                return Err(protocol(line.trim_end().to_owned()));
+                            }
+                            if line.as_bytes().get(3) != Some(&b'-') {
+                                return Ok(());
+                            }
+                        }
+                    };
+                    expect(&mut r, "220").await?;
+                    w.write_all(b"LHLO load\r\n").await?;
+                    expect(&mut r, "250").await?;
+                    let user = format!("{}{}", t.prefix, n % t.users.max(1));
+                    w.write_all(
+                        format!("MAIL FROM:<load@example.org>\r\nRCPT TO:<{user}@localhost>\r\nDATA\r\n").as_bytes(),
+                    )
+                    .await?;
+                    expect(&mut r, "250").await?;
+                    expect(&mut r, "250").await?;
+                    expect(&mut r, "354").await?;
+                    w.write_all(format!("Subject: load {n}\r\n\r\n{body}.\r\n").as_bytes()).await?;
+                    expect(&mut r, "250").await?;
+                    w.write_all(b"QUIT\r\n").await
+                }
+                .await;
+                match r {
+                    Ok(()) => done += 1,
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            done
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap_or(0);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "deliveries={total} seconds={elapsed:.2} rate={:.0} errors={}",
+        total as f64 / elapsed,
+        errors.load(Ordering::Relaxed)
+    );
+}
+
+/// RETR 1 in a loop on CLIENTS sessions of user PREFIX0 at once.
+async fn retr(t: Target, clients: usize, seconds: f64) {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (t, errors) = (t.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut octets = 0u64;
+            let mut s = match Session::login(&Target { users: 1, ..t.clone() }, c * t.users.max(1)).await {
+                Ok(s) => s,
+                Err(_) => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    return 0;
+                }
+            };
+            while Instant::now() < deadline {
+                let r = async {
+                    s.command("RETR 1\r\n").await?;
+                    s.multiline().await
+                }
+                .await;
+                match r {
+                    Ok(n) => octets += n as u64,
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+            let _ = s.command("QUIT\r\n").await;
+            octets
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap_or(0);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "mib={:.0} seconds={elapsed:.2} mib_per_s={:.1} errors={}",
+        total as f64 / 1048576.0,
+        total as f64 / 1048576.0 / elapsed,
+        errors.load(Ordering::Relaxed)
+    );
+}
+
 fn main() {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -273,7 +427,9 @@ fn main() {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Logins { target, clients, seconds } => logins(target, clients, seconds).await,
+            Command::Logins { target, clients, seconds, uidl } => logins(target, clients, seconds, uidl).await,
+            Command::Lmtp { target, clients, seconds, size_kb } => lmtp(target, clients, seconds, size_kb).await,
+            Command::Retr { target, clients, seconds } => retr(target, clients, seconds).await,
             Command::Idle { target, sessions: n, hold, concurrency } => idle(target, n, hold, concurrency).await,
             Command::Sessions { target, seconds } => sessions(target, seconds).await,
         }
