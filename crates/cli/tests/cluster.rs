@@ -100,8 +100,28 @@ fn three_nodes_share_users_mail_and_exclusive_access() {
     nodes[1].deliver("alice", &message(2));
     assert!(lmtp(&nodes[0], "nobody@localhost", &message(3)).starts_with("550"), "unknown users are refused");
 
+    // Real clients on different nodes (plain POP3: loopback is a trusted network): Python's
+    // poplib and curl see the same two messages.
+    common::require_tool("curl");
+    let script = "import poplib,sys\np=poplib.POP3(sys.argv[1],int(sys.argv[2]))\np.user('alice');p.pass_(sys.argv[3])\n\
+                  print(len(p.list()[1]));print(p.uidl()[1][1].decode());p.quit()";
+    let pop = nodes[1].pop3.expect("pop3");
+    let out = Command::new("python3")
+        .args(["-c", script, &pop.ip().to_string(), &pop.port().to_string(), PASSWORD])
+        .output()
+        .expect("python3");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && said.starts_with("2\n2 "), "poplib on node 2: {said}{}", text(&out));
+    let pop = nodes[0].pop3.expect("pop3");
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-u", &format!("alice:{PASSWORD}"), &format!("pop3://{pop}/")])
+        .output()
+        .expect("curl");
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && listed.lines().count() == 2, "curl on node 1: {listed}{}", text(&out));
+
     // Read on node 3; meanwhile nobody else can have the maildrop, on any node.
-    let mut c = nodes[2].login();
+    let mut c = nodes[2].login_when_free();
     assert!(c.ok("STAT").starts_with("+OK 2 "), "two messages");
     c.ok("RETR 1");
     let body = c.multiline();
