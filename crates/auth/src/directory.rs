@@ -77,6 +77,9 @@ pub enum DirectoryError {
     /// does not answer); trying again later may work.
     #[error(transparent)]
     Unavailable(#[from] AuthError),
+    /// The users are kept elsewhere (a control panel's database) and only read here.
+    #[error("{0}")]
+    ReadOnly(String),
 }
 
 impl DirectoryError {

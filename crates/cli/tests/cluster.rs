@@ -650,3 +650,67 @@ fn thirty_faults_over_five_thousand_deliveries_lose_nothing_and_double_nothing()
         remaining.values().count()
     );
 }
+
+#[test]
+fn users_of_a_control_panels_table_log_in_read_only_and_get_a_mailbox_at_first_use() {
+    let pg = TestPg::start();
+    let url = pg.database("panel");
+    let mut pb = node(&url);
+    assert!(pb.run(&["db", "init"], b"").status.success());
+    // The panel's own table, as PostfixAdmin keeps it: crypt hashes, an active flag, a quota.
+    let hash = String::from_utf8(
+        Command::new("openssl")
+            .args(["passwd", "-6", "-salt", "panelsalt", PASSWORD])
+            .output()
+            .expect("openssl")
+            .stdout,
+    )
+    .expect("utf-8");
+    pg.psql(
+        "panel",
+        &format!(
+            "CREATE TABLE mailbox (username text PRIMARY KEY, password text, active boolean, quota bigint); \
+             INSERT INTO mailbox VALUES ('carol', '{{SHA512-CRYPT}}{0}', true, 0), ('dave', '{0}', true, 300), \
+             ('eve', '{0}', false, 0)",
+            hash.trim()
+        ),
+    );
+    pb.edit_config(
+        "password_query = \"\"",
+        "password_query = \"SELECT password FROM mailbox WHERE username = $1 AND active\"",
+    );
+    pb.edit_config("user_query = \"\"", "user_query = \"SELECT quota, 0 FROM mailbox WHERE username = $1\"");
+    pb.start_on("127.0.0.2", &[]);
+
+    // CAPA offers what such hashes allow: no SCRAM.
+    let mut c = pb.connect();
+    c.expect_ok();
+    c.ok("CAPA");
+    let capa = String::from_utf8_lossy(&c.multiline()).into_owned();
+    assert!(capa.contains("SASL PLAIN LOGIN") && !capa.contains("SCRAM"), "{capa}");
+    let refused = c.cmd("AUTH SCRAM-SHA-256");
+    assert!(refused.starts_with("-ERR"), "{refused}");
+    c.send(b"QUIT\r\n");
+
+    // A {SHA512-CRYPT} hash and a bare crypt string both log in; an inactive user does not.
+    for user in ["carol", "dave"] {
+        let mut c = pb.connect();
+        c.expect_ok();
+        c.ok(&format!("USER {user}"));
+        c.ok(&format!("PASS {PASSWORD}"));
+        assert!(c.ok("STAT").starts_with("+OK 0 0"), "{user}: a new, empty mailbox");
+        c.ok("QUIT");
+    }
+    let mut c = pb.connect();
+    c.expect_ok();
+    c.ok("USER eve");
+    assert!(c.cmd(&format!("PASS {PASSWORD}")).starts_with("-ERR [AUTH]"));
+
+    // Mail for them, with the panel's quota; the panel's users are changed in the panel only.
+    assert!(lmtp(&pb, "carol@localhost", &message(1)).starts_with("250"));
+    assert!(lmtp(&pb, "dave@localhost", &message(2)).starts_with("552"), "over dave's 300-octet quota");
+    assert!(lmtp(&pb, "eve@localhost", &message(3)).starts_with("550"), "an inactive user has no mail here");
+    let out = pb.run(&["user", "add", "frank", "--password-stdin"], format!("{PASSWORD}\n").as_bytes());
+    assert!(!out.status.success() && text(&out).contains("control panel"), "{}", text(&out));
+    assert_eq!(pg.psql("panel", "SELECT string_agg(login, ',' ORDER BY login) FROM logins"), "carol,dave");
+}

@@ -85,6 +85,9 @@ pub struct Policy {
     /// Default LOGIN-DELAY in seconds (0: none).
     pub login_delay: u32,
     pub scram_sha1: bool,
+    /// Offer SCRAM at all (not when the users' hashes come from elsewhere and no SCRAM keys can
+    /// exist for them).
+    pub scram: bool,
     /// Replace imported hashes at the next login.
     pub upgrade_hashes: bool,
     /// Lowest zxcvbn score (0-4) a new password may have.
@@ -107,6 +110,7 @@ impl Default for Policy {
             expire: Expire::Never,
             login_delay: 0,
             scram_sha1: false,
+            scram: true,
             upgrade_hashes: true,
             min_password_score: 3,
             fail_delay: Duration::from_secs(2),

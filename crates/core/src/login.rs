@@ -27,11 +27,13 @@ use crate::{Permit, Policy, Services};
 /// variants only when there is `tls-exporter` data (TLS 1.3, RFC 9266 section 3).
 pub fn mechanisms(policy: &Policy, encrypted: bool, trusted: bool, channel_binding: bool) -> Vec<String> {
     let mut v = Vec::new();
-    if channel_binding {
+    if policy.scram && channel_binding {
         v.push("SCRAM-SHA-256-PLUS".to_owned());
     }
-    v.push("SCRAM-SHA-256".to_owned());
-    if policy.scram_sha1 {
+    if policy.scram {
+        v.push("SCRAM-SHA-256".to_owned());
+    }
+    if policy.scram && policy.scram_sha1 {
         if channel_binding {
             v.push("SCRAM-SHA-1-PLUS".to_owned());
         }

@@ -18,6 +18,7 @@ use tokio_postgres::config::{Host, SslMode};
 
 pub mod directory;
 pub mod gate;
+pub mod panel;
 pub mod schema;
 pub mod store;
 

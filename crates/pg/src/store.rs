@@ -42,7 +42,7 @@ pub const CHUNK: usize = 256 * 1024;
 const ORPHAN_AFTER_SECS: i64 = 6 * 3600;
 
 /// Body rows read per query while a message is sent.
-const CHUNKS_PER_READ: i64 = 4;
+const CHUNKS_PER_READ: i64 = 2;
 
 pub struct PgStore {
     db: Db,
@@ -418,7 +418,7 @@ impl Maildrop for PgMaildrop {
         let Some(row) = rows.first() else { return Err(StoreError::Gone) };
         let size = row.get::<_, i64>(0).max(0) as u64;
         drop(client);
-        let (tx, rx) = mpsc::channel(2);
+        let (tx, rx) = mpsc::channel(1);
         let (db, account, body) = (self.db.clone(), self.account, m.body);
         tokio::spawn(stream_body(db, account, body, size, tx));
         Ok(Box::pin(ChunkReader { rx, current: Bytes::new(), done: false }))

@@ -152,6 +152,16 @@ lease = "30s"
 # CA certificates (PEM) for the database's TLS certificate, besides the system's. TLS is required
 # for a database on another machine unless the url says sslmode=disable.
 ca_file = ""
+# Users kept by a control panel (the PostfixAdmin kind), read-only, as Dovecot's password_query:
+# the query gives the password hash of login $1, in a scheme `pillarbox user import` reads
+# ({SHA512-CRYPT}, {BLF-CRYPT}, a bare crypt string, ...). Logins are then PLAIN, LOGIN and
+# USER/PASS only (no SCRAM keys can exist for such hashes); a user's mailbox is made in
+# Pillarbox's own tables at the first login or delivery. For example:
+# "SELECT password FROM mailbox WHERE username = $1 AND active"
+password_query = ""
+# With password_query: the quotas of login $1 (octets, messages; NULL or 0 for the [delivery]
+# defaults), e.g. "SELECT quota, 0 FROM mailbox WHERE username = $1".
+user_query = ""
 
 [metrics]
 # Prometheus metrics at http://ADDRESS/metrics, e.g. "127.0.0.1:9110"; empty: off. They carry no
@@ -282,6 +292,8 @@ struct RawDatabase {
     pool_size: usize,
     lease: HumanDuration,
     ca_file: PathBuf,
+    password_query: String,
+    user_query: String,
 }
 
 impl Default for RawDatabase {
@@ -291,6 +303,8 @@ impl Default for RawDatabase {
             pool_size: 16,
             lease: HumanDuration(Duration::from_secs(30)),
             ca_file: PathBuf::new(),
+            password_query: String::new(),
+            user_query: String::new(),
         }
     }
 }
@@ -302,6 +316,10 @@ pub struct DatabaseConfig {
     pub pool_size: usize,
     pub lease: Duration,
     pub ca_file: Option<PathBuf>,
+    /// Users read from a control panel's table: the query that gives a login's password hash.
+    pub password_query: Option<String>,
+    /// And the one that gives its quotas (bytes, messages).
+    pub user_query: Option<String>,
 }
 
 impl DatabaseConfig {
@@ -333,6 +351,8 @@ impl fmt::Debug for DatabaseConfig {
             .field("pool_size", &self.pool_size)
             .field("lease", &self.lease)
             .field("ca_file", &self.ca_file)
+            .field("password_query", &self.password_query)
+            .field("user_query", &self.user_query)
             .finish()
     }
 }
@@ -752,11 +772,22 @@ impl Config {
             if let Err(e) = pillarbox_pg::check_url(&url) {
                 return Err(field_at(text, path, "database", "url", e));
             }
+            for (key, q) in [("password_query", &raw.database.password_query), ("user_query", &raw.database.user_query)]
+            {
+                if !q.trim().is_empty() && !q.contains("$1") {
+                    return Err(field_at(text, path, "database", key, "the query must take the login as $1".into()));
+                }
+            }
+            if raw.database.password_query.trim().is_empty() && !raw.database.user_query.trim().is_empty() {
+                return Err(field_at(text, path, "database", "user_query", "only used with password_query".into()));
+            }
             Some(DatabaseConfig {
                 url: url.trim().to_owned(),
                 pool_size: raw.database.pool_size,
                 lease: raw.database.lease.0,
                 ca_file: (!raw.database.ca_file.as_os_str().is_empty()).then(|| rel(&raw.database.ca_file)),
+                password_query: Some(raw.database.password_query.trim().to_owned()).filter(|q| !q.is_empty()),
+                user_query: Some(raw.database.user_query.trim().to_owned()).filter(|q| !q.is_empty()),
             })
         };
         if raw.pop3.expunge_interval.0.is_zero() {
@@ -830,7 +861,9 @@ impl Config {
             expire: self.expire,
             login_delay: self.login_delay,
             scram_sha1: self.scram_sha1,
-            upgrade_hashes: self.upgrade_hashes,
+            // Users from a panel's database have no SCRAM keys, and their hashes are the panel's.
+            scram: !self.panel_users(),
+            upgrade_hashes: self.upgrade_hashes && !self.panel_users(),
             min_password_score: self.min_password_score,
             fail_delay: self.fail_delay,
             fail_delay_max: self.fail_delay_max,
@@ -838,6 +871,11 @@ impl Config {
             max_concurrent_attempts_per_account: self.max_concurrent_attempts_per_account,
             delivery: self.delivery.clone(),
         }
+    }
+
+    /// Whether users are read from a control panel's database (`[database] password_query`).
+    pub fn panel_users(&self) -> bool {
+        self.database.as_ref().is_some_and(|d| d.password_query.is_some())
     }
 
     pub fn is_trusted(&self, ip: IpAddr) -> bool {

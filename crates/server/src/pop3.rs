@@ -293,7 +293,10 @@ impl Conversation {
                     self.finish_login(verified, method, &user).await;
                 }
                 Event::SaslStart { mechanism, initial } => {
-                    let Some(mech) = Mech::new(&mechanism, self.channel_binding.clone()) else {
+                    // Only what CAPA offered (SCRAM is not, when no user can have SCRAM keys).
+                    let offered =
+                        self.front.services.policy().scram || !mechanism.to_ascii_uppercase().starts_with("SCRAM");
+                    let Some(mech) = Mech::new(&mechanism, self.channel_binding.clone()).filter(|_| offered) else {
                         self.session.auth_failed(AuthFailure::Credentials);
                         continue;
                     };

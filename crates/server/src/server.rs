@@ -55,9 +55,15 @@ pub fn services(config: &Config) -> Result<Services, ServerError> {
         }
         Some(d) => {
             let db = database(d)?;
+            let directory: Arc<dyn pillarbox_core::Directory> = match &d.password_query {
+                Some(q) => {
+                    Arc::new(pillarbox_pg::panel::PanelDirectory::new(db.clone(), q.clone(), d.user_query.clone()))
+                }
+                None => Arc::new(pillarbox_pg::directory::PgDirectory::new(db.clone())),
+            };
             Services::new(
                 policy,
-                Arc::new(pillarbox_pg::directory::PgDirectory::new(db.clone())),
+                directory,
                 Arc::new(pillarbox_pg::store::PgStore::new(db.clone())),
                 Arc::new(pillarbox_pg::gate::PgLoginGate::new(db, config.ip_grouping)),
             )?
