@@ -714,3 +714,46 @@ fn users_of_a_control_panels_table_log_in_read_only_and_get_a_mailbox_at_first_u
     assert!(!out.status.success() && text(&out).contains("control panel"), "{}", text(&out));
     assert_eq!(pg.psql("panel", "SELECT string_agg(login, ',' ORDER BY login) FROM logins"), "carol,dave");
 }
+
+#[test]
+fn nodes_work_through_pgbouncer_in_transaction_mode() {
+    let pg = TestPg::start();
+    pg.database("bounce");
+    // Four server connections for everything: transactions of one node's sessions land on
+    // whichever is free, as behind a production PgBouncer (named prepared statements, session
+    // settings or advisory locks would break here).
+    let bouncer = pg.bouncer("bounce");
+    let url = bouncer.url("bounce");
+    let mut nodes: Vec<Pillarbox> = (0..2).map(|_| node(&url)).collect();
+    let init = nodes[0].run(&["db", "init"], b"");
+    assert!(init.status.success(), "{}", text(&init));
+    nodes[0].add_user("alice", PASSWORD);
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.start_on(&format!("127.0.0.{}", i + 2), &[]);
+    }
+    for i in 0..20 {
+        assert!(lmtp(&nodes[i % 2], "alice@localhost", &message(i)).starts_with("250"), "delivery {i}");
+    }
+    let mut c = nodes[1].login();
+    assert!(c.ok("STAT").starts_with("+OK 20 "));
+    for n in 1..=20 {
+        c.ok(&format!("RETR {n}"));
+        assert!(c.multiline().ends_with(&common::crlf(&message(n - 1))), "message {n}");
+        c.ok(&format!("DELE {n}"));
+    }
+    let mut other = nodes[0].connect();
+    other.expect_ok();
+    other.ok("USER alice");
+    assert!(other.cmd(&format!("PASS {PASSWORD}")).starts_with("-ERR [IN-USE]"));
+    c.ok("QUIT");
+    let mut d = nodes[0].login_when_free();
+    assert!(d.ok("STAT").starts_with("+OK 0 0"));
+    d.ok("QUIT");
+    // Failed logins are counted through it too.
+    let mut e = nodes[1].connect();
+    e.expect_ok();
+    e.ok("USER alice");
+    assert!(e.cmd("PASS wrong password").starts_with("-ERR [AUTH]"));
+    assert_eq!(pg.psql("bounce", "SELECT max(count) FROM login_failures"), "1");
+    assert!(!nodes[0].log().contains("prepared statement") && !nodes[1].log().contains("prepared statement"));
+}

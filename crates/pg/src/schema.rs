@@ -8,6 +8,8 @@
 //! a reference table). Bodies are kept in chunk rows of about 256 KiB (CRLF, not dot-stuffed):
 //! read a few per query, never one giant value, never large objects.
 
+use tokio_postgres::types::Type;
+
 use crate::PgError;
 
 /// The schema this program writes and reads.
@@ -132,7 +134,8 @@ pub async fn init(db: &crate::Db) -> Result<i32, PgError> {
         let tx = client.transaction().await?;
         // One node at a time applies migrations.
         tx.batch_execute("LOCK TABLE pillarbox_schema IN EXCLUSIVE MODE").await?;
-        let newest: i32 = tx.query_one("SELECT coalesce(max(version), 0) FROM pillarbox_schema", &[]).await?.get(0);
+        let newest: i32 =
+            tx.query_typed_one("SELECT coalesce(max(version), 0) FROM pillarbox_schema", &[]).await?.get(0);
         if newest > VERSION {
             return Err(PgError::Schema(format!(
                 "the database's schema is version {newest}, newer than this program's ({VERSION}): upgrade Pillarbox"
@@ -142,7 +145,7 @@ pub async fn init(db: &crate::Db) -> Result<i32, PgError> {
             continue;
         }
         tx.batch_execute(sql).await?;
-        tx.execute("INSERT INTO pillarbox_schema (version) VALUES ($1)", &[&version]).await?;
+        tx.execute_typed("INSERT INTO pillarbox_schema (version) VALUES ($1)", &[(&version, Type::INT4)]).await?;
         tx.commit().await?;
         tracing::info!(version, "database schema migrated");
     }
@@ -152,11 +155,11 @@ pub async fn init(db: &crate::Db) -> Result<i32, PgError> {
 /// The schema's version (0 when there is none).
 pub async fn version(db: &crate::Db) -> Result<i32, PgError> {
     let client = db.client().await?;
-    let exists: bool = client.query_one("SELECT to_regclass('pillarbox_schema') IS NOT NULL", &[]).await?.get(0);
+    let exists: bool = client.query_typed_one("SELECT to_regclass('pillarbox_schema') IS NOT NULL", &[]).await?.get(0);
     if !exists {
         return Ok(0);
     }
-    Ok(client.query_one("SELECT coalesce(max(version), 0) FROM pillarbox_schema", &[]).await?.get(0))
+    Ok(client.query_typed_one("SELECT coalesce(max(version), 0) FROM pillarbox_schema", &[]).await?.get(0))
 }
 
 /// Refuse to serve from a database without this program's schema.
@@ -180,7 +183,7 @@ pub async fn status(db: &crate::Db) -> Result<Status, PgError> {
     }
     let client = db.client().await?;
     let row = client
-        .query_one(
+        .query_typed_one(
             "SELECT (SELECT count(*) FROM accounts), (SELECT coalesce(sum(messages), 0)::bigint FROM accounts), \
              (SELECT coalesce(sum(bytes), 0)::bigint FROM accounts), \
              (SELECT count(*) FROM leases WHERE expires_at > now())",

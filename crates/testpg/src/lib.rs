@@ -96,9 +96,11 @@ impl TestPg {
             self.data().display()
         );
         let script = format!(
-            "while kill -0 {} 2>/dev/null && [ -d {} ]; do sleep 1; done; {stop} >/dev/null 2>&1",
+            "while kill -0 {} 2>/dev/null && [ -d {} ]; do sleep 1; done; {stop} >/dev/null 2>&1; \
+             for f in {}/pgbouncer-*.pid; do [ -f \"$f\" ] && kill \"$(cat \"$f\")\"; done",
             std::process::id(),
-            self.data().display()
+            self.data().display(),
+            self.dir.path().display()
         );
         let _ = Command::new("sh")
             .args(["-c", &script])
@@ -169,6 +171,80 @@ impl TestPg {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// A PgBouncer in transaction pooling mode in front of a [`TestPg`] database (Debian's
+/// `pgbouncer`): consecutive transactions of one client may run on different server
+/// connections, as in production behind one. Stopped when dropped.
+pub struct Bouncer {
+    pub port: u16,
+    pidfile: PathBuf,
+}
+
+impl TestPg {
+    /// PgBouncer for `database`, with few server connections so that clients share them.
+    pub fn bouncer(&self, database: &str) -> Bouncer {
+        let program = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or_else(|| panic!("PgBouncer is not installed (Debian: apt-get install pgbouncer)"));
+        let port = free_port();
+        let dir = self.dir.path();
+        let config = dir.join(format!("pgbouncer-{port}.ini"));
+        let pidfile = dir.join(format!("pgbouncer-{port}.pid"));
+        std::fs::write(
+            &config,
+            format!(
+                "[databases]\n{database} = host=127.0.0.1 port={} dbname={database} user=postgres\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 auth_type = trust\nauth_file = {}\npool_mode = transaction\ndefault_pool_size = 4\n\
+                 max_client_conn = 500\npidfile = {}\nlogfile = {}\nignore_startup_parameters = extra_float_digits\n",
+                self.port,
+                dir.join("pgbouncer-users.txt").display(),
+                pidfile.display(),
+                dir.join(format!("pgbouncer-{port}.log")).display()
+            ),
+        )
+        .expect("pgbouncer.ini");
+        std::fs::write(dir.join("pgbouncer-users.txt"), "\"postgres\" \"\"\n").expect("users");
+        if let Some(user) = &self.run_as
+            && let Ok(Some(u)) = nix::unistd::User::from_name(user)
+        {
+            for f in [&config, &dir.join("pgbouncer-users.txt")] {
+                let _ = std::os::unix::fs::chown(f, Some(u.uid.as_raw()), Some(u.gid.as_raw()));
+            }
+        }
+        let mut cmd = match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--", program]);
+                c
+            }
+            None => Command::new(program),
+        };
+        let out = cmd.arg("-d").arg(&config).output().expect("pgbouncer");
+        assert!(out.status.success(), "pgbouncer: {}", String::from_utf8_lossy(&out.stderr));
+        let start = Instant::now();
+        while TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            assert!(start.elapsed() < Duration::from_secs(20), "pgbouncer did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Bouncer { port, pidfile }
+    }
+}
+
+impl Bouncer {
+    pub fn url(&self, database: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.pidfile) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
     }
 }
 
