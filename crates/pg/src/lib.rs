@@ -27,7 +27,7 @@ pub enum PgError {
     /// The `[database]` settings cannot be used.
     #[error("[database]: {0}")]
     Config(String),
-    #[error("the database: {0}")]
+    #[error("the database: {}", with_causes(.0))]
     Db(#[from] tokio_postgres::Error),
     /// No connection could be had from the pool (the database is down or unreachable).
     #[error("the database cannot be reached: {0}")]
@@ -36,11 +36,27 @@ pub enum PgError {
     Schema(String),
 }
 
+/// An error and what caused it ("error performing TLS handshake: invalid peer certificate:
+/// UnknownIssuer"), for a message that says what is wrong.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
 impl From<deadpool_postgres::PoolError> for PgError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
             deadpool_postgres::PoolError::Backend(b) => PgError::Db(b),
-            other => PgError::Pool(other.to_string()),
+            other => PgError::Pool(with_causes(&other)),
         }
     }
 }

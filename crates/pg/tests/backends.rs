@@ -108,3 +108,85 @@ async fn one_node_claims_a_round_and_dead_deliveries_are_collected() {
     assert_eq!(server().psql(&name, "SELECT count(*) FROM bodies"), "1");
     assert_eq!(one.open(&bob, false).await.expect("open").listing.entries.len(), 1, "{kept:?} stays");
 }
+
+/// A private CA and a certificate for 127.0.0.1 it signed (openssl), in `dir`.
+fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Test database CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.pem",
+    ]);
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_database_is_verified() {
+    let pg = TestPg::start();
+    let url = pg.database("secure");
+    let work = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = certificates(work.path());
+    pg.enable_tls(&cert, &key);
+    let required = format!("{url}?sslmode=require");
+    // With the database's CA: TLS, and the server says the connection is encrypted.
+    let db = Db::new(Settings { url: required.clone(), ca_file: Some(ca), ..Settings::default() }).expect("pool");
+    let c = db.client().await.expect("a TLS connection");
+    let row = c.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.expect("query");
+    assert!(row.get::<_, bool>(0), "the connection is encrypted");
+    drop(c);
+    // Without it, a certificate nobody vouches for is refused (verification is on).
+    let untrusted = Db::new(Settings { url: required, ..Settings::default() }).expect("pool");
+    let refused = untrusted.client().await.expect_err("an unverified certificate");
+    assert!(refused.to_string().to_lowercase().contains("certificate"), "{refused}");
+}

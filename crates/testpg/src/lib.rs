@@ -153,6 +153,28 @@ impl TestPg {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// Serve TLS with this certificate chain and key (PEM files), from now on (a reload).
+    pub fn enable_tls(&self, cert: &Path, key: &Path) {
+        let (c, k) = (self.data().join("server.crt"), self.data().join("server.key"));
+        std::fs::copy(cert, &c).expect("certificate");
+        std::fs::copy(key, &k).expect("key");
+        std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+        if let Some(user) = &self.run_as
+            && let Ok(Some(u)) = nix::unistd::User::from_name(user)
+        {
+            for f in [&c, &k] {
+                std::os::unix::fs::chown(f, Some(u.uid.as_raw()), Some(u.gid.as_raw())).expect("chown");
+            }
+        }
+        let conf = self.data().join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("configuration");
+        text.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).expect("configuration");
+        let out = self.command("pg_ctl").args(["reload", "-D"]).arg(self.data()).output().expect("pg_ctl reload");
+        assert!(out.status.success(), "pg_ctl reload: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     /// Stop the server at once, as a crash would (`pg_ctl stop -m immediate`).
     pub fn stop_immediate(&self) {
         let out = self.command("pg_ctl").args(["stop", "-m", "immediate", "-D"]).arg(self.data()).output();
