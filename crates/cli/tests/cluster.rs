@@ -159,6 +159,34 @@ fn three_nodes_share_users_mail_and_exclusive_access() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // mpop on node 2, keeping the mail: it downloads what is there and, the second time, nothing.
+    common::require_tool("mpop");
+    let local = nodes[0].data().join("mpop-maildir");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(local.join(sub)).expect("mkdir");
+    }
+    let rc = nodes[0].data().join("mpoprc");
+    let pop = nodes[1].pop3.expect("pop3");
+    std::fs::write(
+        &rc,
+        format!(
+            "account node2\nhost {}\nport {}\ntls off\nauth user\nuser alice\npasswordeval echo '{PASSWORD}'\n\
+             keep on\ndelivery maildir {}\nuidls_file {}/mpop-uidls\n",
+            pop.ip(),
+            pop.port(),
+            local.display(),
+            nodes[0].data().display()
+        ),
+    )
+    .expect("mpoprc");
+    Command::new("chmod").arg("600").arg(&rc).status().expect("chmod");
+    let stored = |dir: &std::path::Path| std::fs::read_dir(dir.join("new")).map(|d| d.count()).unwrap_or(0);
+    for run in 0..2 {
+        let out = Command::new("mpop").arg("-C").arg(&rc).arg("node2").output().expect("mpop");
+        assert!(out.status.success(), "mpop run {run}: {}", text(&out));
+        assert_eq!(stored(&local), 1, "run {run}: the one message, once");
+    }
+
     // A real client on another node: `pillarbox fetch` downloads and deletes what is left.
     let work = tempfile::tempdir().expect("tempdir");
     let accounts = work.path().join("accounts.toml");
