@@ -218,7 +218,7 @@ impl Mailstore for PgStore {
             None
         };
         // From here on the lease is released when the maildrop is dropped, whatever happens.
-        let mut drop = PgMaildrop {
+        let mut maildrop = PgMaildrop {
             db: self.db.clone(),
             account,
             messages: Vec::new(),
@@ -239,9 +239,9 @@ impl Mailstore for PgStore {
             let uid = UniqueId::new(&uidl)
                 .map_err(|_| db_error("listing the maildrop", PgError::Schema(format!("a stored UIDL {uidl:?}"))))?;
             entries.push(ListingEntry { size: r.get::<_, i64>(2).max(0) as u64, uid });
-            drop.messages.push(Message { id: r.get(0), body: r.get(3), gone: false });
+            maildrop.messages.push(Message { id: r.get(0), body: r.get(3), gone: false });
         }
-        Ok(Opened { listing: Listing { entries }, maildrop: Box::new(drop) })
+        Ok(Opened { listing: Listing { entries }, maildrop: Box::new(maildrop) })
     }
 
     async fn begin_delivery(&self, user: &UserName) -> Result<Box<dyn PendingDelivery>, StoreError> {

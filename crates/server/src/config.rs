@@ -323,24 +323,26 @@ pub struct DatabaseConfig {
 }
 
 impl DatabaseConfig {
-    /// The URL with any password in it replaced, for messages and logs.
+    /// The URL with any password in it replaced, for messages and logs: in the user part
+    /// (`postgresql://user:secret@host`), as a parameter (`?password=secret`) or in the
+    /// key=value form (`password=secret`).
     pub fn url_for_display(&self) -> String {
-        match (self.url.find("://"), self.url.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                let userinfo = &self.url[scheme + 3..at];
-                match userinfo.split_once(':') {
-                    Some((user, _)) => format!("{}{user}:***{}", &self.url[..scheme + 3], &self.url[at..]),
-                    None => self.url.clone(),
-                }
-            }
-            // The key=value form: a password=... part is hidden.
-            _ => self
-                .url
-                .split_whitespace()
-                .map(|kv| if kv.starts_with("password=") { "password=***" } else { kv })
-                .collect::<Vec<_>>()
-                .join(" "),
+        let url = &self.url;
+        let mut shown = match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.clone(),
+            },
+            _ => url.clone(),
+        };
+        let mut from = 0;
+        while let Some(i) = shown[from..].find("password=").map(|i| i + from) {
+            let start = i + "password=".len();
+            let end = shown[start..].find(['&', ' ', '\t']).map_or(shown.len(), |e| e + start);
+            shown.replace_range(start..end, "***");
+            from = start + 3;
         }
+        shown
     }
 }
 
@@ -1050,6 +1052,34 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/pillarbox/pillarbox.toml"))
+    }
+
+    #[test]
+    fn a_database_password_is_never_shown() {
+        let shown = |url: &str| DatabaseConfig {
+            url: url.into(),
+            pool_size: 1,
+            lease: Duration::from_secs(1),
+            ca_file: None,
+            password_query: None,
+            user_query: None,
+        };
+        for (url, want) in [
+            (
+                "postgresql://pb:s3cret@db1,db2/mail?target_session_attrs=read-write",
+                "postgresql://pb:***@db1,db2/mail?target_session_attrs=read-write",
+            ),
+            (
+                "postgresql://db/mail?user=pb&password=s3cret&sslmode=require",
+                "postgresql://db/mail?user=pb&password=***&sslmode=require",
+            ),
+            ("host=db user=pb password=s3cret dbname=mail", "host=db user=pb password=*** dbname=mail"),
+            ("postgresql://pb@db/mail", "postgresql://pb@db/mail"),
+        ] {
+            let d = shown(url);
+            assert_eq!(d.url_for_display(), want);
+            assert!(!format!("{d:?}").contains("s3cret"));
+        }
     }
 
     #[test]
