@@ -117,7 +117,7 @@ fn scram_plus_binds_to_the_tls_connection_and_sha1_is_opt_in() {
     c.ok("QUIT");
     assert!(c.closed());
     assert_eq!(scram(&pb, "pop3s", "SCRAM-SHA-1", "alice", PASSWORD, &[]).trim(), "ok");
-    let users = std::fs::read_to_string(pb.data().join("users")).expect("users");
+    let users = pb.users_text();
     assert!(users.contains(":scram256=") && !users.contains(PASSWORD), "only salted keys are stored");
 }
 
@@ -312,6 +312,7 @@ fn utf8_names_and_saslprep_equivalent_passwords() {
 
 #[test]
 fn migration_from_dovecot_keeps_passwords_uidls_sizes_and_order() {
+    maildir_only!();
     require_tool("swaks");
     let dovecot = Dovecot::start(&[("alice", "alice dovecot pw 1"), ("bob", "bob dovecot pw 2")]);
     // Dovecot receives some mail and a client sees its UIDLs.
@@ -370,7 +371,7 @@ fn migration_from_dovecot_keeps_passwords_uidls_sizes_and_order() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("identical"), "{text}");
     // The first login replaced the imported SHA512-CRYPT hash.
-    let users = std::fs::read_to_string(pb.data().join("users")).expect("users");
+    let users = pb.users_text();
     let alice = users.lines().find(|l| l.starts_with("alice:")).expect("alice");
     assert!(alice.starts_with("alice:$argon2id$") && alice.contains(":scram256="), "{alice}");
     let bob = users.lines().find(|l| l.starts_with("bob:")).expect("bob");
@@ -388,6 +389,6 @@ fn imported_hashes_stay_when_upgrades_are_off() {
     pb.start();
     let mut c = pb.login();
     c.ok("QUIT");
-    let users = std::fs::read_to_string(pb.data().join("users")).expect("users");
+    let users = pb.users_text();
     assert!(users.lines().any(|l| l == format!("alice:{{PLAIN}}{PASSWORD}")), "{users}");
 }

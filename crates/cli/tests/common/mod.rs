@@ -36,6 +36,30 @@ pub fn require_tool(name: &str) {
     assert!(found, "{name} is not installed; run ./scripts/test.sh, which installs the test dependencies");
 }
 
+/// Whether the suites run in cluster mode (`PILLARBOX_TEST_CLUSTER=1`, as scripts/test.sh does
+/// in a second pass): every `Pillarbox` is then a node whose users and mail are in a database of
+/// its own on one private PostgreSQL, instead of a user file and Maildirs.
+pub fn cluster_mode() -> bool {
+    std::env::var_os("PILLARBOX_TEST_CLUSTER").is_some_and(|v| v == "1")
+}
+
+fn test_postgres() -> &'static pillarbox_testpg::TestPg {
+    static PG: std::sync::OnceLock<pillarbox_testpg::TestPg> = std::sync::OnceLock::new();
+    PG.get_or_init(pillarbox_testpg::TestPg::start)
+}
+
+/// A test about the files of a Maildir says so at its start: in cluster mode there are none, and
+/// it returns having checked nothing (it runs, and checks, in the ordinary pass).
+#[macro_export]
+macro_rules! maildir_only {
+    () => {
+        if common::cluster_mode() {
+            eprintln!("about Maildir files: checked in the ordinary pass, not in cluster mode");
+            return;
+        }
+    };
+}
+
 /// A data folder with a configuration and users, and optionally a running server.
 pub struct Pillarbox {
     pub dir: tempfile::TempDir,
@@ -46,6 +70,8 @@ pub struct Pillarbox {
     /// The Prometheus endpoint, when `[metrics] listen` is set.
     pub metrics: Option<SocketAddr>,
     stderr_path: PathBuf,
+    /// In cluster mode, the node's database on the shared test PostgreSQL.
+    pub database: Option<String>,
 }
 
 impl Pillarbox {
@@ -60,13 +86,27 @@ impl Pillarbox {
     pub fn without_users() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let stderr_path = dir.path().join("server.log");
-        let pb = Self { dir, child: None, pop3: None, pop3s: None, lmtp: None, metrics: None, stderr_path };
+        let mut pb =
+            Self { dir, child: None, pop3: None, pop3s: None, lmtp: None, metrics: None, stderr_path, database: None };
         // Any command prepares the data folder; listing users changes nothing.
         assert!(pb.run(&["user", "list"], b"").status.success());
         // Failed logins are delayed by seconds in production; tests that are not about the
         // delays use short ones (the delay tests set their own).
         pb.edit_config("fail_delay = \"2s\"", "fail_delay = \"20ms\"");
         pb.edit_config("fail_delay_max = \"15s\"", "fail_delay_max = \"100ms\"");
+        if cluster_mode() {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let name = format!("node{}_{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            let url = test_postgres().database(&name);
+            pb.edit_config("url = \"\"", &format!("url = \"{url}\""));
+            // A killed server's lease lapses as quickly as a lock file is found stale.
+            pb.edit_config("lease = \"30s\"", "lease = \"2s\"");
+            let init = pb.run(&["db", "init"], b"");
+            assert!(init.status.success(), "db init: {}", String::from_utf8_lossy(&init.stderr));
+            let _ = std::fs::remove_file(pb.data().join("users"));
+            let _ = std::fs::remove_dir_all(pb.data().join("mail"));
+            pb.database = Some(name);
+        }
         pb
     }
 
@@ -114,8 +154,56 @@ impl Pillarbox {
         self.data().join("mail").join(user)
     }
 
-    /// Number of message files in a user's maildrop.
+    /// SQL on the node's database (cluster mode only); psql's unaligned output.
+    pub fn psql(&self, sql: &str) -> String {
+        test_postgres().psql(self.database.as_deref().expect("cluster mode"), sql)
+    }
+
+    /// The users as the user file holds them (`name:hash[:scram256=...]` lines), or in cluster
+    /// mode as the database does, in the same form.
+    pub fn users_text(&self) -> String {
+        if self.database.is_none() {
+            return std::fs::read_to_string(self.data().join("users")).expect("users");
+        }
+        self.psql(
+            "SELECT login || ':' || password_hash || coalesce(':scram256=' || scram_sha256, '') \
+             || coalesce(':scram1=' || scram_sha1, '') FROM accounts ORDER BY login",
+        )
+    }
+
+    /// The messages of a user as stored, in order: the Maildir's files (as delivered), or in
+    /// cluster mode the bodies in the database (in CRLF form).
+    pub fn stored_messages(&self, user: &str) -> Vec<Vec<u8>> {
+        if self.database.is_none() {
+            let mut files: Vec<PathBuf> = ["new", "cur"]
+                .iter()
+                .flat_map(|s| std::fs::read_dir(self.maildir(user).join(s)).into_iter().flatten())
+                .map(|e| e.expect("entry").path())
+                .collect();
+            files.sort();
+            return files.iter().map(|f| std::fs::read(f).expect("read")).collect();
+        }
+        let hex = self.psql(&format!(
+            "SELECT encode(string_agg(b.data, '' ORDER BY b.seq), 'hex') FROM messages m \
+             JOIN logins l USING (account_id) JOIN bodies b ON b.account_id = m.account_id AND b.body_id = m.body_id \
+             WHERE l.login = '{}' GROUP BY m.message_id ORDER BY m.message_id",
+            user.replace('\'', "''")
+        ));
+        hex.lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| (0..l.len()).step_by(2).map(|i| u8::from_str_radix(&l[i..i + 2], 16).expect("hex")).collect())
+            .collect()
+    }
+
+    /// Number of messages in a user's maildrop (files in its Maildir, or rows in cluster mode).
     pub fn stored(&self, user: &str) -> usize {
+        if let Some(db) = &self.database {
+            let sql = format!(
+                "SELECT count(*) FROM messages m JOIN logins l USING (account_id) WHERE l.login = '{}'",
+                user.replace('\'', "''")
+            );
+            return test_postgres().psql(db, &sql).parse().expect("a count");
+        }
         ["new", "cur"]
             .iter()
             .map(|s| std::fs::read_dir(self.maildir(user).join(s)).map(|d| d.count()).unwrap_or(0))
