@@ -98,12 +98,22 @@ async fn import(config: &Config, db: &pillarbox_pg::Db) -> Result<ExitCode> {
     use pillarbox_store::Mailstore;
     use pillarbox_store::maildir::MaildirStore;
     schema::check(db).await.map_err(|e| Exit(EX_CONFIG, e.to_string()))?;
-    let source_dir = FileDirectory::new(UserFile::new(&config.users_file));
     let source = MaildirStore::new(&config.maildir_root);
-    let users = pillarbox_auth::directory::all_users(&source_dir)
-        .await
-        .with_context(|| format!("reading the user file {}", config.users_file.display()))?;
     let target_dir = pillarbox_pg::directory::PgDirectory::new(db.clone());
+    // The users of the user file; without one (users imported into the database already, say
+    // from Dovecot's passwd-file with `user import`), the mail of the database's users.
+    let users = if config.users_file.exists() {
+        let source_dir = FileDirectory::new(UserFile::new(&config.users_file));
+        pillarbox_auth::directory::all_users(&source_dir)
+            .await
+            .with_context(|| format!("reading the user file {}", config.users_file.display()))?
+    } else {
+        eprintln!(
+            "pillarbox db import: no user file {}: moving the Maildirs of the database's users",
+            config.users_file.display()
+        );
+        pillarbox_auth::directory::all_users(&target_dir).await.context("listing the database's users")?
+    };
     let target = pillarbox_pg::store::PgStore::new(db.clone());
     let human = pillarbox_doctor::check::human_bytes;
     let (mut messages, mut bytes, mut copied, mut mismatched) = (0u64, 0u64, 0u64, Vec::new());
