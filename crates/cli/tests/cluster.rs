@@ -785,3 +785,79 @@ fn nodes_work_through_pgbouncer_in_transaction_mode() {
     assert_eq!(pg.psql("bounce", "SELECT max(count) FROM login_failures"), "1");
     assert!(!nodes[0].log().contains("prepared statement") && !nodes[1].log().contains("prepared statement"));
 }
+
+#[test]
+fn a_node_killed_during_data_retr_or_quit_leaves_every_message_whole_or_not_there() {
+    use std::io::Write;
+    let pg = TestPg::start();
+    let url = pg.database("kills");
+    let mut a = node(&url);
+    let mut b = node(&url);
+    assert!(a.run(&["db", "init"], b"").status.success());
+    a.add_user("alice", PASSWORD);
+    // Housekeeping every second, so that the chunks of a killed delivery can be seen to go.
+    a.edit_config("expunge_interval = \"1h\"", "expunge_interval = \"1s\"");
+    a.start_on("127.0.0.2", &[]);
+    b.start_on("127.0.0.3", &[]);
+    let big: Vec<u8> = {
+        let mut m = b"Subject: big\r\n\r\n".to_vec();
+        for i in 0..40_000 {
+            m.extend_from_slice(format!("line {i:06} of a message large enough to take several chunks\r\n").as_bytes());
+        }
+        m
+    };
+
+    // During DATA: part of the body is in the database when node a dies; no message appears.
+    let mut s = std::net::TcpStream::connect(a.lmtp.expect("lmtp")).expect("connect");
+    s.write_all(b"LHLO k\r\nMAIL FROM:<k@x>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\n").expect("write");
+    s.write_all(&big[..big.len() / 2]).expect("write half");
+    let start = Instant::now();
+    while pg.psql("kills", "SELECT count(*) FROM bodies") == "0" {
+        assert!(start.elapsed() < Duration::from_secs(20), "no chunk stored");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.kill9();
+    drop(s);
+    assert_eq!(pg.psql("kills", "SELECT count(*) FROM messages"), "0", "no message from a cut delivery");
+    a.start_on("127.0.0.2", &[]);
+    pg.psql("kills", "UPDATE pending_bodies SET started_at = now() - interval '7 hours'");
+    let start = Instant::now();
+    while pg.psql("kills", "SELECT count(*) FROM bodies") != "0" {
+        assert!(start.elapsed() < Duration::from_secs(20), "the cut delivery's chunks stay");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // During RETR: the reader gets a cut message and no end; the message stays whole.
+    assert!(lmtp(&b, "alice@localhost", &big).starts_with("250"));
+    let mut c = a.login_when_free();
+    c.send(b"RETR 1\r\n");
+    let mut part = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    while got < part.len() {
+        got += c.read_some(&mut part[got..]);
+    }
+    a.kill9();
+    let mut d = b.login_when_free();
+    d.ok("RETR 1");
+    assert!(d.multiline().ends_with(&big), "whole on the other node after the reader's node died");
+    d.ok("QUIT");
+    a.start_on("127.0.0.2", &[]);
+
+    // During QUIT: the deletions are all applied or none.
+    for i in 0..4 {
+        assert!(lmtp(&b, "alice@localhost", &message(i)).starts_with("250"));
+    }
+    let mut c = a.login_when_free();
+    assert!(c.ok("STAT").starts_with("+OK 5 "));
+    for n in 1..=5 {
+        c.ok(&format!("DELE {n}"));
+    }
+    c.send(b"QUIT\r\n");
+    a.kill9();
+    let left = pg.psql("kills", "SELECT count(*) FROM messages");
+    assert!(left == "0" || left == "5", "all or nothing, not {left}");
+    let mut e = b.login_when_free();
+    assert!(e.ok("STAT").starts_with(&format!("+OK {left} ")));
+    e.ok("QUIT");
+    let _ = c.closed();
+}
