@@ -53,13 +53,14 @@ impl LoginGate for PgLoginGate {
             Ok::<_, crate::PgError>(rows)
         };
         match counted.await {
+            // The database's count is everyone's: a success on another node cleared it there,
+            // which this node's own count (kept for when the database is away) does not know.
             Ok(rows) => rows
                 .iter()
                 .filter(|r| k.pair.as_deref() != Some(r.get::<_, &str>(0)))
                 .map(|r| r.get::<_, i32>(1).max(0) as u32)
                 .max()
-                .unwrap_or(local)
-                .max(local),
+                .unwrap_or(local),
             Err(e) => {
                 tracing::warn!(error = %e, "failed logins cannot be counted in the database; counting on this node");
                 local

@@ -72,6 +72,12 @@ pub struct Pillarbox {
     stderr_path: PathBuf,
     /// In cluster mode, the node's database on the shared test PostgreSQL.
     pub database: Option<String>,
+    /// In cluster mode, a second node on the same database: LMTP goes to it, and POP3
+    /// connections alternate between the two, so that deliveries, sessions and QUITs of one
+    /// test are spread over two nodes.
+    second: Option<Child>,
+    second_pop3: Option<SocketAddr>,
+    turn: std::sync::atomic::AtomicUsize,
 }
 
 impl Pillarbox {
@@ -86,8 +92,19 @@ impl Pillarbox {
     pub fn without_users() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let stderr_path = dir.path().join("server.log");
-        let mut pb =
-            Self { dir, child: None, pop3: None, pop3s: None, lmtp: None, metrics: None, stderr_path, database: None };
+        let mut pb = Self {
+            dir,
+            child: None,
+            pop3: None,
+            pop3s: None,
+            lmtp: None,
+            metrics: None,
+            stderr_path,
+            database: None,
+            second: None,
+            second_pop3: None,
+            turn: std::sync::atomic::AtomicUsize::new(0),
+        };
         // Any command prepares the data folder; listing users changes nothing.
         assert!(pb.run(&["user", "list"], b"").status.success());
         // Failed logins are delayed by seconds in production; tests that are not about the
@@ -222,6 +239,37 @@ impl Pillarbox {
 
     /// Like [`Self::start_with`], listening on another loopback address (a node of a cluster).
     pub fn start_on(&mut self, ip: &str, extra: &[&str]) {
+        let (child, pop3, pop3s, lmtp) = self.spawn(ip, extra);
+        self.pop3 = pop3;
+        self.pop3s = pop3s;
+        self.lmtp = lmtp;
+        self.child = Some(child);
+        if self.database.is_some() && ip == "127.0.0.1" {
+            // Not on the first node's Unix socket: one listener per path.
+            let mut own: Vec<&str> = Vec::new();
+            let mut args = extra.iter();
+            while let Some(a) = args.next() {
+                if *a == "--lmtp-unix" {
+                    args.next();
+                } else {
+                    own.push(a);
+                }
+            }
+            let (second, pop3, _, lmtp) = self.spawn(ip, &own);
+            self.second = Some(second);
+            self.second_pop3 = pop3;
+            self.lmtp = lmtp;
+        }
+    }
+
+    /// Start `serve` and wait until it listens: the process and its POP3, POP3S and LMTP
+    /// addresses.
+    #[allow(clippy::type_complexity)]
+    fn spawn(
+        &mut self,
+        ip: &str,
+        extra: &[&str],
+    ) -> (Child, Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr_path).expect("log");
         let any = format!("{ip}:0");
         let mut child = self
@@ -266,10 +314,7 @@ impl Pillarbox {
         }
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        self.pop3 = pop3;
-        self.pop3s = pop3s;
-        self.lmtp = lmtp;
-        self.child = Some(child);
+        (child, pop3, pop3s, lmtp)
     }
 
     pub fn pid(&self) -> u32 {
@@ -279,10 +324,21 @@ impl Pillarbox {
     pub fn signal(&self, sig: &str) {
         let st = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().expect("kill");
         assert!(st.success());
+        if let Some(second) = &self.second {
+            let _ = Command::new("kill").args([&format!("-{sig}"), &second.id().to_string()]).status();
+        }
     }
 
     /// Wait for the server to exit (bounded).
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        if let Some(mut second) = self.second.take() {
+            let start = Instant::now();
+            while second.try_wait().ok().flatten().is_none() && start.elapsed() < limit {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = second.kill();
+            let _ = second.wait();
+        }
         let child = self.child.as_mut()?;
         let start = Instant::now();
         while start.elapsed() < limit {
@@ -304,8 +360,13 @@ impl Pillarbox {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// A POP3 connection; in cluster mode to each node in turn.
     pub fn connect(&self) -> Client {
-        Client::connect(self.pop3.expect("started"))
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match self.second_pop3 {
+            Some(other) if turn % 2 == 1 => Client::connect(other),
+            _ => Client::connect(self.pop3.expect("started")),
+        }
     }
 
     /// Connect and log in as alice.
@@ -348,7 +409,7 @@ impl Pillarbox {
 
 impl Drop for Pillarbox {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        for mut child in self.second.take().into_iter().chain(self.child.take()) {
             let _ = child.kill();
             let _ = child.wait();
         }
