@@ -7,8 +7,8 @@
 //! the body and updates the account's counters: the message exists exactly when that commits. A
 //! body no row links (a delivery that died) is an orphan, collected later.
 //!
-//! RETR reads a few chunks per query, outside any transaction, into a reader with room for a few
-//! chunks: a slow client holds no transaction open and little memory.
+//! RETR reads two chunks per query, outside any transaction, into a reader with room for one
+//! more: a slow client holds no transaction open and little memory.
 //!
 //! Exclusive access is a lease row with an expiry and a fencing token from a sequence, renewed
 //! while the session lives; a commit applies only if the lease is still ours and unexpired (the
@@ -116,7 +116,6 @@ impl PgStore {
             body,
             buf: BytesMut::with_capacity(CHUNK),
             seq: 0,
-            raw: 0,
             counter: CrlfCounter::new(),
             prev_cr: false,
             imported,
@@ -592,7 +591,6 @@ struct PgPending {
     body: i64,
     buf: BytesMut,
     seq: i32,
-    raw: u64,
     counter: CrlfCounter,
     /// The last octet given was a CR (a CRLF may be split between writes).
     prev_cr: bool,
@@ -640,7 +638,6 @@ fn push_crlf(out: &mut BytesMut, data: &[u8], prev_cr: &mut bool) {
 #[async_trait]
 impl PendingDelivery for PgPending {
     async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
-        self.raw += data.len() as u64;
         self.counter.update(data);
         let mut prev_cr = self.prev_cr;
         push_crlf(&mut self.buf, data, &mut prev_cr);
