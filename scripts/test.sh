@@ -77,4 +77,4 @@ cargo test --workspace --locked "$@"
 # The server's end-to-end suites once more in cluster mode: every server a node whose users and
 # mail are in a private PostgreSQL (tests about Maildir files say so and check nothing there).
 echo "test.sh: the POP3, LMTP, authentication and abuse suites again, in cluster mode"
-PILLARBOX_TEST_CLUSTER=1 exec cargo test --locked -p pillarbox --test protocol --test lmtp --test auth --test abuse "$@"
+PILLARBOX_TEST_CLUSTER=1 exec cargo test --workspace --locked --test protocol --test lmtp --test auth --test abuse "$@"
