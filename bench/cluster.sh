@@ -98,18 +98,22 @@ sed -i -e "s|^url = \"\"|url = \"$URL\"|" -e 's|^pool_size = 16|pool_size = 32|'
 "$PB" --data-dir "$BASE/node" db init >/dev/null
 "$PB" --data-dir "$BASE/node" db import | tail -1
 
-start_pb() { # DIR IP -> "pid pop3 lmtp"
+start_pb() { # DIR IP: sets pid, pop and lmtp (not in a subshell: PIDS must see the server)
   local p l
   p=$(free_port); l=$(free_port)
   "$PB" --data-dir "$1" serve --pop3 "$2:$p" --lmtp "$2:$l" >/dev/null 2>>"$BASE/pb.log" &
-  local pid=$!
+  pid=$!
   PIDS+=("$pid")
   for port in $p $l; do
     for _ in $(seq 200); do (exec 3<>"/dev/tcp/$2/$port") 2>/dev/null && break; sleep 0.05; done
   done
-  echo "$pid $2:$p $2:$l"
+  pop="$2:$p"; lmtp="$2:$l"
 }
-stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); }
+stop_all() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  PIDS=()
+}
 field() { tr ' ' '\n' | grep "^$1=" | cut -d= -f2; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
@@ -139,15 +143,15 @@ measure() { # NAME PIDS POP3ADDRS LMTPADDRS
 
 printf '%-34s %12s %12s %12s %14s\n' "" "sessions/s" "LMTP/s" "RETR MiB/s" "node RSS +MB"
 measure "Dovecot (Maildir)" "-" "127.0.0.1:$DPORT" "127.0.0.1:$DLMTP"
-read -r pid pop lmtp <<<"$(start_pb "$BASE/pb" 127.0.0.1)"
+start_pb "$BASE/pb" 127.0.0.1
 measure "Pillarbox (Maildir)" "$pid" "$pop" "$lmtp"
 stop_all
-read -r pid pop lmtp <<<"$(start_pb "$BASE/node" 127.0.0.2)"
+start_pb "$BASE/node" 127.0.0.2
 measure "Pillarbox cluster, 1 node" "$pid" "$pop" "$lmtp"
 stop_all
 PIDLIST=""; POPS=""; LMTPS=""
 for ip in 127.0.0.2 127.0.0.3 127.0.0.4; do
-  read -r pid pop lmtp <<<"$(start_pb "$BASE/node" $ip)"
+  start_pb "$BASE/node" $ip
   PIDLIST+="$pid "; POPS+="$pop "; LMTPS+="$lmtp "
 done
 measure "Pillarbox cluster, 3 nodes" "$PIDLIST" "$POPS" "$LMTPS"
