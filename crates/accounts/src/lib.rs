@@ -21,14 +21,21 @@ pub enum TlsMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthChoice {
-    /// The strongest the server offers (SCRAM-SHA-256, then PLAIN/LOGIN/USER over TLS, then APOP),
-    /// and only that one: a refused password is not tried again with another mechanism.
+    /// The strongest the server offers (SCRAM-SHA-256, then PLAIN/LOGIN/USER over TLS, then APOP;
+    /// with a `token_command`, OAUTHBEARER, then XOAUTH2), and only that one: a refused password
+    /// is not tried again with another mechanism.
     Auto,
     ScramSha256,
     Plain,
     Login,
     Apop,
     User,
+    /// RFC 7628, with an OAuth2 access token.
+    #[serde(rename = "oauthbearer")]
+    OAuthBearer,
+    /// Google's and Microsoft's XOAUTH2, with an OAuth2 access token.
+    #[serde(rename = "xoauth2")]
+    XOAuth2,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +70,16 @@ pub enum PasswordSource {
     Command(String),
     File(PathBuf),
     Env(String),
+    /// Not a password: a command that prints an OAuth2 access token (`token_command`, what
+    /// users of mutt_oauth2.py and oama have), for OAUTHBEARER or XOAUTH2.
+    TokenCommand(String),
+}
+
+impl PasswordSource {
+    /// Whether the secret is an OAuth2 access token rather than a password.
+    pub fn is_token(&self) -> bool {
+        matches!(self, PasswordSource::TokenCommand(_))
+    }
 }
 
 impl std::fmt::Debug for PasswordSource {
@@ -71,6 +88,7 @@ impl std::fmt::Debug for PasswordSource {
             PasswordSource::Command(_) => f.write_str("PasswordSource::Command(..)"),
             PasswordSource::File(p) => write!(f, "PasswordSource::File({})", p.display()),
             PasswordSource::Env(v) => write!(f, "PasswordSource::Env({v})"),
+            PasswordSource::TokenCommand(_) => f.write_str("PasswordSource::TokenCommand(..)"),
         }
     }
 }
@@ -164,19 +182,20 @@ pub fn backup_settings(path: &Path) -> Result<BackupSettings, AccountError> {
     })
 }
 
-/// The accounts file as kept in a backup: `password_command` values are removed (a command may
-/// hold a password), with a comment saying so; everything else is kept as written.
+/// The accounts file as kept in a backup: `password_command` and `token_command` values are
+/// removed (a command may hold a password or a client secret), with a comment saying so;
+/// everything else is kept as written.
 pub fn without_secrets(text: &str) -> String {
     let Ok(mut doc) = text.parse::<toml_edit::DocumentMut>() else {
         return String::new();
     };
     if let Some(accounts) = doc.get_mut("accounts").and_then(|a| a.as_table_like_mut()) {
         for (_, account) in accounts.iter_mut() {
-            if let Some(t) = account.as_table_like_mut()
-                && t.remove("password_command").is_some()
-            {
-                let note =
-                    "# password_command was removed by `pillarbox backup` (it may hold a password): set it again\n";
+            let Some(t) = account.as_table_like_mut() else { continue };
+            let removed: Vec<&str> =
+                ["password_command", "token_command"].into_iter().filter(|k| t.remove(k).is_some()).collect();
+            for key in removed {
+                let note = format!("# {key} was removed by `pillarbox backup` (it may hold a secret): set it again\n");
                 if let Some(table) = account.as_table_mut() {
                     let decor = table.decor_mut();
                     let prefix = decor.prefix().and_then(|p| p.as_str()).unwrap_or("").to_owned();
@@ -200,6 +219,7 @@ struct RawAccount {
     password_command: Option<String>,
     password_file: Option<PathBuf>,
     password_env: Option<String>,
+    token_command: Option<String>,
     auth: Option<AuthChoice>,
     ca_file: Option<PathBuf>,
     tls_fingerprint: Option<String>,
@@ -288,13 +308,15 @@ impl TlsMode {
     }
 }
 
-const AUTH_NAMES: [(&str, AuthChoice); 6] = [
+const AUTH_NAMES: [(&str, AuthChoice); 8] = [
     ("auto", AuthChoice::Auto),
     ("scram-sha-256", AuthChoice::ScramSha256),
     ("plain", AuthChoice::Plain),
     ("login", AuthChoice::Login),
     ("apop", AuthChoice::Apop),
     ("user", AuthChoice::User),
+    ("oauthbearer", AuthChoice::OAuthBearer),
+    ("xoauth2", AuthChoice::XOAuth2),
 ];
 
 impl std::str::FromStr for AuthChoice {
@@ -343,6 +365,7 @@ fn to_table(a: &Account) -> toml_edit::Table {
         PasswordSource::Command(c) => t["password_command"] = value(c),
         PasswordSource::File(f) => t["password_file"] = value(f.display().to_string()),
         PasswordSource::Env(v) => t["password_env"] = value(v),
+        PasswordSource::TokenCommand(c) => t["token_command"] = value(c),
     }
     if a.auth != AuthChoice::Auto {
         t["auth"] = value(a.auth.as_str());
@@ -566,20 +589,34 @@ fn account_of(text: &str, path: &Path, name: String, a: RawAccount) -> Result<Ac
     if tls == TlsMode::None && !a.insecure {
         return Err(err("tls", "\"none\" sends the password and mail in cleartext; it needs insecure = true".into()));
     }
-    let password = match (a.password_command, a.password_file, a.password_env) {
-        (Some(c), None, None) => PasswordSource::Command(c),
-        (None, Some(f), None) => PasswordSource::File(expand_home(&f)),
-        (None, None, Some(v)) => PasswordSource::Env(v),
-        (None, None, None) => {
-            return Err(err("password_command", "give one of password_command, password_file or password_env".into()));
+    let password = match (a.password_command, a.password_file, a.password_env, a.token_command) {
+        (Some(c), None, None, None) => PasswordSource::Command(c),
+        (None, Some(f), None, None) => PasswordSource::File(expand_home(&f)),
+        (None, None, Some(v), None) => PasswordSource::Env(v),
+        (None, None, None, Some(c)) => PasswordSource::TokenCommand(c),
+        (None, None, None, None) => {
+            return Err(err(
+                "password_command",
+                "give one of password_command, password_file, password_env or token_command".into(),
+            ));
         }
         _ => {
             return Err(err(
                 "password_command",
-                "give only one of password_command, password_file, password_env".into(),
+                "give only one of password_command, password_file, password_env, token_command".into(),
             ));
         }
     };
+    let auth = a.auth.unwrap_or(AuthChoice::Auto);
+    if password.is_token() && !matches!(auth, AuthChoice::Auto | AuthChoice::OAuthBearer | AuthChoice::XOAuth2) {
+        return Err(err(
+            "auth",
+            format!(
+                "token_command gives an OAuth2 token, which logs in with \"oauthbearer\" or \"xoauth2\", not {:?}",
+                auth.as_str()
+            ),
+        ));
+    }
     let deliver = match (a.deliver.maildir, a.deliver.mbox, a.deliver.mda) {
         (Some(m), None, None) => Deliver::Maildir(expand_home(&m)),
         (None, Some(m), None) => Deliver::Mbox(expand_home(&m)),
@@ -609,7 +646,7 @@ fn account_of(text: &str, path: &Path, name: String, a: RawAccount) -> Result<Ac
         insecure: a.insecure,
         username: a.username,
         password,
-        auth: a.auth.unwrap_or(AuthChoice::Auto),
+        auth,
         ca_file: a.ca_file.map(|p| expand_home(&p)),
         fingerprint,
         deliver,

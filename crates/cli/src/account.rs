@@ -80,7 +80,11 @@ pub struct ServerArgs {
     /// An environment variable holding the password.
     #[arg(long, value_name = "VARIABLE", group = "password")]
     pub password_env: Option<String>,
-    /// auto, scram-sha-256, plain, login, apop or user.
+    /// Instead of a password: a command that prints an OAuth2 access token (for OAUTHBEARER or
+    /// XOAUTH2), like mutt_oauth2.py or oama.
+    #[arg(long, value_name = "COMMAND", group = "password")]
+    pub token_command: Option<String>,
+    /// auto, scram-sha-256, plain, login, apop, user, oauthbearer or xoauth2.
     #[arg(long, value_name = "MECHANISM")]
     pub auth: Option<String>,
     /// CA certificates (PEM) to trust besides the system's.
@@ -106,6 +110,7 @@ impl ServerArgs {
             .map(PasswordSource::Command)
             .or_else(|| self.password_file.as_ref().map(|f| PasswordSource::File(expand(f))))
             .or_else(|| self.password_env.clone().map(PasswordSource::Env))
+            .or_else(|| self.token_command.clone().map(PasswordSource::TokenCommand))
     }
 
     /// An account from these settings (and defaults where they say nothing).
@@ -252,6 +257,9 @@ pub fn command(cmd: AccountCommand) -> Result<u8> {
                     PasswordSource::Command(_) => "from a command (not shown: it may contain secrets)".to_owned(),
                     PasswordSource::File(f) => format!("from the file {}", f.display()),
                     PasswordSource::Env(v) => format!("from the environment variable {v}"),
+                    PasswordSource::TokenCommand(_) => {
+                        "an OAuth2 token from a command (not shown: it may contain secrets)".to_owned()
+                    }
                 }
             );
             println!("login     {}", a.auth.as_str());
@@ -591,7 +599,9 @@ fn add(args: AddArgs) -> Result<u8> {
     let mut typed: Option<(PathBuf, Secret<Vec<u8>>)> = None;
     if server.password().is_none() {
         if !prompt.interactive {
-            bail!("give the password's source: --password-command, --password-file or --password-env");
+            bail!(
+                "give the password's source: --password-command, --password-file or --password-env (or --token-command for an OAuth2 token)"
+            );
         }
         let how = prompt.ask(
             "Password from: 1) a command that prints it (like `pass show mail`), 2) a file, 3) type it now \

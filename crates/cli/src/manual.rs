@@ -424,7 +424,7 @@ fn setting(line: &str) -> Option<(&str, &str)> {
 }
 
 /// The keys of an account in accounts.toml: (key, an example value, what it means).
-pub const ACCOUNT_KEYS: [(&str, &str, &str); 15] = [
+pub const ACCOUNT_KEYS: [(&str, &str, &str); 16] = [
     ("host", "\"pop.example.org\"", "The POP3 server's name or address. Required."),
     ("port", "995", "The port; by default 995 with tls = \"implicit\", 110 otherwise."),
     (
@@ -448,10 +448,18 @@ pub const ACCOUNT_KEYS: [(&str, &str, &str); 15] = [
     ),
     ("password_env", "\"WORK_PASSWORD\"", "An environment variable holding the password."),
     (
+        "token_command",
+        "\"oama access me@gmail.com\"",
+        "Instead of a password: a command that prints an OAuth2 access token (as mutt_oauth2.py and oama do), \
+         for providers that take no passwords. The login is then OAUTHBEARER, or XOAUTH2 when the server offers \
+         only that.",
+    ),
+    (
         "auth",
         "\"auto\"",
         "\"auto\" (the strongest mechanism the server offers, and only it), \"scram-sha-256\", \"plain\", \"login\", \
-         \"apop\" or \"user\". Passwords are never sent in cleartext unless insecure = true.",
+         \"apop\", \"user\", \"oauthbearer\" or \"xoauth2\" (the last two with token_command). Passwords and \
+         tokens are never sent in cleartext unless insecure = true.",
     ),
     ("ca_file", "\"~/certs/provider-ca.pem\"", "CA certificates (PEM) to trust besides the system's."),
     (
@@ -564,9 +572,8 @@ mod tests {
         ];
         for (key, example, _) in ACCOUNT_KEYS {
             let mut text = String::from("[accounts.a]\n");
-            for (k, v) in
-                base.iter().filter(|(k, _)| *k != key && !(key.starts_with("password_") && k.starts_with("password_")))
-            {
+            let secret = |k: &str| k.starts_with("password_") || k == "token_command";
+            for (k, v) in base.iter().filter(|(k, _)| *k != key && !(secret(key) && secret(k))) {
                 text.push_str(&format!("{k} = {v}\n"));
             }
             let example =

@@ -1084,3 +1084,70 @@ fn the_fingerprint_serve_prints_and_the_one_openssl_prints_both_pin_the_server()
     }
     drop(serve);
 }
+
+#[test]
+fn an_oauth2_token_from_token_command_logs_in_with_oauthbearer_or_xoauth2() {
+    require_tool("python3");
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    // A server that takes only OAUTHBEARER and XOAUTH2, as the large providers do.
+    let (_server, port) = common::scripted_server("oauth", &w.join("deleted"));
+    let with = |token: &str, extra: &str| {
+        format!(
+            "[accounts.oauth]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ninsecure = true\n\
+             username = \"alice\"\ntoken_command = \"{token}\"\nkeep = \"keep\"\n{extra}\n\
+             deliver = {{ maildir = \"{}\" }}\n",
+            w.join("m").display()
+        )
+    };
+    let mech = |ev: &[serde_json::Value]| ev.iter().find(|e| e["event"] == "connected").map(|e| e["mechanism"].clone());
+
+    // auto: OAUTHBEARER, the standard one, when offered.
+    let (out, ev) = fetch(w, &with("echo GOOD-TOKEN", ""), &[]);
+    assert!(out.status.success(), "{ev:?}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(mech(&ev), Some("OAUTHBEARER".into()));
+    assert_eq!(count(&ev, "delivered"), 3);
+    // Chosen: XOAUTH2.
+    let (out, ev) = fetch(w, &with("echo GOOD-TOKEN", "auth = \"xoauth2\""), &[]);
+    assert!(out.status.success(), "{ev:?}");
+    assert_eq!(mech(&ev), Some("XOAUTH2".into()));
+    // A real token does not fit the 255-octet AUTH line: it goes in the two-line form (the server
+    // refuses a longer line), for both mechanisms.
+    for auth in ["oauthbearer", "xoauth2"] {
+        let (out, ev) = fetch(w, &with("printf LONG-%0400d 0", &format!("auth = \"{auth}\"")), &[]);
+        assert!(out.status.success(), "{auth}: {ev:?}");
+    }
+    // A token the server refuses: its error challenge is answered as each mechanism says, and
+    // what the server said is reported; exit 77 like a refused password.
+    for auth in ["oauthbearer", "xoauth2"] {
+        let (out, ev) = fetch(w, &with("echo EXPIRED", &format!("auth = \"{auth}\"")), &[]);
+        assert_eq!(out.status.code(), Some(77), "{auth}: {ev:?}");
+        let error = ev.iter().find(|e| e["code"] == "auth-failed").expect("auth-failed")["message"].to_string();
+        assert!(error.contains("invalid token") && error.contains("invalid_token"), "{auth}: {error}");
+    }
+    let mechs = std::fs::read_to_string(w.join("deleted.mechs")).expect("mechanisms used");
+    assert_eq!(
+        mechs.lines().collect::<Vec<_>>(),
+        ["OAUTHBEARER", "XOAUTH2", "OAUTHBEARER", "XOAUTH2", "OAUTHBEARER", "XOAUTH2"]
+    );
+
+    // A token is not a password: with a password mechanism the account is refused as written.
+    let (out, _) = fetch(w, &with("echo GOOD-TOKEN", "auth = \"plain\""), &[]);
+    assert_eq!(out.status.code(), Some(78));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("token_command gives an OAuth2 token") && said.contains("auth"), "{said}");
+    // check explains a refused token.
+    std::fs::write(w.join("accounts.toml"), with("echo EXPIRED", "")).expect("accounts");
+    let out = Command::new(bin())
+        .args(["check", "--accounts-file"])
+        .arg(w.join("accounts.toml"))
+        .arg("--state-dir")
+        .arg(w.join("state"))
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("refused the OAuth2 token for alice (OAUTHBEARER)") && text.contains("token_command"),
+        "{text}"
+    );
+}

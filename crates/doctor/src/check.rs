@@ -682,6 +682,16 @@ impl Remote<'_, '_> {
                     ),
                 )
             }
+            Err(ConnError::AuthFailed(line)) if a.password.is_token() => (
+                AuthOutcome::Refused,
+                Finding::fail(
+                    "auth",
+                    format!("the server refused the OAuth2 token for {user} ({})", conn.mechanism),
+                    format!("it answered: {line}"),
+                    "the token may have expired or been revoked, or lack the mail scope: check what token_command \
+                     prints (a fresh access token for this user, with the provider's POP scope)",
+                ),
+            ),
             Err(ConnError::AuthFailed(line)) => (
                 AuthOutcome::Refused,
                 Finding::fail(
@@ -1132,11 +1142,12 @@ pub fn provider_hint(host: &str) -> String {
     let ends = |d: &str| h == d || h.ends_with(&format!(".{d}"));
     if ends("gmail.com") || ends("googlemail.com") {
         "; Gmail accepts only an app password (with 2-step verification, made at \
-         myaccount.google.com/apppasswords) or OAuth2, and POP must be enabled in Gmail's settings"
+         myaccount.google.com/apppasswords) or OAuth2 (token_command with a tool such as oama), and POP must \
+         be enabled in Gmail's settings"
             .into()
     } else if ends("outlook.com") || ends("office365.com") || ends("hotmail.com") || ends("live.com") {
-        "; Outlook.com and Office 365 turned off password logins for POP: they require OAuth2, which \
-         Pillarbox does not offer yet"
+        "; Outlook.com and Office 365 turned off password logins for POP: they require OAuth2 (give the account \
+         a token_command that prints an access token, from a tool such as oama or mutt_oauth2.py)"
             .into()
     } else if ends("yahoo.com") || ends("aol.com") || ends("icloud.com") || ends("me.com") {
         "; this provider requires an app password (made in its account security settings), not your usual password"

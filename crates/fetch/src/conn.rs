@@ -428,6 +428,20 @@ impl Conn {
         let offers = |m: &str| sasl.iter().any(|x| x == m);
         let scram = if cb.is_some() && offers("SCRAM-SHA-256-PLUS") { "SCRAM-SHA-256-PLUS" } else { "SCRAM-SHA-256" };
         let method: &str = match account.auth {
+            // An OAuth2 token (token_command) logs in with the bearer mechanisms only.
+            AuthChoice::Auto if account.password.is_token() => {
+                if offers("OAUTHBEARER") {
+                    "OAUTHBEARER"
+                } else if offers("XOAUTH2") {
+                    "XOAUTH2"
+                } else {
+                    return Err(ConnError::NoAuth(format!(
+                        "the account logs in with an OAuth2 token (token_command), and the server offers neither \
+                         OAUTHBEARER nor XOAUTH2 (SASL: {})",
+                        sasl.join(" ")
+                    )));
+                }
+            }
             // The strongest the server offers, and only that one: a wrong password is wrong in
             // every mechanism, and trying a second would cost the user a second failure delay and
             // the account a second strike (see the refusal's hint below for moved accounts).
@@ -462,8 +476,11 @@ impl Conn {
             AuthChoice::Login => "LOGIN",
             AuthChoice::Apop => "APOP",
             AuthChoice::User => "USER",
+            AuthChoice::OAuthBearer => "OAUTHBEARER",
+            AuthChoice::XOAuth2 => "XOAUTH2",
         };
-        if matches!(method, "PLAIN" | "LOGIN" | "USER") && !cleartext_ok {
+        // A bearer token is as good as a password to whoever reads it.
+        if matches!(method, "PLAIN" | "LOGIN" | "USER" | "OAUTHBEARER" | "XOAUTH2") && !cleartext_ok {
             return Err(ConnError::NoAuth(format!(
                 "{method} would send the password in cleartext; use TLS (or insecure = true)"
             )));

@@ -150,15 +150,16 @@ impl FetchError {
 /// Get the password from the account's source.
 pub fn password(account: &Account) -> Result<Secret<Vec<u8>>, FetchError> {
     let mut value = match &account.password {
-        PasswordSource::Command(cmd) => {
+        PasswordSource::Command(cmd) | PasswordSource::TokenCommand(cmd) => {
+            let key = if account.password.is_token() { "token_command" } else { "password_command" };
             let out = std::process::Command::new("/bin/sh")
                 .arg("-c")
                 .arg(cmd)
                 .stderr(std::process::Stdio::inherit())
                 .output()
-                .map_err(|e| FetchError::Password(format!("cannot run password_command: {e}")))?;
+                .map_err(|e| FetchError::Password(format!("cannot run {key}: {e}")))?;
             if !out.status.success() {
-                return Err(FetchError::Password(format!("password_command failed ({})", out.status)));
+                return Err(FetchError::Password(format!("{key} failed ({})", out.status)));
             }
             out.stdout
         }

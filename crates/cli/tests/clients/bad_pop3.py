@@ -17,6 +17,12 @@ messages to any number of connections until killed, misbehaving as MODE says:
   utf8            offers UTF8 (RFC 6856) and, as Courier's pop3d does, hands message 2 (UTF-8
                   headers) to a client that did not send UTF8 as a notice with the original
                   attached as message/global
+  oauth           logins only by SASL OAUTHBEARER and XOAUTH2 (no USER), as the large providers:
+                  the token GOOD-TOKEN (or any token of 300 characters or more starting LONG-) of
+                  user alice is accepted; any other gets the RFC 7628 error challenge and, after
+                  the client's dummy answer, -ERR. An initial response on the AUTH line is refused
+                  when that line is longer than 255 octets (RFC 2449 section 4). Each mechanism
+                  used is appended to STATE-FILE.mechs.
 
 usage: bad_pop3.py PORT MODE STATE-FILE
 Deletions are kept in STATE-FILE (one message number per line) so they survive reconnects.
@@ -72,7 +78,7 @@ def serve(c):
         verb = cmd[0].upper()
         if verb == b"CAPA":
             send(b"+OK")
-            caps = [b"USER", b"PIPELINING"]
+            caps = [b"SASL OAUTHBEARER XOAUTH2", b"PIPELINING"] if mode == "oauth" else [b"USER", b"PIPELINING"]
             if mode != "nouidl":
                 caps.append(b"UIDL")
             if mode not in ("no-stls",):
@@ -82,6 +88,40 @@ def serve(c):
             for cap in caps:
                 send(cap)
             send(b".")
+        elif verb == b"AUTH" and mode == "oauth" and len(cmd) >= 2:
+            mech = cmd[1].upper()
+            if mech not in (b"OAUTHBEARER", b"XOAUTH2"):
+                send(b"-ERR [AUTH] unsupported mechanism")
+                continue
+            if len(cmd) > 2 and len(line.rstrip(b"\r\n")) > 255:
+                send(b"-ERR line too long for an initial response; use the two-line form")
+                continue
+            if len(cmd) > 2:
+                answer = cmd[2]
+            else:
+                send(b"+ ")
+                answer = f.readline().strip()
+            import base64
+            import json
+            text = base64.b64decode(answer)
+            with open(state + ".mechs", "a") as m:
+                m.write(mech.decode() + "\n")
+            if mech == b"OAUTHBEARER":
+                ok_user = text.startswith(b"n,a=alice,") and b"\x01auth=Bearer " in text
+            else:
+                ok_user = text.startswith(b"user=alice\x01auth=Bearer ")
+            token = text.split(b"auth=Bearer ", 1)[-1].split(b"\x01")[0]
+            good = token == b"GOOD-TOKEN" or (token.startswith(b"LONG-") and len(token) >= 300)
+            if ok_user and good and text.endswith(b"\x01\x01"):
+                send(b"+OK welcome")
+                continue
+            status = {"status": "invalid_token", "scope": "https://mail.example/pop"}
+            send(b"+ " + base64.b64encode(json.dumps(status).encode()))
+            dummy = f.readline().strip()
+            expected = b"AQ==" if mech == b"OAUTHBEARER" else b""
+            send(b"-ERR [AUTH] invalid token" if dummy == expected else b"-ERR bad dummy response")
+        elif verb in (b"USER", b"PASS") and mode == "oauth":
+            send(b"-ERR use SASL")
         elif verb == b"PASS" and mode == "escape":
             send(b"-ERR \x1b]0;owned\x07\x1b[2J\x1b[31mbad password\x9b1m")
         elif verb in (b"USER", b"PASS"):
