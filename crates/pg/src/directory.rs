@@ -169,7 +169,7 @@ impl Directory for PgDirectory {
             .query_typed(
                 &format!(
                     "SELECT {COLUMNS} FROM logins l JOIN accounts a USING (account_id) WHERE l.login > $1 \
-                     ORDER BY l.login COLLATE \"C\" LIMIT $2"
+                     ORDER BY l.login LIMIT $2"
                 ),
                 &[(&after, Type::TEXT), (&limit, Type::INT8)],
             )

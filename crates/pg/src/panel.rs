@@ -82,7 +82,7 @@ impl Directory for PanelDirectory {
         let limit = limit.min(i64::MAX as usize) as i64;
         let rows = client
             .query_typed(
-                "SELECT login FROM logins WHERE login > $1 ORDER BY login COLLATE \"C\" LIMIT $2",
+                "SELECT login FROM logins WHERE login > $1 ORDER BY login LIMIT $2",
                 &[(&after, Type::TEXT), (&limit, Type::INT8)],
             )
             .await

@@ -38,9 +38,10 @@ CREATE TABLE accounts (
     created_at     timestamptz NOT NULL DEFAULT now()
 );
 
--- Login to account: the one place a name is looked up (a reference table on Citus).
+-- Login to account: the one place a name is looked up (a reference table on Citus). Byte order
+-- ("C"), whatever the database's locale: users are listed in pages by it, through the index.
 CREATE TABLE logins (
-    login      text PRIMARY KEY,
+    login      text COLLATE "C" PRIMARY KEY,
     account_id bigint NOT NULL UNIQUE
 );
 
