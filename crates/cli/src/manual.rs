@@ -125,7 +125,7 @@ const FETCH_EXIT: [(&str, &str); 9] = [
 fn extra(name: &str) -> Extra {
     let family = name.strip_prefix("pillarbox-").unwrap_or("").split('-').next().unwrap_or("");
     let mut e = Extra { see_also: vec!["pillarbox(1)"], ..Default::default() };
-    let server = matches!(family, "" | "serve" | "user" | "deliver" | "config" | "migrate");
+    let server = matches!(family, "" | "serve" | "user" | "deliver" | "config" | "migrate" | "db");
     if server {
         e.environment.extend(SERVER_ENV);
         e.files.extend(SERVER_FILES);
@@ -192,6 +192,22 @@ fn extra(name: &str) -> Extra {
                 "Check an edited configuration before reloading the running server:",
                 "pillarbox --config /etc/pillarbox/pillarbox.toml config check && systemctl reload pillarbox",
             ));
+        }
+        n if n.starts_with("pillarbox-db") => {
+            e.exit.extend([
+                ("0", "Done."),
+                ("1", "For import: some message is not in the database as it is in the Maildirs (each is named)."),
+                ("69", "The database cannot be reached."),
+                ("78", "No [database] url, or the schema is missing or newer than this program."),
+            ]);
+            e.environment.push((
+                "PILLARBOX_DATABASE_URL",
+                "The database, over [database] url (keeps a password out of the file).",
+            ));
+            e.examples.extend([
+                ("Create (or upgrade) the schema of a new cluster's database:", "pillarbox --config /etc/pillarbox/pillarbox.toml db init"),
+                ("Move this machine's users and Maildirs in, then check what the database holds:", "pillarbox --config /etc/pillarbox/pillarbox.toml db import\npillarbox --config /etc/pillarbox/pillarbox.toml db status"),
+            ]);
         }
         "pillarbox-migrate" | "pillarbox-migrate-verify" => {
             e.exit.extend([
