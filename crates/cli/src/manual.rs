@@ -61,12 +61,13 @@ struct Extra {
     see_also: Vec<&'static str>,
 }
 
-const SERVER_ENV: [(&str, &str); 5] = [
+const SERVER_ENV: [(&str, &str); 6] = [
     ("PILLARBOX_DATA_DIR", "The data folder, as --data-dir."),
     ("PILLARBOX_CONFIG", "The configuration file, as --config."),
     ("PILLARBOX_LOG_FORMAT", "text or json, as --log-format."),
     ("PILLARBOX_LOG", "The log filter (error, warn, info, debug, trace, or directives), over [log] level."),
     ("RUST_LOG", "The log filter, when PILLARBOX_LOG is not set."),
+    ("PILLARBOX_DATABASE_URL", "Cluster mode's database, over [database] url (keeps a password out of the file)."),
 ];
 
 const SERVER_FILES: [(&str, &str); 5] = [
@@ -200,10 +201,6 @@ fn extra(name: &str) -> Extra {
                 ("69", "The database cannot be reached."),
                 ("78", "No [database] url, or the schema is missing or newer than this program."),
             ]);
-            e.environment.push((
-                "PILLARBOX_DATABASE_URL",
-                "The database, over [database] url (keeps a password out of the file).",
-            ));
             e.examples.extend([
                 ("Create (or upgrade) the schema of a new cluster's database:", "pillarbox --config /etc/pillarbox/pillarbox.toml db init"),
                 ("Move this machine's users and Maildirs in, then check what the database holds:", "pillarbox --config /etc/pillarbox/pillarbox.toml db import\npillarbox --config /etc/pillarbox/pillarbox.toml db status"),
