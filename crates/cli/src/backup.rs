@@ -210,8 +210,8 @@ fn passphrase(flag: &Passphrase, settings: &BackupSettings, confirm: bool) -> Re
         }
         bail!(why);
     }
-    let first = rpassword::prompt_password("Backup passphrase: ")?;
-    if confirm && rpassword::prompt_password("Repeat the passphrase: ")? != first {
+    let first = crate::interrupt::prompt_password("Backup passphrase: ")?;
+    if confirm && crate::interrupt::prompt_password("Repeat the passphrase: ")? != first {
         bail!("the passphrases do not match");
     }
     Ok(SecretString::from(first))

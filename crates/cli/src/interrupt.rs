@@ -1,5 +1,6 @@
 //! Ctrl-C at an interactive prompt: the terminal is put back as it was (a password prompt turns
-//! echo off) and nothing half-saved is left behind.
+//! echo off) and nothing half-saved is left behind. [`Interrupts`] covers a whole dialogue
+//! (`account add`); [`prompt_password`] one password prompt of any command.
 //!
 //! SIGINT, SIGTERM and SIGHUP are blocked in the calling thread, which every thread started after
 //! it inherits, and taken by one thread of their own with `sigwait`: no signal handler, so the
@@ -63,4 +64,21 @@ impl Interrupts {
     pub fn hold(&self) -> MutexGuard<'_, Option<Termios>> {
         self.state.terminal.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// A password typed at the terminal without echo. rpassword reads the terminal raw, sees Ctrl-C
+/// as a character and raises SIGINT in this thread while the terminal is still raw: blocked here,
+/// the signal waits, rpassword puts the terminal back as it returns, and the command ends with
+/// 130 (the terminal echoing again, nothing done).
+pub fn prompt_password(prompt: impl std::fmt::Display) -> std::io::Result<String> {
+    let mut interrupt = SigSet::empty();
+    interrupt.add(Signal::SIGINT);
+    let before = interrupt.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK).map_err(std::io::Error::from)?;
+    let answer = rpassword::prompt_password(prompt.to_string());
+    if matches!(&answer, Err(e) if e.kind() == std::io::ErrorKind::Interrupted) {
+        eprintln!("\ninterrupted; nothing was changed");
+        std::process::exit(130);
+    }
+    let _ = before.thread_set_mask();
+    answer
 }

@@ -49,9 +49,9 @@ pub(crate) fn read_password(from_stdin: bool, prompt_for: &str, confirm: bool) -
     if !std::io::stdin().is_terminal() {
         bail!("no terminal to ask for the password on; use --password-stdin");
     }
-    let first = Secret::new(rpassword::prompt_password(format!("Password for {prompt_for}: "))?.into_bytes());
+    let first = Secret::new(crate::interrupt::prompt_password(format!("Password for {prompt_for}: "))?.into_bytes());
     if confirm {
-        let second = Secret::new(rpassword::prompt_password("Repeat the password: ")?.into_bytes());
+        let second = Secret::new(crate::interrupt::prompt_password("Repeat the password: ")?.into_bytes());
         if first != second {
             bail!("the passwords do not match");
         }

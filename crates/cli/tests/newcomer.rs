@@ -307,3 +307,54 @@ fn manual_pages_have_exit_status_files_environment_and_examples_and_section_5_pa
         assert!(accounts.contains(&format!("\n       {key}")), "accounts.toml(5) lacks {key}:\n{accounts}");
     }
 }
+
+#[test]
+fn ctrl_c_at_any_password_prompt_gives_the_terminal_back_with_echo() {
+    require_tool("python3");
+    let pb = Pillarbox::new();
+    let work = tempfile::tempdir().expect("tempdir");
+    // user add (the server's side) and backup create (the client's), each interrupted at its
+    // password prompt: the terminal echoes again and nothing was done.
+    let accounts = work.path().join("accounts.toml");
+    std::fs::write(
+        &accounts,
+        format!(
+            "[accounts.a]\nhost = \"h\"\nusername = \"u\"\npassword_env = \"P\"\ndeliver = {{ maildir = \"{}\" }}\n",
+            work.path().join("m").display()
+        ),
+    )
+    .expect("accounts");
+    let commands: [(&str, Vec<String>); 2] = [
+        (
+            "Password for bob:",
+            vec!["--data-dir".into(), pb.data().display().to_string(), "user".into(), "add".into(), "bob".into()],
+        ),
+        (
+            "Backup passphrase:",
+            vec![
+                "backup".into(),
+                "create".into(),
+                "--accounts-file".into(),
+                accounts.display().to_string(),
+                "--to".into(),
+                work.path().join("backups").display().to_string(),
+                "--state-dir".into(),
+                work.path().join("state").display().to_string(),
+            ],
+        ),
+    ];
+    for (prompt, args) in commands {
+        let mut full: Vec<String> = vec!["--status".into(), "130".into(), prompt.into(), "<ctrl-c>".into()];
+        full.push("--".into());
+        full.push(bin().display().to_string());
+        full.extend(args);
+        let transcript = common::python("pty_drive.py", &full);
+        assert!(transcript.contains("--- terminal echo on") && transcript.contains("interrupted"), "{transcript}");
+    }
+    let users = pb.run(&["user", "list"], b"");
+    assert!(!String::from_utf8_lossy(&users.stdout).contains("bob"), "bob was not added");
+    assert!(
+        !work.path().join("backups").exists()
+            || std::fs::read_dir(work.path().join("backups")).expect("dir").count() == 0
+    );
+}
