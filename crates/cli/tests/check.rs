@@ -573,7 +573,7 @@ fn account_add_asks_on_a_terminal_once_each_and_an_interrupt_leaves_nothing() {
     // Ctrl-C at the password prompt (echo is off there): the terminal echoes again, and no file
     // is left behind to make the next attempt fail.
     let mut interrupted = questions.to_vec();
-    interrupted.push(("Password for alice@example.test:", "<ctrl-c>"));
+    interrupted.push(("Password for alice@example.test:", "<ctrl-c-at-password>"));
     interrupted.push(("nothing was saved", ""));
     let transcript = drive("130", &interrupted);
     assert!(transcript.contains("--- terminal echo on"), "{transcript}");

@@ -344,10 +344,11 @@ fn ctrl_c_at_any_password_prompt_gives_the_terminal_back_with_echo() {
         ),
     ];
     for (prompt, args) in commands {
-        let mut full: Vec<String> = vec!["--status".into(), "130".into(), prompt.into(), "<ctrl-c>".into()];
+        let mut full: Vec<String> = vec!["--status".into(), "130".into(), prompt.into(), "<ctrl-c-at-password>".into()];
         full.push("--".into());
         full.push(bin().display().to_string());
         full.extend(args);
+        // Typed while the prompt reads without echo: the terminal is put back, and it says so.
         let transcript = common::python("pty_drive.py", &full);
         assert!(transcript.contains("--- terminal echo on") && transcript.contains("interrupted"), "{transcript}");
     }

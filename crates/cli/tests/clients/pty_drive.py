@@ -6,9 +6,9 @@ usage: pty_drive.py [--status N] PROMPT ANSWER [PROMPT ANSWER ...] -- COMMAND [A
 
 Each PROMPT must appear in the output after the previous one (within 60 s); an empty ANSWER
 after the last PROMPT types nothing, and the ANSWER `<ctrl-c>` types the terminal's interrupt
-character (no Enter). Prints everything the program wrote and then a last line saying whether
+character (no Enter); `<ctrl-c-at-password>` types it once the program has turned echo off. Prints everything the program wrote and then a last line saying whether
 the terminal echoes what is typed; exits 1 when a prompt does not come or the program's exit
-status is not N (default 0).
+status is not N (default 0; 130 also matches a program ended by SIGINT).
 """
 import os
 import pty
@@ -63,7 +63,13 @@ for i, (prompt, answer) in enumerate(pairs):
         if time.time() > deadline or not read(deadline):
             fail("no prompt %r" % prompt)
     pos = out.index(want, pos) + len(want)
-    if answer == "<ctrl-c>":
+    if answer == "<ctrl-c-at-password>":
+        # As a person would, once the password prompt reads without echo.
+        until = time.time() + 10
+        while termios.tcgetattr(fd)[3] & termios.ECHO and time.time() < until:
+            read(time.time() + 0.02)
+        os.write(fd, b"\x03")
+    elif answer == "<ctrl-c>":
         os.write(fd, bytes([termios.tcgetattr(fd)[6][termios.VINTR][0]]))
     elif answer or i + 1 < len(pairs):
         os.write(fd, answer.encode() + b"\r")
@@ -75,6 +81,10 @@ _, status = os.waitpid(pid, 0)
 echo = "on" if termios.tcgetattr(fd)[3] & termios.ECHO else "off"
 out += ("\n--- terminal echo %s\n" % echo).encode()
 code = os.waitstatus_to_exitcode(status)
+# 130 is what a shell reports for a program ended by Ctrl-C, whether it exited with 130 itself
+# or was ended by the SIGINT (-2 here) before it could.
+if expected_status == 130 and code == -2:
+    code = 130
 if code != expected_status:
     fail("exit status %d" % code)
 sys.stdout.write(out.decode(errors="replace"))
