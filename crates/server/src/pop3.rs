@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
+use crate::config::Config;
 use crate::frontend::Frontend;
 use crate::shutdown::{Phase, closing};
 
@@ -112,6 +113,8 @@ impl End {
 
 struct Conversation {
     front: Arc<Frontend>,
+    /// The server's settings when the connection came: a reload applies to the next ones.
+    config: Arc<Config>,
     session: ServerSession,
     /// The logged-in user's open maildrop.
     user: Option<UserSession>,
@@ -154,7 +157,8 @@ pub(crate) async fn session(
     let listener = pillarbox_core::metrics::ListenerLabel { listener: if implicit { "pop3s" } else { "pop3" }.into() };
     services.metrics.sessions_active.get_or_create(&listener).inc();
     let channel_binding = channel_binding(&conn);
-    let trusted = front.config().is_trusted(peer.ip());
+    let settings = front.config();
+    let trusted = settings.is_trusted(peer.ip());
     let sasl = mechanisms(&services.policy(), implicit, trusted, channel_binding.is_some());
     let announce = services.announce().await;
     let apop_timestamp = announce.apop.then(|| {
@@ -177,9 +181,10 @@ pub(crate) async fn session(
         front: front.clone(),
         session: {
             let mut s = ServerSession::new(config);
-            s.limit_output(front.config().max_unsent_output);
+            s.limit_output(settings.max_unsent_output);
             s
         },
+        config: settings,
         user: None,
         bytes_out: 0,
         peer,
@@ -229,7 +234,7 @@ impl Conversation {
         if out.is_empty() {
             return Ok(());
         }
-        let idle = self.front.config().idle_timeout;
+        let idle = self.config.idle_timeout;
         let write = async {
             conn.write_all(&out).await?;
             conn.flush().await
@@ -263,10 +268,10 @@ impl Conversation {
                     // its start (a slot must not be held for the whole idle timeout by someone
                     // who never logs in).
                     let idle = match self.user {
-                        Some(_) => self.front.config().idle_timeout,
-                        None => (started + self.front.config().prelogin_timeout)
+                        Some(_) => self.config.idle_timeout,
+                        None => (started + self.config.prelogin_timeout)
                             .saturating_duration_since(tokio::time::Instant::now())
-                            .min(self.front.config().idle_timeout),
+                            .min(self.config.idle_timeout),
                     };
                     tokio::select! {
                         r = conn.read(&mut buf) => match r {
@@ -293,10 +298,7 @@ impl Conversation {
                     self.finish_login(verified, method, &user).await;
                 }
                 Event::SaslStart { mechanism, initial } => {
-                    // Only what CAPA offered (SCRAM is not, when no user can have SCRAM keys).
-                    let offered =
-                        self.front.services.policy().scram || !mechanism.to_ascii_uppercase().starts_with("SCRAM");
-                    let Some(mech) = Mech::new(&mechanism, self.channel_binding.clone()).filter(|_| offered) else {
+                    let Some(mech) = Mech::new(&mechanism, self.channel_binding.clone()) else {
                         self.session.auth_failed(AuthFailure::Credentials);
                         continue;
                     };
