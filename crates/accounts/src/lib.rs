@@ -469,11 +469,7 @@ pub fn expand_home(p: &Path) -> PathBuf {
 
 /// Where accounts are read from by default: `$XDG_CONFIG_HOME/pillarbox/accounts.toml`.
 pub fn default_path() -> PathBuf {
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("pillarbox").join("accounts.toml")
+    pillarbox_os::xdg_dir("XDG_CONFIG_HOME", ".config").join("accounts.toml")
 }
 
 /// `sha256:` followed by 64 hex digits (colons allowed between bytes, as tools print them).

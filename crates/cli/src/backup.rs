@@ -551,10 +551,5 @@ pub fn command(cmd: BackupCommand) -> Result<u8> {
 /// Where backups go when no folder is given: `$XDG_DATA_HOME/pillarbox/backups`
 /// (`~/.local/share/pillarbox/backups`), created private.
 fn default_backup_dir() -> PathBuf {
-    std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("pillarbox")
-        .join("backups")
+    pillarbox_os::xdg_dir("XDG_DATA_HOME", ".local/share").join("backups")
 }

@@ -625,12 +625,7 @@ async fn dele(conn: &mut Conn, numbers: &[(u32, String)], window: usize) -> Resu
 /// Where fetch keeps its journals by default: `$XDG_STATE_HOME/pillarbox/fetch`
 /// (`~/.local/state/pillarbox/fetch`).
 pub fn default_state_dir() -> PathBuf {
-    std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("pillarbox")
-        .join("fetch")
+    pillarbox_os::xdg_dir("XDG_STATE_HOME", ".local/state").join("fetch")
 }
 
 /// Run blocking file work (fsync, waiting for an mbox lock) from the async side without stalling

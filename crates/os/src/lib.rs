@@ -40,6 +40,16 @@ pub fn io_err(context: impl fmt::Display) -> impl FnOnce(io::Error) -> IoError {
 /// 4.4) and APOP timestamps: the kernel's host name reduced to letters, digits, `-` and `.`
 /// (nothing that Maildir reserves, `/` `:` `,`, nor space or angle brackets); `localhost` when
 /// nothing is left.
+/// Pillarbox's folder in one of the XDG base directories: `$VAR/pillarbox`, or
+/// `$HOME/FALLBACK/pillarbox` when the variable is not set (`XDG_STATE_HOME`, `.local/state`).
+pub fn xdg_dir(var: &str, fallback: &str) -> std::path::PathBuf {
+    std::env::var_os(var)
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(fallback)))
+        .unwrap_or_else(|| std::path::PathBuf::from("."))
+        .join("pillarbox")
+}
+
 pub fn host_name() -> String {
     let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let host: String = raw.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.')).collect();
