@@ -325,15 +325,10 @@ fn migration_from_dovecot_keeps_passwords_uidls_sizes_and_order() {
     }
     let view = |addr| {
         let mut c = Client::connect(addr);
-        c.expect_ok();
-        c.ok("USER alice");
-        c.ok("PASS alice dovecot pw 1");
-        c.ok("LIST");
-        let list = c.multiline();
-        c.ok("UIDL");
-        let uidl = c.multiline();
+        c.log_in("alice", "alice dovecot pw 1");
+        let seen = c.list_and_uidl();
         c.ok("QUIT");
-        (list, uidl)
+        seen
     };
     let before = view(dovecot.pop3);
     assert_eq!(String::from_utf8_lossy(&before.0).lines().count(), 4);

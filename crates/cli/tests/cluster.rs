@@ -352,18 +352,12 @@ fn ten_thousand_racing_logins_over_three_nodes_never_give_two_holders() {
     eprintln!("{tries} racing logins over 3 nodes: {holders} got the maildrop in turn, never two at once");
 }
 
-/// What a POP3 client sees of alice's maildrop: LIST and UIDL.
+/// What a POP3 client sees of a user's maildrop: LIST and UIDL.
 fn listing(pb: &Pillarbox, user: &str, password: &str) -> (Vec<u8>, Vec<u8>) {
-    let mut c = pb.connect();
-    c.expect_ok();
-    c.ok(&format!("USER {user}"));
-    c.ok(&format!("PASS {password}"));
-    c.ok("LIST");
-    let list = c.multiline();
-    c.ok("UIDL");
-    let uidl = c.multiline();
+    let mut c = pb.login_as(user, password);
+    let seen = c.list_and_uidl();
     c.ok("QUIT");
-    (list, uidl)
+    seen
 }
 
 #[test]
@@ -722,10 +716,7 @@ fn users_of_a_control_panels_table_log_in_read_only_and_get_a_mailbox_at_first_u
 
     // A {SHA512-CRYPT} hash and a bare crypt string both log in; an inactive user does not.
     for user in ["carol", "dave"] {
-        let mut c = pb.connect();
-        c.expect_ok();
-        c.ok(&format!("USER {user}"));
-        c.ok(&format!("PASS {PASSWORD}"));
+        let mut c = pb.login_as(user, PASSWORD);
         assert!(c.ok("STAT").starts_with("+OK 0 0"), "{user}: a new, empty mailbox");
         c.ok("QUIT");
     }

@@ -20,17 +20,9 @@ fn swaks(args: &[&str]) -> (bool, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The messages as stored for a user (files in the Maildir, or bodies in the database).
-fn stored_messages(pb: &Pillarbox, user: &str) -> Vec<Vec<u8>> {
-    pb.stored_messages(user)
-}
-
 /// RETR 1 over POP3 for a user, as the client gets it.
 fn retr_first(pb: &Pillarbox, user: &str, password: &str) -> Vec<u8> {
-    let mut c = pb.connect();
-    c.expect_ok();
-    c.ok(&format!("USER {user}"));
-    c.ok(&format!("PASS {password}"));
+    let mut c = pb.login_as(user, password);
     c.ok("RETR 1");
     let m = c.multiline();
     c.ok("QUIT");
@@ -68,7 +60,7 @@ fn swaks_delivers_to_several_recipients_with_pipelining_and_pop3_returns_it_byte
     for (user, pw, rcpt) in
         [("alice", PASSWORD, "Alice@example.org"), ("bob", "bob's long password", "bob+lists@example.org")]
     {
-        let stored = stored_messages(&pb, user);
+        let stored = pb.stored_messages(user);
         assert_eq!(stored.len(), 1, "{user}");
         let text = String::from_utf8(stored[0].clone()).expect("utf8");
         assert!(text.starts_with("Return-Path: <sender@example.org>\r\n"), "{text}");
@@ -89,7 +81,7 @@ fn swaks_over_the_unix_socket_and_python_smtplib_lmtp() {
     assert_eq!(std::fs::metadata(&socket).expect("socket").permissions().mode() & 0o777, 0o660);
     let (ok, out) = swaks(&["--socket", &socket_arg, "--to", "alice@localhost"]);
     assert!(ok, "{out}");
-    assert_eq!(stored_messages(&pb, "alice").len(), 1);
+    assert_eq!(pb.stored_messages("alice").len(), 1);
 
     let msg = pb.data().join("m.eml");
     std::fs::write(&msg, b"Subject: from python\r\n\r\nhello\r\n.\r\n..\r\n").expect("write");
@@ -109,7 +101,7 @@ fn swaks_over_the_unix_socket_and_python_smtplib_lmtp() {
         out, "alice@localhost 250\nghost@localhost 550\nok\n",
         "delivered, and poplib got it back byte for byte"
     );
-    let all = stored_messages(&pb, "alice");
+    let all = pb.stored_messages("alice");
     assert_eq!(all.len(), 2);
     assert!(
         all.iter().any(|m| m.ends_with(b"Subject: from python\r\n\r\nhello\r\n.\r\n..\r\n")),
@@ -147,7 +139,7 @@ fn bdat_chunking_delivers_exact_octets() {
         out.contains("250 2.0.0 14 octets received\r\n") && out.contains("250 2.0.0 <alice@x> delivered\r\n"),
         "{out}"
     );
-    let stored = stored_messages(&pb, "alice");
+    let stored = pb.stored_messages("alice");
     // The octets as sent (no unstuffing), the last line completed with a line end (which RETR
     // would supply anyway).
     let end: &[u8] = if common::cluster_mode() { b"\r\n.no-stuff\r\n" } else { b"\r\n.no-stuff\n" };
@@ -220,7 +212,7 @@ fn oversize_message_is_rejected_without_buffering_it() {
     assert!(out.ends_with("221 2.0.0 bye\r\n"), "{out}");
     let grown = rss_kib() - before;
     assert!(grown < 16 * 1024, "peak RSS grew by {grown} KiB for a 40 MB message");
-    assert_eq!(stored_messages(&pb, "alice").len() + stored_messages(&pb, "bob").len(), 0);
+    assert_eq!(pb.stored_messages("alice").len() + pb.stored_messages("bob").len(), 0);
     for u in ["alice", "bob"].into_iter().filter(|_| !common::cluster_mode()) {
         assert_eq!(std::fs::read_dir(pb.maildir(u).join("tmp")).expect("tmp").count(), 0, "tmp/ of {u} is empty");
     }
@@ -242,7 +234,7 @@ fn one_recipients_write_failure_does_not_affect_the_other() {
     let server = format!("127.0.0.1:{}", lmtp_port(&pb));
     let (_, out) = swaks(&["--server", &server, "--to", "alice@x,bob@x"]);
     assert!(out.contains("250 2.0.0 <alice@x> delivered") && out.contains("451 4.3.0"), "{out}");
-    assert_eq!(stored_messages(&pb, "alice").len(), 1);
+    assert_eq!(pb.stored_messages("alice").len(), 1);
     assert_eq!(std::fs::read_dir(pb.maildir("bob").join("tmp")).expect("tmp").count(), 0, "no partial file for bob");
 }
 
@@ -269,7 +261,7 @@ fn client_that_disconnects_mid_data_delivers_nothing() {
         drop(s);
         // ...and nothing is delivered once the connection is gone.
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(stored_messages(&pb, "alice").len(), 0);
+        assert_eq!(pb.stored_messages("alice").len(), 0);
         return;
     }
     // The file exists in tmp/ while the text arrives...
@@ -285,7 +277,7 @@ fn client_that_disconnects_mid_data_delivers_nothing() {
         assert!(start.elapsed() < Duration::from_secs(10), "tmp/ not cleaned up");
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(stored_messages(&pb, "alice").len(), 0);
+    assert_eq!(pb.stored_messages("alice").len(), 0);
 }
 
 #[test]
@@ -332,7 +324,7 @@ fn expire_zero_deletes_retrieved_mail_at_quit_and_the_expunger_removes_old_retri
     c.multiline();
     c.ok("QUIT");
     assert!(c.closed());
-    assert_eq!(stored_messages(&pb, "alice").len(), 1);
+    assert_eq!(pb.stored_messages("alice").len(), 1);
     // bob (EXPIRE 3): retrieving keeps the message, and records when.
     let mut c = pb.connect();
     c.expect_ok();
@@ -342,7 +334,7 @@ fn expire_zero_deletes_retrieved_mail_at_quit_and_the_expunger_removes_old_retri
     c.multiline();
     c.ok("QUIT");
     assert!(c.closed());
-    assert_eq!(stored_messages(&pb, "bob").len(), 2);
+    assert_eq!(pb.stored_messages("bob").len(), 2);
     // Four days pass (the record is backdated), and the expunger removes exactly that message.
     if common::cluster_mode() {
         let recorded = pb.psql("SELECT count(*) FROM messages WHERE retrieved_at IS NOT NULL");
@@ -357,7 +349,7 @@ fn expire_zero_deletes_retrieved_mail_at_quit_and_the_expunger_removes_old_retri
         std::fs::write(&record, format!("{name}\t{backdated}\n")).expect("write");
     }
     let start = std::time::Instant::now();
-    while stored_messages(&pb, "bob").len() != 1 {
+    while pb.stored_messages("bob").len() != 1 {
         assert!(start.elapsed() < Duration::from_secs(15), "expunger did not run");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -382,7 +374,7 @@ fn idle_lmtp_client_is_disconnected_with_421() {
     if !common::cluster_mode() {
         assert_eq!(std::fs::read_dir(pb.maildir("alice").join("tmp")).expect("tmp").count(), 0);
     }
-    assert_eq!(stored_messages(&pb, "alice").len(), 0);
+    assert_eq!(pb.stored_messages("alice").len(), 0);
 }
 
 #[test]

@@ -371,10 +371,13 @@ impl Pillarbox {
 
     /// Connect and log in as alice.
     pub fn login(&self) -> Client {
+        self.login_as("alice", PASSWORD)
+    }
+
+    /// Connect and log in with USER/PASS.
+    pub fn login_as(&self, user: &str, password: &str) -> Client {
         let mut c = self.connect();
-        c.expect_ok();
-        c.ok("USER alice");
-        c.ok(&format!("PASS {PASSWORD}"));
+        c.log_in(user, password);
         c
     }
 }
@@ -428,6 +431,21 @@ impl Client {
         stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
         let reader = BufReader::new(stream.try_clone().expect("clone"));
         Self { stream, reader }
+    }
+
+    /// After connecting: the greeting, then USER and PASS, each answered +OK.
+    pub fn log_in(&mut self, user: &str, password: &str) {
+        self.expect_ok();
+        self.ok(&format!("USER {user}"));
+        self.ok(&format!("PASS {password}"));
+    }
+
+    /// What a client that keeps mail on the server reads: LIST and UIDL.
+    pub fn list_and_uidl(&mut self) -> (Vec<u8>, Vec<u8>) {
+        self.ok("LIST");
+        let list = self.multiline();
+        self.ok("UIDL");
+        (list, self.multiline())
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
