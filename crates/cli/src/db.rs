@@ -124,8 +124,14 @@ async fn import(config: &Config, db: &pillarbox_pg::Db) -> Result<ExitCode> {
             Err(e) => return Err(anyhow::Error::new(e).context(format!("adding {name}"))),
         }
         let mut opened = source.open(name, false).await.with_context(|| format!("reading {name}'s Maildir"))?;
+        let mut into = target.importer(name).await.with_context(|| format!("importing {name}'s mail"))?;
         let (mut new, mut there) = (0, 0);
         for (i, e) in opened.listing.entries.iter().enumerate() {
+            // Copied by an earlier, interrupted run: not read again.
+            if into.has(e.uid.as_str()) {
+                there += 1;
+                continue;
+            }
             let retrieved = opened.maildrop.retrieved_at(i).await;
             let body = match opened.maildrop.open_message(i).await {
                 Ok(b) => b,
@@ -133,16 +139,13 @@ async fn import(config: &Config, db: &pillarbox_pg::Db) -> Result<ExitCode> {
                 Err(pillarbox_store::StoreError::Gone) => continue,
                 Err(e) => return Err(anyhow::Error::new(e).context(format!("reading a message of {name}"))),
             };
-            if target
-                .import(name, e.uid.as_str(), retrieved, body)
-                .await
-                .with_context(|| format!("importing {name}'s mail"))?
-            {
+            if into.import(e.uid.as_str(), retrieved, body).await.with_context(|| format!("importing {name}'s mail"))? {
                 new += 1;
             } else {
                 there += 1;
             }
         }
+        drop(into);
         // Every message of the Maildir is in the database with its UIDL and size.
         let stored: std::collections::HashMap<String, u64> = target.sizes(name).await?.into_iter().collect();
         let missing: Vec<&str> = opened

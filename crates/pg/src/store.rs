@@ -136,31 +136,53 @@ impl PgStore {
         Ok(rows.iter().map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64)).collect())
     }
 
-    /// Store a message of another store as it was there: its UIDL, and when it was first
-    /// retrieved. `Ok(false)` when a message with that UIDL is here already (an import that
-    /// was interrupted and is run again).
+    /// Messages of another store into `user`'s maildrop, each as it was there (see
+    /// [`Importer`]). The UIDLs already here are read once, so an import run again after an
+    /// interruption skips them without a query each.
+    pub async fn importer(&self, user: &UserName) -> Result<Importer<'_>, StoreError> {
+        let mut client = self.client().await?;
+        let account = self.account(&mut client, user).await?;
+        let rows = client
+            .query_typed("SELECT uidl FROM messages WHERE account_id = $1", &[(&account, Type::INT8)])
+            .await
+            .map_err(|e| db_error("listing the maildrop", e))?;
+        Ok(Importer { store: self, account, there: rows.iter().map(|r| r.get(0)).collect() })
+    }
+
+    fn lease_ms(&self) -> i64 {
+        self.db.settings.lease.as_millis().min(i64::MAX as u128) as i64
+    }
+}
+
+/// An import into one maildrop (see [`PgStore::importer`]).
+pub struct Importer<'a> {
+    store: &'a PgStore,
+    account: i64,
+    /// The UIDLs in the maildrop.
+    there: std::collections::HashSet<String>,
+}
+
+impl Importer<'_> {
+    /// Whether a message with this UIDL is in the maildrop already.
+    pub fn has(&self, uidl: &str) -> bool {
+        self.there.contains(uidl)
+    }
+
+    /// Store a message as it was in the other store: its UIDL, and when it was first retrieved.
+    /// `Ok(false)` when a message with that UIDL is here already.
     pub async fn import(
-        &self,
-        user: &UserName,
+        &mut self,
         uidl: &str,
         retrieved_at: Option<u64>,
         mut body: impl tokio::io::AsyncRead + Unpin + Send,
     ) -> Result<bool, StoreError> {
         use tokio::io::AsyncReadExt;
-        let mut client = self.client().await?;
-        let account = self.account(&mut client, user).await?;
-        let there = client
-            .query_typed(
-                "SELECT 1 FROM messages WHERE account_id = $1 AND uidl = $2",
-                &[(&account, Type::INT8), (&uidl, Type::TEXT)],
-            )
-            .await
-            .map_err(|e| db_error("importing a message", e))?;
-        if !there.is_empty() {
+        if self.has(uidl) {
             return Ok(false);
         }
         let retrieved = retrieved_at.map(|t| t.min(i64::MAX as u64) as i64);
-        let mut pending = self.pending(&client, account, Some((uidl.to_owned(), retrieved))).await?;
+        let client = self.store.client().await?;
+        let mut pending = self.store.pending(&client, self.account, Some((uidl.to_owned(), retrieved))).await?;
         drop(client);
         let mut buf = vec![0u8; CHUNK];
         loop {
@@ -171,11 +193,8 @@ impl PgStore {
             pending.write(&buf[..n]).await?;
         }
         Box::new(pending).commit().await?;
+        self.there.insert(uidl.to_owned());
         Ok(true)
-    }
-
-    fn lease_ms(&self) -> i64 {
-        self.db.settings.lease.as_millis().min(i64::MAX as u128) as i64
     }
 }
 
