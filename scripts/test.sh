@@ -2,7 +2,8 @@
 # Run every Pillarbox test on a fresh Debian machine.
 #
 # The end-to-end tests talk to the real binary with real clients (Python's poplib and smtplib,
-# curl, mpop, swaks, a SCRAM client on pyOpenSSL; age, zstd and tar open backups) and compare it with a real Dovecot
+# curl, mpop, swaks, a SCRAM client on pyOpenSSL; age, zstd and tar open backups; an OpenID
+# Connect provider, oidc-provider on Node.js, for OAuth2) and compare it with a real Dovecot
 # and fetch from a real Courier too (account
 # discovery asks a private dnsmasq), so this
 # first installs what provides them when it is missing, then runs the whole workspace's tests
@@ -35,6 +36,8 @@ have unshare || missing+=(util-linux)
 have ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || missing+=(procps)
 [ -d /etc/ssl/certs ] || missing+=(ca-certificates)
+have node    || missing+=(nodejs)
+have npm     || missing+=(npm)
 
 if [ "$(id -u)" -eq 0 ]; then sudo=(); elif have sudo; then sudo=(sudo); else sudo=(false); fi
 if [ ${#missing[@]} -gt 0 ]; then
@@ -70,6 +73,13 @@ if ! python3 -c "import OpenSSL" 2>/dev/null; then
   python3 -m pip install --quiet pyopenssl 2>/dev/null ||
     python3 -m pip install --quiet --break-system-packages pyopenssl 2>/dev/null ||
     { "${sudo[@]}" apt-get install -y -qq --no-install-recommends python3-openssl >/dev/null; }
+fi
+
+# The OAuth2 tests' identity provider: oidc-provider from the npm registry, at the version its
+# lockfile pins.
+if [ ! -d crates/cli/tests/oidc/node_modules/oidc-provider ]; then
+  echo "test.sh: installing the test identity provider (npm ci in crates/cli/tests/oidc)"
+  (cd crates/cli/tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 have cargo || { echo "test.sh: cargo is not installed (https://rustup.rs)" >&2; exit 1; }

@@ -22,6 +22,7 @@ use pillarbox_proto::Expire;
 pub use pillarbox_store::Mailstore;
 
 pub mod admin;
+pub mod bearer;
 pub mod deliver;
 pub mod expunge;
 pub mod gate;
@@ -29,6 +30,7 @@ mod hashpool;
 pub mod login;
 pub mod metrics;
 
+pub use bearer::{BearerRefusal, BearerVerifier};
 pub use gate::{LoginGate, MemoryGate, Permit};
 pub use metrics::Metrics;
 
@@ -90,6 +92,8 @@ pub struct Policy {
     pub scram: bool,
     /// Replace imported hashes at the next login.
     pub upgrade_hashes: bool,
+    /// Offer OAUTHBEARER and XOAUTH2 (a [`BearerVerifier`] is set), where PLAIN would be.
+    pub oauth2: bool,
     /// Lowest zxcvbn score (0-4) a new password may have.
     pub min_password_score: u8,
     /// First brute-force delay; doubled with each failure up to `fail_delay_max`.
@@ -112,6 +116,7 @@ impl Default for Policy {
             scram_sha1: false,
             scram: true,
             upgrade_hashes: true,
+            oauth2: false,
             min_password_score: 3,
             fail_delay: Duration::from_secs(2),
             fail_delay_max: Duration::from_secs(15),
@@ -138,6 +143,8 @@ pub struct Services {
     pub store: Arc<dyn Mailstore>,
     pub gate: Arc<dyn LoginGate>,
     pub metrics: Arc<Metrics>,
+    /// Who checks bearer tokens, when OAuth2 logins are configured.
+    bearer: std::sync::RwLock<Option<Arc<dyn BearerVerifier>>>,
     /// This machine's name, for trace headers and APOP timestamps.
     pub hostname: String,
     /// Where password hashes are checked.
@@ -165,6 +172,7 @@ impl Services {
             store,
             gate,
             metrics: Arc::default(),
+            bearer: std::sync::RwLock::new(None),
             hostname: pillarbox_os::host_name(),
             hashes: hashpool::HashPool::per_core().map_err(CoreError::Threads)?,
             scram_secret,
@@ -181,5 +189,16 @@ impl Services {
     /// from now on follow it.
     pub fn set_policy(&self, policy: Policy) {
         *self.policy.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(policy);
+    }
+
+    /// Who checks bearer tokens now (`None`: OAuth2 logins are not configured).
+    pub fn bearer(&self) -> Option<Arc<dyn BearerVerifier>> {
+        self.bearer.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Set (or remove) the bearer-token verifier; the policy's `oauth2` says whether the
+    /// mechanisms are offered.
+    pub fn set_bearer(&self, verifier: Option<Arc<dyn BearerVerifier>>) {
+        *self.bearer.write().unwrap_or_else(std::sync::PoisonError::into_inner) = verifier;
     }
 }

@@ -39,6 +39,10 @@ pub fn mechanisms(policy: &Policy, encrypted: bool, trusted: bool, channel_bindi
         }
         v.push("SCRAM-SHA-1".to_owned());
     }
+    if (encrypted || trusted) && policy.oauth2 {
+        v.push("OAUTHBEARER".to_owned());
+        v.push("XOAUTH2".to_owned());
+    }
     if encrypted || trusted {
         v.push("PLAIN".to_owned());
         v.push("LOGIN".to_owned());
@@ -102,6 +106,11 @@ impl Verified {
         canonical_login(login).map(|name| Self { name, entry: None, password: None })
     }
 
+    /// A user proven by a bearer token, as the directory has it.
+    pub(crate) fn by_token(name: UserName, entry: Entry) -> Self {
+        Self { name, entry: Some(entry), password: None }
+    }
+
     pub fn name(&self) -> &UserName {
         &self.name
     }
@@ -145,7 +154,7 @@ impl Services {
         }
     }
 
-    async fn lookup(&self, name: &UserName) -> Result<Option<Entry>, DirectoryError> {
+    pub(crate) async fn lookup(&self, name: &UserName) -> Result<Option<Entry>, DirectoryError> {
         if let Some(problem) = self.directory.problem() {
             warn!(error = %problem, "the user directory has a problem; using the last good copy");
         }
@@ -379,6 +388,13 @@ mod tests {
         assert_eq!(mechanisms(&p, true, false, true), ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256", "PLAIN", "LOGIN"]);
         let p = Policy { scram_sha1: true, ..Policy::default() };
         assert_eq!(mechanisms(&p, false, true, false), ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "LOGIN"]);
+        // Bearer mechanisms go where PLAIN goes: never in the clear from an untrusted network.
+        let p = Policy { oauth2: true, ..p };
+        assert_eq!(mechanisms(&p, false, false, false), ["SCRAM-SHA-256", "SCRAM-SHA-1"]);
+        assert_eq!(
+            mechanisms(&p, true, false, false),
+            ["SCRAM-SHA-256", "SCRAM-SHA-1", "OAUTHBEARER", "XOAUTH2", "PLAIN", "LOGIN"]
+        );
         // Every name offered is one the SASL crate can run.
         let all = mechanisms(&p, true, true, true);
         assert!(all.iter().all(|m| pillarbox_sasl::server::Mech::new(m, Some(vec![0; 32])).is_some()));

@@ -323,6 +323,7 @@ impl ServerSession {
             if self.out.len() >= self.output_limit {
                 return Event::Flush;
             }
+            self.decoder.set_max(self.line_limit());
             let Some(event) = self.decoder.next_event() else {
                 return Event::NeedInput;
             };
@@ -347,6 +348,18 @@ impl ServerSession {
         }
     }
 
+    /// The longest line accepted now: a SASL response, or (where a bearer mechanism is
+    /// offered) an `AUTH OAUTHBEARER`/`AUTH XOAUTH2` command with its token as the initial
+    /// response, may be up to [`MAX_SASL_LINE`]; every other command is held to RFC 2449's
+    /// 255 octets (checked in `handle_line`).
+    fn line_limit(&self) -> usize {
+        match self.state {
+            State::SaslResponse => MAX_SASL_LINE,
+            State::Authorization { .. } if self.config.sasl.iter().any(|m| is_bearer(m)) => MAX_SASL_LINE,
+            _ => MAX_COMMAND_LINE,
+        }
+    }
+
     fn bad_command(&mut self, text: &str) {
         self.bad_commands += 1;
         if self.bad_commands >= MAX_BAD_COMMANDS {
@@ -364,7 +377,6 @@ impl ServerSession {
 
     /// A line answering a SASL challenge: `*` cancels (RFC 5034 section 4), otherwise base64.
     fn sasl_line(&mut self, line: &[u8]) -> Option<Event> {
-        self.decoder.set_max(MAX_COMMAND_LINE);
         if line == b"*" {
             self.state = State::Authenticating;
             return Some(Event::SaslCancelled);
@@ -383,6 +395,10 @@ impl ServerSession {
     }
 
     fn handle_line(&mut self, line: &[u8]) -> Option<Event> {
+        if line.len() > MAX_COMMAND_LINE && !long_auth_line(line) {
+            self.bad_command("line too long");
+            return None;
+        }
         let cmd = match command::parse(line) {
             Ok(cmd) => cmd,
             Err(e) => {
@@ -671,7 +687,6 @@ impl ServerSession {
         self.out.extend_from_slice(b"+ ");
         base64_encode(challenge, &mut self.out);
         self.out.extend_from_slice(b"\r\n");
-        self.decoder.set_max(MAX_SASL_LINE);
         self.state = State::SaslResponse;
     }
 
@@ -785,6 +800,18 @@ impl ServerSession {
             self.close();
         }
     }
+}
+
+/// The bearer mechanisms, whose tokens do not fit a 255-octet command line.
+fn is_bearer(mechanism: &str) -> bool {
+    matches!(mechanism, "OAUTHBEARER" | "XOAUTH2")
+}
+
+/// `AUTH OAUTHBEARER ...` or `AUTH XOAUTH2 ...`: the one command allowed past 255 octets.
+fn long_auth_line(line: &[u8]) -> bool {
+    let mut words = line.splitn(3, |&b| b == b' ');
+    let (Some(cmd), Some(mech)) = (words.next(), words.next()) else { return false };
+    cmd.eq_ignore_ascii_case(b"AUTH") && std::str::from_utf8(mech).is_ok_and(|m| is_bearer(&m.to_ascii_uppercase()))
 }
 
 fn cleartext_refusal(stls: bool) -> &'static str {

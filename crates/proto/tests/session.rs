@@ -463,6 +463,23 @@ fn sasl_response_may_exceed_the_command_line_limit() {
     assert_eq!(h.cmd(&format!("NOOP {}", "x".repeat(300))), "-ERR line too long\r\n", "the limit is back");
 }
 
+/// Tokens do not fit 255 octets: where a bearer mechanism is offered, `AUTH XOAUTH2 <token>` may
+/// be up to 8 KiB on one line (many clients send it so); nothing else may.
+#[test]
+fn a_bearer_auth_line_may_carry_a_long_initial_response() {
+    let mut h = Harness::new(SessionConfig { sasl: vec!["XOAUTH2".into(), "PLAIN".into()], ..config() }, vec![]);
+    let token = "A".repeat(3000);
+    let reply = h.cmd(&format!("AUTH XOAUTH2 {token}"));
+    assert!(reply.starts_with("-ERR [AUTH]"), "decoded and checked, not refused as too long: {reply}");
+    assert_eq!(h.cmd(&format!("AUTH PLAIN {token}")), "-ERR line too long\r\n");
+    assert_eq!(h.cmd(&format!("NOOP {}", "x".repeat(300))), "-ERR line too long\r\n");
+    assert_eq!(h.cmd(&format!("AUTH XOAUTH2 {}", "A".repeat(9000))), "-ERR line too long\r\n", "8 KiB at most");
+    assert!(h.cmd("CAPA").starts_with("+OK"), "the session goes on");
+    // Not offered (no bearer mechanism): the command line limit stands.
+    let mut h = Harness::new(config(), vec![]);
+    assert_eq!(h.cmd(&format!("AUTH XOAUTH2 {token}")), "-ERR line too long\r\n");
+}
+
 #[test]
 fn cleartext_sasl_is_refused_without_tls_and_utf8_is_accepted() {
     let mut h = Harness::new(SessionConfig { cleartext_allowed: false, sasl: vec![], ..config() }, vec![]);

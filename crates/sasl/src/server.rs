@@ -217,8 +217,18 @@ impl Mech {
             Some(u) => Step::Verified(u),
             None => {
                 *stage = BearerStage::Refused { user: claimed.unwrap_or_default() };
-                Step::Challenge(br#"{"status":"invalid_token","scope":"pop"}"#.to_vec())
+                Step::Challenge(br#"{"status":"invalid_token"}"#.to_vec())
             }
+        }
+    }
+
+    /// Refuse the token after [`Step::CheckBearer`] with this failure status (RFC 7628 section
+    /// 3.2.2: JSON with `status`, and `scope` and `openid-configuration` where known), sent as
+    /// the challenge the client answers before the exchange fails.
+    pub fn bearer_refused(&mut self, status: Vec<u8>) -> Step {
+        match self.bearer_checked(None) {
+            Step::Challenge(_) => Step::Challenge(status),
+            other => other,
         }
     }
 }

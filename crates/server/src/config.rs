@@ -82,6 +82,26 @@ min_password_score = 3
 fail_delay = "2s"
 fail_delay_max = "15s"
 
+# Logins with an identity provider's access tokens (SASL OAUTHBEARER and XOAUTH2), offered
+# where PLAIN is (TLS or a trusted network). A token names its user by a claim; the user must
+# exist here. JWT access tokens are checked against the issuer's keys; other tokens are asked
+# about at its introspection endpoint (RFC 7662), which needs this server's own client id.
+# [auth.oauth2]
+# The issuer, exactly as its tokens' iss claim (its discovery document is read from
+# ISSUER/.well-known/openid-configuration).
+# issuer = "https://id.example.com"
+# This server's name in the tokens' aud claim.
+# audience = "pop3://mail.example.com"
+# The claim that names the user: email, preferred_username, sub...
+# username_claim = "email"
+# Default: jwks_uri and introspection_endpoint from the discovery document.
+# jwks_url = ""
+# introspection_url = ""
+# client_id = ""
+# client_secret_file = "/etc/pillarbox/oauth2-secret"
+# CA certificates (PEM) for a private issuer, besides the system's.
+# ca_file = ""
+
 [store]
 # Root of the users' Maildirs: user alice reads ROOT/alice/{cur,new,tmp}.
 maildir = "mail"
@@ -535,6 +555,31 @@ struct RawAuth {
     min_password_score: u8,
     fail_delay: HumanDuration,
     fail_delay_max: HumanDuration,
+    oauth2: Option<RawOAuth2>,
+}
+
+/// `[auth.oauth2]`: logins with an identity provider's access tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOAuth2 {
+    issuer: String,
+    audience: String,
+    #[serde(default = "email")]
+    username_claim: String,
+    #[serde(default)]
+    jwks_url: String,
+    #[serde(default)]
+    introspection_url: String,
+    #[serde(default)]
+    client_id: String,
+    #[serde(default)]
+    client_secret_file: PathBuf,
+    #[serde(default)]
+    ca_file: PathBuf,
+}
+
+fn email() -> String {
+    "email".into()
 }
 
 impl Default for RawAuth {
@@ -547,6 +592,7 @@ impl Default for RawAuth {
             min_password_score: 3,
             fail_delay: HumanDuration(Duration::from_secs(2)),
             fail_delay_max: HumanDuration(Duration::from_secs(15)),
+            oauth2: None,
         }
     }
 }
@@ -656,6 +702,8 @@ pub struct Config {
     pub lmtp_idle_timeout: Duration,
     /// Cluster mode: `[database]` (or `PILLARBOX_DATABASE_URL`), when a URL is set.
     pub database: Option<DatabaseConfig>,
+    /// OAUTHBEARER and XOAUTH2 logins (`[auth.oauth2]`), when configured.
+    pub oauth2: Option<pillarbox_oauth::verify::ServerSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -795,6 +843,10 @@ impl Config {
         if raw.pop3.expunge_interval.0.is_zero() {
             return Err(field_at(text, path, "pop3", "expunge_interval", "must be more than 0".into()));
         }
+        let oauth2 = match raw.auth.oauth2.clone() {
+            None => None,
+            Some(o) => Some(oauth2_settings(o, &rel).map_err(|(key, e)| field_at(text, path, "auth.oauth2", key, e))?),
+        };
         Ok(Self {
             source: path.to_owned(),
             pop3: raw.listen.pop3,
@@ -851,6 +903,7 @@ impl Config {
             },
             lmtp_idle_timeout: raw.delivery.idle_timeout.0,
             database,
+            oauth2,
             data_dir,
         })
     }
@@ -865,6 +918,7 @@ impl Config {
             scram_sha1: self.scram_sha1,
             // Users from a panel's database have no SCRAM keys, and their hashes are the panel's.
             scram: !self.panel_users(),
+            oauth2: self.oauth2.is_some(),
             upgrade_hashes: self.upgrade_hashes && !self.panel_users(),
             min_password_score: self.min_password_score,
             fail_delay: self.fail_delay,
@@ -940,6 +994,7 @@ impl Config {
                 },
             lmtp_idle_timeout: _,
             database: _,
+            oauth2: _,
         } = self;
         let mut changes = Changes::default();
         let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
@@ -994,6 +1049,7 @@ impl Config {
             min_password_score => "[auth] min_password_score",
             fail_delay => "[auth] fail_delay",
             fail_delay_max => "[auth] fail_delay_max",
+            oauth2 => "[auth.oauth2]",
             delivery.domains => "[delivery] domains",
             delivery.recipient_delimiter => "[delivery] recipient_delimiter",
             delivery.max_message_size => "[delivery] max_message_size",
@@ -1037,6 +1093,44 @@ fn field_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
 }
 
 /// An error for `table.key`, located at the line where the key is written (or 0 if absent).
+/// `[auth.oauth2]` checked, its client secret read: or the key at fault and why.
+fn oauth2_settings(
+    o: RawOAuth2,
+    rel: &dyn Fn(&Path) -> PathBuf,
+) -> Result<pillarbox_oauth::verify::ServerSettings, (&'static str, String)> {
+    let some = |s: String| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
+    let path = |p: PathBuf| (!p.as_os_str().is_empty()).then(|| rel(&p));
+    let client_secret = match path(o.client_secret_file) {
+        None => None,
+        Some(file) => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| ("client_secret_file", format!("cannot read {}: {e}", file.display())))?;
+            Some(pillarbox_oauth::verify::SecretText(text.trim().to_owned()))
+        }
+    };
+    let client_id = some(o.client_id);
+    if client_id.is_some() && client_secret.is_none() {
+        return Err(("client_secret_file", "client_id needs its secret, in a file readable by the server only".into()));
+    }
+    let settings = pillarbox_oauth::verify::ServerSettings {
+        issuer: o.issuer.trim().to_owned(),
+        audience: o.audience.trim().to_owned(),
+        username_claim: o.username_claim.trim().to_owned(),
+        jwks_url: some(o.jwks_url),
+        introspection_url: some(o.introspection_url),
+        client_id,
+        client_secret,
+        ca_file: path(o.ca_file),
+    };
+    settings.check()?;
+    if let Some(ca) = &settings.ca_file
+        && !ca.is_file()
+    {
+        return Err(("ca_file", format!("{} is not a file", ca.display())));
+    }
+    Ok(settings)
+}
+
 fn field_at(text: &str, path: &Path, table: &str, key: &str, message: String) -> ConfigError {
     ConfigError::Field {
         path: path.to_owned(),

@@ -373,8 +373,23 @@ impl Conversation {
                     return;
                 }
             },
-            // No bearer mechanism is offered yet: a token is never accepted.
-            Step::CheckBearer { .. } => step = mech.bearer_checked(None),
+            Step::CheckBearer { user, token } => match services.check_bearer(user.as_deref(), token).await {
+                Checked::Verified(v) => {
+                    let (mechanism, login) = (mech.name().to_owned(), v.name().to_string());
+                    self.sasl = None;
+                    if self.take_attempt_slot(&login, &mechanism).await {
+                        self.finish_login(Checked::Verified(v), &mechanism, &login).await;
+                    }
+                    return;
+                }
+                // The client answers the failure status; then the login fails, with its delay.
+                Checked::Refused => step = mech.bearer_refused(services.bearer_failure_status()),
+                Checked::Unavailable => {
+                    self.sasl = None;
+                    self.session.auth_failed(AuthFailure::Temporary);
+                    return;
+                }
+            },
             _ => {}
         }
         let mechanism = mech.name().to_owned();

@@ -36,6 +36,19 @@ pub enum ServerError {
     Core(#[from] pillarbox_core::CoreError),
     #[error(transparent)]
     Database(#[from] pillarbox_pg::PgError),
+    #[error("{0}")]
+    OAuth2(String),
+}
+
+/// The bearer-token verifier `[auth.oauth2]` asks for, if any.
+fn bearer(config: &Config) -> Result<Option<Arc<dyn pillarbox_core::BearerVerifier>>, ServerError> {
+    match &config.oauth2 {
+        None => Ok(None),
+        Some(s) => match pillarbox_oauth::verify::Verifier::new(s.clone()) {
+            Ok(v) => Ok(Some(Arc::new(v))),
+            Err(e) => Err(ServerError::OAuth2(e)),
+        },
+    }
 }
 
 /// The service layer over the backends a configuration names: on one machine the user file,
@@ -43,7 +56,8 @@ pub enum ServerError {
 /// three, on one pool. Connections to the database are made when first needed.
 pub fn services(config: &Config) -> Result<Services, ServerError> {
     let policy = config.policy();
-    Ok(match &config.database {
+    let bearer = bearer(config)?;
+    let services = match &config.database {
         None => {
             let directory = Arc::new(FileDirectory::new(UserFile::new(&config.users_file)));
             if let Some(problem) = pillarbox_core::Directory::problem(directory.as_ref()) {
@@ -68,7 +82,9 @@ pub fn services(config: &Config) -> Result<Services, ServerError> {
                 Arc::new(pillarbox_pg::gate::PgLoginGate::new(db, config.ip_grouping)),
             )?
         }
-    })
+    };
+    services.set_bearer(bearer);
+    Ok(services)
 }
 
 /// The pool for `[database]`.
@@ -154,8 +170,16 @@ impl Server {
     pub fn reload_config(&self, new: Config) -> Result<Changes, ServerError> {
         let (new, changes) = self.front.config().reloaded(new);
         // (A [tls] section removed or added changes how the listeners are set up: a restart.)
+        // Everything that can fail first, so that a failure changes nothing.
+        let verifier = if new.oauth2 != self.front.config().oauth2 { Some(bearer(&new)?) } else { None };
         if let (Some(t), Some(certs)) = (&new.tls, &self.certificates) {
             certs.replace(tls::load_pair(&t.cert, &t.key)?);
+        }
+        if let Some(verifier) = verifier {
+            if let Some(v) = verifier.clone() {
+                tokio::spawn(warm_up(v));
+            }
+            self.front.services.set_bearer(verifier);
         }
         self.front.services.set_policy(new.policy());
         self.front.set_config(Arc::new(new));
@@ -171,6 +195,9 @@ impl Server {
             tasks.push(tokio::spawn(accept_loop(self.front.clone(), listener, service, phase_rx.clone())));
         }
         tasks.push(tokio::spawn(expunger(self.front.clone(), phase_rx)));
+        if let Some(v) = self.front.services.bearer() {
+            tokio::spawn(warm_up(v));
+        }
         let stopped = async {
             for t in tasks {
                 let _ = t.await;
@@ -210,5 +237,16 @@ async fn expunger(front: Arc<Frontend>, mut phase: watch::Receiver<Phase>) {
             Ok(false) => {}
             Err(e) => warn!(error = %e, "cannot claim the retention round"),
         }
+    }
+}
+
+/// Fetch an identity provider's keys ahead of the first OAuth2 login.
+async fn warm_up(verifier: Arc<dyn pillarbox_core::BearerVerifier>) {
+    match verifier.warm_up().await {
+        Ok(()) => info!("the identity provider for OAuth2 logins answered"),
+        Err(e) => warn!(
+            error = e,
+            "the identity provider for OAuth2 logins cannot be reached yet; token logins will be told to try later until it can"
+        ),
     }
 }

@@ -7,6 +7,7 @@ pub mod courier;
 pub mod dns;
 pub mod dovecot;
 pub mod genmail;
+pub mod oidc;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

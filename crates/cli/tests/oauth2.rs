@@ -1,0 +1,271 @@
+//! OAuth2 end to end, against a real OpenID Connect provider (`oidc-provider`, see
+//! `common/oidc.rs`): the server accepting its tokens from real clients (curl, mpop) and a raw
+//! one, JWT access tokens checked against the provider's keys and opaque ones by introspection,
+//! and every kind of bad token refused; and the client getting, keeping and refreshing tokens.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine;
+use common::oidc::{Options, Provider};
+use common::{Client, Pillarbox, message, require_tool};
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn curl(args: &[&str]) -> (bool, String, String) {
+    require_tool("curl");
+    let out = Command::new("curl").args(["-sS", "--max-time", "20"]).args(args).output().expect("curl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A server trusting `provider`, with alice's mailbox holding two messages.
+fn server(provider: &Provider, introspection: bool) -> Pillarbox {
+    let mut pb = Pillarbox::new();
+    let section = provider.server_section(pb.data(), introspection);
+    let mut config = std::fs::read_to_string(pb.config_path()).expect("config");
+    config.push_str(&section);
+    std::fs::write(pb.config_path(), config).expect("config");
+    pb.deliver("alice", &message(1));
+    pb.deliver("alice", &message(2));
+    pb.start();
+    pb
+}
+
+/// `AUTH mechanism initial-response` on one line (the 8 KiB form), then the answer; a failure
+/// challenge is answered as RFC 7628 asks and its JSON returned with the final answer.
+fn raw_auth(pb: &Pillarbox, mechanism: &str, response: &str) -> (String, Option<serde_json::Value>) {
+    let mut c = pb.connect();
+    c.expect_ok();
+    let reply = c.cmd(&format!("AUTH {mechanism} {}", b64(response)));
+    match reply.strip_prefix("+ ") {
+        None => (reply, None),
+        Some(challenge) => {
+            let json = base64::engine::general_purpose::STANDARD.decode(challenge.trim()).expect("base64 challenge");
+            let status = serde_json::from_slice(&json).expect("JSON status");
+            (c.cmd(&b64("\x01")), Some(status))
+        }
+    }
+}
+
+fn oauthbearer(user: &str, token: &str) -> String {
+    format!("n,a={user},\x01host=127.0.0.1\x01port=110\x01auth=Bearer {token}\x01\x01")
+}
+
+fn xoauth2(user: &str, token: &str) -> String {
+    format!("user={user}\x01auth=Bearer {token}\x01\x01")
+}
+
+#[test]
+fn the_server_takes_the_providers_jwt_access_tokens_from_curl_mpop_and_a_raw_client() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = Provider::start(&dir.path().join("idp"), Options::default());
+    let pb = server(&provider, false);
+    let token = provider.access_token("alice");
+    assert!(token.len() > 255, "a real token does not fit a command line ({} octets)", token.len());
+
+    // CAPA offers both where PLAIN is offered.
+    let mut c = pb.connect();
+    c.expect_ok();
+    let capa = String::from_utf8_lossy(&{
+        c.ok("CAPA");
+        c.multiline()
+    })
+    .into_owned();
+    assert!(capa.contains("SASL SCRAM-SHA-256 OAUTHBEARER XOAUTH2 PLAIN LOGIN"), "{capa}");
+
+    // curl: OAUTHBEARER by default, XOAUTH2 when asked, over POP3S.
+    let cert = pb.cert().display().to_string();
+    let url = format!("pop3s://127.0.0.1:{}/", pb.pop3s.expect("pop3s").port());
+    let (ok, out, err) = curl(&["-u", "alice:", "--oauth2-bearer", &token, "--cacert", &cert, &url]);
+    assert!(ok, "curl OAUTHBEARER: {err}");
+    assert!(out.starts_with("1 ") && out.contains("\n2 "), "the listing: {out}");
+    let (ok, _, err) =
+        curl(&["-u", "alice:", "--oauth2-bearer", &token, "--login-options", "AUTH=XOAUTH2", "--cacert", &cert, &url]);
+    assert!(ok, "curl XOAUTH2: {err}");
+    let (ok, _, _) = curl(&["-u", "alice:", "--oauth2-bearer", "not-a-token", "--cacert", &cert, &url]);
+    assert!(!ok, "a made-up token is refused");
+
+    // mpop, both mechanisms.
+    require_tool("mpop");
+    for mech in ["oauthbearer", "xoauth2"] {
+        let local = pb.data().join(format!("local-{mech}"));
+        for sub in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(local.join(sub)).expect("mkdir");
+        }
+        let conf = pb.data().join(format!("mpoprc-{mech}"));
+        std::fs::write(
+            &conf,
+            format!(
+                "account t\nhost 127.0.0.1\nport {}\ntls on\ntls_starttls off\ntls_trust_file {cert}\nuser alice\n\
+                 passwordeval echo '{token}'\nauth {mech}\ndelivery maildir {}\nkeep on\nuidls_file {}/uidls-{mech}\n",
+                pb.pop3s.expect("pop3s").port(),
+                local.display(),
+                pb.data().display()
+            ),
+        )
+        .expect("conf");
+        Command::new("chmod").args(["600", &conf.display().to_string()]).status().expect("chmod");
+        let out = Command::new("mpop").arg("-C").arg(&conf).arg("t").output().expect("mpop");
+        assert!(
+            out.status.success(),
+            "mpop {mech}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(std::fs::read_dir(local.join("new")).expect("new").count(), 2, "mpop {mech} downloaded both");
+    }
+
+    // A raw client: the 8 KiB one-line form, each mechanism, then a real session.
+    for response in
+        [oauthbearer("alice", &token), xoauth2("alice", &token), format!("n,,\x01auth=Bearer {token}\x01\x01")]
+    {
+        let mut c = pb.connect();
+        c.expect_ok();
+        let reply = c.cmd(&format!(
+            "AUTH {} {}",
+            if response.starts_with("user=") { "XOAUTH2" } else { "OAUTHBEARER" },
+            b64(&response)
+        ));
+        assert!(reply.starts_with("+OK"), "{reply}");
+        assert!(c.cmd("STAT").starts_with("+OK 2 "));
+        c.ok("QUIT");
+    }
+    let log = pb.log();
+    assert!(log.contains("mechanism=\"OAUTHBEARER\"") && log.contains("mechanism=\"XOAUTH2\""), "{log}");
+    assert!(!log.contains(&token), "the token is never logged");
+}
+
+#[test]
+fn bad_tokens_are_refused_with_the_rfc_7628_status_and_count_as_failed_logins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = Provider::start(&dir.path().join("idp"), Options { ttl: 2, ..Options::default() });
+    // Another issuer signing with the same key (as the tenants of one multi-tenant provider do):
+    // only the issuer check tells its tokens apart.
+    std::fs::create_dir_all(dir.path().join("other")).expect("mkdir");
+    std::fs::copy(dir.path().join("idp/signing-keys.json"), dir.path().join("other/signing-keys.json")).expect("keys");
+    let other = Provider::start(&dir.path().join("other"), Options::default());
+    let pb = server(&provider, false);
+    pb.add_user("bob", common::PASSWORD);
+    let refused = |response: String, why: &str| {
+        let (reply, status) = raw_auth(&pb, "OAUTHBEARER", &response);
+        assert!(reply.starts_with("-ERR [AUTH]"), "{why}: {reply}");
+        let status = status.unwrap_or_else(|| panic!("{why}: no failure status"));
+        assert_eq!(status["status"], "invalid_token", "{why}");
+        assert_eq!(
+            status["openid-configuration"],
+            format!("{}/.well-known/openid-configuration", provider.issuer),
+            "{why}"
+        );
+    };
+
+    let alice = provider.access_token("alice");
+    let (reply, _) = raw_auth(&pb, "OAUTHBEARER", &oauthbearer("alice", &alice));
+    assert!(reply.starts_with("+OK"), "a fresh token: {reply}");
+    refused(oauthbearer("bob", &alice), "alice's token, claimed for bob");
+    let elsewhere =
+        provider.token("alice", Some("pop3://elsewhere.test"))["access_token"].as_str().unwrap_or("").to_owned();
+    refused(oauthbearer("alice", &elsewhere), "a token for another audience");
+    refused(oauthbearer("alice", &other.access_token("alice")), "a token from another issuer");
+    refused(oauthbearer("mallory", &provider.access_token("mallory")), "a user this server does not have");
+    let mut tampered = alice.clone().into_bytes();
+    let at = tampered.len() - 5;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    refused(oauthbearer("alice", &String::from_utf8(tampered).expect("ascii")), "a tampered signature");
+    // Expired: the provider's tokens live 2 s, the server allows 5 s of clock difference.
+    std::thread::sleep(Duration::from_secs(8));
+    refused(oauthbearer("alice", &alice), "an expired token");
+
+    let log = pb.log();
+    assert!(log.matches("authentication failed").count() >= 6, "each refusal is a failed login: {log}");
+    for reason in ["expired", "another user", "no such user", "aud is not", "signature is wrong", "not from"] {
+        assert!(log.contains(reason), "the log says why ({reason}): {log}");
+    }
+    assert!(!log.contains(&alice), "tokens are never logged");
+}
+
+#[test]
+fn the_server_follows_a_rotation_of_the_providers_signing_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut provider = Provider::start(&dir.path().join("idp"), Options::default());
+    let pb = server(&provider, false);
+    let (reply, _) = raw_auth(&pb, "XOAUTH2", &xoauth2("alice", &provider.access_token("alice")));
+    assert!(reply.starts_with("+OK"), "{reply}");
+    // A new key: its tokens name a key id the server has not seen, so it fetches the keys again
+    // (at most every 2 s).
+    provider.restart("k2,k1");
+    std::thread::sleep(Duration::from_millis(2500));
+    let k2 = provider.access_token("alice");
+    let (reply, _) = raw_auth(&pb, "XOAUTH2", &xoauth2("alice", &k2));
+    assert!(reply.starts_with("+OK"), "a token signed by the new key: {reply}");
+    // The old keys withdrawn: once the server has fetched the keys again, a token signed by a
+    // withdrawn key is refused though it has not expired.
+    provider.restart("k3");
+    std::thread::sleep(Duration::from_millis(2500));
+    let (reply, _) = raw_auth(&pb, "XOAUTH2", &xoauth2("alice", &provider.access_token("alice")));
+    assert!(reply.starts_with("+OK"), "a token signed by k3: {reply}");
+    let (reply, status) = raw_auth(&pb, "XOAUTH2", &xoauth2("alice", &k2));
+    assert!(reply.starts_with("-ERR [AUTH]") && status.is_some(), "k2 is withdrawn: {reply}");
+    assert!(pb.log().contains("does not publish"), "{}", pb.log());
+}
+
+#[test]
+fn opaque_tokens_are_checked_by_introspection_and_a_revoked_one_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = Provider::start(&dir.path().join("idp"), Options { format: "opaque", ..Options::default() });
+    let pb = server(&provider, true);
+    let token = provider.access_token("alice");
+    assert!(!token.contains('.'), "opaque: {token}");
+    let (reply, _) = raw_auth(&pb, "OAUTHBEARER", &oauthbearer("alice", &token));
+    assert!(reply.starts_with("+OK"), "{reply}");
+    let (reply, _) = raw_auth(&pb, "XOAUTH2", &xoauth2("alice", &token));
+    assert!(reply.starts_with("+OK"), "the cached answer: {reply}");
+
+    let revoked = provider.access_token("alice");
+    provider.revoke(&revoked);
+    let (reply, status) = raw_auth(&pb, "OAUTHBEARER", &oauthbearer("alice", &revoked));
+    assert!(reply.starts_with("-ERR [AUTH]") && status.is_some(), "a revoked token: {reply}");
+    let (reply, _) = raw_auth(&pb, "OAUTHBEARER", &oauthbearer("alice", "made-up-opaque-token"));
+    assert!(reply.starts_with("-ERR [AUTH]"), "{reply}");
+    let refresh = provider.token("alice", None)["refresh_token"].as_str().unwrap_or("").to_owned();
+    let (reply, _) = raw_auth(&pb, "OAUTHBEARER", &oauthbearer("alice", &refresh));
+    assert!(reply.starts_with("-ERR [AUTH]"), "a refresh token is not an access token: {reply}");
+    assert!(pb.log().contains("not active"), "{}", pb.log());
+}
+
+#[test]
+fn an_unreachable_provider_means_try_later_not_a_failed_login() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = Provider::start(&dir.path().join("idp"), Options::default());
+    let token = provider.access_token("alice");
+    let pb = server(&provider, false);
+    drop(provider);
+    let (reply, status) = raw_auth(&pb, "OAUTHBEARER", &oauthbearer("alice", &token));
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    assert!(status.is_none());
+    assert!(!pb.log().contains("authentication failed"), "nothing was judged: {}", pb.log());
+}
+
+#[test]
+fn bearer_mechanisms_are_not_offered_in_the_clear_to_an_untrusted_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = Provider::start(&dir.path().join("idp"), Options::default());
+    let pb = server(&provider, false);
+    pb.edit_config("trusted_networks = [\"127.0.0.0/8\", \"::1/128\"]", "trusted_networks = []");
+    pb.signal("HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut c: Client = pb.connect();
+    c.expect_ok();
+    c.ok("CAPA");
+    let capa = String::from_utf8_lossy(&c.multiline()).into_owned();
+    assert!(!capa.contains("OAUTHBEARER") && !capa.contains("XOAUTH2"), "{capa}");
+    let reply = c.cmd(&format!("AUTH XOAUTH2 {}", b64(&xoauth2("alice", "t"))));
+    assert!(reply.starts_with("-ERR"), "{reply}");
+}

@@ -1,0 +1,1 @@
+//! The client's OAuth2 flows (filled in below).

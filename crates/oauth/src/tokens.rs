@@ -1,0 +1,1 @@
+//! The client's token store (filled in below).
