@@ -65,6 +65,58 @@ pub enum Oversize {
     Delete,
 }
 
+/// Whose OAuth2 endpoints an account's tokens come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OAuth2Provider {
+    Google,
+    Microsoft,
+    /// Any other: from `issuer` (discovery) or the endpoints given.
+    Custom,
+}
+
+impl OAuth2Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OAuth2Provider::Google => "google",
+            OAuth2Provider::Microsoft => "microsoft",
+            OAuth2Provider::Custom => "custom",
+        }
+    }
+}
+
+/// Where an OAuth2 client secret comes from (never written inline in the accounts file).
+#[derive(Clone, PartialEq, Eq)]
+pub enum ClientSecret {
+    Command(String),
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientSecret::Command(_) => f.write_str("ClientSecret::Command(..)"),
+            ClientSecret::File(p) => write!(f, "ClientSecret::File({})", p.display()),
+        }
+    }
+}
+
+/// `[accounts.NAME.oauth2]`: how the account's access tokens are obtained and refreshed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuth2 {
+    pub provider: OAuth2Provider,
+    pub client_id: String,
+    pub client_secret: Option<ClientSecret>,
+    /// Microsoft: the directory (tenant) id or domain; default `common`.
+    pub tenant: Option<String>,
+    /// Empty: the provider's scopes for POP.
+    pub scopes: Vec<String>,
+    pub issuer: Option<String>,
+    pub authorization_url: Option<String>,
+    pub token_url: Option<String>,
+    pub device_url: Option<String>,
+}
+
 #[derive(Clone, PartialEq, Eq)]
 pub enum PasswordSource {
     Command(String),
@@ -73,12 +125,14 @@ pub enum PasswordSource {
     /// Not a password: a command that prints an OAuth2 access token (`token_command`, what
     /// users of mutt_oauth2.py and oama have), for OAUTHBEARER or XOAUTH2.
     TokenCommand(String),
+    /// OAuth2 tokens obtained by `pillarbox account authorize` and kept refreshed.
+    OAuth2(Box<OAuth2>),
 }
 
 impl PasswordSource {
     /// Whether the secret is an OAuth2 access token rather than a password.
     pub fn is_token(&self) -> bool {
-        matches!(self, PasswordSource::TokenCommand(_))
+        matches!(self, PasswordSource::TokenCommand(_) | PasswordSource::OAuth2(_))
     }
 }
 
@@ -89,6 +143,7 @@ impl std::fmt::Debug for PasswordSource {
             PasswordSource::File(p) => write!(f, "PasswordSource::File({})", p.display()),
             PasswordSource::Env(v) => write!(f, "PasswordSource::Env({v})"),
             PasswordSource::TokenCommand(_) => f.write_str("PasswordSource::TokenCommand(..)"),
+            PasswordSource::OAuth2(o) => write!(f, "PasswordSource::OAuth2({o:?})"),
         }
     }
 }
@@ -182,8 +237,8 @@ pub fn backup_settings(path: &Path) -> Result<BackupSettings, AccountError> {
     })
 }
 
-/// The accounts file as kept in a backup: `password_command` and `token_command` values are
-/// removed (a command may hold a password or a client secret), with a comment saying so;
+/// The accounts file as kept in a backup: `password_command`, `token_command` and OAuth2
+/// `client_secret_command` values are removed (a command may hold a password or a client secret), with a comment saying so;
 /// everything else is kept as written.
 pub fn without_secrets(text: &str) -> String {
     let Ok(mut doc) = text.parse::<toml_edit::DocumentMut>() else {
@@ -192,8 +247,13 @@ pub fn without_secrets(text: &str) -> String {
     if let Some(accounts) = doc.get_mut("accounts").and_then(|a| a.as_table_like_mut()) {
         for (_, account) in accounts.iter_mut() {
             let Some(t) = account.as_table_like_mut() else { continue };
-            let removed: Vec<&str> =
+            let mut removed: Vec<&str> =
                 ["password_command", "token_command"].into_iter().filter(|k| t.remove(k).is_some()).collect();
+            if let Some(o) = t.get_mut("oauth2").and_then(|o| o.as_table_like_mut())
+                && o.remove("client_secret_command").is_some()
+            {
+                removed.push("oauth2.client_secret_command");
+            }
             for key in removed {
                 let note = format!("# {key} was removed by `pillarbox backup` (it may hold a secret): set it again\n");
                 if let Some(table) = account.as_table_mut() {
@@ -220,6 +280,7 @@ struct RawAccount {
     password_file: Option<PathBuf>,
     password_env: Option<String>,
     token_command: Option<String>,
+    oauth2: Option<RawOAuth2>,
     auth: Option<AuthChoice>,
     ca_file: Option<PathBuf>,
     tls_fingerprint: Option<String>,
@@ -227,6 +288,23 @@ struct RawAccount {
     keep: Option<String>,
     max_size: Option<HumanSize>,
     oversize: Option<Oversize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOAuth2 {
+    provider: OAuth2Provider,
+    client_id: String,
+    client_secret_command: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    /// Refused with an explanation: a secret does not belong in this file.
+    client_secret: Option<toml::Value>,
+    tenant: Option<String>,
+    scopes: Option<Vec<String>>,
+    issuer: Option<String>,
+    authorization_url: Option<String>,
+    token_url: Option<String>,
+    device_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -366,6 +444,32 @@ fn to_table(a: &Account) -> toml_edit::Table {
         PasswordSource::File(f) => t["password_file"] = value(f.display().to_string()),
         PasswordSource::Env(v) => t["password_env"] = value(v),
         PasswordSource::TokenCommand(c) => t["token_command"] = value(c),
+        PasswordSource::OAuth2(o) => {
+            let mut o2 = toml_edit::Table::new();
+            o2["provider"] = value(o.provider.as_str());
+            o2["client_id"] = value(&o.client_id);
+            match &o.client_secret {
+                Some(ClientSecret::Command(c)) => o2["client_secret_command"] = value(c),
+                Some(ClientSecret::File(f)) => o2["client_secret_file"] = value(f.display().to_string()),
+                None => {}
+            }
+            let keys = [
+                ("tenant", &o.tenant),
+                ("issuer", &o.issuer),
+                ("authorization_url", &o.authorization_url),
+                ("token_url", &o.token_url),
+                ("device_url", &o.device_url),
+            ];
+            for (k, v) in keys {
+                if let Some(v) = v {
+                    o2[k] = value(v);
+                }
+            }
+            if !o.scopes.is_empty() {
+                o2["scopes"] = value(o.scopes.iter().collect::<toml_edit::Array>());
+            }
+            t["oauth2"] = Item::Table(o2);
+        }
     }
     if a.auth != AuthChoice::Auto {
         t["auth"] = value(a.auth.as_str());
@@ -585,21 +689,26 @@ fn account_of(text: &str, path: &Path, name: String, a: RawAccount) -> Result<Ac
     if tls == TlsMode::None && !a.insecure {
         return Err(err("tls", "\"none\" sends the password and mail in cleartext; it needs insecure = true".into()));
     }
-    let password = match (a.password_command, a.password_file, a.password_env, a.token_command) {
-        (Some(c), None, None, None) => PasswordSource::Command(c),
-        (None, Some(f), None, None) => PasswordSource::File(expand_home(&f)),
-        (None, None, Some(v), None) => PasswordSource::Env(v),
-        (None, None, None, Some(c)) => PasswordSource::TokenCommand(c),
-        (None, None, None, None) => {
+    let oauth2 = match a.oauth2 {
+        None => None,
+        Some(o) => Some(oauth2_of(text, path, &name, o)?),
+    };
+    let password = match (a.password_command, a.password_file, a.password_env, a.token_command, oauth2) {
+        (Some(c), None, None, None, None) => PasswordSource::Command(c),
+        (None, Some(f), None, None, None) => PasswordSource::File(expand_home(&f)),
+        (None, None, Some(v), None, None) => PasswordSource::Env(v),
+        (None, None, None, Some(c), None) => PasswordSource::TokenCommand(c),
+        (None, None, None, None, Some(o)) => PasswordSource::OAuth2(Box::new(o)),
+        (None, None, None, None, None) => {
             return Err(err(
                 "password_command",
-                "give one of password_command, password_file, password_env or token_command".into(),
+                "give one of password_command, password_file, password_env, token_command or an [oauth2] table".into(),
             ));
         }
         _ => {
             return Err(err(
                 "password_command",
-                "give only one of password_command, password_file, password_env, token_command".into(),
+                "give only one of password_command, password_file, password_env, token_command, [oauth2]".into(),
             ));
         }
     };
@@ -607,10 +716,7 @@ fn account_of(text: &str, path: &Path, name: String, a: RawAccount) -> Result<Ac
     if password.is_token() && !matches!(auth, AuthChoice::Auto | AuthChoice::OAuthBearer | AuthChoice::XOAuth2) {
         return Err(err(
             "auth",
-            format!(
-                "token_command gives an OAuth2 token, which logs in with \"oauthbearer\" or \"xoauth2\", not {:?}",
-                auth.as_str()
-            ),
+            format!("an OAuth2 token logs in with \"oauthbearer\" or \"xoauth2\", not {:?}", auth.as_str()),
         ));
     }
     let deliver = match (a.deliver.maildir, a.deliver.mbox, a.deliver.mda) {
@@ -650,6 +756,85 @@ fn account_of(text: &str, path: &Path, name: String, a: RawAccount) -> Result<Ac
         max_size: a.max_size.map(|s| s.0),
         oversize: a.oversize.unwrap_or(Oversize::Skip),
     })
+}
+
+/// `[accounts.NAME.oauth2]` checked: a mistake names its line and key.
+fn oauth2_of(text: &str, path: &Path, name: &str, o: RawOAuth2) -> Result<OAuth2, AccountError> {
+    let table = format!("accounts.{name}.oauth2");
+    let err = |key: &str, message: String| AccountError::Field {
+        path: path.to_owned(),
+        line: pillarbox_config::key_line(text, &table, key),
+        field: format!("{table}.{key}"),
+        message,
+    };
+    if o.client_secret.is_some() {
+        return Err(err(
+            "client_secret",
+            "a client secret is not written in this file: use client_secret_command or client_secret_file".into(),
+        ));
+    }
+    if o.client_id.trim().is_empty() {
+        return Err(err(
+            "client_id",
+            "the OAuth2 client id you registered with the provider (see `man pillarbox`, OAUTH2)".into(),
+        ));
+    }
+    let client_secret = match (o.client_secret_command, o.client_secret_file) {
+        (None, None) => None,
+        (Some(c), None) => Some(ClientSecret::Command(c)),
+        (None, Some(f)) => Some(ClientSecret::File(expand_home(&f))),
+        (Some(_), Some(_)) => {
+            return Err(err("client_secret_file", "give client_secret_command or client_secret_file, not both".into()));
+        }
+    };
+    let some = |s: Option<String>| s.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let oauth2 = OAuth2 {
+        provider: o.provider,
+        client_id: o.client_id.trim().to_owned(),
+        client_secret,
+        tenant: some(o.tenant),
+        scopes: o
+            .scopes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        issuer: some(o.issuer),
+        authorization_url: some(o.authorization_url),
+        token_url: some(o.token_url),
+        device_url: some(o.device_url),
+    };
+    if oauth2.tenant.is_some() && oauth2.provider != OAuth2Provider::Microsoft {
+        return Err(err("tenant", "only Microsoft has tenants".into()));
+    }
+    if oauth2.provider == OAuth2Provider::Custom
+        && oauth2.issuer.is_none()
+        && (oauth2.token_url.is_none() || (oauth2.authorization_url.is_none() && oauth2.device_url.is_none()))
+    {
+        return Err(err(
+            "issuer",
+            "a custom provider needs its issuer (to discover its endpoints) or token_url with authorization_url or \
+             device_url"
+                .into(),
+        ));
+    }
+    for (key, url) in [
+        ("issuer", &oauth2.issuer),
+        ("authorization_url", &oauth2.authorization_url),
+        ("token_url", &oauth2.token_url),
+        ("device_url", &oauth2.device_url),
+    ] {
+        if let Some(u) = url
+            && !(u.starts_with("https://")
+                || u.starts_with("http://127.")
+                || u.starts_with("http://[::1]")
+                || u.starts_with("http://localhost"))
+        {
+            return Err(err(key, format!("{u} must be an https URL (plain http only to this machine)")));
+        }
+    }
+    Ok(oauth2)
 }
 
 /// Pairs of accounts on one mailbox, with the error naming them. The journal (what was

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use pillarbox_accounts::{self as account, Account, AuthChoice, Deliver, Keep, Oversize, PasswordSource, TlsMode};
+use pillarbox_accounts::{
+    self as account, Account, AuthChoice, Deliver, Keep, OAuth2, OAuth2Provider, Oversize, PasswordSource, TlsMode,
+};
 use pillarbox_config::HumanDuration;
 use pillarbox_doctor::check::{self, AuthOutcome, Report, Status};
 use pillarbox_doctor::discover::{self, mode_name};
@@ -184,6 +186,17 @@ pub enum AccountCommand {
         #[command(flatten)]
         files: Files,
     },
+    /// Sign in at the account's OAuth2 provider (its [oauth2] table) and keep the tokens: in a
+    /// browser, through a redirect to this machine, or with --device on any other device.
+    Authorize {
+        name: String,
+        /// The device flow: a code to enter at the provider's page, from any device (Microsoft
+        /// and custom providers; Google does not allow it for mail).
+        #[arg(long)]
+        device: bool,
+        #[command(flatten)]
+        files: Files,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -204,6 +217,32 @@ pub struct AddArgs {
     /// Deliver through this command (one message on its standard input).
     #[arg(long, value_name = "COMMAND", group = "deliver")]
     pub deliver_mda: Option<String>,
+    /// Log in with OAuth2 tokens from this provider: google, microsoft or custom (chosen by
+    /// itself for Gmail, Outlook.com and Microsoft 365 addresses). `account add` then opens the
+    /// provider's sign-in page and keeps the tokens.
+    #[arg(long, value_name = "PROVIDER", value_parser = ["google", "microsoft", "custom"])]
+    pub oauth2: Option<String>,
+    /// The OAuth2 client id of the app you registered with the provider.
+    #[arg(long, value_name = "ID")]
+    pub client_id: Option<String>,
+    /// A command that prints the OAuth2 client secret (when the app has one).
+    #[arg(long, value_name = "COMMAND", conflicts_with = "client_secret_file")]
+    pub client_secret_command: Option<String>,
+    /// A file holding the OAuth2 client secret (readable only by you).
+    #[arg(long, value_name = "FILE")]
+    pub client_secret_file: Option<PathBuf>,
+    /// Microsoft: the tenant (directory id or domain; default common).
+    #[arg(long, value_name = "TENANT")]
+    pub tenant: Option<String>,
+    /// A custom provider's issuer URL (its endpoints are discovered from it).
+    #[arg(long, value_name = "URL")]
+    pub issuer: Option<String>,
+    /// OAuth2 scopes to ask for instead of the provider's POP scopes (repeat for several).
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// Sign in with the device flow (a code entered on any device) instead of a browser here.
+    #[arg(long)]
+    pub device: bool,
     /// Save the account even when the test fails.
     #[arg(long)]
     pub force: bool,
@@ -260,6 +299,7 @@ pub fn command(cmd: AccountCommand) -> Result<u8> {
                     PasswordSource::TokenCommand(_) => {
                         "an OAuth2 token from a command (not shown: it may contain secrets)".to_owned()
                     }
+                    PasswordSource::OAuth2(o) => crate::oauth2::describe(a, o),
                 }
             );
             println!("login     {}", a.auth.as_str());
@@ -274,9 +314,22 @@ pub fn command(cmd: AccountCommand) -> Result<u8> {
             println!("state     {}", StateDirs::new(files.state(), &accounts).of(a).display());
             Ok(0)
         }
+        AccountCommand::Authorize { name, device, files } => {
+            let path = files.accounts();
+            let (accounts, problems) = load(&path)?;
+            let Some(a) = accounts.iter().find(|a| a.name == name) else {
+                if let Some(p) = problems.iter().find(|p| p.account == name) {
+                    bail!("account {name} cannot be used: {}", p.error);
+                }
+                bail!("{}: no account named {name}", path.display());
+            };
+            crate::oauth2::command(a, device)
+        }
         AccountCommand::Remove { name, files } => {
             let path = files.accounts();
             if account::remove_from_file(&path, &name)? {
+                // Its OAuth2 tokens go with it (a grant nobody uses any more is a liability).
+                let _ = pillarbox_oauth::tokens::TokenStore::default().remove(&name);
                 println!("removed account {name} from {}; its downloaded mail was not touched", path.display());
                 Ok(0)
             } else {
@@ -516,11 +569,26 @@ fn add(args: AddArgs) -> Result<u8> {
     // The resolver belongs to the runtime it is made in.
     let resolver = rt.block_on(async { args.net.resolver() })?;
 
-    // 1. The server: given, or discovered.
+    // 1. The server: given, known (the providers that require OAuth2), or discovered.
     let mut server = args.server.clone();
-    let host = match &args.server.host {
-        Some(h) => h.clone(),
-        None => {
+    let mut provider = args.oauth2.as_deref().map(provider_named);
+    let host = match (&args.server.host, crate::oauth2::preset(domain, None)) {
+        (Some(h), _) => h.clone(),
+        (None, Some((known, host))) => {
+            eprintln!(
+                "{domain} is served by {host}:995 (TLS), which takes OAuth2 logins ({})",
+                if known == OAuth2Provider::Google {
+                    "or an app password, with 2-step verification"
+                } else {
+                    "passwords were turned off for POP in 2024"
+                }
+            );
+            server.port = server.port.or(Some(995));
+            server.tls = server.tls.or_else(|| Some("implicit".into()));
+            provider = provider.or(Some(known));
+            host.to_owned()
+        }
+        (None, None) => {
             eprintln!("Looking for the POP3 server of {domain}...");
             let found = rt.block_on(discover::discover(domain, &resolver, timeout));
             for n in &found.notes {
@@ -585,9 +653,26 @@ fn add(args: AddArgs) -> Result<u8> {
         server.insecure = prompt.yes("Without TLS, the password and mail cross the network in cleartext. Continue?")?;
     }
 
-    // 2. User names to try: the given one, or the full address and then the local part.
+    // A Microsoft 365 domain: discovery found Microsoft's server.
+    if provider.is_none()
+        && server.password().is_none()
+        && let Some((known, _)) = crate::oauth2::preset(domain, Some(&host))
+    {
+        eprintln!("{host} takes OAuth2 logins: passwords were turned off for POP");
+        provider = Some(known);
+    }
+    // The OAuth2 table, when the account logs in with tokens (a password source given wins:
+    // Gmail still takes app passwords).
+    let oauth2 = match provider {
+        Some(p) if server.password().is_none() => Some(oauth2_table(&args, p, &prompt, domain)?),
+        _ => None,
+    };
+
+    // 2. User names to try: the given one, or the full address and then the local part (with
+    // OAuth2, the address: the one signed in with at the provider).
     let usernames: Vec<String> = match &args.server.username {
         Some(u) => vec![u.clone()],
+        None if oauth2.is_some() => vec![args.email.clone()],
         None => {
             let u = prompt.ask("User name", &args.email)?;
             if u == args.email { vec![u, local.to_owned()] } else { vec![u] }
@@ -597,7 +682,7 @@ fn add(args: AddArgs) -> Result<u8> {
     // 3. Where the password comes from.
     // A typed password stays in memory until the account is saved.
     let mut typed: Option<(PathBuf, Secret<Vec<u8>>)> = None;
-    if server.password().is_none() {
+    if server.password().is_none() && oauth2.is_none() {
         if !prompt.interactive {
             bail!(
                 "give the password's source: --password-command, --password-file or --password-env (or --token-command for an OAuth2 token)"
@@ -641,9 +726,23 @@ fn add(args: AddArgs) -> Result<u8> {
             Some(prompt.ask("After download: delete on the server, keep, or keep for days like 7d", "delete")?);
     }
 
-    // 5. Test, trying the user names in turn.
+    // 5. Sign in at the provider (OAuth2), then test, trying the user names in turn.
     let state = args.files.state();
     let mut account = server.account(&name, &host, &usernames[0], deliver)?;
+    if let Some(o) = oauth2 {
+        account.password = PasswordSource::OAuth2(Box::new(o));
+        if let Some(o) = crate::oauth2::table(&account)
+            && let Err(e) = rt.block_on(crate::oauth2::authorize(&account, o, args.device))
+        {
+            return Ok(crate::oauth2::report(&name, &e));
+        }
+    }
+    let with_tokens = crate::oauth2::table(&account).is_some();
+    let forget_tokens = || {
+        if with_tokens {
+            let _ = pillarbox_oauth::tokens::TokenStore::default().remove(&name);
+        }
+    };
     let report = rt.block_on(async {
         loop {
             let mut report = Report { findings: Vec::new(), auth: None, new_mail: None };
@@ -689,6 +788,7 @@ fn add(args: AddArgs) -> Result<u8> {
     })?;
     print_report(&report);
     if report.failed() && !args.force {
+        forget_tokens();
         eprintln!("Not saved: fix what failed above and run this again, or add --force to save it anyway.");
         return Ok(1);
     }
@@ -700,6 +800,7 @@ fn add(args: AddArgs) -> Result<u8> {
         if let Some((file, _)) = &typed {
             let _ = std::fs::remove_file(file);
         }
+        forget_tokens();
         return Err(e.into());
     }
     println!(
@@ -708,6 +809,59 @@ fn add(args: AddArgs) -> Result<u8> {
         shell_word(&name)
     );
     Ok(0)
+}
+
+fn provider_named(name: &str) -> OAuth2Provider {
+    match name {
+        "google" => OAuth2Provider::Google,
+        "microsoft" => OAuth2Provider::Microsoft,
+        _ => OAuth2Provider::Custom,
+    }
+}
+
+/// The `[oauth2]` table of a new account, from the flags, asking for the client id when it is
+/// not given (every provider wants an app registered by whoever runs the client).
+fn oauth2_table(args: &AddArgs, provider: OAuth2Provider, prompt: &Prompt, domain: &str) -> Result<OAuth2> {
+    let client_id = match &args.client_id {
+        Some(id) => id.clone(),
+        None if prompt.interactive => {
+            eprintln!(
+                "{domain} needs an OAuth2 client id: register an app with {} (see `man pillarbox`, OAUTH2) and                  give its id here.",
+                provider.as_str()
+            );
+            prompt.ask("OAuth2 client id", "")?
+        }
+        None => bail!(
+            "{domain} logs in with OAuth2: give --client-id (the id of the app you registered with {}; see `man              pillarbox`, OAUTH2), or --token-command with a tool that prints tokens{}",
+            provider.as_str(),
+            if provider == OAuth2Provider::Google {
+                ", or an app password (--password-command or --password-file)"
+            } else {
+                ""
+            }
+        ),
+    };
+    if client_id.trim().is_empty() {
+        bail!("no OAuth2 client id given");
+    }
+    if provider == OAuth2Provider::Custom && args.issuer.is_none() {
+        bail!("--oauth2 custom needs --issuer (the provider's URL, whose endpoints are discovered)");
+    }
+    Ok(OAuth2 {
+        provider,
+        client_id: client_id.trim().to_owned(),
+        client_secret: match (&args.client_secret_command, &args.client_secret_file) {
+            (Some(c), _) => Some(account::ClientSecret::Command(c.clone())),
+            (_, Some(f)) => Some(account::ClientSecret::File(account::expand_home(f))),
+            _ => None,
+        },
+        tenant: args.tenant.clone(),
+        scopes: args.scopes.clone(),
+        issuer: args.issuer.clone(),
+        authorization_url: None,
+        token_url: None,
+        device_url: None,
+    })
 }
 
 fn shell_word(s: &str) -> String {

@@ -10,6 +10,7 @@ mod interrupt;
 mod mail;
 mod manual;
 mod migrate;
+mod oauth2;
 mod table;
 mod user;
 

@@ -269,3 +269,276 @@ fn bearer_mechanisms_are_not_offered_in_the_clear_to_an_untrusted_address() {
     let reply = c.cmd(&format!("AUTH XOAUTH2 {}", b64(&xoauth2("alice", "t"))));
     assert!(reply.starts_with("-ERR"), "{reply}");
 }
+
+/// The client side: an account whose tokens come from the provider, its files in `dir`.
+struct ClientSide {
+    dir: tempfile::TempDir,
+}
+
+impl ClientSide {
+    /// An account `work` fetching alice's mail from `pb` with tokens from `provider`.
+    fn new(pb: &Pillarbox, provider: &Provider) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let accounts = format!(
+            "[accounts.work]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"implicit\"\nca_file = \"{}\"\nusername = \"alice\"\n\
+             deliver = {{ maildir = \"{}\" }}\n\n[accounts.work.oauth2]\nprovider = \"custom\"\nclient_id = \"pillarbox-cli\"\n\
+             issuer = \"{}\"\nscopes = [\"openid\", \"offline_access\", \"pop\"]\n",
+            pb.pop3s.expect("pop3s").port(),
+            pb.cert().display(),
+            dir.path().join("mail").display(),
+            provider.issuer
+        );
+        std::fs::write(dir.path().join("accounts.toml"), accounts).expect("accounts");
+        Self { dir }
+    }
+
+    /// A `pillarbox` command as the user runs it: their own state folder, and the provider's
+    /// CA among the trusted ones (a private issuer; real providers have public certificates).
+    fn cmd(&self, provider: &Provider, args: &[&str]) -> Command {
+        let mut c = Command::new(common::bin());
+        c.args(args)
+            .arg("--accounts-file")
+            .arg(self.dir.path().join("accounts.toml"))
+            .env("XDG_STATE_HOME", self.dir.path().join("state"))
+            .env("SSL_CERT_FILE", &provider.ca)
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .env_remove("BROWSER");
+        c
+    }
+
+    fn token_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("state/pillarbox/oauth2/work.json")
+    }
+
+    fn tokens(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.token_file()).expect("token file")).expect("json")
+    }
+
+    fn delivered(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("mail/new")).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// `account authorize work` (with `extra` arguments), the person at the browser played by
+    /// `oidc_user.py` as `login`: the exit status and what the command printed.
+    fn authorize(&self, provider: &Provider, extra: &[&str], login: &str) -> (std::process::ExitStatus, String) {
+        let mut args = vec!["account", "authorize", "work"];
+        args.extend(extra);
+        run_signing_in(self.cmd(provider, &args), provider, login)
+    }
+}
+
+/// Run a command that asks the person to sign in (it prints the URL, or a device code, on
+/// standard error) and have `oidc_user.py` do it as `login`.
+fn run_signing_in(mut cmd: Command, provider: &Provider, login: &str) -> (std::process::ExitStatus, String) {
+    use std::io::BufRead;
+    let mut child = common::KillOnDrop(
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("pillarbox"),
+    );
+    let stderr = child.0.stderr.take().expect("stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines().map_while(Result::ok);
+    let mut said = String::new();
+    let mut urls = Vec::new();
+    for line in lines.by_ref() {
+        said.push_str(&line);
+        said.push('\n');
+        let t = line.trim();
+        if t.starts_with("https://") || t.starts_with("http://") {
+            urls.push(t.to_owned());
+        } else if urls.len() == 1 && t.len() == 9 && t.as_bytes()[4] == b'-' {
+            // A device code after its URL.
+            let out = common::python(
+                "oidc_user.py",
+                &[provider.ca.display().to_string(), login.into(), "device".into(), urls[0].clone(), t.into()],
+            );
+            assert!(out.contains("Sign-in Success"), "{out}");
+            break;
+        }
+        if t.starts_with("Waiting for the browser") {
+            let out = common::python(
+                "oidc_user.py",
+                &[provider.ca.display().to_string(), login.into(), "code".into(), urls[0].clone()],
+            );
+            assert!(out.contains("Pillarbox"), "the redirect was answered: {out}");
+            break;
+        }
+    }
+    for line in lines {
+        said.push_str(&line);
+        said.push('\n');
+    }
+    let out = child.0.wait_with_output_ref();
+    said.push_str(&out);
+    (child.0.wait().expect("wait"), said)
+}
+
+trait Drain {
+    fn wait_with_output_ref(&mut self) -> String;
+}
+
+impl Drain for std::process::Child {
+    fn wait_with_output_ref(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(mut o) = self.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut o, &mut s);
+        }
+        s
+    }
+}
+
+#[test]
+fn authorize_in_a_browser_then_fetch_for_rounds_past_expiry_with_rotated_refresh_tokens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Access tokens live 2 s: every round of `fetch --every` needs a new one.
+    let provider = Provider::start(&dir.path().join("idp"), Options { ttl: 2, ..Options::default() });
+    let pb = server(&provider, false);
+    let client = ClientSide::new(&pb, &provider);
+
+    let out = client.cmd(&provider, &["fetch", "work"]).output().expect("fetch");
+    assert_eq!(out.status.code(), Some(77), "not authorized yet: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pillarbox account authorize work"));
+
+    let (status, said) = client.authorize(&provider, &[], "alice");
+    assert!(status.success(), "{said}");
+    assert!(
+        said.contains("code_challenge_method=S256") && said.contains("redirect_uri=http%3A%2F%2F127.0.0.1%3A"),
+        "{said}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(client.token_file()).expect("token file").mode() & 0o777, 0o600);
+    let first_refresh = client.tokens()["refresh_token"].as_str().expect("a refresh token").to_owned();
+
+    let out = client.cmd(&provider, &["fetch", "work"]).output().expect("fetch");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(client.delivered(), 2);
+
+    // Unattended rounds: each one refreshes, and the provider rotates the refresh token each
+    // time (a rotated one not kept would end the grant at the next round).
+    let mut daemon = common::KillOnDrop(
+        client
+            .cmd(&provider, &["fetch", "--every", "1s", "work"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("daemon.log")).expect("log"))
+            .spawn()
+            .expect("fetch --every"),
+    );
+    let mut seen = vec![first_refresh];
+    for n in 3..=5 {
+        std::thread::sleep(Duration::from_secs(3));
+        pb.deliver("alice", &message(n));
+        let start = std::time::Instant::now();
+        while client.delivered() < n && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            client.delivered(),
+            n,
+            "round for message {n}: {}",
+            std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
+        );
+        seen.push(client.tokens()["refresh_token"].as_str().unwrap_or("").to_owned());
+    }
+    let _ = Command::new("kill").args(["-TERM", &daemon.0.id().to_string()]).status();
+    let _ = daemon.0.wait();
+    seen.dedup();
+    assert!(seen.len() >= 3, "the refresh token was rotated and kept across rounds: {} distinct", seen.len());
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+    assert!(!log.contains(&seen[0]) && !log.contains(seen.last().expect("one")), "tokens are never logged");
+}
+
+#[test]
+fn a_revoked_grant_ends_with_exit_77_and_says_to_authorize_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = Provider::start(&dir.path().join("idp"), Options { ttl: 2, ..Options::default() });
+    let pb = server(&provider, false);
+    let client = ClientSide::new(&pb, &provider);
+    let (status, said) = client.authorize(&provider, &["--device"], "alice");
+    assert!(status.success(), "the device flow: {said}");
+    assert!(said.contains("enter the code"), "{said}");
+    let out = client.cmd(&provider, &["fetch", "work"]).output().expect("fetch");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The person withdraws the grant at the provider (here: revokes the refresh token).
+    provider.revoke(client.tokens()["refresh_token"].as_str().expect("refresh token"));
+    std::thread::sleep(Duration::from_secs(3));
+    let out = client.cmd(&provider, &["fetch", "work"]).output().expect("fetch");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{err}");
+    assert!(err.contains("invalid_grant") && err.contains("pillarbox account authorize work"), "{err}");
+    let out = client.cmd(&provider, &["check", "work"]).output().expect("check");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(report.contains("cannot get an OAuth2 access token") && report.contains("revoked"), "{report}");
+}
+
+#[test]
+fn refusing_consent_at_the_provider_is_reported_and_keeps_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = Provider::start(&dir.path().join("idp"), Options::default());
+    let pb = server(&provider, false);
+    let client = ClientSide::new(&pb, &provider);
+    let (status, said) = client.authorize(&provider, &[], "deny");
+    assert_eq!(status.code(), Some(77), "{said}");
+    assert!(said.contains("access_denied") && said.contains("allow access"), "{said}");
+    assert!(!client.token_file().exists());
+}
+
+#[test]
+fn account_add_signs_in_tests_and_saves_an_oauth2_account() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = Provider::start(&dir.path().join("idp"), Options::default());
+    let pb = server(&provider, false);
+    let client = ClientSide::new(&pb, &provider);
+    std::fs::remove_file(client.dir.path().join("accounts.toml")).expect("no accounts yet");
+    let port = pb.pop3s.expect("pop3s").port().to_string();
+    let maildir = client.dir.path().join("mail").display().to_string();
+    let cert = pb.cert().display().to_string();
+    let cmd = client.cmd(
+        &provider,
+        &[
+            "account",
+            "add",
+            "alice@example.org",
+            "--name",
+            "work",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--tls",
+            "implicit",
+            "--ca-file",
+            &cert,
+            "--username",
+            "alice",
+            "--oauth2",
+            "custom",
+            "--issuer",
+            &provider.issuer,
+            "--client-id",
+            "pillarbox-cli",
+            "--scope",
+            "openid",
+            "--scope",
+            "offline_access",
+            "--scope",
+            "pop",
+            "--deliver-maildir",
+            &maildir,
+            "--keep",
+            "delete",
+        ],
+    );
+    let (status, said) = run_signing_in(cmd, &provider, "alice");
+    assert!(status.success(), "{said}");
+    assert!(said.contains("logged in as alice with OAUTHBEARER"), "{said}");
+    let saved = std::fs::read_to_string(client.dir.path().join("accounts.toml")).expect("saved");
+    assert!(saved.contains("[accounts.work.oauth2]") && saved.contains("client_id = \"pillarbox-cli\""), "{saved}");
+    let out = client.cmd(&provider, &["fetch", "work"]).output().expect("fetch");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(client.delivered(), 2);
+    let shown = client.cmd(&provider, &["account", "show", "work"]).output().expect("show");
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("OAuth2 tokens from custom (client pillarbox-cli): authorized")
+    );
+}

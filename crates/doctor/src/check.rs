@@ -624,9 +624,17 @@ impl Remote<'_, '_> {
 
     async fn auth(&mut self, conn: &mut Conn) -> bool {
         let a = self.account;
-        let typed = self.opts.password.cloned().map(Ok);
-        let password = match typed.unwrap_or_else(|| pillarbox_fetch::password(a)) {
+        let password = match self.opts.password.cloned() {
+            Some(p) => Ok(p),
+            None => pillarbox_fetch::credential(a, false).await,
+        };
+        let password = match password {
             Ok(p) => p,
+            Err(pillarbox_fetch::FetchError::OAuth2 { error, cause, fix, .. }) => {
+                self.report.auth = Some(AuthOutcome::Other);
+                self.add(Finding::fail("auth", "cannot get an OAuth2 access token", format!("{error}: {cause}"), fix));
+                return false;
+            }
             Err(e) => {
                 self.report.auth = Some(AuthOutcome::Other);
                 self.add(Finding::fail(
@@ -771,6 +779,20 @@ impl Remote<'_, '_> {
                 ),
             ),
         };
+        if outcome == AuthOutcome::LoggedIn && a.password.is_token() {
+            // Microsoft accepts AUTH with a token for another user, or for a mailbox without POP,
+            // and refuses the first command after: STAT tells.
+            if let Err(e) = timed(self.opts.timeout, conn.command(ClientCommand::Stat)).await {
+                self.report.auth = Some(AuthOutcome::Other);
+                self.add(Finding::fail(
+                    "auth",
+                    format!("the server took the OAuth2 token at AUTH, then refused the mailbox of {user}"),
+                    format!("STAT answered: {}", refusal_text(&e)),
+                    "check that the token was issued for this very mailbox (username = the address you signed in                      with at the provider) and that POP is enabled for it (Microsoft 365: Exchange admin center,                      the mailbox, Manage email apps, POP; Outlook.com and Gmail: POP in the mail settings)",
+                ));
+                return false;
+            }
+        }
         self.report.auth = Some(outcome);
         self.add(f);
         outcome == AuthOutcome::LoggedIn

@@ -436,7 +436,7 @@ impl Conn {
                     "XOAUTH2"
                 } else {
                     return Err(ConnError::NoAuth(format!(
-                        "the account logs in with an OAuth2 token (token_command), and the server offers neither \
+                        "the account logs in with an OAuth2 token, and the server offers neither \
                          OAUTHBEARER nor XOAUTH2 (SASL: {})",
                         sasl.join(" ")
                     )));
@@ -524,7 +524,7 @@ impl Conn {
                 let digest = pillarbox_proto::apop::digest(ts, password.expose());
                 self.command(ClientCommand::Apop(user, &digest)).await.map(drop)
             }
-            m => self.sasl(m, user, password, cb).await,
+            m => self.sasl(m, user, password, cb, (&account.host, account.port)).await,
         };
         match result {
             Ok(()) => Ok(()),
@@ -542,8 +542,11 @@ impl Conn {
         user: &str,
         secret: &Secret<Vec<u8>>,
         cb: Option<Vec<u8>>,
+        (host, port): (&str, u16),
     ) -> Result<(), ConnError> {
-        let mut mech = ClientMech::new(mechanism, user, secret, cb).map_err(|e| ConnError::NoAuth(e.to_string()))?;
+        let mut mech = ClientMech::new(mechanism, user, secret, cb)
+            .map_err(|e| ConnError::NoAuth(e.to_string()))?
+            .for_server(host, port);
         let mut held = None;
         match mech.initial() {
             Some(first) if "AUTH  \r\n".len() + mechanism.len() + first.expose().len().div_ceil(3) * 4 <= 255 => {

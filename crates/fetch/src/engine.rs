@@ -115,6 +115,9 @@ pub enum FetchError {
     Deliver(#[from] DeliverError),
     #[error("password: {0}")]
     Password(String),
+    /// Getting an OAuth2 access token failed: what happened, why, what to do, and the exit code.
+    #[error("OAuth2: {error}: {cause}; {fix}")]
+    OAuth2 { error: String, cause: String, fix: String, exit: u8 },
     #[error("{0}")]
     Policy(String),
 }
@@ -127,6 +130,7 @@ impl FetchError {
             FetchError::Journal(_) => "journal",
             FetchError::Deliver(_) => "local-delivery",
             FetchError::Password(_) => "password",
+            FetchError::OAuth2 { .. } => "oauth2",
             FetchError::Policy(_) => "policy",
         }
     }
@@ -143,13 +147,45 @@ impl FetchError {
             FetchError::Journal(JournalError::Locked(_)) => 75,
             FetchError::Journal(_) | FetchError::Deliver(_) => 74,
             FetchError::Password(_) | FetchError::Policy(_) => 78,
+            FetchError::OAuth2 { exit, .. } => *exit,
         }
     }
 }
 
-/// Get the password from the account's source.
+/// What the account logs in with: its password, or an OAuth2 access token good for the next
+/// minute (refreshed when needed; `force`: refreshed now, after the server refused the last).
+pub async fn credential(account: &Account, force: bool) -> Result<Secret<Vec<u8>>, FetchError> {
+    let PasswordSource::OAuth2(o) = &account.password else { return password(account) };
+    let oauth2_error = |e: pillarbox_oauth::flow::OAuthError| {
+        let (cause, fix) = e.explain(&account.name);
+        FetchError::OAuth2 { error: e.to_string(), cause, fix, exit: e.exit_code() }
+    };
+    let http = pillarbox_oauth::Http::new(None).map_err(|e| oauth2_error(e.into()))?;
+    let store = pillarbox_oauth::tokens::TokenStore::default();
+    let token =
+        pillarbox_oauth::flow::access_token(&store, &account.name, o, &http, force).await.map_err(oauth2_error)?;
+    Ok(Secret::new(token.expose().as_bytes().to_vec()))
+}
+
+/// Connect and log in. An OAuth2 token the server refuses is refreshed once and tried again
+/// (a provider may revoke a token before it expires).
+pub async fn open(account: &Account) -> Result<Conn, FetchError> {
+    let secret = credential(account, false).await?;
+    match Conn::open(account, &secret).await {
+        Err(ConnError::AuthFailed(_)) if matches!(account.password, PasswordSource::OAuth2(_)) => {
+            let fresh = credential(account, true).await?;
+            Ok(Conn::open(account, &fresh).await?)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Get the password from the account's source (for OAuth2 tokens, see [`credential`]).
 pub fn password(account: &Account) -> Result<Secret<Vec<u8>>, FetchError> {
     let mut value = match &account.password {
+        PasswordSource::OAuth2(_) => {
+            return Err(FetchError::Password("the account logs in with OAuth2 tokens, not a password".into()));
+        }
         PasswordSource::Command(cmd) | PasswordSource::TokenCommand(cmd) => {
             let key = if account.password.is_token() { "token_command" } else { "password_command" };
             let out = std::process::Command::new("/bin/sh")
@@ -214,9 +250,7 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
         warn("state-renamed", notice.to_string());
     }
     let (mut journal, state, legacy_tag) = (opened.journal, opened.dir, opened.legacy_tag);
-    let password = password(account)?;
-    let mut conn = Conn::open(account, &password).await?;
-    drop(password);
+    let mut conn = open(account).await?;
 
     // The listing: sizes, and UIDLs when the server has them.
     conn.command(ClientCommand::List(None)).await?;

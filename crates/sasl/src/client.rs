@@ -79,6 +79,8 @@ pub struct ClientMech {
     secret: Secret<Vec<u8>>,
     channel_binding: Option<Vec<u8>>,
     initial_sent: bool,
+    /// The server's name and port, for OAUTHBEARER's `host` and `port` (RFC 7628 section 3.1).
+    server: Option<(String, u16)>,
 }
 
 impl std::fmt::Debug for ClientMech {
@@ -120,7 +122,14 @@ impl ClientMech {
             secret,
             channel_binding,
             initial_sent: false,
+            server: None,
         })
+    }
+
+    /// Name the server (as the client connected to it) in OAUTHBEARER's message.
+    pub fn for_server(mut self, host: &str, port: u16) -> Self {
+        self.server = Some((host.to_owned(), port));
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -164,7 +173,11 @@ impl ClientMech {
             }
             Kind::OAuthBearer { .. } => {
                 let name = user.replace('=', "=3D").replace(',', "=2C");
-                let mut m = format!("n,a={name},\x01auth=Bearer ").into_bytes();
+                let server = match &self.server {
+                    Some((host, port)) => format!("host={host}\x01port={port}\x01"),
+                    None => String::new(),
+                };
+                let mut m = format!("n,a={name},\x01{server}auth=Bearer ").into_bytes();
                 m.extend_from_slice(self.secret.expose());
                 m.extend_from_slice(b"\x01\x01");
                 Some(Secret::new(m))
@@ -381,5 +394,11 @@ mod tests {
         assert!(first.expose().starts_with(b"n,a=user,\x01"));
         assert!(first.expose().ends_with(b"auth=Bearer mF_9.B5f-4.1JqM\x01\x01"));
         assert!(format!("{o:?}").contains("OAUTHBEARER") && !format!("{o:?}").contains("mF_9"), "no token in Debug");
+        // With the server named, exactly what curl sends (its test data for POP3 OAUTHBEARER).
+        let mut o = ClientMech::new("OAUTHBEARER", "user", &token, None).expect("client").for_server("127.0.0.1", 9001);
+        assert_eq!(
+            o.initial().expect("initial").expose().as_slice(),
+            b"n,a=user,\x01host=127.0.0.1\x01port=9001\x01auth=Bearer mF_9.B5f-4.1JqM\x01\x01"
+        );
     }
 }

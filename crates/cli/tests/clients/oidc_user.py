@@ -28,9 +28,12 @@ class Forms(html.parser.HTMLParser):
     def __init__(self):
         super().__init__()
         self.forms = []
+        self.links = []
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
+        if tag == "a" and a.get("href"):
+            self.links.append(a["href"])
         if tag == "form":
             self.forms.append({"action": a.get("action", ""), "method": a.get("method", "get"), "id": a.get("id"), "fields": {}})
         elif tag == "input" and self.forms and a.get("name"):
@@ -81,7 +84,8 @@ def sign_in(opener, url, login, user_code=None):
         form = forms[0]
         fields = form["fields"]
         if login == "deny" and fields.get("prompt") in ("login", "consent"):
-            url = urllib.parse.urljoin(url, parser.forms[-1]["action"])
+            # The page's cancel link.
+            url = urllib.parse.urljoin(url, next(link for link in parser.links if "abort" in link))
             method, body = "GET", None
             continue
         if "user_code" in fields and not fields["user_code"]:
