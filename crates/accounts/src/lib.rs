@@ -776,7 +776,7 @@ fn oauth2_of(text: &str, path: &Path, name: &str, o: RawOAuth2) -> Result<OAuth2
     if o.client_id.trim().is_empty() {
         return Err(err(
             "client_id",
-            "the OAuth2 client id you registered with the provider (see `man pillarbox`, OAUTH2)".into(),
+            "the OAuth2 client id you registered with the provider (see accounts.toml(5), OAUTH2)".into(),
         ));
     }
     let client_secret = match (o.client_secret_command, o.client_secret_file) {

@@ -826,13 +826,13 @@ fn oauth2_table(args: &AddArgs, provider: OAuth2Provider, prompt: &Prompt, domai
         Some(id) => id.clone(),
         None if prompt.interactive => {
             eprintln!(
-                "{domain} needs an OAuth2 client id: register an app with {} (see `man pillarbox`, OAUTH2) and                  give its id here.",
+                "{domain} needs an OAuth2 client id: register an app with {} (see accounts.toml(5), OAUTH2) and give its id here.",
                 provider.as_str()
             );
             prompt.ask("OAuth2 client id", "")?
         }
         None => bail!(
-            "{domain} logs in with OAuth2: give --client-id (the id of the app you registered with {}; see `man              pillarbox`, OAUTH2), or --token-command with a tool that prints tokens{}",
+            "{domain} logs in with OAuth2: give --client-id (the id of the app you registered with {}; see accounts.toml(5), OAUTH2), or --token-command with a tool that prints tokens{}",
             provider.as_str(),
             if provider == OAuth2Provider::Google {
                 ", or an app password (--password-command or --password-file)"

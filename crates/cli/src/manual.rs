@@ -82,7 +82,7 @@ const SERVER_FILES: [(&str, &str); 5] = [
     ("DATA/mail/USER", "A user's Maildir ([store] maildir)."),
 ];
 
-const CLIENT_FILES: [(&str, &str); 4] = [
+const CLIENT_FILES: [(&str, &str); 5] = [
     (
         "~/.config/pillarbox/accounts.toml",
         "The accounts (see accounts.toml(5)); --accounts-file or --accounts chooses another.",
@@ -93,6 +93,11 @@ const CLIENT_FILES: [(&str, &str); 4] = [
         "One folder per account: the journal of what was downloaded, and the lock one run holds.",
     ),
     ("~/.local/state/pillarbox/search.sqlite", "The search index of `pillarbox mail` (a cache, rebuilt when missing)."),
+    (
+        "~/.local/state/pillarbox/oauth2/NAME.json",
+        "An OAuth2 account's tokens (`pillarbox account authorize`), readable only by you, replaced whole at each \
+         refresh.",
+    ),
 ];
 
 const CLIENT_ENV: [(&str, &str); 4] = [
@@ -114,7 +119,11 @@ const FETCH_EXIT: [(&str, &str); 9] = [
         "A temporary failure: the connection was lost, the server is busy, or another `pillarbox fetch` is working \
          on the account (this run stops at once and leaves it to that one).",
     ),
-    ("77", "A server refused the login (the password, or no usable mechanism)."),
+    (
+        "77",
+        "A server refused the login (the password, or no usable mechanism), or an OAuth2 account has no usable \
+         grant (never authorized, revoked or expired: run `pillarbox account authorize NAME`).",
+    ),
     (
         "78",
         "Configuration: the accounts file is missing or wrong, a password source failed, or an account is left out \
@@ -275,6 +284,8 @@ fn extra(name: &str) -> Extra {
                 ("Find the server for an address, test the account and save it, asking what is missing:", "pillarbox account add me@example.org"),
                 ("The same without questions, for a script:", "pillarbox account add me@example.org --host pop.example.org --password-command 'pass show mail' --deliver-maildir ~/Mail/me --keep 7d"),
                 ("List the accounts:", "pillarbox account list"),
+                ("A Gmail account with OAuth2 (a browser opens to sign in; see accounts.toml(5), OAUTH2, for the client id):", "pillarbox account add me@gmail.com --client-id 1234-abc.apps.googleusercontent.com --client-secret-file ~/.config/pillarbox/google-secret"),
+                ("Sign in again after the provider ended the grant, with a code typed on another device:", "pillarbox account authorize work --device"),
             ]);
         }
         n if n.starts_with("pillarbox-mail") => {
@@ -465,13 +476,13 @@ pub const ACCOUNT_KEYS: [(&str, &str, &str); 16] = [
         "\"oama access me@gmail.com\"",
         "Instead of a password: a command that prints an OAuth2 access token (as mutt_oauth2.py and oama do), \
          for providers that take no passwords. The login is then OAUTHBEARER, or XOAUTH2 when the server offers \
-         only that.",
+         only that. Or let Pillarbox get and refresh the tokens itself: the [accounts.NAME.oauth2] table below.",
     ),
     (
         "auth",
         "\"auto\"",
         "\"auto\" (the strongest mechanism the server offers, and only it), \"scram-sha-256\", \"plain\", \"login\", \
-         \"apop\", \"user\", \"oauthbearer\" or \"xoauth2\" (the last two with token_command). Passwords and \
+         \"apop\", \"user\", \"oauthbearer\" or \"xoauth2\" (the last two with OAuth2 tokens). Passwords and \
          tokens are never sent in cleartext unless insecure = true.",
     ),
     ("ca_file", "\"~/certs/provider-ca.pem\"", "CA certificates (PEM) to trust besides the system's."),
@@ -495,6 +506,84 @@ pub const ACCOUNT_KEYS: [(&str, &str, &str); 16] = [
     ),
     ("max_size", "\"20MB\"", "Larger messages are not downloaded."),
     ("oversize", "\"skip\"", "What happens to a message over max_size: \"skip\" (the default) or \"delete\"."),
+];
+
+/// The keys of an account's `[accounts.NAME.oauth2]` table.
+pub const OAUTH2_KEYS: [(&str, &str, &str); 10] = [
+    (
+        "provider",
+        "\"microsoft\"",
+        "\"google\" (Gmail), \"microsoft\" (Outlook.com, Hotmail, Live, Microsoft 365) or \"custom\" (any other \
+         OAuth2 provider, from its issuer or its endpoints). Required.",
+    ),
+    (
+        "client_id",
+        "\"00000000-0000-0000-0000-000000000000\"",
+        "The client id of the app you registered with the provider (see OAUTH2 below). Required.",
+    ),
+    (
+        "client_secret_command",
+        "\"pass show oauth/google-secret\"",
+        "A command that prints the app's client secret, when it has one (Google's desktop apps do). A secret is \
+         never written in this file.",
+    ),
+    (
+        "client_secret_file",
+        "\"~/.config/pillarbox/google-secret\"",
+        "A file holding the client secret, readable only by you.",
+    ),
+    ("tenant", "\"contoso.com\"", "Microsoft: the organisation's tenant (domain or id); default \"common\"."),
+    (
+        "scopes",
+        "[\"https://outlook.office.com/POP.AccessAsUser.All\", \"offline_access\"]",
+        "The scopes to ask for; by default the provider's POP scopes (Google: https://mail.google.com/; \
+         Microsoft: the two of the example), or openid and offline_access for a custom provider.",
+    ),
+    (
+        "issuer",
+        "\"https://id.example.com\"",
+        "A custom provider's issuer: its endpoints are read from its discovery document.",
+    ),
+    (
+        "authorization_url",
+        "\"https://id.example.com/authorize\"",
+        "The authorization endpoint, instead of the discovered or preset one.",
+    ),
+    ("token_url", "\"https://id.example.com/token\"", "The token endpoint, instead of the discovered or preset one."),
+    (
+        "device_url",
+        "\"https://id.example.com/device\"",
+        "The device authorization endpoint (RFC 8628), for `account authorize --device`.",
+    ),
+];
+
+/// How OAuth2 accounts work, and how to register an app with Google and Microsoft.
+const OAUTH2_TEXT: [&str; 5] = [
+    "Gmail, Outlook.com and Microsoft 365 take POP logins with OAuth2 access tokens (Microsoft no longer takes \
+     passwords at all). Give the account an [accounts.NAME.oauth2] table, then run `pillarbox account authorize \
+     NAME`: it prints (and, on a desktop, opens) the provider's sign-in page, and takes the answer on a redirect \
+     to this machine (http://127.0.0.1 or http://localhost, any port; PKCE protects the code). With --device it \
+     prints a code to enter on any other device instead. `pillarbox account add` does both for Gmail and Outlook \
+     addresses and Microsoft 365 domains.",
+    "The tokens are kept in ~/.local/state/pillarbox/oauth2/NAME.json, readable only by you. Each fetch uses the \
+     access token while it has more than a minute left, then refreshes it; a provider that rotates refresh tokens \
+     gets the new one written (atomically, under a lock that keeps two fetches from spending the same one) \
+     before it is used, so `pillarbox fetch --every` goes on for months. When the provider ends the grant \
+     (revoked, password changed, consent withdrawn, an organisation's policy), fetch exits with 77 and says to \
+     authorize again; `pillarbox check` names the cause.",
+    "Google: in the Google Cloud console, create a project, set up the OAuth consent screen (External; add \
+     yourself as a test user while it is in testing), then Credentials, Create credentials, OAuth client ID, of \
+     type Desktop app. Its client id goes in client_id and its secret in client_secret_file. The scope is \
+     https://mail.google.com/, and POP must be enabled in Gmail's settings. Google does not allow mail scopes in \
+     the device flow.",
+    "Microsoft: in the Microsoft Entra admin center, App registrations, New registration (accounts in any \
+     organizational directory and personal Microsoft accounts); under Authentication add the platform Mobile and \
+     desktop applications with the redirect URI http://localhost, and allow public client flows (for --device); \
+     under API permissions add Office 365 Exchange Online, delegated, POP.AccessAsUser.All. The application \
+     (client) id goes in client_id; there is no secret. For Microsoft 365, POP must be enabled for the mailbox \
+     (Exchange admin center) and an administrator may have to consent to the app for the organisation.",
+    "Tools that already print tokens (oama, mutt_oauth2.py) can be used instead: token_command = \"oama access \
+     me@gmail.com\".",
 ];
 
 /// The keys of the `[backup]` table.
@@ -521,7 +610,11 @@ fn accounts_page() -> String {
              fetched. ~ at the start of a path is your home folder."
         )
     ));
-    for (title, keys) in [("ACCOUNT KEYS", &ACCOUNT_KEYS[..]), ("THE [backup] TABLE", &BACKUP_KEYS[..])] {
+    for (title, keys) in [
+        ("ACCOUNT KEYS", &ACCOUNT_KEYS[..]),
+        ("THE [accounts.NAME.oauth2] TABLE", &OAUTH2_KEYS[..]),
+        ("THE [backup] TABLE", &BACKUP_KEYS[..]),
+    ] {
         page.push_str(&format!(".SH \"{title}\"\n"));
         for (key, example, text) in keys {
             page.push_str(&format!(
@@ -532,6 +625,10 @@ fn accounts_page() -> String {
                 roff(example)
             ));
         }
+    }
+    page.push_str(".SH OAUTH2\n");
+    for p in OAUTH2_TEXT {
+        page.push_str(&format!(".PP\n{}\n", roff(p)));
     }
     page.push_str(".SH EXAMPLES\n.PP\n.RS 4\n.nf\n");
     for line in EXAMPLE_ACCOUNTS.lines() {
@@ -563,6 +660,15 @@ password_file = "~/.config/pillarbox/passwords/home"
 deliver = { mbox = "~/mbox" }
 max_size = "20MB"
 
+[accounts.outlook]
+host = "outlook.office365.com"
+username = "me@outlook.com"
+deliver = { maildir = "~/Mail/outlook" }
+
+[accounts.outlook.oauth2]
+provider = "microsoft"
+client_id = "00000000-0000-0000-0000-000000000000"
+
 [backup]
 recipients = ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]
 "#;
@@ -576,7 +682,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("accounts.toml");
         std::fs::write(&file, EXAMPLE_ACCOUNTS).expect("write");
-        assert_eq!(pillarbox_accounts::load(&file).expect("the example loads").len(), 2);
+        assert_eq!(pillarbox_accounts::load(&file).expect("the example loads").len(), 3);
         let base = [
             ("host", "\"h\""),
             ("username", "\"u\""),
@@ -597,6 +703,21 @@ mod tests {
             }
             std::fs::write(&file, &text).expect("write");
             pillarbox_accounts::load(&file).unwrap_or_else(|e| panic!("{key}: {e}\n{text}"));
+        }
+        for (key, example, _) in OAUTH2_KEYS {
+            let mut text =
+                String::from("[accounts.a]\nhost = \"h\"\nusername = \"u\"\ndeliver = { maildir = \"/tmp/m\" }\n");
+            text.push_str("\n[accounts.a.oauth2]\n");
+            let required =
+                [("provider", "\"custom\""), ("client_id", "\"c\""), ("issuer", "\"https://id.example.com\"")];
+            for (k, v) in required.iter().filter(|(k, _)| *k != key) {
+                text.push_str(&format!("{k} = {v}\n"));
+            }
+            let example =
+                if key == "tenant" { example.to_owned() + "\nprovider = \"microsoft\"" } else { example.to_owned() };
+            let text = if key == "tenant" { text.replace("provider = \"custom\"\n", "") } else { text };
+            std::fs::write(&file, format!("{text}{key} = {example}\n")).expect("write");
+            pillarbox_accounts::load(&file).unwrap_or_else(|e| panic!("oauth2.{key}: {e}\n{text}"));
         }
         for (key, example, _) in BACKUP_KEYS {
             let example = if key == "recipients" {

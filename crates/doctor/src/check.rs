@@ -788,7 +788,9 @@ impl Remote<'_, '_> {
                     "auth",
                     format!("the server took the OAuth2 token at AUTH, then refused the mailbox of {user}"),
                     format!("STAT answered: {}", refusal_text(&e)),
-                    "check that the token was issued for this very mailbox (username = the address you signed in                      with at the provider) and that POP is enabled for it (Microsoft 365: Exchange admin center,                      the mailbox, Manage email apps, POP; Outlook.com and Gmail: POP in the mail settings)",
+                    "check that the token was issued for this very mailbox (username = the address you signed in \
+                     with at the provider) and that POP is enabled for it (Microsoft 365: Exchange admin center, the \
+                     mailbox, Manage email apps, POP; Outlook.com and Gmail: POP in the mail settings)",
                 ));
                 return false;
             }
