@@ -2,12 +2,11 @@
 # Run every Pillarbox test on a fresh Debian machine.
 #
 # The end-to-end tests talk to the real binary with real clients (Python's poplib and smtplib,
-# curl, mpop, swaks, a SCRAM client on pyOpenSSL; age, zstd and tar open backups; an OpenID
-# Connect provider, oidc-provider on Node.js, for OAuth2) and compare it with a real Dovecot
-# and fetch from a real Courier too (account
-# discovery asks a private dnsmasq), so this
-# first installs what provides them when it is missing, then runs the whole workspace's tests
-# (unit, protocol, end-to-end, doc tests).
+# curl, mpop, swaks, a SCRAM client on pyOpenSSL; age, zstd and tar open backups), compare it
+# with a real Dovecot, fetch from a real Courier too (account discovery asks a private dnsmasq),
+# and run OAuth2 against a real OpenID Connect provider (oidc-provider on Node.js) with tokens
+# kept in GNOME Keyring's Secret Service. So this first installs what provides them when it is
+# missing, then runs the whole workspace's tests (unit, protocol, end-to-end, doc tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +37,8 @@ have ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
 [ -d /etc/ssl/certs ] || missing+=(ca-certificates)
 have node    || missing+=(nodejs)
 have npm     || missing+=(npm)
+have dbus-run-session || missing+=(dbus-daemon)
+have gnome-keyring-daemon || missing+=(gnome-keyring)
 
 if [ "$(id -u)" -eq 0 ]; then sudo=(); elif have sudo; then sudo=(sudo); else sudo=(false); fi
 if [ ${#missing[@]} -gt 0 ]; then

@@ -716,7 +716,15 @@ fn account_of(text: &str, path: &Path, name: String, a: RawAccount) -> Result<Ac
     if password.is_token() && !matches!(auth, AuthChoice::Auto | AuthChoice::OAuthBearer | AuthChoice::XOAuth2) {
         return Err(err(
             "auth",
-            format!("an OAuth2 token logs in with \"oauthbearer\" or \"xoauth2\", not {:?}", auth.as_str()),
+            format!(
+                "{} gives an OAuth2 token, which logs in with \"oauthbearer\" or \"xoauth2\", not {:?}",
+                if matches!(password, PasswordSource::TokenCommand(_)) {
+                    "token_command"
+                } else {
+                    "the [oauth2] table"
+                },
+                auth.as_str()
+            ),
         ));
     }
     let deliver = match (a.deliver.maildir, a.deliver.mbox, a.deliver.mda) {

@@ -96,12 +96,13 @@ const CLIENT_FILES: [(&str, &str); 5] = [
     (
         "~/.local/state/pillarbox/oauth2/NAME.json",
         "An OAuth2 account's tokens (`pillarbox account authorize`), readable only by you, replaced whole at each \
-         refresh.",
+         refresh; in the desktop's keyring instead when one runs.",
     ),
 ];
 
-const CLIENT_ENV: [(&str, &str); 4] = [
+const CLIENT_ENV: [(&str, &str); 5] = [
     ("PILLARBOX_ACCOUNTS", "The accounts file, as --accounts-file."),
+    ("PILLARBOX_KEYRING", "off: keep OAuth2 tokens in files even when a desktop keyring (Secret Service) answers."),
     ("XDG_CONFIG_HOME", "Where the accounts file is looked for (default ~/.config)."),
     ("XDG_STATE_HOME", "Where the journals and the search index are kept (default ~/.local/state)."),
     ("PILLARBOX_LOG", "The log filter for the few lines not meant for the screen."),
@@ -565,7 +566,9 @@ const OAUTH2_TEXT: [&str; 5] = [
      to this machine (http://127.0.0.1 or http://localhost, any port; PKCE protects the code). With --device it \
      prints a code to enter on any other device instead. `pillarbox account add` does both for Gmail and Outlook \
      addresses and Microsoft 365 domains.",
-    "The tokens are kept in ~/.local/state/pillarbox/oauth2/NAME.json, readable only by you. Each fetch uses the \
+    "The tokens are kept in the desktop's keyring when one answers on the session bus (the Secret Service of \
+     GNOME Keyring, KeePassXC...), otherwise in ~/.local/state/pillarbox/oauth2/NAME.json, readable only by you \
+     (PILLARBOX_KEYRING=off always uses the file). Each fetch uses the \
      access token while it has more than a minute left, then refreshes it; a provider that rotates refresh tokens \
      gets the new one written (atomically, under a lock that keeps two fetches from spending the same one) \
      before it is used, so `pillarbox fetch --every` goes on for months. When the provider ends the grant \

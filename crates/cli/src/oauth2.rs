@@ -2,8 +2,6 @@
 //! browser and a loopback redirect, or the device flow), and what `account add` knows about the
 //! providers that require OAuth2 for POP.
 
-use std::path::PathBuf;
-
 use anyhow::{Result, bail};
 use pillarbox_accounts::{Account, OAuth2, OAuth2Provider, PasswordSource};
 use pillarbox_oauth::Http;
@@ -60,8 +58,8 @@ pub fn table(account: &Account) -> Option<&OAuth2> {
     }
 }
 
-/// Run the flow for `account` and keep its tokens: the token file.
-pub async fn authorize(account: &Account, o: &OAuth2, device: bool) -> Result<PathBuf, OAuthError> {
+/// Run the flow for `account` and keep its tokens: where they are kept.
+pub async fn authorize(account: &Account, o: &OAuth2, device: bool) -> Result<String, OAuthError> {
     let http = Http::new(None)?;
     let (tokens, _) = if device {
         flow::authorize_device(o, &http, &Terminal).await?
@@ -70,7 +68,7 @@ pub async fn authorize(account: &Account, o: &OAuth2, device: bool) -> Result<Pa
     };
     let store = TokenStore::default();
     flow::keep(&store, &account.name, &tokens)?;
-    Ok(store.path(&account.name))
+    Ok(store.location(&account.name))
 }
 
 /// An OAuth2 failure as the user reads it, and its exit code.
@@ -91,13 +89,11 @@ pub fn command(account: &Account, device: bool) -> Result<u8> {
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match rt.block_on(authorize(account, o, device)) {
-        Ok(path) => {
+        Ok(place) => {
             println!(
-                "Authorized: the tokens of {} are kept in {} (readable only by you) and refreshed when needed. \
-                 `pillarbox fetch {}` logs in with them.",
-                account.name,
-                path.display(),
-                account.name
+                "Authorized: the tokens of {} are kept in {place} (readable only by you) and refreshed when \
+                 needed. `pillarbox fetch {}` logs in with them.",
+                account.name, account.name
             );
             Ok(0)
         }
@@ -111,7 +107,7 @@ pub fn describe(account: &Account, o: &OAuth2) -> String {
     let state = match store.load(&account.name) {
         Ok(Some(t)) => format!(
             "authorized; tokens in {}{}",
-            store.path(&account.name).display(),
+            store.location(&account.name),
             if t.refresh_token.is_some() { ", refreshed when needed" } else { ", with no refresh token" }
         ),
         Ok(None) => format!("not authorized yet: run `pillarbox account authorize {}`", account.name),

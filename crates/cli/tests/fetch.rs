@@ -1150,4 +1150,22 @@ fn an_oauth2_token_from_token_command_logs_in_with_oauthbearer_or_xoauth2() {
         text.contains("refused the OAuth2 token for alice (OAUTHBEARER)") && text.contains("token_command"),
         "{text}"
     );
+    // A token the server takes at AUTH and then refuses every command for (Microsoft's answer to
+    // a token for another mailbox, or a mailbox without POP): check confirms with STAT and says so.
+    std::fs::write(w.join("accounts.toml"), with("echo OTHER-MAILBOX", "")).expect("accounts");
+    let out = Command::new(bin())
+        .args(["check", "--accounts-file"])
+        .arg(w.join("accounts.toml"))
+        .arg("--state-dir")
+        .arg(w.join("state"))
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("took the OAuth2 token at AUTH, then refused the mailbox of alice")
+            && text.contains("not connected")
+            && text.contains("POP is enabled"),
+        "{text}"
+    );
 }

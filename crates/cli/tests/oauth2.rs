@@ -301,9 +301,40 @@ impl ClientSide {
             .arg(self.dir.path().join("accounts.toml"))
             .env("XDG_STATE_HOME", self.dir.path().join("state"))
             .env("SSL_CERT_FILE", &provider.ca)
+            // The token file: a developer's desktop keyring stays out of these tests.
+            .env("PILLARBOX_KEYRING", "off")
             .env_remove("DISPLAY")
             .env_remove("WAYLAND_DISPLAY")
             .env_remove("BROWSER");
+        c
+    }
+
+    /// The same, in a desktop session of its own: a D-Bus session bus with GNOME Keyring's
+    /// Secret Service, unlocked (its keyring file kept in this client's home across sessions).
+    fn in_keyring_session(&self, provider: &Provider, args: &[&str]) -> Command {
+        require_tool("dbus-run-session");
+        require_tool("gnome-keyring-daemon");
+        let (home, run) = (self.dir.path().join("home"), self.dir.path().join("run"));
+        std::fs::create_dir_all(&home).expect("home");
+        std::fs::create_dir_all(&run).expect("runtime dir");
+        std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod");
+        let inner = self.cmd(provider, args);
+        let mut c = Command::new("dbus-run-session");
+        c.args([
+            "--",
+            "sh",
+            "-c",
+            "printf 'keyring password' | gnome-keyring-daemon --unlock --components=secrets >/dev/null && exec \"$@\"",
+            "sh",
+        ])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .envs(inner.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .env_remove("PILLARBOX_KEYRING")
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .env("HOME", &home)
+        .env("XDG_RUNTIME_DIR", &run)
+        .env("XDG_DATA_HOME", home.join(".local/share"));
         c
     }
 
@@ -541,4 +572,69 @@ fn account_add_signs_in_tests_and_saves_an_oauth2_account() {
     assert!(
         String::from_utf8_lossy(&shown.stdout).contains("OAuth2 tokens from custom (client pillarbox-cli): authorized")
     );
+}
+
+#[test]
+fn with_a_desktop_keyring_the_tokens_are_kept_in_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = Provider::start(&dir.path().join("idp"), Options { ttl: 2, ..Options::default() });
+    let pb = server(&provider, false);
+    let client = ClientSide::new(&pb, &provider);
+    let (status, said) =
+        run_signing_in(client.in_keyring_session(&provider, &["account", "authorize", "work"]), &provider, "alice");
+    assert!(status.success(), "{said}");
+    assert!(said.contains("kept in the desktop's keyring"), "{said}");
+    assert!(!client.token_file().exists(), "no token file beside the keyring");
+
+    // Another session (the keyring's file stays in the home folder): fetch refreshes the token
+    // and writes the rotated refresh token back to the keyring.
+    for round in 1..=2 {
+        std::thread::sleep(Duration::from_secs(3));
+        pb.deliver("alice", &message(10 + round));
+        let out = client.in_keyring_session(&provider, &["fetch", "work"]).output().expect("fetch");
+        assert!(out.status.success(), "round {round}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(client.delivered(), 4);
+    assert!(!client.token_file().exists());
+
+    // Without the keyring, the account has no tokens: they were only there.
+    let out = client.cmd(&provider, &["fetch", "work"]).output().expect("fetch");
+    assert_eq!(out.status.code(), Some(77), "{}", String::from_utf8_lossy(&out.stderr));
+    // Removing the account removes its keyring item: the same account added again has none.
+    let accounts = std::fs::read(client.dir.path().join("accounts.toml")).expect("accounts");
+    let out = client.in_keyring_session(&provider, &["account", "remove", "work"]).output().expect("remove");
+    assert!(out.status.success());
+    std::fs::write(client.dir.path().join("accounts.toml"), accounts).expect("accounts again");
+    let out = client.in_keyring_session(&provider, &["fetch", "work"]).output().expect("fetch");
+    assert_eq!(out.status.code(), Some(77), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn account_add_knows_the_providers_that_want_oauth2_and_says_what_it_needs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let add = |address: &str| {
+        let out = Command::new(common::bin())
+            .args(["account", "add", address, "--keep", "delete", "--accounts-file"])
+            .arg(dir.path().join("accounts.toml"))
+            .arg("--deliver-maildir")
+            .arg(dir.path().join("mail"))
+            .env("XDG_STATE_HOME", dir.path().join("state"))
+            .env("PILLARBOX_KEYRING", "off")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("account add");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let gmail = add("me@gmail.com");
+    assert!(
+        gmail.contains("pop.gmail.com:995") && gmail.contains("--client-id") && gmail.contains("app password"),
+        "{gmail}"
+    );
+    for address in ["me@outlook.com", "me@hotmail.co.uk", "me@live.com"] {
+        let said = add(address);
+        assert!(said.contains("outlook.office365.com:995") && said.contains("--client-id"), "{address}: {said}");
+        assert!(!said.contains("app password"), "Microsoft has none for POP: {said}");
+    }
+    assert!(!dir.path().join("accounts.toml").exists(), "nothing saved");
 }

@@ -22,7 +22,9 @@ messages to any number of connections until killed, misbehaving as MODE says:
                   user alice is accepted; any other gets the RFC 7628 error challenge and, after
                   the client's dummy answer, -ERR. An initial response on the AUTH line is refused
                   when that line is longer than 255 octets (RFC 2449 section 4). Each mechanism
-                  used is appended to STATE-FILE.mechs.
+                  used is appended to STATE-FILE.mechs. The token OTHER-MAILBOX is accepted at AUTH,
+                  then every command is refused, as Microsoft does with a token for another
+                  mailbox or a mailbox without POP.
 
 usage: bad_pop3.py PORT MODE STATE-FILE
 Deletions are kept in STATE-FILE (one message number per line) so they survive reconnects.
@@ -67,6 +69,7 @@ def serve(c):
 
     send(b"+OK bad server ready")
     utf8 = False
+    not_connected = False
     marked = set()
     gone = deleted()
     live = [i for i in range(3) if i + 1 not in gone]
@@ -115,11 +118,17 @@ def serve(c):
             if ok_user and good and text.endswith(b"\x01\x01"):
                 send(b"+OK welcome")
                 continue
+            if token == b"OTHER-MAILBOX":
+                send(b"+OK welcome")
+                not_connected = True
+                continue
             status = {"status": "invalid_token", "scope": "https://mail.example/pop"}
             send(b"+ " + base64.b64encode(json.dumps(status).encode()))
             dummy = f.readline().strip()
             expected = b"AQ==" if mech == b"OAUTHBEARER" else b""
             send(b"-ERR [AUTH] invalid token" if dummy == expected else b"-ERR bad dummy response")
+        elif not_connected and verb != b"QUIT":
+            send(b"-ERR User is authenticated but not connected.")
         elif verb in (b"USER", b"PASS") and mode == "oauth":
             send(b"-ERR use SASL")
         elif verb == b"PASS" and mode == "escape":
