@@ -586,7 +586,8 @@ const OAUTH2_TEXT: [&str; 5] = [
      (client) id goes in client_id; there is no secret. For Microsoft 365, POP must be enabled for the mailbox \
      (Exchange admin center) and an administrator may have to consent to the app for the organisation.",
     "Tools that already print tokens (oama, mutt_oauth2.py) can be used instead: token_command = \"oama access \
-     me@gmail.com\".",
+     me@gmail.com\". A custom provider with a private certificate authority is trusted through the system's \
+     store (or SSL_CERT_FILE), as every HTTPS client of the system is.",
 ];
 
 /// The keys of the `[backup]` table.

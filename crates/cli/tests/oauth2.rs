@@ -46,7 +46,13 @@ fn raw_auth(pb: &Pillarbox, mechanism: &str, response: &str) -> (String, Option<
     c.expect_ok();
     let reply = c.cmd(&format!("AUTH {mechanism} {}", b64(response)));
     match reply.strip_prefix("+ ") {
-        None => (reply, None),
+        None => {
+            // Give the maildrop back before the next login.
+            if reply.starts_with("+OK") {
+                c.ok("QUIT");
+            }
+            (reply, None)
+        }
         Some(challenge) => {
             let json = base64::engine::general_purpose::STANDARD.decode(challenge.trim()).expect("base64 challenge");
             let status = serde_json::from_slice(&json).expect("JSON status");
@@ -251,6 +257,39 @@ fn an_unreachable_provider_means_try_later_not_a_failed_login() {
     assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
     assert!(status.is_none());
     assert!(!pb.log().contains("authentication failed"), "nothing was judged: {}", pb.log());
+}
+
+fn capa(pb: &Pillarbox) -> String {
+    let mut c: Client = pb.connect();
+    c.expect_ok();
+    c.ok("CAPA");
+    String::from_utf8_lossy(&c.multiline()).into_owned()
+}
+
+#[test]
+fn oauth2_logins_can_be_turned_on_by_a_reload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = Provider::start(&dir.path().join("idp"), Options::default());
+    let mut pb = Pillarbox::new();
+    pb.start();
+    assert!(!capa(&pb).contains("OAUTHBEARER"), "not configured, not offered");
+    let mut config = std::fs::read_to_string(pb.config_path()).expect("config");
+    config.push_str(&provider.server_section(pb.data(), false));
+    std::fs::write(pb.config_path(), &config).expect("config");
+    pb.signal("HUP");
+    let start = std::time::Instant::now();
+    while !capa(&pb).contains("OAUTHBEARER") && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (reply, _) = raw_auth(&pb, "OAUTHBEARER", &oauthbearer("alice", &provider.access_token("alice")));
+    assert!(reply.starts_with("+OK"), "{reply}");
+    // A broken section is refused with its file, line and field, and changes nothing.
+    std::fs::write(pb.config_path(), config.replace("audience = \"pop3://mail.test\"", "audience = \"\""))
+        .expect("config");
+    pb.signal("HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(pb.log().contains("auth.oauth2.audience"), "{}", pb.log());
+    assert!(capa(&pb).contains("OAUTHBEARER"));
 }
 
 #[test]

@@ -95,9 +95,10 @@ fail_delay_max = "15s"
 # The claim that names the user: email, preferred_username, sub...
 # username_claim = "email"
 # Default: jwks_uri and introspection_endpoint from the discovery document.
-# jwks_url = ""
-# introspection_url = ""
-# client_id = ""
+# jwks_url = "https://id.example.com/jwks"
+# introspection_url = "https://id.example.com/token/introspection"
+# This server's own client at the provider, for introspection.
+# client_id = "pillarbox"
 # client_secret_file = "/etc/pillarbox/oauth2-secret"
 # CA certificates (PEM) for a private issuer, besides the system's.
 # ca_file = ""
