@@ -5,7 +5,8 @@
 //!
 //! The server is stopped when the [`TestPg`] is dropped, and, should the test process die first
 //! (a panic in a static, kill -9), by a watchdog process that waits for the test process and then
-//! stops it.
+//! stops it and removes its folder (a server in a static is never dropped: without this, every
+//! test run would leave its cluster behind).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -97,9 +98,10 @@ impl TestPg {
         );
         let script = format!(
             "while kill -0 {} 2>/dev/null && [ -d {} ]; do sleep 1; done; {stop} >/dev/null 2>&1; \
-             for f in {}/pgbouncer-*.pid; do [ -f \"$f\" ] && kill \"$(cat \"$f\")\"; done",
+             for f in {}/pgbouncer-*.pid; do [ -f \"$f\" ] && kill \"$(cat \"$f\")\"; done; rm -rf {}",
             std::process::id(),
             self.data().display(),
+            self.dir.path().display(),
             self.dir.path().display()
         );
         let _ = Command::new("sh")
