@@ -755,8 +755,13 @@ fn config_check(data_dir: Option<&std::path::Path>, config: Option<&std::path::P
         }
     }
     if let Some(t) = &config.tls {
-        match pillarbox_server::tls::load_pair(&t.cert, &t.key) {
-            Ok(_) => notes.push(format!("TLS certificate {} and key load", t.cert.display())),
+        match pillarbox_server::tls::CertSet::load(t) {
+            Ok(_) if t.names.is_empty() => notes.push(format!("TLS certificate {} and key load", t.cert.display())),
+            Ok(_) => notes.push(format!(
+                "TLS certificate {} and key load, and those for {}",
+                t.cert.display(),
+                t.names.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
+            )),
             Err(e) => problems.push(e.to_string()),
         }
     }

@@ -38,9 +38,16 @@ lmtp_unix_group = ""
 
 [tls]
 # PEM certificate chain and private key. A self-signed pair was generated on first start;
-# replace them with your own (e.g. from Let's Encrypt) for clients on other machines.
+# replace them with your own (e.g. from Let's Encrypt) for clients on other machines. Files
+# replaced on disk are served from the next connection on (checked every few seconds; SIGHUP
+# reads them at once); a pair that does not load is logged and the old one kept.
 cert = "tls/cert.pem"
 key = "tls/key.pem"
+# A certificate per server name: clients that ask for the name (SNI) get it, others get the
+# pair above. "*.example.com" serves every name one label below example.com.
+# [tls.names."pop.example.com"]
+# cert = "tls/pop.example.com.pem"
+# key = "tls/pop.example.com.key"
 
 [pop3]
 # Exclusive access to a maildrop (RFC 1939 section 8): a second session for the same user gets
@@ -517,6 +524,16 @@ impl Default for RawDelivery {
 struct RawTls {
     cert: PathBuf,
     key: PathBuf,
+    /// `[tls.names."pop.example.com"]`: a certificate for the clients that ask for that name.
+    #[serde(default)]
+    names: std::collections::BTreeMap<String, RawPair>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPair {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -707,10 +724,58 @@ pub struct Config {
     pub oauth2: Option<pillarbox_oauth::verify::ServerSettings>,
 }
 
-#[derive(Debug, Clone)]
+/// `[tls]`: the default certificate (for clients that name no server, or one without a
+/// certificate of its own) and one per server name.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsPaths {
     pub cert: PathBuf,
     pub key: PathBuf,
+    pub names: Vec<NamedPair>,
+}
+
+/// A certificate for a server name (`pop.example.com`, or `*.example.com` for every name one
+/// label below).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPair {
+    /// Lower case, without a final dot.
+    pub name: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsPaths {
+    /// Every certificate and key file named, for watching them.
+    pub fn files(&self) -> Vec<&Path> {
+        let mut v = vec![self.cert.as_path(), self.key.as_path()];
+        for n in &self.names {
+            v.push(&n.cert);
+            v.push(&n.key);
+        }
+        v
+    }
+}
+
+/// A server name a certificate may be chosen for: a DNS name, or `*.` and one (RFC 6125
+/// section 6.4.3: the wildcard is the whole leftmost label).
+fn server_name(raw: &str) -> Result<String, String> {
+    let name = raw.trim().trim_end_matches('.').to_ascii_lowercase();
+    let host = name.strip_prefix("*.").unwrap_or(&name);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!(
+            "{raw:?} is an address: clients send only names in SNI (the default certificate serves addresses)"
+        ));
+    }
+    if host.len() > 253 || !host.contains('.') || !host.split('.').all(label_ok) {
+        return Err(format!("{raw:?} is not a server name like \"pop.example.com\" or \"*.example.com\""));
+    }
+    Ok(name)
 }
 
 impl Config {
@@ -844,6 +909,21 @@ impl Config {
         if raw.pop3.expunge_interval.0.is_zero() {
             return Err(field_at(text, path, "pop3", "expunge_interval", "must be more than 0".into()));
         }
+        let tls = match raw.tls.clone() {
+            None => None,
+            Some(t) => {
+                let mut names = Vec::new();
+                for (raw_name, pair) in t.names {
+                    let table = format!("tls.names.\"{raw_name}\"");
+                    let name = server_name(&raw_name).map_err(|e| field_at(text, path, &table, "cert", e))?;
+                    if names.iter().any(|n: &NamedPair| n.name == name) {
+                        return Err(field_at(text, path, &table, "cert", format!("{name} is named twice")));
+                    }
+                    names.push(NamedPair { name, cert: rel(&pair.cert), key: rel(&pair.key) });
+                }
+                Some(TlsPaths { cert: rel(&t.cert), key: rel(&t.key), names })
+            }
+        };
         let oauth2 = match raw.auth.oauth2.clone() {
             None => None,
             Some(o) => Some(oauth2_settings(o, &rel).map_err(|(key, e)| field_at(text, path, "auth.oauth2", key, e))?),
@@ -856,7 +936,7 @@ impl Config {
             lmtp_unix: raw.listen.lmtp_unix.map(|p| rel(&p)),
             lmtp_unix_mode: raw.listen.lmtp_unix_mode.0,
             lmtp_unix_group: Some(raw.listen.lmtp_unix_group.clone()).filter(|g| !g.is_empty()),
-            tls: raw.tls.map(|t| TlsPaths { cert: rel(&t.cert), key: rel(&t.key) }),
+            tls,
             lock: raw.pop3.lock,
             idle_timeout: raw.pop3.idle_timeout.0,
             apop: raw.pop3.apop,

@@ -115,7 +115,7 @@ impl Server {
     /// A server over any service layer (another directory, store or gate).
     pub fn with_services(config: Arc<Config>, services: Arc<Services>) -> Result<Self, ServerError> {
         let certificates = match &config.tls {
-            Some(t) => Some(Certificates::new(tls::load_pair(&t.cert, &t.key)?)),
+            Some(t) => Some(Certificates::new(tls::CertSet::load(t)?)),
             None if !config.pop3s.is_empty() => return Err(ServerError::NoTls),
             None => None,
         };
@@ -158,7 +158,7 @@ impl Server {
     pub fn reload_tls(&self) -> Result<(), tls::TlsError> {
         let config = self.front.config();
         let (Some(t), Some(certs)) = (&config.tls, &self.certificates) else { return Ok(()) };
-        certs.replace(tls::load_pair(&t.cert, &t.key)?);
+        certs.replace(tls::CertSet::load(t)?);
         Ok(())
     }
 
@@ -173,7 +173,7 @@ impl Server {
         // Everything that can fail first, so that a failure changes nothing.
         let verifier = if new.oauth2 != self.front.config().oauth2 { Some(bearer(&new)?) } else { None };
         if let (Some(t), Some(certs)) = (&new.tls, &self.certificates) {
-            certs.replace(tls::load_pair(&t.cert, &t.key)?);
+            certs.replace(tls::CertSet::load(t)?);
         }
         if let Some(verifier) = verifier {
             if let Some(v) = verifier.clone() {
@@ -197,6 +197,9 @@ impl Server {
         tasks.push(tokio::spawn(expunger(self.front.clone(), phase_rx)));
         if let Some(v) = self.front.services.bearer() {
             tokio::spawn(warm_up(v));
+        }
+        if let Some(certs) = self.certificates.clone() {
+            tokio::spawn(watch_certificates(self.front.clone(), certs));
         }
         let stopped = async {
             for t in tasks {
@@ -248,5 +251,39 @@ async fn warm_up(verifier: Arc<dyn pillarbox_core::BearerVerifier>) {
             error = e,
             "the identity provider for OAuth2 logins cannot be reached yet; token logins will be told to try later until it can"
         ),
+    }
+}
+
+/// How often the certificate files are looked at for a renewal.
+const CERTIFICATE_POLL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serve renewed certificates without being told: when a file of `[tls]` changes on disk (a
+/// renewal by certbot or another ACME client), the set is read again and served from the next
+/// handshake. A set that does not load (a key written before its certificate) is logged once and
+/// tried again at the next change or poll; the old one stays in service meanwhile.
+async fn watch_certificates(front: Arc<Frontend>, certs: Arc<Certificates>) {
+    let mut served = front.config().tls.as_ref().map(tls::stamp);
+    let mut reported = None;
+    loop {
+        tokio::time::sleep(CERTIFICATE_POLL).await;
+        let config = front.config();
+        let Some(paths) = &config.tls else { continue };
+        let now = tls::stamp(paths);
+        if Some(&now) == served.as_ref() {
+            continue;
+        }
+        match tls::CertSet::load(paths) {
+            Ok(set) => {
+                certs.replace(set);
+                served = Some(now);
+                reported = None;
+                info!("TLS certificates changed on disk; new connections get the new ones");
+            }
+            Err(e) if reported.as_ref() != Some(&now) => {
+                warn!(error = %e, "TLS certificates changed on disk but cannot be used (yet); the old ones stay in service");
+                reported = Some(now);
+            }
+            Err(_) => {}
+        }
     }
 }

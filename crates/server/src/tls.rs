@@ -1,6 +1,7 @@
 //! TLS for STLS (RFC 2595) and implicit TLS (RFC 8314) with rustls: TLS 1.2 and 1.3 only,
 //! certificate chain and key from PEM files, and the self-signed pair for a new data folder.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -10,6 +11,8 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsPaths;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -53,30 +56,96 @@ pub fn fingerprint(pair: &CertifiedKey) -> Option<[u8; 32]> {
     pair.cert.first().map(|c| Sha256::digest(c.as_ref()).into())
 }
 
+/// The certificates in service: the default, and one per server name (exact names, and
+/// wildcards by the part after `*.`).
+#[derive(Debug)]
+pub struct CertSet {
+    default: Arc<CertifiedKey>,
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl CertSet {
+    /// Only a default certificate.
+    pub fn single(pair: Arc<CertifiedKey>) -> Self {
+        Self { default: pair, exact: HashMap::new(), wildcard: HashMap::new() }
+    }
+
+    /// Every pair of `[tls]` read and checked: all of them, or the first error.
+    pub fn load(paths: &TlsPaths) -> Result<Self, TlsError> {
+        let mut set = Self::single(load_pair(&paths.cert, &paths.key)?);
+        for n in &paths.names {
+            let pair = load_pair(&n.cert, &n.key)?;
+            match n.name.strip_prefix("*.") {
+                Some(suffix) => set.wildcard.insert(suffix.to_owned(), pair),
+                None => set.exact.insert(n.name.clone(), pair),
+            };
+        }
+        Ok(set)
+    }
+
+    /// The certificate for a handshake that asked for `name` (SNI; `None`: it named none): the
+    /// name's own, else a wildcard one label up, else the default.
+    pub fn choose(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = name.map(|n| n.trim_end_matches('.').to_ascii_lowercase()) else {
+            return self.default.clone();
+        };
+        if let Some(c) = self.exact.get(&name) {
+            return c.clone();
+        }
+        if let Some((_, parent)) = name.split_once('.')
+            && let Some(c) = self.wildcard.get(parent)
+        {
+            return c.clone();
+        }
+        self.default.clone()
+    }
+
+    /// The default certificate.
+    pub fn default_pair(&self) -> &Arc<CertifiedKey> {
+        &self.default
+    }
+}
+
 /// Where the server's certificates come from: rustls asks it for every handshake
-/// ([`ResolvesServerCert`]), so a certificate can be replaced (a SIGHUP after a renewal) without
-/// a new TLS configuration, and per-name certificates (SNI) or ACME plug in here. Today it holds
-/// one certificate for every name.
+/// ([`ResolvesServerCert`]), so certificates can be replaced (a renewal, seen on disk or at a
+/// SIGHUP) without a new TLS configuration, and each name a client asks for (SNI) gets its own.
 #[derive(Debug)]
 pub struct Certificates {
-    current: RwLock<Arc<CertifiedKey>>,
+    current: RwLock<Arc<CertSet>>,
 }
 
 impl Certificates {
-    pub fn new(pair: Arc<CertifiedKey>) -> Arc<Self> {
-        Arc::new(Self { current: RwLock::new(pair) })
+    pub fn new(set: CertSet) -> Arc<Self> {
+        Arc::new(Self { current: RwLock::new(Arc::new(set)) })
     }
 
-    /// Serve `pair` from the next handshake on; sessions already open keep theirs.
-    pub fn replace(&self, pair: Arc<CertifiedKey>) {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = pair;
+    /// Serve `set` from the next handshake on; sessions already open keep theirs.
+    pub fn replace(&self, set: CertSet) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
+    }
+
+    /// The set in service.
+    pub fn current(&self) -> Arc<CertSet> {
+        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 
 impl ResolvesServerCert for Certificates {
-    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(PoisonError::into_inner).clone())
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current().choose(client_hello.server_name()))
     }
+}
+
+/// What the certificate files are on disk (size, modification time, inode, per file), to see
+/// a renewal without being told: equal stamps, same files.
+pub fn stamp(paths: &TlsPaths) -> Vec<Option<(u64, i128, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    paths
+        .files()
+        .iter()
+        .map(|p| std::fs::metadata(p).ok().map(|m| (m.len(), pillarbox_os::mtime_ns(&m), m.ino())))
+        .collect()
 }
 
 /// The TLS acceptor for STLS and POP3S: TLS 1.2 and 1.3 only (all rustls speaks), server
@@ -111,6 +180,49 @@ pub fn generate_self_signed(cert: &Path, key: &Path) -> Result<(), TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_name_gets_its_certificate_and_the_rest_the_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pair = |stem: &str| {
+            let (c, k) = (dir.path().join(format!("{stem}.crt")), dir.path().join(format!("{stem}.key")));
+            generate_self_signed(&c, &k).expect("generate");
+            (c, k)
+        };
+        let named = |name: &str, stem: &str| {
+            let (cert, key) = pair(stem);
+            crate::config::NamedPair { name: name.into(), cert, key }
+        };
+        let (cert, key) = pair("default");
+        let paths = TlsPaths {
+            cert,
+            key,
+            names: vec![named("pop.a.test", "a"), named("*.b.test", "b"), named("b.test", "apex")],
+        };
+        let set = CertSet::load(&paths).expect("loads");
+        let fp = |name: Option<&str>| fingerprint(&set.choose(name));
+        let of = |stem: &str| {
+            let p = dir.path();
+            fingerprint(&load_pair(&p.join(format!("{stem}.crt")), &p.join(format!("{stem}.key"))).expect("pair"))
+        };
+        assert_eq!(fp(Some("pop.a.test")), of("a"));
+        assert_eq!(fp(Some("POP.A.TEST.")), of("a"), "names compare without case or a final dot");
+        assert_eq!(fp(Some("pop.b.test")), of("b"));
+        assert_eq!(fp(Some("b.test")), of("apex"), "a wildcard is not its own apex");
+        assert_eq!(fp(Some("x.pop.b.test")), of("default"), "a wildcard covers one label only");
+        assert_eq!(fp(Some("other.test")), of("default"));
+        assert_eq!(fp(None), of("default"));
+        // One pair that does not load and the set is refused whole.
+        let broken = TlsPaths {
+            names: vec![crate::config::NamedPair {
+                name: "x.test".into(),
+                cert: paths.key.clone(),
+                key: paths.key.clone(),
+            }],
+            ..paths.clone()
+        };
+        assert!(CertSet::load(&broken).is_err());
+    }
 
     #[test]
     fn generated_pair_loads() {
