@@ -82,6 +82,9 @@ enum Command {
     /// The server configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The mail domains this server serves: what to publish in DNS for them.
+    #[command(subcommand)]
+    Domain(DomainCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell), e.g.
     /// `pillarbox completions bash > /etc/bash_completion.d/pillarbox`.
     Completions { shell: clap_complete::Shell },
@@ -140,6 +143,14 @@ struct ServeArgs {
     /// Listen for LMTP on this Unix socket instead of the configured one.
     #[arg(long, value_name = "PATH")]
     lmtp_unix: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum DomainCommand {
+    /// Print the DNS records (zone file syntax) that lead mail clients of DOMAIN to this server
+    /// and to its autoconfiguration: SRV records for POP3S and POP3 (RFC 6186), and the
+    /// autoconfig and autodiscover names.
+    Dns { domain: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -306,6 +317,7 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
+const EX_USAGE: u8 = 64;
 const EX_DATAERR: u8 = 65;
 const EX_NOUSER: u8 = 67;
 const EX_CANTCREAT: u8 = 73;
@@ -413,6 +425,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             user::deliver(&server()?.0, &user, max_size)
         }
         Command::Db(cmd) => db::command(&load_config_only(data_dir.as_deref(), config.as_deref())?, cmd),
+        Command::Domain(DomainCommand::Dns { domain }) => {
+            let config = load_config_only(data_dir.as_deref(), config.as_deref())?;
+            let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+            if domain.is_empty() || !domain.contains('.') {
+                return Err(Exit(EX_USAGE, format!("{domain:?} is not a mail domain like example.com")).into());
+            }
+            let certs = config.tls.as_ref().and_then(|t| pillarbox_server::tls::CertSet::load(t).ok());
+            let host = pillarbox_server::autoconfig::pop_host(&config, certs.as_ref(), &pillarbox_os::host_name());
+            let offer = pillarbox_server::autoconfig::Offer::new(&config, &domain, &host);
+            print!("{}", pillarbox_server::autoconfig::dns_records(&offer, config.https.first().map(|a| a.port())));
+            if !config.delivery.domains.is_empty() && !config.delivery.domains.contains(&domain) {
+                eprintln!("pillarbox: note: {domain} is not in [delivery] domains: mail for it is not delivered here");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Migrate(MigrateCommand::Verify { dovecot, pillarbox, user, password_stdin, insecure }) => {
             let config = server()?.0;
             let new = pillarbox
@@ -493,6 +520,25 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs, json: bool) ->
                 serde_json::json!({ "service": "metrics", "address": at.to_string() }),
             );
             server.serve_metrics(listener);
+        }
+        for (addrs, service, scheme) in [(&config.https, "https", "https"), (&config.http, "http", "http")] {
+            for addr in addrs.iter() {
+                let listener = pillarbox_server::metrics::bind(*addr)
+                    .await
+                    .map_err(|e| Exit(EX_UNAVAILABLE, cannot_listen(&config, &addr.to_string(), &e)))?;
+                let at = listener.local_addr()?;
+                let what = if service == "https" { "mail clients' autoconfiguration" } else { "redirects to HTTPS" };
+                say.line(
+                    "listening",
+                    &format!("{service} listening on {scheme}://{at}/ ({what})"),
+                    serde_json::json!({ "service": service, "address": at.to_string() }),
+                );
+                if service == "https" {
+                    server.serve_https(listener)?;
+                } else {
+                    server.serve_http(listener);
+                }
+            }
         }
         // Every socket is open: give up root before reading a byte from anyone.
         match pillarbox_server::privileges::drop_to(config.run_as.as_ref()) {
@@ -682,6 +728,10 @@ fn listener_setting(config: &Config, addr: &str) -> &'static str {
         "[listen] pop3s in the configuration, or --pop3s ADDRESS"
     } else if is(&config.lmtp) {
         "[listen] lmtp in the configuration, or --lmtp ADDRESS"
+    } else if is(&config.https) {
+        "[listen] https in the configuration"
+    } else if is(&config.http) {
+        "[listen] http in the configuration"
     } else {
         "[listen] lmtp_unix in the configuration, or --lmtp-unix PATH"
     }

@@ -35,6 +35,12 @@ lmtp = ["127.0.0.1:2424"]
 # lmtp_unix = "/var/spool/postfix/private/pillarbox-lmtp"
 lmtp_unix_mode = "0660"
 lmtp_unix_group = ""
+# HTTPS for mail clients that set themselves up (Thunderbird's autoconfig, Outlook's
+# Autodiscover), with the [tls] certificates; point autoconfig.DOMAIN and autodiscover.DOMAIN
+# at it (`pillarbox domain dns DOMAIN` prints the records). The standard port is 443. Empty: off.
+https = []
+# Plain HTTP, which only redirects to HTTPS. The standard port is 80. Empty: off.
+http = []
 
 [tls]
 # PEM certificate chain and private key. A self-signed pair was generated on first start;
@@ -191,6 +197,17 @@ password_query = ""
 # defaults), e.g. "SELECT quota, 0 FROM mailbox WHERE username = $1".
 user_query = ""
 
+[autoconfig]
+# What the autoconfiguration answers ([listen] https) tell mail clients besides the POP3
+# listeners, the login mechanisms and the retention they read from this configuration.
+# The POP3 server's name (empty: the first name of the [tls] certificate, else this machine's).
+pop_host = ""
+# The outgoing server, which every answer must name (empty: smtp.DOMAIN), its port, and
+# "starttls", "implicit" or "none".
+smtp_host = ""
+smtp_port = 587
+smtp_tls = "starttls"
+
 [metrics]
 # Prometheus metrics at http://ADDRESS/metrics, e.g. "127.0.0.1:9110"; empty: off. They carry no
 # user names or addresses; keep the address private all the same.
@@ -303,6 +320,8 @@ struct RawConfig {
     #[serde(default)]
     metrics: RawMetrics,
     #[serde(default)]
+    autoconfig: RawAutoconfig,
+    #[serde(default)]
     process: RawProcess,
 }
 
@@ -387,6 +406,34 @@ impl fmt::Debug for DatabaseConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAutoconfig {
+    pop_host: String,
+    smtp_host: String,
+    smtp_port: u16,
+    smtp_tls: String,
+}
+
+impl Default for RawAutoconfig {
+    fn default() -> Self {
+        Self { pop_host: String::new(), smtp_host: String::new(), smtp_port: 587, smtp_tls: "starttls".into() }
+    }
+}
+
+/// `[autoconfig]`: what the autoconfiguration answers name besides this server's own listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoconfigSettings {
+    /// The POP3 server's name as clients should use it (`None`: the first name of the default
+    /// certificate, else this machine's name).
+    pub pop_host: Option<String>,
+    /// The outgoing (SMTP) server every answer must name (`None`: `smtp.DOMAIN`).
+    pub smtp_host: Option<String>,
+    pub smtp_port: u16,
+    /// `starttls`, `implicit` or `none`.
+    pub smtp_tls: String,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawMetrics {
@@ -437,6 +484,10 @@ struct RawListen {
     lmtp_unix_mode: FileMode,
     #[serde(default)]
     lmtp_unix_group: String,
+    #[serde(default)]
+    http: Vec<SocketAddr>,
+    #[serde(default)]
+    https: Vec<SocketAddr>,
 }
 
 fn default_socket_mode() -> FileMode {
@@ -712,6 +763,10 @@ pub struct Config {
     pub log_level: String,
     /// Where Prometheus metrics are served (`[metrics] listen`), if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// HTTP (redirects to HTTPS) and HTTPS (autoconfiguration) listeners.
+    pub http: Vec<SocketAddr>,
+    pub https: Vec<SocketAddr>,
+    pub autoconfig: AutoconfigSettings,
     /// The user and group to run as after binding (`[process]`), if set.
     pub run_as: Option<(String, Option<String>)>,
     /// The rules of delivery (domains, sizes, quotas), as the service layer applies them.
@@ -909,6 +964,34 @@ impl Config {
         if raw.pop3.expunge_interval.0.is_zero() {
             return Err(field_at(text, path, "pop3", "expunge_interval", "must be more than 0".into()));
         }
+        if !raw.listen.https.is_empty() && raw.tls.is_none() {
+            return Err(invalid("[listen] https needs a [tls] section with cert and key".into()));
+        }
+        let autoconfig = {
+            let a = &raw.autoconfig;
+            let host = |key: &str, h: &str| -> Result<Option<String>, ConfigError> {
+                let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+                if h.is_empty() {
+                    return Ok(None);
+                }
+                server_name(&h).map(Some).map_err(|e| field_at(text, path, "autoconfig", key, e))
+            };
+            if !["starttls", "implicit", "none"].contains(&a.smtp_tls.as_str()) {
+                return Err(field_at(
+                    text,
+                    path,
+                    "autoconfig",
+                    "smtp_tls",
+                    "use \"starttls\", \"implicit\" or \"none\"".into(),
+                ));
+            }
+            AutoconfigSettings {
+                pop_host: host("pop_host", &a.pop_host)?,
+                smtp_host: host("smtp_host", &a.smtp_host)?,
+                smtp_port: a.smtp_port,
+                smtp_tls: a.smtp_tls.clone(),
+            }
+        };
         let tls = match raw.tls.clone() {
             None => None,
             Some(t) => {
@@ -966,6 +1049,9 @@ impl Config {
             shutdown_grace: raw.limits.shutdown_grace.0,
             log_level: raw.log.level.clone(),
             metrics,
+            http: raw.listen.http.clone(),
+            https: raw.listen.https.clone(),
+            autoconfig,
             run_as: (!raw.process.user.trim().is_empty()).then(|| {
                 let g = raw.process.group.trim();
                 (raw.process.user.trim().to_owned(), (!g.is_empty()).then(|| g.to_owned()))
@@ -1062,6 +1148,9 @@ impl Config {
             shutdown_grace: _,
             log_level: _,
             metrics: _,
+            http: _,
+            https: _,
+            autoconfig: _,
             run_as: _,
             delivery:
                 pillarbox_core::DeliveryPolicy {
@@ -1113,6 +1202,8 @@ impl Config {
             max_connections => "[limits] max_connections",
             lmtp_max_connections => "[limits] lmtp_max_connections",
             metrics => "[metrics] listen",
+            http => "[listen] http",
+            https => "[listen] https",
             run_as => "[process] user / group",
             database => "[database]",
         }
@@ -1131,6 +1222,7 @@ impl Config {
             fail_delay => "[auth] fail_delay",
             fail_delay_max => "[auth] fail_delay_max",
             oauth2 => "[auth.oauth2]",
+            autoconfig => "[autoconfig]",
             delivery.domains => "[delivery] domains",
             delivery.recipient_delimiter => "[delivery] recipient_delimiter",
             delivery.max_message_size => "[delivery] max_message_size",

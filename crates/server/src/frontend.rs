@@ -17,6 +17,13 @@ pub(crate) struct Frontend {
     pub(crate) settings: RwLock<Arc<Config>>,
     /// For STLS and POP3S; `None` without a `[tls]` section.
     pub(crate) tls: Option<TlsAcceptor>,
+    /// The certificates behind it.
+    pub(crate) certificates: Option<Arc<crate::tls::Certificates>>,
+    /// The ports the POP3 and POP3S listeners really have (a configured port 0 is chosen when
+    /// binding), for what clients are told to use.
+    pub(crate) ports: RwLock<(Option<u16>, Option<u16>)>,
+    /// The first HTTPS listener's port, for redirects from HTTP.
+    pub(crate) https_port: RwLock<Option<u16>>,
     /// One permit per open POP3 connection (`max_connections`).
     pub(crate) connections: Arc<Semaphore>,
     /// One permit per open LMTP connection (`lmtp_max_connections`): a pool of its own, so that

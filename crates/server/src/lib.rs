@@ -7,9 +7,11 @@
 //! (listeners and limits), `server` (all of it run together).
 #![forbid(unsafe_code)]
 
+pub mod autoconfig;
 pub mod config;
 pub mod datadir;
 mod frontend;
+mod http;
 mod listen;
 mod lmtp;
 pub mod metrics;

@@ -19,6 +19,8 @@ use crate::tls::{self, Certificates};
 
 /// POP3S connections over a limit that may be in a TLS handshake at once, just to be refused.
 const REFUSAL_HANDSHAKES: usize = 32;
+/// HTTP(S) connections served at once on each of those listeners.
+const HTTP_CONNECTIONS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -122,6 +124,12 @@ impl Server {
         let front = Frontend {
             services,
             tls: certificates.clone().map(tls::acceptor),
+            certificates: certificates.clone(),
+            https_port: std::sync::RwLock::new(config.https.first().map(|a| a.port())),
+            ports: std::sync::RwLock::new((
+                config.pop3.first().map(|a| a.port()),
+                config.pop3s.first().map(|a| a.port()),
+            )),
             connections: Arc::new(Semaphore::new(config.max_connections)),
             lmtp_connections: Arc::new(Semaphore::new(config.lmtp_max_connections)),
             refusals: Arc::new(Semaphore::new(REFUSAL_HANDSHAKES)),
@@ -137,7 +145,33 @@ impl Server {
     /// Serve the Prometheus metrics on `listener` (from [`crate::metrics::bind`]) in the
     /// background.
     pub fn serve_metrics(&self, listener: tokio::net::TcpListener) {
-        tokio::spawn(crate::metrics::serve(listener, self.front.services.metrics.clone()));
+        let site = crate::http::Site::Metrics(self.front.services.metrics.clone());
+        // A scraper or two is the normal load.
+        tokio::spawn(crate::http::serve(listener, site, None, 8));
+    }
+
+    /// Serve mail clients' autoconfiguration over HTTPS (`[listen] https`) on `listener` in the
+    /// background, with the `[tls]` certificates.
+    pub fn serve_https(&self, listener: tokio::net::TcpListener) -> Result<(), ServerError> {
+        let tls = self.front.tls.clone().ok_or(ServerError::NoTls)?;
+        let mut first = self.front.https_port.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if first.is_none_or(|p| p == 0) {
+            *first = listener.local_addr().ok().map(|a| a.port());
+        }
+        drop(first);
+        let site = crate::http::Site::Autoconfig(self.front.clone());
+        tokio::spawn(crate::http::serve(listener, site, Some(tls), HTTP_CONNECTIONS));
+        Ok(())
+    }
+
+    /// Serve plain HTTP (`[listen] http`), which redirects to HTTPS, on `listener`.
+    pub fn serve_http(&self, listener: tokio::net::TcpListener) {
+        tokio::spawn(crate::http::serve(
+            listener,
+            crate::http::Site::Redirect(self.front.clone()),
+            None,
+            HTTP_CONNECTIONS,
+        ));
     }
 
     /// Check the user directory now (the user file is also re-read whenever it changes): the
@@ -189,6 +223,15 @@ impl Server {
     /// Serve until `signal` completes, then drain: stop accepting, let open sessions go on for
     /// the configured grace period, then close the rest without entering UPDATE.
     pub async fn run(&self, listeners: Listeners, signal: impl Future<Output = ()>) {
+        let port = |service| {
+            listeners
+                .local_addrs()
+                .into_iter()
+                .find(|(s, _)| *s == service)
+                .and_then(|(_, a)| a.parse::<std::net::SocketAddr>().ok().map(|a| a.port()))
+        };
+        let ports = (port(crate::listen::Service::Pop3), port(crate::listen::Service::Pop3s));
+        *self.front.ports.write().unwrap_or_else(std::sync::PoisonError::into_inner) = ports;
         let (phase_tx, phase_rx) = watch::channel(Phase::Running);
         let mut tasks = Vec::new();
         for (service, listener) in listeners.bound {

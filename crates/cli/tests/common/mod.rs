@@ -70,6 +70,9 @@ pub struct Pillarbox {
     pub lmtp: Option<SocketAddr>,
     /// The Prometheus endpoint, when `[metrics] listen` is set.
     pub metrics: Option<SocketAddr>,
+    /// The HTTPS and HTTP listeners, when `[listen] https` and `http` are set.
+    pub https: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
     stderr_path: PathBuf,
     /// In cluster mode, the node's database on the shared test PostgreSQL.
     pub database: Option<String>,
@@ -100,6 +103,8 @@ impl Pillarbox {
             pop3s: None,
             lmtp: None,
             metrics: None,
+            https: None,
+            http: None,
             stderr_path,
             database: None,
             second: None,
@@ -303,8 +308,13 @@ impl Pillarbox {
                 continue;
             }
             let addr = || line.split_whitespace().nth(4).and_then(|a| a.parse::<SocketAddr>().ok());
+            let url_addr = |rest: &str| rest.split(['/', ' ']).next().and_then(|a| a.parse::<SocketAddr>().ok());
             if let Some(url) = line.strip_prefix("pillarbox: metrics listening on http://") {
                 self.metrics = url.trim_end_matches("/metrics").parse().ok();
+            } else if let Some(rest) = line.strip_prefix("pillarbox: https listening on https://") {
+                self.https = url_addr(rest);
+            } else if let Some(rest) = line.strip_prefix("pillarbox: http listening on http://") {
+                self.http = url_addr(rest);
             } else if line.starts_with("pillarbox: pop3 listening on") {
                 pop3 = addr();
             } else if line.starts_with("pillarbox: pop3s listening on") {

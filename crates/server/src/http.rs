@@ -1,0 +1,200 @@
+//! One small HTTP stack for what the server answers over HTTP besides POP3 and LMTP: the
+//! metrics (`[metrics] listen`), the autoconfiguration of mail clients over HTTPS (`[listen]
+//! https`, with the `[tls]` certificates and their SNI names), and plain HTTP (`[listen] http`),
+//! which only redirects to HTTPS. A listener each, one connection loop, and a router per site.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+use crate::autoconfig::{self, Offer};
+use crate::frontend::Frontend;
+
+/// What a listener serves.
+#[derive(Clone)]
+pub(crate) enum Site {
+    /// `GET /metrics`.
+    Metrics(Arc<pillarbox_core::Metrics>),
+    /// Autoconfig and Autodiscover, over TLS.
+    Autoconfig(Arc<Frontend>),
+    /// Everything redirected to HTTPS.
+    Redirect(Arc<Frontend>),
+}
+
+/// Longest request body read (an Autodiscover request is a few hundred octets).
+const MAX_BODY: usize = 16 * 1024;
+
+type Answer = Response<Full<Bytes>>;
+
+fn answer(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Answer {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    if let Ok(v) = content_type.parse() {
+        h.insert(hyper::header::CONTENT_TYPE, v);
+    }
+    h.insert(hyper::header::X_CONTENT_TYPE_OPTIONS, hyper::header::HeaderValue::from_static("nosniff"));
+    r
+}
+
+fn not_found() -> Answer {
+    answer(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n")
+}
+
+/// Serve `site` on `listener` (over TLS with `tls`) until the task is dropped, `slots`
+/// connections at once (the rest wait in the kernel's queue).
+pub(crate) async fn serve(listener: TcpListener, site: Site, tls: Option<TlsAcceptor>, slots: usize) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(slots));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                warn!(error = %e, "http: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (site, tls) = (site.clone(), tls.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let site = site.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(&site, req, peer).await) }
+            });
+            let builder = hyper::server::conn::http1::Builder::new();
+            let served = match tls {
+                None => {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    tokio::time::timeout(Duration::from_secs(30), builder.serve_connection(io, service)).await
+                }
+                Some(acceptor) => {
+                    let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
+                    else {
+                        debug!(client = %peer, "https: TLS handshake failed");
+                        return;
+                    };
+                    let io = hyper_util::rt::TokioIo::new(tls);
+                    tokio::time::timeout(Duration::from_secs(30), builder.serve_connection(io, service)).await
+                }
+            };
+            if let Ok(Err(e)) = served {
+                debug!(client = %peer, error = %e, "http: connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn route(site: &Site, req: Request<Incoming>, peer: SocketAddr) -> Answer {
+    match site {
+        Site::Metrics(m) if req.uri().path() == "/metrics" && req.method() == Method::GET => {
+            answer(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", m.render())
+        }
+        Site::Metrics(_) => answer(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "see /metrics\n"),
+        Site::Redirect(front) => redirect(front, &req),
+        Site::Autoconfig(front) => {
+            let a = autoconfigure(front, req).await;
+            debug!(client = %peer, status = a.status().as_u16(), "autoconfig");
+            a
+        }
+    }
+}
+
+/// The host a request was sent to, without its port, lower case.
+fn host_of<B>(req: &Request<B>) -> Option<String> {
+    let host = req.headers().get(hyper::header::HOST)?.to_str().ok()?;
+    let host = match host.strip_prefix('[') {
+        // An IPv6 literal, [::1]:443.
+        Some(v6) => v6.split(']').next()?,
+        None => host.split(':').next()?,
+    };
+    Some(host.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// Plain HTTP: to the same place over HTTPS (308 keeps the method of an Autodiscover POST).
+fn redirect<B>(front: &Frontend, req: &Request<B>) -> Answer {
+    let https = *front.https_port.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (Some(host), Some(https)) = (host_of(req), https) else { return not_found() };
+    let port = if https == 443 { String::new() } else { format!(":{https}") };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut r = answer(StatusCode::PERMANENT_REDIRECT, "text/plain; charset=utf-8", "over HTTPS\n");
+    if let Ok(v) = format!("https://{host}{port}{path}").parse() {
+        r.headers_mut().insert(hyper::header::LOCATION, v);
+    }
+    r
+}
+
+/// Whether autoconfiguration is answered for `domain`: one that is delivered here (`[delivery]
+/// domains`; every domain when that list is empty).
+fn serves(front: &Frontend, domain: &str) -> bool {
+    let domains = &front.services.policy().delivery.domains;
+    !domain.is_empty() && (domains.is_empty() || domains.iter().any(|d| d == domain))
+}
+
+/// The POP3 server's name for clients (see [`autoconfig::pop_host`]).
+fn pop_host(front: &Frontend) -> String {
+    let set = front.certificates.as_ref().map(|c| c.current());
+    autoconfig::pop_host(&front.config(), set.as_deref(), &front.services.hostname)
+}
+
+fn domain_of(address: &str) -> Option<String> {
+    let (local, domain) = address.trim().rsplit_once('@')?;
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    (!local.is_empty() && !domain.is_empty() && domain.chars().all(|c| c.is_ascii_alphanumeric() || ".-".contains(c)))
+        .then_some(domain)
+}
+
+async fn autoconfigure(front: &Arc<Frontend>, req: Request<Incoming>) -> Answer {
+    let path = req.uri().path().to_ascii_lowercase();
+    let config = front.config();
+    let (pop3, pop3s) = *front.ports.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let offer = |domain: &str| {
+        let mut o = Offer::new(&config, domain, &pop_host(front));
+        // The ports the listeners really have.
+        o.pop3s_port = o.pop3s_port.and(pop3s);
+        o.pop3_starttls_port = o.pop3_starttls_port.and(pop3);
+        o
+    };
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/mail/config-v1.1.xml" | "/.well-known/autoconfig/mail/config-v1.1.xml") => {
+            let query = req.uri().query().unwrap_or("");
+            let address =
+                query.split('&').find_map(|kv| kv.strip_prefix("emailaddress=")).map(|a| a.replace("%40", "@"));
+            // Without an address, the domain is the one whose autoconfig name was asked.
+            let domain = match address {
+                Some(a) => domain_of(&a),
+                None => host_of(&req).map(|h| h.strip_prefix("autoconfig.").map(str::to_owned).unwrap_or(h)),
+            };
+            match domain.filter(|d| serves(front, d)) {
+                Some(d) => {
+                    answer(StatusCode::OK, "application/xml; charset=utf-8", autoconfig::thunderbird(&offer(&d)))
+                }
+                None => not_found(),
+            }
+        }
+        (&Method::POST, "/autodiscover/autodiscover.xml") => {
+            let Ok(body) = Limited::new(req.into_body(), MAX_BODY).collect().await else {
+                return answer(StatusCode::PAYLOAD_TOO_LARGE, "text/plain; charset=utf-8", "too large\n");
+            };
+            let body = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+            let Some(address) = autoconfig::autodiscover_address(&body) else {
+                return answer(StatusCode::BAD_REQUEST, "text/plain; charset=utf-8", "no EMailAddress\n");
+            };
+            match domain_of(&address).filter(|d| serves(front, d)) {
+                Some(d) => {
+                    answer(StatusCode::OK, "text/xml; charset=utf-8", autoconfig::autodiscover(&offer(&d), &address))
+                }
+                None => not_found(),
+            }
+        }
+        _ => not_found(),
+    }
+}
