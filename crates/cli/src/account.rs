@@ -572,6 +572,8 @@ fn add(args: AddArgs) -> Result<u8> {
     // 1. The server: given, known (the providers that require OAuth2), or discovered.
     let mut server = args.server.clone();
     let mut provider = args.oauth2.as_deref().map(provider_named);
+    // The user name an autoconfig file gives for the address.
+    let mut suggested_user: Option<String> = None;
     let host = match (&args.server.host, crate::oauth2::preset(domain, None)) {
         (Some(h), _) => h.clone(),
         (None, Some((known, host))) => {
@@ -590,7 +592,7 @@ fn add(args: AddArgs) -> Result<u8> {
         }
         (None, None) => {
             eprintln!("Looking for the POP3 server of {domain}...");
-            let found = rt.block_on(discover::discover(domain, &resolver, timeout));
+            let found = rt.block_on(discover::discover(&args.email, domain, &resolver, timeout));
             for n in &found.notes {
                 eprintln!("  {n}");
             }
@@ -602,9 +604,14 @@ fn add(args: AddArgs) -> Result<u8> {
                     usable = Some(f);
                     break;
                 }
+                let why = if f.via.starts_with("SRV") {
+                    "DNS answers are not authenticated (no DNSSEC)".to_owned()
+                } else {
+                    format!("that answer did not come over HTTPS from {domain} itself")
+                };
                 eprintln!(
-                    "{} names {}:{}, which is outside {domain}. DNS answers are not authenticated \
-                     (no DNSSEC), so this may be someone else's server that would receive your password.",
+                    "{} names {}:{}, which is outside {domain}. {why}, so this may be someone else's server that \
+                     would receive your password.",
                     f.via, f.host, f.port
                 );
                 if prompt.interactive && prompt.yes(&format!("Use {} for {domain}?", f.host))? {
@@ -618,6 +625,7 @@ fn add(args: AddArgs) -> Result<u8> {
             match usable {
                 Some(f) => {
                     eprintln!("Found {}:{} ({}), via {}", f.host, f.port, mode_name(f.tls), f.via);
+                    suggested_user.clone_from(&f.username);
                     server.port = server.port.or(Some(f.port));
                     server.tls = server.tls.or_else(|| Some(f.tls.as_str().to_owned()));
                     prompt.ask("POP3 server", &f.host)?
@@ -674,8 +682,8 @@ fn add(args: AddArgs) -> Result<u8> {
         Some(u) => vec![u.clone()],
         None if oauth2.is_some() => vec![args.email.clone()],
         None => {
-            let u = prompt.ask("User name", &args.email)?;
-            if u == args.email { vec![u, local.to_owned()] } else { vec![u] }
+            let u = prompt.ask("User name", suggested_user.as_deref().unwrap_or(&args.email))?;
+            if u == args.email && suggested_user.is_none() { vec![u, local.to_owned()] } else { vec![u] }
         }
     };
 

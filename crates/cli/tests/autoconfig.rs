@@ -150,3 +150,88 @@ fn domain_dns_prints_the_records_clients_look_up() {
     let out = pb.run(&["domain", "dns", "other.test"], b"");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not in [delivery] domains"));
 }
+
+/// `account add` on an address whose domain has nothing but its autoconfig listener: no SRV
+/// records, no usual names, a POP3S port nobody would guess. The private DNS server knows only
+/// autoconfig.customer.test and pop.customer.test.
+#[test]
+fn account_add_finds_the_server_through_the_domains_autoconfig_alone() {
+    require_tool("curl");
+    let ip = "127.44.3.1";
+    let mut pb = Pillarbox::new();
+    pb.add_user("me", common::PASSWORD);
+    pb.deliver("me", &common::message(1));
+    let dir = pb.data().join("names");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let ca = TestCa::new(&dir);
+    let auto = ca.issue(&dir, "auto", &["autoconfig.customer.test"], CURRENT);
+    let pop = ca.issue(&dir, "pop", &["pop.customer.test"], CURRENT);
+    pb.edit_config("https = []", &format!("https = [\"{ip}:443\"]"));
+    pb.edit_config("domains = []", "domains = [\"customer.test\", \"other.test\"]");
+    pb.edit_config("pop_host = \"\"", "pop_host = \"pop.customer.test\"");
+    let mx = ca.issue(&dir, "mx", &["autoconfig.mailhost.test"], CURRENT);
+    let mut config = std::fs::read_to_string(pb.config_path()).expect("config");
+    for (name, pair) in
+        [("autoconfig.customer.test", &auto), ("pop.customer.test", &pop), ("autoconfig.mailhost.test", &mx)]
+    {
+        config.push_str(&format!(
+            "\n[tls.names.\"{name}\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+            pair.cert.display(),
+            pair.key.display()
+        ));
+    }
+    std::fs::write(pb.config_path(), config).expect("config");
+    pb.start_on(ip, &[]);
+    let dns = common::dns::Dns::start(
+        "customer.test",
+        &[
+            format!("--host-record=autoconfig.customer.test,{ip}"),
+            format!("--host-record=pop.customer.test,{ip}"),
+            // other.test's mail runs at mailhost.test, whose autoconfig names pop.customer.test.
+            "--mx-host=other.test,mx1.mailhost.test,10".into(),
+            format!("--host-record=autoconfig.mailhost.test,{ip}"),
+        ],
+    );
+    let work = tempfile::tempdir().expect("tempdir");
+    let add = |address: &str| {
+        Command::new(common::bin())
+            .args(["account", "add", address, "--password-env", "PB_PASSWORD", "--keep", "delete"])
+            .arg("--deliver-maildir")
+            .arg(work.path().join("mail"))
+            .arg("--accounts-file")
+            .arg(work.path().join("accounts.toml"))
+            .args(["--dns-server", &dns.addr.to_string()])
+            .env("PB_PASSWORD", common::PASSWORD)
+            .env("SSL_CERT_FILE", &ca.pem)
+            .env("XDG_STATE_HOME", work.path().join("state"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("account add")
+    };
+    // Found through the MX's domain, outside other.test: not used without the user's word.
+    let out = add("me@other.test");
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("via the autoconfig file at https://autoconfig.mailhost.test/mail/config-v1.1.xml")
+            || said.contains("the autoconfig file at https://autoconfig.mailhost.test/mail/config-v1.1.xml names"),
+        "{said}"
+    );
+    assert!(
+        said.contains("did not come over HTTPS from other.test itself")
+            && said.contains("not used without confirmation"),
+        "{said}"
+    );
+
+    let out = add("me@customer.test");
+    let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    let port = pb.pop3s.expect("pop3s").port();
+    assert!(
+        said.contains(&format!("Found pop.customer.test:{port} (implicit TLS), via the autoconfig file at https://autoconfig.customer.test/mail/config-v1.1.xml")),
+        "{said}"
+    );
+    let saved = std::fs::read_to_string(work.path().join("accounts.toml")).expect("saved");
+    assert!(saved.contains("host = \"pop.customer.test\"") && saved.contains(&format!("port = {port}")), "{saved}");
+    assert!(saved.contains("username = \"me\""), "the autoconfig file's user name: {saved}");
+}

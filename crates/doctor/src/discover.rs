@@ -1,6 +1,7 @@
-//! Finding an address's POP3 server: SRV records first (RFC 6186, implicit TLS preferred as
-//! RFC 8314 asks), then the usual names, each probed on 995 (implicit TLS) before 110 (STLS).
-//! A probe only connects and looks at the greeting (or the TLS handshake); it never logs in.
+//! Finding an address's POP3 server: the domain's autoconfig files first (Thunderbird's order,
+//! see [`crate::autoconfig`]), then SRV records (RFC 6186, implicit TLS preferred as RFC 8314
+//! asks), then the usual names, each probed on 995 (implicit TLS) before 110 (STLS). A probe
+//! only connects and looks at the greeting (or the TLS handshake); it never logs in.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,8 +21,11 @@ pub struct Found {
     pub via: String,
     /// Named by an SRV record in another domain than the address's. Without DNSSEC anyone on
     /// the path can forge that record and send the password elsewhere (RFC 6186 section 6), so
-    /// such a server is used only when the user confirms it.
+    /// such a server is used only when the user confirms it. The same for a server outside the
+    /// domain named by an autoconfig file that did not come over HTTPS from the domain itself.
     pub needs_confirmation: bool,
+    /// The user name an autoconfig file gives.
+    pub username: Option<String>,
 }
 
 /// Whether `host` is `domain` or a name inside it (`pop.example.com` in `example.com`).
@@ -38,9 +42,29 @@ pub struct Discovery {
     pub notes: Vec<String>,
 }
 
-/// Probe the servers for `domain` (the part of the address after @).
-pub async fn discover(domain: &str, resolver: &Resolver, timeout: Duration) -> Discovery {
+/// Probe the servers for `address`, whose domain is `domain` (the part after @).
+pub async fn discover(address: &str, domain: &str, resolver: &Resolver, timeout: Duration) -> Discovery {
     let mut d = Discovery::default();
+    let (answers, notes) = crate::autoconfig::lookup(address, domain, resolver, timeout).await;
+    d.notes.extend(notes.into_iter().map(|n| format!("autoconfig {n}")));
+    for answer in &answers {
+        for server in &answer.servers {
+            match probe(resolver, &server.host, server.port, server.tls, timeout).await {
+                Ok(()) => d.found.push(Found {
+                    host: server.host.clone(),
+                    port: server.port,
+                    tls: server.tls,
+                    via: format!("the autoconfig file at {}", answer.url),
+                    needs_confirmation: answer.needs_confirmation(server, domain),
+                    username: server.username.clone(),
+                }),
+                Err(why) => d.notes.push(format!("{}:{} (from {}): {why}", server.host, server.port, answer.url)),
+            }
+        }
+    }
+    if !d.found.is_empty() {
+        return d;
+    }
     for (service, tls) in [("_pop3s._tcp", TlsMode::Implicit), ("_pop3._tcp", TlsMode::Starttls)] {
         let name = format!("{service}.{domain}");
         match resolver.srv(&name).await {
@@ -54,7 +78,14 @@ pub async fn discover(domain: &str, resolver: &Resolver, timeout: Duration) -> D
                         Ok(()) => {
                             d.notes.push(format!("{name}: {}:{} answers ({})", r.target, r.port, mode_name(tls)));
                             let needs_confirmation = !inside_domain(&r.target, domain);
-                            d.found.push(Found { host: r.target, port: r.port, tls, via, needs_confirmation });
+                            d.found.push(Found {
+                                host: r.target,
+                                port: r.port,
+                                tls,
+                                via,
+                                needs_confirmation,
+                                username: None,
+                            });
                         }
                         Err(why) => d.notes.push(format!("{name}: {}:{}: {why}", r.target, r.port)),
                     }
@@ -90,6 +121,7 @@ pub async fn discover(domain: &str, resolver: &Resolver, timeout: Duration) -> D
                     tls,
                     via: "the usual server names".into(),
                     needs_confirmation: false,
+                    username: None,
                 });
             }
             Ok(Err(why)) => d.notes.push(format!("{host}:{port}: {why}")),

@@ -122,6 +122,25 @@ impl Resolver {
         }
     }
 
+    /// The mail exchangers of `name`, most preferred first.
+    pub async fn mx(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        let found = tokio::time::timeout(self.timeout, self.dns()?.mx_lookup(fqdn(name)))
+            .await
+            .map_err(|_| DnsError::Failed(name.to_owned(), format!("no answer within {:?}", self.timeout)))?
+            .map_err(|e| classify(name, "MX", &e))?;
+        let mut out: Vec<(u16, String)> = found
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::MX(m) => Some((m.preference, m.exchange.to_ascii().trim_end_matches('.').to_ascii_lowercase())),
+                _ => None,
+            })
+            .filter(|(_, h)| !h.is_empty())
+            .collect();
+        out.sort();
+        Ok(out.into_iter().map(|(_, h)| h).collect())
+    }
+
     /// The SRV records of `name` (like `_pop3s._tcp.example.com`), by priority, then weight
     /// (heaviest first). A single record with target "." means "no such service here" (RFC 2782):
     /// an empty list.

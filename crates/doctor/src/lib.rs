@@ -3,6 +3,7 @@
 //! tested and explained, and the server of an address found by SRV records and usual names.
 #![forbid(unsafe_code)]
 
+pub mod autoconfig;
 pub mod check;
 pub mod discover;
 pub mod dns;

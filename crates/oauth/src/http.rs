@@ -78,6 +78,40 @@ impl Http {
         Ok(Self { client })
     }
 
+    /// A client that reaches `host` at `addrs` (looked up by the caller's own resolver), with
+    /// the platform's trust store.
+    pub fn reaching(host: &str, addrs: &[std::net::SocketAddr]) -> Result<Self, HttpError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("Pillarbox/", env!("CARGO_PKG_VERSION")))
+            .resolve_to_addrs(host, addrs)
+            .build()
+            .map_err(|e| HttpError::Config(format!("cannot set up HTTPS: {e}")))?;
+        Ok(Self { client })
+    }
+
+    /// GET `url` (http or https: the caller decides what a plain-HTTP answer is worth), at most
+    /// `limit` octets of it: the status and the body.
+    pub async fn get_text(&self, url: &str, limit: usize) -> Result<(u16, String), HttpError> {
+        let transport = |e: reqwest::Error| HttpError::Transport { url: url.to_owned(), detail: error_chain(&e) };
+        let mut resp = self.client.get(url).send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            body.extend_from_slice(&chunk);
+            if body.len() > limit {
+                return Err(HttpError::Status {
+                    url: url.to_owned(),
+                    status,
+                    body: format!("longer than {limit} octets"),
+                });
+            }
+        }
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
     /// GET `url` and read its JSON answer.
     pub async fn get_json<T: DeserializeOwned>(&self, url: &str) -> Result<T, HttpError> {
         check_url(url).map_err(HttpError::Config)?;
