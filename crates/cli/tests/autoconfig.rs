@@ -235,3 +235,67 @@ fn account_add_finds_the_server_through_the_domains_autoconfig_alone() {
     assert!(saved.contains("host = \"pop.customer.test\"") && saved.contains(&format!("port = {port}")), "{saved}");
     assert!(saved.contains("username = \"me\""), "the autoconfig file's user name: {saved}");
 }
+
+/// iOS and macOS Mail: a configuration profile, signed with the certificate of the name it was
+/// asked at, as `openssl smime -verify` checks it against the test CA, with the POP3 settings
+/// Python's plistlib reads from it.
+#[test]
+fn apple_devices_get_a_signed_profile() {
+    require_tool("openssl");
+    let (pb, ca) = server();
+    let port = pb.https.expect("https").port();
+    let file = pb.data().join("alice.mobileconfig");
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-f", "-o"])
+        .arg(&file)
+        .arg("--cacert")
+        .arg(&ca.pem)
+        .args(["--resolve", &format!("autoconfig.customer.test:{port}:127.0.0.1")])
+        .arg(format!("https://autoconfig.customer.test:{port}/email.mobileconfig?emailaddress=alice%40customer.test"))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plist = pb.data().join("alice.plist");
+    let out = Command::new("openssl")
+        .args(["smime", "-verify", "-inform", "der", "-in"])
+        .arg(&file)
+        .arg("-CAfile")
+        .arg(&ca.pem)
+        .arg("-out")
+        .arg(&plist)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "the signature checks out: {}", String::from_utf8_lossy(&out.stderr));
+    let script = "import plistlib, sys\n\
+                  p = plistlib.load(open(sys.argv[1], 'rb'))\n\
+                  m = p['PayloadContent'][0]\n\
+                  print(p['PayloadType'], m['PayloadType'], m['EmailAccountType'], m['IncomingMailServerHostName'],\n\
+                  \x20     m['IncomingMailServerPortNumber'], m['IncomingMailServerUseSSL'], m['IncomingMailServerUsername'],\n\
+                  \x20     m['OutgoingMailServerHostName'], m['EmailAddress'])\n";
+    let out = Command::new("python3").args(["-c", script]).arg(&plist).output().expect("python3");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        said.trim(),
+        format!(
+            "Configuration com.apple.mail.managed EmailTypePOP pop.customer.test {} True alice smtp.customer.test alice@customer.test",
+            pb.pop3s.expect("pop3s").port()
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Signed by the autoconfig name's certificate (a tampered profile does not verify).
+    let mut der = std::fs::read(&file).expect("profile");
+    let at = der.windows(12).position(|w| w == b"EmailTypePOP").expect("the plist inside");
+    der[at] = b'X';
+    std::fs::write(&file, der).expect("write");
+    let out = Command::new("openssl")
+        .args(["smime", "-verify", "-inform", "der", "-in"])
+        .arg(&file)
+        .arg("-CAfile")
+        .arg(&ca.pem)
+        .arg("-out")
+        .arg("/dev/null")
+        .output()
+        .expect("openssl");
+    assert!(!out.status.success(), "a changed profile is refused");
+}

@@ -180,6 +180,33 @@ async fn autoconfigure(front: &Arc<Frontend>, req: Request<Incoming>) -> Answer 
                 None => not_found(),
             }
         }
+        (&Method::GET, "/email.mobileconfig") => {
+            let query = req.uri().query().unwrap_or("");
+            let address =
+                query.split('&').find_map(|kv| kv.strip_prefix("emailaddress=")).map(|a| a.replace("%40", "@"));
+            let Some((address, domain)) = address.and_then(|a| domain_of(&a).map(|d| (a, d))) else {
+                return answer(StatusCode::BAD_REQUEST, "text/plain; charset=utf-8", "give ?emailaddress=\n");
+            };
+            if !serves(front, &domain) {
+                return not_found();
+            }
+            let Some(certs) = &front.certificates else { return not_found() };
+            // Signed with the certificate of the name the profile was asked at.
+            let pair = certs.current().choose(host_of(&req).as_deref());
+            match crate::profile::sign(crate::profile::plist(&offer(&domain), &address).as_bytes(), &pair) {
+                Ok(der) => {
+                    let mut r = answer(StatusCode::OK, "application/x-apple-aspen-config", der);
+                    if let Ok(v) = format!("attachment; filename=\"{domain}.mobileconfig\"").parse() {
+                        r.headers_mut().insert(hyper::header::CONTENT_DISPOSITION, v);
+                    }
+                    r
+                }
+                Err(e) => {
+                    warn!(error = e, "cannot sign a configuration profile");
+                    answer(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", "cannot sign the profile\n")
+                }
+            }
+        }
         (&Method::POST, "/autodiscover/autodiscover.xml") => {
             let Ok(body) = Limited::new(req.into_body(), MAX_BODY).collect().await else {
                 return answer(StatusCode::PAYLOAD_TOO_LARGE, "text/plain; charset=utf-8", "too large\n");

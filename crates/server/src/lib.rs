@@ -17,6 +17,7 @@ mod lmtp;
 pub mod metrics;
 mod pop3;
 pub mod privileges;
+pub mod profile;
 mod server;
 mod shutdown;
 pub mod tls;
