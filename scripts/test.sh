@@ -5,7 +5,8 @@
 # curl, mpop, swaks, a SCRAM client on pyOpenSSL; age, zstd and tar open backups), compare it
 # with a real Dovecot, fetch from a real Courier too (account discovery asks a private dnsmasq),
 # and run OAuth2 against a real OpenID Connect provider (oidc-provider on Node.js) with tokens
-# kept in GNOME Keyring's Secret Service. So this first installs what provides them when it is
+# kept in GNOME Keyring's Secret Service, and get certificates from Let's Encrypt's test ACME
+# server (Pebble). So this first installs what provides them when it is
 # missing, then runs the whole workspace's tests (unit, protocol, end-to-end, doc tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,7 @@ have node    || missing+=(nodejs)
 have npm     || missing+=(npm)
 have dbus-run-session || missing+=(dbus-daemon)
 have gnome-keyring-daemon || missing+=(gnome-keyring)
+have pebble  || missing+=(pebble)
 
 if [ "$(id -u)" -eq 0 ]; then sudo=(); elif have sudo; then sudo=(sudo); else sudo=(false); fi
 if [ ${#missing[@]} -gt 0 ]; then

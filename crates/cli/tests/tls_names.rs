@@ -5,42 +5,20 @@
 
 mod common;
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::certs::{CURRENT, Pair, TestCa};
+use common::certs::{CURRENT, Pair, TestCa, rustls_sees};
 use common::{Pillarbox, require_tool};
+use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
 use sha2::{Digest, Sha256};
 
 fn fingerprint_of(pem: &Path) -> [u8; 32] {
     let der = CertificateDer::from_pem_file(pem).expect("certificate");
     Sha256::digest(der.as_ref()).into()
-}
-
-/// The certificate a rustls client that trusts only `ca` is served for `name`, once the
-/// handshake (which checks the name) is done and the greeting read.
-fn rustls_sees(addr: SocketAddr, name: &str, ca: &Path) -> Result<[u8; 32], String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).expect("ca") {
-        roots.add(c.expect("ca certificate")).expect("add");
-    }
-    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    let server = ServerName::try_from(name.to_owned()).expect("name");
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), server).expect("client");
-    let mut sock = TcpStream::connect(addr).expect("connect");
-    sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
-    let mut greeting = [0u8; 3];
-    tls.read_exact(&mut greeting).map_err(|e| e.to_string())?;
-    assert_eq!(&greeting, b"+OK");
-    let cert = conn.peer_certificates().and_then(|c| c.first()).ok_or("no certificate")?;
-    Ok(Sha256::digest(cert.as_ref()).into())
 }
 
 /// What `openssl s_client` is served, with `-servername NAME` or with none.

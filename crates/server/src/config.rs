@@ -197,6 +197,22 @@ password_query = ""
 # defaults), e.g. "SELECT quota, 0 FROM mailbox WHERE username = $1".
 user_query = ""
 
+[acme]
+# Certificates from an ACME certificate authority (RFC 8555), for `names`, renewed by themselves
+# at two thirds of their lifetime; served for those names (SNI) without a restart. The account
+# and the certificates are kept in DATA/acme (readable by the server only). Empty: off.
+# Let's Encrypt: "https://acme-v02.api.letsencrypt.org/directory"
+directory = ""
+# Where the CA may write about expiring certificates, e.g. ["mailto:admin@example.com"].
+contact = []
+# e.g. ["pop.example.com", "autoconfig.example.com"]
+names = []
+# How the CA checks that the names are this server's: "tls-alpn-01" (RFC 8737) on [listen]
+# https (port 443), or "http-01" on [listen] http (port 80).
+challenge = "tls-alpn-01"
+# CA certificates (PEM) to trust for the ACME server, besides the system's (a private CA).
+ca_file = ""
+
 [autoconfig]
 # What the autoconfiguration answers ([listen] https) tell mail clients besides the POP3
 # listeners, the login mechanisms and the retention they read from this configuration.
@@ -322,6 +338,8 @@ struct RawConfig {
     #[serde(default)]
     autoconfig: RawAutoconfig,
     #[serde(default)]
+    acme: RawAcme,
+    #[serde(default)]
     process: RawProcess,
 }
 
@@ -404,6 +422,42 @@ impl fmt::Debug for DatabaseConfig {
             .field("user_query", &self.user_query)
             .finish()
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAcme {
+    directory: String,
+    contact: Vec<String>,
+    names: Vec<String>,
+    challenge: String,
+    ca_file: PathBuf,
+}
+
+impl Default for RawAcme {
+    fn default() -> Self {
+        Self {
+            directory: String::new(),
+            contact: Vec::new(),
+            names: Vec::new(),
+            challenge: "tls-alpn-01".into(),
+            ca_file: PathBuf::new(),
+        }
+    }
+}
+
+/// `[acme]`: certificates from an ACME certificate authority (RFC 8555) for these names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeSettings {
+    pub directory: String,
+    pub contact: Vec<String>,
+    pub names: Vec<String>,
+    /// `tls-alpn-01` (RFC 8737, on the HTTPS listener) or `http-01` (on the HTTP listener).
+    pub challenge: String,
+    /// CA certificates (PEM) to trust for the ACME server (a private one), besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Where the account and the certificates are kept.
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -767,6 +821,8 @@ pub struct Config {
     pub http: Vec<SocketAddr>,
     pub https: Vec<SocketAddr>,
     pub autoconfig: AutoconfigSettings,
+    /// Certificates by ACME, when `[acme] directory` is set.
+    pub acme: Option<AcmeSettings>,
     /// The user and group to run as after binding (`[process]`), if set.
     pub run_as: Option<(String, Option<String>)>,
     /// The rules of delivery (domains, sizes, quotas), as the service layer applies them.
@@ -992,6 +1048,55 @@ impl Config {
                 smtp_tls: a.smtp_tls.clone(),
             }
         };
+        let acme = match raw.acme.directory.trim() {
+            "" => None,
+            directory => {
+                let err = |key: &str, m: String| field_at(text, path, "acme", key, m);
+                if !directory.starts_with("https://") {
+                    return Err(err("directory", "the ACME directory is an https URL".into()));
+                }
+                if raw.tls.is_none() {
+                    return Err(err(
+                        "directory",
+                        "ACME needs a [tls] section (its pair serves the other names)".into(),
+                    ));
+                }
+                let names = raw
+                    .acme
+                    .names
+                    .iter()
+                    .map(|n| server_name(n).map_err(|e| err("names", e)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if names.is_empty() {
+                    return Err(err("names", "name the server names to get certificates for".into()));
+                }
+                if let Some(n) = names.iter().find(|n| n.starts_with("*.")) {
+                    return Err(err("names", format!("{n}: wildcards need DNS-01, which Pillarbox does not do")));
+                }
+                let challenge = raw.acme.challenge.trim().to_ascii_lowercase();
+                match challenge.as_str() {
+                    "tls-alpn-01" if raw.listen.https.is_empty() => {
+                        return Err(err(
+                            "challenge",
+                            "tls-alpn-01 is answered on [listen] https, which is empty".into(),
+                        ));
+                    }
+                    "http-01" if raw.listen.http.is_empty() => {
+                        return Err(err("challenge", "http-01 is answered on [listen] http, which is empty".into()));
+                    }
+                    "tls-alpn-01" | "http-01" => {}
+                    other => return Err(err("challenge", format!("{other:?}: use \"tls-alpn-01\" or \"http-01\""))),
+                }
+                Some(AcmeSettings {
+                    directory: directory.to_owned(),
+                    contact: raw.acme.contact.clone(),
+                    names,
+                    challenge,
+                    ca_file: (!raw.acme.ca_file.as_os_str().is_empty()).then(|| rel(&raw.acme.ca_file)),
+                    dir: rel(Path::new("acme")),
+                })
+            }
+        };
         let tls = match raw.tls.clone() {
             None => None,
             Some(t) => {
@@ -1052,6 +1157,7 @@ impl Config {
             http: raw.listen.http.clone(),
             https: raw.listen.https.clone(),
             autoconfig,
+            acme,
             run_as: (!raw.process.user.trim().is_empty()).then(|| {
                 let g = raw.process.group.trim();
                 (raw.process.user.trim().to_owned(), (!g.is_empty()).then(|| g.to_owned()))
@@ -1151,6 +1257,7 @@ impl Config {
             http: _,
             https: _,
             autoconfig: _,
+            acme: _,
             run_as: _,
             delivery:
                 pillarbox_core::DeliveryPolicy {
@@ -1203,6 +1310,7 @@ impl Config {
             lmtp_max_connections => "[limits] lmtp_max_connections",
             metrics => "[metrics] listen",
             http => "[listen] http",
+            acme => "[acme]",
             https => "[listen] https",
             run_as => "[process] user / group",
             database => "[database]",

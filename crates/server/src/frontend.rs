@@ -22,6 +22,8 @@ pub(crate) struct Frontend {
     /// The ports the POP3 and POP3S listeners really have (a configured port 0 is chosen when
     /// binding), for what clients are told to use.
     pub(crate) ports: RwLock<(Option<u16>, Option<u16>)>,
+    /// ACME challenges in progress (`[acme]`).
+    pub(crate) acme: Option<Arc<crate::acme::Responders>>,
     /// The first HTTPS listener's port, for redirects from HTTP.
     pub(crate) https_port: RwLock<Option<u16>>,
     /// One permit per open POP3 connection (`max_connections`).

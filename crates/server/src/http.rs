@@ -82,6 +82,10 @@ pub(crate) async fn serve(listener: TcpListener, site: Site, tls: Option<TlsAcce
                         debug!(client = %peer, "https: TLS handshake failed");
                         return;
                     };
+                    // A CA's TLS-ALPN-01 check ends with the handshake.
+                    if tls.get_ref().1.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
+                        return;
+                    }
                     let io = hyper_util::rt::TokioIo::new(tls);
                     tokio::time::timeout(Duration::from_secs(30), builder.serve_connection(io, service)).await
                 }
@@ -119,8 +123,15 @@ fn host_of<B>(req: &Request<B>) -> Option<String> {
     Some(host.trim_end_matches('.').to_ascii_lowercase())
 }
 
-/// Plain HTTP: to the same place over HTTPS (308 keeps the method of an Autodiscover POST).
+/// Plain HTTP: ACME's HTTP-01 answers, and everything else to the same place over HTTPS (308
+/// keeps the method of an Autodiscover POST).
 fn redirect<B>(front: &Frontend, req: &Request<B>) -> Answer {
+    if let Some(token) = req.uri().path().strip_prefix("/.well-known/acme-challenge/") {
+        return match front.acme.as_ref().and_then(|a| a.http01(token)) {
+            Some(key_auth) => answer(StatusCode::OK, "application/octet-stream", key_auth),
+            None => not_found(),
+        };
+    }
     let https = *front.https_port.read().unwrap_or_else(std::sync::PoisonError::into_inner);
     let (Some(host), Some(https)) = (host_of(req), https) else { return not_found() };
     let port = if https == 443 { String::new() } else { format!(":{https}") };

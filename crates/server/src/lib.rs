@@ -7,6 +7,7 @@
 //! (listeners and limits), `server` (all of it run together).
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod autoconfig;
 pub mod config;
 pub mod datadir;

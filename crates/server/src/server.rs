@@ -116,8 +116,9 @@ impl Server {
 
     /// A server over any service layer (another directory, store or gate).
     pub fn with_services(config: Arc<Config>, services: Arc<Services>) -> Result<Self, ServerError> {
+        let acme = config.acme.as_ref().map(|_| Arc::new(crate::acme::Responders::default()));
         let certificates = match &config.tls {
-            Some(t) => Some(Certificates::new(tls::CertSet::load(t)?)),
+            Some(_) => Some(Certificates::with_challenges(certificate_set(&config)?, acme.clone())),
             None if !config.pop3s.is_empty() => return Err(ServerError::NoTls),
             None => None,
         };
@@ -125,6 +126,7 @@ impl Server {
             services,
             tls: certificates.clone().map(tls::acceptor),
             certificates: certificates.clone(),
+            acme,
             https_port: std::sync::RwLock::new(config.https.first().map(|a| a.port())),
             ports: std::sync::RwLock::new((
                 config.pop3.first().map(|a| a.port()),
@@ -153,7 +155,8 @@ impl Server {
     /// Serve mail clients' autoconfiguration over HTTPS (`[listen] https`) on `listener` in the
     /// background, with the `[tls]` certificates.
     pub fn serve_https(&self, listener: tokio::net::TcpListener) -> Result<(), ServerError> {
-        let tls = self.front.tls.clone().ok_or(ServerError::NoTls)?;
+        let certs = self.certificates.clone().ok_or(ServerError::NoTls)?;
+        let tls = tls::https_acceptor(certs);
         let mut first = self.front.https_port.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if first.is_none_or(|p| p == 0) {
             *first = listener.local_addr().ok().map(|a| a.port());
@@ -191,8 +194,8 @@ impl Server {
     /// stays in service.
     pub fn reload_tls(&self) -> Result<(), tls::TlsError> {
         let config = self.front.config();
-        let (Some(t), Some(certs)) = (&config.tls, &self.certificates) else { return Ok(()) };
-        certs.replace(tls::CertSet::load(t)?);
+        let (Some(_), Some(certs)) = (&config.tls, &self.certificates) else { return Ok(()) };
+        certs.replace(certificate_set(&config)?);
         Ok(())
     }
 
@@ -206,8 +209,8 @@ impl Server {
         // (A [tls] section removed or added changes how the listeners are set up: a restart.)
         // Everything that can fail first, so that a failure changes nothing.
         let verifier = if new.oauth2 != self.front.config().oauth2 { Some(bearer(&new)?) } else { None };
-        if let (Some(t), Some(certs)) = (&new.tls, &self.certificates) {
-            certs.replace(tls::CertSet::load(t)?);
+        if let (Some(_), Some(certs)) = (&new.tls, &self.certificates) {
+            certs.replace(certificate_set(&new)?);
         }
         if let Some(verifier) = verifier {
             if let Some(v) = verifier.clone() {
@@ -242,7 +245,15 @@ impl Server {
             tokio::spawn(warm_up(v));
         }
         if let Some(certs) = self.certificates.clone() {
-            tokio::spawn(watch_certificates(self.front.clone(), certs));
+            tokio::spawn(watch_certificates(self.front.clone(), certs.clone()));
+            if let (Some(settings), Some(responders)) = (self.front.config().acme.clone(), self.front.acme.clone()) {
+                let front = self.front.clone();
+                let installed = move || match certificate_set(&front.config()) {
+                    Ok(set) => certs.replace(set),
+                    Err(e) => warn!(error = %e, "ACME: the new certificate cannot be served"),
+                };
+                tokio::spawn(crate::acme::run(settings, responders, installed));
+            }
         }
         let stopped = async {
             for t in tasks {
@@ -315,7 +326,7 @@ async fn watch_certificates(front: Arc<Frontend>, certs: Arc<Certificates>) {
         if Some(&now) == served.as_ref() {
             continue;
         }
-        match tls::CertSet::load(paths) {
+        match certificate_set(&config) {
             Ok(set) => {
                 certs.replace(set);
                 served = Some(now);
@@ -329,4 +340,19 @@ async fn watch_certificates(front: Arc<Frontend>, certs: Arc<Certificates>) {
             Err(_) => {}
         }
     }
+}
+
+/// The certificates to serve: those of `[tls]`, and those ACME has issued for its names.
+fn certificate_set(config: &Config) -> Result<tls::CertSet, tls::TlsError> {
+    let Some(paths) = &config.tls else { return Err(tls::TlsError::Config("no [tls] section".into())) };
+    let mut set = tls::CertSet::load(paths)?;
+    if let Some(acme) = &config.acme {
+        for (name, cert, key) in crate::acme::issued(acme) {
+            match tls::load_pair(&cert, &key) {
+                Ok(pair) => set.add_name(&name, pair),
+                Err(e) => warn!(name, error = %e, "ACME: a kept certificate cannot be used; it will be ordered again"),
+            }
+        }
+    }
+    Ok(set)
 }

@@ -101,6 +101,11 @@ impl CertSet {
         self.default.clone()
     }
 
+    /// Serve `pair` for `name` unless the configuration names a certificate for it already.
+    pub fn add_name(&mut self, name: &str, pair: Arc<CertifiedKey>) {
+        self.exact.entry(name.to_ascii_lowercase()).or_insert(pair);
+    }
+
     /// The default certificate.
     pub fn default_pair(&self) -> &Arc<CertifiedKey> {
         &self.default
@@ -110,14 +115,26 @@ impl CertSet {
 /// Where the server's certificates come from: rustls asks it for every handshake
 /// ([`ResolvesServerCert`]), so certificates can be replaced (a renewal, seen on disk or at a
 /// SIGHUP) without a new TLS configuration, and each name a client asks for (SNI) gets its own.
-#[derive(Debug)]
 pub struct Certificates {
     current: RwLock<Arc<CertSet>>,
+    /// ACME challenges in progress: a TLS-ALPN-01 certificate is served to a handshake that
+    /// asks for `acme-tls/1` (RFC 8737).
+    challenges: Option<Arc<crate::acme::Responders>>,
+}
+
+impl std::fmt::Debug for Certificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificates").field("current", &self.current()).finish()
+    }
 }
 
 impl Certificates {
     pub fn new(set: CertSet) -> Arc<Self> {
-        Arc::new(Self { current: RwLock::new(Arc::new(set)) })
+        Self::with_challenges(set, None)
+    }
+
+    pub fn with_challenges(set: CertSet, challenges: Option<Arc<crate::acme::Responders>>) -> Arc<Self> {
+        Arc::new(Self { current: RwLock::new(Arc::new(set)), challenges })
     }
 
     /// Serve `set` from the next handshake on; sessions already open keep theirs.
@@ -133,6 +150,12 @@ impl Certificates {
 
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let acme = client_hello.alpn().is_some_and(|mut p| p.any(|p| p == crate::acme::ACME_TLS_ALPN));
+        if acme {
+            // A CA validating a name: its challenge certificate, or nothing (no other certificate
+            // may be served for acme-tls/1).
+            return self.challenges.as_ref().zip(client_hello.server_name()).and_then(|(c, n)| c.alpn01(n));
+        }
         Some(self.current().choose(client_hello.server_name()))
     }
 }
@@ -152,6 +175,13 @@ pub fn stamp(paths: &TlsPaths) -> Vec<Option<(u64, i128, u64)>> {
 /// certificates from `certificates`.
 pub fn acceptor(certificates: Arc<Certificates>) -> TlsAcceptor {
     let config = ServerConfig::builder().with_no_client_auth().with_cert_resolver(certificates);
+    TlsAcceptor::from(Arc::new(config))
+}
+
+/// The acceptor of the HTTPS listener: HTTP/1.1, and ACME's `acme-tls/1` (TLS-ALPN-01).
+pub fn https_acceptor(certificates: Arc<Certificates>) -> TlsAcceptor {
+    let mut config = ServerConfig::builder().with_no_client_auth().with_cert_resolver(certificates);
+    config.alpn_protocols = vec![b"http/1.1".to_vec(), crate::acme::ACME_TLS_ALPN.to_vec()];
     TlsAcceptor::from(Arc::new(config))
 }
 

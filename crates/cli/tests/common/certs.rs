@@ -1,9 +1,16 @@
 //! Certificates for TLS tests: a private CA and server certificates with chosen names and
 //! validity (expired, not yet valid, for another name), and self-signed ones.
 
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use sha2::{Digest, Sha256};
 
 pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
@@ -67,4 +74,24 @@ pub fn self_signed(dir: &Path, stem: &str, names: &[&str]) -> Pair {
     let key = KeyPair::generate().expect("key");
     let cert = leaf_params(names, CURRENT).self_signed(&key).expect("self-sign");
     write(dir, stem, &cert, &key)
+}
+
+/// The certificate a rustls client that trusts only `ca` is served for `name`, once the
+/// handshake (which checks the name) is done and the greeting read.
+pub fn rustls_sees(addr: SocketAddr, name: &str, ca: &Path) -> Result<[u8; 32], String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).expect("ca") {
+        roots.add(c.expect("ca certificate")).expect("add");
+    }
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let server = ServerName::try_from(name.to_owned()).expect("name");
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), server).expect("client");
+    let mut sock = TcpStream::connect(addr).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    let mut greeting = [0u8; 3];
+    tls.read_exact(&mut greeting).map_err(|e| e.to_string())?;
+    assert_eq!(&greeting, b"+OK");
+    let cert = conn.peer_certificates().and_then(|c| c.first()).ok_or("no certificate")?;
+    Ok(Sha256::digest(cert.as_ref()).into())
 }

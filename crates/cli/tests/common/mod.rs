@@ -8,6 +8,7 @@ pub mod dns;
 pub mod dovecot;
 pub mod genmail;
 pub mod oidc;
+pub mod pebble;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
