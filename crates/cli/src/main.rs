@@ -85,6 +85,9 @@ enum Command {
     /// The mail domains this server serves: what to publish in DNS for them.
     #[command(subcommand)]
     Domain(DomainCommand),
+    /// Certificates by ACME ([acme] in the configuration): see them, revoke one.
+    #[command(subcommand)]
+    Acme(AcmeCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell), e.g.
     /// `pillarbox completions bash > /etc/bash_completion.d/pillarbox`.
     Completions { shell: clap_complete::Shell },
@@ -143,6 +146,15 @@ struct ServeArgs {
     /// Listen for LMTP on this Unix socket instead of the configured one.
     #[arg(long, value_name = "PATH")]
     lmtp_unix: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum AcmeCommand {
+    /// Each name of [acme] names: its certificate's validity and when it is renewed.
+    Status,
+    /// Revoke NAME's certificate at the CA and remove it; a running server orders a new one
+    /// after a SIGHUP (`systemctl reload pillarbox`).
+    Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -425,6 +437,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
             user::deliver(&server()?.0, &user, max_size)
         }
         Command::Db(cmd) => db::command(&load_config_only(data_dir.as_deref(), config.as_deref())?, cmd),
+        Command::Acme(cmd) => {
+            let config = load_config_only(data_dir.as_deref(), config.as_deref())?;
+            let Some(acme) = config.acme.clone() else {
+                return Err(Exit(EX_CONFIG, format!("{}: no [acme] directory is set", config.source.display())).into());
+            };
+            match cmd {
+                AcmeCommand::Status => {
+                    for line in pillarbox_server::acme::status(&acme) {
+                        println!("{line}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                AcmeCommand::Revoke { name } => {
+                    let name = name.trim().to_ascii_lowercase();
+                    if !acme.names.contains(&name) {
+                        return Err(Exit(EX_USAGE, format!("{name} is not one of [acme] names")).into());
+                    }
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                    rt.block_on(pillarbox_server::acme::revoke(&acme, &name)).map_err(|e| Exit(EX_UNAVAILABLE, e))?;
+                    println!(
+                        "revoked the certificate of {name} and removed it; `systemctl reload pillarbox` (or kill -HUP) orders a new one"
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
         Command::Domain(DomainCommand::Dns { domain }) => {
             let config = load_config_only(data_dir.as_deref(), config.as_deref())?;
             let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();

@@ -21,6 +21,8 @@ fn server(pebble: &Pebble, challenge: &str) -> Pillarbox {
     pb.edit_config("directory = \"\"", &format!("directory = \"{}\"", pebble.directory));
     pb.edit_config("names = []", &format!("names = [\"{NAME}\"]"));
     pb.edit_config("contact = []", "contact = [\"mailto:admin@acme.test\"]");
+    pb.edit_config("[metrics]\n", "[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    pb.edit_config("listen = \"\"\n", "");
     pb.edit_config("challenge = \"tls-alpn-01\"", &format!("challenge = \"{challenge}\""));
     pb.edit_config(
         "besides the system's (a private CA).\nca_file = \"\"",
@@ -51,6 +53,18 @@ fn tls_alpn_01_issues_and_renews_without_a_restart() {
     let pb = server(&pebble, "tls-alpn-01");
     let root = pebble.root(dir.path());
     let first = served(&pb, &root, None, Duration::from_secs(30));
+    // Its time left is in the metrics, by name.
+    let metrics = std::process::Command::new("curl")
+        .args(["-sS", &format!("http://{}/metrics", pb.metrics.expect("metrics"))])
+        .output()
+        .expect("curl");
+    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("pillarbox_tls_certificate_expiry_seconds{{name=\"{NAME}\"}}")))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let left: i64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("value");
+    assert!((0..=24).contains(&left), "{line}");
     // The files are the server's alone.
     use std::os::unix::fs::MetadataExt;
     let key = pb.data().join(format!("acme/{NAME}.key"));
@@ -78,4 +92,21 @@ fn http_01_issues_through_the_http_listener() {
     pb.start();
     assert_eq!(served(&pb, &root, None, Duration::from_secs(10)), first);
     assert_eq!(pb.log().matches("ACME: certificate issued").count(), 1, "{}", pb.log());
+    let status = pb.run(&["acme", "status"], b"");
+    assert!(String::from_utf8_lossy(&status.stdout).contains(NAME), "{status:?}");
+    assert!(String::from_utf8_lossy(&status.stdout).contains("renewed from"), "{status:?}");
+
+    // Revoked: Pebble says so, and after a SIGHUP the server orders and serves a new one.
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(pb.data().join(format!("acme/{NAME}.crt")))
+        .output()
+        .expect("openssl");
+    let serial = String::from_utf8_lossy(&out.stdout).trim().trim_start_matches("serial=").to_ascii_lowercase();
+    let out = pb.run(&["acme", "revoke", NAME], b"");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(pebble.status(serial.trim_start_matches('0'))["Status"], "Revoked");
+    pb.signal("HUP");
+    let replaced = served(&pb, &root, Some(first), Duration::from_secs(30));
+    assert_ne!(replaced, first);
 }

@@ -46,6 +46,13 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// A served certificate: the server name it is chosen for (`default` for the rest). Names
+/// come from the configuration, so the series are as many as the configured names.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabel {
+    pub name: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabel {
     version: String,
@@ -66,6 +73,8 @@ pub struct Metrics {
     pub delivered_bytes: Counter,
     pub quota_refusals: Counter,
     pub errors: Family<KindLabel, Counter>,
+    /// Seconds until each served certificate expires (negative: expired).
+    pub certificate_expiry: Family<CertificateLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -85,6 +94,7 @@ impl Default for Metrics {
             delivered_bytes: Counter::default(),
             quota_refusals: Counter::default(),
             errors: Family::default(),
+            certificate_expiry: Family::default(),
         };
         let r = &mut m.registry;
         r.register("sessions_active", "Open POP3 sessions", m.sessions_active.clone());
@@ -100,6 +110,11 @@ impl Default for Metrics {
         r.register("lmtp_delivered_bytes", "Octets delivered by LMTP", m.delivered_bytes.clone());
         r.register("quota_refusals", "Deliveries refused because a mailbox is full", m.quota_refusals.clone());
         r.register("errors", "Errors by kind", m.errors.clone());
+        r.register(
+            "tls_certificate_expiry_seconds",
+            "Seconds until a served certificate expires, by the server name it serves",
+            m.certificate_expiry.clone(),
+        );
         let build: Family<BuildLabel, Gauge> = Family::default();
         build.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION").into() }).set(1);
         r.register("build_info", "The running version", build);

@@ -16,6 +16,7 @@ use instant_acme::{
     RetryPolicy,
 };
 use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
 use tracing::{info, warn};
 
 use crate::config::AcmeSettings;
@@ -30,12 +31,19 @@ pub struct Responders {
     http: Mutex<HashMap<String, String>>,
     /// TLS-ALPN-01: name to its challenge certificate.
     alpn: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    /// Look at the certificates now (a reload: one may have been revoked and removed).
+    wake: tokio::sync::Notify,
 }
 
 impl Responders {
     /// The key authorization for an HTTP-01 token.
     pub fn http01(&self, token: &str) -> Option<String> {
         self.http.lock().unwrap_or_else(PoisonError::into_inner).get(token).cloned()
+    }
+
+    /// Have the renewal loop look at the certificates now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// The TLS-ALPN-01 certificate for a name being validated.
@@ -57,6 +65,34 @@ pub fn issued(settings: &AcmeSettings) -> Vec<(String, PathBuf, PathBuf)> {
         .filter_map(|n| {
             let (c, k) = files(&settings.dir, n);
             (c.exists() && k.exists()).then(|| (n.clone(), c, k))
+        })
+        .collect()
+}
+
+/// One line per name: its certificate's validity and when it is renewed, or that it has none.
+pub fn status(s: &AcmeSettings) -> Vec<String> {
+    let date = |t: i64| pillarbox_os::date::rfc3339(u64::try_from(t).unwrap_or(0));
+    s.names
+        .iter()
+        .map(|name| {
+            let (cert, _) = files(&s.dir, name);
+            let validity = std::fs::read(&cert).ok().and_then(|pem| {
+                let (_, p) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+                let c = p.parse_x509().ok()?;
+                Some((c.validity().not_before.timestamp(), c.validity().not_after.timestamp()))
+            });
+            match (validity, renewal_time(&cert)) {
+                (Some((from, until)), Some(renew)) => {
+                    let renew = renew.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                    format!(
+                        "{name:<32} valid {} to {}; renewed from {}",
+                        date(from),
+                        date(until),
+                        pillarbox_os::date::rfc3339(renew)
+                    )
+                }
+                _ => format!("{name:<32} no certificate yet (the running server orders it)"),
+            }
         })
         .collect()
 }
@@ -243,6 +279,29 @@ pub async fn run(s: AcmeSettings, responders: Arc<Responders>, installed: impl F
             backoff = Duration::from_secs(60);
             next.max(Duration::from_secs(1))
         };
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = responders.wake.notified() => {}
+        }
     }
+}
+
+/// Revoke `name`'s certificate at the CA (RFC 8555 section 7.6) and remove it, so that a new
+/// one is ordered (at once by a running server after a SIGHUP).
+pub async fn revoke(s: &AcmeSettings, name: &str) -> Result<(), String> {
+    let (cert, key) = files(&s.dir, name);
+    let pem = std::fs::read(&cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(&pem).map_err(|e| format!("{}: {e}", cert.display()))?;
+    if !s.dir.join("account.json").exists() {
+        return Err(format!("no ACME account in {}", s.dir.display()));
+    }
+    let account = account(s).await?;
+    account
+        .revoke(&instant_acme::RevocationRequest { certificate: &der, reason: None })
+        .await
+        .map_err(failed("the revocation"))?;
+    for f in [cert, key] {
+        std::fs::remove_file(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+    }
+    Ok(())
 }

@@ -218,6 +218,9 @@ impl Server {
             }
             self.front.services.set_bearer(verifier);
         }
+        if let Some(acme) = &self.front.acme {
+            acme.wake();
+        }
         self.front.services.set_policy(new.policy());
         self.front.set_config(Arc::new(new));
         Ok(changes)
@@ -249,7 +252,10 @@ impl Server {
             if let (Some(settings), Some(responders)) = (self.front.config().acme.clone(), self.front.acme.clone()) {
                 let front = self.front.clone();
                 let installed = move || match certificate_set(&front.config()) {
-                    Ok(set) => certs.replace(set),
+                    Ok(set) => {
+                        certs.replace(set);
+                        expiry(&front, &certs, None);
+                    }
                     Err(e) => warn!(error = %e, "ACME: the new certificate cannot be served"),
                 };
                 tokio::spawn(crate::acme::run(settings, responders, installed));
@@ -318,7 +324,9 @@ const CERTIFICATE_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 async fn watch_certificates(front: Arc<Frontend>, certs: Arc<Certificates>) {
     let mut served = front.config().tls.as_ref().map(tls::stamp);
     let mut reported = None;
+    let mut warned: std::collections::HashMap<String, std::time::Instant> = std::collections::HashMap::new();
     loop {
+        expiry(&front, &certs, Some(&mut warned));
         tokio::time::sleep(CERTIFICATE_POLL).await;
         let config = front.config();
         let Some(paths) = &config.tls else { continue };
@@ -355,4 +363,35 @@ fn certificate_set(config: &Config) -> Result<tls::CertSet, tls::TlsError> {
         }
     }
     Ok(set)
+}
+
+/// A certificate this close to its end is logged (once an hour).
+const EXPIRY_WARNING: i64 = 14 * 86_400;
+
+/// Put each served certificate's time left in the metrics, and (with `warned`) warn about those
+/// that end soon, once an hour each.
+fn expiry(
+    front: &Frontend,
+    certs: &Certificates,
+    mut warned: Option<&mut std::collections::HashMap<String, std::time::Instant>>,
+) {
+    let now = i64::try_from(pillarbox_os::unix_now()).unwrap_or(i64::MAX);
+    for (name, pair) in certs.current().by_name() {
+        let Some(end) = tls::not_after(&pair) else { continue };
+        let left = end - now;
+        let label = pillarbox_core::metrics::CertificateLabel { name: name.clone() };
+        front.services.metrics.certificate_expiry.get_or_create(&label).set(left);
+        if let Some(w) = warned.as_deref_mut()
+            && left < EXPIRY_WARNING
+            && w.get(&name).is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(3600))
+        {
+            warn!(
+                name,
+                days_left = left / 86_400,
+                seconds_left = left,
+                "a served TLS certificate expires soon (or has expired)"
+            );
+            w.insert(name, std::time::Instant::now());
+        }
+    }
 }

@@ -106,6 +106,14 @@ impl CertSet {
         self.exact.entry(name.to_ascii_lowercase()).or_insert(pair);
     }
 
+    /// Every certificate by the name it serves (`default`, names, `*.wildcards`).
+    pub fn by_name(&self) -> Vec<(String, Arc<CertifiedKey>)> {
+        let mut v = vec![("default".to_owned(), self.default.clone())];
+        v.extend(self.exact.iter().map(|(n, c)| (n.clone(), c.clone())));
+        v.extend(self.wildcard.iter().map(|(n, c)| (format!("*.{n}"), c.clone())));
+        v
+    }
+
     /// The default certificate.
     pub fn default_pair(&self) -> &Arc<CertifiedKey> {
         &self.default
@@ -158,6 +166,13 @@ impl ResolvesServerCert for Certificates {
         }
         Some(self.current().choose(client_hello.server_name()))
     }
+}
+
+/// Unix time a certificate's leaf stops being valid.
+pub fn not_after(pair: &CertifiedKey) -> Option<i64> {
+    let der = pair.cert.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// What the certificate files are on disk (size, modification time, inode, per file), to see

@@ -100,6 +100,18 @@ impl Pebble {
         }
     }
 
+    /// What Pebble says of the certificate with this serial (hex): its JSON status.
+    pub fn status(&self, serial_hex: &str) -> serde_json::Value {
+        let out = Command::new("curl")
+            .args(["-sS", "-f", "--cacert"])
+            .arg(&self.api_ca)
+            .arg(format!("https://127.0.0.1:{}/cert-status-by-serial/{serial_hex}", self.management))
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("json")
+    }
+
     /// Pebble's root certificate (new at every start), in `dir`.
     pub fn root(&self, dir: &Path) -> PathBuf {
         let out = Command::new("curl")
