@@ -414,3 +414,35 @@ fn the_lmtp_socket_belongs_to_the_mta_group_and_takes_deliveries() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Virtual domains: users named by their whole address. alice@a.test and alice@b.test are two
+/// mailboxes, each with its own mail and password, beside the bare alice of the configured
+/// domain; a domain nobody here has is refused.
+#[test]
+fn two_domains_with_the_same_local_part_deliver_and_log_in_separately() {
+    let mut pb = Pillarbox::new();
+    pb.edit_config("domains = []", "domains = [\"example.org\"]");
+    pb.add_user("alice@a.test", "a-test's long password");
+    pb.add_user("Alice@B.test", "b-test's long password");
+    pb.start();
+    let server = format!("127.0.0.1:{}", lmtp_port(&pb));
+    for (to, subject) in [("alice@a.test", "for a"), ("ALICE+lists@b.test", "for b"), ("alice@example.org", "bare")] {
+        let (ok, out) = swaks(&["--server", &server, "--to", to, "--header", &format!("Subject: {subject}")]);
+        assert!(ok, "{to}: {out}");
+    }
+    let (ok, out) = swaks(&["--server", &server, "--to", "alice@c.test"]);
+    assert!(!ok && out.contains("550"), "nobody at c.test: {out}");
+    for (user, password, subject) in [
+        ("alice@a.test", "a-test's long password", "Subject: for a"),
+        ("alice@b.test", "b-test's long password", "Subject: for b"),
+        ("alice", PASSWORD, "Subject: bare"),
+    ] {
+        let mail = retr_first(&pb, user, password);
+        assert!(String::from_utf8_lossy(&mail).contains(subject), "{user}: {}", String::from_utf8_lossy(&mail));
+        assert_eq!(pb.stored_messages(user).len(), 1, "{user} has its own mailbox");
+    }
+    let mut c = pb.connect();
+    c.expect_ok();
+    c.ok("USER alice@a.test");
+    assert!(c.cmd("PASS b-test's long password").starts_with("-ERR"), "each domain's alice has her own password");
+}

@@ -51,21 +51,40 @@ impl Refusal {
 impl Services {
     /// The local user a recipient address delivers to, if it takes a message of about
     /// `size_hint` octets (the SIZE= of MAIL FROM, RFC 1870) now.
+    ///
+    /// A user named by the whole address (`alice@example.com`, a user of a virtual domain) gets
+    /// it; otherwise, for the domains of `[delivery] domains` (every domain when it is empty),
+    /// the user named by the local part (`alice`), as before virtual domains.
     pub async fn recipient(&self, address: &str, size_hint: Option<u64>) -> Result<UserName, Refusal> {
         let policy = self.policy();
         let d = &policy.delivery;
         let (local, domain) = address.rsplit_once('@').unwrap_or((address, ""));
-        if !d.domains.is_empty() && !d.domains.iter().any(|x| x.eq_ignore_ascii_case(domain)) {
-            return Err(Refusal::NotHere(domain.to_owned()));
-        }
         let local = match d.recipient_delimiter.as_str() {
             "" => local,
             delim => local.split(delim).next().unwrap_or(local),
         };
+        if !domain.is_empty()
+            && let Ok(full) = UserName::new(&format!("{local}@{domain}"))
+            && let Some(entry) = self.user_if_any(&full).await?
+        {
+            self.check_quota(&entry, size_hint.unwrap_or(0)).await?;
+            return Ok(full);
+        }
+        if !d.domains.is_empty() && !d.domains.iter().any(|x| x.eq_ignore_ascii_case(domain)) {
+            return Err(Refusal::NotHere(domain.to_owned()));
+        }
         let name = UserName::new(local).map_err(|_| Refusal::UnknownUser)?;
         let entry = self.user(&name).await?;
         self.check_quota(&entry, size_hint.unwrap_or(0)).await?;
         Ok(name)
+    }
+
+    async fn user_if_any(&self, name: &UserName) -> Result<Option<Entry>, Refusal> {
+        match self.user(name).await {
+            Ok(e) => Ok(Some(e)),
+            Err(Refusal::UnknownUser) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn user(&self, name: &UserName) -> Result<Entry, Refusal> {

@@ -139,9 +139,11 @@ mod tests {
 }
 
 /// A local user name: 1 to 64 characters that are letters or digits (any script, RFC 6856) or
-/// `. _ + @ -`, not starting with `.` or `-`. Names are case-insensitive and kept in lowercase.
-/// The rules keep a name safe as a single path component of a maildrop and as a field of the
-/// user file. Callers apply SASLprep (RFC 4013) first, so equivalent spellings are one name.
+/// `. _ + @ -`, not starting with `.` or `-`; a user of a virtual domain is `name@domain`, the
+/// name held to those 64 characters and the whole to 255 octets. Names are case-insensitive and
+/// kept in lowercase. The rules keep a name safe as a single path component of a maildrop and as
+/// a field of the user file. Callers apply SASLprep (RFC 4013) first, so equivalent spellings are
+/// one name.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UserName(String);
 
@@ -153,12 +155,20 @@ pub struct UserName(String);
 pub struct UserNameError(pub String);
 
 impl UserName {
+    /// The longest name (or the name part of `name@domain`), in characters.
     pub const MAX_LEN: usize = 64;
+    /// The longest `name@domain`, in octets (one file name).
+    pub const MAX_OCTETS: usize = 255;
 
     pub fn new(name: &str) -> Result<Self, UserNameError> {
         let lower = name.to_lowercase();
-        let ok = !lower.is_empty()
-            && lower.chars().count() <= Self::MAX_LEN
+        let local = match lower.rsplit_once('@') {
+            Some((local, domain)) if !domain.is_empty() && !domain.starts_with(['.', '-']) => local,
+            _ => lower.as_str(),
+        };
+        let ok = !local.is_empty()
+            && local.chars().count() <= Self::MAX_LEN
+            && lower.len() <= Self::MAX_OCTETS
             && !lower.starts_with(['.', '-'])
             && lower.chars().all(|c| c.is_alphanumeric() || "._+@-".contains(c));
         if ok { Ok(Self(lower)) } else { Err(UserNameError(name.chars().take(80).collect())) }
@@ -195,5 +205,10 @@ mod user_name_tests {
         for bad in ["", ".", "..", ".hidden", "-x", "a/b", "a:b", "a b", "a\0", &"x".repeat(65), "a\u{202e}b"] {
             assert!(UserName::new(bad).is_err(), "{bad:?}");
         }
+        // A user of a virtual domain: 64 characters of name, and a domain after it.
+        let long_domain = format!("{}@{}.example.org", "x".repeat(64), "d".repeat(60));
+        assert!(UserName::new(&long_domain).is_ok(), "{long_domain}");
+        assert!(UserName::new(&format!("{}@example.org", "x".repeat(65))).is_err());
+        assert!(UserName::new(&format!("x@{}.org", "d".repeat(260))).is_err(), "one file name at most");
     }
 }
