@@ -118,3 +118,77 @@ fn a_bad_name_or_pair_is_named_with_its_file_line_and_field() {
     let line = config.lines().position(|l| l.contains("[tls.names.\"127.0.0.1\"]")).expect("line") + 2;
     assert!(said.contains(&format!("line {line}")), "{said}");
 }
+
+/// `[domains."a.test"] names = ["pop.a.test"]`: on a TLS connection to pop.a.test, `alice` is
+/// alice@a.test (SASL and USER/PASS alike); on another name she is the bare alice.
+#[test]
+fn a_server_name_is_a_login_realm() {
+    require_tool("curl");
+    let mut pb = Pillarbox::new();
+    pb.add_user("alice@a.test", "a-test's long password");
+    pb.deliver("alice@a.test", &common::message(1));
+    pb.deliver("alice@a.test", &common::message(2));
+    pb.deliver("alice", &common::message(3));
+    let certs = pb.data().join("names");
+    std::fs::create_dir_all(&certs).expect("mkdir");
+    let ca = TestCa::new(&certs);
+    let a = ca.issue(&certs, "a", &["pop.a.test"], CURRENT);
+    let mut config = std::fs::read_to_string(pb.config_path()).expect("config");
+    config.push_str(&named_section("pop.a.test", &a));
+    config.push_str("\n[domains.\"a.test\"]\nnames = [\"pop.a.test\"]\n");
+    std::fs::write(pb.config_path(), config).expect("config");
+    pb.start();
+    let port = pb.pop3s.expect("pop3s").port();
+    let list = |user: &str, login: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--cacert"])
+            .arg(&ca.pem)
+            .args(["--resolve", &format!("pop.a.test:{port}:127.0.0.1"), "-u", user, "--login-options", login])
+            .arg(format!("pop3s://pop.a.test:{port}/"))
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "{user} {login}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert_eq!(list("alice:a-test's long password", "AUTH=PLAIN"), 2, "alice@a.test's two messages");
+    let scram = common::python(
+        "scram_client.py",
+        &[
+            "127.0.0.1".into(),
+            port.to_string(),
+            "pop3s".into(),
+            ca.pem.display().to_string(),
+            "SCRAM-SHA-256".into(),
+            "alice".into(),
+            "a-test's long password".into(),
+            "sni=pop.a.test".into(),
+        ],
+    );
+    assert_eq!(scram.trim(), "ok", "SCRAM as alice, proven against alice@a.test's keys");
+    // USER/PASS, with Python's poplib over TLS to that name.
+    let script = "import poplib, ssl, sys\n\
+                  ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
+                  class P(poplib.POP3_SSL):\n\
+                  \x20   def _create_socket(self, timeout):\n\
+                  \x20       sock = poplib.POP3._create_socket(self, timeout)\n\
+                  \x20       return ctx.wrap_socket(sock, server_hostname='pop.a.test')\n\
+                  p = P('127.0.0.1', int(sys.argv[1]), context=ctx)\n\
+                  p.user('alice'); p.pass_(sys.argv[3]); print(p.stat()[0]); p.quit()\n";
+    let out = Command::new("python3")
+        .args(["-c", script, &port.to_string()])
+        .arg(&ca.pem)
+        .arg("a-test's long password")
+        .output()
+        .expect("python3");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2", "USER/PASS: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(list("alice@a.test:a-test's long password", "AUTH=PLAIN"), 2, "the whole name works too");
+    // Reached by another name (no realm): the bare alice.
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-k", "-u", &format!("alice:{}", common::PASSWORD)])
+        .arg(format!("pop3s://127.0.0.1:{port}/"))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert!(pb.log().contains("user=alice@a.test"), "the log names the qualified user");
+}

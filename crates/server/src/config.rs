@@ -213,6 +213,11 @@ challenge = "tls-alpn-01"
 # CA certificates (PEM) to trust for the ACME server, besides the system's (a private CA).
 ca_file = ""
 
+# Per mail domain: the server names whose TLS connections (the name the client asks for, SNI)
+# log in to the domain, so that a user of example.com types `alice` for alice@example.com.
+# [domains."example.com"]
+# names = ["pop.example.com"]
+
 [autoconfig]
 # What the autoconfiguration answers ([listen] https) tell mail clients besides the POP3
 # listeners, the login mechanisms and the retention they read from this configuration.
@@ -339,6 +344,9 @@ struct RawConfig {
     autoconfig: RawAutoconfig,
     #[serde(default)]
     acme: RawAcme,
+    /// `[domains."example.com"]`: per domain settings.
+    #[serde(default)]
+    domains: std::collections::BTreeMap<String, RawDomain>,
     #[serde(default)]
     process: RawProcess,
 }
@@ -422,6 +430,13 @@ impl fmt::Debug for DatabaseConfig {
             .field("user_query", &self.user_query)
             .finish()
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDomain {
+    /// Server names whose connections log in to this domain: `alice` is `alice@DOMAIN` there.
+    names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -823,6 +838,9 @@ pub struct Config {
     pub autoconfig: AutoconfigSettings,
     /// Certificates by ACME, when `[acme] directory` is set.
     pub acme: Option<AcmeSettings>,
+    /// The login realm of each server name (`[domains."D"] names`): a bare user name logging in
+    /// on a TLS connection to that name is `name@D`.
+    pub realms: std::collections::BTreeMap<String, String>,
     /// The user and group to run as after binding (`[process]`), if set.
     pub run_as: Option<(String, Option<String>)>,
     /// The rules of delivery (domains, sizes, quotas), as the service layer applies them.
@@ -1048,6 +1066,22 @@ impl Config {
                 smtp_tls: a.smtp_tls.clone(),
             }
         };
+        let mut realms = std::collections::BTreeMap::new();
+        for (raw_domain, d) in &raw.domains {
+            let table = format!("domains.\"{raw_domain}\"");
+            let domain = server_name(raw_domain)
+                .ok()
+                .filter(|d| !d.starts_with("*."))
+                .ok_or_else(|| field_at(text, path, &table, "names", format!("{raw_domain:?} is not a mail domain")))?;
+            for n in &d.names {
+                let name = server_name(n).map_err(|e| field_at(text, path, &table, "names", e))?;
+                if let Some(other) = realms.insert(name.clone(), domain.clone())
+                    && other != domain
+                {
+                    return Err(field_at(text, path, &table, "names", format!("{name} is a name of {other} already")));
+                }
+            }
+        }
         let acme = match raw.acme.directory.trim() {
             "" => None,
             directory => {
@@ -1158,6 +1192,7 @@ impl Config {
             https: raw.listen.https.clone(),
             autoconfig,
             acme,
+            realms,
             run_as: (!raw.process.user.trim().is_empty()).then(|| {
                 let g = raw.process.group.trim();
                 (raw.process.user.trim().to_owned(), (!g.is_empty()).then(|| g.to_owned()))
@@ -1258,6 +1293,7 @@ impl Config {
             https: _,
             autoconfig: _,
             acme: _,
+            realms: _,
             run_as: _,
             delivery:
                 pillarbox_core::DeliveryPolicy {
@@ -1331,6 +1367,7 @@ impl Config {
             fail_delay_max => "[auth] fail_delay_max",
             oauth2 => "[auth.oauth2]",
             autoconfig => "[autoconfig]",
+            realms => "[domains] names",
             delivery.domains => "[delivery] domains",
             delivery.recipient_delimiter => "[delivery] recipient_delimiter",
             delivery.max_message_size => "[delivery] max_message_size",

@@ -125,6 +125,24 @@ struct Conversation {
     channel_binding: Option<Vec<u8>>,
     /// This connection's place among the logins to one account in progress.
     attempt: Option<Permit>,
+    /// The mail domain of the server name the client asked for (`[domains] names`): bare user
+    /// names log in to it.
+    realm: Option<String>,
+}
+
+/// The realm of a TLS connection: the domain `[domains] names` maps its server name to.
+fn realm(conn: &Conn, config: &Config) -> Option<String> {
+    let Conn::Tls(tls) = conn else { return None };
+    let name = tls.get_ref().1.server_name()?.trim_end_matches('.').to_ascii_lowercase();
+    config.realms.get(&name).cloned()
+}
+
+/// `login` as a user of `realm` when it names no domain itself.
+fn qualify(realm: Option<&str>, login: &str) -> String {
+    match realm {
+        Some(d) if !login.is_empty() && !login.contains('@') => format!("{login}@{d}"),
+        _ => login.to_owned(),
+    }
 }
 
 pub(crate) async fn session(
@@ -177,6 +195,7 @@ pub(crate) async fn session(
         login_delay: announce.login_delay,
         sasl,
     };
+    let realm = realm(&conn, &settings);
     let mut conv = Conversation {
         front: front.clone(),
         session: {
@@ -191,6 +210,7 @@ pub(crate) async fn session(
         sasl: None,
         channel_binding,
         attempt: None,
+        realm,
     };
     let end = conv.run(conn, phase).await;
     let stats = conv.session.stats();
@@ -290,6 +310,7 @@ impl Conversation {
                     }
                 }
                 Event::Authenticate { user, credential } => {
+                    let user = qualify(self.realm.as_deref(), &user);
                     let method = if matches!(credential, Credential::Password(_)) { "USER/PASS" } else { "APOP" };
                     if !self.take_attempt_slot(&user, method).await {
                         continue;
@@ -325,6 +346,7 @@ impl Conversation {
                         _ => return End::TlsFailed,
                     };
                     self.channel_binding = channel_binding(&conn);
+                    self.realm = realm(&conn, &self.config);
                     let mechs = mechanisms(&self.front.services.policy(), true, true, self.channel_binding.is_some());
                     self.session.tls_established(mechs);
                 }
@@ -362,9 +384,11 @@ impl Conversation {
             return;
         };
         let services = self.front.services.clone();
+        let realm = self.realm.clone();
+        let q = |login: &str| qualify(realm.as_deref(), login);
         let mut step = mech.step(data.as_ref().map(|d| d.expose().as_slice()));
         match &step {
-            Step::NeedScramKeys { login, hash } => match services.scram_keys(login, *hash).await {
+            Step::NeedScramKeys { login, hash } => match services.scram_keys(&q(login), *hash).await {
                 Ok((user, keys)) => step = mech.scram_keys(user.is_some(), keys),
                 // Nothing judged: the exchange ends with "try later", no failure counted.
                 Err(_) => {
@@ -373,23 +397,25 @@ impl Conversation {
                     return;
                 }
             },
-            Step::CheckBearer { user, token } => match services.check_bearer(user.as_deref(), token).await {
-                Checked::Verified(v) => {
-                    let (mechanism, login) = (mech.name().to_owned(), v.name().to_string());
-                    self.sasl = None;
-                    if self.take_attempt_slot(&login, &mechanism).await {
-                        self.finish_login(Checked::Verified(v), &mechanism, &login).await;
+            Step::CheckBearer { user, token } => {
+                match services.check_bearer(user.as_deref().map(q).as_deref(), token).await {
+                    Checked::Verified(v) => {
+                        let (mechanism, login) = (mech.name().to_owned(), v.name().to_string());
+                        self.sasl = None;
+                        if self.take_attempt_slot(&login, &mechanism).await {
+                            self.finish_login(Checked::Verified(v), &mechanism, &login).await;
+                        }
+                        return;
                     }
-                    return;
+                    // The client answers the failure status; then the login fails, with its delay.
+                    Checked::Refused => step = mech.bearer_refused(services.bearer_failure_status()),
+                    Checked::Unavailable => {
+                        self.sasl = None;
+                        self.session.auth_failed(AuthFailure::Temporary);
+                        return;
+                    }
                 }
-                // The client answers the failure status; then the login fails, with its delay.
-                Checked::Refused => step = mech.bearer_refused(services.bearer_failure_status()),
-                Checked::Unavailable => {
-                    self.sasl = None;
-                    self.session.auth_failed(AuthFailure::Temporary);
-                    return;
-                }
-            },
+            }
             _ => {}
         }
         let mechanism = mech.name().to_owned();
@@ -398,9 +424,9 @@ impl Conversation {
         // failure delay; without one, nothing is told about the guess. (Not earlier: a client
         // that starts an exchange and goes quiet must not keep an account's places.)
         let judged = match &step {
-            Step::CheckPassword { user, .. } => Some(user.clone()),
-            Step::Verified(login) => Some(login.clone()),
-            Step::Failed { user, reason: Failure::Credentials } => Some(user.clone()),
+            Step::CheckPassword { user, .. } => Some(q(user)),
+            Step::Verified(login) => Some(q(login)),
+            Step::Failed { user, reason: Failure::Credentials } => Some(q(user)),
             _ => None,
         };
         if let Some(user) = judged.filter(|u| !u.is_empty())
@@ -413,15 +439,18 @@ impl Conversation {
             Step::Challenge(c) => self.session.sasl_challenge(&c),
             Step::CheckPassword { user, password } => {
                 self.sasl = None;
+                let user = q(&user);
                 let verified = services.check_credential(&user, Credential::Password(password)).await;
                 self.finish_login(verified, &mechanism, &user).await;
             }
             Step::Verified(login) => {
                 self.sasl = None;
+                let login = q(&login);
                 self.finish_login(Verified::by_proof(&login).into(), &mechanism, &login).await;
             }
             Step::Failed { user, reason } => {
                 self.sasl = None;
+                let user = q(&user);
                 if reason != Failure::Credentials {
                     info!(target: "pillarbox::auth", client = %self.peer, user, mechanism, ?reason, "SASL exchange failed");
                 }

@@ -2,7 +2,7 @@
 """An independent SCRAM client (RFC 5802, RFC 7677, RFC 9266) for POP3 AUTH, written with
 hashlib/hmac and pyOpenSSL (for the TLS exporter that -PLUS binds to).
 
-usage: scram_client.py HOST PORT plain|pop3s CAFILE MECHANISM USER PASSWORD [expect-fail] [wrong-binding]
+usage: scram_client.py HOST PORT plain|pop3s CAFILE MECHANISM USER PASSWORD [expect-fail] [wrong-binding] [sni=NAME]
 
 Prints "ok" after a successful login (server signature checked), or "refused: <line>" when the
 server refuses and expect-fail was given. Exits non-zero on anything unexpected.
@@ -18,6 +18,7 @@ from OpenSSL import SSL
 
 host, port, mode, cafile, mech, user, password = sys.argv[1:8]
 flags = set(sys.argv[8:])
+sni = next((f[4:] for f in flags if f.startswith("sni=")), "localhost")
 hname = "sha1" if mech.startswith("SCRAM-SHA-1") else "sha256"
 plus = mech.endswith("-PLUS")
 
@@ -34,7 +35,7 @@ class Conn:
             ctx.load_verify_locations(cafile)
             ctx.set_verify(SSL.VERIFY_PEER, lambda *a: a[-1])
             self.tls = SSL.Connection(ctx, sock)
-            self.tls.set_tlsext_host_name(b"localhost")
+            self.tls.set_tlsext_host_name(sni.encode())
             self.tls.set_connect_state()
             self.tls.do_handshake()
         self.sock = sock
