@@ -24,6 +24,7 @@ fn server() -> (Pillarbox, TestCa) {
     pb.edit_config("pop_host = \"\"", "pop_host = \"pop.customer.test\"");
     pb.edit_config("expire = \"never\"", "expire = \"14\"");
     let mut config = std::fs::read_to_string(pb.config_path()).expect("config");
+    config.push_str("\n[domains.\"virtual.test\"]\nnames = [\"pop.virtual.test\"]\n");
     config.push_str(&format!(
         "\n[tls.names.\"autoconfig.customer.test\"]\ncert = \"{0}\"\nkey = \"{1}\"\n\n\
          [tls.names.\"autodiscover.customer.test\"]\ncert = \"{0}\"\nkey = \"{1}\"\n",
@@ -89,6 +90,11 @@ fn thunderbird_and_outlook_find_the_pop3_settings_over_https() {
     let (status, same) =
         curl(&pb, &ca, "autoconfig.customer.test", "/.well-known/autoconfig/mail/config-v1.1.xml", &[]);
     assert_eq!((status, same), (200, xml));
+    // A virtual domain: its users log in with the whole address.
+    let (status, xml) =
+        curl(&pb, &ca, "autoconfig.customer.test", "/mail/config-v1.1.xml?emailaddress=bob%40virtual.test", &[]);
+    assert_eq!(status, 200, "{xml}");
+    assert!(thunderbird_reads(&xml).iter().all(|l| l.contains(" %EMAILADDRESS% ")), "{xml}");
     // Not a domain of this server.
     let (status, _) =
         curl(&pb, &ca, "autoconfig.customer.test", "/mail/config-v1.1.xml?emailaddress=bob%40elsewhere.test", &[]);

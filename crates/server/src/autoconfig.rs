@@ -22,6 +22,9 @@ pub struct Offer {
     /// OAUTHBEARER/XOAUTH2 with the identity provider's tokens.
     pub oauth2: bool,
     pub retention: Expire,
+    /// Users log in with their whole address (the domain is a virtual one: not among
+    /// `[delivery] domains`, whose users are named by the local part).
+    pub whole_address: bool,
     pub smtp_host: String,
     pub smtp_port: u16,
     /// `starttls`, `implicit` or `none`.
@@ -41,6 +44,7 @@ impl Offer {
             password: true,
             oauth2: config.oauth2.is_some(),
             retention: config.expire,
+            whole_address: !config.delivery.domains.is_empty() && !config.delivery.domains.iter().any(|d| d == domain),
             smtp_host: a.smtp_host.clone().unwrap_or_else(|| format!("smtp.{domain}")),
             smtp_port: a.smtp_port,
             smtp_tls: a.smtp_tls.clone(),
@@ -50,6 +54,14 @@ impl Offer {
     /// Thunderbird's names for the login methods, in the order to try: passwords (over TLS:
     /// "password-cleartext") first, since a client needs its own registration with an identity
     /// provider to use OAuth2.
+    /// The user name to log in with, for `address`.
+    pub fn login(&self, address: &str) -> String {
+        match (self.whole_address, address.rsplit_once('@')) {
+            (false, Some((local, _))) => local.to_owned(),
+            _ => address.to_owned(),
+        }
+    }
+
     fn methods(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
         if self.password {
@@ -106,8 +118,9 @@ pub fn thunderbird(o: &Offer) -> String {
         let Some(port) = port else { continue };
         x.push_str(&format!(
             "    <incomingServer type=\"pop3\">\n      <hostname>{}</hostname>\n      <port>{port}</port>\n      \
-             <socketType>{socket}</socketType>\n      <username>%EMAILLOCALPART%</username>\n",
-            esc(&o.pop_host)
+             <socketType>{socket}</socketType>\n      <username>{}</username>\n",
+            esc(&o.pop_host),
+            if o.whole_address { "%EMAILADDRESS%" } else { "%EMAILLOCALPART%" }
         ));
         for m in o.methods() {
             x.push_str(&format!("      <authentication>{m}</authentication>\n"));
@@ -141,7 +154,7 @@ pub fn autodiscover_address(body: &str) -> Option<String> {
 /// Outlook's Autodiscover answer (POX, responseschema 2006a) for `address`: POP3 with SSL on,
 /// SPA off, then SMTP.
 pub fn autodiscover(o: &Offer, address: &str) -> String {
-    let login = esc(address.rsplit_once('@').map_or(address, |(l, _)| l));
+    let login = esc(&o.login(address));
     let mut protocols = String::new();
     if let Some(port) = o.pop3s_port.or(o.pop3_starttls_port) {
         let ssl = if o.pop3s_port.is_some() { "on" } else { "off" };
@@ -210,6 +223,7 @@ mod tests {
             password: true,
             oauth2: true,
             retention: Expire::Days(14),
+            whole_address: false,
             smtp_host: "smtp.example.com".into(),
             smtp_port: 587,
             smtp_tls: "starttls".into(),
@@ -228,6 +242,11 @@ mod tests {
         let x = thunderbird(&Offer { retention: Expire::Days(0), oauth2: false, pop3_starttls_port: None, ..offer() });
         assert!(x.contains("<leaveMessagesOnServer>false</leaveMessagesOnServer>") && !x.contains("OAuth2"));
         assert!(!x.contains("STARTTLS</socketType>\n      <username>%EMAILLOCALPART%"), "no STLS entry");
+        // A virtual domain's users log in with their whole address.
+        let x = thunderbird(&Offer { whole_address: true, ..offer() });
+        assert!(x.contains("<username>%EMAILADDRESS%</username>") && !x.contains("%EMAILLOCALPART%"));
+        assert_eq!(Offer { whole_address: true, ..offer() }.login("alice@example.com"), "alice@example.com");
+        assert_eq!(offer().login("alice@example.com"), "alice");
     }
 
     #[test]

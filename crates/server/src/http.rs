@@ -144,16 +144,23 @@ fn redirect<B>(front: &Frontend, req: &Request<B>) -> Answer {
 }
 
 /// Whether autoconfiguration is answered for `domain`: one that is delivered here (`[delivery]
-/// domains`; every domain when that list is empty).
+/// domains`; every domain when that list is empty), or a virtual domain with a `[domains]` table.
 fn serves(front: &Frontend, domain: &str) -> bool {
     let domains = &front.services.policy().delivery.domains;
-    !domain.is_empty() && (domains.is_empty() || domains.iter().any(|d| d == domain))
+    let virtual_domain = front.config().realms.values().any(|d| d == domain);
+    !domain.is_empty() && (domains.is_empty() || domains.iter().any(|d| d == domain) || virtual_domain)
 }
 
 /// The POP3 server's name for clients (see [`autoconfig::pop_host`]).
 fn pop_host(front: &Frontend) -> String {
     let set = front.certificates.as_ref().map(|c| c.current());
     autoconfig::pop_host(&front.config(), set.as_deref(), &front.services.hostname)
+}
+
+/// A parameter of the request's query, decoded.
+fn query_value<B>(req: &Request<B>, key: &str) -> Option<String> {
+    let query = req.uri().query()?;
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
 }
 
 fn domain_of(address: &str) -> Option<String> {
@@ -176,9 +183,7 @@ async fn autoconfigure(front: &Arc<Frontend>, req: Request<Incoming>) -> Answer 
     };
     match (req.method(), path.as_str()) {
         (&Method::GET, "/mail/config-v1.1.xml" | "/.well-known/autoconfig/mail/config-v1.1.xml") => {
-            let query = req.uri().query().unwrap_or("");
-            let address =
-                query.split('&').find_map(|kv| kv.strip_prefix("emailaddress=")).map(|a| a.replace("%40", "@"));
+            let address = query_value(&req, "emailaddress");
             // Without an address, the domain is the one whose autoconfig name was asked.
             let domain = match address {
                 Some(a) => domain_of(&a),
@@ -192,9 +197,7 @@ async fn autoconfigure(front: &Arc<Frontend>, req: Request<Incoming>) -> Answer 
             }
         }
         (&Method::GET, "/email.mobileconfig") => {
-            let query = req.uri().query().unwrap_or("");
-            let address =
-                query.split('&').find_map(|kv| kv.strip_prefix("emailaddress=")).map(|a| a.replace("%40", "@"));
+            let address = query_value(&req, "emailaddress");
             let Some((address, domain)) = address.and_then(|a| domain_of(&a).map(|d| (a, d))) else {
                 return answer(StatusCode::BAD_REQUEST, "text/plain; charset=utf-8", "give ?emailaddress=\n");
             };

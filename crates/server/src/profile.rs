@@ -53,7 +53,7 @@ pub fn plist(o: &Offer, address: &str) -> String {
     mail.push_str(&s("IncomingMailServerHostName", &o.pop_host));
     mail.push_str(&i("IncomingMailServerPortNumber", port));
     mail.push_str(&b("IncomingMailServerUseSSL", true));
-    mail.push_str(&s("IncomingMailServerUsername", local));
+    mail.push_str(&s("IncomingMailServerUsername", &o.login(address)));
     mail.push_str(&s("OutgoingMailServerAuthentication", "EmailAuthPassword"));
     mail.push_str(&s("OutgoingMailServerHostName", &o.smtp_host));
     mail.push_str(&i("OutgoingMailServerPortNumber", o.smtp_port));
