@@ -94,7 +94,8 @@ pub fn pop_host(config: &Config, certificates: Option<&crate::tls::CertSet>, hos
     from_cert.unwrap_or_else(|| hostname.to_owned())
 }
 
-fn esc(s: &str) -> String {
+/// `s` as XML text or attribute value.
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 

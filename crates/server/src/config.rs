@@ -39,7 +39,8 @@ lmtp_unix_group = ""
 # Autodiscover), with the [tls] certificates; point autoconfig.DOMAIN and autodiscover.DOMAIN
 # at it (`pillarbox domain dns DOMAIN` prints the records). The standard port is 443. Empty: off.
 https = []
-# Plain HTTP, which only redirects to HTTPS. The standard port is 80. Empty: off.
+# Plain HTTP, which answers ACME's HTTP-01 checks and redirects everything else to HTTPS. The
+# standard port is 80. Empty: off.
 http = []
 
 [tls]

@@ -1,7 +1,8 @@
 //! One small HTTP stack for what the server answers over HTTP besides POP3 and LMTP: the
 //! metrics (`[metrics] listen`), the autoconfiguration of mail clients over HTTPS (`[listen]
-//! https`, with the `[tls]` certificates and their SNI names), and plain HTTP (`[listen] http`),
-//! which only redirects to HTTPS. A listener each, one connection loop, and a router per site.
+//! https`, with the `[tls]` certificates and their SNI names, and ACME's TLS-ALPN-01), and plain
+//! HTTP (`[listen] http`), which answers ACME's HTTP-01 and redirects everything else to HTTPS.
+//! A listener each, one connection loop, and a router per site.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ pub(crate) enum Site {
     Metrics(Arc<pillarbox_core::Metrics>),
     /// Autoconfig and Autodiscover, over TLS.
     Autoconfig(Arc<Frontend>),
-    /// Everything redirected to HTTPS.
+    /// ACME's HTTP-01 answers, and everything else redirected to HTTPS.
     Redirect(Arc<Frontend>),
 }
 

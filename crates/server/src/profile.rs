@@ -18,11 +18,7 @@ use spki::AlgorithmIdentifierOwned;
 use x509_cert::Certificate;
 use x509_cert::attr::Attribute;
 
-use crate::autoconfig::Offer;
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-}
+use crate::autoconfig::{Offer, esc};
 
 /// A UUID made from `seed` (the same profile for the same address keeps its identity, so that
 /// installing it again replaces the old one).
