@@ -135,6 +135,8 @@ fn redirect<B>(front: &Frontend, req: &Request<B>) -> Answer {
     }
     let https = *front.https_port.read().unwrap_or_else(std::sync::PoisonError::into_inner);
     let (Some(host), Some(https)) = (host_of(req), https) else { return not_found() };
+    // An IPv6 literal goes back in brackets.
+    let host = if host.contains(':') { format!("[{host}]") } else { host };
     let port = if https == 443 { String::new() } else { format!(":{https}") };
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let mut r = answer(StatusCode::PERMANENT_REDIRECT, "text/plain; charset=utf-8", "over HTTPS\n");
@@ -238,5 +240,22 @@ async fn autoconfigure(front: &Arc<Frontend>, req: Request<Incoming>) -> Answer 
             }
         }
         _ => not_found(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(host: &str) -> Request<()> {
+        Request::builder().uri("/x?y=1").header(hyper::header::HOST, host).body(()).expect("request")
+    }
+
+    #[test]
+    fn the_host_a_request_was_sent_to() {
+        assert_eq!(host_of(&request("Autoconfig.Example.COM.:8080")).as_deref(), Some("autoconfig.example.com"));
+        assert_eq!(host_of(&request("example.com")).as_deref(), Some("example.com"));
+        assert_eq!(host_of(&request("[::1]:80")).as_deref(), Some("::1"));
+        assert_eq!(host_of(&request("127.0.0.1:80")).as_deref(), Some("127.0.0.1"));
     }
 }
