@@ -188,29 +188,9 @@ pub fn password(account: &Account) -> Result<Secret<Vec<u8>>, FetchError> {
         }
         PasswordSource::Command(cmd) | PasswordSource::TokenCommand(cmd) => {
             let key = if account.password.is_token() { "token_command" } else { "password_command" };
-            let out = std::process::Command::new("/bin/sh")
-                .arg("-c")
-                .arg(cmd)
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .map_err(|e| FetchError::Password(format!("cannot run {key}: {e}")))?;
-            if !out.status.success() {
-                return Err(FetchError::Password(format!("{key} failed ({})", out.status)));
-            }
-            out.stdout
+            pillarbox_os::secret_from_command(cmd, key).map_err(FetchError::Password)?
         }
-        PasswordSource::File(path) => {
-            use std::os::unix::fs::MetadataExt;
-            let meta = std::fs::metadata(path).map_err(|e| FetchError::Password(format!("{}: {e}", path.display())))?;
-            if meta.mode() & 0o077 != 0 {
-                return Err(FetchError::Password(format!(
-                    "{} can be read by others (mode {:o}); run chmod 600 on it",
-                    path.display(),
-                    meta.mode() & 0o777
-                )));
-            }
-            std::fs::read(path).map_err(|e| FetchError::Password(format!("{}: {e}", path.display())))?
-        }
+        PasswordSource::File(path) => pillarbox_os::read_private_file(path).map_err(FetchError::Password)?,
         PasswordSource::Env(var) => std::env::var(var)
             .map_err(|_| FetchError::Password(format!("the environment variable {var} is not set")))?
             .into_bytes(),

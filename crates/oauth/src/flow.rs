@@ -244,33 +244,13 @@ async fn discover(http: &Http, issuer: &str) -> Result<Metadata, OAuthError> {
 
 /// The client secret, from its command or file (`None`: a public client).
 pub fn client_secret(o: &OAuth2) -> Result<Option<Secret<String>>, OAuthError> {
-    let text = match &o.client_secret {
+    let bytes = match &o.client_secret {
         None => return Ok(None),
-        Some(ClientSecret::Command(cmd)) => {
-            let out = std::process::Command::new("/bin/sh")
-                .arg("-c")
-                .arg(cmd)
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .map_err(|e| OAuthError::Config(format!("cannot run client_secret_command: {e}")))?;
-            if !out.status.success() {
-                return Err(OAuthError::Config(format!("client_secret_command failed ({})", out.status)));
-            }
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        }
-        Some(ClientSecret::File(path)) => {
-            use std::os::unix::fs::MetadataExt;
-            let meta = std::fs::metadata(path).map_err(|e| OAuthError::Config(format!("{}: {e}", path.display())))?;
-            if meta.mode() & 0o077 != 0 {
-                return Err(OAuthError::Config(format!(
-                    "{} can be read by others (mode {:o}); run chmod 600 on it",
-                    path.display(),
-                    meta.mode() & 0o777
-                )));
-            }
-            std::fs::read_to_string(path).map_err(|e| OAuthError::Config(format!("{}: {e}", path.display())))?
-        }
-    };
+        Some(ClientSecret::Command(cmd)) => pillarbox_os::secret_from_command(cmd, "client_secret_command"),
+        Some(ClientSecret::File(path)) => pillarbox_os::read_private_file(path),
+    }
+    .map_err(OAuthError::Config)?;
+    let text = String::from_utf8_lossy(&bytes);
     Ok(Some(Secret::new(text.lines().next().unwrap_or("").trim().to_owned())))
 }
 

@@ -87,6 +87,35 @@ pub fn fsync_dir(path: &Path) -> io::Result<()> {
     std::fs::File::open(path)?.sync_all()
 }
 
+/// What `command` (run with `/bin/sh -c`, its errors shown on ours) prints: a secret's source
+/// (`password_command`, `client_secret_command`, named `key` in the messages).
+pub fn secret_from_command(command: &str, key: &str) -> Result<Vec<u8>, String> {
+    let out = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {key}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{key} failed ({})", out.status));
+    }
+    Ok(out.stdout)
+}
+
+/// A file holding a secret, refused when others may read it.
+pub fn read_private_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} can be read by others (mode {:o}); run chmod 600 on it",
+            path.display(),
+            meta.mode() & 0o777
+        ));
+    }
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
