@@ -802,7 +802,8 @@ fn add(args: AddArgs) -> Result<u8> {
     }
     let _saving = interrupts.hold();
     if let Some((file, secret)) = &typed {
-        write_private(file, secret.expose())?;
+        let line = Secret::new([secret.expose().as_slice(), b"\n"].concat());
+        pillarbox_os::write_private(file, line.expose()).with_context(|| format!("saving {}", file.display()))?;
     }
     if let Err(e) = account::add_to_file(&path, &account) {
         if let Some((file, _)) = &typed {
@@ -878,20 +879,4 @@ fn shell_word(s: &str) -> String {
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
     }
-}
-
-/// A file readable only by its owner, in a folder only its owner can enter. Written beside its
-/// place and renamed over it, so a file left by an earlier attempt is replaced whole.
-fn write_private(path: &Path, data: &[u8]) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    // A new temporary file has mode 0600.
-    let mut f =
-        tempfile::NamedTempFile::new_in(dir).with_context(|| format!("creating a file in {}", dir.display()))?;
-    f.write_all(data)?;
-    f.write_all(b"\n")?;
-    f.as_file().sync_all()?;
-    f.persist(path).with_context(|| format!("saving {}", path.display()))?;
-    Ok(())
 }

@@ -8,9 +8,8 @@
 //! lock is held: two fetches of one account never both spend the same refresh token (a provider
 //! that rotates them would revoke the grant for that).
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -232,20 +231,7 @@ impl TokenStore {
         let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
         self.ensure_dir().map_err(fail)?;
         let json = serde_json::to_vec_pretty(tokens).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        let mut random = [0u8; 6];
-        let _ = getrandom::fill(&mut random);
-        let tmp = self.dir.join(format!(".{}.{}.tmp", file_stem(account), random.map(|b| format!("{b:02x}")).concat()));
-        let written = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            pillarbox_os::fsync_dir(&self.dir)
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written.map_err(fail)
+        pillarbox_os::write_private(&path, &json).map_err(fail)
     }
 
     /// Forget the account's tokens (`account remove`, or a new authorization that failed).

@@ -87,6 +87,21 @@ pub fn fsync_dir(path: &Path) -> io::Result<()> {
     std::fs::File::open(path)?.sync_all()
 }
 
+/// Replace `path` with `data`, readable by its owner only, in a folder only its owner may enter
+/// (made if missing): written to a new file beside it (mode 0600), synced, renamed over it, and
+/// the folder synced, so that a crash leaves the old content or the new, never a part.
+pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let mut f = tempfile::NamedTempFile::new_in(dir)?;
+    f.write_all(data)?;
+    f.as_file().sync_all()?;
+    f.persist(path).map_err(|e| e.error)?;
+    fsync_dir(dir)
+}
+
 /// What `command` (run with `/bin/sh -c`, its errors shown on ours) prints: a secret's source
 /// (`password_command`, `client_secret_command`, named `key` in the messages).
 pub fn secret_from_command(command: &str, key: &str) -> Result<Vec<u8>, String> {
@@ -119,6 +134,20 @@ pub fn read_private_file(path: &Path) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_files_are_replaced_whole_and_readable_by_their_owner_only() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub/secret");
+        write_private(&path, b"one").expect("write");
+        write_private(&path, b"two").expect("replace");
+        assert_eq!(std::fs::read(&path).expect("read"), b"two");
+        assert_eq!(std::fs::metadata(&path).expect("file").mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(dir.path().join("sub")).expect("dir").mode() & 0o777, 0o700);
+        assert_eq!(std::fs::read_dir(dir.path().join("sub")).expect("dir").count(), 1, "no temporary file left");
+        assert_eq!(read_private_file(&path), Ok(b"two".to_vec()));
+    }
 
     #[test]
     fn host_name_is_safe_everywhere_it_goes() {

@@ -109,20 +109,6 @@ pub fn renewal_time(cert_pem: &Path) -> Option<std::time::SystemTime> {
     Some(std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(at).ok()?))
 }
 
-/// Write `data` to `path` atomically, readable by the owner only.
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    pillarbox_os::fsync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
 /// Why getting a certificate failed.
 fn failed(what: &str) -> impl Fn(instant_acme::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
@@ -150,7 +136,8 @@ async fn account(s: &AcmeSettings) -> Result<Account, String> {
         .await
         .map_err(failed("creating the ACME account"))?;
     let json = serde_json::to_vec(&credentials).map_err(|e| e.to_string())?;
-    write_private(&file, &json).map_err(|e| format!("keeping the ACME account in {}: {e}", file.display()))?;
+    pillarbox_os::write_private(&file, &json)
+        .map_err(|e| format!("keeping the ACME account in {}: {e}", file.display()))?;
     info!(directory = s.directory, "ACME account created");
     Ok(account)
 }
@@ -221,8 +208,8 @@ async fn order(s: &AcmeSettings, account: &Account, responders: &Responders, nam
     let key_pem = order.finalize().await.map_err(failed("finalizing the order"))?;
     let chain_pem = order.poll_certificate(&RetryPolicy::default()).await.map_err(failed("the certificate"))?;
     let (cert, key) = files(&s.dir, name);
-    write_private(&key, key_pem.as_bytes()).map_err(|e| format!("{}: {e}", key.display()))?;
-    write_private(&cert, chain_pem.as_bytes()).map_err(|e| format!("{}: {e}", cert.display()))?;
+    pillarbox_os::write_private(&key, key_pem.as_bytes()).map_err(|e| format!("{}: {e}", key.display()))?;
+    pillarbox_os::write_private(&cert, chain_pem.as_bytes()).map_err(|e| format!("{}: {e}", cert.display()))?;
     Ok(())
 }
 
