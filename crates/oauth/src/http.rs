@@ -95,20 +95,9 @@ impl Http {
     /// GET `url` (http or https: the caller decides what a plain-HTTP answer is worth), at most
     /// `limit` octets of it: the status and the body.
     pub async fn get_text(&self, url: &str, limit: usize) -> Result<(u16, String), HttpError> {
-        let transport = |e: reqwest::Error| HttpError::Transport { url: url.to_owned(), detail: error_chain(&e) };
-        let mut resp = self.client.get(url).send().await.map_err(transport)?;
+        let resp = self.client.get(url).send().await.map_err(transport(url))?;
         let status = resp.status().as_u16();
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-            body.extend_from_slice(&chunk);
-            if body.len() > limit {
-                return Err(HttpError::Status {
-                    url: url.to_owned(),
-                    status,
-                    body: format!("longer than {limit} octets"),
-                });
-            }
-        }
+        let body = read_body(resp, url, limit).await?;
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
@@ -147,11 +136,9 @@ impl Http {
     }
 
     async fn exchange(&self, url: &str, req: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>), HttpError> {
-        let transport = |e: reqwest::Error| HttpError::Transport { url: url.to_owned(), detail: error_chain(&e) };
-        let resp = req.send().await.map_err(transport)?;
+        let resp = req.send().await.map_err(transport(url))?;
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(transport)?;
-        Ok((status, body.to_vec()))
+        Ok((status, read_body(resp, url, MAX_ANSWER).await?))
     }
 
     /// Run a request of the `oauth2` crate (its `AsyncHttpClient`).
@@ -160,15 +147,34 @@ impl Http {
         check_url(&url).map_err(HttpError::Config)?;
         let (parts, body) = request.into_parts();
         let req = self.client.request(parts.method, &url).headers(parts.headers).body(body);
-        let transport = |e: reqwest::Error| HttpError::Transport { url: url.clone(), detail: error_chain(&e) };
-        let resp = req.send().await.map_err(transport)?;
+        let resp = req.send().await.map_err(transport(&url))?;
         let mut out = oauth2::http::Response::builder().status(resp.status());
         for (k, v) in resp.headers() {
             out = out.header(k, v);
         }
-        let body = resp.bytes().await.map_err(transport)?;
-        out.body(body.to_vec()).map_err(|e| HttpError::Json { url: url.clone(), detail: e.to_string() })
+        out.body(read_body(resp, &url, MAX_ANSWER).await?)
+            .map_err(|e| HttpError::Json { url: url.clone(), detail: e.to_string() })
     }
+}
+
+/// The longest answer read from a provider (a discovery document, keys, a token response).
+const MAX_ANSWER: usize = 1 << 20;
+
+fn transport(url: &str) -> impl Fn(reqwest::Error) -> HttpError + '_ {
+    move |e| HttpError::Transport { url: url.to_owned(), detail: error_chain(&e) }
+}
+
+/// A response's body, at most `limit` octets of it (a longer one is an error, not cut).
+async fn read_body(mut resp: reqwest::Response, url: &str, limit: usize) -> Result<Vec<u8>, HttpError> {
+    let status = resp.status().as_u16();
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport(url))? {
+        if body.len() + chunk.len() > limit {
+            return Err(HttpError::Status { url: url.to_owned(), status, body: format!("longer than {limit} octets") });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// An error with its causes ("error sending request: ... certificate not trusted").
