@@ -218,6 +218,8 @@ impl Txn {
 #[derive(Debug)]
 pub struct ServerSession {
     config: SessionConfig,
+    /// `config.sasl` has a bearer mechanism, whose `AUTH` line may be long (see `line_limit`).
+    bearer_offered: bool,
     state: State,
     decoder: LineDecoder,
     out: BytesMut,
@@ -246,6 +248,7 @@ impl ServerSession {
             None => response::ok(&mut out, &config.greeting),
         }
         Self {
+            bearer_offered: config.sasl.iter().any(|m| is_bearer(m)),
             config,
             state: State::Authorization { user: None },
             decoder: LineDecoder::new(MAX_COMMAND_LINE),
@@ -355,7 +358,7 @@ impl ServerSession {
     fn line_limit(&self) -> usize {
         match self.state {
             State::SaslResponse => MAX_SASL_LINE,
-            State::Authorization { .. } if self.config.sasl.iter().any(|m| is_bearer(m)) => MAX_SASL_LINE,
+            State::Authorization { .. } if self.bearer_offered => MAX_SASL_LINE,
             _ => MAX_COMMAND_LINE,
         }
     }
@@ -765,6 +768,7 @@ impl ServerSession {
     /// SASL mechanisms usable over TLS.
     pub fn tls_established(&mut self, sasl: Vec<String>) {
         if matches!(self.state, State::StartingTls) {
+            self.bearer_offered = sasl.iter().any(|m| is_bearer(m));
             self.config.sasl = sasl;
             self.config.tls_active = true;
             self.config.stls_available = false;
