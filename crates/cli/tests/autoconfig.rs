@@ -262,15 +262,18 @@ fn apple_devices_get_a_signed_profile() {
         .expect("curl");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let plist = pb.data().join("alice.plist");
-    let out = Command::new("openssl")
-        .args(["smime", "-verify", "-inform", "der", "-in"])
-        .arg(&file)
-        .arg("-CAfile")
-        .arg(&ca.pem)
-        .arg("-out")
-        .arg(&plist)
-        .output()
-        .expect("openssl");
+    let verify = |out: &std::path::Path| {
+        Command::new("openssl")
+            .args(["smime", "-verify", "-inform", "der", "-in"])
+            .arg(&file)
+            .arg("-CAfile")
+            .arg(&ca.pem)
+            .arg("-out")
+            .arg(out)
+            .output()
+            .expect("openssl")
+    };
+    let out = verify(&plist);
     assert!(out.status.success(), "the signature checks out: {}", String::from_utf8_lossy(&out.stderr));
     let script = "import plistlib, sys\n\
                   p = plistlib.load(open(sys.argv[1], 'rb'))\n\
@@ -294,14 +297,5 @@ fn apple_devices_get_a_signed_profile() {
     let at = der.windows(12).position(|w| w == b"EmailTypePOP").expect("the plist inside");
     der[at] = b'X';
     std::fs::write(&file, der).expect("write");
-    let out = Command::new("openssl")
-        .args(["smime", "-verify", "-inform", "der", "-in"])
-        .arg(&file)
-        .arg("-CAfile")
-        .arg(&ca.pem)
-        .arg("-out")
-        .arg("/dev/null")
-        .output()
-        .expect("openssl");
-    assert!(!out.status.success(), "a changed profile is refused");
+    assert!(!verify(std::path::Path::new("/dev/null")).status.success(), "a changed profile is refused");
 }

@@ -1138,13 +1138,16 @@ fn an_oauth2_token_from_token_command_logs_in_with_oauthbearer_or_xoauth2() {
     assert!(said.contains("token_command gives an OAuth2 token") && said.contains("auth"), "{said}");
     // check explains a refused token.
     std::fs::write(w.join("accounts.toml"), with("echo EXPIRED", "")).expect("accounts");
-    let out = Command::new(bin())
-        .args(["check", "--accounts-file"])
-        .arg(w.join("accounts.toml"))
-        .arg("--state-dir")
-        .arg(w.join("state"))
-        .output()
-        .expect("check");
+    let check = || {
+        Command::new(bin())
+            .args(["check", "--accounts-file"])
+            .arg(w.join("accounts.toml"))
+            .arg("--state-dir")
+            .arg(w.join("state"))
+            .output()
+            .expect("check")
+    };
+    let out = check();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("refused the OAuth2 token for alice (OAUTHBEARER)") && text.contains("token_command"),
@@ -1153,13 +1156,7 @@ fn an_oauth2_token_from_token_command_logs_in_with_oauthbearer_or_xoauth2() {
     // A token the server takes at AUTH and then refuses every command for (Microsoft's answer to
     // a token for another mailbox, or a mailbox without POP): check confirms with STAT and says so.
     std::fs::write(w.join("accounts.toml"), with("echo OTHER-MAILBOX", "")).expect("accounts");
-    let out = Command::new(bin())
-        .args(["check", "--accounts-file"])
-        .arg(w.join("accounts.toml"))
-        .arg("--state-dir")
-        .arg(w.join("state"))
-        .output()
-        .expect("check");
+    let out = check();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     assert!(

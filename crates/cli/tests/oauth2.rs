@@ -437,23 +437,11 @@ fn run_signing_in(mut cmd: Command, provider: &Provider, login: &str) -> (std::p
         said.push_str(&line);
         said.push('\n');
     }
-    let out = child.0.wait_with_output_ref();
-    said.push_str(&out);
-    (child.0.wait().expect("wait"), said)
-}
-
-trait Drain {
-    fn wait_with_output_ref(&mut self) -> String;
-}
-
-impl Drain for std::process::Child {
-    fn wait_with_output_ref(&mut self) -> String {
-        let mut s = String::new();
-        if let Some(mut o) = self.stdout.take() {
-            let _ = std::io::Read::read_to_string(&mut o, &mut s);
-        }
-        s
+    // What it printed on standard output (the end of the pipe comes with its exit).
+    if let Some(mut stdout) = child.0.stdout.take() {
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut said);
     }
+    (child.0.wait().expect("wait"), said)
 }
 
 #[test]
