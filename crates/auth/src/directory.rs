@@ -80,6 +80,14 @@ pub enum DirectoryError {
     /// The users are kept elsewhere (a control panel's database) and only read here.
     #[error("{0}")]
     ReadOnly(String),
+    #[error("no such domain: {0}")]
+    NoSuchDomain(String),
+    #[error("domain {0} already exists")]
+    DomainExists(String),
+    /// A change that would break a rule of the registry (an alias or server name that belongs
+    /// to another domain); the reason says which.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl DirectoryError {

@@ -29,11 +29,13 @@ use base64::engine::general_purpose::STANDARD as B64;
 use pillarbox_proto::{Expire, Secret, UserName};
 
 pub mod directory;
+pub mod domains;
 pub mod legacy;
 /// SCRAM keys and exchanges (re-exported from `pillarbox-sasl`, where the mechanisms live).
 pub use pillarbox_sasl::scram;
 
 pub use directory::{Directory, DirectoryError, Entry, FileDirectory, MemoryDirectory, SecretVersion, Secrets};
+pub use domains::{DomainName, DomainRecord, DomainRegistry, DomainSet, FileDomains, MemoryDomains};
 pub use scram::{ScramHash, ScramKeys, ScramServer};
 
 /// Shortest password `user add` and `user passwd` accept.
@@ -444,59 +446,89 @@ pub fn generate_password() -> Result<String, AuthError> {
     Ok(out)
 }
 
-/// The user file on disk.
-#[derive(Debug, Clone)]
-pub struct UserFile {
-    path: PathBuf,
+/// A text file of records (the users, the domains): parsed whole, written whole under a lock.
+pub trait TextFormat: Default + Send + Sync + 'static {
+    /// What the file holds, for messages ("user", "domain").
+    const WHAT: &'static str;
+    fn parse(text: &str, path: &Path) -> Result<Self, AuthError>;
+    fn render(&self) -> String;
 }
 
-impl UserFile {
+impl TextFormat for Users {
+    const WHAT: &'static str = "user";
+    fn parse(text: &str, path: &Path) -> Result<Self, AuthError> {
+        Users::parse(text, path)
+    }
+    fn render(&self) -> String {
+        Users::render(self)
+    }
+}
+
+/// A records file on disk ([`UserFile`], [`DomainFile`]).
+#[derive(Debug)]
+pub struct TextFile<T> {
+    path: PathBuf,
+    _format: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for TextFile<T> {
+    fn clone(&self) -> Self {
+        Self { path: self.path.clone(), _format: std::marker::PhantomData }
+    }
+}
+
+/// The user file.
+pub type UserFile = TextFile<Users>;
+/// The domain file (`pillarbox domain`), beside the user file.
+pub type DomainFile = TextFile<domains::DomainSet>;
+
+impl<T: TextFormat> TextFile<T> {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self { path: path.into(), _format: std::marker::PhantomData }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Load the users; a missing file is an empty database.
-    pub fn load(&self) -> Result<Users, AuthError> {
+    /// Load the records; a missing file is an empty set.
+    pub fn load(&self) -> Result<T, AuthError> {
         match fs::read_to_string(&self.path) {
-            Ok(text) => Users::parse(&text, &self.path),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Users::default()),
+            Ok(text) => T::parse(&text, &self.path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(T::default()),
             Err(e) => Err(io_err(format!("reading {}", self.path.display()))(e).into()),
         }
     }
 
-    /// Create an empty user file if there is none.
+    /// Create an empty file if there is none.
     pub fn create_if_missing(&self) -> Result<(), AuthError> {
         if self.path.exists() {
             return Ok(());
         }
-        self.write(&Users::default())
+        self.write(&T::default())
     }
 
     /// Read, change and write the file under a lock, so concurrent edits are not lost.
-    pub fn update<T>(&self, f: impl FnOnce(&mut Users) -> Result<T, String>) -> Result<Result<T, String>, AuthError> {
+    pub fn update<R>(&self, f: impl FnOnce(&mut T) -> Result<R, String>) -> Result<Result<R, String>, AuthError> {
         let lock_path = self.path.with_extension("lock");
         let lock = pillarbox_os::open_lock_file(&lock_path)?;
         lock.lock().map_err(io_err(format!("locking {}", lock_path.display())))?;
-        let mut users = self.load()?;
-        let result = f(&mut users);
+        let mut records = self.load()?;
+        let result = f(&mut records);
         if result.is_ok() {
-            self.write(&users)?;
+            self.write(&records)?;
         }
         Ok(result)
     }
 
-    fn write(&self, users: &Users) -> Result<(), AuthError> {
+    fn write(&self, records: &T) -> Result<(), AuthError> {
         if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent).map_err(io_err(format!("creating {}", parent.display())))?;
         }
         let tmp = self.path.with_extension(format!("tmp.{}", std::process::id()));
         let result = (|| {
             let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-            f.write_all(users.render().as_bytes())?;
+            f.write_all(records.render().as_bytes())?;
             f.sync_all()?;
             fs::rename(&tmp, &self.path)
         })();
@@ -507,49 +539,52 @@ impl UserFile {
     }
 }
 
-/// The user file as the server sees it: reloaded whenever it changes on disk, so `pillarbox user`
-/// takes effect without a restart.
+/// A records file as the server sees it: reloaded whenever it changes on disk, so `pillarbox
+/// user` and `pillarbox domain` take effect without a restart.
 #[derive(Debug)]
-pub struct UserDb {
-    file: UserFile,
-    cached: Mutex<(Option<FileStamp>, Arc<Users>)>,
+pub struct Watched<T> {
+    file: TextFile<T>,
+    cached: Mutex<(Option<FileStamp>, Arc<T>)>,
 }
+
+/// The user file, watched.
+pub type UserDb = Watched<Users>;
 
 /// What identifies one version of the file: modification time (s, ns), size and inode.
 type FileStamp = (i64, i64, u64, u64);
 
-impl UserDb {
-    pub fn new(file: UserFile) -> Self {
-        Self { file, cached: Mutex::new((None, Arc::new(Users::default()))) }
+impl<T: TextFormat> Watched<T> {
+    pub fn new(file: TextFile<T>) -> Self {
+        Self { file, cached: Mutex::new((None, Arc::new(T::default()))) }
     }
 
-    pub fn file(&self) -> &UserFile {
+    pub fn file(&self) -> &TextFile<T> {
         &self.file
     }
 
-    /// The current users, or why there are none to serve: the file cannot be read or parsed and
-    /// no good copy was ever read (an empty set then would turn every recipient into "no such
-    /// user", and every message into a bounce).
-    pub fn current_or_error(&self) -> Result<(Arc<Users>, Option<AuthError>), AuthError> {
-        let (users, problem) = self.current();
+    /// The current records, or why there are none to serve: the file cannot be read or parsed
+    /// and no good copy was ever read (an empty set then would turn every recipient into "no
+    /// such user", and every message into a bounce).
+    pub fn current_or_error(&self) -> Result<(Arc<T>, Option<AuthError>), AuthError> {
+        let (records, problem) = self.current();
         let never_read = self.cached.lock().unwrap_or_else(PoisonError::into_inner).0.is_none();
         match problem {
             Some(e) if never_read => Err(e),
-            problem => Ok((users, problem)),
+            problem => Ok((records, problem)),
         }
     }
 
-    /// The current users. If the file cannot be read or parsed, the last good copy is kept and
-    /// the error is returned alongside it for logging.
-    pub fn current(&self) -> (Arc<Users>, Option<AuthError>) {
+    /// The current records. If the file cannot be read or parsed, the last good copy is kept
+    /// and the error is returned alongside it for logging.
+    pub fn current(&self) -> (Arc<T>, Option<AuthError>) {
         let stamp = fs::metadata(self.file.path()).ok().map(|m| (m.mtime(), m.mtime_nsec(), m.size(), m.ino()));
         let mut cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
         if cached.0.is_some() && cached.0 == stamp {
             return (Arc::clone(&cached.1), None);
         }
         match self.file.load() {
-            Ok(users) => {
-                *cached = (stamp, Arc::new(users));
+            Ok(records) => {
+                *cached = (stamp, Arc::new(records));
                 (Arc::clone(&cached.1), None)
             }
             Err(e) => (Arc::clone(&cached.1), Some(e)),

@@ -17,6 +17,7 @@ use rustls_pki_types::pem::PemObject;
 use tokio_postgres::config::{Host, SslMode};
 
 pub mod directory;
+pub mod domains;
 pub mod gate;
 pub mod panel;
 pub mod schema;

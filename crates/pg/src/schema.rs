@@ -13,11 +13,12 @@ use tokio_postgres::types::Type;
 use crate::PgError;
 
 /// The schema this program writes and reads.
-pub const VERSION: i32 = 1;
+pub const VERSION: i32 = 2;
 
-const MIGRATIONS: [(i32, &str); 1] = [(
-    1,
-    r#"
+const MIGRATIONS: [(i32, &str); 2] = [
+    (
+        1,
+        r#"
 CREATE SEQUENCE account_ids;
 CREATE TABLE accounts (
     account_id     bigint PRIMARY KEY DEFAULT nextval('account_ids'),
@@ -107,7 +108,26 @@ CREATE TABLE jobs (
 );
 INSERT INTO jobs (name, due_at) VALUES ('expunge', now()), ('orphans', now());
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- Mail domains (`pillarbox domain`): settings for their users, alias domains and the server
+-- names whose connections log in to them. Few rows, changed rarely, read whole by every node
+-- (a reference table on Citus).
+CREATE TABLE domains (
+    name           text COLLATE "C" PRIMARY KEY,
+    quota_bytes    bigint,
+    quota_messages bigint,
+    expire         text,
+    pop3           boolean NOT NULL DEFAULT true,
+    aliases        text[] NOT NULL DEFAULT '{}',
+    names          text[] NOT NULL DEFAULT '{}',
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+"#,
+    ),
+];
 
 /// What `db status` reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

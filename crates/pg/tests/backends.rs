@@ -31,6 +31,30 @@ async fn the_directory_conforms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_domain_registry_conforms_and_two_nodes_cannot_give_one_alias_twice() {
+    use pillarbox_auth::domains::{DomainRecord, DomainRegistry};
+    use pillarbox_auth::{DirectoryError, DomainName};
+    let (db, name) = fresh(Duration::from_secs(30)).await;
+    pillarbox_auth::domains::conformance::run(&pillarbox_pg::domains::PgDomains::new(db.clone())).await;
+    // Two nodes each give one new alias to another domain at the same moment: one wins.
+    let d = |s: &str| DomainName::new(s).unwrap();
+    let url = server().url(&name);
+    let other = Db::new(Settings { url, pool_size: 2, ..Settings::default() }).expect("pool");
+    let (a, b) = (pillarbox_pg::domains::PgDomains::new(db), pillarbox_pg::domains::PgDomains::new(other));
+    a.add(&d("one.test"), DomainRecord::default()).await.unwrap();
+    a.add(&d("two.test"), DomainRecord::default()).await.unwrap();
+    async fn give(reg: &pillarbox_pg::domains::PgDomains, to: &str) -> Result<(), DirectoryError> {
+        let change = Box::new(|r: &mut DomainRecord| {
+            r.aliases.insert(DomainName::new("shared.test").unwrap());
+        });
+        reg.modify(&DomainName::new(to).unwrap(), change).await
+    }
+    let (ra, rb) = tokio::join!(give(&a, "one.test"), give(&b, "two.test"));
+    assert!(ra.is_ok() != rb.is_ok(), "{ra:?} {rb:?}");
+    assert!(matches!(ra.err().or(rb.err()), Some(DirectoryError::Refused(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schema_is_made_once_upgraded_in_place_and_a_newer_one_is_refused() {
     let (db, name) = fresh(Duration::from_secs(30)).await;
     assert_eq!(schema::init(&db).await.expect("again"), schema::VERSION, "idempotent");
