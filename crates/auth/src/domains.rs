@@ -445,11 +445,11 @@ pub mod conformance {
     use super::*;
 
     fn d(s: &str) -> DomainName {
-        DomainName::new(s).unwrap()
+        DomainName::new(s).unwrap_or_else(|e| panic!("test domain {s}: {e}"))
     }
 
     pub async fn run(reg: &dyn DomainRegistry) {
-        assert!(reg.all().await.unwrap().is_empty(), "a new registry is empty");
+        assert!(reg.all().await.expect("registry").is_empty(), "a new registry is empty");
         let rec = DomainRecord {
             quota_bytes: Some(1_000_000),
             expire: Some(Expire::Days(30)),
@@ -457,8 +457,8 @@ pub mod conformance {
             names: [d("pop.example.com")].into(),
             ..DomainRecord::default()
         };
-        reg.add(&d("example.com"), rec.clone()).await.unwrap();
-        reg.add(&d("customer.test"), DomainRecord { pop3: false, ..DomainRecord::default() }).await.unwrap();
+        reg.add(&d("example.com"), rec.clone()).await.expect("registry");
+        reg.add(&d("customer.test"), DomainRecord { pop3: false, ..DomainRecord::default() }).await.expect("registry");
         assert!(matches!(
             reg.add(&d("example.com"), DomainRecord::default()).await,
             Err(DirectoryError::DomainExists(_))
@@ -470,25 +470,25 @@ pub mod conformance {
         let name_taken = DomainRecord { names: [d("pop.example.com")].into(), ..DomainRecord::default() };
         assert!(matches!(reg.add(&d("other.test"), name_taken).await, Err(DirectoryError::Refused(_))));
         let steal = Box::new(|r: &mut DomainRecord| {
-            r.aliases.insert(DomainName::new("example.net").unwrap());
+            r.aliases.insert(d("example.net"));
         });
         assert!(matches!(reg.modify(&d("customer.test"), steal).await, Err(DirectoryError::Refused(_))));
 
-        let all = reg.all().await.unwrap();
+        let all = reg.all().await.expect("registry");
         assert_eq!(all.domains.len(), 2, "refused changes change nothing");
         assert_eq!(all.domains[&d("example.com")], rec);
         assert!(!all.domains[&d("customer.test")].pop3);
         assert_eq!(all.resolve("EXAMPLE.net.").map(|(n, _)| n.as_str()), Some("example.com"));
         assert_eq!(all.realm("pop.example.com").map(DomainName::as_str), Some("example.com"));
-        let alias_user = UserName::new("alice@example.net").unwrap();
+        let alias_user = UserName::new("alice@example.net").expect("name");
         assert_eq!(all.canonical_user(alias_user).as_str(), "alice@example.com");
 
-        reg.modify(&d("example.com"), Box::new(|r| r.quota_bytes = None)).await.unwrap();
-        assert_eq!(reg.all().await.unwrap().domains[&d("example.com")].quota_bytes, None);
+        reg.modify(&d("example.com"), Box::new(|r| r.quota_bytes = None)).await.expect("registry");
+        assert_eq!(reg.all().await.expect("registry").domains[&d("example.com")].quota_bytes, None);
         assert!(matches!(reg.modify(&d("nowhere.test"), Box::new(|_| {})).await, Err(DirectoryError::NoSuchDomain(_))));
-        reg.remove(&d("customer.test")).await.unwrap();
+        reg.remove(&d("customer.test")).await.expect("registry");
         assert!(matches!(reg.remove(&d("customer.test")).await, Err(DirectoryError::NoSuchDomain(_))));
-        let all = reg.all().await.unwrap();
+        let all = reg.all().await.expect("registry");
         assert_eq!(all.domains.keys().map(DomainName::as_str).collect::<Vec<_>>(), ["example.com"]);
     }
 }
