@@ -499,9 +499,9 @@ mod tests {
 
     #[test]
     fn domain_names() {
-        assert_eq!(DomainName::new("Example.COM.").unwrap().as_str(), "example.com");
-        assert_eq!(DomainName::new("bücher.example").unwrap().as_str(), "xn--bcher-kva.example");
-        assert_eq!(DomainName::new("localhost").unwrap().as_str(), "localhost");
+        assert_eq!(DomainName::new("Example.COM.").expect("test").as_str(), "example.com");
+        assert_eq!(DomainName::new("bücher.example").expect("test").as_str(), "xn--bcher-kva.example");
+        assert_eq!(DomainName::new("localhost").expect("test").as_str(), "localhost");
         for bad in ["", ".", "a..b", "-a.com", "a-.com", "a_b.com", "127.0.0.1", "*.example.com", "a b.com", "a:b"] {
             assert!(DomainName::new(bad).is_err(), "{bad:?}");
         }
@@ -511,8 +511,8 @@ mod tests {
     #[test]
     fn file_format_round_trip_and_errors_name_the_line() {
         let text = "# comment\nexample.com:quota_bytes=10:quota_messages=5:expire=never:aliases=b.test,a.test:names=pop.example.com\nc.test:pop3=off:expire=7\n";
-        let set = DomainSet::parse(text, Path::new("domains")).unwrap();
-        let again = DomainSet::parse(&set.render(), Path::new("domains")).unwrap();
+        let set = DomainSet::parse(text, Path::new("domains")).expect("test");
+        let again = DomainSet::parse(&set.render(), Path::new("domains")).expect("test");
         assert_eq!(set, again);
         assert!(
             set.render().contains("example.com:quota_bytes=10:quota_messages=5:expire=never:aliases=a.test,b.test")
@@ -536,16 +536,16 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn file_domains_conform_and_reload_edits_made_elsewhere() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test");
         let reg = FileDomains::new(DomainFile::new(dir.path().join("domains")));
         conformance::run(&reg).await;
         // Another process (the command line) adds a domain: the server's copy sees it.
         let other = FileDomains::new(DomainFile::new(dir.path().join("domains")));
-        other.add(&DomainName::new("later.test").unwrap(), DomainRecord::default()).await.unwrap();
-        assert!(reg.all().await.unwrap().domains.contains_key(&DomainName::new("later.test").unwrap()));
+        other.add(&DomainName::new("later.test").expect("test"), DomainRecord::default()).await.expect("test");
+        assert!(reg.all().await.expect("test").domains.contains_key(&DomainName::new("later.test").expect("test")));
         // A file that stops parsing: the last good copy is served.
-        std::fs::write(dir.path().join("domains"), "bad domain!\n").unwrap();
-        assert_eq!(reg.all().await.unwrap().domains.len(), 2);
+        std::fs::write(dir.path().join("domains"), "bad domain!\n").expect("test");
+        assert_eq!(reg.all().await.expect("test").domains.len(), 2);
         let fresh = FileDomains::new(DomainFile::new(dir.path().join("domains")));
         assert!(fresh.all().await.is_err(), "never read: an error, not an empty registry");
     }
