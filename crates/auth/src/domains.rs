@@ -524,7 +524,7 @@ mod tests {
             ("a.test:colour=red\n", "domains:1: domain a.test: unknown field \"colour\""),
             ("not a domain\n", "domains:1: \"not a domain\" is not a domain name"),
         ] {
-            let e = DomainSet::parse(bad, Path::new("domains")).unwrap_err().to_string();
+            let e = DomainSet::parse(bad, Path::new("domains")).expect_err("refused").to_string();
             assert!(e.contains(what), "{e}");
         }
     }
