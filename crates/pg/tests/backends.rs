@@ -37,17 +37,17 @@ async fn the_domain_registry_conforms_and_two_nodes_cannot_give_one_alias_twice(
     let (db, name) = fresh(Duration::from_secs(30)).await;
     pillarbox_auth::domains::conformance::run(&pillarbox_pg::domains::PgDomains::new(db.clone())).await;
     // Two nodes each give one new alias to another domain at the same moment: one wins.
-    let d = |s: &str| DomainName::new(s).unwrap();
+    let d = |s: &str| DomainName::new(s).expect("test");
     let url = server().url(&name);
     let other = Db::new(Settings { url, pool_size: 2, ..Settings::default() }).expect("pool");
     let (a, b) = (pillarbox_pg::domains::PgDomains::new(db), pillarbox_pg::domains::PgDomains::new(other));
-    a.add(&d("one.test"), DomainRecord::default()).await.unwrap();
-    a.add(&d("two.test"), DomainRecord::default()).await.unwrap();
+    a.add(&d("one.test"), DomainRecord::default()).await.expect("test");
+    a.add(&d("two.test"), DomainRecord::default()).await.expect("test");
     async fn give(reg: &pillarbox_pg::domains::PgDomains, to: &str) -> Result<(), DirectoryError> {
         let change = Box::new(|r: &mut DomainRecord| {
-            r.aliases.insert(DomainName::new("shared.test").unwrap());
+            r.aliases.insert(DomainName::new("shared.test").expect("test"));
         });
-        reg.modify(&DomainName::new(to).unwrap(), change).await
+        reg.modify(&DomainName::new(to).expect("test"), change).await
     }
     let (ra, rb) = tokio::join!(give(&a, "one.test"), give(&b, "two.test"));
     assert!(ra.is_ok() != rb.is_ok(), "{ra:?} {rb:?}");
