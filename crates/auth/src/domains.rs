@@ -200,6 +200,23 @@ impl DomainSet {
         }
     }
 
+    /// The user a login names: a bare name on a connection to one of `realm`'s server names is
+    /// `name@realm`, and an alias domain is the domain it stands for. Spelling and case are the
+    /// directory's business (SASLprep, [`UserName`]).
+    pub fn login_name(&self, realm: Option<&DomainName>, login: &str) -> String {
+        let login = match realm {
+            Some(d) if !login.is_empty() && !login.contains('@') => format!("{login}@{d}"),
+            _ => login.to_owned(),
+        };
+        match login.rsplit_once('@') {
+            Some((local, domain)) => match (self.resolve(domain), DomainName::new(domain)) {
+                (Some((d, _)), Ok(asked)) if *d != asked => format!("{local}@{d}"),
+                _ => login,
+            },
+            None => login,
+        }
+    }
+
     /// Whether every alias and server name belongs to one domain only, and no alias is a domain
     /// of its own.
     pub fn check(&self) -> Result<(), String> {
@@ -482,6 +499,11 @@ pub mod conformance {
         assert_eq!(all.realm("pop.example.com").map(DomainName::as_str), Some("example.com"));
         let alias_user = UserName::new("alice@example.net").expect("name");
         assert_eq!(all.canonical_user(alias_user).as_str(), "alice@example.com");
+        let realm = all.realm("POP.example.com.");
+        assert_eq!(all.login_name(realm, "alice"), "alice@example.com");
+        assert_eq!(all.login_name(realm, "bob@Example.NET"), "bob@example.com");
+        assert_eq!(all.login_name(None, "carol"), "carol");
+        assert_eq!(all.login_name(None, "carol@elsewhere.test"), "carol@elsewhere.test");
 
         reg.modify(&d("example.com"), Box::new(|r| r.quota_bytes = None)).await.expect("registry");
         assert_eq!(reg.all().await.expect("registry").domains[&d("example.com")].quota_bytes, None);

@@ -114,6 +114,20 @@ async fn import(config: &Config, db: &pillarbox_pg::Db) -> Result<ExitCode> {
         );
         pillarbox_auth::directory::all_users(&target_dir).await.context("listing the database's users")?
     };
+    // The domains of the domain file first: users of a domain are added into it.
+    if config.domains_file.exists() {
+        use pillarbox_auth::domains::DomainRegistry;
+        let file = pillarbox_auth::FileDomains::new(pillarbox_auth::DomainFile::new(&config.domains_file));
+        let domains = file.all().await.with_context(|| format!("reading {}", config.domains_file.display()))?;
+        let target = pillarbox_pg::domains::PgDomains::new(db.clone());
+        for (name, record) in &domains.domains {
+            match target.add(name, record.clone()).await {
+                Ok(()) => println!("domain {name}: added"),
+                Err(DirectoryError::DomainExists(_)) => println!("domain {name}: there already"),
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("adding domain {name}"))),
+            }
+        }
+    }
     let target = pillarbox_pg::store::PgStore::new(db.clone());
     let human = pillarbox_doctor::check::human_bytes;
     let (mut messages, mut bytes, mut copied, mut mismatched) = (0u64, 0u64, 0u64, Vec::new());

@@ -5,6 +5,7 @@
 mod account;
 mod backup;
 mod db;
+mod domain;
 mod fetch;
 mod interrupt;
 mod mail;
@@ -157,8 +158,71 @@ enum AcmeCommand {
     Revoke { name: String },
 }
 
+/// A domain's settings, as `domain add` and `domain set` take them.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct DomainSettings {
+    /// Default quota of the domain's users, e.g. 500MB or 2GiB; 0 for no limit (a user's own
+    /// quota wins).
+    #[arg(long, value_name = "SIZE")]
+    pub quota_bytes: Option<HumanSize>,
+    /// Default most messages of the domain's users; 0 for no limit.
+    #[arg(long, value_name = "N")]
+    pub quota_messages: Option<u64>,
+    /// Default retention of the domain's users after their first download (RFC 2449 EXPIRE):
+    /// a number of days, or `never`.
+    #[arg(long, value_name = "DAYS|never")]
+    pub expire: Option<String>,
+    /// Whether the domain's users may log in over POP3 (mail is delivered either way).
+    #[arg(long, value_name = "on|off")]
+    pub pop3: Option<String>,
+    /// Another domain whose mail is this domain's (alice@ALIAS is alice@DOMAIN); repeatable.
+    #[arg(long = "alias", value_name = "DOMAIN")]
+    pub aliases: Vec<String>,
+    /// A server name whose TLS connections log in to this domain (alice there is
+    /// alice@DOMAIN), e.g. pop.example.com; repeatable.
+    #[arg(long = "name", value_name = "HOST")]
+    pub names: Vec<String>,
+}
+
 #[derive(Debug, Subcommand)]
 enum DomainCommand {
+    /// Add a mail domain: mail for it is delivered here, to users named user@DOMAIN.
+    Add {
+        domain: String,
+        #[command(flatten)]
+        settings: DomainSettings,
+    },
+    /// Change a domain's settings.
+    Set {
+        domain: String,
+        #[command(flatten)]
+        settings: DomainSettings,
+        /// Use the server's default quota again.
+        #[arg(long, conflicts_with_all = ["quota_bytes", "quota_messages"])]
+        clear_quota: bool,
+        /// Use the server's default retention again.
+        #[arg(long, conflicts_with = "expire")]
+        default_expire: bool,
+        /// Remove an alias domain; repeatable.
+        #[arg(long, value_name = "DOMAIN")]
+        remove_alias: Vec<String>,
+        /// Remove a server name; repeatable.
+        #[arg(long, value_name = "HOST")]
+        remove_name: Vec<String>,
+    },
+    /// Remove a domain (refused while it has users, unless --force).
+    Del {
+        domain: String,
+        /// Remove it even though users remain (they keep logging in, but no mail reaches them).
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the domains: settings, aliases, server names and users.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the DNS records (zone file syntax) that lead mail clients of DOMAIN to this server
     /// and to its autoconfiguration: SRV records for POP3S and POP3 (RFC 6186), and the
     /// autoconfig and autodiscover names.
@@ -182,7 +246,11 @@ enum UserCommand {
     /// Remove a user (the maildrop is kept).
     Del { name: String },
     /// List users.
-    List,
+    List {
+        /// Only the users of this domain (user@DOMAIN, or an alias of it).
+        #[arg(long, value_name = "DOMAIN")]
+        domain: Option<String>,
+    },
     /// Set a user's quota (overrides the [delivery] defaults), or remove it with --clear.
     Quota {
         name: String,
@@ -463,20 +531,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Domain(DomainCommand::Dns { domain }) => {
-            let config = load_config_only(data_dir.as_deref(), config.as_deref())?;
-            let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
-            if domain.is_empty() || !domain.contains('.') {
-                return Err(Exit(EX_USAGE, format!("{domain:?} is not a mail domain like example.com")).into());
-            }
-            let certs = config.tls.as_ref().and_then(|t| pillarbox_server::tls::CertSet::load(t).ok());
-            let host = pillarbox_server::autoconfig::pop_host(&config, certs.as_ref(), &pillarbox_os::host_name());
-            let offer = pillarbox_server::autoconfig::Offer::new(&config, &domain, &host);
-            print!("{}", pillarbox_server::autoconfig::dns_records(&offer, config.https.first().map(|a| a.port())));
-            if !config.delivery.domains.is_empty() && !config.delivery.domains.contains(&domain) {
-                eprintln!("pillarbox: note: {domain} is not in [delivery] domains: mail for it is not delivered here");
-            }
-            Ok(ExitCode::SUCCESS)
+        Command::Domain(cmd) => {
+            become_service_user(data_dir.as_deref(), config.as_deref())?;
+            domain::command(&server()?.0, cmd)
         }
         Command::Migrate(MigrateCommand::Verify { dovecot, pillarbox, user, password_stdin, insecure }) => {
             let config = server()?.0;

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use pillarbox_auth::{format_expire, read_secret_line};
+use pillarbox_auth::{DirectoryError, format_expire, read_secret_line};
 use pillarbox_core::Services;
 use pillarbox_core::admin::{AdminError, NewPassword, Setting, user_name};
 use pillarbox_core::deliver::Refusal;
@@ -17,17 +17,21 @@ use crate::{EX_CANTCREAT, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, Exit, PasswordSour
 
 /// The service layer over this configuration's backends (the user file and Maildirs, or the
 /// cluster's database).
-fn services(config: &Config) -> Result<Services> {
+pub(crate) fn services(config: &Config) -> Result<Services> {
     Ok(pillarbox_server::services(config)?)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")
 }
 
 /// An administration error as the command line reports it (with sysexits codes).
-fn exit(e: AdminError) -> anyhow::Error {
+pub(crate) fn exit(e: AdminError) -> anyhow::Error {
     match e {
+        AdminError::Directory(DirectoryError::NoSuchDomain(_)) => Exit(EX_NOUSER, e.to_string()).into(),
+        AdminError::Directory(DirectoryError::DomainExists(_) | DirectoryError::Refused(_)) => {
+            Exit(EX_DATAERR, e.to_string()).into()
+        }
         AdminError::NoSuchUser(_) => Exit(EX_NOUSER, e.to_string()).into(),
         AdminError::BadName(_) | AdminError::Invalid(_) => Exit(EX_DATAERR, e.to_string()).into(),
         AdminError::WeakPassword(why) => {
@@ -109,8 +113,22 @@ async fn run(s: &Services, cmd: UserCommand) -> Result<ExitCode> {
             let kept = s.remove_user(&name).await.map_err(exit)?;
             println!("removed user {name} (the maildrop {kept} is kept)");
         }
-        UserCommand::List => {
-            for entry in s.users().await.map_err(exit)? {
+        UserCommand::List { domain } => {
+            let of_domain = match domain {
+                Some(d) => Some(pillarbox_core::domains::domain_name(&d).map_err(exit)?),
+                None => None,
+            };
+            let domains = s.domains().await?;
+            // An alias lists its domain's users.
+            let of_domain = of_domain.map(|d| domains.resolve(d.as_str()).map_or(d, |(n, _)| n.clone()));
+            let listed = |name: &UserName| match &of_domain {
+                None => true,
+                Some(want) => match name.as_str().rsplit_once('@') {
+                    Some((_, d)) => domains.resolve(d).map(|(n, _)| n) == Some(want),
+                    None => domains.domains.get(want).is_some_and(|r| r.local),
+                },
+            };
+            for entry in s.users().await.map_err(exit)?.into_iter().filter(|e| listed(&e.name)) {
                 let mut line = entry.name.to_string();
                 if entry.record.apop_secret.is_some() {
                     line.push_str("\tapop");

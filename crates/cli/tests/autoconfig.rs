@@ -154,7 +154,7 @@ fn domain_dns_prints_the_records_clients_look_up() {
         assert!(zone.contains(record), "{record}\n{zone}");
     }
     let out = pb.run(&["domain", "dns", "other.test"], b"");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not in [delivery] domains"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a domain of this server"));
 }
 
 /// `account add` on an address whose domain has nothing but its autoconfig listener: no SRV

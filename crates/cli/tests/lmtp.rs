@@ -417,21 +417,48 @@ fn the_lmtp_socket_belongs_to_the_mta_group_and_takes_deliveries() {
 
 /// Virtual domains: users named by their whole address. alice@a.test and alice@b.test are two
 /// mailboxes, each with its own mail and password, beside the bare alice of the configured
-/// domain; a domain nobody here has is refused.
+/// domain; an alias domain is its domain; a domain nobody here has is refused; a domain with
+/// POP3 off takes mail but no logins until it is turned on (without a restart). Runs against the
+/// domain file and, in cluster mode, the database.
 #[test]
 fn two_domains_with_the_same_local_part_deliver_and_log_in_separately() {
     let mut pb = Pillarbox::new();
     pb.edit_config("domains = []", "domains = [\"example.org\"]");
+    fn run(pb: &Pillarbox, args: &[&str]) -> (Option<i32>, String) {
+        let out = pb.run(args, b"");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code(), text)
+    }
+    for args in [
+        &["domain", "add", "a.test", "--expire", "7", "--quota-messages", "5"][..],
+        &["domain", "add", "B.test", "--alias", "b-alias.test"],
+        &["domain", "add", "closed.test", "--pop3", "off"],
+    ] {
+        let (code, text) = run(&pb, args);
+        assert_eq!(code, Some(0), "{args:?}: {text}");
+    }
+    let (code, text) = run(&pb, &["domain", "add", "b-alias.test"]);
+    assert!(code == Some(65) && text.contains("b-alias.test is an alias of b.test"), "{text}");
+    let out = pb.run(&["user", "add", "x@nowhere.test", "--password-stdin"], b"x's long password\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pillarbox domain add nowhere.test"), "{out:?}");
     pb.add_user("alice@a.test", "a-test's long password");
     pb.add_user("Alice@B.test", "b-test's long password");
+    pb.add_user("carol@closed.test", "closed's long password");
     pb.start();
     let server = format!("127.0.0.1:{}", lmtp_port(&pb));
-    for (to, subject) in [("alice@a.test", "for a"), ("ALICE+lists@b.test", "for b"), ("alice@example.org", "bare")] {
+    for (to, subject) in [
+        ("alice@a.test", "for a"),
+        ("ALICE+lists@b-alias.test", "for b"),
+        ("alice@example.org", "bare"),
+        ("carol@closed.test", "for carol"),
+    ] {
         let (ok, out) = swaks(&["--server", &server, "--to", to, "--header", &format!("Subject: {subject}")]);
         assert!(ok, "{to}: {out}");
     }
-    let (ok, out) = swaks(&["--server", &server, "--to", "alice@c.test"]);
-    assert!(!ok && out.contains("550"), "nobody at c.test: {out}");
+    for nobody in ["alice@c.test", "bob@a.test"] {
+        let (ok, out) = swaks(&["--server", &server, "--to", nobody]);
+        assert!(!ok && out.contains("550"), "{nobody}: {out}");
+    }
     for (user, password, subject) in [
         ("alice@a.test", "a-test's long password", "Subject: for a"),
         ("alice@b.test", "b-test's long password", "Subject: for b"),
@@ -441,6 +468,51 @@ fn two_domains_with_the_same_local_part_deliver_and_log_in_separately() {
         assert!(String::from_utf8_lossy(&mail).contains(subject), "{user}: {}", String::from_utf8_lossy(&mail));
         assert_eq!(pb.stored_messages(user).len(), 1, "{user} has its own mailbox");
     }
+    // The alias logs in as its domain's user; a.test's retention is its users'.
+    let mut c = pb.login_as("alice@b-alias.test", "b-test's long password");
+    c.ok("STAT");
+    drop(c);
+    let mut c = pb.login_as("alice@a.test", "a-test's long password");
+    assert!(c.cmd("CAPA").starts_with("+OK"));
+    drop(c);
+    // carol's mail is there, but POP3 is off for her domain until an administrator turns it on.
+    assert_eq!(pb.stored_messages("carol@closed.test").len(), 1);
+    let mut c = pb.connect();
+    c.expect_ok();
+    c.ok("USER carol@closed.test");
+    let refused = c.cmd("PASS closed's long password");
+    assert!(refused.starts_with("-ERR [SYS/PERM]") && refused.contains("turned off"), "{refused}");
+    drop(c);
+    let (code, text) = run(&pb, &["domain", "set", "closed.test", "--pop3", "on"]);
+    assert_eq!(code, Some(0), "{text}");
+    // The server sees the change within seconds (the file is watched; a node re-reads the table).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut c = pb.connect();
+        c.expect_ok();
+        c.ok("USER carol@closed.test");
+        if c.cmd("PASS closed's long password").starts_with("+OK") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "POP3 stayed off for closed.test");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+
+    // The listings.
+    let (code, list) = run(&pb, &["domain", "list", "--json"]);
+    assert_eq!(code, Some(0), "{list}");
+    let rows: Vec<serde_json::Value> = list.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let row = |d: &str| rows.iter().find(|r| r["domain"] == d).unwrap_or_else(|| panic!("{d} in {list}")).clone();
+    assert_eq!((row("a.test")["users"].clone(), row("a.test")["expire"].clone()), (1.into(), "7".into()));
+    assert_eq!(row("b.test")["aliases"], serde_json::json!(["b-alias.test"]));
+    assert_eq!(
+        (row("example.org")["source"].clone(), row("example.org")["users"].clone()),
+        ("config".into(), 1.into())
+    );
+    let (_, users) = run(&pb, &["user", "list", "--domain", "b-alias.test"]);
+    assert_eq!(users.lines().map(|l| l.split('\t').next().unwrap_or("")).collect::<Vec<_>>(), ["alice@b.test"]);
+    let (code, text) = run(&pb, &["domain", "del", "a.test"]);
+    assert!(code == Some(65) && text.contains("a.test has 1 user"), "{text}");
     let mut c = pb.connect();
     c.expect_ok();
     c.ok("USER alice@a.test");

@@ -115,6 +115,7 @@ impl Services {
 
     /// Add a user and create the maildrop. Returns the password when it was generated.
     pub async fn add_user(&self, name: &UserName, password: NewPassword) -> Result<Option<String>, AdminError> {
+        self.check_user_domain(name).await?;
         if self.directory.lookup(name).await?.is_some() {
             return Err(AdminError::Exists(name.clone()));
         }
@@ -130,6 +131,29 @@ impl Services {
             .map(drop)
             .map_err(|source| AdminError::Store { context: "creating the maildrop".into(), source })?;
         Ok(generated)
+    }
+
+    /// A new user of a virtual domain must be in a domain delivered here, by its own name (when
+    /// any domain is named at all: a single-domain install takes any).
+    async fn check_user_domain(&self, name: &UserName) -> Result<(), AdminError> {
+        let Some((local, asked)) = name.as_str().rsplit_once('@') else { return Ok(()) };
+        let domains = self.domains().await?;
+        if domains.is_empty() {
+            return Ok(());
+        }
+        let asked_name = pillarbox_auth::DomainName::new(asked).map_err(AdminError::Invalid)?;
+        match domains.resolve(asked) {
+            None => Err(AdminError::Invalid(format!(
+                "there is no domain {asked} here: add it first with `pillarbox domain add {asked}`"
+            ))),
+            Some((d, _)) if *d != asked_name => {
+                Err(AdminError::Invalid(format!("{asked} is an alias of {d}: add {local}@{d} instead")))
+            }
+            Some(_) if asked_name.as_str() != asked => Err(AdminError::Invalid(format!(
+                "write the domain as {asked_name}, the form mail is delivered to: add {local}@{asked_name}"
+            ))),
+            Some(_) => Ok(()),
+        }
     }
 
     /// Set a new password (an administrator's change always wins over a login's upgrade).

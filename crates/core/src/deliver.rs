@@ -1,13 +1,13 @@
 //! Delivery: which local user a recipient address is (RFC 2033 section 4.2 leaves the mapping
 //! to the server: `user+detail@domain` is `user`, local parts are case-insensitive, only the
-//! configured domains), size limits and quotas (checked with the announced size before the
+//! domains delivered here, by domain), size limits and quotas (checked with the announced size before the
 //! message comes and with the real size before it is committed), and the atomic store of the
 //! message. LMTP and `pillarbox deliver` both go through here, so both enforce the same quota.
 
 use std::io::{self, Read};
 
 use pillarbox_auth::directory::canonical_login;
-use pillarbox_auth::{Entry, UserRecord};
+use pillarbox_auth::{DomainRecord, Entry, UserRecord};
 use pillarbox_proto::UserName;
 use pillarbox_store::{Delivered, PendingDelivery, StoreError};
 use tracing::{info, warn};
@@ -52,9 +52,10 @@ impl Services {
     /// The local user a recipient address delivers to, if it takes a message of about
     /// `size_hint` octets (the SIZE= of MAIL FROM, RFC 1870) now.
     ///
-    /// A user named by the whole address (`alice@example.com`, a user of a virtual domain) gets
-    /// it; otherwise, for the domains of `[delivery] domains` (every domain when it is empty),
-    /// the user named by the local part (`alice`), as before virtual domains.
+    /// The user named by the whole address (`alice@example.com`, through an alias domain to the
+    /// domain) gets the message. Otherwise, with no domains named anywhere, the user named by
+    /// the local part (`alice`); with domains, only for a domain of `[delivery] domains` (other
+    /// domains are refused as not delivered here).
     pub async fn recipient(&self, address: &str, size_hint: Option<u64>) -> Result<UserName, Refusal> {
         let policy = self.policy();
         let d = &policy.delivery;
@@ -63,6 +64,14 @@ impl Services {
             "" => local,
             delim => local.split(delim).next().unwrap_or(local),
         };
+        let domains = self.domains().await.map_err(|e| {
+            warn!(error = %e, "the domain registry cannot be read");
+            Refusal::Temporary("the domain registry cannot be read".into())
+        })?;
+        // The domain, or the one it is an alias of; a user named by the whole address gets the
+        // message even when the domain was never added (users of an older install).
+        let resolved = domains.resolve(domain);
+        let domain = resolved.map_or(domain, |(d, _)| d.as_str());
         if !domain.is_empty()
             && let Ok(full) = UserName::new(&format!("{local}@{domain}"))
             && let Some(entry) = self.user_if_any(&full).await?
@@ -70,8 +79,13 @@ impl Services {
             self.check_quota(&entry, size_hint.unwrap_or(0)).await?;
             return Ok(full);
         }
-        if !d.domains.is_empty() && !d.domains.iter().any(|x| x.eq_ignore_ascii_case(domain)) {
-            return Err(Refusal::NotHere(domain.to_owned()));
+        let bare_allowed = match resolved {
+            Some((_, rec)) => rec.local,
+            None if domains.is_empty() => true,
+            None => return Err(Refusal::NotHere(domain.to_owned())),
+        };
+        if !bare_allowed {
+            return Err(Refusal::UnknownUser);
         }
         let name = UserName::new(local).map_err(|_| Refusal::UnknownUser)?;
         let entry = self.user(&name).await?;
@@ -102,7 +116,8 @@ impl Services {
     async fn check_quota(&self, entry: &Entry, extra_bytes: u64) -> Result<(), Refusal> {
         let policy = self.policy();
         let d = &policy.delivery;
-        let (max_bytes, max_messages) = quota(&entry.record, d.quota_bytes, d.quota_messages);
+        let domains = self.domains_or_configured().await;
+        let (max_bytes, max_messages) = quota(&entry.record, domains.of_user(&entry.name), d);
         if max_bytes == 0 && max_messages == 0 {
             return Ok(());
         }
@@ -205,7 +220,10 @@ impl Services {
     }
 }
 
-/// A user's quota (octets, messages; 0: none): their own, or the default.
-fn quota(record: &UserRecord, default_bytes: u64, default_messages: u64) -> (u64, u64) {
-    (record.quota_bytes.unwrap_or(default_bytes), record.quota_messages.unwrap_or(default_messages))
+/// A user's quota (octets, messages; 0: none): their own, else their domain's, else the server's.
+fn quota(record: &UserRecord, domain: Option<&DomainRecord>, d: &crate::DeliveryPolicy) -> (u64, u64) {
+    (
+        record.quota_bytes.or(domain.and_then(|r| r.quota_bytes)).unwrap_or(d.quota_bytes),
+        record.quota_messages.or(domain.and_then(|r| r.quota_messages)).unwrap_or(d.quota_messages),
+    )
 }

@@ -1,5 +1,5 @@
 //! Retention (RFC 2449 section 6.7, EXPIRE): one round removes, for every user with a retention
-//! in days, the messages whose first retrieval is older than that. A maildrop with an open
+//! in days (their own, else their domain's, else the server's), the messages whose first retrieval is older than that. A maildrop with an open
 //! session is skipped and tried again at the next round. Every removal is logged and counted.
 
 use pillarbox_auth::directory::all_users;
@@ -18,10 +18,12 @@ impl Services {
                 return 0;
             }
         };
+        let domains = self.domains_or_configured().await;
         let now = pillarbox_os::unix_now();
         let mut removed = 0;
         for entry in users {
-            let Expire::Days(days) = entry.record.expire.unwrap_or(self.policy().expire) else { continue };
+            let domain = domains.of_user(&entry.name).and_then(|d| d.expire);
+            let Expire::Days(days) = entry.record.expire.or(domain).unwrap_or(self.policy().expire) else { continue };
             // EXPIRE 0 is applied at QUIT; messages retrieved before a change to 0 go here too.
             let cutoff = now.saturating_sub(u64::from(days) * 86_400);
             let name = entry.name;

@@ -9,6 +9,8 @@
 //!   `pillarbox deliver` alike;
 //! - user administration ([`admin`]): add, passwd, del, quota, expire, login-delay, APOP,
 //!   import, each creating or keeping the maildrop as it should;
+//! - mail domains ([`domains`]): the registry and the configuration's domains as one set, with
+//!   their administration;
 //! - the retention round ([`expunge`]) of RFC 2449 EXPIRE.
 //!
 //! No front end touches the directory or the store for any of these on its own.
@@ -24,6 +26,7 @@ pub use pillarbox_store::Mailstore;
 pub mod admin;
 pub mod bearer;
 pub mod deliver;
+pub mod domains;
 pub mod expunge;
 pub mod gate;
 mod hashpool;
@@ -46,8 +49,6 @@ pub enum OverQuota {
 /// The rules for delivery.
 #[derive(Debug, Clone)]
 pub struct DeliveryPolicy {
-    /// Domains delivered here (empty: any).
-    pub domains: Vec<String>,
     /// `user+detail` is `user` (empty: no detail part).
     pub recipient_delimiter: String,
     /// Largest message accepted over LMTP, in octets.
@@ -64,7 +65,6 @@ pub struct DeliveryPolicy {
 impl Default for DeliveryPolicy {
     fn default() -> Self {
         Self {
-            domains: Vec::new(),
             recipient_delimiter: "+".into(),
             max_message_size: 50 * 1000 * 1000,
             max_recipients: 100,
@@ -104,6 +104,9 @@ pub struct Policy {
     /// Logins to one account in progress at once (0: no limit); the rest are told to retry.
     pub max_concurrent_attempts_per_account: usize,
     pub delivery: DeliveryPolicy,
+    /// The domains the configuration names (`[delivery] domains`, whose users may be bare
+    /// names, and `[domains."D"]`); the registry's are added to them ([`Services::domains`]).
+    pub domains: Arc<pillarbox_auth::DomainSet>,
 }
 
 impl Default for Policy {
@@ -123,6 +126,7 @@ impl Default for Policy {
             max_sessions_per_user: 0,
             max_concurrent_attempts_per_account: 3,
             delivery: DeliveryPolicy::default(),
+            domains: Arc::default(),
         }
     }
 }
@@ -143,6 +147,9 @@ pub struct Services {
     pub store: Arc<dyn Mailstore>,
     pub gate: Arc<dyn LoginGate>,
     pub metrics: Arc<Metrics>,
+    /// Where the mail domains are kept (see [`Services::domains`]).
+    registry: Arc<dyn pillarbox_auth::DomainRegistry>,
+    merged: domains::MergedDomains,
     /// Who checks bearer tokens, when OAuth2 logins are configured.
     bearer: std::sync::RwLock<Option<Arc<dyn BearerVerifier>>>,
     /// This machine's name, for trace headers and APOP timestamps.
@@ -172,6 +179,8 @@ impl Services {
             store,
             gate,
             metrics: Arc::default(),
+            registry: Arc::new(pillarbox_auth::MemoryDomains::default()),
+            merged: std::sync::Mutex::new(None),
             bearer: std::sync::RwLock::new(None),
             hostname: pillarbox_os::host_name(),
             hashes: hashpool::HashPool::per_core().map_err(CoreError::Threads)?,

@@ -147,9 +147,15 @@ impl Services {
         };
         let p = self.policy();
         let per_user_delay = summary.login_delays.iter().any(|&d| d != p.login_delay);
+        // A domain's retention is its users' own as far as CAPA is concerned.
+        let domains = self.domains_or_configured().await;
+        let per_domain_expire = domains.domains.values().filter_map(|d| d.expire).any(|e| e != p.expire);
         Announce {
             apop: p.apop && summary.apop,
-            expire: ExpireCapa { default: p.expire, per_user: summary.expires.iter().any(|&e| e != p.expire) },
+            expire: ExpireCapa {
+                default: p.expire,
+                per_user: per_domain_expire || summary.expires.iter().any(|&e| e != p.expire),
+            },
             login_delay: (p.login_delay > 0 || per_user_delay).then_some((p.login_delay, per_user_delay)),
         }
     }
@@ -298,6 +304,7 @@ impl Services {
             Ok(_) => "ok",
             Err(AuthFailure::InUse) => "in-use",
             Err(AuthFailure::LoginDelay) => "login-delay",
+            Err(AuthFailure::Disabled) => "disabled",
             Err(_) => "maildrop-error",
         };
         info!(
@@ -325,6 +332,17 @@ impl Services {
         };
         let record = &entry.record;
         let p = self.policy();
+        let domains = match self.domains().await {
+            Ok(d) => d,
+            Err(e) => {
+                error!(user = %name, error = %e, "the domain registry cannot be read");
+                return Err(AuthFailure::Temporary);
+            }
+        };
+        let domain = domains.of_user(&name);
+        if domain.is_some_and(|d| !d.pop3) {
+            return Err(AuthFailure::Disabled);
+        }
         let login_delay = record.login_delay.unwrap_or(p.login_delay);
         if login_delay > 0 && !self.gate.login_allowed(&name, Duration::from_secs(u64::from(login_delay))).await {
             return Err(AuthFailure::LoginDelay);
@@ -340,7 +358,7 @@ impl Services {
         {
             self.upgrade(&name, pw, entry.version).await;
         }
-        let expire = record.expire.unwrap_or(p.expire);
+        let expire = record.expire.or(domain.and_then(|d| d.expire)).unwrap_or(p.expire);
         let login = Login { expire: Some(expire), login_delay: (login_delay > 0).then_some(login_delay) };
         match self.store.open(&name, p.lock).await {
             Ok(opened) => {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pillarbox_auth::{Directory, MemoryDirectory, UserRecord};
+use pillarbox_auth::{Directory, DomainName, DomainRecord, DomainSet, MemoryDirectory, UserRecord};
 use pillarbox_core::admin::{AdminError, Imported, NewPassword, Setting};
 use pillarbox_core::deliver::Refusal;
 use pillarbox_core::login::Attempt;
@@ -217,11 +217,17 @@ async fn announce_reflects_per_user_settings() {
     assert!(s.announce().await.apop);
 }
 
+/// A policy whose configuration names `local` as a domain of bare user names.
+fn with_local_domain(local: &str) -> Policy {
+    let mut set = DomainSet::default();
+    set.domains
+        .insert(DomainName::new(local).expect("domain"), DomainRecord { local: true, ..DomainRecord::default() });
+    Policy { domains: Arc::new(set), ..Policy::default() }
+}
+
 #[tokio::test]
 async fn recipients_map_to_users_within_the_configured_domains() {
-    let mut policy = Policy::default();
-    policy.delivery.domains = vec!["example.org".into()];
-    let (s, _, _) = services(policy);
+    let (s, _, _) = services(with_local_domain("example.org"));
     add(&s, "alice").await;
     assert_eq!(s.recipient("Alice+lists@EXAMPLE.org", None).await.map(|u| u.to_string()), Ok("alice".into()));
     assert_eq!(s.recipient("alice@example.com", None).await, Err(Refusal::NotHere("example.com".into())));
@@ -339,4 +345,62 @@ async fn the_expunge_round_removes_what_is_past_retention() {
     let held = s.open_session(&attempt(), held).await.expect("open");
     assert_eq!(s.expunge_round().await, 0);
     drop(held);
+}
+
+#[tokio::test]
+async fn domains_deliver_log_in_and_default_by_domain() {
+    let (s, _, store) = services(with_local_domain("example.org"));
+    let rec = DomainRecord {
+        quota_messages: Some(1),
+        expire: Some(Expire::Days(7)),
+        aliases: [DomainName::new("example.net").expect("alias")].into(),
+        ..DomainRecord::default()
+    };
+    s.add_domain("Example.COM", rec).await.expect("add domain");
+    s.add_domain("closed.test", DomainRecord { pop3: false, ..DomainRecord::default() }).await.expect("add");
+    // A user of a domain that is not here, or named through an alias, is refused with the fix.
+    let refused = |r: Result<Option<String>, AdminError>| match r {
+        Err(AdminError::Invalid(why)) => why,
+        other => panic!("{other:?}"),
+    };
+    let given = || NewPassword::Given(Secret::new(PASSWORD.as_bytes().to_vec()));
+    assert!(refused(s.add_user(&name("x@nowhere.test"), given()).await).contains("pillarbox domain add nowhere.test"));
+    assert!(refused(s.add_user(&name("x@example.net"), given()).await).contains("add x@example.com instead"));
+    for u in ["alice", "alice@example.com", "carol@closed.test"] {
+        add(&s, u).await;
+    }
+
+    // Delivery: each domain its own alice; the alias is the domain; bare names only for the
+    // configuration's domain; other domains are not delivered here.
+    let to = async |a: &str| s.recipient(a, None).await.map(|u| u.to_string());
+    assert_eq!(to("alice@example.org").await, Ok("alice".into()));
+    assert_eq!(to("alice@example.com").await, Ok("alice@example.com".into()));
+    assert_eq!(to("Alice+x@EXAMPLE.net").await, Ok("alice@example.com".into()));
+    assert_eq!(to("bob@example.com").await, Err(Refusal::UnknownUser), "no bare fallback for a virtual domain");
+    assert_eq!(to("alice@else.test").await, Err(Refusal::NotHere("else.test".into())));
+    // The domain's quota is its users' default: one message.
+    s.deliver("alice@example.com", message(1), None).await.expect("first");
+    assert_eq!(to("alice@example.com").await, Err(Refusal::OverQuota { permanent: true }));
+    s.deliver("alice", message(1), None).await.expect("the bare alice has the server's default");
+    s.deliver("alice", message(2), None).await.expect("no limit");
+    assert_eq!(store.usage(&name("alice@example.com")).await.expect("usage").messages, 1);
+
+    // Login: the domain's retention; POP3 off for closed.test (after the password, which is
+    // checked as always).
+    let v = s.check_credential("alice@example.com", password(PASSWORD)).await.verified().expect("verified");
+    let session = s.open_session(&attempt(), v).await.expect("open");
+    assert_eq!(session.login.expire, Some(Expire::Days(7)));
+    assert!(s.announce().await.expire.per_user, "a domain's retention is announced as per-user");
+    let v = s.check_credential("carol@closed.test", password(PASSWORD)).await.verified().expect("verified");
+    assert!(matches!(s.open_session(&attempt(), v).await, Err(AuthFailure::Disabled)));
+
+    // Listing counts users per domain; a domain with users is removed only with force.
+    let list = s.domain_list().await.expect("list");
+    let users: Vec<(String, usize)> = list.iter().map(|d| (d.name.to_string(), d.users)).collect();
+    assert_eq!(users, [("closed.test".into(), 1), ("example.com".into(), 1), ("example.org".into(), 1)]);
+    assert!(matches!(s.remove_domain("closed.test", false).await, Err(AdminError::Invalid(_))));
+    assert_eq!(s.remove_domain("closed.test", true).await.expect("forced"), 1);
+    assert!(
+        matches!(s.remove_domain("example.org", false).await, Err(AdminError::Invalid(m)) if m.contains("configuration"))
+    );
 }

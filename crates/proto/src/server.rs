@@ -119,6 +119,8 @@ pub enum AuthFailure {
     Permanent,
     /// The user logged in too recently (`-ERR [LOGIN-DELAY]`, RFC 2449 section 8.1.2).
     LoginDelay,
+    /// POP3 is turned off for the account (its domain's setting): `-ERR [SYS/PERM]`.
+    Disabled,
     /// Too many logins to the account are in progress at once (`-ERR [SYS/TEMP]`).
     TooManyAttempts,
     /// The client cancelled a SASL exchange with `*` (RFC 5034 section 4).
@@ -707,6 +709,9 @@ impl ServerSession {
                 (Some(RespCode::SysPerm), "this maildrop cannot be opened; contact your administrator")
             }
             AuthFailure::LoginDelay => (Some(RespCode::LoginDelay), "you logged in too recently; try again later"),
+            AuthFailure::Disabled => {
+                (Some(RespCode::SysPerm), "POP3 access to this account is turned off; contact your administrator")
+            }
             AuthFailure::TooManyAttempts => {
                 (Some(RespCode::SysTemp), "too many logins to this account are in progress; try again later")
             }

@@ -4,6 +4,7 @@
 //! the POP3 listeners (implicit TLS first, STLS second), the login methods really offered, the
 //! retention (`leaveMessagesOnServer`), and `[autoconfig]` for the outgoing server.
 
+use pillarbox_auth::DomainSet;
 use pillarbox_proto::server::Expire;
 
 use crate::config::Config;
@@ -31,10 +32,21 @@ pub struct Offer {
     pub smtp_tls: String,
 }
 
+/// Whether autoconfiguration is answered for `domain`: a domain delivered here (or an alias of
+/// one) whose users may use POP3; every domain when none is named anywhere.
+pub fn served(domains: &DomainSet, domain: &str) -> bool {
+    match domains.resolve(domain) {
+        Some((_, r)) => r.pop3,
+        None => domains.is_empty() && !domain.is_empty(),
+    }
+}
+
 impl Offer {
-    /// The offer for `domain` from a configuration; `pop_host` is the name clients should use
-    /// (see [`crate::config::AutoconfigSettings`]).
-    pub fn new(config: &Config, domain: &str, pop_host: &str) -> Self {
+    /// The offer for `domain` from a configuration and the domains delivered here (see
+    /// [`served`]); `pop_host` is the name clients should use (see
+    /// [`crate::config::AutoconfigSettings`]).
+    pub fn new(config: &Config, domains: &DomainSet, domain: &str, pop_host: &str) -> Self {
+        let record = domains.resolve(domain).map(|(_, r)| r);
         let a = &config.autoconfig;
         Offer {
             domain: domain.to_owned(),
@@ -43,8 +55,10 @@ impl Offer {
             pop3_starttls_port: config.tls.as_ref().and(config.pop3.first()).map(|a| a.port()),
             password: true,
             oauth2: config.oauth2.is_some(),
-            retention: config.expire,
-            whole_address: !config.delivery.domains.is_empty() && !config.delivery.domains.iter().any(|d| d == domain),
+            retention: record.and_then(|r| r.expire).unwrap_or(config.expire),
+            // Bare names are the users of `[delivery] domains` (and of every domain when none is
+            // named); the others log in with their whole address.
+            whole_address: record.is_some_and(|r| !r.local),
             smtp_host: a.smtp_host.clone().unwrap_or_else(|| format!("smtp.{domain}")),
             smtp_port: a.smtp_port,
             smtp_tls: a.smtp_tls.clone(),

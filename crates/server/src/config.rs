@@ -80,6 +80,8 @@ login_delay = 0
 [auth]
 # The user file (`pillarbox user add|passwd|del|list`).
 users = "users"
+# The domain file (`pillarbox domain add|set|del|list`); with [database], a table there.
+domains = "domains"
 # Networks where USER/PASS, AUTH PLAIN and AUTH LOGIN may be used without TLS. Everywhere else
 # clients must use STLS or port 995 first (SCRAM is allowed everywhere).
 trusted_networks = ["127.0.0.0/8", "::1/128"]
@@ -438,6 +440,14 @@ impl fmt::Debug for DatabaseConfig {
 struct RawDomain {
     /// Server names whose connections log in to this domain: `alice` is `alice@DOMAIN` there.
     names: Vec<String>,
+    /// Other domains whose mail is this domain's.
+    aliases: Vec<String>,
+    /// Defaults for the domain's users.
+    quota_bytes: Option<HumanSize>,
+    quota_messages: Option<u64>,
+    expire: Option<ExpireSetting>,
+    /// Whether the domain's users may log in over POP3.
+    pop3: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -688,6 +698,7 @@ impl Default for RawPop3 {
 #[serde(deny_unknown_fields, default)]
 struct RawAuth {
     users: PathBuf,
+    domains: PathBuf,
     trusted_networks: Vec<Cidr>,
     scram_sha1: bool,
     upgrade_hashes: bool,
@@ -725,6 +736,7 @@ impl Default for RawAuth {
     fn default() -> Self {
         Self {
             users: PathBuf::from("users"),
+            domains: PathBuf::from("domains"),
             trusted_networks: vec![LOOPBACK4, LOOPBACK6],
             scram_sha1: false,
             upgrade_hashes: true,
@@ -808,6 +820,8 @@ pub struct Config {
     /// Default seconds between logins (RFC 2449 LOGIN-DELAY).
     pub login_delay: u32,
     pub users_file: PathBuf,
+    /// The domain registry's file (`[auth] domains`), when there is no database.
+    pub domains_file: PathBuf,
     pub trusted_networks: Vec<Cidr>,
     pub scram_sha1: bool,
     /// Replace imported hashes with argon2id at the first password login.
@@ -839,9 +853,10 @@ pub struct Config {
     pub autoconfig: AutoconfigSettings,
     /// Certificates by ACME, when `[acme] directory` is set.
     pub acme: Option<AcmeSettings>,
-    /// The login realm of each server name (`[domains."D"] names`): a bare user name logging in
-    /// on a TLS connection to that name is `name@D`.
-    pub realms: std::collections::BTreeMap<String, String>,
+    /// The domains named here: `[delivery] domains` (their users may be bare names) and the
+    /// `[domains."D"]` tables (settings, aliases, and the server names whose TLS connections log
+    /// in to the domain). The domain registry's are added to them.
+    pub domains: std::sync::Arc<pillarbox_auth::DomainSet>,
     /// The user and group to run as after binding (`[process]`), if set.
     pub run_as: Option<(String, Option<String>)>,
     /// The rules of delivery (domains, sizes, quotas), as the service layer applies them.
@@ -1067,22 +1082,32 @@ impl Config {
                 smtp_tls: a.smtp_tls.clone(),
             }
         };
-        let mut realms = std::collections::BTreeMap::new();
-        for (raw_domain, d) in &raw.domains {
-            let table = format!("domains.\"{raw_domain}\"");
-            let domain = server_name(raw_domain)
-                .ok()
-                .filter(|d| !d.starts_with("*."))
-                .ok_or_else(|| field_at(text, path, &table, "names", format!("{raw_domain:?} is not a mail domain")))?;
-            for n in &d.names {
-                let name = server_name(n).map_err(|e| field_at(text, path, &table, "names", e))?;
-                if let Some(other) = realms.insert(name.clone(), domain.clone())
-                    && other != domain
-                {
-                    return Err(field_at(text, path, &table, "names", format!("{name} is a name of {other} already")));
-                }
+        let domains = {
+            use pillarbox_auth::{DomainName, DomainRecord, DomainSet};
+            let mut set = DomainSet::default();
+            for (i, raw_domain) in raw.delivery.domains.iter().enumerate() {
+                let name = DomainName::new(raw_domain)
+                    .map_err(|e| field_at(text, path, "delivery", "domains", format!("item {}: {e}", i + 1)))?;
+                set.domains.insert(name, DomainRecord { local: true, ..DomainRecord::default() });
             }
-        }
+            for (raw_domain, d) in &raw.domains {
+                let table = format!("domains.\"{raw_domain}\"");
+                let err = |key: &str, m: String| field_at(text, path, &table, key, m);
+                let name = DomainName::new(raw_domain).map_err(|e| err("names", e))?;
+                let hosts = |key: &str, list: &[String]| {
+                    list.iter().map(|n| DomainName::new(n).map_err(|e| err(key, e))).collect::<Result<_, _>>()
+                };
+                let rec = set.domains.entry(name).or_default();
+                rec.names = hosts("names", &d.names)?;
+                rec.aliases = hosts("aliases", &d.aliases)?;
+                rec.quota_bytes = d.quota_bytes.map(|q| q.0);
+                rec.quota_messages = d.quota_messages;
+                rec.expire = d.expire.map(|e| e.0);
+                rec.pop3 = d.pop3.unwrap_or(true);
+                set.check().map_err(|e| err(if e.contains("server name") { "names" } else { "aliases" }, e))?;
+            }
+            std::sync::Arc::new(set)
+        };
         let acme = match raw.acme.directory.trim() {
             "" => None,
             directory => {
@@ -1183,6 +1208,7 @@ impl Config {
             lmtp_max_connections: raw.limits.lmtp_max_connections,
             lmtp_max_connections_per_ip: raw.limits.lmtp_max_connections_per_ip,
             users_file: rel(&raw.auth.users),
+            domains_file: rel(&raw.auth.domains),
             trusted_networks: raw.auth.trusted_networks,
             maildir_root: rel(&raw.store.maildir),
             max_connections: raw.limits.max_connections,
@@ -1193,13 +1219,12 @@ impl Config {
             https: raw.listen.https.clone(),
             autoconfig,
             acme,
-            realms,
+            domains,
             run_as: (!raw.process.user.trim().is_empty()).then(|| {
                 let g = raw.process.group.trim();
                 (raw.process.user.trim().to_owned(), (!g.is_empty()).then(|| g.to_owned()))
             }),
             delivery: DeliveryPolicy {
-                domains: raw.delivery.domains.iter().map(|d| d.trim().to_ascii_lowercase()).collect(),
                 recipient_delimiter: raw.delivery.recipient_delimiter,
                 max_message_size: raw.delivery.max_message_size.0,
                 max_recipients: raw.delivery.max_recipients,
@@ -1235,6 +1260,7 @@ impl Config {
             max_sessions_per_user: self.max_sessions_per_user,
             max_concurrent_attempts_per_account: self.max_concurrent_attempts_per_account,
             delivery: self.delivery.clone(),
+            domains: self.domains.clone(),
         }
     }
 
@@ -1271,6 +1297,7 @@ impl Config {
             expunge_interval: _,
             login_delay: _,
             users_file: _,
+            domains_file: _,
             trusted_networks: _,
             scram_sha1: _,
             upgrade_hashes: _,
@@ -1294,11 +1321,10 @@ impl Config {
             https: _,
             autoconfig: _,
             acme: _,
-            realms: _,
+            domains: _,
             run_as: _,
             delivery:
                 pillarbox_core::DeliveryPolicy {
-                    domains: _,
                     recipient_delimiter: _,
                     max_message_size: _,
                     max_recipients: _,
@@ -1341,6 +1367,7 @@ impl Config {
             lmtp_unix_mode => "[listen] lmtp_unix_mode",
             lmtp_unix_group => "[listen] lmtp_unix_group",
             users_file => "[auth] users",
+            domains_file => "[auth] domains",
             maildir_root => "[store] maildir",
             ip_grouping => "[limits] ipv6_prefix / ipv6_aggregate_prefix",
             max_connections => "[limits] max_connections",
@@ -1368,8 +1395,7 @@ impl Config {
             fail_delay_max => "[auth] fail_delay_max",
             oauth2 => "[auth.oauth2]",
             autoconfig => "[autoconfig]",
-            realms => "[domains] names",
-            delivery.domains => "[delivery] domains",
+            domains => "[delivery] domains, [domains]",
             delivery.recipient_delimiter => "[delivery] recipient_delimiter",
             delivery.max_message_size => "[delivery] max_message_size",
             delivery.max_recipients => "[delivery] max_recipients",

@@ -146,14 +146,6 @@ fn redirect<B>(front: &Frontend, req: &Request<B>) -> Answer {
     r
 }
 
-/// Whether autoconfiguration is answered for `domain`: one that is delivered here (`[delivery]
-/// domains`; every domain when that list is empty), or a virtual domain with a `[domains]` table.
-fn serves(front: &Frontend, domain: &str) -> bool {
-    let domains = &front.services.policy().delivery.domains;
-    let virtual_domain = front.config().realms.values().any(|d| d == domain);
-    !domain.is_empty() && (domains.is_empty() || domains.iter().any(|d| d == domain) || virtual_domain)
-}
-
 /// The POP3 server's name for clients (see [`autoconfig::pop_host`]).
 fn pop_host(front: &Frontend) -> String {
     let set = front.certificates.as_ref().map(|c| c.current());
@@ -177,8 +169,16 @@ async fn autoconfigure(front: &Arc<Frontend>, req: Request<Incoming>) -> Answer 
     let path = req.uri().path().to_ascii_lowercase();
     let config = front.config();
     let (pop3, pop3s) = *front.ports.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let domains = match front.services.domains().await {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %e, "the domain registry cannot be read");
+            return answer(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "try again later\n");
+        }
+    };
+    let serves = |domain: &str| autoconfig::served(&domains, domain);
     let offer = |domain: &str| {
-        let mut o = Offer::new(&config, domain, &pop_host(front));
+        let mut o = Offer::new(&config, &domains, domain, &pop_host(front));
         // The ports the listeners really have.
         o.pop3s_port = o.pop3s_port.and(pop3s);
         o.pop3_starttls_port = o.pop3_starttls_port.and(pop3);
@@ -192,7 +192,7 @@ async fn autoconfigure(front: &Arc<Frontend>, req: Request<Incoming>) -> Answer 
                 Some(a) => domain_of(&a),
                 None => host_of(&req).map(|h| h.strip_prefix("autoconfig.").map(str::to_owned).unwrap_or(h)),
             };
-            match domain.filter(|d| serves(front, d)) {
+            match domain.filter(|d| serves(d)) {
                 Some(d) => {
                     answer(StatusCode::OK, "application/xml; charset=utf-8", autoconfig::thunderbird(&offer(&d)))
                 }
@@ -204,7 +204,7 @@ async fn autoconfigure(front: &Arc<Frontend>, req: Request<Incoming>) -> Answer 
             let Some((address, domain)) = address.and_then(|a| domain_of(&a).map(|d| (a, d))) else {
                 return answer(StatusCode::BAD_REQUEST, "text/plain; charset=utf-8", "give ?emailaddress=\n");
             };
-            if !serves(front, &domain) {
+            if !serves(&domain) {
                 return not_found();
             }
             let Some(certs) = &front.certificates else { return not_found() };
@@ -232,7 +232,7 @@ async fn autoconfigure(front: &Arc<Frontend>, req: Request<Incoming>) -> Answer 
             let Some(address) = autoconfig::autodiscover_address(&body) else {
                 return answer(StatusCode::BAD_REQUEST, "text/plain; charset=utf-8", "no EMailAddress\n");
             };
-            match domain_of(&address).filter(|d| serves(front, d)) {
+            match domain_of(&address).filter(|d| serves(d)) {
                 Some(d) => {
                     answer(StatusCode::OK, "text/xml; charset=utf-8", autoconfig::autodiscover(&offer(&d), &address))
                 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use pillarbox_auth::{DomainName, DomainSet};
 use pillarbox_core::Permit;
 use pillarbox_core::login::{Attempt, Checked, UserSession, Verified, mechanisms};
 use pillarbox_proto::Secret;
@@ -125,24 +126,18 @@ struct Conversation {
     channel_binding: Option<Vec<u8>>,
     /// This connection's place among the logins to one account in progress.
     attempt: Option<Permit>,
-    /// The mail domain of the server name the client asked for (`[domains] names`): bare user
+    /// The mail domains as the connection began: logins are read through them (an alias domain
+    /// is the domain it stands for).
+    domains: Arc<DomainSet>,
+    /// The mail domain of the server name the client asked for (a domain's `names`): bare user
     /// names log in to it.
-    realm: Option<String>,
+    realm: Option<DomainName>,
 }
 
-/// The realm of a TLS connection: the domain `[domains] names` maps its server name to.
-fn realm(conn: &Conn, config: &Config) -> Option<String> {
+/// The realm of a TLS connection: the domain whose `names` include the server name it asked for.
+fn realm(conn: &Conn, domains: &DomainSet) -> Option<DomainName> {
     let Conn::Tls(tls) = conn else { return None };
-    let name = tls.get_ref().1.server_name()?.trim_end_matches('.').to_ascii_lowercase();
-    config.realms.get(&name).cloned()
-}
-
-/// `login` as a user of `realm` when it names no domain itself.
-fn qualify(realm: Option<&str>, login: &str) -> String {
-    match realm {
-        Some(d) if !login.is_empty() && !login.contains('@') => format!("{login}@{d}"),
-        _ => login.to_owned(),
-    }
+    domains.realm(tls.get_ref().1.server_name()?).cloned()
 }
 
 pub(crate) async fn session(
@@ -195,7 +190,15 @@ pub(crate) async fn session(
         login_delay: announce.login_delay,
         sasl,
     };
-    let realm = realm(&conn, &settings);
+    let domains = match services.domains().await {
+        Ok(d) => d,
+        Err(e) => {
+            // Logins then fail with "try later" (the maildrop cannot be judged); no alias works.
+            warn!(error = %e, "the domain registry cannot be read");
+            Arc::clone(&services.policy().domains)
+        }
+    };
+    let realm = realm(&conn, &domains);
     let mut conv = Conversation {
         front: front.clone(),
         session: {
@@ -210,6 +213,7 @@ pub(crate) async fn session(
         sasl: None,
         channel_binding,
         attempt: None,
+        domains,
         realm,
     };
     let end = conv.run(conn, phase).await;
@@ -310,7 +314,7 @@ impl Conversation {
                     }
                 }
                 Event::Authenticate { user, credential } => {
-                    let user = qualify(self.realm.as_deref(), &user);
+                    let user = self.domains.login_name(self.realm.as_ref(), &user);
                     let method = if matches!(credential, Credential::Password(_)) { "USER/PASS" } else { "APOP" };
                     if !self.take_attempt_slot(&user, method).await {
                         continue;
@@ -346,7 +350,7 @@ impl Conversation {
                         _ => return End::TlsFailed,
                     };
                     self.channel_binding = channel_binding(&conn);
-                    self.realm = realm(&conn, &self.config);
+                    self.realm = realm(&conn, &self.domains);
                     let mechs = mechanisms(&self.front.services.policy(), true, true, self.channel_binding.is_some());
                     self.session.tls_established(mechs);
                 }
@@ -384,8 +388,8 @@ impl Conversation {
             return;
         };
         let services = self.front.services.clone();
-        let realm = self.realm.clone();
-        let q = |login: &str| qualify(realm.as_deref(), login);
+        let (domains, realm) = (self.domains.clone(), self.realm.clone());
+        let q = |login: &str| domains.login_name(realm.as_ref(), login);
         let mut step = mech.step(data.as_ref().map(|d| d.expose().as_slice()));
         match &step {
             Step::NeedScramKeys { login, hash } => match services.scram_keys(&q(login), *hash).await {

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io;
 use std::sync::Arc;
 
-use pillarbox_auth::{FileDirectory, UserFile};
+use pillarbox_auth::{DomainFile, FileDirectory, FileDomains, UserFile};
 use pillarbox_core::{MemoryGate, Services};
 use tokio::sync::{Semaphore, watch};
 use tracing::{info, warn};
@@ -67,7 +67,8 @@ pub fn services(config: &Config) -> Result<Services, ServerError> {
             }
             let store = Arc::new(pillarbox_store::maildir::MaildirStore::new(&config.maildir_root));
             let gate = Arc::new(MemoryGate::with(config.ip_grouping, pillarbox_core::gate::MAX_TRACKED));
-            Services::new(policy, directory, store, gate)?
+            let domains = Arc::new(FileDomains::new(DomainFile::new(&config.domains_file)));
+            Services::new(policy, directory, store, gate)?.with_domains(domains)
         }
         Some(d) => {
             let db = database(d)?;
@@ -81,8 +82,9 @@ pub fn services(config: &Config) -> Result<Services, ServerError> {
                 policy,
                 directory,
                 Arc::new(pillarbox_pg::store::PgStore::new(db.clone())),
-                Arc::new(pillarbox_pg::gate::PgLoginGate::new(db, config.ip_grouping)),
+                Arc::new(pillarbox_pg::gate::PgLoginGate::new(db.clone(), config.ip_grouping)),
             )?
+            .with_domains(Arc::new(pillarbox_pg::domains::PgDomains::new(db)))
         }
     };
     services.set_bearer(bearer);
