@@ -239,6 +239,29 @@ fn extra(name: &str) -> Extra {
                 ("Import a Dovecot passwd-file, keeping its hashes:", "pillarbox user import /etc/dovecot/users"),
             ]);
         }
+        n if n.starts_with("pillarbox-domain") => {
+            e.exit.extend([
+                ("0", "Done."),
+                ("64", "A setting that cannot be read (--expire, --pop3), or nothing to change."),
+                ("65", "Not a domain name; a domain that exists, or an alias or server name that belongs to another; a domain that still has users."),
+                ("67", "No such domain."),
+                ("1", "Any other error."),
+            ]);
+            e.files
+                .push(("DATA/domains", "The domain file ([auth] domains); a table of the database in cluster mode."));
+            e.examples.extend([
+                (
+                    "Host example.com, its users logging in bare at pop.example.com:",
+                    "pillarbox domain add example.com --name pop.example.com",
+                ),
+                (
+                    "Mail for example.net goes to example.com's users:",
+                    "pillarbox domain set example.com --alias example.net",
+                ),
+                ("Suspend a customer's POP3 (mail still arrives):", "pillarbox domain set example.com --pop3 off"),
+                ("The records to publish in DNS:", "pillarbox domain dns example.com"),
+            ]);
+        }
         "pillarbox-fetch" => {
             e.exit.extend(FETCH_EXIT);
             e.environment.push(("HOME", "~ in paths of the accounts file is this folder."));

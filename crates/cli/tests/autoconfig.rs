@@ -99,6 +99,25 @@ fn thunderbird_and_outlook_find_the_pop3_settings_over_https() {
     let (status, _) =
         curl(&pb, &ca, "autoconfig.customer.test", "/mail/config-v1.1.xml?emailaddress=bob%40elsewhere.test", &[]);
     assert_eq!(status, 404);
+    // Domains added while the server runs: one whose retention is 0 (delete after download),
+    // answered for its alias too; one whose POP3 is off, not answered.
+    for args in [
+        &["domain", "add", "hosted.test", "--expire", "0", "--alias", "hosted-alias.test"][..],
+        &["domain", "add", "closed.test", "--pop3", "off"],
+    ] {
+        let out = pb.run(args, b"");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    for address in ["carol%40hosted.test", "carol%40hosted-alias.test"] {
+        let path = format!("/mail/config-v1.1.xml?emailaddress={address}");
+        let (status, xml) = curl(&pb, &ca, "autoconfig.customer.test", &path, &[]);
+        assert_eq!(status, 200, "{xml}");
+        let servers = thunderbird_reads(&xml);
+        assert!(servers.iter().all(|l| l.ends_with(" %EMAILADDRESS% password-cleartext false -")), "{servers:?}");
+    }
+    let (status, _) =
+        curl(&pb, &ca, "autoconfig.customer.test", "/mail/config-v1.1.xml?emailaddress=dan%40closed.test", &[]);
+    assert_eq!(status, 404, "no offer for a domain whose POP3 is off");
 
     // Outlook: a POSTed Autodiscover request.
     let request = "<?xml version=\"1.0\" encoding=\"utf-8\"?><Autodiscover xmlns=\"http://schemas.microsoft.com/exchange/autodiscover/outlook/requestschema/2006\"><Request><EMailAddress>alice@customer.test</EMailAddress><AcceptableResponseSchema>http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a</AcceptableResponseSchema></Request></Autodiscover>";

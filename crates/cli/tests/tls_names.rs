@@ -133,23 +133,26 @@ fn a_server_name_is_a_login_realm() {
     std::fs::create_dir_all(&certs).expect("mkdir");
     let ca = TestCa::new(&certs);
     let a = ca.issue(&certs, "a", &["pop.a.test"], CURRENT);
+    let b = ca.issue(&certs, "b", &["pop.b.test"], CURRENT);
     let mut config = std::fs::read_to_string(pb.config_path()).expect("config");
     config.push_str(&named_section("pop.a.test", &a));
+    config.push_str(&named_section("pop.b.test", &b));
     config.push_str("\n[domains.\"a.test\"]\nnames = [\"pop.a.test\"]\n");
     std::fs::write(pb.config_path(), config).expect("config");
     pb.start();
     let port = pb.pop3s.expect("pop3s").port();
-    let list = |user: &str, login: &str| {
+    let list_at = |host: &str, user: &str, login: &str| {
         let out = Command::new("curl")
             .args(["-sS", "--max-time", "20", "--cacert"])
             .arg(&ca.pem)
-            .args(["--resolve", &format!("pop.a.test:{port}:127.0.0.1"), "-u", user, "--login-options", login])
-            .arg(format!("pop3s://pop.a.test:{port}/"))
+            .args(["--resolve", &format!("{host}:{port}:127.0.0.1"), "-u", user, "--login-options", login])
+            .arg(format!("pop3s://{host}:{port}/"))
             .output()
             .expect("curl");
         assert!(out.status.success(), "{user} {login}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).lines().count()
     };
+    let list = |user: &str, login: &str| list_at("pop.a.test", user, login);
     assert_eq!(list("alice:a-test's long password", "AUTH=PLAIN"), 2, "alice@a.test's two messages");
     let scram = common::python(
         "scram_client.py",
@@ -191,4 +194,12 @@ fn a_server_name_is_a_login_realm() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
     assert!(pb.log().contains("user=alice@a.test"), "the log names the qualified user");
+
+    // A domain added while the server runs, with its server name in the registry: its users
+    // log in bare at that name, without a restart.
+    let out = pb.run(&["domain", "add", "b.test", "--name", "pop.b.test"], b"");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    pb.add_user("bob@b.test", "b-test's long password");
+    pb.deliver("bob@b.test", &common::message(4));
+    assert_eq!(list_at("pop.b.test", "bob:b-test's long password", "AUTH=PLAIN"), 1, "bob@b.test's message");
 }

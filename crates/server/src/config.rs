@@ -124,7 +124,8 @@ fail_delay_max = "15s"
 maildir = "mail"
 
 [delivery]
-# Domains delivered to local users (user@domain); empty accepts every domain.
+# Domains whose mail goes to the user named by the local part (alice@example.org is alice), as on
+# a single-domain server; empty, with no domain added by `pillarbox domain add`, takes every domain.
 domains = []
 # user+detail@domain is delivered to user.
 recipient_delimiter = "+"
@@ -216,10 +217,20 @@ challenge = "tls-alpn-01"
 # CA certificates (PEM) to trust for the ACME server, besides the system's (a private CA).
 ca_file = ""
 
-# Per mail domain: the server names whose TLS connections (the name the client asks for, SNI)
-# log in to the domain, so that a user of example.com types `alice` for alice@example.com.
+# Mail domains are added with `pillarbox domain add` (kept in [auth] domains, or the database);
+# the domains of [delivery] domains are domains too. A domain's settings may also be named here
+# (the registry's win where both set one):
 # [domains."example.com"]
+# Server names whose TLS connections (the name the client asks for, SNI) log in to the domain:
+# a user of example.com types `alice` for alice@example.com there.
 # names = ["pop.example.com"]
+# Other domains whose mail is this domain's (alice@example.net is alice@example.com).
+# aliases = ["example.net"]
+# Defaults for the domain's users (a user's own setting wins), and whether they may use POP3.
+# quota_bytes = "2GB"
+# quota_messages = 10000
+# expire = "30"
+# pop3 = true
 
 [autoconfig]
 # What the autoconfiguration answers ([listen] https) tell mail clients besides the POP3
@@ -1592,6 +1603,33 @@ mod tests {
         assert!(e.to_string().contains("field `auth.trusted_networks`") && e.to_string().contains("prefix"), "{e}");
         let e = parse("[listen]\npop3s = [\"127.0.0.1:995\"]\n").expect_err("no tls");
         assert!(e.to_string().contains("[tls]"), "{e}");
+    }
+
+    #[test]
+    fn domains_from_delivery_and_domain_tables() {
+        let base = "[listen]\npop3 = [\"127.0.0.1:1\"]\n[delivery]\ndomains = [\"Example.ORG\"]\n";
+        let c = parse(&format!(
+            "{base}[domains.\"example.com\"]\nnames = [\"pop.example.com\"]\naliases = [\"example.net\"]\n\
+             quota_bytes = \"2GB\"\nexpire = \"never\"\npop3 = false\n"
+        ))
+        .expect("domains");
+        let d = &c.domains;
+        assert!(d.resolve("example.org").is_some_and(|(_, r)| r.local && r.pop3));
+        let (name, r) = d.resolve("example.net").expect("alias");
+        assert_eq!(name.as_str(), "example.com");
+        assert_eq!(
+            (r.quota_bytes, r.expire, r.pop3, r.local),
+            (Some(2_000_000_000), Some(Expire::Never), false, false)
+        );
+        assert_eq!(d.realm("pop.example.com").map(|n| n.as_str()), Some("example.com"));
+        let e = parse("[listen]\npop3 = [\"127.0.0.1:1\"]\n[delivery]\ndomains = [\"a.test\", \"not a domain\"]\n")
+            .expect_err("bad domain");
+        assert!(e.to_string().contains("line 4, field `delivery.domains`: item 2"), "{e}");
+        let e = parse(&format!(
+            "{base}[domains.\"a.test\"]\naliases = [\"x.test\"]\n[domains.\"b.test\"]\naliases = [\"x.test\"]\n"
+        ))
+        .expect_err("one alias, two domains");
+        assert!(e.to_string().contains("field `domains.\"b.test\".aliases`: x.test is an alias of a.test"), "{e}");
     }
 
     #[test]
