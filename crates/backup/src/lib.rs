@@ -290,14 +290,10 @@ pub fn parse_name(name: &str) -> Option<(String, u32, bool)> {
     (chain.len() == 8 && chain.bytes().all(|b| b.is_ascii_hexdigit())).then(|| (chain.to_owned(), seq, encrypted))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The catalog of a destination, beside fetch's state.
 fn catalog_path(state_root: &Path, dest: &Path) -> PathBuf {
     let abs = std::path::absolute(dest).unwrap_or_else(|_| dest.to_owned());
-    let key = hex(&Sha256::digest(abs.as_os_str().as_encoded_bytes())[..8]);
+    let key = pillarbox_os::hex(&Sha256::digest(abs.as_os_str().as_encoded_bytes())[..8]);
     state_root.join("backup").join(format!("{key}.json"))
 }
 
@@ -537,7 +533,7 @@ pub fn create(sources: &[Source], opts: &CreateOptions) -> Result<Created, Backu
         None => {
             let mut id = [0u8; 4];
             getrandom::fill(&mut id).map_err(|e| io_err("random")(e.into()))?;
-            (hex(&id), 0)
+            (pillarbox_os::hex(&id), 0)
         }
     };
     let known: HashMap<String, u32> = catalog.as_ref().map(|c| c.blobs.clone()).unwrap_or_default();
@@ -767,7 +763,7 @@ fn store_file<W: Write>(
     };
     if let Some(bytes) = bytes {
         progress.advance(f.meta.len());
-        let hash = hex(&Sha256::digest(&bytes));
+        let hash = pillarbox_os::hex(&Sha256::digest(&bytes));
         if is_known(&hash) {
             return Ok(Stored::Known(hash));
         }
@@ -783,7 +779,7 @@ fn store_file<W: Write>(
     let Some(file) = open()? else { return Ok(Stored::Vanished) };
     let mut first = Hashing { inner: BufReader::new(file), hash: Sha256::new(), progress: &Quiet };
     io::copy(&mut first, &mut io::sink())?;
-    let hash = hex(&first.hash.finalize());
+    let hash = pillarbox_os::hex(&first.hash.finalize());
     if is_known(&hash) {
         progress.advance(f.meta.len());
         return Ok(Stored::Known(hash));
@@ -792,7 +788,7 @@ fn store_file<W: Write>(
     let size = file.metadata()?.len();
     let mut second = Hashing { inner: BufReader::new(file).take(size), hash: Sha256::new(), progress };
     tar.append_data(&mut tar_header(size, mode, mt), &f.name, &mut second)?;
-    if hex(&second.hash.finalize()) != hash {
+    if pillarbox_os::hex(&second.hash.finalize()) != hash {
         return Err(io::Error::other(format!(
             "{} changed while it was being backed up; run the backup again",
             f.path.display()
@@ -1055,7 +1051,7 @@ fn read_entries<R: Read>(
         })?;
         io::copy(&mut hashing, &mut io::sink()).map_err(|e| damaged(describe(&e)))?;
         stored_bytes += size;
-        stored.insert(name, hex(&hashing.hash.finalize()));
+        stored.insert(name, pillarbox_os::hex(&hashing.hash.finalize()));
     }
     // The tar end, then the compressed stream's end (which checks zstd's checksum and age's last
     // chunk): a truncated archive fails here.
@@ -1706,7 +1702,7 @@ mod tests {
         let mut files = first.manifest.files.clone();
         files.push(FileEntry {
             path: "config/accounts.toml".into(),
-            sha256: hex(&Sha256::digest(accounts)),
+            sha256: pillarbox_os::hex(&Sha256::digest(accounts)),
             size: accounts.len() as u64,
             mtime_ns: 0,
             mode: 0o600,

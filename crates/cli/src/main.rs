@@ -506,30 +506,43 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Db(cmd) => db::command(&load_config_only(data_dir.as_deref(), config.as_deref())?, cmd),
         Command::Acme(cmd) => {
-            let config = load_config_only(data_dir.as_deref(), config.as_deref())?;
+            let config = server()?.0;
             let Some(acme) = config.acme.clone() else {
                 return Err(Exit(EX_CONFIG, format!("{}: no [acme] directory is set", config.source.display())).into());
             };
-            match cmd {
-                AcmeCommand::Status => {
-                    for line in pillarbox_server::acme::status(&acme) {
-                        println!("{line}");
+            let state = pillarbox_server::acme::State::new(&config).map_err(|e| Exit(EX_UNAVAILABLE, e))?;
+            let services = user::services(&config)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let domains = services.domains().await?;
+                let names = pillarbox_server::acme::names(&acme, &domains);
+                match cmd {
+                    AcmeCommand::Status => {
+                        if names.is_empty() {
+                            println!("no names: set [acme] names, or give a domain a server name (`pillarbox domain set D --name HOST`)");
+                        }
+                        for line in pillarbox_server::acme::status(&acme, &state, &names).await {
+                            println!("{line}");
+                        }
+                        Ok(ExitCode::SUCCESS)
                     }
-                    Ok(ExitCode::SUCCESS)
-                }
-                AcmeCommand::Revoke { name } => {
-                    let name = name.trim().to_ascii_lowercase();
-                    if !acme.names.contains(&name) {
-                        return Err(Exit(EX_USAGE, format!("{name} is not one of [acme] names")).into());
+                    AcmeCommand::Revoke { name } => {
+                        let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+                        if !names.contains(&name) {
+                            return Err(Exit(
+                                EX_USAGE,
+                                format!("{name} is not one of the names ACME keeps certificates for ([acme] names, the domains' names)"),
+                            )
+                            .into());
+                        }
+                        pillarbox_server::acme::revoke(&acme, &state, &name).await.map_err(|e| Exit(EX_UNAVAILABLE, e))?;
+                        println!(
+                            "revoked the certificate of {name} and removed it; `systemctl reload pillarbox` (or kill -HUP) orders a new one"
+                        );
+                        Ok(ExitCode::SUCCESS)
                     }
-                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                    rt.block_on(pillarbox_server::acme::revoke(&acme, &name)).map_err(|e| Exit(EX_UNAVAILABLE, e))?;
-                    println!(
-                        "revoked the certificate of {name} and removed it; `systemctl reload pillarbox` (or kill -HUP) orders a new one"
-                    );
-                    Ok(ExitCode::SUCCESS)
                 }
-            }
+            })
         }
         Command::Domain(cmd) => {
             become_service_user(data_dir.as_deref(), config.as_deref())?;

@@ -16,6 +16,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio_postgres::config::{Host, SslMode};
 
+pub mod acme;
 pub mod directory;
 pub mod domains;
 pub mod gate;

@@ -125,6 +125,32 @@ CREATE TABLE domains (
     names          text[] NOT NULL DEFAULT '{}',
     created_at     timestamptz NOT NULL DEFAULT now()
 );
+
+-- ACME (RFC 8555) for every node: the account (one per CA directory), the certificates every
+-- node serves, the challenge answers every node gives while one node validates, and which node
+-- orders (a lease it renews while it lives).
+CREATE TABLE acme_accounts (
+    directory   text PRIMARY KEY,
+    credentials text NOT NULL
+);
+CREATE TABLE acme_certificates (
+    name       text COLLATE "C" PRIMARY KEY,
+    cert_pem   text NOT NULL,
+    key_pem    text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE acme_challenges (
+    kind       text NOT NULL,
+    key        text NOT NULL,
+    value      text NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+CREATE TABLE acme_leader (
+    id         integer PRIMARY KEY CHECK (id = 1),
+    holder     text NOT NULL,
+    expires_at timestamptz NOT NULL
+);
 "#,
     ),
 ];

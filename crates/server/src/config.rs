@@ -204,13 +204,17 @@ user_query = ""
 [acme]
 # Certificates from an ACME certificate authority (RFC 8555), for `names`, renewed by themselves
 # at two thirds of their lifetime; served for those names (SNI) without a restart. The account
-# and the certificates are kept in DATA/acme (readable by the server only). Empty: off.
+# and the certificates are kept in DATA/acme (readable by the server only); in cluster mode in
+# the database, one node ordering for all (a lease), every node serving them. Empty: off.
 # Let's Encrypt: "https://acme-v02.api.letsencrypt.org/directory"
 directory = ""
 # Where the CA may write about expiring certificates, e.g. ["mailto:admin@example.com"].
 contact = []
 # e.g. ["pop.example.com", "autoconfig.example.com"]
 names = []
+# Also the server names of every mail domain (`pillarbox domain add example.com --name
+# pop.example.com`), ordered when the domain is added. Names of [tls.names] keep their own.
+domain_names = true
 # How the CA checks that the names are this server's: "tls-alpn-01" (RFC 8737) on [listen]
 # https (port 443), or "http-01" on [listen] http (port 80).
 challenge = "tls-alpn-01"
@@ -467,6 +471,7 @@ struct RawAcme {
     directory: String,
     contact: Vec<String>,
     names: Vec<String>,
+    domain_names: bool,
     challenge: String,
     ca_file: PathBuf,
 }
@@ -477,6 +482,7 @@ impl Default for RawAcme {
             directory: String::new(),
             contact: Vec::new(),
             names: Vec::new(),
+            domain_names: true,
             challenge: "tls-alpn-01".into(),
             ca_file: PathBuf::new(),
         }
@@ -489,6 +495,10 @@ pub struct AcmeSettings {
     pub directory: String,
     pub contact: Vec<String>,
     pub names: Vec<String>,
+    /// The server names of every mail domain (`pillarbox domain add --name`) too.
+    pub domain_names: bool,
+    /// Names `[tls.names]` gives a certificate of their own: never ordered.
+    pub exclude: Vec<String>,
     /// `tls-alpn-01` (RFC 8737, on the HTTPS listener) or `http-01` (on the HTTP listener).
     pub challenge: String,
     /// CA certificates (PEM) to trust for the ACME server (a private one), besides the system's.
@@ -1138,8 +1148,11 @@ impl Config {
                     .iter()
                     .map(|n| server_name(n).map_err(|e| err("names", e)))
                     .collect::<Result<Vec<_>, _>>()?;
-                if names.is_empty() {
-                    return Err(err("names", "name the server names to get certificates for".into()));
+                if names.is_empty() && !raw.acme.domain_names {
+                    return Err(err(
+                        "names",
+                        "name the server names to get certificates for (or set domain_names = true)".into(),
+                    ));
                 }
                 if let Some(n) = names.iter().find(|n| n.starts_with("*.")) {
                     return Err(err("names", format!("{n}: wildcards need DNS-01, which Pillarbox does not do")));
@@ -1162,6 +1175,12 @@ impl Config {
                     directory: directory.to_owned(),
                     contact: raw.acme.contact.clone(),
                     names,
+                    domain_names: raw.acme.domain_names,
+                    exclude: raw
+                        .tls
+                        .as_ref()
+                        .map(|t| t.names.keys().filter_map(|n| server_name(n).ok()).collect())
+                        .unwrap_or_default(),
                     challenge,
                     ca_file: (!raw.acme.ca_file.as_os_str().is_empty()).then(|| rel(&raw.acme.ca_file)),
                     dir: rel(Path::new("acme")),

@@ -260,7 +260,13 @@ impl Server {
                     }
                     Err(e) => warn!(error = %e, "ACME: the new certificate cannot be served"),
                 };
-                tokio::spawn(crate::acme::run(settings, responders, installed));
+                match crate::acme::State::new(&self.front.config()) {
+                    Ok(state) => {
+                        let services = self.front.services.clone();
+                        tokio::spawn(crate::acme::run(settings, state, responders, services, installed));
+                    }
+                    Err(e) => warn!(error = e, "ACME: certificates cannot be kept; none is ordered"),
+                }
             }
         }
         let stopped = async {

@@ -1,5 +1,6 @@
 //! A real ACME server for the certificate tests: Let's Encrypt's Pebble (Debian's `pebble`),
-//! with `pebble-challtestsrv` as its DNS server (every name is 127.0.0.1), on loopback. Pebble
+//! with `pebble-challtestsrv` as its DNS server (every name is 127.0.0.1, or another loopback
+//! address), on loopback. Pebble
 //! checks challenges on the ports it is told (`http_port`, `tls_port`), where the test's server
 //! listens. Its own HTTPS certificate comes from the tests' CA.
 
@@ -31,6 +32,11 @@ pub fn free_port() -> u16 {
 impl Pebble {
     /// Start Pebble issuing certificates valid for `validity_secs`.
     pub fn start(dir: &Path, validity_secs: u64) -> Self {
+        Self::start_resolving(dir, validity_secs, "127.0.0.1")
+    }
+
+    /// Like [`Self::start`], with every name resolving to `ip` (where Pebble checks answers).
+    pub fn start_resolving(dir: &Path, validity_secs: u64, ip: &str) -> Self {
         super::require_tool("pebble");
         super::require_tool("pebble-challtestsrv");
         std::fs::create_dir_all(dir).expect("mkdir");
@@ -38,7 +44,7 @@ impl Pebble {
         let pair = ca.issue(dir, "pebble", &["localhost", "127.0.0.1"], CURRENT);
         let (dns_port, dns_management) = (free_port(), free_port());
         let dns = Command::new("pebble-challtestsrv")
-            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .args(["-defaultIPv4", ip, "-defaultIPv6", ""])
             .args(["-dns01", &format!("127.0.0.1:{dns_port}"), "-http01", "", "-https01", "", "-tlsalpn01", ""])
             .args(["-management", &format!("127.0.0.1:{dns_management}")])
             .stdout(Stdio::null())
