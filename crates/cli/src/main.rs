@@ -610,6 +610,10 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs, json: bool) ->
     let server = Server::new(config.clone())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
+        // The handlers go in before anything says "listening": a SIGHUP or SIGTERM sent as soon
+        // as a supervisor (or a test) reads that line must reload or drain, not kill the process
+        // with the signal's default action.
+        let signals = Signals::install().context("installing the signal handlers")?;
         let listeners = match Listeners::bind(&ListenAddrs::from_config(&config)).await {
             Ok(l) => l,
             Err(pillarbox_server::ServerError::Bind { addr, source }) => {
@@ -753,14 +757,13 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs, json: bool) ->
         // what needs a restart; check the user file.
         let reloader = server.clone();
         let source = config.source.clone();
+        let Signals { mut hup, term, int } = signals;
         tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
             while hup.recv().await.is_some() {
                 reload(&reloader, &source, &args).await;
             }
         });
-        server.run(listeners, shutdown_signal()).await;
+        server.run(listeners, shutdown_signal(term, int)).await;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -967,12 +970,25 @@ fn config_flag(config: &Config) -> String {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        // Without signal handlers the process can still be stopped; it just skips the drain.
-        return std::future::pending().await;
-    };
+/// The signals `serve` answers: SIGHUP reloads, SIGTERM and SIGINT drain and stop.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
+async fn shutdown_signal(mut term: tokio::signal::unix::Signal, mut int: tokio::signal::unix::Signal) {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
