@@ -72,6 +72,8 @@ pub struct UserRecord {
     pub scram_sha256: Option<ScramKeys>,
     /// SCRAM-SHA-1 keys, only when the server enables SCRAM-SHA-1.
     pub scram_sha1: Option<ScramKeys>,
+    /// Turned off by an administrator: the user cannot log in (mail is still delivered).
+    pub disabled: bool,
 }
 
 impl UserRecord {
@@ -93,6 +95,9 @@ impl UserRecord {
         }
         if let Some(d) = self.login_delay {
             v.push(("login_delay", d.to_string()));
+        }
+        if self.disabled {
+            v.push(("disabled", "yes".into()));
         }
         v
     }
@@ -126,6 +131,7 @@ impl std::fmt::Debug for UserRecord {
             .field("expire", &self.expire)
             .field("login_delay", &self.login_delay)
             .field("scram", &(self.scram_sha256.is_some(), self.scram_sha1.is_some()))
+            .field("disabled", &self.disabled)
             .finish()
     }
 }
@@ -219,6 +225,13 @@ impl Users {
                             parse_expire(v)
                                 .ok_or_else(|| err(format!("user {name}: expire= is a number of days or never")))?,
                         )
+                    }
+                    Some(("disabled", v)) => {
+                        rec.disabled = match v {
+                            "yes" => true,
+                            "no" => false,
+                            _ => return Err(err(format!("user {name}: disabled= is yes or no, not {v:?}"))),
+                        }
                     }
                     _ if extra.is_empty() => {}
                     _ => {

@@ -286,6 +286,10 @@ enum UserCommand {
         #[arg(long)]
         default: bool,
     },
+    /// Turn a user's logins off (mail is still delivered; sessions already open go on).
+    Disable { name: String },
+    /// Turn a user's logins on again.
+    Enable { name: String },
     /// Import users from a Dovecot passwd-file, keeping their password hashes ({SHA512-CRYPT},
     /// {BLF-CRYPT}, {ARGON2ID}, ...). Each is replaced by argon2id at the user's first login.
     Import {

@@ -167,6 +167,16 @@ async fn run(s: &Services, cmd: UserCommand) -> Result<ExitCode> {
                 None => println!("{name} uses the server's default login delay"),
             }
         }
+        UserCommand::Disable { name } => {
+            let name = parse_user(&name)?;
+            s.set(&name, Setting::Disabled(true)).await.map_err(exit)?;
+            println!("{name} can no longer log in (mail is still delivered; `pillarbox user enable {name}` undoes it)");
+        }
+        UserCommand::Enable { name } => {
+            let name = parse_user(&name)?;
+            s.set(&name, Setting::Disabled(false)).await.map_err(exit)?;
+            println!("{name} can log in again");
+        }
         UserCommand::Import { file, replace } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let report = s.import_users(&text, replace).await.map_err(exit)?;

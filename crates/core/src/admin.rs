@@ -65,6 +65,8 @@ pub enum Setting {
     Expire(Option<Expire>),
     /// Seconds; `None`: the server's default.
     LoginDelay(Option<u32>),
+    /// Turn logins off (`true`) or on again; mail is delivered either way.
+    Disabled(bool),
 }
 
 /// What an import did, for the administrator.
@@ -197,6 +199,7 @@ impl Services {
             }
             Setting::Expire(e) => rec.expire = e,
             Setting::LoginDelay(d) => rec.login_delay = d,
+            Setting::Disabled(d) => rec.disabled = d,
         });
         Ok(self.directory.modify(name, change).await?)
     }

@@ -23,6 +23,7 @@ pub use pillarbox_auth::Directory;
 use pillarbox_proto::Expire;
 pub use pillarbox_store::Mailstore;
 
+pub mod access;
 pub mod admin;
 pub mod bearer;
 pub mod deliver;
@@ -32,6 +33,7 @@ pub mod gate;
 mod hashpool;
 pub mod login;
 pub mod metrics;
+pub mod sessions;
 
 pub use bearer::{BearerRefusal, BearerVerifier};
 pub use gate::{LoginGate, MemoryGate, Permit};
@@ -150,6 +152,10 @@ pub struct Services {
     /// Where the mail domains are kept (see [`Services::domains`]).
     registry: Arc<dyn pillarbox_auth::DomainRegistry>,
     merged: domains::MergedDomains,
+    /// The live POP3 sessions (this node's, or a cluster's).
+    pub sessions: Arc<dyn sessions::SessionRegistry>,
+    /// Admin tokens and the audit log.
+    pub access: Arc<dyn access::AccessStore>,
     /// Who checks bearer tokens, when OAuth2 logins are configured.
     bearer: std::sync::RwLock<Option<Arc<dyn BearerVerifier>>>,
     /// This machine's name, for trace headers and APOP timestamps.
@@ -181,6 +187,8 @@ impl Services {
             metrics: Arc::default(),
             registry: Arc::new(pillarbox_auth::MemoryDomains::default()),
             merged: std::sync::Mutex::new(None),
+            sessions: Arc::new(sessions::MemorySessions::default()),
+            access: Arc::new(access::MemoryAccess::default()),
             bearer: std::sync::RwLock::new(None),
             hostname: pillarbox_os::host_name(),
             hashes: hashpool::HashPool::per_core().map_err(CoreError::Threads)?,
@@ -203,6 +211,18 @@ impl Services {
     /// Who checks bearer tokens now (`None`: OAuth2 logins are not configured).
     pub fn bearer(&self) -> Option<Arc<dyn BearerVerifier>> {
         self.bearer.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Record live sessions in `registry` (the default keeps this node's in memory).
+    pub fn with_sessions(mut self, registry: Arc<dyn sessions::SessionRegistry>) -> Self {
+        self.sessions = registry;
+        self
+    }
+
+    /// Keep admin tokens and the audit log in `store` (the default keeps them in memory).
+    pub fn with_access(mut self, store: Arc<dyn access::AccessStore>) -> Self {
+        self.access = store;
+        self
     }
 
     /// Set (or remove) the bearer-token verifier; the policy's `oauth2` says whether the

@@ -20,6 +20,7 @@ use pillarbox_store::{Maildrop, StoreError};
 use sha2::{Digest, Sha256};
 use tracing::{error, info, warn};
 
+use crate::sessions::{LiveSession, SessionInfo};
 use crate::{Permit, Policy, Services};
 
 /// The mechanisms usable on a connection, strongest first (RFC 5034: the CAPA SASL line lists
@@ -132,6 +133,8 @@ pub struct UserSession {
     pub listing: Listing,
     pub maildrop: Box<dyn Maildrop>,
     pub login: Login,
+    /// The session as administrators see it: [`LiveSession::ended`] completes when one ends it.
+    pub live: LiveSession,
     _permit: Option<Permit>,
 }
 
@@ -299,7 +302,7 @@ impl Services {
     pub async fn open_session(&self, attempt: &Attempt<'_>, verified: Verified) -> Result<UserSession, AuthFailure> {
         let name = verified.name.clone();
         self.gate.success(attempt.peer.ip(), name.as_str()).await;
-        let opened = self.open_verified(verified).await;
+        let opened = self.open_verified(attempt, verified).await;
         let result = match &opened {
             Ok(_) => "ok",
             Err(AuthFailure::InUse) => "in-use",
@@ -316,7 +319,7 @@ impl Services {
         opened
     }
 
-    async fn open_verified(&self, verified: Verified) -> Result<UserSession, AuthFailure> {
+    async fn open_verified(&self, attempt: &Attempt<'_>, verified: Verified) -> Result<UserSession, AuthFailure> {
         let Verified { name, entry, password } = verified;
         let entry = match entry {
             Some(e) => e,
@@ -340,7 +343,7 @@ impl Services {
             }
         };
         let domain = domains.of_user(&name);
-        if domain.is_some_and(|d| !d.pop3) {
+        if record.disabled || domain.is_some_and(|d| !d.pop3) {
             return Err(AuthFailure::Disabled);
         }
         let login_delay = record.login_delay.unwrap_or(p.login_delay);
@@ -362,7 +365,19 @@ impl Services {
         let login = Login { expire: Some(expire), login_delay: (login_delay > 0).then_some(login_delay) };
         match self.store.open(&name, p.lock).await {
             Ok(opened) => {
-                Ok(UserSession { listing: opened.listing, maildrop: opened.maildrop, login, _permit: permit })
+                let live = self
+                    .sessions
+                    .open(SessionInfo {
+                        id: crate::sessions::new_id(),
+                        user: name.to_string(),
+                        client: attempt.peer.to_string(),
+                        tls: attempt.tls,
+                        mechanism: attempt.mechanism.to_owned(),
+                        started_at: pillarbox_os::unix_now(),
+                        node: format!("{}/{}", self.hostname, std::process::id()),
+                    })
+                    .await;
+                Ok(UserSession { listing: opened.listing, maildrop: opened.maildrop, login, live, _permit: permit })
             }
             Err(StoreError::InUse) => Err(AuthFailure::InUse),
             Err(e) => {

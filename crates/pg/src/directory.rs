@@ -24,7 +24,7 @@ pub struct PgDirectory {
 }
 
 const COLUMNS: &str = "a.account_id, l.login, a.password_hash, a.scram_sha256, a.scram_sha1, a.apop_secret, \
-                       a.secret_version, a.quota_bytes, a.quota_messages, a.expire, a.login_delay";
+                       a.secret_version, a.quota_bytes, a.quota_messages, a.expire, a.login_delay, a.disabled";
 
 fn unavailable(e: impl Into<PgError>) -> DirectoryError {
     DirectoryError::Unavailable(AuthError::Backend(e.into().to_string()))
@@ -64,6 +64,7 @@ fn entry(row: &Row) -> Result<Entry, DirectoryError> {
         quota_messages: row.get::<_, Option<i64>>(8).map(|q| q.max(0) as u64),
         expire,
         login_delay: row.get::<_, Option<i32>>(10).map(|d| d.max(0) as u32),
+        disabled: row.get(11),
     };
     Ok(Entry { name, record, version: SecretVersion(row.get::<_, i64>(6) as u64) })
 }
@@ -102,7 +103,7 @@ pub(crate) async fn insert(
     let (qb, qm, expire, delay) = settings(r);
     tx.execute_typed(
         "INSERT INTO accounts (account_id, login, password_hash, scram_sha256, scram_sha1, apop_secret, quota_bytes, \
-         quota_messages, expire, login_delay) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         quota_messages, expire, login_delay, disabled) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         &[
             (&id, Type::INT8),
             (&name.as_str(), Type::TEXT),
@@ -114,6 +115,7 @@ pub(crate) async fn insert(
             (&qm, Type::INT8),
             (&expire, Type::TEXT),
             (&delay, Type::INT4),
+            (&r.disabled, Type::BOOL),
         ],
     )
     .await?;
@@ -212,7 +214,7 @@ impl Directory for PgDirectory {
         let (qb, qm, expire, delay) = settings(&after);
         tx.execute_typed(
             "UPDATE accounts SET apop_secret = $2, quota_bytes = $3, quota_messages = $4, expire = $5, \
-             login_delay = $6, secret_version = secret_version + $7 WHERE account_id = $1",
+             login_delay = $6, secret_version = secret_version + $7, disabled = $8 WHERE account_id = $1",
             &[
                 (&id, Type::INT8),
                 (&after.apop_secret.as_ref().map(|s| s.expose().clone()), Type::BYTEA),
@@ -221,6 +223,7 @@ impl Directory for PgDirectory {
                 (&expire, Type::TEXT),
                 (&delay, Type::INT4),
                 (&bump, Type::INT8),
+                (&after.disabled, Type::BOOL),
             ],
         )
         .await

@@ -16,12 +16,14 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio_postgres::config::{Host, SslMode};
 
+pub mod access;
 pub mod acme;
 pub mod directory;
 pub mod domains;
 pub mod gate;
 pub mod panel;
 pub mod schema;
+pub mod sessions;
 pub mod store;
 
 #[derive(Debug, thiserror::Error)]

@@ -151,6 +151,41 @@ CREATE TABLE acme_leader (
     holder     text NOT NULL,
     expires_at timestamptz NOT NULL
 );
+
+-- Administration: an account an administrator turned off; the POP3 sessions live on any node
+-- (each node renews its rows' heartbeat and ends the ones asked to end); the admin API's tokens
+-- (only their SHA-256 is kept) and the audit log of every change made through it.
+ALTER TABLE accounts ADD COLUMN disabled boolean NOT NULL DEFAULT false;
+CREATE TABLE sessions (
+    id            text PRIMARY KEY,
+    node          text NOT NULL,
+    login         text NOT NULL,
+    client        text NOT NULL,
+    tls           boolean NOT NULL,
+    mechanism     text NOT NULL,
+    started_at    bigint NOT NULL,
+    heartbeat_at  timestamptz NOT NULL DEFAULT now(),
+    end_requested boolean NOT NULL DEFAULT false
+);
+CREATE INDEX sessions_node ON sessions (node);
+CREATE TABLE admin_tokens (
+    name       text COLLATE "C" PRIMARY KEY,
+    id         text NOT NULL UNIQUE,
+    sha256     text NOT NULL,
+    scopes     text[] NOT NULL,
+    created_at bigint NOT NULL,
+    expires_at bigint
+);
+CREATE SEQUENCE audit_ids;
+CREATE TABLE audit_log (
+    id      bigint PRIMARY KEY DEFAULT nextval('audit_ids'),
+    at      bigint NOT NULL,
+    actor   text NOT NULL,
+    action  text NOT NULL,
+    target  text NOT NULL,
+    client  text NOT NULL,
+    outcome text NOT NULL
+);
 "#,
     ),
 ];

@@ -55,6 +55,45 @@ async fn the_domain_registry_conforms_and_two_nodes_cannot_give_one_alias_twice(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_tokens_and_the_audit_log_conform() {
+    let (db, _) = fresh(Duration::from_secs(30)).await;
+    pillarbox_core::access::conformance::run(&pillarbox_pg::access::PgAccess::new(db)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_sessions_conform_and_one_node_ends_another_nodes_session() {
+    use pillarbox_core::sessions::{SessionInfo, SessionRegistry};
+    use pillarbox_pg::sessions::PgSessions;
+    let (db, name) = fresh(Duration::from_secs(30)).await;
+    pillarbox_core::sessions::conformance::run(&PgSessions::new(db.clone(), "a".into())).await;
+    let other = Db::new(Settings { url: server().url(&name), pool_size: 2, ..Settings::default() }).expect("pool");
+    let (a, b) = (PgSessions::new(db, "node-a".into()), PgSessions::new(other, "node-b".into()));
+    let info = SessionInfo {
+        id: pillarbox_core::sessions::new_id(),
+        user: "alice@example.com".into(),
+        client: "[2001:db8::1]:40000".into(),
+        tls: true,
+        mechanism: "SCRAM-SHA-256".into(),
+        started_at: 1_700_000_000,
+        node: String::new(),
+    };
+    let mut live = a.open(info.clone()).await;
+    let seen = b.list().await.expect("list");
+    assert_eq!(seen.len(), 1);
+    assert_eq!((seen[0].user.as_str(), seen[0].node.as_str()), ("alice@example.com", "node-a"), "{seen:?}");
+    assert!(b.end(&info.id).await.expect("end"), "node b finds node a's session");
+    // Node a learns it at its next poll.
+    tokio::time::timeout(pillarbox_pg::sessions::POLL * 10, live.ended()).await.expect("ended on node a");
+    drop(live);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !b.list().await.expect("list").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "an ended session leaves every node's list");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!b.end(&info.id).await.expect("end"), "an ended session cannot be ended again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schema_is_made_once_upgraded_in_place_and_a_newer_one_is_refused() {
     let (db, name) = fresh(Duration::from_secs(30)).await;
     assert_eq!(schema::init(&db).await.expect("again"), schema::VERSION, "idempotent");

@@ -802,6 +802,15 @@ impl ServerSession {
         }
     }
 
+    /// An administrator ended the session: it ends without entering UPDATE (nothing marked
+    /// for deletion is deleted).
+    pub fn ended_by_administrator(&mut self) {
+        if !self.is_closed() {
+            response::err(&mut self.out, Some(RespCode::SysPerm), "session ended by the administrator");
+            self.close();
+        }
+    }
+
     /// The server is shutting down: the session ends without entering UPDATE.
     pub fn shutdown(&mut self) {
         if !self.is_closed() {

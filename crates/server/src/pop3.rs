@@ -93,6 +93,7 @@ enum End {
     ClientClosed,
     IdleTimeout,
     Shutdown,
+    EndedByAdministrator,
     ClosedByServer,
     TlsFailed,
     IoError,
@@ -105,6 +106,7 @@ impl End {
             End::ClientClosed => "client-closed",
             End::IdleTimeout => "idle-timeout",
             End::Shutdown => "shutdown",
+            End::EndedByAdministrator => "ended-by-administrator",
             End::ClosedByServer => "closed-by-server",
             End::TlsFailed => "tls-failed",
             End::IoError => "io-error",
@@ -297,12 +299,23 @@ impl Conversation {
                             .saturating_duration_since(tokio::time::Instant::now())
                             .min(self.config.idle_timeout),
                     };
+                    let user = &mut self.user;
+                    let ended = async move {
+                        match user.as_mut() {
+                            Some(u) => u.live.ended().await,
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         r = conn.read(&mut buf) => match r {
                             Ok(0) => return End::ClientClosed,
                             Ok(n) => self.session.feed(&buf[..n]),
                             Err(_) => return End::ClientClosed,
                         },
+                        () = ended => {
+                            self.session.ended_by_administrator();
+                            end = Some(End::EndedByAdministrator);
+                        }
                         _ = tokio::time::sleep(idle) => {
                             self.session.idle_timeout();
                             end = Some(End::IdleTimeout);
