@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod account;
+mod admin;
 mod backup;
 mod db;
 mod domain;
@@ -89,6 +90,9 @@ enum Command {
     /// Certificates by ACME ([acme] in the configuration): see them, revoke one.
     #[command(subcommand)]
     Acme(AcmeCommand),
+    /// The admin API ([admin] in the configuration): its tokens and its audit log.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell), e.g.
     /// `pillarbox completions bash > /etc/bash_completion.d/pillarbox`.
     Completions { shell: clap_complete::Shell },
@@ -369,7 +373,7 @@ fn init_logging(cli: &Cli) {
     if chosen.is_none() {
         let _ = LOG_FILTER.set(handle);
     }
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry().with(filter).with(pillarbox_server::recent::Layer);
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
     if cli.log_format == "json" {
         registry.with(layer.json().flatten_event(true)).init();
@@ -552,6 +556,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             become_service_user(data_dir.as_deref(), config.as_deref())?;
             domain::command(&server()?.0, cmd)
         }
+        Command::Admin(cmd) => {
+            become_service_user(data_dir.as_deref(), config.as_deref())?;
+            admin::command(&server()?.0, cmd)
+        }
         Command::Migrate(MigrateCommand::Verify { dovecot, pillarbox, user, password_stdin, insecure }) => {
             let config = server()?.0;
             let new = pillarbox
@@ -654,6 +662,21 @@ fn serve(mut config: Config, prepared: Prepared, args: ServeArgs, json: bool) ->
                 } else {
                     server.serve_http(listener);
                 }
+            }
+        }
+        if let Some(admin) = &config.admin {
+            for addr in &admin.listen {
+                let listener = pillarbox_server::metrics::bind(*addr)
+                    .await
+                    .map_err(|e| Exit(EX_UNAVAILABLE, cannot_listen(&config, &addr.to_string(), &e)))?;
+                let at = listener.local_addr()?;
+                let scheme = if admin.tls { "https" } else { "http" };
+                say.line(
+                    "listening",
+                    &format!("admin API listening on {scheme}://{at}/api/v1/"),
+                    serde_json::json!({ "service": "admin", "address": at.to_string() }),
+                );
+                server.serve_admin(listener)?;
             }
         }
         // Every socket is open: give up root before reading a byte from anyone.

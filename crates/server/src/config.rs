@@ -247,6 +247,18 @@ smtp_host = ""
 smtp_port = 587
 smtp_tls = "starttls"
 
+[admin]
+# The admin API (JSON under /api/v1, described at /api/v1/openapi.json) on these addresses, e.g.
+# ["127.0.0.1:8443"]; empty: off. Callers need a token from `pillarbox admin token create`. It is
+# served over TLS with the [tls] certificates; without TLS (tls = false, or no [tls] section)
+# only on loopback addresses.
+listen = []
+# tls = true
+# Requests a minute one client address may make (a refused token counts as ten).
+rate_limit = 600
+# The claim an identity provider's token must carry to be accepted as an administrator's.
+oauth2_claim = "pillarbox_admin"
+
 [metrics]
 # Prometheus metrics at http://ADDRESS/metrics, e.g. "127.0.0.1:9110"; empty: off. They carry no
 # user names or addresses; keep the address private all the same.
@@ -358,6 +370,8 @@ struct RawConfig {
     database: RawDatabase,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    admin: RawAdmin,
     #[serde(default)]
     autoconfig: RawAutoconfig,
     #[serde(default)]
@@ -539,6 +553,32 @@ pub struct AutoconfigSettings {
 #[serde(deny_unknown_fields, default)]
 struct RawMetrics {
     listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    listen: Vec<SocketAddr>,
+    tls: Option<bool>,
+    rate_limit: u32,
+    oauth2_claim: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self { listen: Vec::new(), tls: None, rate_limit: 600, oauth2_claim: "pillarbox_admin".into() }
+    }
+}
+
+/// `[admin]`: the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    pub listen: Vec<SocketAddr>,
+    /// Served over TLS with the `[tls]` certificates (else only on loopback).
+    pub tls: bool,
+    /// Requests a minute per client address.
+    pub rate_limit: u32,
+    pub oauth2_claim: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -868,6 +908,8 @@ pub struct Config {
     pub log_level: String,
     /// Where Prometheus metrics are served (`[metrics] listen`), if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// The admin API (`[admin]`), if it is served.
+    pub admin: Option<AdminSettings>,
     /// HTTP (redirects to HTTPS) and HTTPS (autoconfiguration) listeners.
     pub http: Vec<SocketAddr>,
     pub https: Vec<SocketAddr>,
@@ -1078,6 +1120,39 @@ impl Config {
         if !raw.listen.https.is_empty() && raw.tls.is_none() {
             return Err(invalid("[listen] https needs a [tls] section with cert and key".into()));
         }
+        let admin = if raw.admin.listen.is_empty() {
+            None
+        } else {
+            let tls = raw.admin.tls.unwrap_or(raw.tls.is_some());
+            if tls && raw.tls.is_none() {
+                return Err(field_at(text, path, "admin", "tls", "needs a [tls] section with cert and key".into()));
+            }
+            if let Some(a) = raw.admin.listen.iter().find(|a| !tls && !a.ip().is_loopback()) {
+                return Err(field_at(
+                    text,
+                    path,
+                    "admin",
+                    "listen",
+                    format!(
+                        "{a} is not a loopback address: without TLS the admin API is served only on loopback \
+                         (add a [tls] section, or listen on 127.0.0.1 or [::1])"
+                    ),
+                ));
+            }
+            if raw.admin.rate_limit == 0 {
+                return Err(field_at(text, path, "admin", "rate_limit", "must be at least 1".into()));
+            }
+            let claim = raw.admin.oauth2_claim.trim();
+            if claim.is_empty() {
+                return Err(field_at(text, path, "admin", "oauth2_claim", "must name a claim".into()));
+            }
+            Some(AdminSettings {
+                listen: raw.admin.listen.clone(),
+                tls,
+                rate_limit: raw.admin.rate_limit,
+                oauth2_claim: claim.to_owned(),
+            })
+        };
         let autoconfig = {
             let a = &raw.autoconfig;
             let host = |key: &str, h: &str| -> Result<Option<String>, ConfigError> {
@@ -1245,6 +1320,7 @@ impl Config {
             shutdown_grace: raw.limits.shutdown_grace.0,
             log_level: raw.log.level.clone(),
             metrics,
+            admin,
             http: raw.listen.http.clone(),
             https: raw.listen.https.clone(),
             autoconfig,
@@ -1347,6 +1423,7 @@ impl Config {
             shutdown_grace: _,
             log_level: _,
             metrics: _,
+            admin: _,
             http: _,
             https: _,
             autoconfig: _,
@@ -1403,6 +1480,7 @@ impl Config {
             max_connections => "[limits] max_connections",
             lmtp_max_connections => "[limits] lmtp_max_connections",
             metrics => "[metrics] listen",
+            admin => "[admin]",
             http => "[listen] http",
             acme => "[acme]",
             https => "[listen] https",

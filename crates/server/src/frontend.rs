@@ -33,6 +33,8 @@ pub(crate) struct Frontend {
     pub(crate) lmtp_connections: Arc<Semaphore>,
     /// Bounds the TLS handshakes done only to refuse a POP3S connection politely.
     pub(crate) refusals: Arc<Semaphore>,
+    /// What is served where (`pop3`, `127.0.0.1:110`), for the admin API's health report.
+    pub(crate) listening: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl Frontend {
@@ -43,6 +45,13 @@ impl Frontend {
 
     pub(crate) fn set_config(&self, config: Arc<Config>) {
         *self.settings.write().unwrap_or_else(PoisonError::into_inner) = config;
+    }
+
+    /// Note a listener for the health report.
+    pub(crate) fn listening(&self, kind: &str, listener: &tokio::net::TcpListener) {
+        if let Ok(a) = listener.local_addr() {
+            self.listening.lock().unwrap_or_else(PoisonError::into_inner).push((kind.to_owned(), a.to_string()));
+        }
     }
 }
 

@@ -27,6 +27,8 @@ pub(crate) enum Site {
     Autoconfig(Arc<Frontend>),
     /// ACME's HTTP-01 answers, and everything else redirected to HTTPS.
     Redirect(Arc<Frontend>),
+    /// The admin API (`[admin] listen`).
+    Admin(axum::Router),
 }
 
 /// Longest request body read (an Autodiscover request is a few hundred octets).
@@ -105,10 +107,33 @@ async fn route(site: &Site, req: Request<Incoming>, peer: SocketAddr) -> Answer 
         }
         Site::Metrics(_) => answer(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "see /metrics\n"),
         Site::Redirect(front) => redirect(front, &req),
+        Site::Admin(router) => admin(router, req, peer).await,
         Site::Autoconfig(front) => {
             let a = autoconfigure(front, req).await;
             debug!(client = %peer, status = a.status().as_u16(), "autoconfig");
             a
+        }
+    }
+}
+
+/// Longest admin API request body (a user or a domain is a few hundred octets).
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+/// An admin API request, answered by its router (whose answers are small JSON documents).
+async fn admin(router: &axum::Router, mut req: Request<Incoming>, peer: SocketAddr) -> Answer {
+    use tower::ServiceExt as _;
+    req.extensions_mut().insert(pillarbox_admin::Peer(peer));
+    let req = req.map(|body| axum::body::Body::new(Limited::new(body, MAX_ADMIN_BODY)));
+    let response = match router.clone().oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let (parts, body) = response.into_parts();
+    match body.collect().await {
+        Ok(b) => Response::from_parts(parts, Full::new(b.to_bytes())),
+        Err(e) => {
+            warn!(error = %e, "admin API: an answer could not be made");
+            answer(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", "internal error\n")
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod metrics;
 mod pop3;
 pub mod privileges;
 pub mod profile;
+pub mod recent;
 mod server;
 mod shutdown;
 pub mod tls;

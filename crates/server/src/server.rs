@@ -68,7 +68,9 @@ pub fn services(config: &Config) -> Result<Services, ServerError> {
             let store = Arc::new(pillarbox_store::maildir::MaildirStore::new(&config.maildir_root));
             let gate = Arc::new(MemoryGate::with(config.ip_grouping, pillarbox_core::gate::MAX_TRACKED));
             let domains = Arc::new(FileDomains::new(DomainFile::new(&config.domains_file)));
-            Services::new(policy, directory, store, gate)?.with_domains(domains)
+            Services::new(policy, directory, store, gate)?
+                .with_domains(domains)
+                .with_access(Arc::new(pillarbox_core::access::FileAccess::new(&config.data_dir)))
         }
         Some(d) => {
             let db = database(d)?;
@@ -84,11 +86,61 @@ pub fn services(config: &Config) -> Result<Services, ServerError> {
                 Arc::new(pillarbox_pg::store::PgStore::new(db.clone())),
                 Arc::new(pillarbox_pg::gate::PgLoginGate::new(db.clone(), config.ip_grouping)),
             )?
-            .with_domains(Arc::new(pillarbox_pg::domains::PgDomains::new(db)))
+            .with_domains(Arc::new(pillarbox_pg::domains::PgDomains::new(db.clone())))
+            .with_sessions(Arc::new(pillarbox_pg::sessions::PgSessions::new(db.clone(), node_name())))
+            .with_access(Arc::new(pillarbox_pg::access::PgAccess::new(db)))
         }
     };
     services.set_bearer(bearer);
     Ok(services)
+}
+
+/// What the admin API's health report learns from the server itself.
+struct Health {
+    front: Arc<Frontend>,
+}
+
+impl pillarbox_admin::Health for Health {
+    fn report(&self) -> pillarbox_admin::HealthParts {
+        let listeners = self
+            .front
+            .listening
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(kind, address)| pillarbox_admin::Listener { kind: kind.clone(), address: address.clone() })
+            .collect();
+        let now = pillarbox_os::unix_now() as i64;
+        let mut certificates: Vec<pillarbox_admin::Certificate> = Vec::new();
+        if let Some(certs) = &self.front.certificates {
+            for (name, pair) in certs.current().by_name() {
+                let Some(not_after) = tls::not_after(&pair) else { continue };
+                let sha256 = tls::fingerprint(&pair).map(|f| pillarbox_os::hex(&f)).unwrap_or_default();
+                // One entry per certificate, with every name it is served for.
+                match certificates.iter_mut().find(|c| c.sha256 == sha256) {
+                    Some(c) => c.names.push(name),
+                    None => certificates.push(pillarbox_admin::Certificate {
+                        names: vec![name],
+                        not_after: not_after.max(0) as u64,
+                        days_left: (not_after - now).div_euclid(86_400),
+                        sha256,
+                    }),
+                }
+            }
+        }
+        certificates.iter_mut().for_each(|c| c.names.sort());
+        certificates.sort_by(|a, b| a.names.cmp(&b.names));
+        let recent_errors = crate::recent::recent()
+            .into_iter()
+            .map(|(at, message)| pillarbox_admin::RecentError { at, message })
+            .collect();
+        pillarbox_admin::HealthParts { listeners, certificates, recent_errors }
+    }
+}
+
+/// This node's name among a cluster's: the machine's name and the server's process.
+fn node_name() -> String {
+    format!("{}/{}", pillarbox_os::host_name(), std::process::id())
 }
 
 /// The pool for `[database]`.
@@ -130,6 +182,7 @@ impl Server {
             certificates: certificates.clone(),
             acme,
             https_port: std::sync::RwLock::new(config.https.first().map(|a| a.port())),
+            listening: std::sync::Mutex::new(Vec::new()),
             ports: std::sync::RwLock::new((
                 config.pop3.first().map(|a| a.port()),
                 config.pop3s.first().map(|a| a.port()),
@@ -149,6 +202,7 @@ impl Server {
     /// Serve the Prometheus metrics on `listener` (from [`crate::metrics::bind`]) in the
     /// background.
     pub fn serve_metrics(&self, listener: tokio::net::TcpListener) {
+        self.front.listening("metrics", &listener);
         let site = crate::http::Site::Metrics(self.front.services.metrics.clone());
         // A scraper or two is the normal load.
         tokio::spawn(crate::http::serve(listener, site, None, 8));
@@ -159,6 +213,7 @@ impl Server {
     pub fn serve_https(&self, listener: tokio::net::TcpListener) -> Result<(), ServerError> {
         let certs = self.certificates.clone().ok_or(ServerError::NoTls)?;
         let tls = tls::https_acceptor(certs);
+        self.front.listening("https", &listener);
         let mut first = self.front.https_port.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if first.is_none_or(|p| p == 0) {
             *first = listener.local_addr().ok().map(|a| a.port());
@@ -171,12 +226,33 @@ impl Server {
 
     /// Serve plain HTTP (`[listen] http`), which redirects to HTTPS, on `listener`.
     pub fn serve_http(&self, listener: tokio::net::TcpListener) {
+        self.front.listening("http", &listener);
         tokio::spawn(crate::http::serve(
             listener,
             crate::http::Site::Redirect(self.front.clone()),
             None,
             HTTP_CONNECTIONS,
         ));
+    }
+
+    /// Serve the admin API (`[admin] listen`) on `listener` in the background: over TLS with the
+    /// `[tls]` certificates when `[admin] tls`, else (loopback only, as the configuration
+    /// checked) in plain HTTP.
+    pub fn serve_admin(&self, listener: tokio::net::TcpListener) -> Result<(), ServerError> {
+        let config = self.front.config();
+        let Some(settings) = &config.admin else { return Ok(()) };
+        let tls = match settings.tls {
+            true => Some(tls::https_acceptor(self.certificates.clone().ok_or(ServerError::NoTls)?)),
+            false => None,
+        };
+        self.front.listening("admin", &listener);
+        let limit =
+            pillarbox_admin::RateLimit { per_minute: settings.rate_limit, burst: settings.rate_limit.div_ceil(5) };
+        let health = Arc::new(Health { front: self.front.clone() });
+        let state = pillarbox_admin::AdminState::new(self.front.services.clone(), health, limit);
+        let site = crate::http::Site::Admin(pillarbox_admin::router(state));
+        tokio::spawn(crate::http::serve(listener, site, tls, HTTP_CONNECTIONS));
+        Ok(())
     }
 
     /// Check the user directory now (the user file is also re-read whenever it changes): the
@@ -240,6 +316,11 @@ impl Server {
         };
         let ports = (port(crate::listen::Service::Pop3), port(crate::listen::Service::Pop3s));
         *self.front.ports.write().unwrap_or_else(std::sync::PoisonError::into_inner) = ports;
+        self.front
+            .listening
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(listeners.local_addrs().into_iter().map(|(s, a)| (s.name().to_owned(), a)));
         let (phase_tx, phase_rx) = watch::channel(Phase::Running);
         let mut tasks = Vec::new();
         for (service, listener) in listeners.bound {
