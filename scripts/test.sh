@@ -5,9 +5,9 @@
 # curl, mpop, swaks, a SCRAM client on pyOpenSSL; age, zstd and tar open backups), compare it
 # with a real Dovecot, fetch from a real Courier too (account discovery asks a private dnsmasq),
 # and run OAuth2 against a real OpenID Connect provider (oidc-provider on Node.js) with tokens
-# kept in GNOME Keyring's Secret Service, and get certificates from Let's Encrypt's test ACME
-# server (Pebble). So this first installs what provides them when it is
-# missing, then runs the whole workspace's tests (unit, protocol, end-to-end, doc tests).
+# kept in GNOME Keyring's Secret Service, get certificates from Let's Encrypt's test ACME server
+# (Pebble), and check the admin API against its OpenAPI document with schemathesis. So this first
+# installs what provides them when it is missing, then runs the whole workspace's tests (unit, protocol, end-to-end, doc tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +22,8 @@ have age     || missing+=(age)
 have zstd    || missing+=(zstd)
 have tar     || missing+=(tar)
 have python3 || missing+=(python3)
+# (Debian's python3 makes virtual environments with python3-venv.)
+{ have python3 && python3 -c "import ensurepip, venv" 2>/dev/null; } || missing+=(python3-venv)
 have groff   || missing+=(groff-base)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
@@ -85,9 +87,20 @@ if [ ! -d crates/cli/tests/oidc/node_modules/oidc-provider ]; then
   (cd crates/cli/tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# schemathesis (PyPI) checks the admin API against its OpenAPI document; in a virtual
+# environment of its own, so that its many dependencies touch nothing else.
+schemathesis=target/test-deps/schemathesis
+if [ ! -x "$schemathesis/bin/schemathesis" ]; then
+  echo "test.sh: installing schemathesis into $schemathesis"
+  rm -rf "$schemathesis"
+  python3 -m venv "$schemathesis"
+  "$schemathesis/bin/pip" install --quiet --disable-pip-version-check "schemathesis==4.32.5"
+fi
+
 have cargo || { echo "test.sh: cargo is not installed (https://rustup.rs)" >&2; exit 1; }
 cargo test --workspace --locked "$@"
 # The server's end-to-end suites once more in cluster mode: every server a node whose users and
 # mail are in a private PostgreSQL (tests about Maildir files say so and check nothing there).
-echo "test.sh: the POP3, LMTP, authentication and abuse suites again, in cluster mode"
-PILLARBOX_TEST_CLUSTER=1 exec cargo test --workspace --locked --test protocol --test lmtp --test auth --test abuse "$@"
+echo "test.sh: the POP3, LMTP, authentication, abuse and admin API suites again, in cluster mode"
+PILLARBOX_TEST_CLUSTER=1 exec cargo test --workspace --locked --test protocol --test lmtp --test auth --test abuse \
+  --test admin_api "$@"

@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use pillarbox_auth::{DirectoryError, DomainName, DomainRecord, format_expire, parse_expire};
+use pillarbox_auth::{DirectoryError, DomainName, DomainRecord, format_expire};
 use pillarbox_core::admin::{AdminError, NewPassword, Setting, user_name};
 use pillarbox_proto::{Expire, Secret, UserName};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -54,12 +54,88 @@ impl Modify for BearerToken {
     }
 }
 
-/// The OpenAPI document, as served.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().split_for_parts().1
+/// Every error is a problem document (RFC 9457), whichever part answers it: each operation lists
+/// the errors it can meet with `application/problem+json`, those of its own and the common ones
+/// (no or a refused token, a rate limit, a request the router cannot read, a backend down).
+struct Problems;
+
+impl Modify for Problems {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::content::ContentBuilder;
+        use utoipa::openapi::response::ResponseBuilder;
+        use utoipa::openapi::{Ref, RefOr};
+        let problem = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/problem+json",
+                        ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
+                    )
+                    .build(),
+            )
+        };
+        for (path, item) in &mut doc.paths.paths {
+            let has_params = path.contains('{');
+            let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for op in ops.into_iter().flatten() {
+                let has_body = op.request_body.is_some();
+                let mut common = vec![
+                    ("400", "The request cannot be read (a query or body that does not parse)"),
+                    ("401", "No token, or one that is unknown, revoked or expired"),
+                    ("403", "The token's scopes do not allow this"),
+                    ("429", "Too many requests from this address"),
+                    ("500", "An internal error"),
+                    ("503", "A backend (the database) cannot be reached now; try again later"),
+                ];
+                if has_params {
+                    common.push(("404", "No such user, domain or session"));
+                }
+                if has_body {
+                    common.push(("413", "The body is too large"));
+                    common.push(("415", "The body is not JSON"));
+                    common.push(("422", "The body is JSON but not a valid request"));
+                }
+                let responses = &mut op.responses.responses;
+                for (status, response) in responses.iter_mut() {
+                    if status.starts_with(['4', '5'])
+                        && let RefOr::T(r) = response
+                    {
+                        let description = match r.description.as_str() {
+                            "" => status
+                                .parse::<u16>()
+                                .ok()
+                                .and_then(|s| StatusCode::from_u16(s).ok())
+                                .and_then(|s| s.canonical_reason())
+                                .unwrap_or("An error")
+                                .to_owned(),
+                            d => d.to_owned(),
+                        };
+                        *response = problem(&description);
+                    }
+                }
+                for (status, description) in common {
+                    responses.entry(status.to_owned()).or_insert_with(|| problem(description));
+                }
+            }
+        }
+    }
 }
 
-pub(crate) fn routes() -> OpenApiRouter<AdminState> {
+/// The OpenAPI document, as served.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    parts().1
+}
+
+/// The routes, and the document made from them (the error responses added once every route is
+/// in it).
+pub(crate) fn parts() -> (axum::Router<AdminState>, utoipa::openapi::OpenApi) {
+    let (router, mut doc) = routes().split_for_parts();
+    Problems.modify(&mut doc);
+    (router, doc)
+}
+
+fn routes() -> OpenApiRouter<AdminState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(list_users, add_user))
         .routes(routes!(show_user, delete_user))
@@ -109,6 +185,12 @@ fn parse_name(name: &str) -> Result<UserName, Problem> {
     user_name(name).map_err(problem_of)
 }
 
+/// The user named in a path: one that no user can have is not there (404), as for any other
+/// user that does not exist.
+fn path_user(name: &str) -> Result<UserName, Problem> {
+    UserName::new(name).map_err(|_| Problem::new(StatusCode::NOT_FOUND, format!("no such user: {name}")))
+}
+
 /// Run a change of something in `domain` (`None`: the service's own) for `caller`: refused
 /// without the scope; either way written to the audit log.
 async fn change<T>(
@@ -134,6 +216,66 @@ async fn change<T>(
     };
     audit(state, caller, action, target, &outcome).await?;
     result
+}
+
+/// A JSON merge patch body (RFC 7396): `application/merge-patch+json`, or `application/json`.
+struct MergePatch<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for MergePatch<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Problem> {
+        let kind = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase());
+        if !matches!(kind.as_deref(), Some("application/merge-patch+json" | "application/json")) {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send the patch as application/merge-patch+json",
+            ));
+        }
+        let bytes =
+            axum::body::Bytes::from_request(req, state).await.map_err(|e| Problem::new(e.status(), e.body_text()))?;
+        serde_json::from_slice(&bytes).map(MergePatch).map_err(|e| {
+            let status = match e.classify() {
+                serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            Problem::new(status, format!("the patch cannot be read: {e}"))
+        })
+    }
+}
+
+/// A count in a request: a whole number the document's `int64` holds (so does PostgreSQL's
+/// `bigint`, where a cluster keeps it); larger ones are refused, not wrapped.
+#[derive(Debug, Clone, Copy)]
+struct Count(u64);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u64::deserialize(d)?;
+        match i64::try_from(v) {
+            Ok(_) => Ok(Count(v)),
+            Err(_) => Err(serde::de::Error::custom(format!("{v} is too large (at most {})", i64::MAX))),
+        }
+    }
+}
+
+/// Days or seconds in a request: a whole number the document's `int32` holds.
+#[derive(Debug, Clone, Copy)]
+struct Span(u32);
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u32::deserialize(d)?;
+        match i32::try_from(v) {
+            Ok(_) => Ok(Span(v)),
+            Err(_) => Err(serde::de::Error::custom(format!("{v} is too large (at most {})", i32::MAX))),
+        }
+    }
 }
 
 /// A field of a JSON merge patch: absent (`None`), `null` (`Some(None)`) or a value.
@@ -195,6 +337,7 @@ struct UserQuery {
     #[serde(default)]
     offset: usize,
     /// Most users returned (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -293,7 +436,7 @@ async fn add_user(
 
 /// A user whose domain the caller may read.
 async fn readable(state: &AdminState, caller: &Caller, name: &str) -> Result<(UserName, Option<DomainName>), Problem> {
-    let name = parse_name(name)?;
+    let name = path_user(name)?;
     let domain = domain_of(state, &name).await?;
     if !caller.may_read(domain.as_ref()) {
         // Not 404: the caller could tell which users exist elsewhere either way.
@@ -333,7 +476,7 @@ async fn delete_user(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Removed>, Problem> {
-    let name = parse_name(&name)?;
+    let name = path_user(&name)?;
     let domain = domain_of(&state, &name).await?;
     change(&state, &caller, "user.delete", name.as_str(), Some(domain.as_ref()), async {
         let kept = state.services.remove_user(&name).await.map_err(problem_of)?;
@@ -360,7 +503,7 @@ async fn set_password(
     Path(name): Path<String>,
     Json(body): Json<NewPasswordBody>,
 ) -> Result<Json<PasswordSet>, Problem> {
-    let name = parse_name(&name)?;
+    let name = path_user(&name)?;
     let domain = domain_of(&state, &name).await?;
     change(&state, &caller, "user.password", name.as_str(), Some(domain.as_ref()), async {
         let password = new_password(body.password, body.generate)?;
@@ -378,7 +521,7 @@ async fn set_user(
     action: &str,
     setting: Setting,
 ) -> Result<Json<User>, Problem> {
-    let name = parse_name(name)?;
+    let name = path_user(name)?;
     let domain = domain_of(state, &name).await?;
     change(state, caller, action, name.as_str(), Some(domain.as_ref()), async {
         state.services.set(&name, setting).await.map_err(problem_of)?;
@@ -395,9 +538,11 @@ async fn set_user(
 #[serde(deny_unknown_fields)]
 struct QuotaBody {
     /// Most octets the maildrop may hold; 0: no limit. Absent: unchanged.
-    bytes: Option<u64>,
+    #[schema(value_type = Option<u64>)]
+    bytes: Option<Count>,
     /// Most messages; 0: no limit. Absent: unchanged.
-    messages: Option<u64>,
+    #[schema(value_type = Option<u64>)]
+    messages: Option<Count>,
 }
 
 /// Set a user's quota.
@@ -410,7 +555,14 @@ async fn set_quota(
     Path(name): Path<String>,
     Json(body): Json<QuotaBody>,
 ) -> Result<Json<User>, Problem> {
-    set_user(&state, &caller, &name, "user.quota", Setting::Quota { bytes: body.bytes, messages: body.messages }).await
+    set_user(
+        &state,
+        &caller,
+        &name,
+        "user.quota",
+        Setting::Quota { bytes: body.bytes.map(|c| c.0), messages: body.messages.map(|c| c.0) },
+    )
+    .await
 }
 
 /// Remove a user's own quota (the domain's or server's applies again).
@@ -430,7 +582,7 @@ async fn clear_quota(
 struct RetentionBody {
     /// Days after first retrieval (0: at the end of the session), `"never"`, or `null` for the
     /// default.
-    expire: Option<serde_json::Value>,
+    expire: Option<Retention>,
 }
 
 /// Set a user's retention (RFC 2449 EXPIRE).
@@ -443,19 +595,33 @@ async fn set_retention(
     Path(name): Path<String>,
     Json(body): Json<RetentionBody>,
 ) -> Result<Json<User>, Problem> {
-    let expire = parse_retention(body.expire.as_ref())?;
+    let expire = retention(body.expire)?;
     set_user(&state, &caller, &name, "user.retention", Setting::Expire(expire)).await
 }
 
-fn parse_retention(v: Option<&serde_json::Value>) -> Result<Option<Expire>, Problem> {
-    let bad = || Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "expire is a number of days, \"never\" or null");
+/// A retention: days after first retrieval (0: at the end of the session), or `"never"`.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(untagged)]
+enum Retention {
+    Days(u32),
+    Word(Never),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+enum Never {
+    #[serde(rename = "never")]
+    Never,
+}
+
+/// The retention asked for; days beyond the document's `int32` are refused.
+fn retention(v: Option<Retention>) -> Result<Option<Expire>, Problem> {
     match v {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::Number(n)) => {
-            n.as_u64().and_then(|d| u32::try_from(d).ok()).map(|d| Some(Expire::Days(d))).ok_or_else(bad)
+        None => Ok(None),
+        Some(Retention::Days(d)) if i32::try_from(d).is_err() => {
+            Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{d} days is too many (at most {})", i32::MAX)))
         }
-        Some(serde_json::Value::String(s)) => parse_expire(s).map(Some).ok_or_else(bad),
-        Some(_) => Err(bad()),
+        Some(Retention::Days(d)) => Ok(Some(Expire::Days(d))),
+        Some(Retention::Word(Never::Never)) => Ok(Some(Expire::Never)),
     }
 }
 
@@ -463,7 +629,8 @@ fn parse_retention(v: Option<&serde_json::Value>) -> Result<Option<Expire>, Prob
 #[serde(deny_unknown_fields)]
 struct LoginDelayBody {
     /// Seconds between logins; `null`: the server's default.
-    seconds: Option<u32>,
+    #[schema(value_type = Option<u32>)]
+    seconds: Option<Span>,
 }
 
 /// Set the seconds a user must wait between logins (RFC 2449 LOGIN-DELAY).
@@ -476,7 +643,7 @@ async fn set_login_delay(
     Path(name): Path<String>,
     Json(body): Json<LoginDelayBody>,
 ) -> Result<Json<User>, Problem> {
-    set_user(&state, &caller, &name, "user.login-delay", Setting::LoginDelay(body.seconds)).await
+    set_user(&state, &caller, &name, "user.login-delay", Setting::LoginDelay(body.seconds.map(|s| s.0))).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -596,10 +763,12 @@ async fn list_domains(State(state): State<AdminState>, caller: Caller) -> Result
 #[serde(deny_unknown_fields)]
 struct NewDomain {
     name: String,
-    quota_bytes: Option<u64>,
-    quota_messages: Option<u64>,
+    #[schema(value_type = Option<u64>)]
+    quota_bytes: Option<Count>,
+    #[schema(value_type = Option<u64>)]
+    quota_messages: Option<Count>,
     /// Days, `"never"`, or absent for the server's default.
-    expire: Option<serde_json::Value>,
+    expire: Option<Retention>,
     /// Default true.
     pop3: Option<bool>,
     #[serde(default)]
@@ -624,9 +793,9 @@ async fn add_domain(
     let target = body.name.clone();
     change(&state, &caller, "domain.add", &target, None, async {
         let record = DomainRecord {
-            quota_bytes: body.quota_bytes,
-            quota_messages: body.quota_messages,
-            expire: parse_retention(body.expire.as_ref())?,
+            quota_bytes: body.quota_bytes.map(|c| c.0),
+            quota_messages: body.quota_messages.map(|c| c.0),
+            expire: retention(body.expire)?,
             pop3: body.pop3.unwrap_or(true),
             aliases: domain_names(&body.aliases)?,
             names: domain_names(&body.names)?,
@@ -646,8 +815,9 @@ async fn find_domain(state: &AdminState, name: &DomainName) -> Result<Domain, Pr
         .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, format!("no such domain: {name}")))
 }
 
+/// The domain named in a path (one that cannot be a domain's name is not there: 404).
 fn parse_domain(name: &str) -> Result<DomainName, Problem> {
-    DomainName::new(name).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e))
+    DomainName::new(name).map_err(|_| Problem::new(StatusCode::NOT_FOUND, format!("no such domain: {name}")))
 }
 
 /// One domain.
@@ -672,14 +842,14 @@ async fn show_domain(
 struct DomainPatch {
     #[serde(default, deserialize_with = "patch")]
     #[schema(value_type = Option<u64>)]
-    quota_bytes: Option<Option<u64>>,
+    quota_bytes: Option<Option<Count>>,
     #[serde(default, deserialize_with = "patch")]
     #[schema(value_type = Option<u64>)]
-    quota_messages: Option<Option<u64>>,
+    quota_messages: Option<Option<Count>>,
     /// Days, `"never"`, or `null` for the server's default.
     #[serde(default, deserialize_with = "patch")]
-    #[schema(value_type = Option<serde_json::Value>)]
-    expire: Option<Option<serde_json::Value>>,
+    #[schema(value_type = Option<Retention>)]
+    expire: Option<Option<Retention>>,
     pop3: Option<bool>,
     /// The aliases, all of them.
     aliases: Option<Vec<String>>,
@@ -697,18 +867,16 @@ async fn change_domain(
     State(state): State<AdminState>,
     caller: Caller,
     Path(name): Path<String>,
-    Json(body): Json<DomainPatch>,
+    MergePatch(body): MergePatch<DomainPatch>,
 ) -> Result<Json<Domain>, Problem> {
     let name = parse_domain(&name)?;
     let scope = if body.aliases.is_some() || body.names.is_some() { None } else { Some(Some(&name)) };
     change(&state, &caller, "domain.change", name.as_str(), scope, async {
-        let expire = match &body.expire {
-            Some(v) => Some(parse_retention(v.as_ref())?),
-            None => None,
-        };
+        let expire = body.expire.map(retention).transpose()?;
         let aliases = body.aliases.as_deref().map(domain_names).transpose()?;
         let names = body.names.as_deref().map(domain_names).transpose()?;
-        let (qb, qm, pop3) = (body.quota_bytes, body.quota_messages, body.pop3);
+        let count = |c: Option<Option<Count>>| c.map(|c| c.map(|c| c.0));
+        let (qb, qm, pop3) = (count(body.quota_bytes), count(body.quota_messages), body.pop3);
         let edit = Box::new(move |r: &mut DomainRecord| {
             if let Some(q) = qb {
                 r.quota_bytes = q;
@@ -762,6 +930,7 @@ async fn delete_domain(
 ) -> Result<Json<DomainRemoved>, Problem> {
     let target = name.clone();
     change(&state, &caller, "domain.delete", &target, None, async {
+        parse_domain(&name)?;
         let users = state.services.remove_domain(&name, q.force).await.map_err(problem_of)?;
         Ok(Json(DomainRemoved { name, users }))
     })
@@ -924,6 +1093,7 @@ struct AuditQuery {
     /// Only entries older than this id (the next page).
     before: Option<u64>,
     /// Most entries (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -939,6 +1109,9 @@ async fn list_audit(
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(Problem::new(StatusCode::BAD_REQUEST, "limit is 1 to 1000"));
+    }
+    if q.before.is_some_and(|b| i64::try_from(b).is_err()) {
+        return Err(Problem::new(StatusCode::BAD_REQUEST, format!("before is at most {}", i64::MAX)));
     }
     let entries = state.services.access.audit(q.before, limit).await.map_err(unavailable)?;
     Ok(Json(

@@ -116,7 +116,7 @@ impl AdminState {
 
 /// The API's routes (under `/api/v1`), ready to serve.
 pub fn router(state: AdminState) -> axum::Router {
-    let (routes, doc) = api::routes().split_for_parts();
+    let (routes, doc) = api::parts();
     let doc = Arc::new(doc);
     routes
         .route(

@@ -74,6 +74,8 @@ pub struct Pillarbox {
     /// The HTTPS and HTTP listeners, when `[listen] https` and `http` are set.
     pub https: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
+    /// The admin API, when `[admin] listen` is set (the first node's, in cluster mode).
+    pub admin: Option<SocketAddr>,
     stderr_path: PathBuf,
     /// In cluster mode, the node's database on the shared test PostgreSQL.
     pub database: Option<String>,
@@ -106,6 +108,7 @@ impl Pillarbox {
             metrics: None,
             https: None,
             http: None,
+            admin: None,
             stderr_path,
             database: None,
             second: None,
@@ -316,6 +319,11 @@ impl Pillarbox {
                 self.https = url_addr(rest);
             } else if let Some(rest) = line.strip_prefix("pillarbox: http listening on http://") {
                 self.http = url_addr(rest);
+            } else if let Some(rest) = line
+                .strip_prefix("pillarbox: admin API listening on https://")
+                .or_else(|| line.strip_prefix("pillarbox: admin API listening on http://"))
+            {
+                self.admin = self.admin.or(url_addr(rest));
             } else if line.starts_with("pillarbox: pop3 listening on") {
                 pop3 = addr();
             } else if line.starts_with("pillarbox: pop3s listening on") {
