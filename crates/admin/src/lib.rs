@@ -96,11 +96,26 @@ pub struct AdminState {
     limiter: Arc<Limiter>,
     /// The time now, in seconds since the epoch (a test sets the clock).
     clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// The claim that makes an identity provider's token an administrator's (`[admin]
+    /// oauth2_claim`).
+    oauth2_claim: Arc<str>,
 }
 
 impl AdminState {
     pub fn new(services: Arc<Services>, health: Arc<dyn Health>, limit: RateLimit) -> Self {
-        Self { services, health, limiter: Arc::new(Limiter::new(limit)), clock: Arc::new(pillarbox_os::unix_now) }
+        Self {
+            services,
+            health,
+            limiter: Arc::new(Limiter::new(limit)),
+            clock: Arc::new(pillarbox_os::unix_now),
+            oauth2_claim: Arc::from("pillarbox_admin"),
+        }
+    }
+
+    /// Accept the identity provider's tokens ([`Services::bearer`]) that carry `claim`.
+    pub fn with_oauth2_claim(mut self, claim: &str) -> Self {
+        self.oauth2_claim = Arc::from(claim);
+        self
     }
 
     /// Use `clock` for the time (token expiry).
@@ -283,6 +298,11 @@ impl FromRequestParts<AdminState> for Caller {
         let Some(presented) = presented else {
             return Err(Problem::new(StatusCode::UNAUTHORIZED, "give an admin token: Authorization: Bearer pbx_..."));
         };
+        if !presented.starts_with("pbx_")
+            && let Some(verifier) = state.services.bearer()
+        {
+            return from_identity_provider(state, verifier.as_ref(), presented, peer.ip()).await;
+        }
         match state.services.check_token(presented, state.now()).await {
             Ok(record) => Ok(Caller {
                 actor: format!("token:{}", record.name),
@@ -300,6 +320,57 @@ impl FromRequestParts<AdminState> for Caller {
             }
         }
     }
+}
+
+/// A caller with an access token of the identity provider (`[auth.oauth2]`): checked as a
+/// login's would be, then its `[admin] oauth2_claim` says what it may do: `true` is the admin
+/// scope; a scope's name (`admin`, `read`, `domain:NAME`) or a list of them, those scopes
+/// (other names in the list are not Pillarbox's and are passed over). Without it, or with
+/// nothing Pillarbox knows in it, the token is valid but not an administrator's: 403.
+async fn from_identity_provider(
+    state: &AdminState,
+    verifier: &dyn pillarbox_core::BearerVerifier,
+    presented: &str,
+    ip: IpAddr,
+) -> Result<Caller, Problem> {
+    let claims = match verifier.verify_claims(&pillarbox_proto::Secret::new(presented.to_owned())).await {
+        Ok(c) => c,
+        Err(pillarbox_core::BearerRefusal::Unavailable(e)) => {
+            warn!(error = e, "admin API: the identity provider cannot be asked about a token");
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the identity provider cannot be asked about the token now; try again later",
+            ));
+        }
+        Err(pillarbox_core::BearerRefusal::Invalid(reason)) => {
+            state.limiter.allow(ip, 10);
+            info!(client = %ip, reason, "admin API: an identity provider's token was refused");
+            return Err(Problem::new(StatusCode::UNAUTHORIZED, format!("the token is not valid: {reason}")));
+        }
+    };
+    let claim = state.oauth2_claim.as_ref();
+    let scopes = scopes_of(claims.claims.get(claim));
+    if scopes.is_empty() {
+        info!(client = %ip, user = claims.user, claim, "admin API: a valid token without the admin claim");
+        return Err(forbidden(&format!("the token is valid, but its {claim} claim grants no access to this API")));
+    }
+    Ok(Caller { actor: format!("oauth2:{}", claims.user), scopes, client: ip.to_string() })
+}
+
+/// The scopes an identity provider's admin claim grants.
+fn scopes_of(claim: Option<&serde_json::Value>) -> Vec<Scope> {
+    use serde_json::Value;
+    let mut scopes: Vec<Scope> = match claim {
+        Some(Value::Bool(true)) => vec![Scope::Admin],
+        Some(Value::String(s)) => Scope::parse(s).into_iter().collect(),
+        Some(Value::Array(list)) => {
+            list.iter().filter_map(Value::as_str).filter_map(|s| Scope::parse(s).ok()).collect()
+        }
+        _ => Vec::new(),
+    };
+    scopes.sort();
+    scopes.dedup();
+    scopes
 }
 
 fn too_many() -> Problem {

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::oidc::{Options, Provider};
 use common::{PASSWORD, Pillarbox, message, require_tool};
 use serde_json::{Value, json};
 
@@ -189,6 +190,40 @@ fn the_admin_api_is_refused_in_the_clear_off_loopback_and_named_in_the_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("admin.listen") && err.contains("loopback") && err.contains("pillarbox.toml"), "{err}");
+}
+
+#[test]
+fn an_identity_providers_token_with_the_admin_claim_is_an_administrators() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = Provider::start(&dir.path().join("idp"), Options::default());
+    let mut pb = Pillarbox::new();
+    pb.edit_config("listen = []\n# tls = true", "listen = [\"127.0.0.1:0\"]\n# tls = true");
+    let mut config = std::fs::read_to_string(pb.config_path()).expect("config");
+    config.push_str(&provider.server_section(pb.data(), false));
+    std::fs::write(pb.config_path(), config).expect("config");
+    pb.start();
+
+    // `pillarbox_admin: true`: everything, and the audit log names the person.
+    let admin = provider.access_token("admin@example.com");
+    let (status, users) = api(&pb, Some(&admin), "GET", "/api/v1/users", None);
+    assert_eq!(status, 200, "{users}");
+    let (status, alice) = api(&pb, Some(&admin), "PUT", "/api/v1/users/alice/quota", Some(json!({ "messages": 9 })));
+    assert_eq!((status, &alice["quota_messages"]), (200, &json!(9)), "{alice}");
+    let (_, audit) = api(&pb, Some(&admin), "GET", "/api/v1/audit?limit=1", None);
+    assert_eq!(audit[0]["actor"], "oauth2:admin@example.com", "{audit}");
+
+    // A list with "read" among other groups: reading only.
+    let viewer = provider.access_token("viewer@example.com");
+    assert_eq!(api(&pb, Some(&viewer), "GET", "/api/v1/health", None).0, 200);
+    assert_eq!(api(&pb, Some(&viewer), "DELETE", "/api/v1/users/alice/quota", None).0, 403);
+
+    // A mail user's own valid token carries no such claim; a forged one is not valid at all.
+    let (status, problem) = api(&pb, Some(&provider.access_token("alice")), "GET", "/api/v1/users", None);
+    assert_eq!(status, 403, "{problem}");
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("pillarbox_admin")), "{problem}");
+    let last = if admin.ends_with('A') { 'B' } else { 'A' };
+    let forged = format!("{}{last}", &admin[..admin.len() - 1]);
+    assert_eq!(api(&pb, Some(&forged), "GET", "/api/v1/users", None).0, 401);
 }
 
 /// schemathesis, installed by scripts/test.sh in a virtual environment of its own.

@@ -21,11 +21,31 @@ pub enum BearerRefusal {
     Unavailable(String),
 }
 
+/// A valid token: whose it is, and all it says (a JWT's claims, or an introspection answer).
+#[derive(Clone, PartialEq)]
+pub struct BearerClaims {
+    /// The user name (the configured claim).
+    pub user: String,
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+impl std::fmt::Debug for BearerClaims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The claims' names only: their values may say more about a person than a log should.
+        f.debug_struct("BearerClaims").field("user", &self.user).field("claims", &self.claims.keys()).finish()
+    }
+}
+
 /// Who checks bearer tokens.
 #[async_trait]
 pub trait BearerVerifier: Send + Sync {
+    /// Check the token: whose it is and what it says.
+    async fn verify_claims(&self, token: &Secret<String>) -> Result<BearerClaims, BearerRefusal>;
+
     /// The user name the token belongs to (the configured claim).
-    async fn verify(&self, token: &Secret<String>) -> Result<String, BearerRefusal>;
+    async fn verify(&self, token: &Secret<String>) -> Result<String, BearerRefusal> {
+        self.verify_claims(token).await.map(|c| c.user)
+    }
 
     /// The failure a client is sent (RFC 7628 section 3.2.2): `status`, `scope` and the
     /// provider's `openid-configuration` URL, as JSON.

@@ -35,7 +35,7 @@ pub mod login;
 pub mod metrics;
 pub mod sessions;
 
-pub use bearer::{BearerRefusal, BearerVerifier};
+pub use bearer::{BearerClaims, BearerRefusal, BearerVerifier};
 pub use gate::{LoginGate, MemoryGate, Permit};
 pub use metrics::Metrics;
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use pillarbox_core::{BearerRefusal, BearerVerifier};
+use pillarbox_core::{BearerClaims, BearerRefusal, BearerVerifier};
 use pillarbox_proto::Secret;
 use serde::Deserialize;
 use serde_json::Value;
@@ -109,7 +109,7 @@ struct Keys {
 
 struct Cached {
     until: Instant,
-    result: Result<String, String>,
+    result: Result<BearerClaims, String>,
 }
 
 /// Checks bearer tokens for the service layer.
@@ -205,7 +205,7 @@ impl Verifier {
         Ok(keys.set.clone().unwrap_or(JwkSet { keys: Vec::new() }))
     }
 
-    async fn verify_jwt(&self, token: &str) -> Result<String, BearerRefusal> {
+    async fn verify_jwt(&self, token: &str) -> Result<BearerClaims, BearerRefusal> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(format!("not a valid JWT: {e}")))?;
         use Algorithm::*;
         if !matches!(header.alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512 | ES256 | ES384 | EdDSA) {
@@ -249,7 +249,8 @@ impl Verifier {
                 _ => format!("not valid: {e}"),
             })
         })?;
-        self.user_of(&data.claims)
+        let user = self.user_of(&data.claims)?;
+        Ok(BearerClaims { user, claims: data.claims })
     }
 
     fn user_of(&self, claims: &serde_json::Map<String, Value>) -> Result<String, BearerRefusal> {
@@ -263,7 +264,7 @@ impl Verifier {
         }
     }
 
-    async fn introspect(&self, token: &str, client_id: &str) -> Result<String, BearerRefusal> {
+    async fn introspect(&self, token: &str, client_id: &str) -> Result<BearerClaims, BearerRefusal> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         {
             let cache = self.introspected.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -295,7 +296,7 @@ impl Verifier {
         let now = pillarbox_os::unix_now();
         let claims = answer.as_object().cloned().unwrap_or_default();
         let exp = claims.get("exp").and_then(Value::as_u64);
-        let result = self.judge_introspection(&claims, now);
+        let result = self.judge_introspection(&claims, now).map(|user| BearerClaims { user, claims });
         let lives = exp.map_or(INTROSPECTION_CACHE, |e| Duration::from_secs(e.saturating_sub(now)));
         let mut cache = self.introspected.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if cache.len() >= CACHE_ENTRIES {
@@ -354,7 +355,7 @@ fn looks_like_jwt(token: &str) -> bool {
 
 #[async_trait]
 impl BearerVerifier for Verifier {
-    async fn verify(&self, token: &Secret<String>) -> Result<String, BearerRefusal> {
+    async fn verify_claims(&self, token: &Secret<String>) -> Result<BearerClaims, BearerRefusal> {
         let token = token.expose().as_str();
         if looks_like_jwt(token) {
             return self.verify_jwt(token).await;

@@ -249,7 +249,8 @@ impl Server {
         let limit =
             pillarbox_admin::RateLimit { per_minute: settings.rate_limit, burst: settings.rate_limit.div_ceil(5) };
         let health = Arc::new(Health { front: self.front.clone() });
-        let state = pillarbox_admin::AdminState::new(self.front.services.clone(), health, limit);
+        let state = pillarbox_admin::AdminState::new(self.front.services.clone(), health, limit)
+            .with_oauth2_claim(&settings.oauth2_claim);
         let site = crate::http::Site::Admin(pillarbox_admin::router(state));
         tokio::spawn(crate::http::serve(listener, site, tls, HTTP_CONNECTIONS));
         Ok(())

@@ -7,7 +7,7 @@
 //                     [--ttl SECONDS] [--audience URI] [--port N]
 //
 // Prints `ready ISSUER` once it listens. Any name signs in (the development login form); the
-// account's `email` and `preferred_username` claims are that name.
+// account's `email` and `preferred_username` claims are that name (and see extraTokenClaims).
 import { readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { generateKeyPairSync } from 'node:crypto';
 import { createServer } from 'node:https';
@@ -94,7 +94,14 @@ const provider = new Provider(issuer, {
       },
     },
   },
-  extraTokenClaims: async (_ctx, token) => ({ email: token.accountId, preferred_username: token.accountId }),
+  // The admin API's claim: `admin@...` accounts are administrators, `viewer@...` ones may read
+  // (among groups that are not Pillarbox's), everyone else has no such claim.
+  extraTokenClaims: async (_ctx, token) => ({
+    email: token.accountId,
+    preferred_username: token.accountId,
+    ...(token.accountId.startsWith('admin@') ? { pillarbox_admin: true } : {}),
+    ...(token.accountId.startsWith('viewer@') ? { pillarbox_admin: ['staff', 'read'] } : {}),
+  }),
   issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
   ttl: {
     AccessToken: ttl,
