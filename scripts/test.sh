@@ -6,7 +6,8 @@
 # with a real Dovecot, fetch from a real Courier too (account discovery asks a private dnsmasq),
 # and run OAuth2 against a real OpenID Connect provider (oidc-provider on Node.js) with tokens
 # kept in GNOME Keyring's Secret Service, get certificates from Let's Encrypt's test ACME server
-# (Pebble), and check the admin API against its OpenAPI document with schemathesis. So this first
+# (Pebble), check the admin API against its OpenAPI document with schemathesis, and drive the
+# web console in Chromium (playwright-core) with axe-core's accessibility checks. So this first
 # installs what provides them when it is missing, then runs the whole workspace's tests (unit, protocol, end-to-end, doc tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,9 @@ have npm     || missing+=(npm)
 have dbus-run-session || missing+=(dbus-daemon)
 have gnome-keyring-daemon || missing+=(gnome-keyring)
 have pebble  || missing+=(pebble)
+# The web console's tests drive Debian's Chromium (with a font for its screenshots).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts-dejavu-core)
 
 if [ "$(id -u)" -eq 0 ]; then sudo=(); elif have sudo; then sudo=(sudo); else sudo=(false); fi
 if [ ${#missing[@]} -gt 0 ]; then
@@ -82,6 +86,11 @@ fi
 
 # The OAuth2 tests' identity provider: oidc-provider from the npm registry, at the version its
 # lockfile pins.
+# The console's tests: playwright-core (to drive Chromium) and axe-core, pinned by the lock file.
+if [ ! -d crates/cli/tests/console/node_modules/playwright-core ] || [ ! -d crates/cli/tests/console/node_modules/axe-core ]; then
+  echo "test.sh: installing the console tests' browser driver (npm ci in crates/cli/tests/console)"
+  (cd crates/cli/tests/console && npm ci --no-audit --no-fund --loglevel=error)
+fi
 if [ ! -d crates/cli/tests/oidc/node_modules/oidc-provider ]; then
   echo "test.sh: installing the test identity provider (npm ci in crates/cli/tests/oidc)"
   (cd crates/cli/tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
@@ -101,6 +110,6 @@ have cargo || { echo "test.sh: cargo is not installed (https://rustup.rs)" >&2; 
 cargo test --workspace --locked "$@"
 # The server's end-to-end suites once more in cluster mode: every server a node whose users and
 # mail are in a private PostgreSQL (tests about Maildir files say so and check nothing there).
-echo "test.sh: the POP3, LMTP, authentication, abuse and admin API suites again, in cluster mode"
+echo "test.sh: the POP3, LMTP, authentication, abuse, admin API and console suites again, in cluster mode"
 PILLARBOX_TEST_CLUSTER=1 exec cargo test --workspace --locked --test protocol --test lmtp --test auth --test abuse \
-  --test admin_api "$@"
+  --test admin_api --test console "$@"

@@ -145,12 +145,15 @@ fn routes() -> OpenApiRouter<AdminState> {
         .routes(routes!(set_login_delay))
         .routes(routes!(set_enabled))
         .routes(routes!(user_usage))
+        .routes(routes!(storage))
         .routes(routes!(list_domains, add_domain))
         .routes(routes!(show_domain, change_domain, delete_domain))
         .routes(routes!(list_sessions))
         .routes(routes!(end_session))
         .routes(routes!(health))
         .routes(routes!(list_audit))
+        .routes(routes!(activity))
+        .routes(routes!(me))
 }
 
 fn problem_of(e: AdminError) -> Problem {
@@ -693,18 +696,28 @@ async fn user_usage(
         Ok(None) => return Err(problem_of(AdminError::NoSuchUser(name))),
         Err(e) => return Err(problem_of(e.into())),
     };
+    let domains = state.services.domains().await.map_err(unavailable)?;
+    Ok(Json(usage_of(&state, &entry, &domains).await?))
+}
+
+/// A user's usage from the store, with the quota in force (the user's, else the domain's, else
+/// the server's).
+async fn usage_of(
+    state: &AdminState,
+    entry: &pillarbox_auth::Entry,
+    domains: &pillarbox_auth::DomainSet,
+) -> Result<Usage, Problem> {
     let used = state
         .services
         .store
-        .usage(&name)
+        .usage(&entry.name)
         .await
         .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let domains = state.services.domains().await.map_err(unavailable)?;
-    let domain = domains.of_user(&name);
+    let domain = domains.of_user(&entry.name);
     let policy = state.services.policy();
     let limit = |own: Option<u64>, dom: Option<u64>, server: u64| own.or(dom).or(Some(server)).filter(|&q| q > 0);
-    Ok(Json(Usage {
-        name: name.to_string(),
+    Ok(Usage {
+        name: entry.name.to_string(),
         messages: used.messages,
         bytes: used.bytes,
         quota_bytes: limit(entry.record.quota_bytes, domain.and_then(|d| d.quota_bytes), policy.delivery.quota_bytes),
@@ -713,7 +726,67 @@ async fn user_usage(
             domain.and_then(|d| d.quota_messages),
             policy.delivery.quota_messages,
         ),
-    }))
+    })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct Storage {
+    /// Users counted (those the token may read, of the domain asked for).
+    users: usize,
+    /// Octets stored by all of them.
+    bytes: u64,
+    messages: u64,
+    /// The users storing the most, largest first.
+    largest: Vec<Usage>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct StorageQuery {
+    /// Only the users of this domain.
+    domain: Option<String>,
+    /// How many of the largest users to list (default 20, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+}
+
+/// Storage per user, from the store: the totals and the users storing the most. Reads every
+/// counted user's maildrop size (a directory listing each, or one query in a cluster).
+#[utoipa::path(get, path = "/api/v1/storage", tag = "users", params(StorageQuery),
+    responses((status = 200, body = Storage), (status = 401, body = Problem), (status = 403, body = Problem)))]
+async fn storage(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Query(q): Query<StorageQuery>,
+) -> Result<Json<Storage>, Problem> {
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=1000).contains(&limit) {
+        return Err(Problem::new(StatusCode::BAD_REQUEST, "limit is 1 to 1000"));
+    }
+    let domains = state.services.domains().await.map_err(unavailable)?;
+    let want = match &q.domain {
+        Some(d) => Some(parse_domain(d).map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "not a domain name"))?),
+        None => None,
+    };
+    if let Some(d) = &want
+        && !caller.may_read(Some(d))
+    {
+        return Err(forbidden("this token's scopes do not cover that domain"));
+    }
+    let users = state.services.users().await.map_err(problem_of)?;
+    let mut all = Vec::new();
+    for e in &users {
+        let domain = domain_of(&state, &e.name).await?;
+        if caller.may_read(domain.as_ref()) && want.as_ref().is_none_or(|w| domain.as_ref() == Some(w)) {
+            all.push(usage_of(&state, e, &domains).await?);
+        }
+    }
+    let (bytes, messages) =
+        all.iter().fold((0u64, 0u64), |(b, m), u| (b.saturating_add(u.bytes), m.saturating_add(u.messages)));
+    let counted = all.len();
+    all.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
+    all.truncate(limit);
+    Ok(Json(Storage { users: counted, bytes, messages, largest: all }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1071,6 +1144,62 @@ async fn health(State(state): State<AdminState>, caller: Caller) -> Result<Json<
         sessions: sessions.ok().map(|s| s.len()),
         parts,
     }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct ActivityReport {
+    /// The node these counts are from (each node counts its own).
+    node: String,
+    /// The first minute's start, in seconds since the epoch; each value covers a minute.
+    start: u64,
+    /// Per minute, oldest first: `sessions`, `logins`, `failed_logins`, `deliveries`,
+    /// `quota_refusals`.
+    series: std::collections::BTreeMap<String, Vec<u64>>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ActivityQuery {
+    /// How many minutes, up to now (default 180, at most 360).
+    #[param(minimum = 1, maximum = 360)]
+    minutes: Option<usize>,
+}
+
+/// What this node did minute by minute over the last hours, from its own counters (kept in
+/// memory six hours; Prometheus's metrics say the same over longer times).
+#[utoipa::path(get, path = "/api/v1/activity", tag = "service", params(ActivityQuery),
+    responses((status = 200, body = ActivityReport), (status = 401, body = Problem), (status = 403, body = Problem)))]
+async fn activity(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Query(q): Query<ActivityQuery>,
+) -> Result<Json<ActivityReport>, Problem> {
+    caller.read_all()?;
+    let minutes = q.minutes.unwrap_or(180);
+    if !(1..=pillarbox_core::activity::KEPT_MINUTES).contains(&minutes) {
+        return Err(Problem::new(StatusCode::BAD_REQUEST, "minutes is 1 to 360"));
+    }
+    let w = state.services.metrics.activity.window(minutes, state.now());
+    Ok(Json(ActivityReport {
+        node: state.services.hostname.clone(),
+        start: w.start,
+        series: w.series.into_iter().map(|(e, v)| (e.name().to_owned(), v)).collect(),
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct Me {
+    /// `token:NAME`, or `oauth2:USER` for an identity provider's token.
+    actor: String,
+    /// `admin`, `read`, `domain:NAME`.
+    scopes: Vec<String>,
+}
+
+/// Who the token is, and what it may do.
+#[utoipa::path(get, path = "/api/v1/me", tag = "service",
+    responses((status = 200, body = Me), (status = 401, body = Problem)))]
+async fn me(caller: Caller) -> Json<Me> {
+    Json(Me { actor: caller.actor, scopes: caller.scopes.iter().map(ToString::to_string).collect() })
 }
 
 #[derive(Debug, Serialize, ToSchema)]

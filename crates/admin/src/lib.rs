@@ -25,6 +25,7 @@ use tracing::{info, warn};
 use utoipa::ToSchema;
 
 mod api;
+mod console;
 
 pub use api::openapi;
 
@@ -129,11 +130,12 @@ impl AdminState {
     }
 }
 
-/// The API's routes (under `/api/v1`), ready to serve.
+/// The API's routes (under `/api/v1`) and the web console (at `/`), ready to serve.
 pub fn router(state: AdminState) -> axum::Router {
     let (routes, doc) = api::parts();
     let doc = Arc::new(doc);
     routes
+        .merge(console::routes())
         .route(
             "/api/v1/openapi.json",
             axum::routing::get(move || {
@@ -144,6 +146,42 @@ pub fn router(state: AdminState) -> axum::Router {
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
         .layer(axum::middleware::map_response(finish))
+        .layer(axum::middleware::from_fn(same_origin))
+}
+
+/// Refuse a change that a page of another site asks a browser to make (CSRF). The API's
+/// credential is a bearer token, which a browser never adds to a request by itself, so a forged
+/// request could not be authorised anyway; this refuses it before it is even read, from what
+/// browsers say of where a request comes from (`Sec-Fetch-Site`, `Origin`). Clients that are
+/// not browsers send neither header.
+async fn same_origin(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use axum::http::Method;
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    if !safe && let Some(why) = cross_site(req.headers(), host) {
+        info!(reason = why, "admin API: a cross-site request was refused");
+        return finish(Problem::new(StatusCode::FORBIDDEN, why).into_response()).await;
+    }
+    next.run(req).await
+}
+
+/// Why a request's headers show it comes from another site, if they do.
+fn cross_site(h: &axum::http::HeaderMap, host: Option<&str>) -> Option<&'static str> {
+    if let Some(site) = h.get("sec-fetch-site")
+        && !matches!(site.as_bytes(), b"same-origin" | b"none")
+    {
+        return Some("a change asked by another site's page is refused (Sec-Fetch-Site)");
+    }
+    let origin = h.get(header::ORIGIN)?.to_str().ok()?;
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    if origin == "null" || host.is_none() || origin_host != host {
+        return Some("a change asked by another site's page is refused (Origin)");
+    }
+    None
 }
 
 /// Every answer leaves as the API promises: an error that axum made itself (a body that is not
@@ -169,14 +207,18 @@ async fn finish(r: Response) -> Response {
     secure_headers(r)
 }
 
-/// Headers on every answer: nothing is cached, sniffed or framed.
+/// Headers on every answer: nothing is cached (but the console's own files), sniffed or framed;
+/// an answer that is not the console's may load nothing at all.
 fn secure_headers(mut r: Response) -> Response {
     let h = r.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
+    h.insert("cross-origin-resource-policy", HeaderValue::from_static("same-origin"));
     r
 }
 

@@ -13,8 +13,10 @@ use http_body_util::BodyExt;
 use pillarbox_admin::{AdminState, Certificate, Health, HealthParts, Peer, RateLimit, router};
 use pillarbox_auth::{DomainName, MemoryDirectory};
 use pillarbox_core::access::Scope;
+use pillarbox_core::admin::NewPassword;
 use pillarbox_core::sessions::SessionInfo;
 use pillarbox_core::{MemoryGate, Policy, Services};
+use pillarbox_proto::UserName;
 use pillarbox_store::memory::MemoryStore;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
@@ -98,7 +100,12 @@ impl Api {
         let r = self.router.clone().oneshot(req).await.expect("answer");
         let (parts, body) = r.into_parts();
         let bytes = body.collect().await.expect("body").to_bytes();
-        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON") };
+        let json = parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().ends_with(b"json"));
+        let body = match (bytes.is_empty(), json) {
+            (true, _) => Value::Null,
+            (false, true) => serde_json::from_slice(&bytes).expect("JSON"),
+            (false, false) => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
+        };
         Answer { status: parts.status, headers: parts.headers, body }
     }
 
@@ -556,9 +563,127 @@ async fn the_openapi_document_names_every_route_and_only_routes() {
         ("delete", "/api/v1/sessions/{id}"),
         ("get", "/api/v1/health"),
         ("get", "/api/v1/audit"),
+        ("get", "/api/v1/storage"),
+        ("get", "/api/v1/activity"),
+        ("get", "/api/v1/me"),
     ];
     let expected: BTreeSet<(String, String)> =
         expected.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect();
     assert_eq!(operations, expected);
     assert!(doc.body["components"]["securitySchemes"]["token"].is_object());
+}
+
+#[tokio::test]
+async fn activity_storage_and_the_callers_own_scopes() {
+    use pillarbox_core::activity::Event;
+    let api = Api::new(RateLimit::default()).await;
+    // The service counts at the real time; the API reads at its clock's: the same, here.
+    let now = pillarbox_os::unix_now();
+    api.now.store(now, Ordering::Relaxed);
+    let activity = &api.services.metrics.activity;
+    activity.count_at(Event::FailedLogin, now - 100);
+    activity.count_at(Event::FailedLogin, now - 120);
+    activity.count_at(Event::Login, now);
+    let a = api.admin(Method::GET, "/api/v1/activity?minutes=3", None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["start"], (now / 60 - 2) * 60);
+    assert_eq!(a.body["series"]["failed_logins"], json!([2, 0, 0]));
+    assert_eq!(a.body["series"]["logins"], json!([0, 0, 1]));
+    assert_eq!(a.body["series"]["quota_refusals"], json!([0, 0, 0]));
+    assert_eq!(api.admin(Method::GET, "/api/v1/activity?minutes=361", None).await.status, StatusCode::BAD_REQUEST);
+
+    // Storage per user, from the store, largest first; a domain's token sees its domain only.
+    for (name, count) in [("alice@a.test", 3), ("bob@b.test", 1), ("carol@a.test", 0)] {
+        let user = UserName::new(name).expect("name");
+        api.services.add_user(&user, NewPassword::Generate).await.expect("add");
+        for i in 0..count {
+            let text = format!("Subject: {i}\r\n\r\n{}\r\n", "x".repeat(100 * (i + 1)));
+            api.services.deliver(name, Box::new(std::io::Cursor::new(text.into_bytes())), None).await.expect("deliver");
+        }
+    }
+    let st = api.admin(Method::GET, "/api/v1/storage?limit=2", None).await;
+    assert_eq!(st.status, StatusCode::OK, "{}", st.body);
+    assert_eq!(st.body["users"], 3);
+    assert_eq!(st.body["messages"], 4);
+    let largest: Vec<&str> =
+        st.body["largest"].as_array().expect("list").iter().filter_map(|u| u["name"].as_str()).collect();
+    assert_eq!(largest, ["alice@a.test", "bob@b.test"]);
+    let a_only = api.token("a-support", vec![Scope::Domain(domain("a.test"))]).await;
+    let st = api.call(Method::GET, "/api/v1/storage", Some(&a_only), None).await;
+    assert_eq!((st.status, &st.body["users"]), (StatusCode::OK, &json!(2)), "{}", st.body);
+    assert_eq!(
+        api.call(Method::GET, "/api/v1/storage?domain=b.test", Some(&a_only), None).await.status,
+        StatusCode::FORBIDDEN
+    );
+    // The activity is the whole service's: not for a domain's token.
+    assert_eq!(api.call(Method::GET, "/api/v1/activity", Some(&a_only), None).await.status, StatusCode::FORBIDDEN);
+    // Deliveries are counted as they happen.
+    api.now.store(pillarbox_os::unix_now(), Ordering::Relaxed);
+    let a = api.admin(Method::GET, "/api/v1/activity?minutes=5", None).await;
+    let delivered: u64 =
+        a.body["series"]["deliveries"].as_array().expect("series").iter().filter_map(Value::as_u64).sum();
+    assert_eq!(delivered, 4, "{}", a.body);
+
+    let me = api.call(Method::GET, "/api/v1/me", Some(&a_only), None).await;
+    assert_eq!(me.body, json!({ "actor": "token:a-support", "scopes": ["domain:a.test"] }));
+}
+
+#[tokio::test]
+async fn changes_asked_by_another_sites_page_are_refused() {
+    let api = Api::new(RateLimit::default()).await;
+    let token = api.admin.clone();
+    let send = |headers: &[(&str, &str)]| {
+        let mut r = Request::builder()
+            .method(Method::POST)
+            .uri("/api/v1/users")
+            .header(header::HOST, "admin.example.com:8443")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json");
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let mut r = r.body(Body::from(r#"{"name":"mallory","generate":true}"#)).expect("request");
+        r.extensions_mut().insert(Peer(SocketAddr::from(([192, 0, 2, 1], 1))));
+        r
+    };
+    for headers in [
+        &[("origin", "https://evil.example")][..],
+        &[("origin", "https://admin.example.com:8443.evil.example")],
+        &[("origin", "null")],
+        &[("sec-fetch-site", "cross-site")],
+        &[("sec-fetch-site", "same-site")],
+    ] {
+        let a = api.send(send(headers)).await;
+        problem(&a, StatusCode::FORBIDDEN);
+        assert_eq!(a.headers[header::X_FRAME_OPTIONS], "DENY");
+    }
+    assert!(api.audit().await.is_empty(), "refused before anything was done");
+    let a = api.send(send(&[("origin", "https://admin.example.com:8443"), ("sec-fetch-site", "same-origin")])).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let a = api.send(send(&[])).await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "a client that is not a browser sends neither header: {}", a.body);
+}
+
+#[tokio::test]
+async fn the_console_is_served_with_its_own_strict_policy() {
+    let api = Api::new(RateLimit::default()).await;
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/console.js", "text/javascript"),
+        ("/console.css", "text/css"),
+        ("/icon.svg", "image/svg+xml"),
+    ] {
+        let a = api.send(Request::builder().uri(path).body(Body::empty()).expect("request")).await;
+        assert_eq!(a.status, StatusCode::OK, "{path}");
+        assert!(a.headers[header::CONTENT_TYPE].to_str().expect("ascii").starts_with(kind), "{path}");
+        let csp = a.headers[header::CONTENT_SECURITY_POLICY].to_str().expect("ascii");
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe"),
+            "{csp}"
+        );
+        assert_eq!(a.headers[header::X_FRAME_OPTIONS], "DENY");
+    }
+    // The API's answers keep the policy that loads nothing.
+    let a = api.admin(Method::GET, "/api/v1/health", None).await;
+    assert_eq!(a.headers[header::CONTENT_SECURITY_POLICY], "default-src 'none'; frame-ancestors 'none'");
 }

@@ -262,6 +262,27 @@ fn extra(name: &str) -> Extra {
                 ("The records to publish in DNS:", "pillarbox domain dns example.com"),
             ]);
         }
+        n if n.starts_with("pillarbox-admin") => {
+            e.exit.extend([
+                ("0", "Done."),
+                ("64", "A scope or an --expires that cannot be read."),
+                ("65", "A token of that name exists already, or the name cannot be a token's."),
+                ("67", "No token of that name (revoke)."),
+                ("1", "Any other error (the token store or the database cannot be reached)."),
+            ]);
+            e.examples.extend([
+                ("A token for a control panel, which may change everything:", "pillarbox admin token create panel"),
+                (
+                    "A token for one customer's domain, for 90 days:",
+                    "pillarbox admin token create example-support --scope domain:example.com --expires 90d",
+                ),
+                (
+                    "Use it:",
+                    "curl -H \"Authorization: Bearer $TOKEN\" https://mail.example.com:8443/api/v1/users?search=ali",
+                ),
+                ("Who changed what, newest first:", "pillarbox admin audit --limit 20"),
+            ]);
+        }
         "pillarbox-fetch" => {
             e.exit.extend(FETCH_EXIT);
             e.environment.push(("HOME", "~ in paths of the accounts file is this folder."));

@@ -131,8 +131,7 @@ impl Services {
             return Ok(());
         }
         info!(user = %entry.name, bytes = usage.bytes, messages = usage.messages, "over quota");
-        self.metrics.quota_refusals.inc();
-        self.metrics.delivery("over-quota");
+        self.metrics.quota_refusal();
         Err(Refusal::OverQuota { permanent: d.over_quota == OverQuota::Permanent })
     }
 

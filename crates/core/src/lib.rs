@@ -24,6 +24,7 @@ use pillarbox_proto::Expire;
 pub use pillarbox_store::Mailstore;
 
 pub mod access;
+pub mod activity;
 pub mod admin;
 pub mod bearer;
 pub mod deliver;

@@ -14,6 +14,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tracing::warn;
 
+use crate::activity::{Activity, Event};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
     /// pop3 or pop3s.
@@ -75,6 +77,9 @@ pub struct Metrics {
     pub errors: Family<KindLabel, Counter>,
     /// Seconds until each served certificate expires (negative: expired).
     pub certificate_expiry: Family<CertificateLabel, Gauge>,
+    /// The last hours minute by minute, for the admin console (not exported to Prometheus,
+    /// whose own counters above say the same).
+    pub activity: Activity,
 }
 
 impl Default for Metrics {
@@ -95,6 +100,7 @@ impl Default for Metrics {
             quota_refusals: Counter::default(),
             errors: Family::default(),
             certificate_expiry: Family::default(),
+            activity: Activity::default(),
         };
         let r = &mut m.registry;
         r.register("sessions_active", "Open POP3 sessions", m.sessions_active.clone());
@@ -129,6 +135,28 @@ impl Metrics {
 
     pub fn login(&self, mechanism: &str, result: &str) {
         self.logins.get_or_create(&LoginLabels { mechanism: mechanism.into(), result: result.into() }).inc();
+        match result {
+            "ok" => self.activity.count(Event::Login),
+            "failed" => self.activity.count(Event::FailedLogin),
+            _ => {}
+        }
+    }
+
+    /// A POP3 connection accepted on `listener`: open until [`Metrics::session_closed`].
+    pub fn session_opened(&self, listener: &ListenerLabel) {
+        self.sessions_active.get_or_create(listener).inc();
+        self.activity.count(Event::Session);
+    }
+
+    pub fn session_closed(&self, listener: &ListenerLabel) {
+        self.sessions_active.get_or_create(listener).dec();
+    }
+
+    /// A delivery refused because the mailbox is full.
+    pub fn quota_refusal(&self) {
+        self.quota_refusals.inc();
+        self.activity.count(Event::QuotaRefusal);
+        self.delivery("over-quota");
     }
 
     pub fn auth_delay(&self, delay: Duration) {
@@ -138,6 +166,9 @@ impl Metrics {
 
     pub fn delivery(&self, result: &str) {
         self.deliveries.get_or_create(&ResultLabel { result: result.into() }).inc();
+        if result == "delivered" {
+            self.activity.count(Event::Delivery);
+        }
     }
 
     pub fn render(&self) -> String {

@@ -170,7 +170,7 @@ pub(crate) async fn session(
     };
     let services = &front.services;
     let listener = pillarbox_core::metrics::ListenerLabel { listener: if implicit { "pop3s" } else { "pop3" }.into() };
-    services.metrics.sessions_active.get_or_create(&listener).inc();
+    services.metrics.session_opened(&listener);
     let channel_binding = channel_binding(&conn);
     let settings = front.config();
     let trusted = settings.is_trusted(peer.ip());
@@ -221,7 +221,7 @@ pub(crate) async fn session(
     let end = conv.run(conn, phase).await;
     let stats = conv.session.stats();
     let m = &conv.front.services.metrics;
-    m.sessions_active.get_or_create(&listener).dec();
+    m.session_closed(&listener);
     m.sessions
         .get_or_create(&pillarbox_core::metrics::SessionLabels {
             listener: listener.listener.clone(),
