@@ -248,15 +248,17 @@ smtp_port = 587
 smtp_tls = "starttls"
 
 [admin]
-# The admin API (JSON under /api/v1, described at /api/v1/openapi.json) on these addresses, e.g.
-# ["127.0.0.1:8443"]; empty: off. Callers need a token from `pillarbox admin token create`. It is
-# served over TLS with the [tls] certificates; without TLS (tls = false, or no [tls] section)
-# only on loopback addresses.
+# The admin API (JSON under /api/v1, described at /api/v1/openapi.json) and the web console (at
+# /) on these addresses, e.g. ["127.0.0.1:8443"]; empty: off. Callers need a token from
+# `pillarbox admin token create`. It is served over TLS with the [tls] certificates; without TLS
+# (tls = false, or no [tls] section) only on loopback addresses.
 listen = []
 # tls = true
 # Requests a minute one client address may make (a refused token counts as ten).
 rate_limit = 600
-# The claim an identity provider's token must carry to be accepted as an administrator's.
+# The claim an identity provider's token ([auth.oauth2]) must carry to be accepted as an
+# administrator's: true for every right, or a scope name (admin, read, domain:NAME) or a list of
+# them for those.
 oauth2_claim = "pillarbox_admin"
 
 [metrics]
