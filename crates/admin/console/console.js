@@ -6,6 +6,7 @@
 
 (() => {
   const TOKEN_KEY = 'pillarbox.console.token';
+  const PENDING_KEY = 'pillarbox.console.sign-in';
   const main = document.getElementById('main');
   const statusBox = document.getElementById('status');
   const nav = document.getElementById('nav');
@@ -205,7 +206,8 @@
   }
 
   async function api(method, path, body, contentType) {
-    const headers = { Authorization: `Bearer ${token()}`, Accept: 'application/json' };
+    const headers = { Accept: 'application/json' };
+    if (token()) headers.Authorization = `Bearer ${token()}`;
     const init = { method, headers, cache: 'no-store', credentials: 'omit', redirect: 'error' };
     if (body !== undefined) {
       headers['Content-Type'] = contentType || 'application/json';
@@ -230,9 +232,11 @@
     return data;
   }
 
+  /** The server's words as a sentence: a capital first, a full stop last. */
   function sentence(t) {
     const x = String(t);
-    return /[.!?]$/.test(x) ? x : `${x}.`;
+    const capital = x.charAt(0).toUpperCase() + x.slice(1);
+    return /[.!?]$/.test(capital) ? capital : `${capital}.`;
   }
 
   const may = {
@@ -272,10 +276,102 @@
       await render(true);
       return `Signed in as ${me.actor}.`;
     });
-    const page = [h('h1', { tabindex: '-1' }, 'Sign in'), why ? h('p', { class: 'notice', role: 'alert' }, why) : null, f];
+    const provider = h('div', { id: 'provider' });
+    const page = [h('h1', { tabindex: '-1' }, 'Sign in'), why ? h('p', { class: 'notice', role: 'alert' }, why) : null, provider, f];
     main.replaceChildren(...page.filter(Boolean));
     document.title = 'Sign in · Pillarbox';
     input.focus();
+    offerProvider(provider);
+  }
+
+  /** The identity provider's sign-in, when the server offers it. */
+  async function offerProvider(place) {
+    let info;
+    try {
+      info = (await api('GET', '/console/sign-in')).provider;
+    } catch (e) {
+      place.replaceChildren(h('p', { class: 'notice' }, `Signing in through the identity provider is not possible now: ${e.message}`));
+      return;
+    }
+    if (!info) return; // tokens only
+    const error = h('p', { class: 'error', role: 'alert' });
+    const button = h('button', { type: 'button' }, `Sign in at ${new URL(info.issuer).host}`);
+    button.addEventListener('click', async () => {
+      try {
+        await toProvider(info);
+      } catch (e) {
+        error.textContent = `The sign-in cannot start: ${e.message}`;
+      }
+    });
+    place.replaceChildren(h('section', { class: 'card', 'aria-labelledby': 'provider-h' },
+      h('h2', { id: 'provider-h' }, 'With your organisation\'s account'),
+      h('p', {}, 'Your account there must be one of the service\'s administrators.'),
+      h('div', { class: 'buttons' }, button), error));
+  }
+
+  function base64url(bytes) {
+    let text = '';
+    for (const b of bytes) text += String.fromCharCode(b);
+    return btoa(text).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  }
+
+  /** Off to the provider's sign-in: the code flow with PKCE (S256) and a state, kept by this tab. */
+  async function toProvider(info) {
+    const verifier = base64url(crypto.getRandomValues(new Uint8Array(32)));
+    const digest = await crypto.subtle.digest('SHA-256', new TextEncoder().encode(verifier));
+    const state = base64url(crypto.getRandomValues(new Uint8Array(16)));
+    const redirect = `${location.origin}/`;
+    sessionStorage.setItem(PENDING_KEY, JSON.stringify({ verifier, state, redirect, issuer: info.issuer, hash: location.hash }));
+    const u = new URL(info.authorization_endpoint);
+    for (const [k, v] of Object.entries({
+      response_type: 'code',
+      client_id: info.client_id,
+      redirect_uri: redirect,
+      scope: info.scope,
+      state,
+      code_challenge: base64url(new Uint8Array(digest)),
+      code_challenge_method: 'S256',
+    })) u.searchParams.set(k, v);
+    location.assign(u.toString());
+  }
+
+  /**
+   * Back from the provider with `?code=...&state=...` (or `?error=...`): check the state (and
+   * the issuer, RFC 9207), have the server redeem the code, and sign in with the access token.
+   * Returns whether the address was such a return.
+   */
+  async function backFromProvider() {
+    const q = new URLSearchParams(location.search);
+    if (!q.has('code') && !q.has('error')) return false;
+    const pending = JSON.parse(sessionStorage.getItem(PENDING_KEY) || 'null');
+    sessionStorage.removeItem(PENDING_KEY);
+    // The code leaves the address bar (and the history) at once.
+    history.replaceState(null, '', `/${(pending && pending.hash) || '#/'}`);
+    if (q.has('error')) {
+      signIn(`The identity provider did not sign you in: ${q.get('error_description') || q.get('error')}.`);
+      return true;
+    }
+    if (!pending || pending.state !== q.get('state')) {
+      signIn('That sign-in was not started by this tab; sign in again.');
+      return true;
+    }
+    if (q.has('iss') && q.get('iss') !== pending.issuer) {
+      signIn(`The answer came from ${q.get('iss')}, not from the identity provider this tab went to; sign in again.`);
+      return true;
+    }
+    try {
+      const t = await api('POST', '/console/token', { code: q.get('code'), code_verifier: pending.verifier, redirect_uri: pending.redirect });
+      sessionStorage.setItem(TOKEN_KEY, t.access_token);
+      me = await api('GET', '/me');
+    } catch (e) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      me = null;
+      signIn(e.message);
+      return true;
+    }
+    await render(true);
+    announce(`Signed in as ${me.actor}.`);
+    return true;
   }
 
   function showWho() {
@@ -889,5 +985,7 @@
     (heading || main).focus();
   });
   window.addEventListener('hashchange', () => render(true));
-  render(false);
+  backFromProvider().then((handled) => {
+    if (!handled) render(false);
+  });
 })();

@@ -14,7 +14,7 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::{AdminState, Caller, HealthParts, Problem, audit, forbidden};
+use crate::{AdminState, Caller, HealthParts, Limited, Problem, audit, forbidden};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,7 +31,8 @@ use crate::{AdminState, Caller, HealthParts, Problem, audit, forbidden};
         (name = "users", description = "The users of the service"),
         (name = "domains", description = "Mail domains"),
         (name = "sessions", description = "Live POP3 sessions"),
-        (name = "service", description = "Health and the audit log")
+        (name = "service", description = "Health and the audit log"),
+        (name = "console", description = "The web console's sign-in through the identity provider")
     )
 )]
 struct ApiDoc;
@@ -154,6 +155,8 @@ fn routes() -> OpenApiRouter<AdminState> {
         .routes(routes!(list_audit))
         .routes(routes!(activity))
         .routes(routes!(me))
+        .routes(routes!(console_sign_in))
+        .routes(routes!(console_token))
 }
 
 fn problem_of(e: AdminError) -> Problem {
@@ -1257,4 +1260,132 @@ async fn list_audit(
             })
             .collect(),
     ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The console's sign-in through the identity provider
+
+#[derive(Debug, Serialize, ToSchema)]
+struct SignIn {
+    issuer: String,
+    /// Where the browser goes to sign in (the code flow with PKCE, S256).
+    authorization_endpoint: String,
+    client_id: String,
+    scope: String,
+}
+
+fn no_sign_in() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "the console signs in with tokens only ([admin] oauth2_client_id is not set)")
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct SignInOptions {
+    /// The identity provider to sign in at; absent: tokens only.
+    provider: Option<SignIn>,
+}
+
+/// How the console may sign in: with tokens, and through the identity provider when
+/// `[admin] oauth2_client_id` is set (no token needed to ask).
+#[utoipa::path(get, path = "/api/v1/console/sign-in", tag = "console", security(()),
+    responses((status = 200, body = SignInOptions)))]
+async fn console_sign_in(State(state): State<AdminState>, _limited: Limited) -> Result<Json<SignInOptions>, Problem> {
+    let (Some((client_id, scope)), Some(provider)) = (&state.console_client, state.services.bearer()) else {
+        return Ok(Json(SignInOptions { provider: None }));
+    };
+    let endpoint = provider.sign_in_endpoint().await.map_err(provider_problem)?;
+    Ok(Json(SignInOptions {
+        provider: Some(SignIn {
+            issuer: endpoint.issuer,
+            authorization_endpoint: endpoint.authorization_endpoint,
+            client_id: client_id.to_string(),
+            scope: scope.to_string(),
+        }),
+    }))
+}
+
+fn provider_problem(e: pillarbox_core::BearerRefusal) -> Problem {
+    match e {
+        pillarbox_core::BearerRefusal::Unavailable(why) => {
+            tracing::warn!(error = why, "console sign-in: the identity provider cannot be asked");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the identity provider cannot be reached now; try again later",
+            )
+        }
+        pillarbox_core::BearerRefusal::Invalid(why) => Problem::new(StatusCode::UNAUTHORIZED, why),
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CodeBody {
+    /// The authorization code the identity provider sent the browser back with.
+    code: String,
+    /// The PKCE verifier the browser made (RFC 7636: 43 to 128 characters).
+    code_verifier: String,
+    /// The console's own address, as sent to the authorization endpoint.
+    redirect_uri: String,
+}
+
+impl std::fmt::Debug for CodeBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodeBody").field("redirect_uri", &self.redirect_uri).finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+struct SignedIn {
+    /// The identity provider's access token: the console's bearer token from now on.
+    access_token: String,
+}
+
+/// Redeem the code the browser brought back from the identity provider for an access token
+/// (the console's client is public: the PKCE verifier is the proof). The token is then used as
+/// any other: it must carry the admin claim.
+#[utoipa::path(post, path = "/api/v1/console/token", tag = "console", security(()), request_body = CodeBody,
+    responses((status = 200, body = SignedIn), (status = 401, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
+async fn console_token(
+    State(state): State<AdminState>,
+    limited: Limited,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<CodeBody>,
+) -> Result<Json<SignedIn>, Problem> {
+    let (Some((client_id, _)), Some(provider)) = (&state.console_client, state.services.bearer()) else {
+        return Err(no_sign_in());
+    };
+    let verifier_ok = (43..=128).contains(&body.code_verifier.len())
+        && body.code_verifier.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+    if !verifier_ok {
+        return Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "code_verifier is not an RFC 7636 verifier"));
+    }
+    if body.code.is_empty() || body.code.len() > 4096 {
+        return Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "code is empty or too long"));
+    }
+    // The code is redeemed only for this console's own address: a code made for another
+    // redirect cannot be brought here.
+    let host = headers.get(axum::http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ours = ["https", "http"].iter().any(|scheme| body.redirect_uri == format!("{scheme}://{host}/"));
+    if host.is_empty() || !ours {
+        return Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "redirect_uri must be this console's address"));
+    }
+    let redemption = pillarbox_core::CodeRedemption {
+        client_id,
+        code: &Secret::new(body.code),
+        verifier: &Secret::new(body.code_verifier),
+        redirect_uri: &body.redirect_uri,
+    };
+    match provider.redeem_code(redemption).await {
+        Ok(token) => {
+            tracing::info!(client = %limited.ip, "console: signed in through the identity provider");
+            Ok(Json(SignedIn { access_token: token.expose().clone() }))
+        }
+        Err(e) => {
+            if matches!(e, pillarbox_core::BearerRefusal::Invalid(_)) {
+                limited.failed(&state);
+                tracing::info!(client = %limited.ip, "console: a sign-in through the identity provider was refused");
+            }
+            Err(provider_problem(e))
+        }
+    }
 }

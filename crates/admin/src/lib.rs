@@ -100,6 +100,8 @@ pub struct AdminState {
     /// The claim that makes an identity provider's token an administrator's (`[admin]
     /// oauth2_claim`).
     oauth2_claim: Arc<str>,
+    /// The console's sign-in through the identity provider: its client, and the scopes.
+    console_client: Option<(Arc<str>, Arc<str>)>,
 }
 
 impl AdminState {
@@ -110,7 +112,15 @@ impl AdminState {
             limiter: Arc::new(Limiter::new(limit)),
             clock: Arc::new(pillarbox_os::unix_now),
             oauth2_claim: Arc::from("pillarbox_admin"),
+            console_client: None,
         }
+    }
+
+    /// Let the console sign in through the identity provider ([`Services::bearer`]) as the
+    /// public client `client_id`, asking for `scope`.
+    pub fn with_console_sign_in(mut self, client_id: &str, scope: &str) -> Self {
+        self.console_client = Some((Arc::from(client_id), Arc::from(scope)));
+        self
     }
 
     /// Accept the identity provider's tokens ([`Services::bearer`]) that carry `claim`.
@@ -413,6 +423,27 @@ fn scopes_of(claim: Option<&serde_json::Value>) -> Vec<Scope> {
     scopes.sort();
     scopes.dedup();
     scopes
+}
+
+/// A request that needs no token, counted against its client's allowance.
+pub struct Limited {
+    pub ip: IpAddr,
+}
+
+impl FromRequestParts<AdminState> for Limited {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, Problem> {
+        let ip = peer_of(parts).ip();
+        if state.limiter.allow(ip, 1) { Ok(Limited { ip }) } else { Err(too_many()) }
+    }
+}
+
+impl Limited {
+    /// A failed attempt costs as a wrong token does.
+    fn failed(&self, state: &AdminState) {
+        state.limiter.allow(self.ip, 10);
+    }
 }
 
 fn too_many() -> Problem {

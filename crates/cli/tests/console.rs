@@ -11,6 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::oidc::{Options, Provider};
 use common::{PASSWORD, Pillarbox, message, require_tool};
 
 fn folder() -> PathBuf {
@@ -61,12 +62,37 @@ fn spki_hash(cert: &Path) -> String {
     String::from_utf8(out.stdout).expect("base64").trim().to_owned()
 }
 
+/// `node SCRIPT` in tests/console, with the browser's environment; what it printed.
+fn browse(script: &str, pb: &Pillarbox, spki: &str, extra: &[(&str, String)]) -> String {
+    let artefacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    let url = format!("https://127.0.0.1:{}/", pb.admin.expect("admin").port());
+    let mut cmd = Command::new("node");
+    cmd.arg(folder().join(script))
+        .current_dir(folder())
+        .env("CONSOLE_URL", &url)
+        .env("CONSOLE_SPKI", spki)
+        .env("ARTEFACTS", &artefacts)
+        .env("CHROMIUM", chromium());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("node");
+    let said = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the browser run failed:\n{said}\nserver log:\n{}", pb.log());
+    eprintln!("{said}\nscreenshots: {}", artefacts.display());
+    said
+}
+
+fn screenshot_of(page: &str) -> bool {
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots").join(format!("{page}.png"));
+    std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000)
+}
+
 #[test]
 fn an_administrator_uses_the_console_in_a_real_browser() {
     require_tool("node");
     require_tool("npm");
     install();
-    let chromium = chromium();
     let pb = server();
     let admin = token(&pb, "console");
     pb.deliver("alice", &message(1));
@@ -77,23 +103,13 @@ fn an_administrator_uses_the_console_in_a_real_browser() {
     let mut held = pb.login();
     held.ok("DELE 1");
 
-    let artefacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
-    let _ = std::fs::remove_dir_all(&artefacts);
-    let url = format!("https://127.0.0.1:{}/", pb.admin.expect("admin").port());
-    let out = Command::new("node")
-        .arg(folder().join("console.mjs"))
-        .current_dir(folder())
-        .env("CONSOLE_URL", &url)
-        .env("CONSOLE_TOKEN", &admin)
-        .env("CONSOLE_SPKI", spki_hash(&pb.cert()))
-        .env("POP3_PORT", pb.pop3.expect("pop3").port().to_string())
-        .env("ARTEFACTS", &artefacts)
-        .env("CHROMIUM", &chromium)
-        .output()
-        .expect("node");
-    let said = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the browser run failed:\n{said}\nserver log:\n{}", pb.log());
-    eprintln!("{said}\nscreenshots: {}", artefacts.display());
+    let spki = spki_hash(&pb.cert());
+    browse(
+        "console.mjs",
+        &pb,
+        &spki,
+        &[("CONSOLE_TOKEN", admin.clone()), ("POP3_PORT", pb.pop3.expect("pop3").port().to_string())],
+    );
 
     // What the browser did, seen from outside it.
     let told = held.line();
@@ -114,9 +130,42 @@ fn an_administrator_uses_the_console_in_a_real_browser() {
         );
     }
     for page in ["sign-in", "overview", "user", "sessions", "audit", "phone-overview", "phone-user"] {
-        let shot = artefacts.join(format!("{page}.png"));
-        assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000), "a screenshot of {page}");
+        assert!(screenshot_of(page), "a screenshot of {page}");
     }
+}
+
+#[test]
+fn an_administrator_signs_in_through_the_identity_provider() {
+    require_tool("node");
+    require_tool("npm");
+    install();
+    // The console's address is registered at the provider before the server starts.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = Provider::start(&dir.path().join("idp"), Options { console_port: Some(port), ..Options::default() });
+    let mut pb = Pillarbox::new();
+    pb.edit_config("listen = []\n# tls = true", &format!("listen = [\"127.0.0.1:{port}\"]\n# tls = true"));
+    pb.edit_config("oauth2_client_id = \"\"", "oauth2_client_id = \"pillarbox-console\"");
+    let mut config = std::fs::read_to_string(pb.config_path()).expect("config");
+    config.push_str(&provider.server_section(pb.data(), false));
+    std::fs::write(pb.config_path(), config).expect("config");
+    pb.start();
+    assert_eq!(pb.admin.map(|a| a.port()), Some(port), "{}", pb.log());
+
+    // The code is redeemed only for the console's own address, and only if the provider made it.
+    let code = |redirect: &str| {
+        format!(r#"{{"code":"made-up","code_verifier":"{}","redirect_uri":"{redirect}"}}"#, "v".repeat(43))
+    };
+    let ours = format!("https://127.0.0.1:{port}/");
+    assert_eq!(curl(&pb, "POST", "/api/v1/console/token", &[], Some(&code("https://evil.example/"))).0, 422);
+    let (status, answer) = curl(&pb, "POST", "/api/v1/console/token", &[], Some(&code(&ours)));
+    assert_eq!(status, 401, "{answer}");
+    assert!(pb.log().contains("console: a sign-in through the identity provider was refused"), "{}", pb.log());
+
+    let spki = format!("{},{}", spki_hash(&pb.cert()), spki_hash(&provider.cert()));
+    browse("sign-in.mjs", &pb, &spki, &[]);
+    assert!(screenshot_of("signed-in-through-provider"));
+    assert!(pb.log().contains("console: signed in through the identity provider"), "{}", pb.log());
 }
 
 /// curl with extra headers: the status.

@@ -56,6 +56,32 @@ pub trait BearerVerifier: Send + Sync {
     async fn warm_up(&self) -> Result<(), String> {
         Ok(())
     }
+
+    /// Where a browser signs in to the provider, for the admin console's sign-in.
+    async fn sign_in_endpoint(&self) -> Result<SignInEndpoint, BearerRefusal> {
+        Err(BearerRefusal::Unavailable("this identity provider has no sign-in for browsers".into()))
+    }
+
+    /// Redeem an authorization code that a browser brought back (RFC 6749 section 4.1.3, with
+    /// the PKCE verifier of RFC 7636) for the public client `client_id`: the access token.
+    async fn redeem_code(&self, _redemption: CodeRedemption<'_>) -> Result<Secret<String>, BearerRefusal> {
+        Err(BearerRefusal::Unavailable("this identity provider has no sign-in for browsers".into()))
+    }
+}
+
+/// The provider's authorization endpoint, as its discovery document names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignInEndpoint {
+    pub issuer: String,
+    pub authorization_endpoint: String,
+}
+
+/// What redeeming a code takes.
+pub struct CodeRedemption<'a> {
+    pub client_id: &'a str,
+    pub code: &'a Secret<String>,
+    pub verifier: &'a Secret<String>,
+    pub redirect_uri: &'a str,
 }
 
 impl Services {

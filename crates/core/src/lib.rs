@@ -36,7 +36,7 @@ pub mod login;
 pub mod metrics;
 pub mod sessions;
 
-pub use bearer::{BearerClaims, BearerRefusal, BearerVerifier};
+pub use bearer::{BearerClaims, BearerRefusal, BearerVerifier, CodeRedemption, SignInEndpoint};
 pub use gate::{LoginGate, MemoryGate, Permit};
 pub use metrics::Metrics;
 

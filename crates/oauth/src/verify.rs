@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use pillarbox_core::{BearerClaims, BearerRefusal, BearerVerifier};
+use pillarbox_core::{BearerClaims, BearerRefusal, BearerVerifier, CodeRedemption, SignInEndpoint};
 use pillarbox_proto::Secret;
 use serde::Deserialize;
 use serde_json::Value;
@@ -99,6 +99,8 @@ struct Discovery {
     issuer: String,
     jwks_uri: Option<String>,
     introspection_endpoint: Option<String>,
+    authorization_endpoint: Option<String>,
+    token_endpoint: Option<String>,
 }
 
 #[derive(Default)]
@@ -377,6 +379,47 @@ impl BearerVerifier for Verifier {
 
     async fn warm_up(&self) -> Result<(), String> {
         self.prefetch().await
+    }
+
+    async fn sign_in_endpoint(&self) -> Result<SignInEndpoint, BearerRefusal> {
+        let d = self.discovered().await?;
+        let authorization_endpoint = d.authorization_endpoint.ok_or_else(|| {
+            BearerRefusal::Unavailable(format!("{} names no authorization_endpoint", self.settings.discovery_url()))
+        })?;
+        check_url(&authorization_endpoint).map_err(BearerRefusal::Unavailable)?;
+        Ok(SignInEndpoint { issuer: d.issuer, authorization_endpoint })
+    }
+
+    async fn redeem_code(&self, r: CodeRedemption<'_>) -> Result<Secret<String>, BearerRefusal> {
+        let url = self.discovered().await?.token_endpoint.ok_or_else(|| {
+            BearerRefusal::Unavailable(format!("{} names no token_endpoint", self.settings.discovery_url()))
+        })?;
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", r.code.expose().as_str()),
+            ("code_verifier", r.verifier.expose().as_str()),
+            ("redirect_uri", r.redirect_uri),
+            ("client_id", r.client_id),
+        ];
+        let (status, answer) = self.http.post_form(&url, &form, None).await.map_err(unavailable)?;
+        if status >= 500 {
+            return Err(BearerRefusal::Unavailable(format!("the token endpoint answered {status}")));
+        }
+        if status != 200 {
+            // RFC 6749 section 5.2: the error's code and description are the provider's words
+            // about the request, never a secret.
+            let text = |k: &str| answer.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+            let description = text("error_description");
+            return Err(invalid(format!(
+                "the identity provider refused the sign-in: {}{}",
+                text("error"),
+                if description.is_empty() { String::new() } else { format!(" ({description})") }
+            )));
+        }
+        match answer.get("access_token").and_then(|v| v.as_str()) {
+            Some(t) if !t.is_empty() => Ok(Secret::new(t.to_owned())),
+            _ => Err(invalid("the identity provider's answer has no access token")),
+        }
     }
 }
 

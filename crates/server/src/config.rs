@@ -260,6 +260,12 @@ rate_limit = 600
 # administrator's: true for every right, or a scope name (admin, read, domain:NAME) or a list of
 # them for those.
 oauth2_claim = "pillarbox_admin"
+# Sign in to the console through the identity provider of [auth.oauth2] (the code flow with
+# PKCE): the client registered there for the console, public (no secret), whose redirect URI is
+# the console's address, e.g. "https://mail.example.com:8443/"; empty: tokens only.
+oauth2_client_id = ""
+# The scopes the console asks for.
+oauth2_scope = "openid"
 
 [metrics]
 # Prometheus metrics at http://ADDRESS/metrics, e.g. "127.0.0.1:9110"; empty: off. They carry no
@@ -564,11 +570,20 @@ struct RawAdmin {
     tls: Option<bool>,
     rate_limit: u32,
     oauth2_claim: String,
+    oauth2_client_id: String,
+    oauth2_scope: String,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
-        Self { listen: Vec::new(), tls: None, rate_limit: 600, oauth2_claim: "pillarbox_admin".into() }
+        Self {
+            listen: Vec::new(),
+            tls: None,
+            rate_limit: 600,
+            oauth2_claim: "pillarbox_admin".into(),
+            oauth2_client_id: String::new(),
+            oauth2_scope: "openid".into(),
+        }
     }
 }
 
@@ -581,6 +596,10 @@ pub struct AdminSettings {
     /// Requests a minute per client address.
     pub rate_limit: u32,
     pub oauth2_claim: String,
+    /// The console's sign-in through the identity provider: its public client, and the scopes
+    /// it asks for.
+    pub oauth2_client_id: Option<String>,
+    pub oauth2_scope: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1148,11 +1167,27 @@ impl Config {
             if claim.is_empty() {
                 return Err(field_at(text, path, "admin", "oauth2_claim", "must name a claim".into()));
             }
+            let client_id = raw.admin.oauth2_client_id.trim();
+            if !client_id.is_empty() && raw.auth.oauth2.is_none() {
+                return Err(field_at(
+                    text,
+                    path,
+                    "admin",
+                    "oauth2_client_id",
+                    "signing in to the console through an identity provider needs its [auth.oauth2] section".into(),
+                ));
+            }
+            let scope = raw.admin.oauth2_scope.split_whitespace().collect::<Vec<_>>().join(" ");
+            if !client_id.is_empty() && scope.is_empty() {
+                return Err(field_at(text, path, "admin", "oauth2_scope", "must name a scope, e.g. openid".into()));
+            }
             Some(AdminSettings {
                 listen: raw.admin.listen.clone(),
                 tls,
                 rate_limit: raw.admin.rate_limit,
                 oauth2_claim: claim.to_owned(),
+                oauth2_client_id: (!client_id.is_empty()).then(|| client_id.to_owned()),
+                oauth2_scope: scope,
             })
         };
         let autoconfig = {
@@ -1601,6 +1636,28 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/pillarbox/pillarbox.toml"))
+    }
+
+    #[test]
+    fn the_consoles_identity_provider_sign_in_needs_the_providers_section() {
+        let with = |extra: &str| {
+            DEFAULT_CONFIG
+                .replace("listen = []\n# tls = true", "listen = [\"127.0.0.1:8443\"]\n# tls = true")
+                .replace("oauth2_client_id = \"\"", &format!("oauth2_client_id = \"pillarbox-console\"\n{extra}"))
+        };
+        let e = parse(&with("")).expect_err("no [auth.oauth2]").to_string();
+        assert!(e.contains("admin.oauth2_client_id") && e.contains("[auth.oauth2]"), "{e}");
+        let provider = "\n[auth.oauth2]\nissuer = \"https://id.example.com\"\naudience = \"pop3://mail.example.com\"\n";
+        let c = parse(&format!("{}{provider}", with(""))).expect("with the provider");
+        let admin = c.admin.expect("admin");
+        assert_eq!(
+            (admin.oauth2_client_id.as_deref(), admin.oauth2_scope.as_str()),
+            (Some("pillarbox-console"), "openid")
+        );
+        let text = format!("{}{provider}", with("").replace("oauth2_scope = \"openid\"", "oauth2_scope = \"  \""));
+        let e = parse(&text).expect_err("no scope").to_string();
+        assert!(e.contains("admin.oauth2_scope"), "{e}");
+        assert_eq!(parse(DEFAULT_CONFIG).expect("default").admin, None);
     }
 
     #[test]

@@ -249,8 +249,11 @@ impl Server {
         let limit =
             pillarbox_admin::RateLimit { per_minute: settings.rate_limit, burst: settings.rate_limit.div_ceil(5) };
         let health = Arc::new(Health { front: self.front.clone() });
-        let state = pillarbox_admin::AdminState::new(self.front.services.clone(), health, limit)
+        let mut state = pillarbox_admin::AdminState::new(self.front.services.clone(), health, limit)
             .with_oauth2_claim(&settings.oauth2_claim);
+        if let Some(client) = &settings.oauth2_client_id {
+            state = state.with_console_sign_in(client, &settings.oauth2_scope);
+        }
         let site = crate::http::Site::Admin(pillarbox_admin::router(state));
         tokio::spawn(crate::http::serve(listener, site, tls, HTTP_CONNECTIONS));
         Ok(())

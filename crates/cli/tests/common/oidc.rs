@@ -19,11 +19,13 @@ pub struct Options {
     pub ttl: u32,
     /// Signing key ids, the first one signing (made on first use, kept across restarts).
     pub signing: &'static str,
+    /// The port of an admin console at `https://127.0.0.1:PORT/`: its client is registered.
+    pub console_port: Option<u16>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { format: "jwt", ttl: 300, signing: "k1" }
+        Self { format: "jwt", ttl: 300, signing: "k1", console_port: None }
     }
 }
 
@@ -72,6 +74,11 @@ impl Provider {
         ca.issue(dir, "provider", &["127.0.0.1"], CURRENT);
         let (child, issuer, port) = spawn(dir, options, 0);
         Self { child: Some(child), issuer, ca: ca.pem.clone(), dir: dir.to_owned(), port, options }
+    }
+
+    /// Its TLS certificate.
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("provider.crt")
     }
 
     /// Stop it and start it again on the same address, signing with other keys (a rotation).
@@ -135,6 +142,7 @@ fn spawn(dir: &Path, o: Options, port: u16) -> (KillOnDrop, String, u16) {
         .args(["--keys", &dir.join("signing-keys.json").display().to_string()])
         .args(["--signing", o.signing, "--format", o.format, "--ttl", &o.ttl.to_string()])
         .args(["--audience", AUDIENCE, "--port", &port.to_string()])
+        .args(o.console_port.map(|p| format!("--console-redirect=https://127.0.0.1:{p}/")))
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(dir.join("provider.log")).expect("log"))
         .spawn()

@@ -9,56 +9,12 @@
 // SHA-256 of the server certificate's public key: the only certificate the browser accepts
 // besides real ones), POP3_PORT (for the failed login), ARTEFACTS (a folder), CHROMIUM.
 
-import { createRequire } from 'node:module';
-import { readFileSync, mkdirSync } from 'node:fs';
 import net from 'node:net';
-import { chromium } from 'playwright-core';
+import { env, step, steps, check, settled, photo, watchErrors, launch } from './common.mjs';
 
-const require = createRequire(import.meta.url);
-const axeSource = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
-
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
 const url = env('CONSOLE_URL');
 const token = env('CONSOLE_TOKEN');
-const artefacts = env('ARTEFACTS');
 const pop3Port = Number(env('POP3_PORT'));
-mkdirSync(artefacts, { recursive: true });
-
-const steps = [];
-function step(text) {
-  steps.push(text);
-  console.log(`console test: ${text}`);
-}
-
-function check(cond, what) {
-  if (!cond) throw new Error(`check failed: ${what}`);
-}
-
-/** axe-core on the page as it is now; every violation is a failure, named with its nodes. */
-async function accessible(page, name) {
-  await page.evaluate(axeSource);
-  const result = await page.evaluate(() => globalThis.axe.run(document, {
-    runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'wcag22aa', 'best-practice'] },
-    resultTypes: ['violations'],
-  }));
-  const problems = result.violations.map((v) => `${v.id} (${v.impact}): ${v.help}\n    ${v.nodes.map((n) => n.target.join(' ')).join('\n    ')}`);
-  check(problems.length === 0, `axe-core on ${name}:\n  ${problems.join('\n  ')}`);
-}
-
-async function photo(page, name) {
-  await page.screenshot({ path: `${artefacts}/${name}.png`, fullPage: true });
-}
-
-/** The page, checked and photographed. */
-async function page_(page, name) {
-  await page.waitForFunction(() => !document.getElementById('main').hasAttribute('aria-busy'));
-  await accessible(page, name);
-  await photo(page, name);
-}
 
 /** A wrong password over POP3, as a guesser would send it. */
 function failedLogin() {
@@ -82,17 +38,7 @@ function failedLogin() {
   });
 }
 
-function watchErrors(page, errors) {
-  page.on('console', (m) => {
-    if (m.type() === 'error') errors.push(`console: ${m.text()}`);
-  });
-  page.on('pageerror', (e) => errors.push(`page error: ${e.message}`));
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: [`--ignore-certificate-errors-spki-list=${env('CONSOLE_SPKI')}`, '--no-sandbox', '--disable-dev-shm-usage'],
-});
+const browser = await launch();
 const errors = [];
 try {
   // ---- At a desk, with a mouse.
@@ -107,7 +53,7 @@ try {
   check(headers['content-security-policy']?.includes("script-src 'self'"), 'only the console\'s own script runs');
   check(headers['x-frame-options'] === 'DENY', 'X-Frame-Options: DENY');
   await page.getByRole('heading', { name: 'Sign in' }).waitFor();
-  await page_(page, 'sign-in');
+  await settled(page, 'sign-in');
   step('the sign-in page is accessible');
 
   // A wrong token is refused, and says so.
@@ -123,7 +69,7 @@ try {
   await page.getByText('All parts are working.').waitFor();
   check(await page.evaluate(() => sessionStorage.length === 1 && localStorage.length === 0 && document.cookie === ''),
     'the token is kept by this tab only (no cookie, nothing in local storage)');
-  await page_(page, 'overview');
+  await settled(page, 'overview');
   step('signed in; the overview shows the health and the graphs');
 
   // A failed login, then the graph brought up to date shows one more.
@@ -144,10 +90,10 @@ try {
   await page.getByLabel('Name contains').fill('ali');
   await page.getByRole('button', { name: 'Search' }).click();
   await page.getByText('Users 1 to 1 of 1 matching.').waitFor();
-  await page_(page, 'users-search');
+  await settled(page, 'users-search');
   await page.getByRole('link', { name: 'alice', exact: true }).click();
   await page.getByRole('heading', { name: 'alice', level: 1 }).waitFor();
-  await page_(page, 'user');
+  await settled(page, 'user');
   await page.getByLabel('Size limit').fill('5MB');
   await page.getByRole('button', { name: 'Save quota' }).click();
   await page.getByRole('status').filter({ hasText: 'Quota of alice saved.' }).waitFor();
@@ -169,7 +115,7 @@ try {
   await page.getByLabel('Quota per user').fill('1GB');
   await page.getByRole('button', { name: 'Add domain' }).click();
   await page.getByRole('heading', { name: 'example.com', level: 1 }).waitFor();
-  await page_(page, 'domain');
+  await settled(page, 'domain');
   step('added the domain example.com');
 
   // End the live POP3 session the test holds open.
@@ -177,7 +123,7 @@ try {
   await page.getByRole('heading', { name: 'Live sessions', level: 1 }).waitFor();
   const end = page.getByRole('button', { name: /^End alice's session from / });
   await end.waitFor();
-  await page_(page, 'sessions');
+  await settled(page, 'sessions');
   await end.click();
   await page.getByRole('status').filter({ hasText: "Ended alice's session" }).waitFor();
   step('ended alice\'s live POP3 session');
@@ -185,14 +131,14 @@ try {
   await page.getByRole('link', { name: 'Storage' }).click();
   await page.getByRole('heading', { name: 'Storage', level: 1 }).waitFor();
   await page.getByRole('link', { name: 'alice' }).waitFor();
-  await page_(page, 'storage');
+  await settled(page, 'storage');
   step('storage per user is shown');
 
   await page.getByRole('link', { name: 'Audit log' }).click();
   await page.getByRole('heading', { name: 'Audit log', level: 1 }).waitFor();
   await page.getByRole('cell', { name: 'session.end' }).waitFor();
   await page.getByRole('cell', { name: 'user.quota' }).first().waitFor();
-  await page_(page, 'audit');
+  await settled(page, 'audit');
   step('the audit log lists the changes');
 
   // Not framable: a page of another origin that frames the console shows nothing of it.
@@ -226,7 +172,7 @@ try {
   await p.keyboard.type(token);
   await p.keyboard.press('Enter');
   await p.getByRole('heading', { name: 'Overview', level: 1 }).waitFor();
-  await page_(p, 'phone-overview');
+  await settled(p, 'phone-overview');
   const overflow = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   check(overflow <= 0, `the overview fits a phone's width (${overflow} px too wide)`);
   // Keyboard: the skip link comes first and moves to the page's heading.
@@ -244,12 +190,12 @@ try {
   await p.getByRole('link', { name: 'alice', exact: true }).focus();
   await p.keyboard.press('Enter');
   await p.getByRole('heading', { name: 'alice', level: 1 }).waitFor();
-  await page_(p, 'phone-user');
+  await settled(p, 'phone-user');
   const userOverflow = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   check(userOverflow <= 0, `a user's page fits a phone's width (${userOverflow} px too wide)`);
   await p.getByRole('link', { name: 'Sessions' }).click();
   await p.getByRole('heading', { name: 'Live sessions', level: 1 }).waitFor();
-  await page_(p, 'phone-sessions');
+  await settled(p, 'phone-sessions');
   step('on a phone, by keyboard: signed in, reached a user, every page fits');
   check(errors.length === 0, `the page logged errors:\n${errors.join('\n')}`);
   await phone.close();

@@ -4,7 +4,7 @@
 // keys kept in a file so that a restarted provider can rotate them.
 //
 //   node provider.mjs --cert C --key K --keys FILE [--signing k2,k1] [--format jwt|opaque]
-//                     [--ttl SECONDS] [--audience URI] [--port N]
+//                     [--ttl SECONDS] [--audience URI] [--port N] [--console-redirect URL]
 //
 // Prints `ready ISSUER` once it listens. Any name signs in (the development login form); the
 // account's `email` and `preferred_username` claims are that name (and see extraTokenClaims).
@@ -25,6 +25,7 @@ const { values: opt } = parseArgs({
     'refresh-ttl': { type: 'string', default: '86400' },
     audience: { type: 'string', default: 'pop3://mail.test' },
     port: { type: 'string', default: '0' },
+    'console-redirect': { type: 'string', default: '' },
   },
 });
 
@@ -55,6 +56,15 @@ const provider = new Provider(issuer, {
       response_types: ['code'],
       redirect_uris: ['http://127.0.0.1/'],
     },
+    // The admin console (a web page: public, the code flow with PKCE), when its address is given.
+    ...(opt['console-redirect'] ? [{
+      client_id: 'pillarbox-console',
+      application_type: 'web',
+      token_endpoint_auth_method: 'none',
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+      redirect_uris: [opt['console-redirect']],
+    }] : []),
     {
       client_id: 'pillarbox-server',
       client_secret: 'server-secret-for-introspection',
