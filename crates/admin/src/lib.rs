@@ -3,11 +3,13 @@
 //! `/api/v1/openapi.json`, is generated from the handlers themselves ([`utoipa`]), so the
 //! document and the routes are one list.
 //!
-//! Every request but the document's needs `Authorization: Bearer` with an admin token
-//! (`pillarbox admin token create`): a token's scopes decide what it may read and change
-//! ([`Caller`]). Clients are rate-limited per address, a failed token counting as ten requests.
-//! Errors are RFC 9457 problem details. Every change, allowed or refused, is written to the audit
-//! log before the answer is sent.
+//! Every request needs `Authorization: Bearer` with an admin token (`pillarbox admin token
+//! create`) or an identity provider's token with the admin claim, but for the document, the web
+//! console's own files (served at `/`, see `console`) and its sign-in through the identity
+//! provider: a token's scopes decide what it may read and change ([`Caller`]). Clients are
+//! rate-limited per address, a failed token counting as ten requests; a change that a browser
+//! says another site asked for is refused. Errors are RFC 9457 problem details. Every change,
+//! allowed or refused, is written to the audit log before the answer is sent.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -426,8 +428,8 @@ fn scopes_of(claim: Option<&serde_json::Value>) -> Vec<Scope> {
 }
 
 /// A request that needs no token, counted against its client's allowance.
-pub struct Limited {
-    pub ip: IpAddr,
+pub(crate) struct Limited {
+    pub(crate) ip: IpAddr,
 }
 
 impl FromRequestParts<AdminState> for Limited {

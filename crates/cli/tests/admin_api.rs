@@ -251,6 +251,8 @@ fn schemathesis_finds_the_server_true_to_its_openapi_document() {
         .args(["--generation-database", "none", "--no-color"])
         .arg("--tls-verify")
         .arg(pb.cert())
+        // (It keeps a cache in its working folder: the test's own, not the source tree.)
+        .current_dir(pb.data())
         .output()
         .expect("schemathesis");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
