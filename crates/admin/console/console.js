@@ -454,21 +454,29 @@
     const hours = graphMinutes / 60;
     const choose = h('select', { id: 'range', onchange: async (ev) => {
       graphMinutes = Number(ev.target.value);
-      const section = document.getElementById('activity');
-      section.replaceWith(activitySection(await api('GET', `/activity?minutes=${graphMinutes}`)));
-      document.getElementById('range').focus();
+      await redrawActivity('range');
     } }, [60, 180, 360].map((m) => h('option', { value: m, selected: m === graphMinutes }, `${m / 60} hour${m > 60 ? 's' : ''}`)));
     const refreshButton = h('button', { type: 'button', class: 'quiet', onclick: async () => {
-      const section = document.getElementById('activity');
-      section.replaceWith(activitySection(await api('GET', `/activity?minutes=${graphMinutes}`)));
-      document.getElementById('activity-refresh').focus();
-      announce('Graphs brought up to date.');
+      if (await redrawActivity('activity-refresh')) announce('Graphs brought up to date.');
     }, id: 'activity-refresh' }, 'Refresh');
     return h('section', { id: 'activity', 'aria-labelledby': 'activity-h' },
       h('h2', { id: 'activity-h' }, `The last ${hours} hour${hours > 1 ? 's' : ''}, per minute`),
       h('p', { class: 'hint' }, `Counted by node ${a.node} since it started; each node counts its own.`),
       h('div', { class: 'toolbar' }, field('Show', choose), refreshButton),
       h('div', { class: 'graphs' }, SERIES.map(([key, label, one, many]) => graph(a, key, label, one, many))));
+  }
+
+  /** The graphs again, the focus back on the control `focusId`; whether it worked (else said). */
+  async function redrawActivity(focusId) {
+    try {
+      const fresh = activitySection(await api('GET', `/activity?minutes=${graphMinutes}`));
+      document.getElementById('activity').replaceWith(fresh);
+      document.getElementById(focusId).focus();
+      return true;
+    } catch (e) {
+      announce(`The graphs cannot be brought up to date: ${e.message}`);
+      return false;
+    }
   }
 
   /** A bar per minute, with a summary for screen readers and the figures in a table. */

@@ -111,6 +111,7 @@ try {
   // Add a domain through its form.
   await page.getByRole('link', { name: 'Domains' }).click();
   await page.getByRole('heading', { name: 'Domains', level: 1 }).waitFor();
+  await settled(page, 'domains');
   await page.getByLabel('Domain', { exact: true }).fill('example.com');
   await page.getByLabel('Quota per user').fill('1GB');
   await page.getByRole('button', { name: 'Add domain' }).click();
