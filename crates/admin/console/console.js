@@ -705,7 +705,7 @@
     const cancel = h('button', { type: 'button', class: 'quiet' }, 'Cancel');
     confirmBox.append(h('p', { class: 'bad' }, 'This cannot be undone.'), h('div', { class: 'buttons' },
       h('button', { type: 'submit', class: 'danger' }, `Yes, ${label.charAt(0).toLowerCase()}${label.slice(1)}`), cancel));
-    f.querySelector('.buttons').append(ask);
+    f.querySelector(':scope > .buttons').append(ask);
     ask.addEventListener('click', () => {
       confirmBox.hidden = false;
       ask.hidden = true;

@@ -119,11 +119,12 @@ fn an_administrator_uses_the_console_in_a_real_browser() {
     let listed = String::from_utf8_lossy(&users.stdout).into_owned();
     let alice = listed.lines().find(|l| l.split('\t').next() == Some("alice")).unwrap_or_default().to_owned();
     assert!(alice.contains("5000000"), "alice's quota is 5MB: {listed}");
+    assert!(!listed.lines().any(|l| l.split('\t').next() == Some("bob")), "bob was deleted: {listed}");
     let domains = pb.run(&["domain", "list"], b"");
     assert!(String::from_utf8_lossy(&domains.stdout).contains("example.com"), "the domain was added");
     let audit = pb.run(&["admin", "audit", "--json"], b"");
     let audit = String::from_utf8_lossy(&audit.stdout).into_owned();
-    for action in ["user.quota", "domain.add", "session.end"] {
+    for action in ["user.quota", "user.delete", "domain.add", "session.end"] {
         assert!(
             audit.lines().any(|l| l.contains(action) && l.contains("token:console") && l.contains("\"ok\"")),
             "{action} by the console's token is in the audit log: {audit}"

@@ -108,6 +108,18 @@ try {
   await page.getByRole('alert').filter({ hasText: 'is not a size' }).waitFor();
   step('a size that cannot be read is refused with the reason');
 
+  // Delete a user: asked once more, then done.
+  await page.goto(`${url}#/users/bob`);
+  await page.getByRole('heading', { name: 'bob', level: 1 }).waitFor();
+  await page.getByRole('button', { name: 'Delete bob…' }).click();
+  const really = page.getByRole('button', { name: 'Yes, delete bob' });
+  check(await page.evaluate(() => document.activeElement.textContent === 'Yes, delete bob'), 'the confirmation has the focus');
+  await photo(page, 'user-delete-confirm');
+  await really.click();
+  await page.getByRole('heading', { name: 'Users', level: 1 }).waitFor();
+  await page.getByRole('status').filter({ hasText: 'Deleted bob' }).waitFor();
+  step('deleted bob, after a confirmation');
+
   // Add a domain through its form.
   await page.getByRole('link', { name: 'Domains' }).click();
   await page.getByRole('heading', { name: 'Domains', level: 1 }).waitFor();
