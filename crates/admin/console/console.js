@@ -253,7 +253,8 @@
     me = null;
     nav.hidden = true;
     who.hidden = true;
-    if (location.hash && location.hash !== '#/') location.hash = '#/';
+    // Back to the start without a navigation (whose render would hide the reason).
+    if (location.hash && location.hash !== '#/') history.replaceState(null, '', '/#/');
     signIn(why);
   }
 

@@ -167,6 +167,7 @@ try {
   // Signing out forgets the token.
   await page.getByRole('button', { name: 'Sign out' }).click();
   await page.getByRole('heading', { name: 'Sign in' }).waitFor();
+  await page.getByRole('alert').filter({ hasText: 'The token is forgotten by this tab' }).waitFor();
   check(await page.evaluate(() => sessionStorage.length === 0), 'signing out forgets the token');
   step('signing out forgets the token');
   check(errors.length === 0, `the page logged errors:\n${errors.join('\n')}`);
