@@ -870,6 +870,10 @@ fn listener_setting(config: &Config, addr: &str) -> &'static str {
         "[listen] https in the configuration"
     } else if is(&config.http) {
         "[listen] http in the configuration"
+    } else if config.admin.as_ref().is_some_and(|a| is(&a.listen)) {
+        "[admin] listen in the configuration"
+    } else if config.metrics.is_some_and(|m| m.to_string() == addr) {
+        "[metrics] listen in the configuration"
     } else {
         "[listen] lmtp_unix in the configuration, or --lmtp-unix PATH"
     }
@@ -929,7 +933,8 @@ fn config_check(data_dir: Option<&std::path::Path>, config: Option<&std::path::P
     // The ports, tried: one in use is a warning (the server this configuration describes may be
     // the one using it, as when checking before a SIGHUP), not a failure.
     let mut warnings = Vec::new();
-    for addr in config.pop3.iter().chain(&config.pop3s).chain(&config.lmtp) {
+    let others = config.https.iter().chain(&config.http).chain(config.admin.iter().flat_map(|a| &a.listen));
+    for addr in config.pop3.iter().chain(&config.pop3s).chain(&config.lmtp).chain(others).chain(&config.metrics) {
         match std::net::TcpListener::bind(addr) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {

@@ -183,6 +183,17 @@ fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
 }
 
 #[test]
+fn an_admin_port_in_use_is_named_by_its_setting() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let addr = taken.local_addr().expect("address");
+    let pb = Pillarbox::new();
+    pb.edit_config("listen = []\n# tls = true", &format!("listen = [\"{addr}\"]\n# tls = true"));
+    let out = pb.run(&["config", "check"], b"");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains(&format!("cannot listen on {addr}")) && said.contains("[admin] listen"), "{said}");
+}
+
+#[test]
 fn the_admin_api_is_refused_in_the_clear_off_loopback_and_named_in_the_error() {
     let pb = Pillarbox::new();
     pb.edit_config("listen = []\n# tls = true", "listen = [\"192.0.2.1:8443\"]\ntls = false");

@@ -137,6 +137,11 @@ fn an_administrator_uses_the_console_in_a_real_browser() {
 
 #[test]
 fn an_administrator_signs_in_through_the_identity_provider() {
+    // The sign-in does not depend on where users are kept, and the console's address must be
+    // fixed before the server starts, which two nodes on one configuration cannot share.
+    if common::cluster_mode() {
+        return;
+    }
     require_tool("node");
     require_tool("npm");
     install();
