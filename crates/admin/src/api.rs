@@ -360,13 +360,7 @@ async fn list_users(
         return Err(Problem::new(StatusCode::BAD_REQUEST, "limit is 1 to 1000"));
     }
     let domains = state.services.domains().await.map_err(unavailable)?;
-    let want = match &q.domain {
-        Some(d) => {
-            let d = DomainName::new(d).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e))?;
-            Some(domains.resolve(d.as_str()).map_or(d, |(n, _)| n.clone()))
-        }
-        None => None,
-    };
+    let want = wanted_domain(&domains, q.domain.as_deref())?;
     if let Some(d) = &want
         && !caller.may_read(Some(d))
     {
@@ -391,6 +385,13 @@ async fn list_users(
     let total = matching.len();
     let users = matching.into_iter().skip(q.offset).take(limit).collect();
     Ok(Json(UserPage { total, offset: q.offset, users }))
+}
+
+/// The domain a `domain=` filter names (an alias stands for its domain).
+fn wanted_domain(domains: &pillarbox_auth::DomainSet, asked: Option<&str>) -> Result<Option<DomainName>, Problem> {
+    let Some(d) = asked else { return Ok(None) };
+    let d = DomainName::new(d).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e))?;
+    Ok(Some(domains.resolve(d.as_str()).map_or(d, |(n, _)| n.clone())))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -767,10 +768,7 @@ async fn storage(
         return Err(Problem::new(StatusCode::BAD_REQUEST, "limit is 1 to 1000"));
     }
     let domains = state.services.domains().await.map_err(unavailable)?;
-    let want = match &q.domain {
-        Some(d) => Some(parse_domain(d).map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "not a domain name"))?),
-        None => None,
-    };
+    let want = wanted_domain(&domains, q.domain.as_deref())?;
     if let Some(d) = &want
         && !caller.may_read(Some(d))
     {

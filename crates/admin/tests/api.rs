@@ -621,6 +621,18 @@ async fn activity_storage_and_the_callers_own_scopes() {
         api.call(Method::GET, "/api/v1/storage?domain=b.test", Some(&a_only), None).await.status,
         StatusCode::FORBIDDEN
     );
+    // An alias stands for its domain.
+    let a = api
+        .admin(Method::POST, "/api/v1/domains", Some(json!({ "name": "a.test", "aliases": ["a-alias.test"] })))
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let st = api.admin(Method::GET, "/api/v1/storage?domain=a-alias.test", None).await;
+    assert_eq!(
+        (st.status, &st.body["users"], &st.body["messages"]),
+        (StatusCode::OK, &json!(2), &json!(3)),
+        "{}",
+        st.body
+    );
     // The activity is the whole service's: not for a domain's token.
     assert_eq!(api.call(Method::GET, "/api/v1/activity", Some(&a_only), None).await.status, StatusCode::FORBIDDEN);
     // Deliveries are counted as they happen.
