@@ -587,8 +587,10 @@ async fn activity_storage_and_the_callers_own_scopes() {
     let now = pillarbox_os::unix_now();
     api.now.store(now, Ordering::Relaxed);
     let activity = &api.services.metrics.activity;
-    activity.count_at(Event::FailedLogin, now - 100);
-    activity.count_at(Event::FailedLogin, now - 120);
+    // Two failed logins in the minute two before this one, whatever the second now is.
+    let two_before = now - now % 60 - 120;
+    activity.count_at(Event::FailedLogin, two_before);
+    activity.count_at(Event::FailedLogin, two_before + 59);
     activity.count_at(Event::Login, now);
     let a = api.admin(Method::GET, "/api/v1/activity?minutes=3", None).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
