@@ -1,6 +1,8 @@
 //! The endpoints. Each handler is annotated with what the OpenAPI document says of it; the
 //! document is made from these annotations, so it cannot drift from the routes.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -359,39 +361,51 @@ async fn list_users(
     if !(1..=1000).contains(&limit) {
         return Err(Problem::new(StatusCode::BAD_REQUEST, "limit is 1 to 1000"));
     }
-    let domains = state.services.domains().await.map_err(unavailable)?;
-    let want = wanted_domain(&domains, q.domain.as_deref())?;
-    if let Some(d) = &want
-        && !caller.may_read(Some(d))
-    {
-        return Err(forbidden("this token's scopes do not cover that domain"));
-    }
     let search = q.search.map(|s| s.to_lowercase());
-    let users = state.services.users().await.map_err(problem_of)?;
-    let local = domains.domains.iter().find(|(_, r)| r.local).map(|(n, _)| n.clone());
-    let mut matching = Vec::new();
-    for e in &users {
-        let domain = match e.name.as_str().rsplit_once('@') {
-            Some((_, d)) => domains.resolve(d).map(|(n, _)| n.clone()).or_else(|| DomainName::new(d).ok()),
-            None => local.clone(),
-        };
-        let listed = caller.may_read(domain.as_ref())
-            && want.as_ref().is_none_or(|w| domain.as_ref() == Some(w))
-            && search.as_ref().is_none_or(|s| e.name.as_str().to_lowercase().contains(s));
-        if listed {
-            matching.push(user_view(e, domain.as_ref()));
-        }
-    }
+    let (_, visible) = visible_users(&state, &caller, q.domain.as_deref()).await?;
+    let matching: Vec<User> = visible
+        .iter()
+        .filter(|(e, _)| search.as_ref().is_none_or(|s| e.name.as_str().to_lowercase().contains(s)))
+        .map(|(e, domain)| user_view(e, domain.as_ref()))
+        .collect();
     let total = matching.len();
     let users = matching.into_iter().skip(q.offset).take(limit).collect();
     Ok(Json(UserPage { total, offset: q.offset, users }))
 }
 
-/// The domain a `domain=` filter names (an alias stands for its domain).
-fn wanted_domain(domains: &pillarbox_auth::DomainSet, asked: Option<&str>) -> Result<Option<DomainName>, Problem> {
-    let Some(d) = asked else { return Ok(None) };
-    let d = DomainName::new(d).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e))?;
-    Ok(Some(domains.resolve(d.as_str()).map_or(d, |(n, _)| n.clone())))
+/// The users the caller may read, each with its domain, in name order; only those of `domain`
+/// when a `domain=` filter names one (an alias stands for its domain).
+async fn visible_users(
+    state: &AdminState,
+    caller: &Caller,
+    domain: Option<&str>,
+) -> Result<(Arc<pillarbox_auth::DomainSet>, Vec<(pillarbox_auth::Entry, Option<DomainName>)>), Problem> {
+    let domains = state.services.domains().await.map_err(unavailable)?;
+    let want = match domain {
+        Some(d) => {
+            let d = DomainName::new(d).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e))?;
+            Some(domains.resolve(d.as_str()).map_or(d, |(n, _)| n.clone()))
+        }
+        None => None,
+    };
+    if let Some(d) = &want
+        && !caller.may_read(Some(d))
+    {
+        return Err(forbidden("this token's scopes do not cover that domain"));
+    }
+    let users = state.services.users().await.map_err(problem_of)?;
+    let local = domains.domains.iter().find(|(_, r)| r.local).map(|(n, _)| n.clone());
+    let mut visible = Vec::new();
+    for e in users {
+        let domain = match e.name.as_str().rsplit_once('@') {
+            Some((_, d)) => domains.resolve(d).map(|(n, _)| n.clone()).or_else(|| DomainName::new(d).ok()),
+            None => local.clone(),
+        };
+        if caller.may_read(domain.as_ref()) && want.as_ref().is_none_or(|w| domain.as_ref() == Some(w)) {
+            visible.push((e, domain));
+        }
+    }
+    Ok((domains, visible))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -767,20 +781,10 @@ async fn storage(
     if !(1..=1000).contains(&limit) {
         return Err(Problem::new(StatusCode::BAD_REQUEST, "limit is 1 to 1000"));
     }
-    let domains = state.services.domains().await.map_err(unavailable)?;
-    let want = wanted_domain(&domains, q.domain.as_deref())?;
-    if let Some(d) = &want
-        && !caller.may_read(Some(d))
-    {
-        return Err(forbidden("this token's scopes do not cover that domain"));
-    }
-    let users = state.services.users().await.map_err(problem_of)?;
-    let mut all = Vec::new();
-    for e in &users {
-        let domain = domain_of(&state, &e.name).await?;
-        if caller.may_read(domain.as_ref()) && want.as_ref().is_none_or(|w| domain.as_ref() == Some(w)) {
-            all.push(usage_of(&state, e, &domains).await?);
-        }
+    let (domains, visible) = visible_users(&state, &caller, q.domain.as_deref()).await?;
+    let mut all = Vec::with_capacity(visible.len());
+    for (e, _) in &visible {
+        all.push(usage_of(&state, e, &domains).await?);
     }
     let (bytes, messages) =
         all.iter().fold((0u64, 0u64), |(b, m), u| (b.saturating_add(u.bytes), m.saturating_add(u.messages)));
