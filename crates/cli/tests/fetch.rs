@@ -525,28 +525,81 @@ fn write_crash_mail(pb: &Pillarbox, total: usize) {
     }
 }
 
-/// Start `fetch` with these accounts and kill -9 it after a random 10-260 ms, up to 12 times
-/// (at most a minute, and only while alice has mail left); returns how many times.
-fn kill_9_trials(pb: &Pillarbox, accounts: &Path, state: &Path, seed: u64) -> usize {
+/// What the crash trials look at in the local store.
+struct Probe<'a> {
+    /// Grows as messages arrive (files or octets written).
+    progress: &'a dyn Fn() -> u64,
+    /// Whether one batch was being committed while the next one downloaded.
+    overlapped: &'a dyn Fn() -> bool,
+}
+
+/// Start `fetch` with these accounts and kill -9 it, up to 12 times (at most a minute, and only
+/// while alice has mail left): one run in four after a random 10-260 ms (during the login), the
+/// others a random 0-250 ms after messages start arriving. Returns how many times, and how many
+/// of the kills came while one batch was being committed and the next one downloading. Every
+/// other run holds each batch 60 ms between its sync and its journal record (a debug build's
+/// test hook), which makes such kills likely.
+fn kill_9_trials(pb: &Pillarbox, accounts: &Path, state: &Path, seed: u64, probe: &Probe) -> (usize, usize) {
     let mut rng = Rng(seed);
     let started = Instant::now();
-    let mut trials = 0;
+    let (mut trials, mut overlaps) = (0usize, 0);
     while trials < 12 && started.elapsed() < Duration::from_secs(60) && pb.stored("alice") > 0 {
         trials += 1;
+        let pause = if trials.is_multiple_of(2) { "60" } else { "0" };
         let mut child = Command::new(bin())
             .args(["fetch", "--quiet", "--accounts-file"])
             .arg(accounts)
             .arg("--state-dir")
             .arg(state)
+            .env("PILLARBOX_TEST_COMMIT_PAUSE_MS", pause)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("fetch");
-        std::thread::sleep(Duration::from_millis(10 + rng.next() % 250));
+        if rng.next().is_multiple_of(4) {
+            std::thread::sleep(Duration::from_millis(10 + rng.next() % 250));
+        } else {
+            let (before, deadline) = ((probe.progress)(), Instant::now() + Duration::from_secs(20));
+            while (probe.progress)() == before && Instant::now() < deadline && child.try_wait().ok().flatten().is_none()
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            std::thread::sleep(Duration::from_millis(rng.next() % 250));
+        }
         let _ = Command::new("kill").args(["-KILL", &child.id().to_string()]).status();
         let _ = child.wait();
+        overlaps += usize::from((probe.overlapped)());
     }
-    trials
+    (trials, overlaps)
+}
+
+/// The files under `dir` (recursively) named `name`.
+fn find_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            found.extend(find_named(&p, name));
+        } else if e.file_name() == name {
+            found.push(p);
+        }
+    }
+    found
+}
+
+/// How many messages the account's journal under `state` records as stored.
+fn journaled(state: &Path) -> usize {
+    let mut ids = std::collections::HashSet::new();
+    for j in find_named(state, "journal") {
+        for l in std::fs::read_to_string(j).expect("journal").lines() {
+            match l.strip_suffix(" .").map(|l| l.split(' ').collect::<Vec<_>>()).as_deref() {
+                Some(["+", id, _]) => ids.insert(id.to_string()),
+                Some(["-", id]) => ids.remove(*id),
+                _ => false,
+            };
+        }
+    }
+    ids.len()
 }
 
 #[test]
@@ -560,8 +613,18 @@ fn kill_9_at_random_moments_never_loses_or_duplicates_mail() {
     let acct = tls_account(&pb, "crash", "", &w.join("m"));
     let file = w.join("accounts.toml");
     std::fs::write(&file, &acct).expect("accounts");
-    let trials = kill_9_trials(&pb, &file, &w.join("state"), 0x5eed_1234_abcd_9876);
+    let state = w.join("state");
+    let md = w.join("m");
+    let count = |sub: &str| std::fs::read_dir(md.join(sub)).map_or(0, |d| d.count());
+    // Killed after a batch was moved into place and before its record, with the next batch's
+    // files being written: the next run must recognise the first and redo the second.
+    let overlapped = || count("tmp") > 0 && count("new") > journaled(&state);
+    let progress = || (count("tmp") + count("new")) as u64;
+    let probe = Probe { progress: &progress, overlapped: &overlapped };
+    let (trials, overlaps) = kill_9_trials(&pb, &file, &state, 0x5eed_1234_abcd_9876, &probe);
     assert!(trials >= 2, "the fetch was interrupted {trials} time(s)");
+    eprintln!("{trials} kills, {overlaps} while a batch was committed and the next downloading");
+    assert!(overlaps >= 1, "no kill came while a batch was committed and the next downloading ({trials} kills)");
     // Finish normally, then check: every message exactly once locally, none left on the server.
     let (out, ev) = fetch(w, &acct, &[]);
     assert!(out.status.success(), "{ev:?}");
@@ -616,7 +679,7 @@ fn other_mbox_writer(mbox: PathBuf, stop: std::sync::Arc<std::sync::atomic::Atom
 #[test]
 fn kill_9_next_to_another_mbox_writer_never_loses_cuts_or_duplicates_mail() {
     let mut pb = Pillarbox::new();
-    let total = 600;
+    let total = 1200;
     write_crash_mail(&pb, total);
     pb.start();
     let work = tempfile::tempdir().expect("tempdir");
@@ -634,8 +697,20 @@ fn kill_9_next_to_another_mbox_writer_never_loses_cuts_or_duplicates_mail() {
         let (mbox, stop) = (mbox.clone(), stop.clone());
         std::thread::spawn(move || other_mbox_writer(mbox, stop))
     };
-    let trials = kill_9_trials(&pb, &file, &w.join("state"), 0x0dd_ba11_5eed_f00d);
+    let state = w.join("state");
+    // Killed while one batch was appended (or waiting for its record) and the next was staged.
+    let overlapped =
+        || !find_named(&state, "mbox-batch").is_empty() && !find_named(&state, "mbox-batch.odd").is_empty();
+    // The staged octets (the mbox itself grows with the other writer's mail all the time).
+    let progress = || -> u64 {
+        let size = |p: PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
+        ["mbox-batch", "mbox-batch.odd"].iter().flat_map(|n| find_named(&state, n)).map(size).sum()
+    };
+    let probe = Probe { progress: &progress, overlapped: &overlapped };
+    let (trials, overlaps) = kill_9_trials(&pb, &file, &state, 0x0dd_ba11_5eed_f00d, &probe);
     assert!(trials >= 2, "the fetch was interrupted {trials} time(s)");
+    eprintln!("{trials} kills, {overlaps} while a batch was committed and the next staged");
+    assert!(overlaps >= 1, "no kill came while a batch was committed and the next staged ({trials} kills)");
     let (out, ev) = fetch(w, &acct, &[]);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let others = writer.join().expect("writer");

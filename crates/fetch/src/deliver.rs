@@ -87,17 +87,34 @@ enum Kind {
 /// An mbox destination (see [`crate::mbox`] for how a batch is appended and recovered).
 struct Mbox {
     path: PathBuf,
-    /// The recovery record and the staging file, beside the journal.
+    /// The recovery record and the staging files' base name, beside the journal.
     pending: PathBuf,
     staging: PathBuf,
-    /// The staging file of the batch being written, and that batch's number.
-    file: Option<(File, u64)>,
+    /// The staging file of the batch being written.
+    file: Option<Staging>,
     /// Ids of the messages staged in this batch.
     written: Vec<String>,
-    /// The mbox's locks, from the append until the journal has the batch.
-    held: Option<MboxLock>,
     /// Ids of messages a killed run appended whole (see [`crate::mbox::recover`]).
     kept: HashSet<String>,
+}
+
+/// One batch's staging file.
+struct Staging {
+    file: File,
+    path: PathBuf,
+    batch: u64,
+}
+
+/// Remove these files when they exist.
+fn remove_files(paths: &[&Path]) -> Result<(), DeliverError> {
+    for p in paths {
+        match fs::remove_file(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(format!("removing {}", p.display()))(e).into()),
+        }
+    }
+    Ok(())
 }
 
 impl Mbox {
@@ -108,41 +125,125 @@ impl Mbox {
             staging: state_dir.join("mbox-batch"),
             file: None,
             written: Vec::new(),
-            held: None,
             kept: HashSet::new(),
         }
     }
 
-    /// The batch is recorded (or was recovered): its recovery record and staged copy go.
-    fn forget_batch(&mut self) -> Result<(), DeliverError> {
-        for p in [&self.pending, &self.staging] {
-            match fs::remove_file(p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(format!("removing {}", p.display()))(e).into()),
-            }
-        }
-        Ok(())
+    /// No batch is in the works (the run starts, or a recovered batch is recorded): the recovery
+    /// record and both staging files go.
+    fn forget_all(&mut self) -> Result<(), DeliverError> {
+        let odd = crate::mbox::staging_path(&self.staging, 1);
+        remove_files(&[&self.pending, &self.staging, &odd])
+    }
+}
+
+/// A sealed mbox batch: append the staged batch under the mbox's locks, after making its
+/// recovery record durable; the locks stay held until the journal has the batch
+/// ([`Durable::committed`]).
+fn append_mbox(mbox: &Path, pending: &Path, staged: Staging, ids: &[String]) -> Result<Durable, DeliverError> {
+    let ctx = |what: &str, p: &Path| io_err(format!("{what} {}", p.display()));
+    let Staging { file, path: staging, batch } = staged;
+    file.sync_all().map_err(ctx("syncing", &staging))?;
+    let len = file.metadata().map_err(ctx("reading", &staging))?.len();
+    drop(file);
+    let mut lock = MboxLock::acquire(mbox)?;
+    let start = lock.file().metadata().map_err(ctx("reading", mbox))?.len();
+    let dotlock = lock.dotlock_id();
+    Pending { batch, start, len, ids: ids.to_vec(), dotlock }.write(pending)?;
+    let mut from = File::open(&staging).map_err(ctx("opening", &staging))?;
+    io::copy(&mut from, lock.file()).and_then(|_| lock.file().sync_all()).map_err(ctx("appending to", mbox))?;
+    Ok(Durable { mbox: Some((lock, pending.to_owned(), staging)) })
+}
+
+/// A batch whose messages are all written, to be made durable ([`Sealed::make_durable`], on any
+/// thread, while the next batch downloads) before the journal records it.
+pub struct Sealed {
+    ids: Vec<String>,
+    work: Work,
+}
+
+enum Work {
+    Maildir {
+        new: PathBuf,
+        staged: Vec<Staged>,
+    },
+    Mbox {
+        path: PathBuf,
+        pending: PathBuf,
+        staged: Staging,
+    },
+    /// MDA: each message was delivered when its command exited 0.
+    Nothing,
+}
+
+/// What a durable batch holds until the journal has it: an mbox's locks (so nobody appends
+/// between the batch and its record), and its recovery record.
+pub struct Durable {
+    mbox: Option<(MboxLock, PathBuf, PathBuf)>,
+}
+
+impl Sealed {
+    /// The ids of the batch's messages, in order.
+    pub fn ids(&self) -> &[String] {
+        &self.ids
     }
 
-    /// Append the staged batch under the mbox's locks, after making its recovery record
-    /// durable; the locks stay held until [`Local::committed`].
-    fn append(&mut self) -> Result<(), DeliverError> {
-        let Some((staged, batch)) = self.file.take() else { return Ok(()) };
-        let ctx = |what: &str, p: &Path| io_err(format!("{what} {}", p.display()));
-        staged.sync_all().map_err(ctx("syncing", &self.staging))?;
-        let len = staged.metadata().map_err(ctx("reading", &self.staging))?.len();
-        drop(staged);
-        let mut lock = MboxLock::acquire(&self.path)?;
-        let start = lock.file().metadata().map_err(ctx("reading", &self.path))?.len();
-        let dotlock = lock.dotlock_id();
-        Pending { batch, start, len, ids: self.written.clone(), dotlock }.write(&self.pending)?;
-        let mut from = File::open(&self.staging).map_err(ctx("opening", &self.staging))?;
-        io::copy(&mut from, lock.file())
-            .and_then(|_| lock.file().sync_all())
-            .map_err(ctx("appending to", &self.path))?;
-        self.held = Some(lock);
-        Ok(())
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Make every message of the batch durable.
+    pub fn make_durable(mut self) -> Result<Durable, DeliverError> {
+        match std::mem::replace(&mut self.work, Work::Nothing) {
+            Work::Maildir { new, mut staged } => {
+                let result = durable_maildir(&new, &mut staged);
+                // Whatever was not moved into place (an error) goes.
+                for s in staged {
+                    let _ = fs::remove_file(&s.tmp);
+                }
+                result.map(|()| Durable { mbox: None })
+            }
+            Work::Mbox { path, pending, staged } => append_mbox(&path, &pending, staged, &self.ids),
+            Work::Nothing => Ok(Durable { mbox: None }),
+        }
+    }
+}
+
+impl Drop for Sealed {
+    fn drop(&mut self) {
+        if let Work::Maildir { staged, .. } = &mut self.work {
+            for s in staged.drain(..) {
+                let _ = fs::remove_file(&s.tmp);
+            }
+        }
+    }
+}
+
+/// fsync the staged files, move them into `new/` (draining `staged` as they go) and sync the
+/// folder once.
+fn durable_maildir(new: &Path, staged: &mut Vec<Staged>) -> Result<(), DeliverError> {
+    if staged.is_empty() {
+        return Ok(());
+    }
+    sync_all_parallel(staged)?;
+    for (i, s) in staged.iter().enumerate() {
+        if let Err(e) = fs::rename(&s.tmp, new.join(&s.name)) {
+            // Those moved are in place (and recognised by their names); the rest stay staged.
+            staged.drain(..i);
+            return Err(io_err(format!("moving a message into {}", new.display()))(e).into());
+        }
+    }
+    staged.clear();
+    Ok(pillarbox_os::fsync_dir(new).map_err(io_err(format!("syncing {}", new.display())))?)
+}
+
+impl Durable {
+    /// The journal has the batch: the mbox recovery record and staged copy go, and the locks.
+    pub fn committed(self) {
+        if let Some((lock, pending, staging)) = self.mbox {
+            let _ = remove_files(&[&pending, &staging]);
+            drop(lock);
+        }
     }
 }
 
@@ -165,6 +266,8 @@ enum Current {
 
 pub struct Local {
     kind: Kind,
+    /// A batch made durable by [`Self::flush`], until [`Self::committed`].
+    flushed: Option<Durable>,
     account_key: String,
     /// The account's folder name before the naming change, when its journal was adopted: a run
     /// interrupted before the change tagged its Maildir files with it.
@@ -246,7 +349,7 @@ impl Local {
                     Recovered::Left(why) => notices.push(why),
                 }
                 if mbox.kept.is_empty() {
-                    mbox.forget_batch()?;
+                    mbox.forget_all()?;
                 }
                 Kind::Mbox(mbox)
             }
@@ -279,6 +382,7 @@ impl Local {
         let account_key = account_key.to_owned();
         Self {
             kind,
+            flushed: None,
             account_key,
             legacy_key,
             current: None,
@@ -327,23 +431,19 @@ impl Local {
             }
             Kind::Mbox(mbox) => {
                 if mbox.file.is_none() {
-                    // A recovered batch's record goes before a new batch is staged.
-                    mbox.forget_batch()?;
-                }
-                let staging = &mbox.staging;
-                let ctx = |what: &str| io_err(format!("{what} {}", staging.display()));
-                if mbox.file.is_none() {
-                    let f = OpenOptions::new()
+                    let path = crate::mbox::staging_path(&mbox.staging, next_batch);
+                    let file = OpenOptions::new()
                         .create(true)
                         .truncate(true)
                         .read(true)
                         .write(true)
                         .mode(0o600)
-                        .open(staging)
-                        .map_err(ctx("creating"))?;
-                    mbox.file = Some((f, next_batch));
+                        .open(&path)
+                        .map_err(io_err(format!("creating {}", path.display())))?;
+                    mbox.file = Some(Staging { file, path, batch: next_batch });
                 }
-                let (f, _) = mbox.file.as_mut().ok_or_else(|| ctx("staging")(io::Error::other("not open")))?;
+                let Some(Staging { file: f, path, .. }) = mbox.file.as_mut() else { unreachable!("opened above") };
+                let ctx = |what: &str| io_err(format!("{what} {}", path.display()));
                 let start = f.metadata().map_err(ctx("reading"))?.len();
                 let date = mbox_date();
                 f.write_all(format!("From MAILER-DAEMON {date}\n").as_bytes()).map_err(ctx("writing"))?;
@@ -378,9 +478,9 @@ impl Local {
                 *size += data.len() as u64;
                 Ok(file.write_all(data).map_err(io_err(format!("writing {}", tmp.display())))?)
             }
-            (Some(Current::Mbox { at_line_start, line, .. }), Kind::Mbox(Mbox { staging, file: Some((f, _)), .. })) => {
-                Ok(pillarbox_mailbox::mboxrd_quote(data, at_line_start, line, f)
-                    .map_err(io_err(format!("writing {}", staging.display())))?)
+            (Some(Current::Mbox { at_line_start, line, .. }), Kind::Mbox(Mbox { file: Some(s), .. })) => {
+                Ok(pillarbox_mailbox::mboxrd_quote(data, at_line_start, line, &mut s.file)
+                    .map_err(io_err(format!("writing {}", s.path.display())))?)
             }
             (Some(Current::Mda { child, .. }), Kind::Mda { command, .. }) => match child.stdin.as_mut() {
                 Some(stdin) => Ok(stdin.write_all(data).map_err(io_err(format!("writing to the MDA `{command}`")))?),
@@ -416,7 +516,7 @@ impl Local {
             }
             (
                 Some(Current::Mbox { at_line_start, line, .. }),
-                Kind::Mbox(Mbox { staging, file: Some((f, _)), written, .. }),
+                Kind::Mbox(Mbox { file: Some(Staging { file: f, path: staging, .. }), written, .. }),
             ) => {
                 // The undecided head of a last line is too short to be a From_ line. A message
                 // without a final newline still ends its line; then comes the blank separator.
@@ -452,7 +552,7 @@ impl Local {
             }
             // Cut the partial message off; the batch's finished messages stay.
             Some(Current::Mbox { start, .. }) => {
-                if let Kind::Mbox(Mbox { file: Some((f, _)), .. }) = &mut self.kind {
+                if let Kind::Mbox(Mbox { file: Some(Staging { file: f, .. }), .. }) = &mut self.kind {
                     let _ = f.set_len(start);
                     let _ = f.seek(io::SeekFrom::Start(start));
                 }
@@ -465,40 +565,60 @@ impl Local {
         }
     }
 
-    /// Make every finished message durable; returns their ids.
-    pub fn flush(&mut self) -> Result<Vec<String>, DeliverError> {
+    /// Close the batch of the messages finished so far, to be made durable apart from this
+    /// destination (the next batch can be written meanwhile).
+    pub fn seal(&mut self) -> Sealed {
         match &mut self.kind {
-            Kind::Maildir { dir, present, staged } => {
-                let new = dir.join("new");
-                let mut ids = Vec::new();
-                sync_all_parallel(staged)?;
-                for s in staged.drain(..) {
-                    fs::rename(&s.tmp, new.join(&s.name))
-                        .map_err(io_err(format!("moving a message into {}", new.display())))?;
-                    if let Some(tag) = s.name.split('.').find_map(|p| p.strip_prefix('F')) {
-                        present.insert(tag.to_owned());
-                    }
-                    ids.push(s.id);
-                }
-                if !ids.is_empty() {
-                    pillarbox_os::fsync_dir(&new).map_err(io_err(format!("syncing {}", new.display())))?;
-                }
-                Ok(ids)
+            Kind::Maildir { dir, staged, .. } => {
+                let staged = std::mem::take(staged);
+                let ids = staged.iter().map(|s| s.id.clone()).collect();
+                Sealed { ids, work: Work::Maildir { new: dir.join("new"), staged } }
             }
             Kind::Mbox(mbox) => {
-                mbox.append()?;
-                Ok(std::mem::take(&mut mbox.written))
+                let ids = std::mem::take(&mut mbox.written);
+                match mbox.file.take() {
+                    Some(staged) => Sealed {
+                        ids,
+                        work: Work::Mbox { path: mbox.path.clone(), pending: mbox.pending.clone(), staged },
+                    },
+                    None => Sealed { ids, work: Work::Nothing },
+                }
             }
-            Kind::Mda { done, .. } => Ok(std::mem::take(done)),
+            Kind::Mda { done, .. } => Sealed { ids: std::mem::take(done), work: Work::Nothing },
         }
     }
 
-    /// After the journal committed a batch: the mbox recovery record is no longer needed.
-    pub fn committed(&mut self) {
-        if let Kind::Mbox(mbox) = &mut self.kind {
-            let _ = mbox.forget_batch();
-            mbox.held = None;
+    /// The journal has recorded these messages: this destination counts them as stored.
+    pub fn recorded(&mut self, ids: &[String]) {
+        if let Kind::Maildir { present, .. } = &mut self.kind {
+            present.extend(ids.iter().map(|id| fetch_tag(&self.account_key, id)));
         }
+    }
+
+    /// The messages an interrupted run stored (see [`Self::already_stored`]) are recorded in the
+    /// journal: its mbox recovery record and staged copies go. Only while no batch is in the works.
+    pub fn recovery_recorded(&mut self) -> Result<(), DeliverError> {
+        match &mut self.kind {
+            Kind::Mbox(mbox) if mbox.file.is_none() => mbox.forget_all(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Make every finished message durable now; returns their ids. [`Self::committed`] once
+    /// the journal has them.
+    pub fn flush(&mut self) -> Result<Vec<String>, DeliverError> {
+        let sealed = self.seal();
+        let ids = sealed.ids().to_vec();
+        self.flushed = Some(sealed.make_durable()?);
+        Ok(ids)
+    }
+
+    /// After the journal committed the batch of [`Self::flush`].
+    pub fn committed(&mut self, ids: &[String]) {
+        if let Some(d) = self.flushed.take() {
+            d.committed();
+        }
+        self.recorded(ids);
     }
 }
 
@@ -615,8 +735,8 @@ mod tests {
             let mbox = dir.path().join("mbox");
             let mut l = Local::open(&Deliver::Mbox(mbox.clone()), "a", None, dir.path(), 0).expect("open");
             deliver_all(&mut l, &[("1", msg)], chunk);
-            l.flush().expect("flush");
-            l.committed();
+            let ids = l.flush().expect("flush");
+            l.committed(&ids);
             let text = fs::read_to_string(&mbox).expect("read");
             let body = text.split_once('\n').expect("From line").1;
             assert_eq!(body, "Subject: x\n\n>From here\n>>From there\nnot From\nFrom\n\n", "chunk {chunk}");
@@ -629,8 +749,8 @@ mod tests {
         let mbox = dir.path().join("mbox");
         let mut l = Local::open(&Deliver::Mbox(mbox.clone()), "a", None, dir.path(), 0).expect("open");
         deliver_all(&mut l, &[("1", b"one\r\n")], 64);
-        l.flush().expect("flush");
-        l.committed();
+        let ids = l.flush().expect("flush");
+        l.committed(&ids);
         let after_first = fs::metadata(&mbox).expect("m").len();
         deliver_batch(&mut l, &[("2", b"two\r\n")], 64, 2);
         l.flush().expect("flush");

@@ -6,12 +6,16 @@
 //! 4. only then send DELE for messages the keep policy lets go;
 //! 5. QUIT; when the server confirms, the deleted messages are forgotten in the journal.
 //!
+//! Steps 2 and 3 of a batch run on a blocking thread while the next batch downloads: the RETRs
+//! never stop for a sync, and a batch's DELEs join the stream of commands once its record is on
+//! disk. At most one batch is being committed at a time, so the journal's batches stay in order.
+//!
 //! A crash or dropped connection at any point leaves every message either stored locally once
 //! (and recognised as such next time) or still on the server: the server deletes nothing without
 //! QUIT, and nothing is deleted that is not journaled.
 
 use pillarbox_proto::client::ClientCommand;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 
 use pillarbox_proto::Secret;
@@ -19,8 +23,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::conn::{Conn, ConnError};
-use crate::deliver::{DeliverError, Local};
-use crate::journal::{Journal, JournalError};
+use crate::deliver::{DeliverError, Local, Sealed};
+use crate::journal::{Journal, JournalError, Written};
 use pillarbox_accounts::{Account, Keep, Oversize, PasswordSource};
 use pillarbox_mailbox::Headline;
 
@@ -297,9 +301,12 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
         .filter_map(|e| e.uid.clone())
         .filter(|u| journal.stored_at(u).is_none() && local.already_stored(u))
         .collect();
-    if !recovered.is_empty() && !opts.dry_run {
-        journal.stored_batch(&recovered, opts.now)?;
-        local.committed();
+    if !opts.dry_run {
+        if !recovered.is_empty() {
+            journal.stored_batch(&recovered, opts.now)?;
+            local.recorded(&recovered);
+        }
+        local.recovery_recorded()?;
     }
 
     let mut to_fetch = Vec::new();
@@ -372,45 +379,27 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
     }
 
     let window = if conn.capa.has("PIPELINING") { WINDOW } else { 1 };
-    let mut delivered = 0;
-    let mut bytes = 0u64;
-    let mut deleted_ids: Vec<String> = Vec::new();
-    for batch in to_fetch.chunks(BATCH_MESSAGES) {
-        // Split further by size, then download with up to `window` RETRs in flight.
-        let mut start = 0;
-        while start < batch.len() {
-            let mut end = start;
-            let mut batch_bytes = 0;
-            while end < batch.len() && (end == start || batch_bytes + batch[end].size <= BATCH_BYTES) {
-                batch_bytes += batch[end].size;
-                end += 1;
-            }
-            let part = &batch[start..end];
-            start = end;
-            let fetched = download(&mut conn, &mut local, &journal, part, window, account.max_size, &warn).await?;
-            // Syncing, and for an mbox waiting for other writers' locks, must not hold up the
-            // other accounts' connections on this worker thread.
-            let mut ids = blocking(|| local.flush())?;
-            // Recognised as stored by an interrupted run: journaled now, so they can go too.
-            ids.extend(fetched.iter().filter(|f| !f.fresh && journal.stored_at(&f.id).is_none()).map(|f| f.id.clone()));
-            journal.stored_batch(&ids, opts.now)?;
-            local.committed();
-            for f in fetched.iter().filter(|f| f.fresh && journal.stored_at(&f.id).is_some()) {
-                delivered += 1;
-                bytes += f.size;
-                emit(Event::Delivered { account: name.clone(), id: f.id.clone(), size: f.size });
-            }
-            if account.keep == Keep::Delete {
-                let numbers: Vec<(u32, String)> = fetched
-                    .iter()
-                    .filter(|f| journal.stored_at(&f.id).is_some())
-                    .map(|f| (f.number, f.id.clone()))
-                    .collect();
-                deleted_ids.extend(dele(&mut conn, &numbers, window).await?);
-            }
-        }
-    }
-    deleted_ids.extend(dele(&mut conn, &to_delete, window).await?);
+    let first_batch = journal.last_batch() + 1;
+    let mut run = Download {
+        account,
+        now: opts.now,
+        emit,
+        window,
+        to_fetch,
+        next_retr: 0,
+        in_flight: VecDeque::new(),
+        // Messages stored by earlier runs can go at once: their records are on disk.
+        deletes: to_delete.into_iter().collect(),
+        batch: Vec::new(),
+        batch_bytes: 0,
+        batch_number: first_batch,
+        commit: None,
+        delivered: 0,
+        bytes: 0,
+        deleted_ids: Vec::new(),
+    };
+    run.all(&mut conn, &mut local, &mut journal, &warn).await?;
+    let Download { delivered, bytes, deleted_ids, .. } = run;
     let quit = conn.command(ClientCommand::Quit).await;
     let deleted = if quit.is_ok() { deleted_ids.len() } else { 0 };
     // Without a QUIT the server deletes nothing: everything downloaded stays.
@@ -527,113 +516,262 @@ struct Fetched {
     fresh: bool,
 }
 
-/// RETR the messages with up to `window` commands in flight, delivering each.
-async fn download(
+/// A command sent and not answered yet.
+enum InFlight {
+    /// RETR of `to_fetch[i]`.
+    Retr(usize),
+    Dele(String),
+}
+
+/// A batch being made durable and recorded on a blocking thread.
+struct Commit {
+    task: tokio::task::JoinHandle<Result<Written, FetchError>>,
+    /// The ids the record stores, and the batch's messages.
+    ids: Vec<String>,
+    fetched: Vec<Fetched>,
+}
+
+/// The download of an account's new messages: one stream of pipelined commands (RETRs, and each
+/// committed batch's DELEs), with the previous batch committed beside it.
+struct Download<'a> {
+    account: &'a Account,
+    now: u64,
+    emit: &'a (dyn Fn(Event) + Sync),
+    window: usize,
+    to_fetch: Vec<&'a Entry>,
+    /// The next message to send a RETR for.
+    next_retr: usize,
+    in_flight: VecDeque<InFlight>,
+    /// DELEs allowed (their messages are journaled) and not sent yet.
+    deletes: VecDeque<(u32, String)>,
+    /// The batch being downloaded, its size, and the number the journal will give it.
+    batch: Vec<Fetched>,
+    batch_bytes: u64,
+    batch_number: u64,
+    commit: Option<Commit>,
+    delivered: usize,
+    bytes: u64,
+    deleted_ids: Vec<String>,
+}
+
+impl Download<'_> {
+    /// Download everything, send every DELE allowed, and wait for the last commit. On an error
+    /// the batch being committed is still waited for, so that what is on disk is recorded.
+    async fn all(
+        &mut self,
+        conn: &mut Conn,
+        local: &mut Local,
+        journal: &mut Journal,
+        warn: &(dyn Fn(&str, String) + Sync),
+    ) -> Result<(), FetchError> {
+        let result = self.pump(conn, local, journal, warn).await;
+        if result.is_err() {
+            local.abort();
+            if let Some(c) = self.commit.take() {
+                self.settle(c, local, journal).await?;
+            }
+        }
+        result
+    }
+
+    async fn pump(
+        &mut self,
+        conn: &mut Conn,
+        local: &mut Local,
+        journal: &mut Journal,
+        warn: &(dyn Fn(&str, String) + Sync),
+    ) -> Result<(), FetchError> {
+        loop {
+            if self.commit.as_ref().is_some_and(|c| c.task.is_finished())
+                && let Some(c) = self.commit.take()
+            {
+                self.settle(c, local, journal).await?;
+            }
+            while self.in_flight.len() < self.window {
+                if let Some((number, id)) = self.deletes.pop_front() {
+                    conn.send_command(ClientCommand::Dele(number)).await?;
+                    self.in_flight.push_back(InFlight::Dele(id));
+                } else if let Some(e) = self.to_fetch.get(self.next_retr) {
+                    conn.send_command(ClientCommand::Retr(e.number)).await?;
+                    self.in_flight.push_back(InFlight::Retr(self.next_retr));
+                    self.next_retr += 1;
+                } else {
+                    break;
+                }
+            }
+            match self.in_flight.pop_front() {
+                Some(InFlight::Retr(i)) => {
+                    let e = self.to_fetch[i];
+                    if let Some(f) =
+                        receive(conn, local, journal, e, self.batch_number, self.account.max_size, warn).await?
+                    {
+                        self.batch_bytes += f.size;
+                        self.batch.push(f);
+                    }
+                    if self.batch.len() >= BATCH_MESSAGES || self.batch_bytes >= BATCH_BYTES {
+                        self.seal(local, journal).await?;
+                    }
+                }
+                Some(InFlight::Dele(id)) => match conn.status("DELE").await {
+                    Ok(_) => self.deleted_ids.push(id),
+                    Err(ConnError::Refused { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                },
+                // Nothing in flight: the last batch goes, then its DELEs (the loop again).
+                None if !self.batch.is_empty() => self.seal(local, journal).await?,
+                None => match self.commit.take() {
+                    Some(c) => self.settle(c, local, journal).await?,
+                    None => return Ok(()),
+                },
+            }
+        }
+    }
+
+    /// Close the batch downloaded so far and start committing it, once the one before is done.
+    async fn seal(&mut self, local: &mut Local, journal: &mut Journal) -> Result<(), FetchError> {
+        if let Some(c) = self.commit.take() {
+            self.settle(c, local, journal).await?;
+        }
+        let fetched = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        let sealed: Sealed = local.seal();
+        let mut ids = sealed.ids().to_vec();
+        // Recognised as stored by an interrupted run: journaled now, so they can go too.
+        ids.extend(fetched.iter().filter(|f| !f.fresh && journal.stored_at(&f.id).is_none()).map(|f| f.id.clone()));
+        if ids.is_empty() {
+            self.settled(fetched, journal);
+            return Ok(());
+        }
+        let timed: Vec<(String, u64)> = ids.iter().map(|id| (id.clone(), self.now)).collect();
+        let record = journal.prepare(&timed, self.batch_number)?;
+        self.batch_number += 1;
+        let task = tokio::task::spawn_blocking(move || -> Result<Written, FetchError> {
+            let durable = sealed.make_durable()?;
+            commit_pause();
+            let written = record.write()?;
+            durable.committed();
+            Ok(written)
+        });
+        self.commit = Some(Commit { task, ids, fetched });
+        Ok(())
+    }
+
+    /// Wait for a commit and take its batch in: the journal, the events, the DELEs now allowed.
+    async fn settle(&mut self, c: Commit, local: &mut Local, journal: &mut Journal) -> Result<(), FetchError> {
+        let written = c.task.await.map_err(|e| {
+            FetchError::Deliver(DeliverError::Io(pillarbox_os::io_err("committing a batch")(std::io::Error::other(
+                e.to_string(),
+            ))))
+        })??;
+        journal.apply(written);
+        local.recorded(&c.ids);
+        self.settled(c.fetched, journal);
+        Ok(())
+    }
+
+    fn settled(&mut self, fetched: Vec<Fetched>, journal: &Journal) {
+        let name = &self.account.name;
+        for f in fetched.iter().filter(|f| f.fresh && journal.stored_at(&f.id).is_some()) {
+            self.delivered += 1;
+            self.bytes += f.size;
+            (self.emit)(Event::Delivered { account: name.clone(), id: f.id.clone(), size: f.size });
+        }
+        if self.account.keep == Keep::Delete {
+            self.deletes
+                .extend(fetched.into_iter().filter(|f| journal.stored_at(&f.id).is_some()).map(|f| (f.number, f.id)));
+        }
+    }
+}
+
+/// For the crash trials: `PILLARBOX_TEST_COMMIT_PAUSE_MS` holds each batch between its files'
+/// sync and its journal record, so that kills land while one batch is committed and the next
+/// downloads. Only in debug builds.
+fn commit_pause() {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var("PILLARBOX_TEST_COMMIT_PAUSE_MS").ok().and_then(|v| v.parse().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+/// Read the answer to the RETR of `e` and deliver the message into the batch being written;
+/// `None` when the server refused it (gone meanwhile).
+async fn receive(
     conn: &mut Conn,
     local: &mut Local,
     journal: &Journal,
-    part: &[&Entry],
-    window: usize,
+    e: &Entry,
+    batch_number: u64,
     max_size: Option<u64>,
     warn: &(dyn Fn(&str, String) + Sync),
-) -> Result<Vec<Fetched>, FetchError> {
-    let mut done = Vec::new();
-    let mut sent = 0;
-    let next_batch = journal.last_batch() + 1;
-    for (i, e) in part.iter().enumerate() {
-        while sent < part.len() && sent < i + window {
-            conn.send_command(ClientCommand::Retr(part[sent].number)).await?;
-            sent += 1;
-        }
-        if let Err(err) = conn.status("RETR").await {
-            match err {
-                // The message went away meanwhile: nothing to store; go on with the others.
-                ConnError::Refused { line, .. } => {
-                    warn("retr-refused", format!("message {}: {line}", e.number));
-                    continue;
-                }
-                other => return Err(other.into()),
+) -> Result<Option<Fetched>, FetchError> {
+    if let Err(err) = conn.status("RETR").await {
+        return match err {
+            // The message went away meanwhile: nothing to store; go on with the others.
+            ConnError::Refused { line, .. } => {
+                warn("retr-refused", format!("message {}: {line}", e.number));
+                Ok(None)
             }
-        }
-        local.begin(next_batch)?;
-        let mut hasher = e.uid.is_none().then(Sha256::new);
-        let mut failed: Option<DeliverError> = None;
-        // A message cannot be much larger than LIST said (twice, for a message of lines that
-        // all needed a CR, and 1 MiB to spare), nor larger than max_size: a hostile server
-        // sending without end would otherwise fill the disk.
-        let limit = received_limit(e.size, max_size);
-        let mut so_far = 0u64;
-        let received = conn
-            .message(|chunk| {
-                so_far += chunk.len() as u64;
-                if so_far > limit {
-                    return Err(ConnError::Protocol(format!(
-                        "message {} is larger than announced (LIST said {} octets, more than {limit} came); \
-                         nothing of it was kept",
-                        e.number, e.size
-                    )));
-                }
-                if let Some(h) = hasher.as_mut() {
-                    h.update(chunk);
-                }
-                if failed.is_none()
-                    && let Err(err) = local.write(chunk)
-                {
-                    failed = Some(err);
-                }
-                Ok(())
-            })
-            .await;
-        let received = match received {
-            Ok(n) => n,
-            Err(err) => {
-                local.abort();
-                return Err(err.into());
-            }
+            other => Err(other.into()),
         };
-        if let Some(err) = failed {
+    }
+    local.begin(batch_number)?;
+    let mut hasher = e.uid.is_none().then(Sha256::new);
+    let mut failed: Option<DeliverError> = None;
+    // A message cannot be much larger than LIST said (twice, for a message of lines that
+    // all needed a CR, and 1 MiB to spare), nor larger than max_size: a hostile server
+    // sending without end would otherwise fill the disk.
+    let limit = received_limit(e.size, max_size);
+    let mut so_far = 0u64;
+    let received = conn
+        .message(|chunk| {
+            so_far += chunk.len() as u64;
+            if so_far > limit {
+                return Err(ConnError::Protocol(format!(
+                    "message {} is larger than announced (LIST said {} octets, more than {limit} came); \
+                     nothing of it was kept",
+                    e.number, e.size
+                )));
+            }
+            if let Some(h) = hasher.as_mut() {
+                h.update(chunk);
+            }
+            if failed.is_none()
+                && let Err(err) = local.write(chunk)
+            {
+                failed = Some(err);
+            }
+            Ok(())
+        })
+        .await;
+    let received = match received {
+        Ok(n) => n,
+        Err(err) => {
             local.abort();
             return Err(err.into());
         }
-        // A server adds CRLF before the terminator of a message without a final line end.
-        if received != e.size && received != e.size + 2 {
-            warn("size-mismatch", format!("message {}: LIST said {} octets, RETR sent {received}", e.number, e.size));
-        }
-        let id = match &e.uid {
-            Some(u) => u.clone(),
-            None => {
-                let digest = hasher.unwrap_or_default().finalize();
-                format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
-            }
-        };
-        if journal.stored_at(&id).is_some() || local.already_stored(&id) {
-            // Identified by content and already stored by an earlier, interrupted run.
-            local.abort();
-            done.push(Fetched { number: e.number, id, size: received, fresh: false });
-            continue;
-        }
-        local.finish(&id)?;
-        done.push(Fetched { number: e.number, id, size: received, fresh: true });
+    };
+    if let Some(err) = failed {
+        local.abort();
+        return Err(err.into());
     }
-    Ok(done)
-}
-
-/// DELE these messages (pipelined); returns the ids the server accepted.
-async fn dele(conn: &mut Conn, numbers: &[(u32, String)], window: usize) -> Result<Vec<String>, FetchError> {
-    let mut ok = Vec::new();
-    let mut sent = 0;
-    for (i, (_, id)) in numbers.iter().enumerate() {
-        while sent < numbers.len() && sent < i + window {
-            conn.send_command(ClientCommand::Dele(numbers[sent].0)).await?;
-            sent += 1;
-        }
-        match conn.status("DELE").await {
-            Ok(_) => ok.push(id.clone()),
-            Err(ConnError::Refused { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+    // A server adds CRLF before the terminator of a message without a final line end.
+    if received != e.size && received != e.size + 2 {
+        warn("size-mismatch", format!("message {}: LIST said {} octets, RETR sent {received}", e.number, e.size));
     }
-    Ok(ok)
+    let id = match &e.uid {
+        Some(u) => u.clone(),
+        None => {
+            let digest = hasher.unwrap_or_default().finalize();
+            format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        }
+    };
+    if journal.stored_at(&id).is_some() || local.already_stored(&id) {
+        // Identified by content and already stored by an earlier, interrupted run.
+        local.abort();
+        return Ok(Some(Fetched { number: e.number, id, size: received, fresh: false }));
+    }
+    local.finish(&id)?;
+    Ok(Some(Fetched { number: e.number, id, size: received, fresh: true }))
 }
 
 /// Where fetch keeps its journals by default: `$XDG_STATE_HOME/pillarbox/fetch`

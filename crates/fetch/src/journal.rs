@@ -137,14 +137,31 @@ impl Journal {
 
     /// Like [`Self::stored_batch`], each message with its own first time.
     pub fn stored_batch_at(&mut self, ids: &[(String, u64)]) -> Result<u64, JournalError> {
-        let batch = self.last_batch + 1;
+        let record = self.prepare(ids, self.last_batch + 1)?;
+        let written = record.write()?;
+        Ok(self.apply(written))
+    }
+
+    /// The record of batch `batch` storing these messages, to be written by [`StoredRecord::write`]
+    /// (on another thread while this run goes on downloading) and then given to [`Self::apply`].
+    /// Nothing else may be appended in between: a run has at most one batch being committed.
+    pub fn prepare(&self, ids: &[(String, u64)], batch: u64) -> Result<StoredRecord, JournalError> {
         let firsts: Vec<(String, u64)> = ids.iter().map(|(id, t)| (id.clone(), self.first_time(id, *t))).collect();
-        let mut records: Vec<String> = firsts.iter().map(|(id, t)| format!("+ {id} {t}")).collect();
-        records.push(format!("= {batch}"));
-        self.append(&records)?;
-        self.entries.extend(firsts);
-        self.last_batch = batch;
-        Ok(batch)
+        let mut text = String::with_capacity(firsts.iter().map(|(id, _)| id.len() + 16).sum::<usize>() + 16);
+        for (id, t) in &firsts {
+            text.push_str(&format!("+ {id} {t} .\n"));
+        }
+        text.push_str(&format!("= {batch} .\n"));
+        let file = self.file.try_clone().map_err(io_err(format!("opening the journal in {}", self.dir.display())))?;
+        Ok(StoredRecord { dir: self.dir.clone(), file, text, written: Written { batch, firsts } })
+    }
+
+    /// Take in a batch whose record is on disk; returns its number.
+    pub fn apply(&mut self, written: Written) -> u64 {
+        self.lines += written.firsts.len() + 1;
+        self.entries.extend(written.firsts);
+        self.last_batch = self.last_batch.max(written.batch);
+        written.batch
     }
 
     fn first_time(&self, id: &str, now: u64) -> u64 {
@@ -184,6 +201,31 @@ impl Journal {
         self.file = write().map_err(io_err(format!("compacting {}", path.display())))?;
         self.lines = self.entries.len() + 2;
         Ok(())
+    }
+}
+
+/// A batch's journal record, ready to be written (see [`Journal::prepare`]).
+pub struct StoredRecord {
+    dir: PathBuf,
+    file: File,
+    text: String,
+    written: Written,
+}
+
+/// A batch whose record is durable, for [`Journal::apply`].
+pub struct Written {
+    batch: u64,
+    firsts: Vec<(String, u64)>,
+}
+
+impl StoredRecord {
+    /// One write and one fsync: the group commit.
+    pub fn write(mut self) -> Result<Written, JournalError> {
+        self.file
+            .write_all(self.text.as_bytes())
+            .and_then(|()| self.file.sync_data())
+            .map_err(io_err(format!("writing the journal in {}", self.dir.display())))?;
+        Ok(self.written)
     }
 }
 

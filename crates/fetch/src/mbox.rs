@@ -8,7 +8,8 @@
 //! open-file-description lock, which other programs' `fcntl` and `lockf` locks respect).
 //!
 //! **A batch.** The batch's messages are first written (From_ lines, mboxrd quoting) to a staging
-//! file beside the journal and made durable there. Then, under the locks, the recovery record
+//! file beside the journal (two alternate, so that the next batch is staged while this one is
+//! appended) and made durable there. Then, under the locks, the recovery record
 //! (`mbox-pending`: batch number, where the batch starts in the mbox, its length, its ids) is made
 //! durable, the staging file is appended to the mbox and the mbox synced. The locks are held until
 //! the journal has recorded the batch, so nobody appends between the batch and its record.
@@ -366,14 +367,32 @@ pub enum Recovered {
     Left(String),
 }
 
-/// Recover from an interrupted batch (see the module documentation). `staging` holds the batch
-/// as it was to be appended; `last_batch` is the journal's last committed batch.
+/// Where a batch is staged: odd and even batches alternate between two files, since the next
+/// batch is staged while the one before it is appended (`base` itself holds the even ones).
+pub fn staging_path(base: &Path, batch: u64) -> PathBuf {
+    if batch.is_multiple_of(2) {
+        base.to_owned()
+    } else {
+        let mut name = base.as_os_str().to_owned();
+        name.push(".odd");
+        PathBuf::from(name)
+    }
+}
+
+/// Recover from an interrupted batch (see the module documentation). `staging` is the staging
+/// base (see [`staging_path`]); `last_batch` is the journal's last committed batch.
 pub fn recover(mbox: &Path, pending: &Path, staging: &Path, last_batch: u64) -> Result<Recovered, IoError> {
     let p = Pending::read(pending)?.filter(|p| p.batch > last_batch && mbox.exists());
     let Some(p) = p else {
         clear_stale_dotlock(mbox);
         return Ok(Recovered::Nothing);
     };
+    // Versions that staged every batch in one file left an odd one in the base file.
+    let staging = match staging_path(staging, p.batch) {
+        s if s.exists() => s,
+        _ => staging.to_owned(),
+    };
+    let staging = staging.as_path();
     let mut lock = MboxLock::for_recovery(mbox, p.dotlock)?;
     let ctx = |what: &str| io_err(format!("{what} {}", mbox.display()));
     let now = lock.file().metadata().map_err(ctx("reading"))?.len();
