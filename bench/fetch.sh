@@ -1,32 +1,42 @@
 #!/usr/bin/env bash
-# Download the same mailbox from a private Dovecot with pillarbox fetch, mpop and fetchmail, in
-# the same run, and print messages per second side by side (median of REPS runs each).
+# Download the same mailbox from a private Dovecot with pillarbox fetch, mpop and a bare pipelined
+# download (the link's own limit), in the same run, and print the median time and client CPU of
+# each side by side, in plaintext and over implicit TLS.
 #
 #   bench/fetch.sh [COUNT] [AVG_KB] [REPS] [DELAY_MS]
 #
-# Defaults: 2000 messages, 20 KB, 3 repetitions, no added delay. With DELAY_MS the server runs in
+# Defaults: 2000 messages, 20 KB, 5 repetitions, no added delay. With DELAY_MS the server runs in
 # one network namespace and the clients in another, joined by bench/netdelay.py, which delays
-# every packet by DELAY_MS each way (this kernel has no netem): 10 gives a 20 ms round trip.
+# every packet by DELAY_MS each way (this kernel has no netem): 20 gives a 40 ms round trip.
+# Environment: PB_BEFORE=PATH adds the same fetch by another build (a before/after); KEEP=1 leaves the mail on the server (default: delete after download, the server's
+# mailbox restored before every run); FETCHMAIL=1 adds fetchmail (slow over a delay: it does not
+# pipeline).
 #
-# Needs root (Dovecot), dovecot-pop3d, mpop, fetchmail, python3, bc; eatmydata for the
-# fsync-free comparison rows. Every client keeps the mail on
-# the server and starts from empty local state each repetition, so all download everything.
+# Needs root (Dovecot), dovecot-pop3d, mpop, python3, bc, openssl, GNU time; eatmydata for the
+# fsync-free rows; fetchmail with FETCHMAIL=1. The clients run in turn within each repetition
+# (alternating, so a slow phase of the disk hits all of them), each from empty local state.
 # Durable delivery: pillarbox and mpop fsync each message into a Maildir (pillarbox in groups);
 # fetchmail hands each message to an MDA that writes it to /dev/null (it has no Maildir delivery).
 set -euo pipefail
-COUNT=${1:-2000}; AVG_KB=${2:-20}; REPS=${3:-3}; DELAY_MS=${4:-0}
+COUNT=${1:-2000}; AVG_KB=${2:-20}; REPS=${3:-5}; DELAY_MS=${4:-0}
+KEEP=${KEEP:-0}; PB_BEFORE=${PB_BEFORE:-}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$HERE/lib.sh"
 BASE=$(mktemp -d /tmp/pillarbox-bench.XXXX)
-chmod 755 "$BASE"
+# The server's mailbox lives in memory: restoring it before every run (and Dovecot expunging it)
+# deletes thousands of files, and on ext4 every file created soon after near many fresh
+# deletions costs a scan of them (recently_deleted, in __ext4_new_inode). The clients' stores
+# stay on disk, each run in a new folder, and nothing there is deleted until the end.
+SRV=$(mktemp -d /dev/shm/pillarbox-bench.XXXX)
+chmod 755 "$BASE" "$SRV"
 NS_A=pbbench-a-$$; NS_B=pbbench-b-$$; RELAY=
 cleanup() {
   kill "$(cat "$BASE/run/master.pid" 2>/dev/null)" 2>/dev/null || true
   [ -n "$RELAY" ] && kill "$RELAY" 2>/dev/null || true
   if [ "$DELAY_MS" != 0 ]; then ip netns del "$NS_A" 2>/dev/null || true; ip netns del "$NS_B" 2>/dev/null || true; fi
-  rm -rf "$BASE"
+  rm -rf "$BASE" "$SRV"
 }
 trap cleanup EXIT
 HOST=127.0.0.1; IN_SERVER=(); IN_CLIENT=()
@@ -41,54 +51,97 @@ fi
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p pillarbox
 PB="$ROOT/target/release/pillarbox"
 
-POP3=$(free_port)
-mkdir -p "$BASE"/{run,state,log,mail/alice}
+POP3=$(free_port); POP3S=$(free_port)
+mkdir -p "$BASE"/{run,state,log,out} "$SRV/mail/alice"
+# A CA of the run's own (cert.pem, what the clients trust) and the server's certificate from it.
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=bench CA" -keyout "$BASE/ca-key.pem" \
+  -out "$BASE/cert.pem" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj "/CN=$HOST" -keyout "$BASE/key.pem" -out "$BASE/server.csr" 2>/dev/null
+printf 'subjectAltName=IP:%s\n' "$HOST" > "$BASE/san.ext"
+openssl x509 -req -in "$BASE/server.csr" -CA "$BASE/cert.pem" -CAkey "$BASE/ca-key.pem" -CAcreateserial -days 2 \
+  -extfile "$BASE/san.ext" -out "$BASE/server.pem" 2>/dev/null
+chmod 644 "$BASE/key.pem"
 PASS="bench password 2026"
-echo "alice:$(doveadm pw -s SHA512-CRYPT -p "$PASS"):65534:65534::$BASE/mail/alice::" > "$BASE/users"
-python3 "$HERE/genmail.py" "$BASE/mail/alice" "$COUNT" "$AVG_KB" 1
-chown -R 65534:65534 "$BASE/mail/alice"
-dovecot_conf "$BASE" "$HOST" "$POP3" > "$BASE/dovecot.conf"
+echo "alice:$(doveadm pw -s SHA512-CRYPT -p "$PASS"):65534:65534::$SRV/mail/alice::" > "$BASE/users"
+python3 "$HERE/genmail.py" "$SRV/mail/alice" "$COUNT" "$AVG_KB" 1
+chown -R 65534:65534 "$SRV/mail/alice"
+cp -a "$SRV/mail/alice" "$SRV/pristine"
+dovecot_conf "$BASE" "$HOST" "$POP3" "$POP3S" "$BASE/server.pem" "$BASE/key.pem" > "$BASE/dovecot.conf"
 "${IN_SERVER[@]}" dovecot -c "$BASE/dovecot.conf" </dev/null >/dev/null 2>&1
 for _ in $(seq 100); do "${IN_CLIENT[@]}" bash -c "exec 3<>/dev/tcp/$HOST/$POP3" 2>/dev/null && break; sleep 0.1; done
-BYTES=$(du -sb "$BASE/mail/alice" | cut -f1)
+BYTES=$(du -sb "$SRV/mail/alice" | cut -f1)
 
 now() { date +%s.%N; }
-run_pillarbox() {
-  rm -rf "$BASE/out" "$BASE/pbstate"
-  printf '[accounts.bench]\nhost = "%s"\nport = %s\ntls = "none"\ninsecure = true\nusername = "alice"\npassword_env = "BENCH_PW"\ndeliver = { maildir = "%s" }\nkeep = "keep"\n' "$HOST" "$POP3" "$BASE/out" > "$BASE/accounts.toml"
-  BENCH_PW="$PASS" "${IN_CLIENT[@]}" "$PB" fetch --quiet --accounts-file "$BASE/accounts.toml" --state-dir "$BASE/pbstate"
+KEEP_POLICY=delete; MPOP_KEEP=off; BARE_DELETE=--delete
+[ "$KEEP" = 1 ] && { KEEP_POLICY=keep; MPOP_KEEP=on; BARE_DELETE=; }
+# Put the server's mailbox back as it was (delete mode empties it), with no session open.
+restore() {
+  [ "$KEEP" = 1 ] && return
+  rm -rf "$SRV/mail/alice"; cp -a "$SRV/pristine" "$SRV/mail/alice"
 }
-run_mpop() {
-  rm -rf "$BASE/out" "$BASE/mpop-uidls"; mkdir -p "$BASE/out"/{cur,new,tmp}
-  printf 'account bench\nhost %s\nport %s\ntls off\nauth user\nuser alice\npasswordeval echo "%s"\ndelivery maildir %s\nkeep on\nuidls_file %s\n' "$HOST" "$POP3" "$PASS" "$BASE/out" "$BASE/mpop-uidls" > "$BASE/mpoprc"
+pb_account() { # PORT TLS
+  printf '[accounts.bench]\nhost = "%s"\nport = %s\ntls = "%s"\nca_file = "%s"\nusername = "alice"\npassword_env = "BENCH_PW"\ndeliver = { maildir = "%s" }\nkeep = "%s"\n' \
+    "$HOST" "$1" "$2" "$BASE/cert.pem" "$OUT" "$KEEP_POLICY"
+}
+run_pillarbox_at() { # PORT TLS [WRAPPER...]
+  local port=$1 tls=$2; shift 2
+  rm -rf "$BASE/pbstate"
+  if [ "$tls" = none ]; then pb_account "$port" "$tls" | sed '/^ca_file/d;s/^tls = "none"/tls = "none"\ninsecure = true/'; else pb_account "$port" "$tls"; fi > "$BASE/accounts.toml"
+  BENCH_PW="$PASS" "${IN_CLIENT[@]}" "$@" "$PB" fetch --quiet --accounts-file "$BASE/accounts.toml" --state-dir "$BASE/pbstate"
+}
+run_pillarbox() { run_pillarbox_at "$POP3" none; }
+run_pillarbox_tls() { run_pillarbox_at "$POP3S" implicit; }
+run_pillarbox_nosync() { run_pillarbox_at "$POP3" none eatmydata; }
+# PB_BEFORE=/path/to/an/older/pillarbox: the same fetch with that build, for a before/after.
+run_pillarbox_before() { PB=$PB_BEFORE run_pillarbox_at "$POP3" none; }
+run_mpop_at() { # TLS-LINES [WRAPPER...]
+  local tls=$1; shift
+  rm -f "$BASE/mpop-uidls"; mkdir -p "$OUT"/{cur,new,tmp}
+  printf 'account bench\nhost %s\n%s\nauth user\nuser alice\npasswordeval echo "%s"\ndelivery maildir %s\nkeep %s\nuidls_file %s\n' \
+    "$HOST" "$tls" "$PASS" "$OUT" "$MPOP_KEEP" "$BASE/mpop-uidls" > "$BASE/mpoprc"
   chmod 600 "$BASE/mpoprc"
-  "${IN_CLIENT[@]}" mpop -q -C "$BASE/mpoprc" bench
+  "${IN_CLIENT[@]}" "$@" mpop -q -C "$BASE/mpoprc" bench
 }
-# The same clients with fsync switched off (eatmydata), when available: the cost of durability.
-run_pillarbox_nosync() { "${IN_CLIENT[@]}" eatmydata bash -c "$(declare -f run_pillarbox); BASE='$BASE' HOST='$HOST' POP3='$POP3' PASS='$PASS' PB='$PB' run_pillarbox"; }
-run_mpop_nosync() { "${IN_CLIENT[@]}" eatmydata bash -c "$(declare -f run_mpop); BASE='$BASE' HOST='$HOST' POP3='$POP3' PASS='$PASS' run_mpop"; }
+run_mpop() { run_mpop_at "$(printf 'port %s\ntls off' "$POP3")"; }
+run_mpop_tls() { run_mpop_at "$(printf 'port %s\ntls on\ntls_starttls off\ntls_trust_file %s' "$POP3S" "$BASE/cert.pem")"; }
+run_mpop_nosync() { run_mpop_at "$(printf 'port %s\ntls off' "$POP3")" eatmydata; }
+run_bare() { "${IN_CLIENT[@]}" python3 "$HERE/bare_pop3.py" "$HOST" "$POP3" alice "$PASS" "$COUNT" $BARE_DELETE >/dev/null; }
+run_bare_tls() { "${IN_CLIENT[@]}" python3 "$HERE/bare_pop3.py" "$HOST" "$POP3S" alice "$PASS" "$COUNT" $BARE_DELETE --tls "$BASE/cert.pem" >/dev/null; }
 run_fetchmail() {
   rm -f "$BASE/fetchids"
-  printf 'poll %s port %s proto pop3 uidl user "alice" password "%s" keep fetchall sslproto "" mda "cat > /dev/null"\n' "$HOST" "$POP3" "$PASS" > "$BASE/fetchmailrc"
+  local keep=keep; [ "$KEEP" = 1 ] || keep=nokeep
+  printf 'poll %s port %s proto pop3 uidl user "alice" password "%s" %s fetchall sslproto "" mda "cat > /dev/null"\n' "$HOST" "$POP3" "$PASS" "$keep" > "$BASE/fetchmailrc"
   chmod 600 "$BASE/fetchmailrc"
   HOME="$BASE" "${IN_CLIENT[@]}" fetchmail -s -f "$BASE/fetchmailrc" -i "$BASE/fetchids" || [ $? -eq 1 ]
 }
 
-CLIENTS="pillarbox mpop fetchmail"
+CLIENTS="bare pillarbox mpop bare_tls pillarbox_tls mpop_tls"
 command -v eatmydata >/dev/null && CLIENTS="$CLIENTS pillarbox_nosync mpop_nosync"
-declare -A TIMES
+[ "${FETCHMAIL:-0}" = 1 ] && CLIENTS="$CLIENTS fetchmail"
+[ -n "${PB_BEFORE:-}" ] && CLIENTS="$CLIENTS pillarbox_before"
+declare -A TIMES CPUS
 for rep in $(seq "$REPS"); do
   for client in $CLIENTS; do
-    t0=$(now); "run_$client"; t1=$(now)
+    restore
+    OUT=$BASE/out/$client-$rep
+    t0=$(now)
+    /usr/bin/time -f '%U %S' -o "$BASE/cpu" bash -c "$(declare -f "run_$client" run_pillarbox_at run_mpop_at pb_account); $(declare -p BASE SRV OUT HOST POP3 POP3S PASS PB PB_BEFORE HERE COUNT KEEP_POLICY MPOP_KEEP BARE_DELETE KEEP IN_CLIENT); run_$client"
+    t1=$(now)
+    LEFT=$(find "$SRV/mail/alice/cur" "$SRV/mail/alice/new" -type f 2>/dev/null | wc -l)
+    if [ "$KEEP" != 1 ] && [ "$LEFT" != 0 ]; then echo "$client left $LEFT messages on the server" >&2; exit 1; fi
     TIMES[$client]+="$(echo "$t1 - $t0" | bc -l) "
+    CPUS[$client]+="$(awk '{print $1 + $2}' "$BASE/cpu") "
   done
 done
 WHERE="loopback"; [ "$DELAY_MS" != 0 ] && WHERE="$((2 * DELAY_MS)) ms round trip"
-printf '\n%d messages, %.1f MB, %s, plaintext, %d repetitions (median)\n' "$COUNT" "$(echo "$BYTES/1000000" | bc -l)" "$WHERE" "$REPS"
-printf '%-17s %10s %12s %14s\n' client seconds messages/s "time vs pillarbox"
-PBT=$(echo "${TIMES[pillarbox]}" | median)
+MODE="delete after download"; [ "$KEEP" = 1 ] && MODE="kept on the server"
+printf '\n%d messages, %.1f MB, %s, %s, %d alternating repetitions (medians)\n' "$COUNT" "$(echo "$BYTES/1000000" | bc -l)" "$WHERE" "$MODE" "$REPS"
+printf '%-17s %9s %11s %12s %14s %15s\n' client seconds messages/s "vs bare" "client CPU s" "CPU us/message"
 for client in $CLIENTS; do
-  T=$(echo "${TIMES[$client]}" | median)
-  printf '%-17s %10.2f %12.0f %13.2fx\n' "$client" "$T" "$(echo "$COUNT/$T" | bc -l)" "$(echo "$T/$PBT" | bc -l)"
+  T=$(echo "${TIMES[$client]}" | median); C=$(echo "${CPUS[$client]}" | median)
+  REF=bare; case $client in *_tls) REF=bare_tls ;; esac
+  R=$(echo "${TIMES[$REF]}" | median)
+  printf '%-17s %9.2f %11.0f %11.2fx %14.2f %15.0f\n' "$client" "$T" "$(echo "$COUNT/$T" | bc -l)" "$(echo "$T/$R" | bc -l)" "$C" "$(echo "$C*1000000/$COUNT" | bc -l)"
 done
-echo "(*_nosync: the same client under eatmydata, fsync disabled; not durable)"
+echo "(bare: bench/bare_pop3.py, one pipelined burst that stores nothing: the link's limit; *_tls against bare_tls."
+echo " *_nosync: the same client under eatmydata, fsync disabled, not durable. CPU: user + system of the client process.)"
