@@ -8,7 +8,7 @@
 # Defaults: 2000 messages, 20 KB, 5 repetitions, no added delay. With DELAY_MS the server runs in
 # one network namespace and the clients in another, joined by bench/netdelay.py, which delays
 # every packet by DELAY_MS each way (this kernel has no netem): 20 gives a 40 ms round trip.
-# Environment: PB_BEFORE=PATH adds the same fetch by another build (a before/after); KEEP=1 leaves the mail on the server (default: delete after download, the server's
+# Environment: ONLY="pillarbox mpop_nosync ..." runs just those clients; PB_BEFORE=PATH adds the same fetch by another build (a before/after); KEEP=1 leaves the mail on the server (default: delete after download, the server's
 # mailbox restored before every run); FETCHMAIL=1 adds fetchmail (slow over a delay: it does not
 # pipeline).
 #
@@ -26,17 +26,25 @@ ROOT=$(cd "$HERE/.." && pwd)
 . "$HERE/lib.sh"
 BASE=$(mktemp -d /tmp/pillarbox-bench.XXXX)
 # The server's mailbox lives in memory: restoring it before every run (and Dovecot expunging it)
-# deletes thousands of files, and on ext4 every file created soon after near many fresh
-# deletions costs a scan of them (recently_deleted, in __ext4_new_inode). The clients' stores
-# stay on disk, each run in a new folder, and nothing there is deleted until the end.
+# deletes thousands of files, and on ext4 every file created within minutes of many deletions
+# in the same place costs a scan of them (recently_deleted, in __ext4_new_inode), which made the
+# clients' times swing threefold. The clients' stores go to a new ext4 file system made for the
+# run on a loop device (on the same disk, flushes pass through), each run in a new folder, and
+# nothing there is deleted until the end. Without loop devices, a folder beside BASE.
 SRV=$(mktemp -d /dev/shm/pillarbox-bench.XXXX)
 chmod 755 "$BASE" "$SRV"
+STORE_IMG=$(mktemp /var/tmp/pillarbox-bench-store.XXXX); STORE=$BASE/store; LOOP_MOUNTED=
+mkdir -p "$STORE"
+if truncate -s 8G "$STORE_IMG" && mkfs.ext4 -q -F "$STORE_IMG" && mount -o loop "$STORE_IMG" "$STORE" 2>/dev/null; then
+  LOOP_MOUNTED=1
+fi
 NS_A=pbbench-a-$$; NS_B=pbbench-b-$$; RELAY=
 cleanup() {
   kill "$(cat "$BASE/run/master.pid" 2>/dev/null)" 2>/dev/null || true
   [ -n "$RELAY" ] && kill "$RELAY" 2>/dev/null || true
   if [ "$DELAY_MS" != 0 ]; then ip netns del "$NS_A" 2>/dev/null || true; ip netns del "$NS_B" 2>/dev/null || true; fi
-  rm -rf "$BASE" "$SRV"
+  [ -n "$LOOP_MOUNTED" ] && umount "$STORE" 2>/dev/null
+  rm -rf "$BASE" "$SRV" "$STORE_IMG"
 }
 trap cleanup EXIT
 HOST=127.0.0.1; IN_SERVER=(); IN_CLIENT=()
@@ -85,9 +93,9 @@ pb_account() { # PORT TLS
 }
 run_pillarbox_at() { # PORT TLS [WRAPPER...]
   local port=$1 tls=$2; shift 2
-  rm -rf "$BASE/pbstate"
+  rm -rf "$OUT.state"
   if [ "$tls" = none ]; then pb_account "$port" "$tls" | sed '/^ca_file/d;s/^tls = "none"/tls = "none"\ninsecure = true/'; else pb_account "$port" "$tls"; fi > "$BASE/accounts.toml"
-  BENCH_PW="$PASS" "${IN_CLIENT[@]}" "$@" "$PB" fetch --quiet --accounts-file "$BASE/accounts.toml" --state-dir "$BASE/pbstate"
+  BENCH_PW="$PASS" "${IN_CLIENT[@]}" "$@" "$PB" fetch --quiet --accounts-file "$BASE/accounts.toml" --state-dir "$OUT.state"
 }
 run_pillarbox() { run_pillarbox_at "$POP3" none; }
 run_pillarbox_tls() { run_pillarbox_at "$POP3S" implicit; }
@@ -96,9 +104,9 @@ run_pillarbox_nosync() { run_pillarbox_at "$POP3" none eatmydata; }
 run_pillarbox_before() { PB=$PB_BEFORE run_pillarbox_at "$POP3" none; }
 run_mpop_at() { # TLS-LINES [WRAPPER...]
   local tls=$1; shift
-  rm -f "$BASE/mpop-uidls"; mkdir -p "$OUT"/{cur,new,tmp}
+  mkdir -p "$OUT"/{cur,new,tmp}
   printf 'account bench\nhost %s\n%s\nauth user\nuser alice\npasswordeval echo "%s"\ndelivery maildir %s\nkeep %s\nuidls_file %s\n' \
-    "$HOST" "$tls" "$PASS" "$OUT" "$MPOP_KEEP" "$BASE/mpop-uidls" > "$BASE/mpoprc"
+    "$HOST" "$tls" "$PASS" "$OUT" "$MPOP_KEEP" "$OUT.uidls" > "$BASE/mpoprc"
   chmod 600 "$BASE/mpoprc"
   "${IN_CLIENT[@]}" "$@" mpop -q -C "$BASE/mpoprc" bench
 }
@@ -119,11 +127,13 @@ CLIENTS="bare pillarbox mpop bare_tls pillarbox_tls mpop_tls"
 command -v eatmydata >/dev/null && CLIENTS="$CLIENTS pillarbox_nosync mpop_nosync"
 [ "${FETCHMAIL:-0}" = 1 ] && CLIENTS="$CLIENTS fetchmail"
 [ -n "${PB_BEFORE:-}" ] && CLIENTS="$CLIENTS pillarbox_before"
+# ONLY="bare pillarbox ...": just these (bare and bare_tls are added as the references).
+if [ -n "${ONLY:-}" ]; then CLIENTS="bare bare_tls"; for c in $ONLY; do case " $CLIENTS " in *" $c "*) ;; *) CLIENTS="$CLIENTS $c" ;; esac; done; fi
 declare -A TIMES CPUS
 for rep in $(seq "$REPS"); do
   for client in $CLIENTS; do
     restore
-    OUT=$BASE/out/$client-$rep
+    OUT=$STORE/$client-$rep
     t0=$(now)
     /usr/bin/time -f '%U %S' -o "$BASE/cpu" bash -c "$(declare -f "run_$client" run_pillarbox_at run_mpop_at pb_account); $(declare -p BASE SRV OUT HOST POP3 POP3S PASS PB PB_BEFORE HERE COUNT KEEP_POLICY MPOP_KEEP BARE_DELETE KEEP IN_CLIENT); run_$client"
     t1=$(now)

@@ -536,8 +536,8 @@ struct Probe<'a> {
 /// Start `fetch` with these accounts and kill -9 it, up to 12 times (at most a minute, and only
 /// while alice has mail left): one run in four after a random 10-260 ms (during the login), the
 /// others a random 0-250 ms after messages start arriving. Returns how many times, and how many
-/// of the kills came while one batch was being committed and the next one downloading. Every
-/// other run holds each batch 60 ms between its sync and its journal record (a debug build's
+/// of the kills came while one batch was being committed and the next one downloading. Three
+/// runs in four hold each batch 200 ms between its sync and its journal record (a debug build's
 /// test hook), which makes such kills likely.
 fn kill_9_trials(pb: &Pillarbox, accounts: &Path, state: &Path, seed: u64, probe: &Probe) -> (usize, usize) {
     let mut rng = Rng(seed);
@@ -545,7 +545,7 @@ fn kill_9_trials(pb: &Pillarbox, accounts: &Path, state: &Path, seed: u64, probe
     let (mut trials, mut overlaps) = (0usize, 0);
     while trials < 12 && started.elapsed() < Duration::from_secs(60) && pb.stored("alice") > 0 {
         trials += 1;
-        let pause = if trials.is_multiple_of(2) { "60" } else { "0" };
+        let pause = if trials % 4 == 1 { "0" } else { "200" };
         let mut child = Command::new(bin())
             .args(["fetch", "--quiet", "--accounts-file"])
             .arg(accounts)
@@ -679,7 +679,7 @@ fn other_mbox_writer(mbox: PathBuf, stop: std::sync::Arc<std::sync::atomic::Atom
 #[test]
 fn kill_9_next_to_another_mbox_writer_never_loses_cuts_or_duplicates_mail() {
     let mut pb = Pillarbox::new();
-    let total = 1200;
+    let total = 1500;
     write_crash_mail(&pb, total);
     pb.start();
     let work = tempfile::tempdir().expect("tempdir");

@@ -346,6 +346,19 @@ impl Conn {
         sent
     }
 
+    /// Send several commands in one write (pipelining: one segment for many commands). Only for
+    /// commands without secrets.
+    pub async fn send_commands(&mut self, commands: &[ClientCommand<'_>]) -> Result<(), ConnError> {
+        if commands.is_empty() {
+            return Ok(());
+        }
+        let mut out = BytesMut::with_capacity(commands.len() * 12);
+        for c in commands {
+            encode(&mut out, c).map_err(|e| ConnError::Protocol(e.to_string()))?;
+        }
+        self.send(&out).await
+    }
+
     /// Send one command and read its status line.
     pub async fn command(&mut self, command: ClientCommand<'_>) -> Result<String, ConnError> {
         self.send_command(command).await?;
