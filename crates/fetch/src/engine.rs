@@ -401,6 +401,8 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
         next_retr: 0,
         in_flight: VecDeque::new(),
         bytes_in_flight: 0,
+        retrs_in_flight: 0,
+        quit_sent: false,
         // Messages stored by earlier runs can go at once: their records are on disk.
         deletes: to_delete.into_iter().collect(),
         batch: Vec::new(),
@@ -412,8 +414,8 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
         deleted_ids: Vec::new(),
     };
     run.all(&mut conn, &mut local, &mut journal, &warn).await?;
-    let Download { delivered, bytes, deleted_ids, .. } = run;
-    let quit = conn.command(ClientCommand::Quit).await;
+    let Download { delivered, bytes, deleted_ids, quit_sent, .. } = run;
+    let quit = if quit_sent { conn.status("QUIT").await } else { conn.command(ClientCommand::Quit).await };
     let deleted = if quit.is_ok() { deleted_ids.len() } else { 0 };
     // Without a QUIT the server deletes nothing: everything downloaded stays.
     let mut kept = entries.iter().filter_map(|e| e.uid.as_deref()).filter(|u| journal.stored_at(u).is_some()).count();
@@ -555,6 +557,9 @@ struct Download<'a> {
     /// The next message to send a RETR for.
     next_retr: usize,
     in_flight: VecDeque<InFlight>,
+    retrs_in_flight: usize,
+    /// QUIT is sent (after every DELE); its answer is read by the caller.
+    quit_sent: bool,
     /// The sizes LIST gave of the messages asked for and not yet received.
     bytes_in_flight: u64,
     /// DELEs allowed (their messages are journaled) and not sent yet.
@@ -602,6 +607,12 @@ impl Download<'_> {
             {
                 self.settle(c, local, journal).await?;
             }
+            let downloaded = self.next_retr == self.to_fetch.len() && self.retrs_in_flight == 0;
+            // Everything is downloaded: the last batch goes now, not after the DELEs in flight.
+            if downloaded && !self.batch.is_empty() {
+                self.seal(local, journal).await?;
+                continue;
+            }
             // Top up the pipeline, in one write.
             let mut commands = Vec::new();
             while self.in_flight.len() < self.window {
@@ -613,16 +624,23 @@ impl Download<'_> {
                 {
                     commands.push(ClientCommand::Retr(e.number));
                     self.in_flight.push_back(InFlight::Retr(self.next_retr));
+                    self.retrs_in_flight += 1;
                     self.bytes_in_flight += e.size;
                     self.next_retr += 1;
                 } else {
                     break;
                 }
             }
+            // Nothing left to download, commit or delete: QUIT goes with the last DELEs.
+            if downloaded && self.commit.is_none() && self.deletes.is_empty() && !self.quit_sent {
+                commands.push(ClientCommand::Quit);
+                self.quit_sent = true;
+            }
             conn.send_commands(&commands).await?;
             match self.in_flight.pop_front() {
                 Some(InFlight::Retr(i)) => {
                     let e = self.to_fetch[i];
+                    self.retrs_in_flight -= 1;
                     self.bytes_in_flight -= e.size;
                     if let Some(f) =
                         receive(conn, local, journal, e, self.batch_number, self.account.max_size, warn).await?
@@ -647,8 +665,7 @@ impl Download<'_> {
                     Err(ConnError::Refused { .. }) => {}
                     Err(e) => return Err(e.into()),
                 },
-                // Nothing in flight: the last batch goes, then its DELEs (the loop again).
-                None if !self.batch.is_empty() => self.seal(local, journal).await?,
+                // Nothing in flight: the last commit's DELEs (the loop again), or the QUIT's answer.
                 None => match self.commit.take() {
                     Some(c) => self.settle(c, local, journal).await?,
                     None => return Ok(()),
