@@ -401,6 +401,7 @@ fn misbehaving_servers_lose_nothing_and_are_reported() {
         "garbage",
         "retr-err",
         "no-stls",
+        "no-pipelining",
         "endless",
         "utf8",
     ] {
@@ -423,6 +424,11 @@ fn misbehaving_servers_lose_nothing_and_are_reported() {
     }
     let (code, stored, gone, _) = &results["good"];
     assert_eq!((*code, stored.len(), *gone), (Some(0), 3, 3));
+    // Without PIPELINING every command waits for the answer to the one before (QUIT too).
+    let (code, stored, gone, ev) = &results["no-pipelining"];
+    assert_eq!((*code, stored.len(), *gone), (Some(0), 3, 3), "{ev:?}");
+    let early = std::fs::read_to_string(w.join("no-pipelining/deleted.pipelined")).unwrap_or_default();
+    assert_eq!(early, "", "commands sent before the answer to the one before");
     // Wrong sizes: a warning, and the mail is still stored once and deleted.
     let (code, stored, gone, ev) = &results["size-mismatch"];
     assert_eq!((*code, stored.len(), *gone), (Some(0), 3, 3));

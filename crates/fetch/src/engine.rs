@@ -631,8 +631,14 @@ impl Download<'_> {
                     break;
                 }
             }
-            // Nothing left to download, commit or delete: QUIT goes with the last DELEs.
-            if downloaded && self.commit.is_none() && self.deletes.is_empty() && !self.quit_sent {
+            // Nothing left to download, commit or delete: QUIT goes with the last DELEs (when
+            // the server pipelines; otherwise the caller sends it after their answers).
+            if downloaded
+                && self.commit.is_none()
+                && self.deletes.is_empty()
+                && !self.quit_sent
+                && self.in_flight.len() < self.window
+            {
                 commands.push(ClientCommand::Quit);
                 self.quit_sent = true;
             }

@@ -12,6 +12,8 @@ messages to any number of connections until killed, misbehaving as MODE says:
   garbage         the answer to RETR 2 is not +OK/-ERR
   retr-err        RETR 2 is refused with -ERR (the message vanished)
   no-stls         STLS is not offered (CAPA lists no STLS)
+  no-pipelining   CAPA lists no PIPELINING; each command that arrives before the answer to the
+                  one before it is appended to STATE-FILE.pipelined
   endless         message 2 is listed at its size but RETR sends 3 MB of it
   escape          the login is refused with terminal escape sequences in the text
   utf8            offers UTF8 (RFC 6856) and, as Courier's pop3d does, hands message 2 (UTF-8
@@ -30,9 +32,11 @@ usage: bad_pop3.py PORT MODE STATE-FILE
 Deletions are kept in STATE-FILE (one message number per line) so they survive reconnects.
 """
 import os
+import select
 import socket
 import sys
 import threading
+import time
 
 port, mode, state = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 MSGS = [
@@ -61,7 +65,8 @@ def deleted():
 
 
 def serve(c):
-    f = c.makefile("rb")
+    # Unbuffered for no-pipelining, so that a command sent early is still in the socket.
+    f = c.makefile("rb", buffering=0) if mode == "no-pipelining" else c.makefile("rb")
     eol = b"\n" if mode == "bare-lf" else b"\r\n"
 
     def send(line):
@@ -77,11 +82,18 @@ def serve(c):
         line = f.readline()
         if not line:
             return
+        if mode == "no-pipelining":
+            time.sleep(0.02)
+            if select.select([c], [], [], 0)[0]:
+                with open(state + ".pipelined", "a") as p:
+                    p.write(line.decode(errors="replace"))
         cmd = line.strip().split(b" ")
         verb = cmd[0].upper()
         if verb == b"CAPA":
             send(b"+OK")
             caps = [b"SASL OAUTHBEARER XOAUTH2", b"PIPELINING"] if mode == "oauth" else [b"USER", b"PIPELINING"]
+            if mode == "no-pipelining":
+                caps.remove(b"PIPELINING")
             if mode != "nouidl":
                 caps.append(b"UIDL")
             if mode not in ("no-stls",):
