@@ -188,10 +188,6 @@ impl Sealed {
         &self.ids
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
     /// Make every message of the batch durable.
     pub fn make_durable(mut self) -> Result<Durable, DeliverError> {
         match std::mem::replace(&mut self.work, Work::Nothing) {
