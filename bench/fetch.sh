@@ -33,20 +33,21 @@ BASE=$(mktemp -d /tmp/pillarbox-bench.XXXX)
 # nothing there is deleted until the end. Without loop devices, a folder beside BASE.
 SRV=$(mktemp -d /dev/shm/pillarbox-bench.XXXX)
 chmod 755 "$BASE" "$SRV"
-STORE_IMG=$(mktemp /var/tmp/pillarbox-bench-store.XXXX); STORE=$BASE/store; LOOP_MOUNTED=
-mkdir -p "$STORE"
-if truncate -s 8G "$STORE_IMG" && mkfs.ext4 -q -F "$STORE_IMG" && mount -o loop "$STORE_IMG" "$STORE" 2>/dev/null; then
-  LOOP_MOUNTED=1
-fi
+STORE=$BASE/store; STORE_IMG=; LOOP_MOUNTED=
 NS_A=pbbench-a-$$; NS_B=pbbench-b-$$; RELAY=
 cleanup() {
   kill "$(cat "$BASE/run/master.pid" 2>/dev/null)" 2>/dev/null || true
   [ -n "$RELAY" ] && kill "$RELAY" 2>/dev/null || true
   if [ "$DELAY_MS" != 0 ]; then ip netns del "$NS_A" 2>/dev/null || true; ip netns del "$NS_B" 2>/dev/null || true; fi
   [ -n "$LOOP_MOUNTED" ] && umount "$STORE" 2>/dev/null
-  rm -rf "$BASE" "$SRV" "$STORE_IMG"
+  rm -rf "$BASE" "$SRV" ${STORE_IMG:+"$STORE_IMG"}
 }
 trap cleanup EXIT
+STORE_IMG=$(mktemp /var/tmp/pillarbox-bench-store.XXXX)
+mkdir -p "$STORE"
+if truncate -s 8G "$STORE_IMG" && mkfs.ext4 -q -F "$STORE_IMG" && mount -o loop "$STORE_IMG" "$STORE" 2>/dev/null; then
+  LOOP_MOUNTED=1
+fi
 HOST=127.0.0.1; IN_SERVER=(); IN_CLIENT=()
 if [ "$DELAY_MS" != 0 ]; then
   ip netns add "$NS_A"; ip netns add "$NS_B"
