@@ -602,11 +602,7 @@ impl Download<'_> {
         warn: &(dyn Fn(&str, String) + Sync),
     ) -> Result<(), FetchError> {
         loop {
-            if self.commit.as_ref().is_some_and(|c| c.task.is_finished())
-                && let Some(c) = self.commit.take()
-            {
-                self.settle(c, local, journal).await?;
-            }
+            self.settle_if_done(local, journal).await?;
             let downloaded = self.next_retr == self.to_fetch.len() && self.retrs_in_flight == 0;
             // Everything is downloaded: the last batch goes now, not after the DELEs in flight.
             if downloaded && !self.batch.is_empty() {
@@ -656,11 +652,7 @@ impl Download<'_> {
                     }
                     let (count, bytes) = (self.batch.len(), self.batch_bytes);
                     if count >= BATCH_MESSAGES || bytes >= BATCH_BYTES {
-                        if self.commit.as_ref().is_some_and(|c| c.task.is_finished())
-                            && let Some(c) = self.commit.take()
-                        {
-                            self.settle(c, local, journal).await?;
-                        }
+                        self.settle_if_done(local, journal).await?;
                         if self.commit.is_none() || count >= MAX_BATCH_MESSAGES || bytes >= MAX_BATCH_BYTES {
                             self.seal(local, journal).await?;
                         }
@@ -707,6 +699,17 @@ impl Download<'_> {
         });
         self.commit = Some(Commit { task, ids, fetched });
         Ok(())
+    }
+
+    /// Take in the commit in the works if it has finished, without waiting.
+    async fn settle_if_done(&mut self, local: &mut Local, journal: &mut Journal) -> Result<(), FetchError> {
+        match self.commit.take() {
+            Some(c) if c.task.is_finished() => self.settle(c, local, journal).await,
+            other => {
+                self.commit = other;
+                Ok(())
+            }
+        }
     }
 
     /// Wait for a commit and take its batch in: the journal, the events, the DELEs now allowed.
