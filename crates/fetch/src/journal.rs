@@ -119,11 +119,7 @@ impl Journal {
             buf.push_str(r);
             buf.push_str(" .\n");
         }
-        // One write and one fsync per batch: the group commit.
-        self.file
-            .write_all(buf.as_bytes())
-            .and_then(|()| self.file.sync_data())
-            .map_err(io_err(format!("writing the journal in {}", self.dir.display())))?;
+        write_durably(&mut self.file, &self.dir, &buf)?;
         self.lines += records.len();
         Ok(())
     }
@@ -219,14 +215,18 @@ pub struct Written {
 }
 
 impl StoredRecord {
-    /// One write and one fsync: the group commit.
     pub fn write(mut self) -> Result<Written, JournalError> {
-        self.file
-            .write_all(self.text.as_bytes())
-            .and_then(|()| self.file.sync_data())
-            .map_err(io_err(format!("writing the journal in {}", self.dir.display())))?;
+        write_durably(&mut self.file, &self.dir, &self.text)?;
         Ok(self.written)
     }
+}
+
+/// Append records with one write and one fsync: the group commit.
+fn write_durably(file: &mut File, dir: &Path, text: &str) -> Result<(), JournalError> {
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_data())
+        .map_err(io_err(format!("writing the journal in {}", dir.display())))?;
+    Ok(())
 }
 
 fn read(path: &Path) -> io::Result<(HashMap<String, u64>, u64, usize)> {
