@@ -213,6 +213,19 @@ impl TestPg {
             .into_iter()
             .find(|p| Path::new(p).exists())
             .unwrap_or_else(|| panic!("PgBouncer is not installed (Debian: apt-get install pgbouncer)"));
+        // A port picked free may be taken by another test before PgBouncer binds it; then it
+        // exits at once, and a fresh port is tried.
+        let mut logs = String::new();
+        for _ in 0..3 {
+            match self.start_bouncer(program, database) {
+                Ok(bouncer) => return bouncer,
+                Err(log) => logs.push_str(&log),
+            }
+        }
+        panic!("pgbouncer did not listen:\n{logs}");
+    }
+
+    fn start_bouncer(&self, program: &str, database: &str) -> Result<Bouncer, String> {
         let port = free_port();
         let dir = self.dir.path();
         let config = dir.join(format!("pgbouncer-{port}.ini"));
@@ -249,12 +262,18 @@ impl TestPg {
         };
         let out = cmd.arg("-d").arg(&config).output().expect("pgbouncer");
         assert!(out.status.success(), "pgbouncer: {}", String::from_utf8_lossy(&out.stderr));
+        let bouncer = Bouncer { port, pidfile };
+        // Probe by connecting: binding the port to see whether it is taken would, for that
+        // instant, take it from PgBouncer.
         let start = Instant::now();
-        while TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            assert!(start.elapsed() < Duration::from_secs(20), "pgbouncer did not listen");
+        while start.elapsed() < Duration::from_secs(15) {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(bouncer);
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Bouncer { port, pidfile }
+        let log = std::fs::read_to_string(dir.join(format!("pgbouncer-{port}.log"))).unwrap_or_default();
+        Err(format!("port {port}:\n{log}"))
     }
 }
 
