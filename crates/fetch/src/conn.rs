@@ -175,18 +175,21 @@ impl Conn {
     pub async fn open(account: &Account, password: &Secret<Vec<u8>>) -> Result<Self, ConnError> {
         let addrs = resolve(&account.host, account.port).await?;
         let tcp = connect(&addrs, CONNECT_TIMEOUT).await?;
-        let connector = tls::connector(account).map_err(|message| ConnError::Tls {
-            host: account.host.clone(),
-            message,
-            cause: None,
-        })?;
+        // The trust store is read only for an account that uses TLS.
+        let connector = || {
+            tls::connector(account).map_err(|message| ConnError::Tls {
+                host: account.host.clone(),
+                message,
+                cause: None,
+            })
+        };
         let mut conn = Self::new(tcp);
         if account.tls == TlsMode::Implicit {
-            conn.start_tls(&connector, &account.host).await?;
+            conn.start_tls(&connector()?, &account.host).await?;
         }
         conn.greet().await?;
         if account.tls == TlsMode::Starttls {
-            conn.stls(&connector, &account.host).await?;
+            conn.stls(&connector()?, &account.host).await?;
         }
         conn.login(account, password).await?;
         conn.refresh_capa().await;
@@ -393,10 +396,15 @@ impl Conn {
         }
     }
 
-    /// Stream one message's text (after its `+OK`) into `sink`, chunk by chunk; returns the number
-    /// of octets of text received.
-    pub async fn message(&mut self, mut sink: impl FnMut(&[u8]) -> Result<(), ConnError>) -> Result<u64, ConnError> {
-        let mut unstuffer = Unstuffer::new();
+    /// Stream one message's text (after its `+OK`) into `sink`, chunk by chunk, with line ends as
+    /// sent (CRLF) or, `to_lf`, as LF; returns the number of octets of text received (its CRLF
+    /// form, what LIST counts, either way).
+    pub async fn message(
+        &mut self,
+        to_lf: bool,
+        mut sink: impl FnMut(&[u8]) -> Result<(), ConnError>,
+    ) -> Result<u64, ConnError> {
+        let mut unstuffer = if to_lf { Unstuffer::new().to_lf() } else { Unstuffer::new() };
         let mut out = BytesMut::with_capacity(64 * 1024);
         let mut total = 0u64;
         loop {
@@ -413,7 +421,7 @@ impl Conn {
                     out.clear();
                 }
                 if matches!(r, Unstuffed::Done(_)) {
-                    return Ok(total);
+                    return Ok(total + unstuffer.crs_dropped());
                 }
             }
             self.fill().await?;

@@ -468,7 +468,8 @@ impl Local {
         r
     }
 
-    fn write_lf(&mut self, data: &[u8]) -> Result<(), DeliverError> {
+    /// Message text with LF line ends.
+    pub fn write_lf(&mut self, data: &[u8]) -> Result<(), DeliverError> {
         match (&mut self.current, &mut self.kind) {
             (Some(Current::Maildir { file, tmp, size, .. }), _) => {
                 *size += data.len() as u64;

@@ -500,7 +500,7 @@ async fn headlines(
         let limit = received_limit(e.size, None);
         let mut header = Vec::new();
         let mut so_far = 0u64;
-        conn.message(|chunk| {
+        conn.message(false, |chunk| {
             so_far += chunk.len() as u64;
             if so_far > limit {
                 return Err(ConnError::Protocol(format!(
@@ -778,8 +778,11 @@ async fn receive(
     // sending without end would otherwise fill the disk.
     let limit = received_limit(e.size, max_size);
     let mut so_far = 0u64;
+    // The text comes with LF line ends straight from the unstuffing, unless its CRLF form is
+    // hashed for an id (a server without UIDL): then the store converts it.
+    let to_lf = hasher.is_none();
     let received = conn
-        .message(|chunk| {
+        .message(to_lf, |chunk| {
             so_far += chunk.len() as u64;
             if so_far > limit {
                 return Err(ConnError::Protocol(format!(
@@ -792,7 +795,7 @@ async fn receive(
                 h.update(chunk);
             }
             if failed.is_none()
-                && let Err(err) = local.write(chunk)
+                && let Err(err) = if to_lf { local.write_lf(chunk) } else { local.write(chunk) }
             {
                 failed = Some(err);
             }

@@ -63,11 +63,19 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
+/// This machine's name, as Maildir file names and lock files carry it (letters, digits, `-` and
+/// `.` only; `localhost` when there is none). Read once per process: a Maildir writer names
+/// every message with it, and a name that changed under a running process would split its
+/// files between two names anyway.
 pub fn host_name() -> String {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let host: String = raw.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.')).collect();
-    let host = host.trim_matches('.');
-    if host.is_empty() { "localhost".into() } else { host.to_owned() }
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host: String = raw.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.')).collect();
+        let host = host.trim_matches('.');
+        if host.is_empty() { "localhost".into() } else { host.to_owned() }
+    })
+    .clone()
 }
 
 /// Seconds since the Unix epoch (0 for a clock before it).

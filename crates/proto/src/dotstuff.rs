@@ -127,8 +127,14 @@ pub struct Unstuffer {
     state: Unstuff,
     /// Only CRLF ends a line.
     strict: bool,
-    /// The last octet of text seen was CR (a line end may straddle two chunks).
+    /// The last octet of text seen was CR (a line end may straddle two chunks). In the
+    /// [`Unstuffer::to_lf`] form that CR is held back until the next octet shows whether it ends
+    /// a line.
     prev_cr: bool,
+    /// Write line ends as LF: a CR directly before an LF is dropped (a client's local store).
+    lf: bool,
+    /// The CRs dropped so far.
+    dropped: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,7 +169,19 @@ impl Default for Unstuffer {
 impl Unstuffer {
     /// Lines end at CRLF or a bare LF.
     pub fn new() -> Self {
-        Self { state: Unstuff::LineStart, strict: false, prev_cr: false }
+        Self { state: Unstuff::LineStart, strict: false, prev_cr: false, lf: false, dropped: 0 }
+    }
+
+    /// The text with LF line ends, in the same pass: each CR directly followed by LF is dropped,
+    /// any other CR is text. For a client storing messages with local line ends;
+    /// [`Unstuffer::crs_dropped`] gives back the size of the text as sent.
+    pub fn to_lf(self) -> Self {
+        Self { lf: true, ..self }
+    }
+
+    /// How many CRs [`Unstuffer::to_lf`] has dropped so far.
+    pub fn crs_dropped(&self) -> u64 {
+        self.dropped
     }
 
     /// Lines end only at CRLF (RFC 5321 section 2.3.8): for text an MTA hands on.
@@ -210,13 +228,25 @@ impl Unstuffer {
                     }
                     // ".CR" followed by something else: the CR is text.
                     out.put_u8(b'\r');
-                    self.prev_cr = true;
+                    self.prev_cr = !self.lf;
                     self.state = Unstuff::Middle;
                 }
                 Unstuff::Middle => match memchr::memchr(b'\n', &input[i..]) {
+                    // A CR held back at the end of the previous chunk is text unless an LF follows.
+                    _ if self.lf && self.prev_cr && input[i] != b'\n' => {
+                        out.put_u8(b'\r');
+                        self.prev_cr = false;
+                    }
                     Some(j) => {
                         let crlf = if j > 0 { input[i + j - 1] == b'\r' } else { self.prev_cr };
-                        out.put_slice(&input[i..=i + j]);
+                        if self.lf && crlf {
+                            // The CR is dropped: the one before the LF, or the one held back.
+                            out.put_slice(&input[i..(i + j).saturating_sub(1).max(i)]);
+                            out.put_u8(b'\n');
+                            self.dropped += 1;
+                        } else {
+                            out.put_slice(&input[i..=i + j]);
+                        }
                         i += j + 1;
                         self.prev_cr = false;
                         // A bare LF does not start a line where only CRLF ends one.
@@ -225,8 +255,9 @@ impl Unstuffer {
                         }
                     }
                     None => {
-                        out.put_slice(&input[i..]);
-                        self.prev_cr = input.last() == Some(&b'\r');
+                        let ends_cr = input.last() == Some(&b'\r');
+                        out.put_slice(&input[i..input.len() - usize::from(self.lf && ends_cr)]);
+                        self.prev_cr = ends_cr;
                         i = input.len();
                     }
                 },
@@ -471,7 +502,63 @@ mod tests {
         assert_eq!(encode_chunked(MessageEncoder::top(0), b"A: b", 3), b"A: b\r\n.\r\n".to_vec());
     }
 
+    /// Reference: drop each CR directly followed by LF.
+    fn crlf_to_lf(text: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, &b) in text.iter().enumerate() {
+            if !(b == b'\r' && text.get(i + 1) == Some(&b'\n')) {
+                out.push(b);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn lf_unstuffer_known_answers() {
+        let lf = || Unstuffer::new().to_lf();
+        check_unstuffer(
+            lf,
+            &[
+                (b".\r\n", b"", Some(3)),
+                (b"a\r\n.\r\nNEXT", b"a\n", Some(6)),
+                (b"..x\r\n...\r\n.\r\n", b".x\n..\n", Some(13)),
+                (b".\rx\r\n.\r\n", b"\rx\n", Some(8)),
+                (b"a\rb\r\r\n\r.\r\n", b"a\rb\r\n\r.\n", None),
+                (b"a\n.\n", b"a\n", Some(4)),
+                (b"x\r", b"x", None),
+            ],
+        );
+    }
+
     proptest! {
+        /// Unstuffing to LF in one pass gives what unstuffing and then converting gives, in
+        /// every chunking of any wire text (bare CRs, CRs at chunk ends, stuffed dots), ends at
+        /// the same place, and counts the CRs it dropped.
+        #[test]
+        fn lf_unstuffer_matches_unstuffing_then_converting(
+            wire in proptest::collection::vec(prop_oneof![Just(b'.'), Just(b'\r'), Just(b'\n'), Just(b'a')], 0..400),
+            size in 1usize..40,
+        ) {
+            let (crlf, end) = unstuff_chunked(&wire, size);
+            let mut u = Unstuffer::new().to_lf();
+            let mut out = BytesMut::new();
+            let mut lf_end = None;
+            let mut offset = 0;
+            for chunk in wire.chunks(size) {
+                if let Unstuffed::Done(n) = u.decode(chunk, &mut out) {
+                    lf_end = Some(offset + n);
+                    break;
+                }
+                offset += chunk.len();
+            }
+            prop_assert_eq!(lf_end, end);
+            let expected = crlf_to_lf(&crlf);
+            // A CR held back at the very end of unfinished text is not out yet.
+            let held = usize::from(end.is_none() && crlf.ends_with(b"\r"));
+            prop_assert_eq!(&out[..], &expected[..expected.len() - held]);
+            prop_assert_eq!(out.len() as u64 + u.crs_dropped(), (crlf.len() - held) as u64);
+        }
+
         #[test]
         fn retr_roundtrips_and_size_matches(
             msg in proptest::collection::vec(prop_oneof![Just(b'.'), Just(b'\r'), Just(b'\n'), Just(b'a'), any::<u8>()], 0..600),
