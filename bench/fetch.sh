@@ -10,7 +10,8 @@
 # every packet by DELAY_MS each way (this kernel has no netem): 20 gives a 40 ms round trip.
 # Environment: ONLY="pillarbox mpop_nosync ..." runs just those clients; PB_BEFORE=PATH adds the same fetch by another build (a before/after); KEEP=1 leaves the mail on the server (default: delete after download, the server's
 # mailbox restored before every run); FETCHMAIL=1 adds fetchmail (slow over a delay: it does not
-# pipeline).
+# pipeline); EXTRA=1 adds STLS, mbox and MDA delivery (pillarbox and mpop each) and pillarbox with
+# a search index to update (`*_stls` rows are set against bare_tls, the others against bare).
 #
 # Needs root (Dovecot), dovecot-pop3d, mpop, python3, bc, openssl, GNU time; eatmydata for the
 # fsync-free rows; fetchmail with FETCHMAIL=1. The clients run in turn within each repetition
@@ -88,9 +89,9 @@ restore() {
   [ "$KEEP" = 1 ] && return
   rm -rf "$SRV/mail/alice"; cp -a "$SRV/pristine" "$SRV/mail/alice"
 }
-pb_account() { # PORT TLS
-  printf '[accounts.bench]\nhost = "%s"\nport = %s\ntls = "%s"\nca_file = "%s"\nusername = "alice"\npassword_env = "BENCH_PW"\ndeliver = { maildir = "%s" }\nkeep = "%s"\n' \
-    "$HOST" "$1" "$2" "$BASE/cert.pem" "$OUT" "$KEEP_POLICY"
+pb_account() { # PORT TLS; DELIVER (default: a Maildir at $OUT)
+  printf '[accounts.bench]\nhost = "%s"\nport = %s\ntls = "%s"\nca_file = "%s"\nusername = "alice"\npassword_env = "BENCH_PW"\ndeliver = { %s }\nkeep = "%s"\n' \
+    "$HOST" "$1" "$2" "$BASE/cert.pem" "${DELIVER:-maildir = \"$OUT\"}" "$KEEP_POLICY"
 }
 run_pillarbox_at() { # PORT TLS [WRAPPER...]
   local port=$1 tls=$2; shift 2
@@ -101,19 +102,34 @@ run_pillarbox_at() { # PORT TLS [WRAPPER...]
 run_pillarbox() { run_pillarbox_at "$POP3" none; }
 run_pillarbox_tls() { run_pillarbox_at "$POP3S" implicit; }
 run_pillarbox_nosync() { run_pillarbox_at "$POP3" none eatmydata; }
+run_pillarbox_stls() { run_pillarbox_at "$POP3" starttls; }
+run_pillarbox_mbox() { DELIVER="mbox = \"$OUT.mbox\"" run_pillarbox_at "$POP3" none; }
+# The MDA's own cost is the same for every client: each message is piped to a shell command.
+MDA_COMMAND='cat > /dev/null'
+run_pillarbox_mda() { DELIVER="mda = \"$MDA_COMMAND\"" run_pillarbox_at "$POP3" none; }
+# With a search index (made empty before the timing): the fetch brings it up to date after the
+# download, on its clock.
+prepare_pillarbox_indexed() {
+  mkdir -p "$OUT"/{cur,new,tmp}
+  "$PB" mail search --index "$OUT.sqlite" --maildir "$OUT" nothing-matches >/dev/null 2>&1 || true
+}
+run_pillarbox_indexed() { PILLARBOX_SEARCH_INDEX="$OUT.sqlite" run_pillarbox_at "$POP3" none; }
 # PB_BEFORE=/path/to/an/older/pillarbox: the same fetch with that build, for a before/after.
 run_pillarbox_before() { PB=$PB_BEFORE run_pillarbox_at "$POP3" none; }
-run_mpop_at() { # TLS-LINES [WRAPPER...]
+run_mpop_at() { # TLS-LINES [WRAPPER...]; DELIVERY (default: a Maildir at $OUT)
   local tls=$1; shift
   mkdir -p "$OUT"/{cur,new,tmp}
-  printf 'account bench\nhost %s\n%s\nauth user\nuser alice\npasswordeval echo "%s"\ndelivery maildir %s\nkeep %s\nuidls_file %s\n' \
-    "$HOST" "$tls" "$PASS" "$OUT" "$MPOP_KEEP" "$OUT.uidls" > "$BASE/mpoprc"
+  printf 'account bench\nhost %s\n%s\nauth user\nuser alice\npasswordeval echo "%s"\ndelivery %s\nkeep %s\nuidls_file %s\n' \
+    "$HOST" "$tls" "$PASS" "${DELIVERY:-maildir $OUT}" "$MPOP_KEEP" "$OUT.uidls" > "$BASE/mpoprc"
   chmod 600 "$BASE/mpoprc"
   "${IN_CLIENT[@]}" "$@" mpop -q -C "$BASE/mpoprc" bench
 }
 run_mpop() { run_mpop_at "$(printf 'port %s\ntls off' "$POP3")"; }
 run_mpop_tls() { run_mpop_at "$(printf 'port %s\ntls on\ntls_starttls off\ntls_trust_file %s' "$POP3S" "$BASE/cert.pem")"; }
 run_mpop_nosync() { run_mpop_at "$(printf 'port %s\ntls off' "$POP3")" eatmydata; }
+run_mpop_stls() { run_mpop_at "$(printf 'port %s\ntls on\ntls_starttls on\ntls_trust_file %s' "$POP3" "$BASE/cert.pem")"; }
+run_mpop_mbox() { DELIVERY="mbox $OUT.mbox" run_mpop_at "$(printf 'port %s\ntls off' "$POP3")"; }
+run_mpop_mda() { DELIVERY="mda $MDA_COMMAND" run_mpop_at "$(printf 'port %s\ntls off' "$POP3")"; }
 run_bare() { "${IN_CLIENT[@]}" python3 "$HERE/bare_pop3.py" "$HOST" "$POP3" alice "$PASS" "$COUNT" $BARE_DELETE >/dev/null; }
 run_bare_tls() { "${IN_CLIENT[@]}" python3 "$HERE/bare_pop3.py" "$HOST" "$POP3S" alice "$PASS" "$COUNT" $BARE_DELETE --tls "$BASE/cert.pem" >/dev/null; }
 run_fetchmail() {
@@ -127,6 +143,7 @@ run_fetchmail() {
 CLIENTS="bare pillarbox mpop bare_tls pillarbox_tls mpop_tls"
 command -v eatmydata >/dev/null && CLIENTS="$CLIENTS pillarbox_nosync mpop_nosync"
 [ "${FETCHMAIL:-0}" = 1 ] && CLIENTS="$CLIENTS fetchmail"
+[ "${EXTRA:-0}" = 1 ] && CLIENTS="$CLIENTS pillarbox_stls mpop_stls pillarbox_mbox mpop_mbox pillarbox_mda mpop_mda pillarbox_indexed"
 [ -n "${PB_BEFORE:-}" ] && CLIENTS="$CLIENTS pillarbox_before"
 # ONLY="bare pillarbox ...": just these (bare and bare_tls are added as the references).
 if [ -n "${ONLY:-}" ]; then CLIENTS="bare bare_tls"; for c in $ONLY; do case " $CLIENTS " in *" $c "*) ;; *) CLIENTS="$CLIENTS $c" ;; esac; done; fi
@@ -135,8 +152,9 @@ for rep in $(seq "$REPS"); do
   for client in $CLIENTS; do
     restore
     OUT=$STORE/$client-$rep
+    if declare -F "prepare_$client" >/dev/null; then "prepare_$client"; fi
     t0=$(now)
-    /usr/bin/time -f '%U %S' -o "$BASE/cpu" bash -c "$(declare -f "run_$client" run_pillarbox_at run_mpop_at pb_account); $(declare -p BASE SRV OUT HOST POP3 POP3S PASS PB PB_BEFORE HERE COUNT KEEP_POLICY MPOP_KEEP BARE_DELETE KEEP IN_CLIENT); run_$client"
+    /usr/bin/time -f '%U %S' -o "$BASE/cpu" bash -c "$(declare -f "run_$client" run_pillarbox_at run_mpop_at pb_account); $(declare -p BASE SRV OUT HOST POP3 POP3S PASS PB PB_BEFORE HERE COUNT KEEP_POLICY MPOP_KEEP BARE_DELETE KEEP IN_CLIENT MDA_COMMAND); run_$client"
     t1=$(now)
     # A client under eatmydata leaves its store unwritten in the page cache; written now, outside
     # the timing, it is not charged to the next client (whose syncfs would write it otherwise).
@@ -153,7 +171,7 @@ printf '\n%d messages, %.1f MB, %s, %s, %d alternating repetitions (medians)\n' 
 printf '%-17s %9s %11s %12s %14s %15s\n' client seconds messages/s "vs bare" "client CPU s" "CPU us/message"
 for client in $CLIENTS; do
   T=$(echo "${TIMES[$client]}" | median); C=$(echo "${CPUS[$client]}" | median)
-  REF=bare; case $client in *_tls) REF=bare_tls ;; esac
+  REF=bare; case $client in *_tls|*_stls) REF=bare_tls ;; esac
   R=$(echo "${TIMES[$REF]}" | median)
   printf '%-17s %9.2f %11.0f %11.2fx %14.2f %15.0f\n' "$client" "$T" "$(echo "$COUNT/$T" | bc -l)" "$(echo "$T/$R" | bc -l)" "$C" "$(echo "$C*1000000/$COUNT" | bc -l)"
 done

@@ -924,6 +924,30 @@ fn a_full_disk_stops_the_fetch_and_deletes_nothing_it_could_not_store() {
     assert!(stored.iter().all(|m| m.ends_with(&format!("{}\n", "q".repeat(60_000)))), "no partial message");
     assert_eq!(pb.stored("alice") + stored.len(), 40, "every message is on the server or stored");
     assert_eq!(std::fs::read_dir(small.join("m/tmp")).expect("tmp").count(), 0);
+
+    // An mbox with the fetch's state (its staging files) on another full file system: the disk
+    // fills while a message is staged or while a batch is appended.
+    let left = pb.stored("alice");
+    let small = w.join("small-mbox");
+    std::fs::create_dir_all(&small).expect("mkdir");
+    let mounted =
+        Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m"]).arg("tmpfs").arg(&small).status().expect("mount");
+    assert!(mounted.success());
+    let _guard = Unmount(small.clone());
+    let mbox = small.join("inbox.mbox");
+    let acct = tls_account(&pb, "full", "", &small.join("unused")).replace(
+        &format!("maildir = \"{}\"", small.join("unused").display()),
+        &format!("mbox = \"{}\"", mbox.display()),
+    );
+    assert!(acct.contains("mbox ="), "{acct}");
+    let (out, ev) = fetch(&small, &acct, &[]);
+    assert_eq!(out.status.code(), Some(74), "{ev:?}");
+    let text = std::fs::read_to_string(&mbox).unwrap_or_default();
+    let messages: Vec<&str> = text.split("From MAILER-DAEMON ").filter(|m| !m.is_empty()).collect();
+    let whole = format!("{}\n\n", "q".repeat(60_000));
+    assert!(messages.iter().all(|m| m.ends_with(&whole)), "no partial message in the mbox");
+    assert!(messages.len() < left, "the disk filled before all {left} were stored");
+    assert_eq!(pb.stored("alice") + messages.len(), left, "every message is on the server or in the mbox");
 }
 
 #[test]

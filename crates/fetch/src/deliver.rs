@@ -98,6 +98,9 @@ struct Mbox {
     kept: HashSet<String>,
 }
 
+/// How much quoted mbox text is gathered before it is written.
+const MBOX_WRITE_CHUNK: usize = 256 * 1024;
+
 /// One batch's staging file.
 struct Staging {
     file: File,
@@ -249,11 +252,15 @@ enum Current {
         tmp: PathBuf,
         size: u64,
     },
-    /// `start`: where the message begins in the staging file; `line`: the undecided head of a line.
+    /// `start`: where the message begins in the staging file; `line`: the undecided head of a
+    /// line; `out`: its quoted text not written yet (mboxrd quoting goes a line at a time, and a
+    /// write per line cost more than the rest of the fetch). The file gets the message's octets
+    /// only, so that cutting it at `start` removes all of a message and nothing else.
     Mbox {
         start: u64,
         at_line_start: bool,
         line: Vec<u8>,
+        out: Vec<u8>,
     },
     Mda {
         child: Child,
@@ -272,6 +279,8 @@ pub struct Local {
     current: Option<Current>,
     lf: ToLf,
     scratch: Vec<u8>,
+    /// The buffer of [`Current::Mbox`], kept from one message to the next.
+    mbox_out: Vec<u8>,
 }
 
 /// The `F` tags of the messages this client already moved into a Maildir.
@@ -384,6 +393,7 @@ impl Local {
             current: None,
             lf: ToLf::default(),
             scratch: Vec::new(),
+            mbox_out: Vec::new(),
             notices: Vec::new(),
         }
     }
@@ -441,9 +451,10 @@ impl Local {
                 let Some(Staging { file: f, path, .. }) = mbox.file.as_mut() else { unreachable!("opened above") };
                 let ctx = |what: &str| io_err(format!("{what} {}", path.display()));
                 let start = f.metadata().map_err(ctx("reading"))?.len();
-                let date = mbox_date();
-                f.write_all(format!("From MAILER-DAEMON {date}\n").as_bytes()).map_err(ctx("writing"))?;
-                Current::Mbox { start, at_line_start: true, line: Vec::new() }
+                let mut out = std::mem::take(&mut self.mbox_out);
+                out.clear();
+                out.extend_from_slice(format!("From MAILER-DAEMON {}\n", mbox_date()).as_bytes());
+                Current::Mbox { start, at_line_start: true, line: Vec::new(), out }
             }
             Kind::Mda { command, .. } => {
                 let child = Command::new("/bin/sh")
@@ -475,9 +486,14 @@ impl Local {
                 *size += data.len() as u64;
                 Ok(file.write_all(data).map_err(io_err(format!("writing {}", tmp.display())))?)
             }
-            (Some(Current::Mbox { at_line_start, line, .. }), Kind::Mbox(Mbox { file: Some(s), .. })) => {
-                Ok(pillarbox_mailbox::mboxrd_quote(data, at_line_start, line, &mut s.file)
-                    .map_err(io_err(format!("writing {}", s.path.display())))?)
+            (Some(Current::Mbox { at_line_start, line, out, .. }), Kind::Mbox(Mbox { file: Some(s), .. })) => {
+                // Writing to a Vec cannot fail.
+                let _ = pillarbox_mailbox::mboxrd_quote(data, at_line_start, line, out);
+                if out.len() >= MBOX_WRITE_CHUNK {
+                    s.file.write_all(out).map_err(io_err(format!("writing {}", s.path.display())))?;
+                    out.clear();
+                }
+                Ok(())
             }
             (Some(Current::Mda { child, .. }), Kind::Mda { command, .. }) => match child.stdin.as_mut() {
                 Some(stdin) => Ok(stdin.write_all(data).map_err(io_err(format!("writing to the MDA `{command}`")))?),
@@ -512,18 +528,25 @@ impl Local {
                 Ok(())
             }
             (
-                Some(Current::Mbox { at_line_start, line, .. }),
+                Some(Current::Mbox { start, at_line_start, line, mut out }),
                 Kind::Mbox(Mbox { file: Some(Staging { file: f, path: staging, .. }), written, .. }),
             ) => {
                 // The undecided head of a last line is too short to be a From_ line. A message
                 // without a final newline still ends its line; then comes the blank separator.
                 let ends_with_newline = if line.is_empty() { at_line_start } else { line.last() == Some(&b'\n') };
-                let mut end = line;
+                out.extend_from_slice(&line);
                 if !ends_with_newline {
-                    end.push(b'\n');
+                    out.push(b'\n');
                 }
-                end.push(b'\n');
-                f.write_all(&end).map_err(io_err(format!("writing {}", staging.display())))?;
+                out.push(b'\n');
+                let r = f.write_all(&out).map_err(io_err(format!("writing {}", staging.display())));
+                self.mbox_out = out;
+                if r.is_err() {
+                    // Nothing of a message that was not written whole stays.
+                    let _ = f.set_len(start);
+                    let _ = f.seek(io::SeekFrom::Start(start));
+                }
+                r?;
                 written.push(id);
                 Ok(())
             }
