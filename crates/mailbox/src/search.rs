@@ -60,7 +60,8 @@ const SCHEMA_VERSION: i64 = 2;
 /// tokenizer lowercases and drops diacritics (`ü` is `u`), but leaves `ß` alone, so `Grüße` and
 /// `Grüsse` would not find each other.
 fn fold(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.contains(['ß', 'ẞ']) { s.replace(['ß', 'ẞ'], "ss").into() } else { s.into() }
+    // Two substring searches (vectorised) cost far less than one pass matching each char.
+    if s.contains('ß') || s.contains('ẞ') { s.replace(['ß', 'ẞ'], "ss").into() } else { s.into() }
 }
 
 pub struct Index {
