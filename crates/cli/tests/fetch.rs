@@ -121,6 +121,13 @@ fn from_dovecot_over_plain_stls_pop3s_with_ca_and_with_a_pinned_certificate() {
     }
     let reference = maildir(&w.join("m-plain"));
     assert_eq!(reference.len(), 5);
+    // Readable by the user only, and nothing left in tmp/.
+    for e in std::fs::read_dir(w.join("m-plain/new")).expect("new").flatten() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = e.metadata().expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", e.path().display());
+    }
+    assert_eq!(std::fs::read_dir(w.join("m-plain/tmp")).expect("tmp").count(), 0);
     assert!(reference[0].contains("\n.line with a dot\n") && !reference[0].contains('\r'), "unstuffed, LF line ends");
     for m in ["m-stls", "m-implicit", "m-pinned"] {
         assert_eq!(maildir(&w.join(m)), reference, "{m}");
@@ -531,12 +538,20 @@ fn write_crash_mail(pb: &Pillarbox, total: usize) {
     }
 }
 
-/// What the crash trials look at in the local store.
+/// What the crash trials look at in the local store and the fetch's process (its PID given).
 struct Probe<'a> {
     /// Grows as messages arrive (files or octets written).
-    progress: &'a dyn Fn() -> u64,
-    /// Whether one batch was being committed while the next one downloaded.
-    overlapped: &'a dyn Fn() -> bool,
+    progress: &'a dyn Fn(u32) -> u64,
+    /// Whether one batch was being committed while the next one downloaded (asked just before
+    /// the kill).
+    overlapped: &'a dyn Fn(u32) -> bool,
+}
+
+/// How many files under `dir` the process has open (its messages being written, named or not:
+/// a file without a name shows as `dir/#INODE (deleted)`).
+fn open_under(pid: u32, dir: &Path) -> u64 {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten();
+    fds.filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(dir))).count() as u64
 }
 
 /// Start `fetch` with these accounts and kill -9 it, up to 12 times (at most a minute, and only
@@ -544,7 +559,8 @@ struct Probe<'a> {
 /// others a random 0-250 ms after messages start arriving. Returns how many times, and how many
 /// of the kills came while one batch was being committed and the next one downloading. Three
 /// runs in four hold each batch 200 ms between its sync and its journal record (a debug build's
-/// test hook), which makes such kills likely.
+/// test hook), which makes such kills likely. Every third run writes named files in `tmp/` (a
+/// file system without `O_TMPFILE`; a debug build's test hook).
 fn kill_9_trials(pb: &Pillarbox, accounts: &Path, state: &Path, seed: u64, probe: &Probe) -> (usize, usize) {
     let mut rng = Rng(seed);
     let started = Instant::now();
@@ -558,6 +574,7 @@ fn kill_9_trials(pb: &Pillarbox, accounts: &Path, state: &Path, seed: u64, probe
             .arg("--state-dir")
             .arg(state)
             .env("PILLARBOX_TEST_COMMIT_PAUSE_MS", pause)
+            .envs((trials % 3 == 0).then_some(("PILLARBOX_TEST_NAMED_TMP", "1")))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -565,16 +582,19 @@ fn kill_9_trials(pb: &Pillarbox, accounts: &Path, state: &Path, seed: u64, probe
         if rng.next().is_multiple_of(4) {
             std::thread::sleep(Duration::from_millis(10 + rng.next() % 250));
         } else {
-            let (before, deadline) = ((probe.progress)(), Instant::now() + Duration::from_secs(20));
-            while (probe.progress)() == before && Instant::now() < deadline && child.try_wait().ok().flatten().is_none()
+            let pid = child.id();
+            let (before, deadline) = ((probe.progress)(pid), Instant::now() + Duration::from_secs(20));
+            while (probe.progress)(pid) == before
+                && Instant::now() < deadline
+                && child.try_wait().ok().flatten().is_none()
             {
                 std::thread::sleep(Duration::from_millis(2));
             }
             std::thread::sleep(Duration::from_millis(rng.next() % 250));
         }
+        overlaps += usize::from((probe.overlapped)(child.id()));
         let _ = Command::new("kill").args(["-KILL", &child.id().to_string()]).status();
         let _ = child.wait();
-        overlaps += usize::from((probe.overlapped)());
     }
     (trials, overlaps)
 }
@@ -624,8 +644,9 @@ fn kill_9_at_random_moments_never_loses_or_duplicates_mail() {
     let count = |sub: &str| std::fs::read_dir(md.join(sub)).map_or(0, |d| d.count());
     // Killed after a batch was moved into place and before its record, with the next batch's
     // files being written: the next run must recognise the first and redo the second.
-    let overlapped = || count("tmp") > 0 && count("new") > journaled(&state);
-    let progress = || (count("tmp") + count("new")) as u64;
+    let tmp = md.join("tmp");
+    let overlapped = |pid| open_under(pid, &tmp) > 0 && count("new") > journaled(&state);
+    let progress = |pid| open_under(pid, &tmp) + count("new") as u64;
     let probe = Probe { progress: &progress, overlapped: &overlapped };
     let (trials, overlaps) = kill_9_trials(&pb, &file, &state, 0x5eed_1234_abcd_9876, &probe);
     assert!(trials >= 2, "the fetch was interrupted {trials} time(s)");
@@ -706,9 +727,9 @@ fn kill_9_next_to_another_mbox_writer_never_loses_cuts_or_duplicates_mail() {
     let state = w.join("state");
     // Killed while one batch was appended (or waiting for its record) and the next was staged.
     let overlapped =
-        || !find_named(&state, "mbox-batch").is_empty() && !find_named(&state, "mbox-batch.odd").is_empty();
+        |_| !find_named(&state, "mbox-batch").is_empty() && !find_named(&state, "mbox-batch.odd").is_empty();
     // The staged octets (the mbox itself grows with the other writer's mail all the time).
-    let progress = || -> u64 {
+    let progress = |_| -> u64 {
         let size = |p: PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
         ["mbox-batch", "mbox-batch.odd"].iter().flat_map(|n| find_named(&state, n)).map(size).sum()
     };
