@@ -279,10 +279,11 @@ pub fn run(args: FetchArgs) -> Result<u8> {
     if let Some(spec) = &args.import_state {
         return import_state(spec, &chosen, &state, now);
     }
+    let max_batch = fetch::batch_limit(raise_open_files_limit(), chosen.len());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         let Some(every) = args.every else {
-            let opts = Options { state, dry_run: args.dry_run, now };
+            let opts = Options { state, dry_run: args.dry_run, now, max_batch };
             let status = run_once(&chosen, &opts, &output).await.0;
             return Ok(if config_status != 0 { config_status } else { status });
         };
@@ -293,7 +294,7 @@ pub fn run(args: FetchArgs) -> Result<u8> {
         let mut backoff = Duration::ZERO;
         loop {
             let now = injected_now().unwrap_or_else(pillarbox_os::unix_now);
-            let opts = Options { state: state.clone(), dry_run: args.dry_run, now };
+            let opts = Options { state: state.clone(), dry_run: args.dry_run, now, max_batch };
             let run = run_once(&chosen, &opts, &output);
             tokio::pin!(run);
             let mut stop = false;
@@ -319,6 +320,16 @@ pub fn run(args: FetchArgs) -> Result<u8> {
             }
         }
     })
+}
+
+/// Raise the soft limit on open files to the hard one (a batch of Maildir messages keeps its
+/// files open until it is in place; the default soft limit is often 1,024); the limit now.
+fn raise_open_files_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return 1024 };
+    // An unlimited hard limit is not a number setrlimit takes for files; 1 Mi is plenty.
+    let want = hard.min(1 << 20);
+    if want > soft && setrlimit(Resource::RLIMIT_NOFILE, want, hard).is_ok() { want } else { soft }
 }
 
 /// One pass over the accounts, in parallel: the exit code of the first failure, and the longest

@@ -971,6 +971,36 @@ fn a_full_disk_stops_the_fetch_and_deletes_nothing_it_could_not_store() {
     assert_eq!(pb.stored("alice") + messages.len(), left, "every message is on the server or in the mbox");
 }
 
+/// A batch of Maildir messages keeps its files open until it is in place, and the next one
+/// grows while it is committed: under a low limit on open files (128, where the batches would
+/// otherwise grow to hundreds) the batches stay small enough, and everything arrives.
+#[test]
+fn a_low_limit_on_open_files_keeps_batches_small_and_loses_nothing() {
+    require_tool("prlimit");
+    let mut pb = Pillarbox::new();
+    let total = 400;
+    write_crash_mail(&pb, total);
+    pb.start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let file = w.join("accounts.toml");
+    std::fs::write(&file, tls_account(&pb, "few-files", "", &w.join("m"))).expect("accounts");
+    // Each commit held 100 ms, so that the next batch would grow while it waits.
+    let out = Command::new("prlimit")
+        .args(["--nofile=128:128", "--"])
+        .arg(bin())
+        .args(["fetch", "--json", "--accounts-file"])
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(w.join("state"))
+        .env("PILLARBOX_TEST_COMMIT_PAUSE_MS", "100")
+        .output()
+        .expect("fetch");
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(maildir(&w.join("m")).len(), total);
+    assert_eq!(pb.stored("alice"), 0);
+}
+
 #[test]
 fn a_terminal_gets_a_progress_bar_per_account() {
     require_tool("script");

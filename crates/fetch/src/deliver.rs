@@ -126,16 +126,21 @@ fn unnamed_files() -> bool {
 }
 
 /// A new file without a name in the folder `tmp` (`O_TMPFILE`), or `None` where the file system
-/// or kernel has none.
-fn open_unnamed(tmp: &Path) -> Option<File> {
+/// or kernel has none (any other failure, such as too many open files or no space, is one).
+fn open_unnamed(tmp: &Path) -> io::Result<Option<File>> {
     #[cfg(target_os = "linux")]
     {
-        OpenOptions::new().write(true).custom_flags(nix::libc::O_TMPFILE).mode(0o600).open(tmp).ok()
+        use nix::libc::{EINVAL, EISDIR, EOPNOTSUPP, O_TMPFILE};
+        match OpenOptions::new().write(true).custom_flags(O_TMPFILE).mode(0o600).open(tmp) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if matches!(e.raw_os_error(), Some(EOPNOTSUPP | EISDIR | EINVAL)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = tmp;
-        None
+        Ok(None)
     }
 }
 
@@ -506,7 +511,12 @@ impl Local {
                     u32::from_le_bytes(r)
                 );
                 let tmp_dir = dir.join("tmp");
-                let without_name = if *unnamed { open_unnamed(&tmp_dir) } else { None };
+                let without_name = if *unnamed {
+                    open_unnamed(&tmp_dir)
+                        .map_err(io_err(format!("creating a new message in {}", tmp_dir.display())))?
+                } else {
+                    None
+                };
                 // A file system without O_TMPFILE says so at the first message; named files then.
                 *unnamed = without_name.is_some();
                 let (file, tmp, named) = match without_name {

@@ -55,6 +55,20 @@ pub struct Options {
     pub dry_run: bool,
     /// The current time (seconds since the epoch), for keep = "Nd".
     pub now: u64,
+    /// At most this many messages in one batch: a Maildir message's file stays open until its
+    /// batch is in place, and two batches may be open at once (one committed, one downloading),
+    /// so this keeps an account within its share of the open-files limit
+    /// ([`batch_limit`]).
+    pub max_batch: usize,
+}
+
+/// The largest batch each of `accounts` accounts fetched at once can have, when the process may
+/// open `open_files` files: two batches each, beside a reserve for everything else (sockets, the
+/// runtime, journals, TLS), and never more than [`MAX_BATCH_MESSAGES`].
+pub fn batch_limit(open_files: u64, accounts: usize) -> usize {
+    let reserve = (open_files / 2).min(256);
+    let per_account = (open_files - reserve) / (2 * accounts.max(1) as u64);
+    usize::try_from(per_account).unwrap_or(usize::MAX).clamp(8, MAX_BATCH_MESSAGES)
 }
 
 /// Something that happened, for the terminal or `--json`.
@@ -397,6 +411,7 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
         now: opts.now,
         emit,
         window,
+        max_batch: opts.max_batch.min(MAX_BATCH_MESSAGES),
         to_fetch,
         next_retr: 0,
         in_flight: VecDeque::new(),
@@ -553,6 +568,8 @@ struct Download<'a> {
     now: u64,
     emit: &'a (dyn Fn(Event) + Sync),
     window: usize,
+    /// Messages per batch at most (see [`Options::max_batch`]).
+    max_batch: usize,
     to_fetch: Vec<&'a Entry>,
     /// The next message to send a RETR for.
     next_retr: usize,
@@ -651,9 +668,9 @@ impl Download<'_> {
                         self.batch.push(f);
                     }
                     let (count, bytes) = (self.batch.len(), self.batch_bytes);
-                    if count >= BATCH_MESSAGES || bytes >= BATCH_BYTES {
+                    if count >= BATCH_MESSAGES.min(self.max_batch) || bytes >= BATCH_BYTES {
                         self.settle_if_done(local, journal).await?;
-                        if self.commit.is_none() || count >= MAX_BATCH_MESSAGES || bytes >= MAX_BATCH_BYTES {
+                        if self.commit.is_none() || count >= self.max_batch || bytes >= MAX_BATCH_BYTES {
                             self.seal(local, journal).await?;
                         }
                     }
@@ -852,4 +869,24 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 fn received_limit(listed: u64, max_size: Option<u64>) -> u64 {
     let announced = listed.saturating_mul(2).saturating_add(1 << 20);
     max_size.map_or(announced, |m| announced.min(m.saturating_add(1 << 20)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_keep_within_the_open_files_limit() {
+        // The usual soft limit, one account: 256 in reserve, two batches of 384.
+        assert_eq!(batch_limit(1024, 1), 384);
+        assert_eq!(batch_limit(128, 1), 32);
+        assert_eq!(batch_limit(1 << 20, 1), MAX_BATCH_MESSAGES);
+        assert_eq!(batch_limit(1024, 3), 128);
+        for (files, accounts) in [(64u64, 1usize), (128, 2), (1024, 3), (4096, 10), (65536, 2)] {
+            let batch = batch_limit(files, accounts) as u64;
+            assert!(2 * batch * accounts as u64 + (files / 2).min(256) <= files, "{files} files, {accounts} accounts");
+        }
+        // Never below a few messages per batch, however many accounts share the limit.
+        assert_eq!(batch_limit(1024, 1000), 8);
+    }
 }
