@@ -146,8 +146,9 @@ fn open_unnamed(tmp: &Path) -> io::Result<Option<File>> {
 
 enum Kind {
     /// `unnamed`: messages are written to files without a name (`O_TMPFILE`) and linked into
-    /// `new/` when durable: one directory entry per message instead of one in `tmp/`, its lookup
-    /// and a rename, which was a third of a fetch's CPU. Off where the file system cannot.
+    /// `new/` when durable: one directory entry per message instead of a name made in `tmp/` and
+    /// renamed (creating and renaming were a third of a fetch's CPU, much of it in directories).
+    /// Off where the file system cannot.
     Maildir {
         dir: PathBuf,
         present: HashSet<String>,
