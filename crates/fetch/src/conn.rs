@@ -187,9 +187,10 @@ impl Conn {
         if account.tls == TlsMode::Implicit {
             conn.start_tls(&connector()?, &account.host).await?;
         }
-        conn.greet().await?;
         if account.tls == TlsMode::Starttls {
-            conn.stls(&connector()?, &account.host).await?;
+            conn.greet_and_stls(&connector()?, &account.host).await?;
+        } else {
+            conn.greet().await?;
         }
         conn.login(account, password).await?;
         conn.refresh_capa().await;
@@ -221,6 +222,25 @@ impl Conn {
         if !self.capa.has("STLS") {
             return Err(ConnError::NoStls);
         }
+        self.stls_now(connector, host).await
+    }
+
+    /// The greeting, then STLS at once: the capabilities that count are the ones read inside
+    /// TLS, so asking for them before (a round trip) only tells whether STLS is offered, which
+    /// its answer tells as well. A refusal is [`ConnError::NoStls`].
+    pub async fn greet_and_stls(
+        &mut self,
+        connector: &tokio_rustls::TlsConnector,
+        host: &str,
+    ) -> Result<(), ConnError> {
+        self.greeting = self.status("greeting").await?;
+        match self.stls_now(connector, host).await {
+            Err(ConnError::Refused { .. }) => Err(ConnError::NoStls),
+            other => other,
+        }
+    }
+
+    async fn stls_now(&mut self, connector: &tokio_rustls::TlsConnector, host: &str) -> Result<(), ConnError> {
         self.command(ClientCommand::Stls).await?;
         // Whatever arrived in plaintext after the +OK is not trusted inside TLS.
         self.buf.clear();
