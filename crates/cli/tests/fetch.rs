@@ -555,8 +555,9 @@ fn open_under(pid: u32, dir: &Path) -> u64 {
 }
 
 /// Start `fetch` with these accounts and kill -9 it, up to 12 times (at most a minute, and only
-/// while alice has mail left): one run in four after a random 10-260 ms (during the login), the
-/// others a random 0-250 ms after messages start arriving. Returns how many times, and how many
+/// while alice has mail left): one run in four after a random 10-260 ms (during the login), one
+/// in four of the held runs (below) within 150 ms of the probe seeing a batch committed while
+/// the next one downloads, the others a random 0-250 ms after messages start arriving. Returns how many times, and how many
 /// of the kills came while one batch was being committed and the next one downloading. Three
 /// runs in four hold each batch 200 ms between its sync and its journal record (a debug build's
 /// test hook), which makes such kills likely. Every third run writes named files in `tmp/` (a
@@ -579,18 +580,28 @@ fn kill_9_trials(pb: &Pillarbox, accounts: &Path, state: &Path, seed: u64, probe
             .stderr(Stdio::null())
             .spawn()
             .expect("fetch");
-        if rng.next().is_multiple_of(4) {
-            std::thread::sleep(Duration::from_millis(10 + rng.next() % 250));
-        } else {
-            let pid = child.id();
-            let (before, deadline) = ((probe.progress)(pid), Instant::now() + Duration::from_secs(20));
-            while (probe.progress)(pid) == before
-                && Instant::now() < deadline
-                && child.try_wait().ok().flatten().is_none()
-            {
-                std::thread::sleep(Duration::from_millis(2));
+        let pid = child.id();
+        let running = |child: &mut std::process::Child| child.try_wait().ok().flatten().is_none();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        match rng.next() % 4 {
+            0 => std::thread::sleep(Duration::from_millis(10 + rng.next() % 250)),
+            // Aimed at the overlap, however slow a loaded machine makes the download: once a
+            // batch is held before its record while the next downloads, within the hold.
+            1 if pause != "0" => {
+                // Not past 3 s: a run that finished would take the rest of the mail with it.
+                let soon = Instant::now() + Duration::from_secs(3);
+                while !(probe.overlapped)(pid) && Instant::now() < soon && running(&mut child) {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                std::thread::sleep(Duration::from_millis(rng.next() % 150));
             }
-            std::thread::sleep(Duration::from_millis(rng.next() % 250));
+            _ => {
+                let before = (probe.progress)(pid);
+                while (probe.progress)(pid) == before && Instant::now() < deadline && running(&mut child) {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                std::thread::sleep(Duration::from_millis(rng.next() % 250));
+            }
         }
         overlaps += usize::from((probe.overlapped)(child.id()));
         let _ = Command::new("kill").args(["-KILL", &child.id().to_string()]).status();
