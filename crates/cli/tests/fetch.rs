@@ -66,6 +66,17 @@ fn tls_account(pb: &Pillarbox, name: &str, extra: &str, maildir: &Path) -> Strin
     account(name, pb.pop3s.expect("pop3s").port(), &settings, maildir)
 }
 
+/// [`tls_account`] delivering into an mbox file.
+fn tls_mbox_account(pb: &Pillarbox, name: &str, mbox: &Path) -> String {
+    let placeholder = mbox.with_extension("unused");
+    let acct = tls_account(pb, name, "", &placeholder).replace(
+        &format!("{{ maildir = \"{}\" }}", placeholder.display()),
+        &format!("{{ mbox = \"{}\" }}", mbox.display()),
+    );
+    assert!(acct.contains("mbox ="), "{acct}");
+    acct
+}
+
 /// The SHA-256 of a PEM certificate's DER, as tls_fingerprint takes it.
 fn fingerprint(pem: &Path) -> String {
     let out = Command::new("openssl").args(["x509", "-outform", "der", "-in"]).arg(pem).output().expect("openssl");
@@ -723,11 +734,7 @@ fn kill_9_next_to_another_mbox_writer_never_loses_cuts_or_duplicates_mail() {
     let work = tempfile::tempdir().expect("tempdir");
     let w = work.path();
     let mbox = w.join("inbox.mbox");
-    let acct = tls_account(&pb, "crash", "", &w.join("unused")).replace(
-        &format!("{{ maildir = \"{}\" }}", w.join("unused").display()),
-        &format!("{{ mbox = \"{}\" }}", mbox.display()),
-    );
-    assert!(acct.contains("mbox ="), "{acct}");
+    let acct = tls_mbox_account(&pb, "crash", &mbox);
     let file = w.join("accounts.toml");
     std::fs::write(&file, &acct).expect("accounts");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -967,11 +974,7 @@ fn a_full_disk_stops_the_fetch_and_deletes_nothing_it_could_not_store() {
     assert!(mounted.success());
     let _guard = Unmount(small.clone());
     let mbox = small.join("inbox.mbox");
-    let acct = tls_account(&pb, "full", "", &small.join("unused")).replace(
-        &format!("maildir = \"{}\"", small.join("unused").display()),
-        &format!("mbox = \"{}\"", mbox.display()),
-    );
-    assert!(acct.contains("mbox ="), "{acct}");
+    let acct = tls_mbox_account(&pb, "full", &mbox);
     let (out, ev) = fetch(&small, &acct, &[]);
     assert_eq!(out.status.code(), Some(74), "{ev:?}");
     let text = std::fs::read_to_string(&mbox).unwrap_or_default();
