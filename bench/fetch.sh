@@ -107,7 +107,7 @@ run_pillarbox_mbox() { DELIVER="mbox = \"$OUT.mbox\"" run_pillarbox_at "$POP3" n
 # The MDA's own cost is the same for every client: each message is piped to a shell command.
 MDA_COMMAND='cat > /dev/null'
 run_pillarbox_mda() { DELIVER="mda = \"$MDA_COMMAND\"" run_pillarbox_at "$POP3" none; }
-# With a search index (made empty before the timing): the fetch brings it up to date after the
+# With a search index (made empty before the timing): the fetch adds each batch to it beside the
 # download, on its clock.
 prepare_pillarbox_indexed() {
   mkdir -p "$OUT"/{cur,new,tmp}

@@ -336,11 +336,17 @@ fn raise_open_files_limit() -> u64 {
 /// LOGIN-DELAY a server announced.
 async fn run_once(accounts: &[Account], opts: &Options, output: &Arc<Output>) -> (u8, Duration) {
     let mut tasks = tokio::task::JoinSet::new();
+    let indexer = if opts.dry_run { None } else { crate::mail::Indexer::start(opts.state.base()).map(Arc::new) };
     for account in accounts.iter().cloned() {
-        let (opts, output) = (opts.clone(), Arc::clone(output));
+        let (opts, output, indexer) = (opts.clone(), Arc::clone(output), indexer.clone());
         tasks.spawn(async move {
             let out = Arc::clone(&output);
-            let emit = move |e: Event| out.emit(&e);
+            let emit = move |e: Event| {
+                if let (Some(ix), Event::Delivered { account, file: Some(file), .. }) = (&indexer, &e) {
+                    ix.stored(account, file);
+                }
+                out.emit(&e)
+            };
             match fetch::run(&account, &opts, &emit).await {
                 Ok(delay) => (0, Duration::from_secs(delay.unwrap_or(0))),
                 Err(e) => {
@@ -366,7 +372,15 @@ async fn run_once(accounts: &[Account], opts: &Options, output: &Arc<Output>) ->
     }
     if !opts.dry_run {
         let (accounts, state_dir) = (accounts.to_vec(), opts.state.base().to_owned());
-        let _ = tokio::task::spawn_blocking(move || crate::mail::after_fetch(&accounts, &state_dir)).await;
+        // Every task is done, so the indexer's only owner is here.
+        let indexer = indexer.and_then(Arc::into_inner);
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(i) = indexer {
+                i.finish();
+            }
+            crate::mail::after_fetch(&accounts, &state_dir)
+        })
+        .await;
     }
     (worst, delay)
 }

@@ -154,15 +154,72 @@ fn index_path(store: &Store) -> PathBuf {
     }
 }
 
-/// After a fetch: bring the search index up to date for these accounts, if there is one
-/// (searching builds it). It lives beside fetch's state folder (the default one: beside the
-/// default index of `mail search`).
-pub fn after_fetch(accounts: &[Account], state_dir: &std::path::Path) {
+/// The search index fetch keeps up to date, if there is one (searching builds it): beside
+/// fetch's state folder (the default one: beside the default index of `mail search`), or
+/// `PILLARBOX_SEARCH_INDEX`.
+fn fetch_index(state_dir: &std::path::Path) -> Option<PathBuf> {
     let beside = state_dir.parent().map_or_else(|| PathBuf::from("search.sqlite"), |p| p.join("search.sqlite"));
     let path = std::env::var_os("PILLARBOX_SEARCH_INDEX").map_or(beside, PathBuf::from);
-    if !path.exists() {
-        return;
+    path.exists().then_some(path)
+}
+
+/// During a fetch: each committed batch's Maildir messages go into the search index on a thread
+/// of their own, beside the download, instead of all of them after it.
+pub struct Indexer {
+    files: std::sync::mpsc::Sender<(String, PathBuf)>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Messages added to the index in one transaction at most (a commit per message would cost more
+/// than the words).
+const INDEX_CHUNK: usize = 256;
+
+impl Indexer {
+    /// `None` when there is no index to keep up to date.
+    pub fn start(state_dir: &std::path::Path) -> Option<Self> {
+        let path = fetch_index(state_dir)?;
+        let (files, queue) = std::sync::mpsc::channel::<(String, PathBuf)>();
+        let thread = std::thread::spawn(move || {
+            let mut index = match pillarbox_mailbox::search::Index::open(&path) {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    eprintln!("pillarbox fetch: the search index was not updated: {e}");
+                    None
+                }
+            };
+            // Waits for the first of a chunk, then takes whatever else has come meanwhile.
+            while let Ok(first) = queue.recv() {
+                let mut chunk = vec![first];
+                chunk.extend(queue.try_iter().take(INDEX_CHUNK - 1));
+                // After a failure the update after the fetch catches up (and says why if it
+                // cannot); the files are still taken off the queue.
+                if let Some(i) = &mut index
+                    && i.add(&chunk).is_err()
+                {
+                    index = None;
+                }
+            }
+        });
+        Some(Self { files, thread })
     }
+
+    /// A message fetch has stored (and journaled) in this Maildir file.
+    pub fn stored(&self, account: &str, file: &std::path::Path) {
+        let _ = self.files.send((account.to_owned(), file.to_owned()));
+    }
+
+    /// Wait until every message sent has been added.
+    pub fn finish(self) {
+        drop(self.files);
+        let _ = self.thread.join();
+    }
+}
+
+/// After a fetch: bring the search index up to date for these accounts, if there is one. What
+/// the [`Indexer`] added is there already; this finds the rest (mbox accounts, messages moved
+/// meanwhile, and the run before if it was interrupted).
+pub fn after_fetch(accounts: &[Account], state_dir: &std::path::Path) {
+    let Some(path) = fetch_index(state_dir) else { return };
     let dirs: Vec<(String, PathBuf)> = accounts
         .iter()
         .filter_map(|a| match &a.deliver {
@@ -330,5 +387,36 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
             }
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Messages handed over during a fetch are in the index once `finish` returns, without the
+    /// update after the fetch; with no index beside the state folder, nothing is started.
+    #[test]
+    fn the_indexer_adds_what_fetch_hands_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        assert!(Indexer::start(&state).is_none(), "no index, no indexer");
+        let path = dir.path().join("search.sqlite");
+        pillarbox_mailbox::search::Index::open(&path).expect("create");
+        let new = dir.path().join("Mail/new");
+        std::fs::create_dir_all(&new).expect("mkdir");
+        let indexer = Indexer::start(&state).expect("an index to keep");
+        for n in 0..300 {
+            let file = new.join(format!("1790000000.M{n}P1.h"));
+            std::fs::write(&file, format!("Subject: number {n}\n\nword{n}\n")).expect("write");
+            indexer.stored("home", &file);
+        }
+        indexer.finish();
+        let index = pillarbox_mailbox::search::Index::open(&path).expect("open");
+        let found =
+            |q: &str| index.search(&pillarbox_mailbox::search::parse_query(q).expect("q"), 1000).expect("search");
+        assert_eq!(found("").len(), 300);
+        assert_eq!(found("word299").len(), 1);
+        assert!(found("").iter().all(|(account, _)| account == "home"));
     }
 }

@@ -124,6 +124,17 @@ fn from_dovecot_over_plain_stls_pop3s_with_ca_and_with_a_pinned_certificate() {
         let (out, events) = fetch(&dir, a, &[]);
         assert!(out.status.success(), "{}\n{:?}", String::from_utf8_lossy(&out.stderr), events);
         assert_eq!(count(&events, "delivered"), 5, "{a}");
+        // Each delivered message names its file, in the account's new/.
+        let new = w.join(format!("m-{}/new", ["plain", "stls", "implicit", "pinned"][i]));
+        let mut named: Vec<PathBuf> = events
+            .iter()
+            .filter(|e| e["event"] == "delivered")
+            .map(|e| PathBuf::from(e["file"].as_str().expect("a file")))
+            .collect();
+        named.sort();
+        let mut listed: Vec<PathBuf> = std::fs::read_dir(&new).expect("new").flatten().map(|e| e.path()).collect();
+        listed.sort();
+        assert_eq!(named, listed);
         let connected = events.iter().find(|e| e["event"] == "connected").expect("connected");
         assert_eq!(connected["tls"], i > 0, "{connected}");
         // keep = "keep" and UIDL: a second run downloads nothing.

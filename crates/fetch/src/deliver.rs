@@ -233,7 +233,7 @@ fn append_mbox(mbox: &Path, pending: &Path, staged: Staging, ids: &[String]) -> 
     Pending { batch, start, len, ids: ids.to_vec(), dotlock }.write(pending)?;
     let mut from = File::open(&staging).map_err(ctx("opening", &staging))?;
     io::copy(&mut from, lock.file()).and_then(|_| lock.file().sync_all()).map_err(ctx("appending to", mbox))?;
-    Ok(Durable { mbox: Some((lock, pending.to_owned(), staging)) })
+    Ok(Durable { mbox: Some((lock, pending.to_owned(), staging)), placed: Vec::new() })
 }
 
 /// A batch whose messages are all written, to be made durable ([`Sealed::make_durable`], on any
@@ -261,6 +261,8 @@ enum Work {
 /// between the batch and its record), and its recovery record.
 pub struct Durable {
     mbox: Option<(MboxLock, PathBuf, PathBuf)>,
+    /// A Maildir batch's messages as placed in `new/`: id and file.
+    placed: Vec<(String, PathBuf)>,
 }
 
 impl Sealed {
@@ -276,10 +278,10 @@ impl Sealed {
                 let result = durable_maildir(&new, &mut staged);
                 // Whatever was not moved into place (an error) goes.
                 staged.into_iter().for_each(Staged::discard);
-                result.map(|()| Durable { mbox: None })
+                result.map(|placed| Durable { mbox: None, placed })
             }
             Work::Mbox { path, pending, staged } => append_mbox(&path, &pending, staged, &self.ids),
-            Work::Nothing => Ok(Durable { mbox: None }),
+            Work::Nothing => Ok(Durable { mbox: None, placed: Vec::new() }),
         }
     }
 }
@@ -293,10 +295,10 @@ impl Drop for Sealed {
 }
 
 /// fsync the staged files, move them into `new/` (draining `staged` as they go) and sync the
-/// folder once.
-fn durable_maildir(new: &Path, staged: &mut Vec<Staged>) -> Result<(), DeliverError> {
+/// folder once. Returns each message's id and file in `new/`.
+fn durable_maildir(new: &Path, staged: &mut Vec<Staged>) -> Result<Vec<(String, PathBuf)>, DeliverError> {
     if staged.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     sync_staged(staged)?;
     for (i, s) in staged.iter().enumerate() {
@@ -306,17 +308,20 @@ fn durable_maildir(new: &Path, staged: &mut Vec<Staged>) -> Result<(), DeliverEr
             return Err(io_err(format!("moving a message into {}", new.display()))(e).into());
         }
     }
-    staged.clear();
-    Ok(pillarbox_os::fsync_dir(new).map_err(io_err(format!("syncing {}", new.display())))?)
+    let placed = staged.drain(..).map(|s| (s.id.clone(), new.join(&s.name))).collect();
+    pillarbox_os::fsync_dir(new).map_err(io_err(format!("syncing {}", new.display())))?;
+    Ok(placed)
 }
 
 impl Durable {
     /// The journal has the batch: the mbox recovery record and staged copy go, and the locks.
-    pub fn committed(self) {
+    /// Returns a Maildir batch's messages as placed in `new/` (id and file).
+    pub fn committed(self) -> Vec<(String, PathBuf)> {
         if let Some((lock, pending, staging)) = self.mbox {
             let _ = remove_files(&[&pending, &staging]);
             drop(lock);
         }
+        self.placed
     }
 }
 

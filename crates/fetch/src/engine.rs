@@ -88,6 +88,9 @@ pub enum Event {
         account: String,
         id: String,
         size: u64,
+        /// The message's file, for a Maildir account.
+        #[serde(skip_serializing_if = "Option::is_none", serialize_with = "lossy_path")]
+        file: Option<PathBuf>,
     },
     Deleted {
         account: String,
@@ -133,6 +136,15 @@ pub enum Event {
         kept: usize,
         bytes: u64,
     },
+}
+
+/// A path in JSON: a string, with anything that is not UTF-8 shown as U+FFFD (a path is
+/// never a reason to lose an event).
+fn lossy_path<S: serde::Serializer>(path: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match path {
+        Some(p) => s.serialize_str(&p.to_string_lossy()),
+        None => s.serialize_none(),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -554,8 +566,12 @@ enum InFlight {
 }
 
 /// A batch being made durable and recorded on a blocking thread.
+/// A Maildir batch's messages as placed in `new/`: id and file.
+type Placed = Vec<(String, PathBuf)>;
+
 struct Commit {
-    task: tokio::task::JoinHandle<Result<Written, FetchError>>,
+    /// The journal's record, and the batch's messages as placed.
+    task: tokio::task::JoinHandle<Result<(Written, Placed), FetchError>>,
     /// The ids the record stores, and the batch's messages.
     ids: Vec<String>,
     fetched: Vec<Fetched>,
@@ -701,18 +717,17 @@ impl Download<'_> {
         // Recognised as stored by an interrupted run: journaled now, so they can go too.
         ids.extend(fetched.iter().filter(|f| !f.fresh && journal.stored_at(&f.id).is_none()).map(|f| f.id.clone()));
         if ids.is_empty() {
-            self.settled(fetched, journal);
+            self.settled(fetched, journal, HashMap::new());
             return Ok(());
         }
         let timed: Vec<(String, u64)> = ids.iter().map(|id| (id.clone(), self.now)).collect();
         let record = journal.prepare(&timed, self.batch_number)?;
         self.batch_number += 1;
-        let task = tokio::task::spawn_blocking(move || -> Result<Written, FetchError> {
+        let task = tokio::task::spawn_blocking(move || {
             let durable = sealed.make_durable()?;
             commit_pause();
             let written = record.write()?;
-            durable.committed();
-            Ok(written)
+            Ok((written, durable.committed()))
         });
         self.commit = Some(Commit { task, ids, fetched });
         Ok(())
@@ -731,23 +746,26 @@ impl Download<'_> {
 
     /// Wait for a commit and take its batch in: the journal, the events, the DELEs now allowed.
     async fn settle(&mut self, c: Commit, local: &mut Local, journal: &mut Journal) -> Result<(), FetchError> {
-        let written = c.task.await.map_err(|e| {
+        let (written, placed) = c.task.await.map_err(|e| {
             FetchError::Deliver(DeliverError::Io(pillarbox_os::io_err("committing a batch")(std::io::Error::other(
                 e.to_string(),
             ))))
         })??;
         journal.apply(written);
         local.recorded(&c.ids);
-        self.settled(c.fetched, journal);
+        self.settled(c.fetched, journal, placed.into_iter().collect());
         Ok(())
     }
 
-    fn settled(&mut self, fetched: Vec<Fetched>, journal: &Journal) {
+    /// A batch is in the journal: its messages are reported (with their files, `placed`), and
+    /// may be deleted.
+    fn settled(&mut self, fetched: Vec<Fetched>, journal: &Journal, mut placed: HashMap<String, PathBuf>) {
         let name = &self.account.name;
         for f in fetched.iter().filter(|f| f.fresh && journal.stored_at(&f.id).is_some()) {
             self.delivered += 1;
             self.bytes += f.size;
-            (self.emit)(Event::Delivered { account: name.clone(), id: f.id.clone(), size: f.size });
+            let file = placed.remove(&f.id);
+            (self.emit)(Event::Delivered { account: name.clone(), id: f.id.clone(), size: f.size, file });
         }
         if self.account.keep == Keep::Delete {
             self.deletes

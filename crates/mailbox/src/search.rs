@@ -64,6 +64,38 @@ fn fold(s: &str) -> std::borrow::Cow<'_, str> {
     if s.contains('ß') || s.contains('ẞ') { s.replace(['ß', 'ẞ'], "ss").into() } else { s.into() }
 }
 
+/// One message's row and its words.
+fn insert(tx: &rusqlite::Transaction<'_>, path: &Path, account: &str, data: &[u8]) -> rusqlite::Result<()> {
+    let s = mailbox::summarize(path, data);
+    let (recipients, body, files) = match mailparse::parse_mail(data) {
+        Ok(m) => {
+            let to = ["To", "Cc"].iter().filter_map(|h| m.headers.get_first_value(h)).collect::<Vec<_>>().join(", ");
+            (to, mailbox::readable_text(&m), mailbox::attachment_names(&m).join("\n"))
+        }
+        Err(_) => (String::new(), String::new(), String::new()),
+    };
+    tx.prepare_cached(
+        "INSERT INTO messages (path, account, id, date, sender, subject, size, attachments) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        path.to_string_lossy(),
+        account,
+        s.id,
+        s.date,
+        s.from,
+        s.subject,
+        s.size as i64,
+        s.attachments as i64
+    ])?;
+    let rowid = tx.last_insert_rowid();
+    tx.prepare_cached(
+        "INSERT INTO text (rowid, sender, recipients, subject, body, attachments) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![rowid, fold(&s.from), fold(&recipients), fold(&s.subject), fold(&body), fold(&files)])?;
+    Ok(())
+}
+
 pub struct Index {
     db: Connection,
     path: PathBuf,
@@ -318,37 +350,7 @@ impl Index {
                     Err(_) => continue,
                 },
             };
-            let s = mailbox::summarize(&path, &data);
-            let (recipients, body, files) = match mailparse::parse_mail(&data) {
-                Ok(m) => {
-                    let to =
-                        ["To", "Cc"].iter().filter_map(|h| m.headers.get_first_value(h)).collect::<Vec<_>>().join(", ");
-                    (to, mailbox::readable_text(&m), mailbox::attachment_names(&m).join("\n"))
-                }
-                Err(_) => (String::new(), String::new(), String::new()),
-            };
-            tx.execute(
-                "INSERT INTO messages (path, account, id, date, sender, subject, size, attachments) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    path.to_string_lossy(),
-                    account,
-                    s.id,
-                    s.date,
-                    s.from,
-                    s.subject,
-                    s.size as i64,
-                    s.attachments as i64
-                ],
-            )
-            .map_err(err)?;
-            let rowid = tx.last_insert_rowid();
-            tx.execute(
-                "INSERT INTO text (rowid, sender, recipients, subject, body, attachments) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![rowid, fold(&s.from), fold(&recipients), fold(&s.subject), fold(&body), fold(&files)],
-            )
-            .map_err(err)?;
+            insert(&tx, &path, &account, &data).map_err(err)?;
             result.added += 1;
         }
         for (path, new, cur) in settled {
@@ -367,6 +369,29 @@ impl Index {
         }
         tx.commit().map_err(err)?;
         Ok(result)
+    }
+
+    /// Add these Maildir files (account, path), just stored, without listing the folders: what
+    /// fetch calls as each batch is committed, so that the update after it finds them indexed.
+    /// Files already indexed, and files gone by now (moved to cur/ by a mail program: the next
+    /// update finds them there), are passed over. Returns how many were added.
+    pub fn add(&mut self, files: &[(String, PathBuf)]) -> Result<usize, SearchError> {
+        let err = |source| SearchError::Db { path: self.path.clone(), source };
+        let tx = self.db.transaction().map_err(err)?;
+        let mut added = 0;
+        {
+            let mut known = tx.prepare_cached("SELECT 1 FROM messages WHERE path = ?1").map_err(err)?;
+            for (account, path) in files {
+                if known.exists([path.to_string_lossy()]).map_err(err)? {
+                    continue;
+                }
+                let Ok(data) = std::fs::read(path) else { continue };
+                insert(&tx, path, account, &data).map_err(err)?;
+                added += 1;
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(added)
     }
 
     /// The times of a Maildir's new/ and cur/ at its last settled listing.
@@ -567,6 +592,35 @@ mod tests {
         assert_eq!(index.update(std::slice::from_ref(&a), true).expect("update").removed, 1);
         let left = index.search(&Query::default(), 10).expect("search");
         assert_eq!(left.iter().map(|(acc, _)| acc.as_str()).collect::<Vec<_>>(), ["a"]);
+    }
+
+    /// What fetch adds batch by batch is found, is not added twice, and leaves the update after
+    /// the fetch nothing to parse; a file gone before it is read is passed over.
+    #[test]
+    fn files_added_as_fetched_are_found_and_not_added_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let md = dir.path().join("m");
+        for sub in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(md.join(sub)).expect("mkdir");
+        }
+        let file = |n: u32, subject: &str| {
+            let p = md.join(format!("new/17900000{n:02}.M{n}P1.h"));
+            std::fs::write(&p, format!("Subject: {subject}\n\nabout the {subject}\n")).expect("write");
+            ("a".to_owned(), p)
+        };
+        let mut index = Index::open(&dir.path().join("i.sqlite")).expect("open");
+        let first = [file(1, "harbour"), file(2, "lighthouse")];
+        let gone = ("a".to_owned(), md.join("new/1790000099.M99P1.h"));
+        assert_eq!(index.add(&[first[0].clone(), first[1].clone(), gone]).expect("add"), 2);
+        assert_eq!(index.add(&first).expect("add again"), 0);
+        let words = |index: &Index, q: &str| index.search(&parse_query(q).expect("query"), 10).expect("search").len();
+        assert_eq!(words(&index, "lighthouse"), 1);
+        assert_eq!(words(&index, "subject:harbour"), 1);
+        // A third message nobody added: the update finds it alone, and drops nothing.
+        file(3, "dune");
+        let dirs = [("a".to_owned(), md.clone())];
+        assert_eq!(index.update(&dirs, true).expect("update"), Updated { added: 1, removed: 0 });
+        assert_eq!(words(&index, "dune"), 1);
     }
 
     #[test]
