@@ -13,6 +13,7 @@ mod mail;
 mod manual;
 mod migrate;
 mod oauth2;
+mod sieve;
 mod table;
 mod user;
 
@@ -67,6 +68,10 @@ enum Command {
     /// Read the downloaded mail offline: list, show, search, export, import.
     #[command(subcommand)]
     Mail(mail::MailCommand),
+    /// Sieve scripts for fetch (an account's `sieve = "FILE"`): check one, or see what it does
+    /// with a message.
+    #[command(subcommand)]
+    Sieve(sieve::SieveCommand),
     /// Encrypted, incremental backups of the local mail and fetch's state: create, verify,
     /// restore, list, keygen.
     #[command(subcommand)]
@@ -482,6 +487,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Account(cmd) => account::command(cmd).map(ExitCode::from),
         Command::Mail(cmd) => mail::command(cmd).map(ExitCode::from),
         Command::Backup(cmd) => backup::command(cmd).map(ExitCode::from),
+        Command::Sieve(cmd) => sieve::command(cmd).map(ExitCode::from),
         Command::Check(args) => account::check(*args).map(ExitCode::from),
         Command::Serve(args) => {
             let (config, prepared) = server()?;

@@ -317,6 +317,23 @@ fn extra(name: &str) -> Extra {
                 ("Check a server before adding an account for it:", "pillarbox check --host pop.example.org --username me@example.org --password-command 'pass show mail'"),
             ]);
         }
+        n if n.starts_with("pillarbox-sieve") => {
+            e.exit.extend([
+                ("0", "The script is valid (for test: and ran over the message)."),
+                ("65", "For test: the script failed on this message; fetch would store it in the inbox."),
+                ("78", "The script does not compile; the error names the file and the line."),
+            ]);
+            e.examples.extend([
+                (
+                    "Check an account's rules before fetch runs them:",
+                    "pillarbox sieve check ~/.config/pillarbox/rules.sieve",
+                ),
+                (
+                    "See where a saved message would be filed, and with which flags:",
+                    "pillarbox sieve test ~/.config/pillarbox/rules.sieve message.eml",
+                ),
+            ]);
+        }
         n if n.starts_with("pillarbox-account") => {
             e.exit.extend([
                 ("0", "Done (for add: tested and saved)."),

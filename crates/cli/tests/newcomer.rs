@@ -259,6 +259,7 @@ fn manual_pages_have_exit_status_files_environment_and_examples_and_section_5_pa
         "pillarbox-mail-search.1",
         "pillarbox-deliver.1",
         "pillarbox-backup-create.1",
+        "pillarbox-sieve-test.1",
     ] {
         let text = render(page);
         for section in ["EXIT STATUS", "ENVIRONMENT", "FILES", "EXAMPLES", "SEE ALSO"] {
