@@ -165,6 +165,15 @@ pub struct Account {
     pub keep: Keep,
     pub max_size: Option<u64>,
     pub oversize: Oversize,
+    /// `sieve = "rules.sieve"`: the rules that file each fetched message, compiled.
+    pub sieve: Option<Sieve>,
+}
+
+/// An account's Sieve script: where it was read from, and compiled.
+#[derive(Debug, Clone)]
+pub struct Sieve {
+    pub path: PathBuf,
+    pub script: std::sync::Arc<pillarbox_sieve::Script>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -288,6 +297,7 @@ struct RawAccount {
     keep: Option<String>,
     max_size: Option<HumanSize>,
     oversize: Option<Oversize>,
+    sieve: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -333,6 +343,7 @@ impl Account {
             keep: Keep::Delete,
             max_size: None,
             oversize: Oversize::Skip,
+            sieve: None,
         }
     }
 }
@@ -748,7 +759,26 @@ fn account_of(text: &str, path: &Path, name: String, a: RawAccount) -> Result<Ac
             parse_fingerprint(&f).ok_or_else(|| err("tls_fingerprint", "expected sha256: and 64 hex digits".into()))?,
         ),
     };
+    let sieve = match a.sieve {
+        None => None,
+        Some(file) => {
+            // Relative to the accounts file, like a script beside it.
+            let file = expand_home(&file);
+            let file = if file.is_relative() { path.parent().unwrap_or(Path::new(".")).join(file) } else { file };
+            if !matches!(deliver, Deliver::Maildir(_)) {
+                return Err(err(
+                    "sieve",
+                    "Sieve rules file into the folders of a Maildir; this account does not deliver to one".into(),
+                ));
+            }
+            let text = std::fs::read_to_string(&file).map_err(|e| err("sieve", format!("{}: {e}", file.display())))?;
+            let script = pillarbox_sieve::Script::compile(&text)
+                .map_err(|e| err("sieve", format!("{}, line {}: {}", file.display(), e.line, e.message)))?;
+            Some(Sieve { path: file, script: std::sync::Arc::new(script) })
+        }
+    };
     Ok(Account {
+        sieve,
         port: a.port.unwrap_or(if tls == TlsMode::Implicit { 995 } else { 110 }),
         name,
         host: a.host,

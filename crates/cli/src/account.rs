@@ -146,6 +146,7 @@ impl ServerArgs {
             keep: self.keep.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?.unwrap_or(Keep::Delete),
             max_size: None,
             oversize: Oversize::Skip,
+            sieve: None,
         })
     }
 }

@@ -510,7 +510,7 @@ fn setting(line: &str) -> Option<(&str, &str)> {
 }
 
 /// The keys of an account in accounts.toml: (key, an example value, what it means).
-pub const ACCOUNT_KEYS: [(&str, &str, &str); 16] = [
+pub const ACCOUNT_KEYS: [(&str, &str, &str); 17] = [
     ("host", "\"pop.example.org\"", "The POP3 server's name or address. Required."),
     ("port", "995", "The port; by default 995 with tls = \"implicit\", 110 otherwise."),
     (
@@ -568,6 +568,14 @@ pub const ACCOUNT_KEYS: [(&str, &str, &str); 16] = [
     ),
     ("max_size", "\"20MB\"", "Larger messages are not downloaded."),
     ("oversize", "\"skip\"", "What happens to a message over max_size: \"skip\" (the default) or \"delete\"."),
+    (
+        "sieve",
+        "\"rules.sieve\"",
+        "Sieve rules (RFC 5228; a path relative to this file) run on each message before it is stored: fileinto a \
+         Maildir++ folder (made when first needed), discard, keep, flags (\\Seen and the other system flags become \
+         the file's Maildir flags). A script that does not compile is this account's error, with its line; one that \
+         fails on a message leaves it in the inbox and says so. Maildir accounts only. See pillarbox-sieve-check(1).",
+    ),
 ];
 
 /// The keys of an account's `[accounts.NAME.oauth2]` table.

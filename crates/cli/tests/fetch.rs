@@ -1347,3 +1347,107 @@ fn an_oauth2_token_from_token_command_logs_in_with_oauthbearer_or_xoauth2() {
         "{text}"
     );
 }
+
+/// An account's Sieve rules file each fetched message once: into Maildir++ folders (made on
+/// demand, flags in cur/), twice with :copy (one file, two links), or nowhere when discarded;
+/// rules that fail leave the message in the inbox and say so. Every message, discarded ones
+/// included, is deleted from the server once handled, and a second run fetches nothing.
+#[test]
+fn sieve_rules_file_flag_copy_and_discard_fetched_mail() {
+    let mut pb = Pillarbox::new();
+    let kinds = ["list", "spam", "shop", "broken", "archive", "plain"];
+    for i in 0..24 {
+        let kind = kinds[i % kinds.len()];
+        let extra = match kind {
+            "list" => "List-Id: The team <Team.lists.example.org>\r\n",
+            "spam" => "X-Spam-Flag: YES\r\n",
+            "shop" => "Delivered-To: alice+Shop@example.org\r\n",
+            _ => "",
+        };
+        let text = format!("From: a@example.org\r\n{extra}Subject: {kind} {i}\r\n\r\nbody of {i}\r\n");
+        pb.deliver("alice", text.as_bytes());
+    }
+    pb.start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    std::fs::write(
+        w.join("rules.sieve"),
+        r#"require ["fileinto", "variables", "imap4flags", "envelope", "subaddress", "copy"];
+if header :is "X-Spam-Flag" "YES" { discard; stop; }
+if header :matches "List-Id" "*<*.lists.example.org>" { fileinto :flags "\\Seen" "lists.${2}"; stop; }
+if envelope :detail :matches "to" "*" { fileinto "tagged/${1}"; }
+if header :contains "Subject" "broken" { fileinto "${nothing}"; }
+if header :contains "Subject" "archive" { fileinto :copy "INBOX.Archive"; }
+"#,
+    )
+    .expect("rules");
+    let m = w.join("m");
+    let acc = tls_account(&pb, "ruled", "sieve = \"rules.sieve\"", &m);
+    let (out, events) = fetch(w, &acc, &[]);
+    assert!(out.status.success(), "{}\n{events:?}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(count(&events, "delivered"), 24, "discarded messages are handled too");
+    assert_eq!(pb.stored("alice"), 0, "every handled message is deleted from the server");
+    let names = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let subjects = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = names(dir)
+            .iter()
+            .map(|n| {
+                let text = std::fs::read_to_string(dir.join(n)).expect("read");
+                text.lines().find_map(|l| l.strip_prefix("Subject: ")).expect("subject").to_owned()
+            })
+            .collect();
+        v.sort_by_key(|s| s.split(' ').nth(1).and_then(|n| n.parse::<u32>().ok()));
+        v
+    };
+    assert_eq!(subjects(&m.join(".lists.Team/cur")), ["list 0", "list 6", "list 12", "list 18"]);
+    assert!(names(&m.join(".lists.Team/cur")).iter().all(|n| n.ends_with(":2,S")), "\\Seen is S");
+    assert!(names(&m.join(".lists.Team/new")).is_empty());
+    assert!(m.join(".lists.Team/maildirfolder").exists());
+    assert_eq!(subjects(&m.join(".tagged.Shop/new")), ["shop 2", "shop 8", "shop 14", "shop 20"]);
+    assert_eq!(subjects(&m.join(".Archive/new")), ["archive 4", "archive 10", "archive 16", "archive 22"]);
+    assert_eq!(
+        subjects(&m.join("new")),
+        [
+            "broken 3",
+            "archive 4",
+            "plain 5",
+            "broken 9",
+            "archive 10",
+            "plain 11",
+            "broken 15",
+            "archive 16",
+            "plain 17",
+            "broken 21",
+            "archive 22",
+            "plain 23"
+        ]
+    );
+    assert!(names(&m.join("cur")).is_empty() && names(&m.join("tmp")).is_empty());
+    // :copy is one file with two names.
+    use std::os::unix::fs::MetadataExt;
+    let archived = names(&m.join(".Archive/new"));
+    let inode = |p: PathBuf| std::fs::metadata(p).expect("stat").ino();
+    assert_eq!(inode(m.join(".Archive/new").join(&archived[0])), inode(m.join("new").join(&archived[0])));
+    // The failing rule is told, message by message.
+    let warned = events.iter().filter(|e| e["event"] == "warning" && e["code"] == "sieve").count();
+    assert_eq!(warned, 4, "{events:?}");
+    // Nothing comes twice.
+    let (_, again) = fetch(w, &acc, &[]);
+    assert_eq!(count(&again, "delivered"), 0);
+
+    // A script that does not compile is the account's configuration error: file and line.
+    std::fs::write(w.join("rules.sieve"), "require \"fileinto\";\nfileinto :bogus \"x\";\n").expect("rules");
+    let (out, _) = fetch(w, &acc, &[]);
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("field `accounts.ruled.sieve`") && err.contains("rules.sieve, line 2: fileinto has no tag :bogus"),
+        "{err}"
+    );
+}

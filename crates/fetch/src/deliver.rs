@@ -23,11 +23,13 @@ use std::io::{self, BufWriter, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
 use pillarbox_accounts::Deliver;
+use pillarbox_sieve::Script;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
@@ -70,33 +72,44 @@ impl ToLf {
     }
 }
 
-/// A finished Maildir message waiting for the batch's sync and its move into `new/`.
+/// A finished Maildir message waiting for the batch's sync and its move into place.
 struct Staged {
     id: String,
     file: File,
     /// Its name in `tmp/`; for a file without a name (`named` false), `tmp/` itself.
     tmp: PathBuf,
     named: bool,
-    name: String,
+    /// Where it goes: `new/NAME` of the Maildir, or of folders and in `cur/` with flags when Sieve
+    /// rules say so (one file, a link in each); none when the rules discard it.
+    targets: Vec<PathBuf>,
 }
 
 impl Staged {
-    /// Give the message its name in `new/`: a rename from `tmp/`, or for a file without a name a
-    /// link, which (like the rename) never shows a reader anything but the whole message.
-    fn place(&self, new: &Path) -> io::Result<()> {
-        let target = new.join(&self.name);
-        if self.named {
+    /// Give the message its names (see `targets`): links, which (like a rename) never show a
+    /// reader anything but the whole message. A named file in `tmp/` goes once linked.
+    fn place(&self) -> io::Result<()> {
+        if let ([target], true) = (self.targets.as_slice(), self.named) {
             return fs::rename(&self.tmp, target);
         }
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            let from = format!("/proc/self/fd/{}", self.file.as_raw_fd());
-            let (here, follow) = (nix::fcntl::AT_FDCWD, nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW);
-            nix::unistd::linkat(here, from.as_str(), here, &target, follow).map_err(io::Error::from)
+        for target in &self.targets {
+            if self.named {
+                fs::hard_link(&self.tmp, target)?;
+                continue;
+            }
+            #[cfg(target_os = "linux")]
+            {
+                use std::os::fd::AsRawFd;
+                let from = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+                let (here, follow) = (nix::fcntl::AT_FDCWD, nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW);
+                nix::unistd::linkat(here, from.as_str(), here, target, follow).map_err(io::Error::from)?;
+            }
+            #[cfg(not(target_os = "linux"))]
+            unreachable!("files without a name are made on Linux only")
         }
-        #[cfg(not(target_os = "linux"))]
-        unreachable!("files without a name are made on Linux only")
+        if self.named {
+            fs::remove_file(&self.tmp)?;
+        }
+        Ok(())
     }
 
     /// The message is not to be kept: its file goes.
@@ -154,6 +167,8 @@ enum Kind {
         present: HashSet<String>,
         staged: Vec<Staged>,
         unnamed: bool,
+        /// Maildir++ folders known to exist (`.lists.rust`), for Sieve's fileinto.
+        folders: HashSet<String>,
     },
     Mbox(Mbox),
     Mda {
@@ -245,7 +260,6 @@ pub struct Sealed {
 
 enum Work {
     Maildir {
-        new: PathBuf,
         staged: Vec<Staged>,
     },
     Mbox {
@@ -274,8 +288,8 @@ impl Sealed {
     /// Make every message of the batch durable.
     pub fn make_durable(mut self) -> Result<Durable, DeliverError> {
         match std::mem::replace(&mut self.work, Work::Nothing) {
-            Work::Maildir { new, mut staged } => {
-                let result = durable_maildir(&new, &mut staged);
+            Work::Maildir { mut staged } => {
+                let result = durable_maildir(&mut staged);
                 // Whatever was not moved into place (an error) goes.
                 staged.into_iter().for_each(Staged::discard);
                 result.map(|placed| Durable { mbox: None, placed })
@@ -294,23 +308,28 @@ impl Drop for Sealed {
     }
 }
 
-/// fsync the staged files, move them into `new/` (draining `staged` as they go) and sync the
-/// folder once. Returns each message's id and file in `new/`.
-fn durable_maildir(new: &Path, staged: &mut Vec<Staged>) -> Result<Vec<(String, PathBuf)>, DeliverError> {
+/// fsync the staged files, move them into place (draining `staged` as they go) and sync each
+/// folder they went to once. Returns each message's id and first file.
+fn durable_maildir(staged: &mut Vec<Staged>) -> Result<Vec<(String, PathBuf)>, DeliverError> {
     if staged.is_empty() {
         return Ok(Vec::new());
     }
     sync_staged(staged)?;
     for (i, s) in staged.iter().enumerate() {
-        if let Err(e) = s.place(new) {
+        if let Err(e) = s.place() {
+            let at = s.targets.first().and_then(|t| t.parent()).unwrap_or(&s.tmp).display().to_string();
             // Those moved are in place (and recognised by their names); the rest stay staged.
             staged.drain(..i);
-            return Err(io_err(format!("moving a message into {}", new.display()))(e).into());
+            return Err(io_err(format!("moving a message into {at}"))(e).into());
         }
     }
-    let placed = staged.drain(..).map(|s| (s.id.clone(), new.join(&s.name))).collect();
-    pillarbox_os::fsync_dir(new).map_err(io_err(format!("syncing {}", new.display())))?;
-    Ok(placed)
+    let mut folders: Vec<&Path> = staged.iter().flat_map(|s| s.targets.iter().filter_map(|t| t.parent())).collect();
+    folders.sort();
+    folders.dedup();
+    for f in folders {
+        pillarbox_os::fsync_dir(f).map_err(io_err(format!("syncing {}", f.display())))?;
+    }
+    Ok(staged.drain(..).filter_map(|s| s.targets.first().map(|t| (s.id.clone(), t.clone()))).collect())
 }
 
 impl Durable {
@@ -363,13 +382,20 @@ pub struct Local {
     scratch: Vec<u8>,
     /// The buffer of [`Current::Mbox`], kept from one message to the next.
     mbox_out: Vec<u8>,
+    /// Sieve rules that file each message (Maildir), and the message's text for them.
+    rules: Option<Arc<Script>>,
+    copy: Vec<u8>,
 }
 
 /// The `F` tags of the messages this client already moved into a Maildir.
 fn present_tags(dir: &Path) -> Result<HashSet<String>, DeliverError> {
     let mut present = HashSet::new();
-    for sub in ["new", "cur"] {
-        let p = dir.join(sub);
+    // The Maildir's own new/ and cur/, and those of its Maildir++ folders (Sieve's fileinto).
+    let mut subs = vec![dir.join("new"), dir.join("cur")];
+    for f in maildir_folders(dir) {
+        subs.extend([f.join("new"), f.join("cur")]);
+    }
+    for p in subs {
         for e in fs::read_dir(&p).map_err(io_err(format!("reading {}", p.display())))?.flatten() {
             if let Some(tag) = e.file_name().to_str().and_then(|n| n.split('.').find_map(|part| part.strip_prefix('F')))
             {
@@ -378,6 +404,127 @@ fn present_tags(dir: &Path) -> Result<HashSet<String>, DeliverError> {
         }
     }
     Ok(present)
+}
+
+/// The Maildir++ folders of a Maildir: its subfolders named `.NAME` holding a `cur/`.
+fn maildir_folders(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with('.') && n.len() > 1 && n != ".."))
+        .map(|e| e.path())
+        .filter(|p| p.join("cur").is_dir())
+        .collect()
+}
+
+/// Where Sieve rules put a message of a Maildir `dir`: the files to link (none: discarded).
+/// Rules that fail, or name a folder that cannot be one, leave it in the inbox, and say so.
+fn by_rules(
+    script: &Script,
+    text: &[u8],
+    dir: &Path,
+    folders: &mut HashSet<String>,
+    name: &str,
+    id: &str,
+    notices: &mut Vec<String>,
+) -> Result<Vec<PathBuf>, DeliverError> {
+    let inbox = || vec![dir.join("new").join(name)];
+    let outcome = match script.run(text, &pillarbox_sieve::Environment::of_message(text)) {
+        Ok(o) => o,
+        Err(e) => {
+            notices.push(format!("message {id}: the Sieve rules failed ({e}); it is in the inbox"));
+            return Ok(inbox());
+        }
+    };
+    let mut targets = Vec::new();
+    for d in outcome.deliveries {
+        let root = match &d.folder {
+            None => dir.to_owned(),
+            Some(f) => match maildir_folder_name(f) {
+                Ok(sub) => {
+                    let path = dir.join(&sub);
+                    if !folders.contains(&sub) {
+                        make_folder(dir, &path)?;
+                        folders.insert(sub);
+                    }
+                    path
+                }
+                Err(why) => {
+                    notices.push(format!("message {id}: fileinto {f:?}: {why}; it is in the inbox"));
+                    dir.to_owned()
+                }
+            },
+        };
+        let info = maildir_flags(&d.flags);
+        let target = if info.is_empty() {
+            root.join("new").join(name)
+        } else {
+            root.join("cur").join(format!("{name}:2,{info}"))
+        };
+        if !targets.contains(&target) {
+            targets.push(target);
+        }
+    }
+    Ok(targets)
+}
+
+/// A Sieve folder name as a Maildir++ folder: `lists/rust`, `lists.rust` and `INBOX.lists.rust`
+/// are all `.lists.rust` beside `new/` and `cur/`.
+fn maildir_folder_name(folder: &str) -> Result<String, &'static str> {
+    let f = folder.replace('/', ".");
+    let f = match f.get(..6) {
+        Some(p) if p.eq_ignore_ascii_case("INBOX.") => &f[6..],
+        _ => f.as_str(),
+    };
+    if f.split('.').any(|part| part.is_empty()) {
+        return Err("an empty part in a folder name");
+    }
+    if f.chars().any(|c| c.is_control()) {
+        return Err("a control character in a folder name");
+    }
+    Ok(format!(".{f}"))
+}
+
+/// A Maildir++ folder made durable before a message is linked into it.
+fn make_folder(dir: &Path, path: &Path) -> Result<(), DeliverError> {
+    if path.join("cur").is_dir() && path.join("new").is_dir() {
+        return Ok(());
+    }
+    for sub in ["tmp", "new", "cur"] {
+        fs::create_dir_all(path.join(sub)).map_err(io_err(format!("creating {}", path.join(sub).display())))?;
+    }
+    // Maildir++: what marks a folder (Courier, Dovecot).
+    let mark = path.join("maildirfolder");
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&mark)
+        .map_err(io_err(format!("creating {}", mark.display())))?;
+    for d in [path, dir] {
+        pillarbox_os::fsync_dir(d).map_err(io_err(format!("syncing {}", d.display())))?;
+    }
+    Ok(())
+}
+
+/// IMAP system flags as Maildir info letters (in ASCII order); keywords have none in a plain
+/// Maildir and are left out.
+fn maildir_flags(flags: &[String]) -> String {
+    let mut letters: Vec<char> = flags
+        .iter()
+        .filter_map(|f| match f.to_ascii_lowercase().as_str() {
+            "\\draft" => Some('D'),
+            "\\flagged" => Some('F'),
+            "\\answered" => Some('R'),
+            "\\seen" => Some('S'),
+            "\\deleted" => Some('T'),
+            _ => None,
+        })
+        .collect();
+    letters.sort_unstable();
+    letters.dedup();
+    letters.into_iter().collect()
 }
 
 /// Ends the names of the files this client writes in a Maildir's `tmp/`.
@@ -427,6 +574,7 @@ impl Local {
                     present: present_tags(dir)?,
                     staged: Vec::new(),
                     unnamed: unnamed_files(),
+                    folders: HashSet::new(),
                 }
             }
             Deliver::Mbox(path) => {
@@ -452,7 +600,13 @@ impl Local {
         Ok(local)
     }
 
-    /// What opening the destination found that the user should know (an interrupted mbox batch).
+    /// File each message by these rules (a Maildir's folders and flags, or discarded).
+    pub fn set_rules(&mut self, script: Arc<Script>) {
+        self.rules = Some(script);
+    }
+
+    /// What the user should know: what opening the destination found (an interrupted mbox
+    /// batch), and rules that failed on a message.
     pub fn take_notices(&mut self) -> Vec<String> {
         std::mem::take(&mut self.notices)
     }
@@ -466,6 +620,7 @@ impl Local {
                 present: present_tags(dir).unwrap_or_default(),
                 staged: Vec::new(),
                 unnamed: false,
+                folders: HashSet::new(),
             },
             Deliver::Mbox(path) => Kind::Mbox(Mbox::new(path, Path::new("/nonexistent"))),
             Deliver::Mda(command) => Kind::Mda { command: command.clone(), done: Vec::new() },
@@ -485,6 +640,8 @@ impl Local {
             scratch: Vec::new(),
             mbox_out: Vec::new(),
             notices: Vec::new(),
+            rules: None,
+            copy: Vec::new(),
         }
     }
 
@@ -503,6 +660,7 @@ impl Local {
     /// given at [`Self::finish`], since an id made from the content is known only then.
     pub fn begin(&mut self, next_batch: u64) -> Result<(), DeliverError> {
         self.abort();
+        self.copy.clear();
         self.lf = ToLf::default();
         self.current = Some(match &mut self.kind {
             Kind::Maildir { dir, unnamed, .. } => {
@@ -589,6 +747,9 @@ impl Local {
         match (&mut self.current, &mut self.kind) {
             (Some(Current::Maildir { file, tmp, named, size, .. }), _) => {
                 *size += data.len() as u64;
+                if self.rules.is_some() {
+                    self.copy.extend_from_slice(data);
+                }
                 Ok(file.write_all(data).map_err(io_err(format!("writing {}", shown(tmp, *named))))?)
             }
             (Some(Current::Mbox { at_line_start, line, out, .. }), Kind::Mbox(Mbox { file: Some(s), .. })) => {
@@ -616,7 +777,7 @@ impl Local {
         self.write_lf(&tail)?;
         let account_key = self.account_key.clone();
         match (self.current.take(), &mut self.kind) {
-            (Some(Current::Maildir { file, tmp, named, unique, size }), Kind::Maildir { staged, .. }) => {
+            (Some(Current::Maildir { file, tmp, named, unique, size }), Kind::Maildir { staged, dir, folders, .. }) => {
                 // The last buffered octets are written here; on a full disk this is where it fails,
                 // and the partial file must go.
                 let file = match file.into_inner() {
@@ -627,7 +788,16 @@ impl Local {
                     }
                 };
                 let name = format!("{unique}.F{}.{},S={size}", fetch_tag(&account_key, &id), pillarbox_os::host_name());
-                staged.push(Staged { id, file, tmp, named, name });
+                let copy = std::mem::take(&mut self.copy);
+                let targets = match &self.rules {
+                    None => vec![dir.join("new").join(&name)],
+                    Some(script) => {
+                        let r = by_rules(script, &copy, dir, folders, &name, &id, &mut self.notices);
+                        self.copy = copy;
+                        r?
+                    }
+                };
+                staged.push(Staged { id, file, tmp, named, targets });
                 Ok(())
             }
             (
@@ -693,10 +863,10 @@ impl Local {
     /// destination (the next batch can be written meanwhile).
     pub fn seal(&mut self) -> Sealed {
         match &mut self.kind {
-            Kind::Maildir { dir, staged, .. } => {
+            Kind::Maildir { staged, .. } => {
                 let staged = std::mem::take(staged);
                 let ids = staged.iter().map(|s| s.id.clone()).collect();
-                Sealed { ids, work: Work::Maildir { new: dir.join("new"), staged } }
+                Sealed { ids, work: Work::Maildir { staged } }
             }
             Kind::Mbox(mbox) => {
                 let ids = std::mem::take(&mut mbox.written);

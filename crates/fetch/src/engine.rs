@@ -333,6 +333,9 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
     for notice in local.take_notices() {
         warn("interrupted-batch", notice);
     }
+    if let Some(sieve) = &account.sieve {
+        local.set_rules(std::sync::Arc::clone(&sieve.script));
+    }
     // Messages stored by an interrupted run (Maildir) but not journaled yet.
     let recovered: Vec<String> = entries
         .iter()
@@ -865,6 +868,9 @@ async fn receive(
         return Ok(Some(Fetched { number: e.number, id, size: received, fresh: false }));
     }
     local.finish(&id)?;
+    for notice in local.take_notices() {
+        warn("sieve", notice);
+    }
     Ok(Some(Fetched { number: e.number, id, size: received, fresh: true }))
 }
 

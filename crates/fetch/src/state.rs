@@ -276,6 +276,7 @@ mod tests {
             keep: Keep::Delete,
             max_size: None,
             oversize: Oversize::Skip,
+            sieve: None,
         }
     }
 
