@@ -40,6 +40,10 @@ pub enum MailCommand {
         /// Only messages whose sender contains this (case-insensitive).
         #[arg(long, value_name = "TEXT")]
         from: Option<String>,
+        /// Only this folder (`lists.rust`, as Sieve rules filed it), or INBOX for the inbox
+        /// itself (default: every folder).
+        #[arg(long, value_name = "FOLDER")]
+        folder: Option<String>,
         /// One JSON object per message.
         #[arg(long)]
         json: bool,
@@ -76,6 +80,9 @@ pub enum MailCommand {
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Only in this folder, or INBOX for the inbox itself (default: every folder).
+        #[arg(long, value_name = "FOLDER")]
+        folder: Option<String>,
         /// One JSON object per message.
         #[arg(long)]
         json: bool,
@@ -101,8 +108,24 @@ pub enum MailCommand {
 }
 
 /// The Maildirs and mbox files to read: the one given, or the accounts' (only `account` if
-/// named). Accounts that deliver to a program keep no mail here.
+/// named), each Maildir followed by its Maildir++ folders. Accounts that deliver to a program
+/// keep no mail here.
 fn maildirs(store: &Store, account: Option<&str>) -> Result<Vec<(String, PathBuf)>> {
+    Ok(with_folders(roots(store, account)?))
+}
+
+/// Each Maildir followed by its Maildir++ folders (what Sieve rules filed), under its account.
+fn with_folders(dirs: Vec<(String, PathBuf)>) -> Vec<(String, PathBuf)> {
+    dirs.into_iter()
+        .flat_map(|(name, dir)| {
+            let folders = if dir.is_dir() { mailbox::maildir_folders(&dir) } else { Vec::new() };
+            std::iter::once((name.clone(), dir)).chain(folders.into_iter().map(move |(_, f)| (name.clone(), f)))
+        })
+        .collect()
+}
+
+/// [`maildirs`] without the folders: the Maildirs and mbox files the accounts deliver into.
+fn roots(store: &Store, account: Option<&str>) -> Result<Vec<(String, PathBuf)>> {
     if let Some(dir) = &store.maildir {
         return Ok(vec![("-".into(), dir.clone())]);
     }
@@ -220,13 +243,15 @@ impl Indexer {
 /// meanwhile, and the run before if it was interrupted).
 pub fn after_fetch(accounts: &[Account], state_dir: &std::path::Path) {
     let Some(path) = fetch_index(state_dir) else { return };
-    let dirs: Vec<(String, PathBuf)> = accounts
-        .iter()
-        .filter_map(|a| match &a.deliver {
-            Deliver::Maildir(d) | Deliver::Mbox(d) => Some((a.name.clone(), d.clone())),
-            Deliver::Mda(_) => None,
-        })
-        .collect();
+    let dirs = with_folders(
+        accounts
+            .iter()
+            .filter_map(|a| match &a.deliver {
+                Deliver::Maildir(d) | Deliver::Mbox(d) => Some((a.name.clone(), d.clone())),
+                Deliver::Mda(_) => None,
+            })
+            .collect(),
+    );
     let result = pillarbox_mailbox::search::Index::open(&path).and_then(|mut i| i.update(&dirs, false));
     if let Err(e) = result {
         eprintln!("pillarbox fetch: the search index was not updated: {e}");
@@ -236,25 +261,34 @@ pub fn after_fetch(accounts: &[Account], state_dir: &std::path::Path) {
 /// Print summaries as `mail list` does: a table with a header row, or one JSON object per
 /// message. Returns how many there were.
 fn print_summaries(items: impl Iterator<Item = (String, Summary)>, json: bool) -> Result<usize> {
+    let items: Vec<(String, Summary)> = items.collect();
     let mut out = std::io::stdout().lock();
-    let mut table = Table::new(&["ID", "DATE", "ACCOUNT", "FROM", "SUBJECT", "SIZE>", "ATTACHED>"]);
-    let mut count = 0;
+    // A FOLDER column only when something was filed into one.
+    let folders = items.iter().any(|(_, s)| s.folder.is_some());
+    let mut head = vec!["ID", "DATE", "ACCOUNT"];
+    if folders {
+        head.push("FOLDER");
+    }
+    head.extend(["FROM", "SUBJECT", "SIZE>", "ATTACHED>"]);
+    let mut table = Table::new(&head);
+    let count = items.len();
     for (account, s) in items {
-        count += 1;
         if json {
             let mut v = serde_json::to_value(&s)?;
             v["account"] = account.into();
             writeln!(out, "{v}")?;
         } else {
-            table.row(vec![
-                s.id,
-                pillarbox_os::date::short(s.date.max(0).unsigned_abs()),
-                account,
+            let mut row = vec![s.id, pillarbox_os::date::short(s.date.max(0).unsigned_abs()), account];
+            if folders {
+                row.push(s.folder.unwrap_or_else(|| "INBOX".into()));
+            }
+            row.extend([
                 table::sender(&s.from, 28),
                 table::ellipsize(&s.subject, 48),
                 pillarbox_doctor::check::human_bytes(s.size),
                 if s.attachments > 0 { s.attachments.to_string() } else { String::new() },
             ]);
+            table.row(row);
         }
     }
     if !table.is_empty() {
@@ -263,9 +297,23 @@ fn print_summaries(items: impl Iterator<Item = (String, Summary)>, json: bool) -
     Ok(count)
 }
 
+/// `--folder`: whether a message's folder is the one asked for (`None` asks for every one).
+fn in_folder(wanted: &Option<Option<String>>, folder: &Option<String>) -> bool {
+    match wanted {
+        None => true,
+        Some(w) => w == folder,
+    }
+}
+
+/// `--folder NAME` as a folder's name (`Some(None)`: the inbox itself).
+fn wanted_folder(folder: Option<&str>) -> Result<Option<Option<String>>> {
+    folder.map(|f| mailbox::folder_name(f).map_err(|why| anyhow::anyhow!("--folder {f:?}: {why}"))).transpose()
+}
+
 pub fn command(cmd: MailCommand) -> Result<u8> {
     match cmd {
-        MailCommand::List { account, limit, since, from, json, store } => {
+        MailCommand::List { account, limit, since, from, folder, json, store } => {
+            let folder = wanted_folder(folder.as_deref())?;
             let since = match since.as_deref() {
                 Some(s) => Some(
                     pillarbox_os::date::parse_day(s).with_context(|| format!("--since {s:?}: expected YYYY-MM-DD"))?,
@@ -284,9 +332,11 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
                 .into_iter()
                 .filter(|(a, _)| account.as_ref().is_none_or(|n| a == n))
                 .filter(|(_, s)| from.as_ref().is_none_or(|f| s.from.to_lowercase().contains(f)))
+                .filter(|(_, s)| in_folder(&folder, &s.folder))
                 .take(limit.unwrap_or(usize::MAX));
             if print_summaries(shown, json)? == 0 && !json {
-                eprintln!("no messages{}", if since.is_some() || from.is_some() { " match" } else { " here yet" });
+                let filtered = since.is_some() || from.is_some() || folder.is_some();
+                eprintln!("no messages{}", if filtered { " match" } else { " here yet" });
             }
             Ok(0)
         }
@@ -306,12 +356,15 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
             println!("wrote {n} messages to {}", mbox.display());
             Ok(0)
         }
-        MailCommand::Search { query, limit, json, store } => {
+        MailCommand::Search { query, limit, folder, json, store } => {
+            let folder = wanted_folder(folder.as_deref())?;
             let q = pillarbox_mailbox::search::parse_query(&query.join(" "))?;
             let mut index = pillarbox_mailbox::search::Index::open(&index_path(&store))?;
             index.update(&maildirs(&store, None)?, true)?;
+            let found = index.search(&q, if folder.is_some() { usize::MAX } else { limit })?;
+            let found = found.into_iter().filter(|(_, s)| in_folder(&folder, &s.folder)).take(limit);
             // Like grep: exit 1 when nothing matches (said on a terminal's screen, not in the output).
-            if print_summaries(index.search(&q, limit)?.into_iter(), json)? == 0 {
+            if print_summaries(found, json)? == 0 {
                 if !json {
                     eprintln!("no message matches {}", query.join(" "));
                 }
@@ -320,7 +373,7 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
             Ok(0)
         }
         MailCommand::Import { source, account, store } => {
-            let dirs = maildirs(&store, account.as_deref())?;
+            let dirs = roots(&store, account.as_deref())?;
             if let (Some(n), [(_, d)]) = (&account, dirs.as_slice())
                 && d.is_file()
             {

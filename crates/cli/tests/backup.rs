@@ -228,6 +228,8 @@ fn public_key_archives_open_with_age_zstd_and_tar() {
     require_tool("zstd");
     let store = Store::new(995, Path::new("/nonexistent"));
     genmail::fill(&store.mail, 3, 0, 25);
+    // A Maildir++ folder (as Sieve rules file into) is part of the store.
+    genmail::fill(&store.mail.join(".lists.rust"), 3, 100, 5);
     let key = store.dir.path().join("backup-key.txt");
     let public = ok(&store.backup(&["keygen", "--out", &key.display().to_string()], &[]));
     let public = public.trim();
@@ -243,7 +245,7 @@ fn public_key_archives_open_with_age_zstd_and_tar() {
     std::fs::write(&store.accounts, text).expect("accounts");
     let state = store.state.display().to_string();
     let made = ok(&store.backup(&["create", "--state-dir", &state], &[]));
-    assert!(made.contains("(full)") && made.contains("26 files"), "{made}");
+    assert!(made.contains("(full)") && made.contains("31 files"), "{made}");
     let [archive] = archives_in(&store.out).try_into().expect("one archive");
 
     // age -d | zstd -d | tar x gives the store's own tree.
@@ -254,9 +256,10 @@ fn public_key_archives_open_with_age_zstd_and_tar() {
     let out = Command::new("sh").args(["-c", &sh]).output().expect("sh");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(tree(&x.join("mail/home")), tree(&store.mail));
+    assert_eq!(tree(&x.join("mail/home/.lists.rust")).len(), 5);
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(x.join("manifest.json")).expect("manifest")).expect("JSON");
-    assert_eq!(manifest["files"].as_array().expect("files").len(), 26);
+    assert_eq!(manifest["files"].as_array().expect("files").len(), 31);
 
     // Reading needs the secret key, and says so.
     let no_key = store.backup(&["verify", &archive.display().to_string()], &[]);

@@ -1496,6 +1496,26 @@ if header :contains "Subject" "archive" { fileinto :copy "INBOX.Archive"; }
     // Nothing comes twice.
     let (_, again) = fetch(w, &acc, &[]);
     assert_eq!(count(&again, "delivered"), 0);
+    // The folders are listed and searched with the inbox, and one at a time.
+    let mail = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = Command::new(bin())
+            .arg("mail")
+            .args(args)
+            .args(["--json", "--accounts-file"])
+            .arg(w.join("accounts.toml"))
+            .arg("--index")
+            .arg(w.join("search.sqlite"))
+            .output()
+            .expect("mail");
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json")).collect()
+    };
+    let folder_of =
+        |v: &[serde_json::Value]| v.iter().map(|m| m["folder"].as_str().unwrap_or("-").to_owned()).collect::<Vec<_>>();
+    assert_eq!(mail(&["list"]).len(), 24, "4 in lists.Team, 4 in tagged.Shop, 4 in Archive, 12 in the inbox");
+    assert_eq!(folder_of(&mail(&["list", "--folder", "lists.Team"])), ["lists.Team"; 4]);
+    assert_eq!(folder_of(&mail(&["list", "--folder", "INBOX"])), ["-"; 12]);
+    assert_eq!(folder_of(&mail(&["search", "--folder", "INBOX.tagged/Shop", "shop"])), ["tagged.Shop"; 4]);
+    assert_eq!(folder_of(&mail(&["search", "archive"])).iter().filter(|f| *f == "Archive").count(), 4);
 
     // A script that does not compile is the account's configuration error: file and line.
     std::fs::write(w.join("rules.sieve"), "require \"fileinto\";\nfileinto :bogus \"x\";\n").expect("rules");

@@ -392,7 +392,7 @@ fn present_tags(dir: &Path) -> Result<HashSet<String>, DeliverError> {
     let mut present = HashSet::new();
     // The Maildir's own new/ and cur/, and those of its Maildir++ folders (Sieve's fileinto).
     let mut subs = vec![dir.join("new"), dir.join("cur")];
-    for f in maildir_folders(dir) {
+    for (_, f) in pillarbox_mailbox::maildir_folders(dir) {
         subs.extend([f.join("new"), f.join("cur")]);
     }
     for p in subs {
@@ -404,17 +404,6 @@ fn present_tags(dir: &Path) -> Result<HashSet<String>, DeliverError> {
         }
     }
     Ok(present)
-}
-
-/// The Maildir++ folders of a Maildir: its subfolders named `.NAME` holding a `cur/`.
-fn maildir_folders(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
-    entries
-        .flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with('.') && n.len() > 1 && n != ".."))
-        .map(|e| e.path())
-        .filter(|p| p.join("cur").is_dir())
-        .collect()
 }
 
 /// Where Sieve rules put a message of a Maildir `dir`: the files to link (none: discarded).
@@ -440,8 +429,9 @@ fn by_rules(
     for d in outcome.deliveries {
         let root = match &d.folder {
             None => dir.to_owned(),
-            Some(f) => match maildir_folder_name(f) {
-                Ok(sub) => {
+            Some(f) => match pillarbox_mailbox::folder_name(f).map(|n| n.map(|n| format!(".{n}"))) {
+                Ok(None) => dir.to_owned(),
+                Ok(Some(sub)) => {
                     let path = dir.join(&sub);
                     if !folders.contains(&sub) {
                         make_folder(dir, &path)?;
@@ -466,23 +456,6 @@ fn by_rules(
         }
     }
     Ok(targets)
-}
-
-/// A Sieve folder name as a Maildir++ folder: `lists/rust`, `lists.rust` and `INBOX.lists.rust`
-/// are all `.lists.rust` beside `new/` and `cur/`.
-fn maildir_folder_name(folder: &str) -> Result<String, &'static str> {
-    let f = folder.replace('/', ".");
-    let f = match f.get(..6) {
-        Some(p) if p.eq_ignore_ascii_case("INBOX.") => &f[6..],
-        _ => f.as_str(),
-    };
-    if f.split('.').any(|part| part.is_empty()) {
-        return Err("an empty part in a folder name");
-    }
-    if f.chars().any(|c| c.is_control()) {
-        return Err("a control character in a folder name");
-    }
-    Ok(format!(".{f}"))
 }
 
 /// A Maildir++ folder made durable before a message is linked into it.

@@ -33,6 +33,9 @@ pub struct Summary {
     pub subject: String,
     pub size: u64,
     pub attachments: usize,
+    /// The Maildir++ folder it is in (`lists.rust` for `.lists.rust/`), none for the inbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
     #[serde(skip)]
     pub path: PathBuf,
 }
@@ -151,6 +154,50 @@ pub fn headline(header: &[u8]) -> Headline {
     mailparse::parse_headers(header).map(|(h, _)| Headline::of(&h)).unwrap_or_default()
 }
 
+/// The Maildir++ folder a message file is in: `lists.rust` for `.../.lists.rust/cur/NAME`, none
+/// for a message of the Maildir itself (or of an mbox file).
+pub fn folder_of(path: &Path) -> Option<String> {
+    let box_dir = path.parent().filter(|p| p.ends_with("new") || p.ends_with("cur"))?.parent()?;
+    let name = box_dir.file_name()?.to_str()?;
+    name.strip_prefix('.').filter(|n| !n.is_empty()).map(str::to_owned)
+}
+
+/// The Maildir++ folders of a Maildir: (name without the leading dot, path), for subfolders
+/// named `.NAME` that hold a `cur/`, in name order.
+pub fn maildir_folders(dir: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out: Vec<(String, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.strip_prefix('.')?.to_owned();
+            (!name.is_empty() && name != "." && e.path().join("cur").is_dir()).then(|| (name, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A folder name as `fileinto` and `--folder` take it (`lists/rust`, `lists.rust` or
+/// `INBOX.lists.rust`), as the name of its Maildir++ folder without the dot (`lists.rust`);
+/// `None` for the inbox itself.
+pub fn folder_name(folder: &str) -> Result<Option<String>, &'static str> {
+    let f = folder.replace('/', ".");
+    if f.eq_ignore_ascii_case("INBOX") {
+        return Ok(None);
+    }
+    let f = match f.get(..6) {
+        Some(p) if p.eq_ignore_ascii_case("INBOX.") => &f[6..],
+        _ => f.as_str(),
+    };
+    if f.split('.').any(str::is_empty) {
+        return Err("an empty part in a folder name");
+    }
+    if f.chars().any(char::is_control) {
+        return Err("a control character in a folder name");
+    }
+    Ok(Some(f.to_owned()))
+}
+
 /// The list entry of one message file's content.
 pub fn summarize(path: &Path, data: &[u8]) -> Summary {
     let name = file_name(path);
@@ -165,6 +212,7 @@ pub fn summarize(path: &Path, data: &[u8]) -> Summary {
                 subject: h.subject,
                 size: data.len() as u64,
                 attachments: attachments(&m).len(),
+                folder: folder_of(path),
                 path: path.to_owned(),
             }
         }
@@ -175,6 +223,7 @@ pub fn summarize(path: &Path, data: &[u8]) -> Summary {
             subject: "(unreadable message)".into(),
             size: data.len() as u64,
             attachments: 0,
+            folder: folder_of(path),
             path: path.to_owned(),
         },
     }

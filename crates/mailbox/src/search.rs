@@ -471,6 +471,7 @@ impl Index {
                     subject: r.get(4)?,
                     size: r.get::<_, i64>(5)?.max(0) as u64,
                     attachments: r.get::<_, i64>(6)?.max(0) as usize,
+                    folder: mailbox::folder_of(Path::new(&r.get::<_, String>(7)?)),
                     path: PathBuf::from(r.get::<_, String>(7)?),
                 },
             ))
