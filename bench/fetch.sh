@@ -11,7 +11,7 @@
 # Environment: ONLY="pillarbox mpop_nosync ..." runs just those clients; PB_BEFORE=PATH adds the same fetch by another build (a before/after); KEEP=1 leaves the mail on the server (default: delete after download, the server's
 # mailbox restored before every run); FETCHMAIL=1 adds fetchmail (slow over a delay: it does not
 # pipeline); EXTRA=1 adds STLS, mbox and MDA delivery (pillarbox and mpop each) and pillarbox with
-# a search index to update (`*_stls` rows are set against bare_tls, the others against bare).
+# a search index to update and with Sieve rules to run (`*_stls` rows are set against bare_tls, the others against bare).
 #
 # Needs root (Dovecot), dovecot-pop3d, mpop, python3, bc, openssl, GNU time; eatmydata for the
 # fsync-free rows; fetchmail with FETCHMAIL=1. The clients run in turn within each repetition
@@ -89,9 +89,9 @@ restore() {
   [ "$KEEP" = 1 ] && return
   rm -rf "$SRV/mail/alice"; cp -a "$SRV/pristine" "$SRV/mail/alice"
 }
-pb_account() { # PORT TLS; DELIVER (default: a Maildir at $OUT)
-  printf '[accounts.bench]\nhost = "%s"\nport = %s\ntls = "%s"\nca_file = "%s"\nusername = "alice"\npassword_env = "BENCH_PW"\ndeliver = { %s }\nkeep = "%s"\n' \
-    "$HOST" "$1" "$2" "$BASE/cert.pem" "${DELIVER:-maildir = \"$OUT\"}" "$KEEP_POLICY"
+pb_account() { # PORT TLS; DELIVER (default: a Maildir at $OUT), ACCOUNT_EXTRA (more lines)
+  printf '[accounts.bench]\nhost = "%s"\nport = %s\ntls = "%s"\nca_file = "%s"\nusername = "alice"\npassword_env = "BENCH_PW"\ndeliver = { %s }\nkeep = "%s"\n%s\n' \
+    "$HOST" "$1" "$2" "$BASE/cert.pem" "${DELIVER:-maildir = \"$OUT\"}" "$KEEP_POLICY" "${ACCOUNT_EXTRA:-}"
 }
 run_pillarbox_at() { # PORT TLS [WRAPPER...]
   local port=$1 tls=$2; shift 2
@@ -114,6 +114,18 @@ prepare_pillarbox_indexed() {
   "$PB" mail search --index "$OUT.sqlite" --maildir "$OUT" nothing-matches >/dev/null 2>&1 || true
 }
 run_pillarbox_indexed() { PILLARBOX_SEARCH_INDEX="$OUT.sqlite" run_pillarbox_at "$POP3" none; }
+# Filed by Sieve rules: a seventh of the messages into a folder by subject, a tenth into another
+# by a pattern with a match variable, flags by sender, and a body test every message is read for.
+prepare_pillarbox_sieve() {
+  cat > "$BASE/rules.sieve" <<'RULES'
+require ["fileinto", "variables", "body", "imap4flags"];
+if header :matches "Subject" "Grüße *" { fileinto "greetings"; stop; }
+if address :domain :is "from" "example.org" { addflag "\\Seen"; }
+if body :text :contains "a phrase no message has" { fileinto "never"; }
+if header :matches "Subject" "Report *0" { fileinto "reports.tens"; }
+RULES
+}
+run_pillarbox_sieve() { ACCOUNT_EXTRA="sieve = \"$BASE/rules.sieve\"" run_pillarbox_at "$POP3" none; }
 # PB_BEFORE=/path/to/an/older/pillarbox: the same fetch with that build, for a before/after.
 run_pillarbox_before() { PB=$PB_BEFORE run_pillarbox_at "$POP3" none; }
 run_mpop_at() { # TLS-LINES [WRAPPER...]; DELIVERY (default: a Maildir at $OUT)
@@ -143,7 +155,7 @@ run_fetchmail() {
 CLIENTS="bare pillarbox mpop bare_tls pillarbox_tls mpop_tls"
 command -v eatmydata >/dev/null && CLIENTS="$CLIENTS pillarbox_nosync mpop_nosync"
 [ "${FETCHMAIL:-0}" = 1 ] && CLIENTS="$CLIENTS fetchmail"
-[ "${EXTRA:-0}" = 1 ] && CLIENTS="$CLIENTS pillarbox_stls mpop_stls pillarbox_mbox mpop_mbox pillarbox_mda mpop_mda pillarbox_indexed"
+[ "${EXTRA:-0}" = 1 ] && CLIENTS="$CLIENTS pillarbox_stls mpop_stls pillarbox_mbox mpop_mbox pillarbox_mda mpop_mda pillarbox_indexed pillarbox_sieve"
 [ -n "${PB_BEFORE:-}" ] && CLIENTS="$CLIENTS pillarbox_before"
 # ONLY="bare pillarbox ...": just these (bare and bare_tls are added as the references).
 if [ -n "${ONLY:-}" ]; then CLIENTS="bare bare_tls"; for c in $ONLY; do case " $CLIENTS " in *" $c "*) ;; *) CLIENTS="$CLIENTS $c" ;; esac; done; fi

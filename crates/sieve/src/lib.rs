@@ -85,11 +85,24 @@ pub struct Outcome {
     pub discarded: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Script {
     commands: Vec<compile::Command>,
     variables: bool,
     extensions: Vec<String>,
+    /// `:matches` and `:regex` keys as compiled, for the next messages.
+    patterns: std::sync::Mutex<matching::Patterns>,
+}
+
+impl Clone for Script {
+    fn clone(&self) -> Self {
+        Self {
+            commands: self.commands.clone(),
+            variables: self.variables,
+            extensions: self.extensions.clone(),
+            patterns: std::sync::Mutex::default(),
+        }
+    }
 }
 
 impl Script {
@@ -105,7 +118,12 @@ impl Script {
         let c = compile::compile(&nodes)?;
         let mut extensions: Vec<String> = c.required.iter().cloned().collect();
         extensions.sort();
-        Ok(Self { commands: c.commands, variables: c.required.contains("variables"), extensions })
+        Ok(Self {
+            commands: c.commands,
+            variables: c.required.contains("variables"),
+            extensions,
+            patterns: std::sync::Mutex::default(),
+        })
     }
 
     /// The extensions the script requires.
@@ -116,7 +134,9 @@ impl Script {
     /// Run the script over a message (its whole text, headers and body).
     pub fn run(&self, message: &[u8], env: &Environment) -> Result<Outcome, RuntimeError> {
         let msg = run::Message::new(message);
-        run::Run::new(&msg, env, self.variables).all(&self.commands)
+        // A run that panicked left nothing half-done in the cache: compiled patterns only.
+        let mut patterns = self.patterns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        run::Run::new(&msg, env, self.variables, &mut patterns).all(&self.commands)
     }
 }
 

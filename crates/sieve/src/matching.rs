@@ -55,16 +55,23 @@ fn fold(cmp: Comparator, s: &str) -> String {
     if cmp == Comparator::AsciiCasemap { s.to_ascii_lowercase() } else { s.to_owned() }
 }
 
-/// Patterns compiled during one run of a script.
-#[derive(Default)]
+/// Patterns compiled by a script's runs, kept from one message to the next (compiling one cost
+/// more than the rest of a run). Keys made from variables can differ for every message, so the
+/// cache is emptied when it holds [`MAX_PATTERNS`].
+#[derive(Default, Debug)]
 pub struct Patterns {
     compiled: HashMap<(String, bool, bool), Regex>,
 }
+
+const MAX_PATTERNS: usize = 256;
 
 impl Patterns {
     fn get(&mut self, pattern: &str, cmp: Comparator, is_regex: bool) -> Result<&Regex, String> {
         let key = (pattern.to_owned(), cmp == Comparator::AsciiCasemap, is_regex);
         if !self.compiled.contains_key(&key) {
+            if self.compiled.len() >= MAX_PATTERNS {
+                self.compiled.clear();
+            }
             let r = if is_regex { regex(pattern, cmp)? } else { wildcard(pattern, cmp)? };
             self.compiled.insert(key.clone(), r);
         }

@@ -108,6 +108,7 @@ fn leaves<'p, 'a>(p: &'p ParsedMail<'a>) -> Vec<&'p ParsedMail<'a>> {
 }
 
 pub struct Run<'m, 'e> {
+    patterns: &'e mut Patterns,
     msg: &'m Message<'m>,
     env: &'e Environment,
     variables_on: bool,
@@ -118,7 +119,6 @@ pub struct Run<'m, 'e> {
     deliveries: Vec<Delivery>,
     implicit_keep: bool,
     discarded: bool,
-    patterns: Patterns,
 }
 
 enum Flow {
@@ -127,8 +127,9 @@ enum Flow {
 }
 
 impl<'m, 'e> Run<'m, 'e> {
-    pub fn new(msg: &'m Message<'m>, env: &'e Environment, variables_on: bool) -> Self {
+    pub fn new(msg: &'m Message<'m>, env: &'e Environment, variables_on: bool, patterns: &'e mut Patterns) -> Self {
         Self {
+            patterns,
             msg,
             env,
             variables_on,
@@ -138,7 +139,6 @@ impl<'m, 'e> Run<'m, 'e> {
             deliveries: Vec::new(),
             implicit_keep: true,
             discarded: false,
-            patterns: Patterns::default(),
         }
     }
 
@@ -411,7 +411,7 @@ impl<'m, 'e> Run<'m, 'e> {
         }
         for v in &values {
             for k in keys {
-                if let Some(caps) = matching::matches(m, v, k, &mut self.patterns).map_err(RuntimeError)? {
+                if let Some(caps) = matching::matches(m, v, k, self.patterns).map_err(RuntimeError)? {
                     if matches!(m.kind, MatchKind::Matches | MatchKind::Regex) {
                         self.captures = caps.into_iter().map(cut).collect();
                     }
