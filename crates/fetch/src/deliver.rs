@@ -275,7 +275,7 @@ enum Work {
 /// between the batch and its record), and its recovery record.
 pub struct Durable {
     mbox: Option<(MboxLock, PathBuf, PathBuf)>,
-    /// A Maildir batch's messages as placed in `new/`: id and file.
+    /// A Maildir batch's messages as placed: id and (first) file.
     placed: Vec<(String, PathBuf)>,
 }
 
@@ -334,7 +334,8 @@ fn durable_maildir(staged: &mut Vec<Staged>) -> Result<Vec<(String, PathBuf)>, D
 
 impl Durable {
     /// The journal has the batch: the mbox recovery record and staged copy go, and the locks.
-    /// Returns a Maildir batch's messages as placed in `new/` (id and file).
+    /// Returns a Maildir batch's messages as placed (id and first file; none for a message the
+    /// Sieve rules discarded).
     pub fn committed(self) -> Vec<(String, PathBuf)> {
         if let Some((lock, pending, staging)) = self.mbox {
             let _ = remove_files(&[&pending, &staging]);

@@ -88,7 +88,8 @@ pub enum Event {
         account: String,
         id: String,
         size: u64,
-        /// The message's file, for a Maildir account.
+        /// The message's file, for a Maildir account (the first, when Sieve rules filed it in
+        /// several folders; none when they discarded it).
         #[serde(skip_serializing_if = "Option::is_none", serialize_with = "lossy_path")]
         file: Option<PathBuf>,
     },

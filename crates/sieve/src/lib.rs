@@ -49,6 +49,9 @@ pub struct Environment {
     pub now: i64,
     /// The local zone, in minutes east of UTC, for `date` and `currentdate` without `:zone`.
     pub zone_minutes: i32,
+    /// The message's size for `size`, where the text given differs from it (a store's LF line
+    /// ends for a message whose size, RFC 5322's, counts CRLF); else the text's length.
+    pub size: Option<u64>,
 }
 
 impl Environment {
@@ -59,6 +62,10 @@ impl Environment {
         let now = chrono::Local::now();
         let mut env =
             Self { now: now.timestamp(), zone_minutes: now.offset().local_minus_utc() / 60, ..Self::default() };
+        // LF line ends (a store's) count as CRLF, as on the wire.
+        if !raw.contains(&b'\r') {
+            env.size = Some(raw.len() as u64 + raw.iter().filter(|&&b| b == b'\n').count() as u64);
+        }
         if let Ok((headers, _)) = mailparse::parse_headers(raw) {
             let bare = |v: String| v.trim().trim_start_matches('<').trim_end_matches('>').trim().to_owned();
             env.from = headers.get_first_value("Return-Path").map(bare);

@@ -313,7 +313,7 @@ impl<'m, 'e> Run<'m, 'e> {
             }
             Test::Exists(headers) => self.expand_all(headers).iter().all(|h| !self.msg.header(h).is_empty()),
             Test::Size { over, limit } => {
-                let size = self.msg.raw.len() as u64;
+                let size = self.env.size.unwrap_or(self.msg.raw.len() as u64);
                 if *over { size > *limit } else { size < *limit }
             }
             Test::Header { matcher, headers, keys } => {

@@ -254,6 +254,10 @@ fn rfc5233_subaddress_and_rfc5228_envelope() {
         [Some("empty detail".into())]
     );
     assert_eq!(to("ken@example.com", "", plain), [Some("bounce".into())]);
+    // The size counts line ends as CRLF, whatever the stored text has.
+    let lf = Environment::of_message(b"Subject: x\n\nhi\n");
+    assert_eq!(lf.size, Some(18));
+    assert_eq!(Environment::of_message(b"Subject: x\r\n\r\nhi\r\n").size, None);
     // From a message's own headers, as fetch learns the envelope.
     let env = Environment::of_message(b"Return-Path: <>\r\nDelivered-To: ken+mta-filters@example.com\r\n\r\nx\r\n");
     assert_eq!((env.from.as_deref(), env.to.as_deref()), (Some(""), Some("ken+mta-filters@example.com")));
