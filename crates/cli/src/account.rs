@@ -311,6 +311,11 @@ pub fn command(cmd: AccountCommand) -> Result<u8> {
                 println!("pinned    {}", account::fingerprint_text(fp));
             }
             println!("deliver   {}", deliver_text(&a.deliver));
+            if let Some(rules) = &a.sieve {
+                let ext = rules.script.extensions();
+                let requires = if ext.is_empty() { String::new() } else { format!("; requires {}", ext.join(", ")) };
+                println!("rules     {} (Sieve{requires})", rules.path.display());
+            }
             println!("keep      {}", a.keep);
             println!("state     {}", StateDirs::new(files.state(), &accounts).of(a).display());
             Ok(0)

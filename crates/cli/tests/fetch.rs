@@ -1496,6 +1496,16 @@ if header :contains "Subject" "archive" { fileinto :copy "INBOX.Archive"; }
     // Nothing comes twice.
     let (_, again) = fetch(w, &acc, &[]);
     assert_eq!(count(&again, "delivered"), 0);
+    let show = Command::new(bin())
+        .args(["account", "show", "ruled", "--accounts-file"])
+        .arg(w.join("accounts.toml"))
+        .output()
+        .expect("account show");
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        shown.contains(&format!("rules     {} (Sieve; requires copy, envelope", w.join("rules.sieve").display())),
+        "{shown}"
+    );
     // The folders are listed and searched with the inbox, and one at a time.
     let mail = |args: &[&str]| -> Vec<serde_json::Value> {
         let out = Command::new(bin())
