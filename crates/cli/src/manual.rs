@@ -774,6 +774,11 @@ mod tests {
             if key == "tls" {
                 text.push_str("insecure = true\n");
             }
+            if key == "sieve" {
+                // The script the example names, beside the accounts file.
+                let rules = file.with_file_name("rules.sieve");
+                std::fs::write(rules, "require \"fileinto\";\nkeep;\n").expect("write");
+            }
             std::fs::write(&file, &text).expect("write");
             pillarbox_accounts::load(&file).unwrap_or_else(|e| panic!("{key}: {e}\n{text}"));
         }
