@@ -569,10 +569,10 @@ enum InFlight {
     Dele(String),
 }
 
-/// A batch being made durable and recorded on a blocking thread.
-/// A Maildir batch's messages as placed in `new/`: id and file.
+/// A Maildir batch's messages as placed: id and (first) file.
 type Placed = Vec<(String, PathBuf)>;
 
+/// A batch being made durable and recorded on a blocking thread.
 struct Commit {
     /// The journal's record, and the batch's messages as placed.
     task: tokio::task::JoinHandle<Result<(Written, Placed), FetchError>>,
