@@ -581,7 +581,9 @@ fn body_text(m: &ParsedMail<'_>) -> Option<String> {
     inline.iter().find(|p| p.ctype.mimetype == "text/html").and_then(|p| p.get_body().ok()).map(|h| html_to_text(&h))
 }
 
-fn leaves<'a>(m: &'a ParsedMail<'a>) -> Vec<&'a ParsedMail<'a>> {
+/// The parts of a message without parts of their own, in order (the message itself when it is
+/// not multipart).
+pub fn leaves<'a>(m: &'a ParsedMail<'a>) -> Vec<&'a ParsedMail<'a>> {
     if m.subparts.is_empty() { vec![m] } else { m.subparts.iter().flat_map(leaves).collect() }
 }
 

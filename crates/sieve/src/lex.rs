@@ -190,7 +190,7 @@ fn multiline(text: &str, mut i: usize) -> Result<(String, usize, usize), String>
         if raw == "." {
             return Ok((out, i, lines));
         }
-        out.push_str(raw.strip_prefix('.').filter(|_| raw.starts_with("..")).unwrap_or(raw));
+        out.push_str(if raw.starts_with("..") { &raw[1..] } else { raw });
         out.push_str("\r\n");
     }
 }

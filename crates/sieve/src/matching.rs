@@ -60,22 +60,24 @@ fn fold(cmp: Comparator, s: &str) -> String {
 /// cache is emptied when it holds [`MAX_PATTERNS`].
 #[derive(Default, Debug)]
 pub struct Patterns {
-    compiled: HashMap<(String, bool, bool), Regex>,
+    /// By key: the `:matches` form and the `:regex` form, each case-sensitive and not.
+    compiled: HashMap<String, [Option<Regex>; 4]>,
 }
 
 const MAX_PATTERNS: usize = 256;
 
 impl Patterns {
     fn get(&mut self, pattern: &str, cmp: Comparator, is_regex: bool) -> Result<&Regex, String> {
-        let key = (pattern.to_owned(), cmp == Comparator::AsciiCasemap, is_regex);
-        if !self.compiled.contains_key(&key) {
-            if self.compiled.len() >= MAX_PATTERNS {
+        let slot = usize::from(is_regex) * 2 + usize::from(cmp == Comparator::AsciiCasemap);
+        // Looked up by the key as it is: a run compares every value with it, so a hit costs no copy.
+        if self.compiled.get(pattern).is_none_or(|forms| forms[slot].is_none()) {
+            let r = if is_regex { regex(pattern, cmp)? } else { wildcard(pattern, cmp)? };
+            if self.compiled.len() >= MAX_PATTERNS && !self.compiled.contains_key(pattern) {
                 self.compiled.clear();
             }
-            let r = if is_regex { regex(pattern, cmp)? } else { wildcard(pattern, cmp)? };
-            self.compiled.insert(key.clone(), r);
+            self.compiled.entry(pattern.to_owned()).or_default()[slot] = Some(r);
         }
-        Ok(&self.compiled[&key])
+        self.compiled.get(pattern).and_then(|forms| forms[slot].as_ref()).ok_or_else(|| "no pattern".to_owned())
     }
 }
 

@@ -62,7 +62,7 @@ impl<'a> Message<'a> {
                 let at = memchr_body_start(self.raw);
                 vec![String::from_utf8_lossy(&self.raw[at..]).into_owned()]
             }
-            BodyTransform::Text => leaves(p)
+            BodyTransform::Text => pillarbox_mailbox::leaves(p)
                 .into_iter()
                 .filter(|l| l.ctype.mimetype.starts_with("text/"))
                 .map(|l| {
@@ -70,7 +70,7 @@ impl<'a> Message<'a> {
                     if l.ctype.mimetype == "text/html" { pillarbox_mailbox::html_to_text(&body) } else { body }
                 })
                 .collect(),
-            BodyTransform::Content(types) => leaves(p)
+            BodyTransform::Content(types) => pillarbox_mailbox::leaves(p)
                 .into_iter()
                 .filter(|l| {
                     let (top, _) = l.ctype.mimetype.split_once('/').unwrap_or((&l.ctype.mimetype, ""));
@@ -100,11 +100,6 @@ fn memchr_body_start(raw: &[u8]) -> usize {
         (Some(a), Some(b)) => a.min(b),
         (a, b) => a.or(b).unwrap_or(raw.len()),
     }
-}
-
-/// The parts without subparts, in order.
-fn leaves<'p, 'a>(p: &'p ParsedMail<'a>) -> Vec<&'p ParsedMail<'a>> {
-    if p.subparts.is_empty() { vec![p] } else { p.subparts.iter().flat_map(leaves).collect() }
 }
 
 pub struct Run<'m, 'e> {
