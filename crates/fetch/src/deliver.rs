@@ -407,11 +407,11 @@ fn present_tags(dir: &Path) -> Result<HashSet<String>, DeliverError> {
     Ok(present)
 }
 
-/// Where Sieve rules put a message of a Maildir `dir`: the files to link (none: discarded).
-/// Rules that fail, or name a folder that cannot be one, leave it in the inbox, and say so.
+/// Where the outcome of Sieve rules puts a message of a Maildir `dir`: the files to link (none:
+/// discarded). Rules that failed, or name a folder that cannot be one, leave it in the inbox,
+/// and say so.
 fn by_rules(
-    script: &Script,
-    text: &[u8],
+    outcome: Result<pillarbox_sieve::Outcome, pillarbox_sieve::RuntimeError>,
     dir: &Path,
     folders: &mut HashSet<String>,
     name: &str,
@@ -419,7 +419,7 @@ fn by_rules(
     notices: &mut Vec<String>,
 ) -> Result<Vec<PathBuf>, DeliverError> {
     let inbox = || vec![dir.join("new").join(name)];
-    let outcome = match script.run(text, &pillarbox_sieve::Environment::of_message(text)) {
+    let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
             notices.push(format!("message {id}: the Sieve rules failed ({e}); it is in the inbox"));
@@ -500,6 +500,10 @@ fn maildir_flags(flags: &[String]) -> String {
     letters.dedup();
     letters.into_iter().collect()
 }
+
+/// The most of a message Sieve rules read (from memory): a message larger than this (an
+/// attachment of hundreds of MB) is filed by its header and the start of its text.
+const RULES_TEXT: usize = 32 << 20;
 
 /// Ends the names of the files this client writes in a Maildir's `tmp/`.
 const TMP_MARK: &str = ".pillarbox-fetch";
@@ -722,7 +726,9 @@ impl Local {
             (Some(Current::Maildir { file, tmp, named, size, .. }), _) => {
                 *size += data.len() as u64;
                 if self.rules.is_some() {
-                    self.copy.extend_from_slice(data);
+                    // The rules read the message from memory: its first RULES_TEXT octets.
+                    let room = RULES_TEXT.saturating_sub(self.copy.len());
+                    self.copy.extend_from_slice(&data[..data.len().min(room)]);
                 }
                 Ok(file.write_all(data).map_err(io_err(format!("writing {}", shown(tmp, *named))))?)
             }
@@ -762,13 +768,16 @@ impl Local {
                     }
                 };
                 let name = format!("{unique}.F{}.{},S={size}", fetch_tag(&account_key, &id), pillarbox_os::host_name());
-                let copy = std::mem::take(&mut self.copy);
                 let targets = match &self.rules {
                     None => vec![dir.join("new").join(&name)],
                     Some(script) => {
-                        let r = by_rules(script, &copy, dir, folders, &name, &id, &mut self.notices);
-                        self.copy = copy;
-                        r?
+                        let mut env = pillarbox_sieve::Environment::of_message(&self.copy);
+                        if size > self.copy.len() as u64 {
+                            // Cut short: `size` still sees the whole message (its stored octets).
+                            env.size = Some(size);
+                        }
+                        let outcome = script.run(&self.copy, &env);
+                        by_rules(outcome, dir, folders, &name, &id, &mut self.notices)?
                     }
                 };
                 staged.push(Staged { id, file, tmp, named, targets });
@@ -974,6 +983,27 @@ mod tests {
             }
             local.finish(id).expect("finish");
         }
+    }
+
+    /// The rules read at most RULES_TEXT octets of a message held in memory, whatever its size;
+    /// their `size` test still sees all of it, and the whole message is stored where they say.
+    #[test]
+    fn rules_read_a_bounded_start_of_a_huge_message() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let md = dir.path().join("Mail");
+        let mut l = Local::open(&Deliver::Maildir(md.clone()), "acct", None, dir.path(), 0).expect("open");
+        let rules = "require \"fileinto\";\nif size :over 40M { fileinto \"huge\"; }";
+        l.set_rules(Arc::new(Script::compile(rules).expect("rules")));
+        let mut huge = b"Subject: big\r\n\r\n".to_vec();
+        huge.resize(RULES_TEXT + (10 << 20), b'x');
+        deliver_all(&mut l, &[("u1", &huge)], 1 << 16);
+        assert_eq!(l.copy.len(), RULES_TEXT);
+        assert!(l.take_notices().is_empty());
+        l.flush().expect("flush");
+        let filed: Vec<_> = std::fs::read_dir(md.join(".huge/new")).expect("folder").flatten().collect();
+        assert_eq!(filed.len(), 1);
+        // Stored whole, with LF line ends (the header's two CRs dropped).
+        assert_eq!(filed[0].metadata().expect("stat").len(), huge.len() as u64 - 2);
     }
 
     #[test]
