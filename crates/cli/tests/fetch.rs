@@ -661,17 +661,31 @@ fn journaled(state: &Path) -> usize {
     ids.len()
 }
 
-#[test]
-fn kill_9_at_random_moments_never_loses_or_duplicates_mail() {
+/// The crash trials' setting: a server holding `total` messages for alice, and in a new work
+/// folder an account `name` (with `extra` lines) fetching them over TLS into the Maildir `m/`.
+struct CrashSetup {
+    pb: Pillarbox,
+    work: tempfile::TempDir,
+    account: String,
+    accounts_file: PathBuf,
+}
+
+fn crash_setup(total: usize, name: &str, extra: &str) -> CrashSetup {
     let mut pb = Pillarbox::new();
-    let total = 1500;
     write_crash_mail(&pb, total);
     pb.start();
     let work = tempfile::tempdir().expect("tempdir");
+    let account = tls_account(&pb, name, extra, &work.path().join("m"));
+    let accounts_file = work.path().join("accounts.toml");
+    std::fs::write(&accounts_file, &account).expect("accounts");
+    CrashSetup { pb, work, account, accounts_file }
+}
+
+#[test]
+fn kill_9_at_random_moments_never_loses_or_duplicates_mail() {
+    let total = 1500;
+    let CrashSetup { pb, work, account: acct, accounts_file: file } = crash_setup(total, "crash", "");
     let w = work.path();
-    let acct = tls_account(&pb, "crash", "", &w.join("m"));
-    let file = w.join("accounts.toml");
-    std::fs::write(&file, &acct).expect("accounts");
     let state = w.join("state");
     let md = w.join("m");
     let count = |sub: &str| std::fs::read_dir(md.join(sub)).map_or(0, |d| d.count());
@@ -707,11 +721,9 @@ fn kill_9_at_random_moments_never_loses_or_duplicates_mail() {
 /// or is still on the server.
 #[test]
 fn kill_9_with_sieve_rules_handles_every_message_exactly_once() {
-    let mut pb = Pillarbox::new();
     let total = 900;
-    write_crash_mail(&pb, total);
-    pb.start();
-    let work = tempfile::tempdir().expect("tempdir");
+    let CrashSetup { pb, work, account: acct, accounts_file: file } =
+        crash_setup(total, "ruled-crash", "sieve = \"rules.sieve\"");
     let w = work.path();
     std::fs::write(
         w.join("rules.sieve"),
@@ -720,9 +732,6 @@ fn kill_9_with_sieve_rules_handles_every_message_exactly_once() {
          elsif header :matches \"Subject\" [\"*1\", \"*3\", \"*5\", \"*7\", \"*9\"] { fileinto \"odd\"; }\n",
     )
     .expect("rules");
-    let acct = tls_account(&pb, "ruled-crash", "sieve = \"rules.sieve\"", &w.join("m"));
-    let file = w.join("accounts.toml");
-    std::fs::write(&file, &acct).expect("accounts");
     let state = w.join("state");
     let md = w.join("m");
     let count = |sub: &str| std::fs::read_dir(md.join(sub)).map_or(0, |d| d.count());
@@ -1058,14 +1067,9 @@ fn a_full_disk_stops_the_fetch_and_deletes_nothing_it_could_not_store() {
 #[test]
 fn a_low_limit_on_open_files_keeps_batches_small_and_loses_nothing() {
     require_tool("prlimit");
-    let mut pb = Pillarbox::new();
     let total = 400;
-    write_crash_mail(&pb, total);
-    pb.start();
-    let work = tempfile::tempdir().expect("tempdir");
+    let CrashSetup { pb, work, accounts_file: file, .. } = crash_setup(total, "few-files", "");
     let w = work.path();
-    let file = w.join("accounts.toml");
-    std::fs::write(&file, tls_account(&pb, "few-files", "", &w.join("m"))).expect("accounts");
     // Each commit held 100 ms, so that the next batch would grow while it waits.
     let out = Command::new("prlimit")
         .args(["--nofile=128:128", "--"])
