@@ -15,7 +15,7 @@
 //! - MDA: a message is delivered when the command exits 0; a crash between that and the journal
 //!   write may deliver it again (at least once), since nothing can ask the MDA what it stored.
 
-use crate::mbox::{MboxLock, Pending, Recovered};
+use crate::mbox::{MboxLock, Pending, Target};
 use pillarbox_os::io_err;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -180,25 +180,60 @@ enum Kind {
 /// An mbox destination (see [`crate::mbox`] for how a batch is appended and recovered).
 struct Mbox {
     path: PathBuf,
+    /// Where the folders Sieve rules name are: an mbox file each
+    /// ([`pillarbox_mailbox::mbox_folders_dir`]).
+    folders: PathBuf,
+    /// Whether `folders` was made (and made durable) in this run.
+    folders_made: bool,
     /// The recovery record and the staging files' base name, beside the journal.
     pending: PathBuf,
     staging: PathBuf,
-    /// The staging file of the batch being written.
-    file: Option<Staging>,
-    /// Ids of the messages staged in this batch.
+    /// The batch being written.
+    batch: Option<MboxBatch>,
+    /// With Sieve rules, each message is written here first; once the rules have said where it
+    /// goes, it is copied into the batch's staging file for each of those mbox files.
+    message: Option<Staging>,
+    /// Ids of the messages staged in this batch (and of those the rules discarded).
     written: Vec<String>,
     /// Ids of messages a killed run appended whole (see [`crate::mbox::recover`]).
     kept: HashSet<String>,
 }
 
+/// The batch being written: its number in the journal, and a staging file for each mbox file
+/// it goes to (the account's, and folders).
+struct MboxBatch {
+    number: u64,
+    parts: Vec<(PathBuf, Staging)>,
+}
+
 /// How much quoted mbox text is gathered before it is written.
 const MBOX_WRITE_CHUNK: usize = 256 * 1024;
 
-/// One batch's staging file.
+/// A staging file.
 struct Staging {
     file: File,
     path: PathBuf,
-    batch: u64,
+}
+
+impl Staging {
+    /// Create `path` empty, for reading and writing.
+    fn create(path: PathBuf) -> Result<Self, DeliverError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(format!("creating {}", path.display())))?;
+        Ok(Self { file, path })
+    }
+
+    /// Cut the file back to `len` (what was there before a message that was not written whole).
+    fn cut(&mut self, len: u64) {
+        let _ = self.file.set_len(len);
+        let _ = self.file.seek(io::SeekFrom::Start(len));
+    }
 }
 
 /// Remove these files when they exist.
@@ -217,38 +252,250 @@ impl Mbox {
     fn new(path: &Path, state_dir: &Path) -> Self {
         Self {
             path: path.to_owned(),
+            folders: pillarbox_mailbox::mbox_folders_dir(path),
+            folders_made: false,
             pending: state_dir.join("mbox-pending"),
             staging: state_dir.join("mbox-batch"),
-            file: None,
+            batch: None,
+            message: None,
             written: Vec::new(),
             kept: HashSet::new(),
         }
     }
 
     /// No batch is in the works (the run starts, or a recovered batch is recorded): the recovery
-    /// record and both staging files go.
+    /// record and every staging file go.
     fn forget_all(&mut self) -> Result<(), DeliverError> {
-        let odd = crate::mbox::staging_path(&self.staging, 1);
-        remove_files(&[&self.pending, &self.staging, &odd])
+        let mut gone = vec![self.pending.clone()];
+        let base = self.staging.file_name().and_then(|n| n.to_str()).unwrap_or("mbox-batch");
+        if let Some(dir) = self.staging.parent() {
+            for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+                if e.file_name().to_str().is_some_and(|n| n.starts_with(base)) {
+                    gone.push(e.path());
+                }
+            }
+        }
+        remove_files(&gone.iter().map(PathBuf::as_path).collect::<Vec<_>>())
+    }
+
+    /// The staging file of batch `number` for the mbox file `mbox`, made at its first message.
+    /// The first of a batch is the staging base (or its odd twin), the others numbered after it.
+    fn part(&mut self, number: u64, mbox: &Path) -> Result<&mut Staging, DeliverError> {
+        let batch = self.batch.get_or_insert_with(|| MboxBatch { number, parts: Vec::new() });
+        let i = match batch.parts.iter().position(|(m, _)| m == mbox) {
+            Some(i) => i,
+            None => {
+                let mut path = crate::mbox::staging_path(&self.staging, batch.number).into_os_string();
+                if !batch.parts.is_empty() {
+                    path.push(format!(".{}", batch.parts.len()));
+                }
+                batch.parts.push((mbox.to_owned(), Staging::create(PathBuf::from(path))?));
+                batch.parts.len() - 1
+            }
+        };
+        Ok(&mut batch.parts[i].1)
+    }
+
+    /// Where the message being written goes as it arrives: the file that holds it until the
+    /// rules have run, or else the batch's staging file for the account's mbox.
+    fn stream(&mut self) -> Option<&mut Staging> {
+        if self.message.is_some() {
+            return self.message.as_mut();
+        }
+        let batch = self.batch.as_mut()?;
+        batch.parts.iter_mut().find(|(m, _)| *m == self.path).map(|(_, s)| s)
+    }
+
+    /// The mbox file of the folder `name` (as [`pillarbox_mailbox::folder_name`] gives it), its
+    /// folder made at the first; `Err` says why it cannot be one.
+    fn folder_file(&mut self, name: &str) -> Result<PathBuf, String> {
+        if name.ends_with(".lock") {
+            return Err("an mbox folder cannot have the name of a lock file".into());
+        }
+        if !self.folders_made {
+            let ctx = |e: io::Error| format!("cannot make {}: {e}", self.folders.display());
+            fs::create_dir_all(&self.folders).map_err(ctx)?;
+            for d in [Some(self.folders.as_path()), self.folders.parent()].into_iter().flatten() {
+                pillarbox_os::fsync_dir(d).map_err(ctx)?;
+            }
+            self.folders_made = true;
+        }
+        Ok(self.folders.join(name))
+    }
+
+    /// File the message just written (in `message`) by the rules' `outcome`: copy it into the
+    /// batch's staging file of each mbox file they name, with the flags they give as
+    /// `Status:`/`X-Status:` headers.
+    fn file_message(
+        &mut self,
+        number: u64,
+        outcome: RulesResult,
+        id: &str,
+        notices: &mut Vec<String>,
+    ) -> Result<(), DeliverError> {
+        let mut targets: Vec<(PathBuf, String)> = Vec::new();
+        for (folder, flags) in destinations(outcome, id, notices) {
+            let mbox = match folder {
+                None => self.path.clone(),
+                Some(name) => self.folder_file(&name).unwrap_or_else(|why| {
+                    notices.push(format!("message {id}: fileinto {name:?}: {why}; it is in the inbox"));
+                    self.path.clone()
+                }),
+            };
+            let target = (mbox, status_headers(&flags));
+            if !targets.contains(&target) {
+                targets.push(target);
+            }
+        }
+        let Some(mut message) = self.message.take() else { return Ok(()) };
+        let result = (|| {
+            let len = message.file.stream_position().map_err(io_err(format!("reading {}", message.path.display())))?;
+            for (mbox, headers) in &targets {
+                let part = self.part(number, mbox)?;
+                let before = part.file.stream_position().map_err(io_err(format!("reading {}", part.path.display())))?;
+                let copied = copy_message(&mut message.file, len, &mut part.file, headers);
+                if let Err(e) = copied {
+                    part.cut(before);
+                    return Err(io_err(format!("writing {}", part.path.display()))(e).into());
+                }
+            }
+            Ok(())
+        })();
+        self.message = Some(message);
+        result
     }
 }
 
-/// A sealed mbox batch: append the staged batch under the mbox's locks, after making its
-/// recovery record durable; the locks stay held until the journal has the batch
-/// ([`Durable::committed`]).
-fn append_mbox(mbox: &Path, pending: &Path, staged: Staging, ids: &[String]) -> Result<Durable, DeliverError> {
+/// What Sieve rules said of a message.
+type RulesResult = Result<pillarbox_sieve::Outcome, pillarbox_sieve::RuntimeError>;
+
+/// Where the outcome of Sieve rules puts a message: for each copy, its folder (as
+/// [`pillarbox_mailbox::folder_name`] gives it; `None`: the inbox) and its flags; none when
+/// they discard it. Rules that failed, or name a folder that cannot be one, leave it in the
+/// inbox, and say so.
+fn destinations(outcome: RulesResult, id: &str, notices: &mut Vec<String>) -> Vec<(Option<String>, Vec<String>)> {
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            notices.push(format!("message {id}: the Sieve rules failed ({e}); it is in the inbox"));
+            return vec![(None, Vec::new())];
+        }
+    };
+    let mut out = Vec::new();
+    for d in outcome.deliveries {
+        let folder = match &d.folder {
+            None => None,
+            Some(f) => pillarbox_mailbox::folder_name(f).unwrap_or_else(|why| {
+                notices.push(format!("message {id}: fileinto {f:?}: {why}; it is in the inbox"));
+                None
+            }),
+        };
+        out.push((folder, d.flags));
+    }
+    out
+}
+
+/// IMAP flags as an mbox message's `Status:` (`R`ead, and `O`ld once read) and `X-Status:`
+/// (`A`nswered, `F`lagged, draf`T`, `D`eleted) header lines, as mutt and Dovecot read them;
+/// empty when none of them is set.
+fn status_headers(flags: &[String]) -> String {
+    let letters = maildir_flags(flags);
+    let mut out = String::new();
+    if letters.contains('S') {
+        out.push_str("Status: RO\n");
+    }
+    let x: String = [('R', 'A'), ('F', 'F'), ('D', 'T'), ('T', 'D')]
+        .iter()
+        .filter(|(maildir, _)| letters.contains(*maildir))
+        .map(|(_, mbox)| *mbox)
+        .collect();
+    if !x.is_empty() {
+        out.push_str(&format!("X-Status: {x}\n"));
+    }
+    out
+}
+
+/// How much of a message's start is read to put status headers into its header.
+const HEADER_WINDOW: usize = 64 * 1024;
+
+/// Copy the first `len` octets of `from` (one quoted message: its From_ line and text) to the
+/// end of `to`, with `headers` (see [`status_headers`]) in place of its own `Status:` and
+/// `X-Status:` lines when there are any.
+fn copy_message(from: &mut File, len: u64, to: &mut File, headers: &str) -> io::Result<()> {
+    from.seek(io::SeekFrom::Start(0))?;
+    let mut from = io::Read::take(&mut *from, len);
+    if headers.is_empty() {
+        io::copy(&mut from, to)?;
+        return Ok(());
+    }
+    let mut head = Vec::with_capacity(HEADER_WINDOW);
+    io::Read::read_to_end(&mut io::Read::take(&mut from, HEADER_WINDOW as u64), &mut head)?;
+    let first = memchr::memchr(b'\n', &head).map_or(head.len(), |i| i + 1);
+    let mut out = head[..first].to_vec();
+    // The header ends at its first empty line; one longer than the window only gets the lines.
+    let mut at = first;
+    let mut skipping = false;
+    let mut end = None;
+    for line in head[first..].split_inclusive(|b| *b == b'\n') {
+        if line == b"\n" {
+            end = Some(at);
+            break;
+        }
+        at += line.len();
+    }
+    let rest = match end {
+        Some(end) => {
+            for line in head[first..end].split_inclusive(|b| *b == b'\n') {
+                if !line.starts_with(b" ") && !line.starts_with(b"\t") {
+                    let name = line.split(|b| *b == b':').next().unwrap_or_default();
+                    skipping = name.eq_ignore_ascii_case(b"status") || name.eq_ignore_ascii_case(b"x-status");
+                }
+                if !skipping {
+                    out.extend_from_slice(line);
+                }
+            }
+            end
+        }
+        None => first,
+    };
+    out.extend_from_slice(headers.as_bytes());
+    to.write_all(&out)?;
+    to.write_all(&head[rest..])?;
+    io::copy(&mut from, to)?;
+    Ok(())
+}
+
+/// A sealed mbox batch: append each staged part to its mbox under that mbox's locks (taken in
+/// path order, as every batch takes them), after making the recovery record naming them all
+/// durable; the locks stay held until the journal has the batch ([`Durable::committed`]).
+fn append_mbox(pending: &Path, batch: MboxBatch, ids: &[String]) -> Result<Durable, DeliverError> {
     let ctx = |what: &str, p: &Path| io_err(format!("{what} {}", p.display()));
-    let Staging { file, path: staging, batch } = staged;
-    file.sync_all().map_err(ctx("syncing", &staging))?;
-    let len = file.metadata().map_err(ctx("reading", &staging))?.len();
-    drop(file);
-    let mut lock = MboxLock::acquire(mbox)?;
-    let start = lock.file().metadata().map_err(ctx("reading", mbox))?.len();
-    let dotlock = lock.dotlock_id();
-    Pending { batch, start, len, ids: ids.to_vec(), dotlock }.write(pending)?;
-    let mut from = File::open(&staging).map_err(ctx("opening", &staging))?;
-    io::copy(&mut from, lock.file()).and_then(|_| lock.file().sync_all()).map_err(ctx("appending to", mbox))?;
-    Ok(Durable { mbox: Some((lock, pending.to_owned(), staging)), placed: Vec::new() })
+    let mut parts = Vec::new();
+    for (mbox, Staging { file, path }) in batch.parts {
+        file.sync_all().map_err(ctx("syncing", &path))?;
+        let len = file.metadata().map_err(ctx("reading", &path))?.len();
+        parts.push((mbox, path, len));
+    }
+    parts.sort_by(|a, b| a.0.cmp(&b.0));
+    let (mut locks, mut targets) = (Vec::new(), Vec::new());
+    for (mbox, staging, len) in parts {
+        let new = !mbox.exists();
+        let mut lock = MboxLock::acquire(&mbox)?;
+        if new && let Some(dir) = mbox.parent().filter(|d| !d.as_os_str().is_empty()) {
+            pillarbox_os::fsync_dir(dir).map_err(ctx("syncing", dir))?;
+        }
+        let start = lock.file().metadata().map_err(ctx("reading", &mbox))?.len();
+        targets.push(Target { dotlock: lock.dotlock_id(), mbox, staging, start, len });
+        locks.push(lock);
+    }
+    let record = Pending { batch: batch.number, targets, ids: ids.to_vec() };
+    record.write(pending)?;
+    for (t, lock) in record.targets.iter().zip(&mut locks) {
+        let mut from = File::open(&t.staging).map_err(ctx("opening", &t.staging))?;
+        io::copy(&mut from, lock.file()).and_then(|_| lock.file().sync_all()).map_err(ctx("appending to", &t.mbox))?;
+    }
+    let staged = record.targets.into_iter().map(|t| t.staging).collect();
+    Ok(Durable { mbox: Some(Held { locks, pending: pending.to_owned(), staged }), placed: Vec::new() })
 }
 
 /// A batch whose messages are all written, to be made durable ([`Sealed::make_durable`], on any
@@ -263,18 +510,25 @@ enum Work {
         staged: Vec<Staged>,
     },
     Mbox {
-        path: PathBuf,
         pending: PathBuf,
-        staged: Staging,
+        batch: MboxBatch,
     },
     /// MDA: each message was delivered when its command exited 0.
     Nothing,
 }
 
-/// What a durable batch holds until the journal has it: an mbox's locks (so nobody appends
-/// between the batch and its record), and its recovery record.
+/// What a durable mbox batch holds until the journal has it: the locks of the mbox files it
+/// went to (so nobody appends between the batch and its record), its recovery record and its
+/// staging files.
+struct Held {
+    locks: Vec<MboxLock>,
+    pending: PathBuf,
+    staged: Vec<PathBuf>,
+}
+
+/// What a durable batch holds until the journal has it.
 pub struct Durable {
-    mbox: Option<(MboxLock, PathBuf, PathBuf)>,
+    mbox: Option<Held>,
     /// A Maildir batch's messages as placed: id and (first) file.
     placed: Vec<(String, PathBuf)>,
 }
@@ -294,7 +548,7 @@ impl Sealed {
                 staged.into_iter().for_each(Staged::discard);
                 result.map(|placed| Durable { mbox: None, placed })
             }
-            Work::Mbox { path, pending, staged } => append_mbox(&path, &pending, staged, &self.ids),
+            Work::Mbox { pending, batch } => append_mbox(&pending, batch, &self.ids),
             Work::Nothing => Ok(Durable { mbox: None, placed: Vec::new() }),
         }
     }
@@ -337,9 +591,11 @@ impl Durable {
     /// Returns a Maildir batch's messages as placed (id and first file; none for a message the
     /// Sieve rules discarded).
     pub fn committed(self) -> Vec<(String, PathBuf)> {
-        if let Some((lock, pending, staging)) = self.mbox {
-            let _ = remove_files(&[&pending, &staging]);
-            drop(lock);
+        if let Some(Held { locks, pending, staged }) = self.mbox {
+            let mut gone = vec![pending.as_path()];
+            gone.extend(staged.iter().map(PathBuf::as_path));
+            let _ = remove_files(&gone);
+            drop(locks);
         }
         self.placed
     }
@@ -363,6 +619,9 @@ enum Current {
         at_line_start: bool,
         line: Vec<u8>,
         out: Vec<u8>,
+        /// The batch it belongs to, and its size as received (LF line ends), for the rules.
+        batch: u64,
+        size: u64,
     },
     Mda {
         child: Child,
@@ -408,45 +667,29 @@ fn present_tags(dir: &Path) -> Result<HashSet<String>, DeliverError> {
 }
 
 /// Where the outcome of Sieve rules puts a message of a Maildir `dir`: the files to link (none:
-/// discarded). Rules that failed, or name a folder that cannot be one, leave it in the inbox,
-/// and say so.
+/// discarded); see [`destinations`].
 fn by_rules(
-    outcome: Result<pillarbox_sieve::Outcome, pillarbox_sieve::RuntimeError>,
+    outcome: RulesResult,
     dir: &Path,
     folders: &mut HashSet<String>,
     name: &str,
     id: &str,
     notices: &mut Vec<String>,
 ) -> Result<Vec<PathBuf>, DeliverError> {
-    let inbox = || vec![dir.join("new").join(name)];
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(e) => {
-            notices.push(format!("message {id}: the Sieve rules failed ({e}); it is in the inbox"));
-            return Ok(inbox());
-        }
-    };
     let mut targets = Vec::new();
-    for d in outcome.deliveries {
-        let root = match &d.folder {
+    for (folder, flags) in destinations(outcome, id, notices) {
+        let root = match folder.map(|n| format!(".{n}")) {
             None => dir.to_owned(),
-            Some(f) => match pillarbox_mailbox::folder_name(f).map(|n| n.map(|n| format!(".{n}"))) {
-                Ok(None) => dir.to_owned(),
-                Ok(Some(sub)) => {
-                    let path = dir.join(&sub);
-                    if !folders.contains(&sub) {
-                        make_folder(dir, &path)?;
-                        folders.insert(sub);
-                    }
-                    path
+            Some(sub) => {
+                let path = dir.join(&sub);
+                if !folders.contains(&sub) {
+                    make_folder(dir, &path)?;
+                    folders.insert(sub);
                 }
-                Err(why) => {
-                    notices.push(format!("message {id}: fileinto {f:?}: {why}; it is in the inbox"));
-                    dir.to_owned()
-                }
-            },
+                path
+            }
         };
-        let info = maildir_flags(&d.flags);
+        let info = maildir_flags(&flags);
         let target = if info.is_empty() {
             root.join("new").join(name)
         } else {
@@ -499,6 +742,17 @@ fn maildir_flags(flags: &[String]) -> String {
     letters.sort_unstable();
     letters.dedup();
     letters.into_iter().collect()
+}
+
+/// What the rules (if any) say of a message: `copy` is its start, `size` its whole size.
+fn run_rules(rules: Option<&Script>, copy: &[u8], size: u64) -> Option<RulesResult> {
+    let script = rules?;
+    let mut env = pillarbox_sieve::Environment::of_message(copy);
+    if size > copy.len() as u64 {
+        // Cut short: `size` still sees the whole message (its stored octets).
+        env.size = Some(size);
+    }
+    Some(script.run(copy, &env))
 }
 
 /// The most of a message Sieve rules read (from memory): a message larger than this (an
@@ -557,14 +811,18 @@ impl Local {
             }
             Deliver::Mbox(path) => {
                 let mut mbox = Mbox::new(path, state_dir);
-                match crate::mbox::recover(path, &mbox.pending, &mbox.staging, last_batch)? {
-                    Recovered::Kept(ids) => mbox.kept = ids,
-                    Recovered::Nothing => {}
-                    Recovered::Cut(bytes) => notices.push(format!(
+                let recovered = crate::mbox::recover(path, &mbox.pending, &mbox.staging, last_batch)?;
+                mbox.kept = recovered.kept;
+                for (file, bytes) in recovered.cut {
+                    notices.push(format!(
                         "removed the {bytes} bytes of an incomplete batch an interrupted run left at the end of {}",
-                        path.display()
-                    )),
-                    Recovered::Left(why) => notices.push(why),
+                        file.display()
+                    ));
+                }
+                notices.extend(recovered.left);
+                // The folders' locks a killed run left (with nothing to recover).
+                for (_, folder) in pillarbox_mailbox::mbox_folders(path) {
+                    crate::mbox::clear_stale_dotlock(&folder);
                 }
                 if mbox.kept.is_empty() {
                     mbox.forget_all()?;
@@ -640,6 +898,7 @@ impl Local {
         self.abort();
         self.copy.clear();
         self.lf = ToLf::default();
+        let rules = self.rules.is_some();
         self.current = Some(match &mut self.kind {
             Kind::Maildir { dir, unnamed, .. } => {
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -677,25 +936,25 @@ impl Local {
                 Current::Maildir { file: BufWriter::with_capacity(64 * 1024, file), tmp, named, unique, size: 0 }
             }
             Kind::Mbox(mbox) => {
-                if mbox.file.is_none() {
-                    let path = crate::mbox::staging_path(&mbox.staging, next_batch);
-                    let file = OpenOptions::new()
-                        .create(true)
-                        .truncate(true)
-                        .read(true)
-                        .write(true)
-                        .mode(0o600)
-                        .open(&path)
-                        .map_err(io_err(format!("creating {}", path.display())))?;
-                    mbox.file = Some(Staging { file, path, batch: next_batch });
-                }
-                let Some(Staging { file: f, path, .. }) = mbox.file.as_mut() else { unreachable!("opened above") };
-                let ctx = |what: &str| io_err(format!("{what} {}", path.display()));
-                let start = f.metadata().map_err(ctx("reading"))?.len();
+                let stream = if rules {
+                    let path = mbox.pending.with_file_name("mbox-message");
+                    match &mut mbox.message {
+                        Some(m) => {
+                            m.cut(0);
+                            m
+                        }
+                        None => mbox.message.insert(Staging::create(path)?),
+                    }
+                } else {
+                    let inbox = mbox.path.clone();
+                    mbox.part(next_batch, &inbox)?
+                };
+                let start =
+                    stream.file.stream_position().map_err(io_err(format!("reading {}", stream.path.display())))?;
                 let mut out = std::mem::take(&mut self.mbox_out);
                 out.clear();
                 out.extend_from_slice(format!("From MAILER-DAEMON {}\n", mbox_date()).as_bytes());
-                Current::Mbox { start, at_line_start: true, line: Vec::new(), out }
+                Current::Mbox { start, at_line_start: true, line: Vec::new(), out, batch: next_batch, size: 0 }
             }
             Kind::Mda { command, .. } => {
                 let child = Command::new("/bin/sh")
@@ -722,20 +981,23 @@ impl Local {
 
     /// Message text with LF line ends.
     pub fn write_lf(&mut self, data: &[u8]) -> Result<(), DeliverError> {
+        if self.rules.is_some() && self.current.is_some() {
+            // The rules read the message from memory: its first RULES_TEXT octets.
+            let room = RULES_TEXT.saturating_sub(self.copy.len());
+            self.copy.extend_from_slice(&data[..data.len().min(room)]);
+        }
         match (&mut self.current, &mut self.kind) {
             (Some(Current::Maildir { file, tmp, named, size, .. }), _) => {
                 *size += data.len() as u64;
-                if self.rules.is_some() {
-                    // The rules read the message from memory: its first RULES_TEXT octets.
-                    let room = RULES_TEXT.saturating_sub(self.copy.len());
-                    self.copy.extend_from_slice(&data[..data.len().min(room)]);
-                }
                 Ok(file.write_all(data).map_err(io_err(format!("writing {}", shown(tmp, *named))))?)
             }
-            (Some(Current::Mbox { at_line_start, line, out, .. }), Kind::Mbox(Mbox { file: Some(s), .. })) => {
+            (Some(Current::Mbox { at_line_start, line, out, size, .. }), Kind::Mbox(mbox)) => {
+                *size += data.len() as u64;
                 // Writing to a Vec cannot fail.
                 let _ = pillarbox_mailbox::mboxrd_quote(data, at_line_start, line, out);
-                if out.len() >= MBOX_WRITE_CHUNK {
+                if out.len() >= MBOX_WRITE_CHUNK
+                    && let Some(s) = mbox.stream()
+                {
                     s.file.write_all(out).map_err(io_err(format!("writing {}", s.path.display())))?;
                     out.clear();
                 }
@@ -768,25 +1030,14 @@ impl Local {
                     }
                 };
                 let name = format!("{unique}.F{}.{},S={size}", fetch_tag(&account_key, &id), pillarbox_os::host_name());
-                let targets = match &self.rules {
+                let targets = match run_rules(self.rules.as_deref(), &self.copy, size) {
                     None => vec![dir.join("new").join(&name)],
-                    Some(script) => {
-                        let mut env = pillarbox_sieve::Environment::of_message(&self.copy);
-                        if size > self.copy.len() as u64 {
-                            // Cut short: `size` still sees the whole message (its stored octets).
-                            env.size = Some(size);
-                        }
-                        let outcome = script.run(&self.copy, &env);
-                        by_rules(outcome, dir, folders, &name, &id, &mut self.notices)?
-                    }
+                    Some(outcome) => by_rules(outcome, dir, folders, &name, &id, &mut self.notices)?,
                 };
                 staged.push(Staged { id, file, tmp, named, targets });
                 Ok(())
             }
-            (
-                Some(Current::Mbox { start, at_line_start, line, mut out }),
-                Kind::Mbox(Mbox { file: Some(Staging { file: f, path: staging, .. }), written, .. }),
-            ) => {
+            (Some(Current::Mbox { start, at_line_start, line, mut out, batch, size }), Kind::Mbox(mbox)) => {
                 // The undecided head of a last line is too short to be a From_ line. A message
                 // without a final newline still ends its line; then comes the blank separator.
                 let ends_with_newline = if line.is_empty() { at_line_start } else { line.last() == Some(&b'\n') };
@@ -795,15 +1046,18 @@ impl Local {
                     out.push(b'\n');
                 }
                 out.push(b'\n');
-                let r = f.write_all(&out).map_err(io_err(format!("writing {}", staging.display())));
+                let Some(s) = mbox.stream() else { return Ok(()) };
+                let r = s.file.write_all(&out).map_err(io_err(format!("writing {}", s.path.display())));
                 self.mbox_out = out;
                 if r.is_err() {
                     // Nothing of a message that was not written whole stays.
-                    let _ = f.set_len(start);
-                    let _ = f.seek(io::SeekFrom::Start(start));
+                    s.cut(start);
                 }
                 r?;
-                written.push(id);
+                if let Some(outcome) = run_rules(self.rules.as_deref(), &self.copy, size) {
+                    mbox.file_message(batch, outcome, &id, &mut self.notices)?;
+                }
+                mbox.written.push(id);
                 Ok(())
             }
             (Some(Current::Mda { mut child }), Kind::Mda { command, done }) => {
@@ -829,9 +1083,10 @@ impl Local {
             }
             // Cut the partial message off; the batch's finished messages stay.
             Some(Current::Mbox { start, .. }) => {
-                if let Kind::Mbox(Mbox { file: Some(Staging { file: f, .. }), .. }) = &mut self.kind {
-                    let _ = f.set_len(start);
-                    let _ = f.seek(io::SeekFrom::Start(start));
+                if let Kind::Mbox(mbox) = &mut self.kind
+                    && let Some(s) = mbox.stream()
+                {
+                    s.cut(start);
                 }
             }
             Some(Current::Mda { mut child, .. }) => {
@@ -853,11 +1108,8 @@ impl Local {
             }
             Kind::Mbox(mbox) => {
                 let ids = std::mem::take(&mut mbox.written);
-                match mbox.file.take() {
-                    Some(staged) => Sealed {
-                        ids,
-                        work: Work::Mbox { path: mbox.path.clone(), pending: mbox.pending.clone(), staged },
-                    },
+                match mbox.batch.take() {
+                    Some(batch) => Sealed { ids, work: Work::Mbox { pending: mbox.pending.clone(), batch } },
                     None => Sealed { ids, work: Work::Nothing },
                 }
             }
@@ -876,7 +1128,7 @@ impl Local {
     /// journal: its mbox recovery record and staged copies go. Only while no batch is in the works.
     pub fn recovery_recorded(&mut self) -> Result<(), DeliverError> {
         match &mut self.kind {
-            Kind::Mbox(mbox) if mbox.file.is_none() => mbox.forget_all(),
+            Kind::Mbox(mbox) if mbox.batch.is_none() => mbox.forget_all(),
             _ => Ok(()),
         }
     }
@@ -902,8 +1154,13 @@ impl Local {
 impl Drop for Local {
     fn drop(&mut self) {
         self.abort();
-        if let Kind::Maildir { staged, .. } = &mut self.kind {
-            staged.drain(..).for_each(Staged::discard);
+        match &mut self.kind {
+            Kind::Maildir { staged, .. } => staged.drain(..).for_each(Staged::discard),
+            // A message's copy before the rules filed it: nothing to keep.
+            Kind::Mbox(Mbox { message: Some(m), .. }) => {
+                let _ = fs::remove_file(&m.path);
+            }
+            _ => {}
         }
     }
 }
@@ -1004,6 +1261,56 @@ mod tests {
         assert_eq!(filed.len(), 1);
         // Stored whole, with LF line ends (the header's two CRs dropped).
         assert_eq!(filed[0].metadata().expect("stat").len(), huge.len() as u64 - 2);
+    }
+
+    /// Rules over an mbox account: folders are mbox files beside it (made on demand), flags
+    /// become `Status:`/`X-Status:` lines (replacing the message's own), `discard` stores nothing,
+    /// and a message filed twice is in both files; nothing is left in the state folder.
+    #[test]
+    fn rules_file_mbox_messages_into_folder_files_with_status_headers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mbox, state) = (dir.path().join("inbox"), dir.path().join("state"));
+        fs::create_dir(&state).expect("state");
+        let mut l = Local::open(&Deliver::Mbox(mbox.clone()), "a", None, &state, 0).expect("open");
+        let rules = "require [\"fileinto\", \"imap4flags\", \"copy\"];\n\
+                     if header :is \"Subject\" \"drop\" { discard; stop; }\n\
+                     if header :is \"Subject\" \"list\" { fileinto \"lists/rust\"; stop; }\n\
+                     if header :is \"Subject\" \"both\" { fileinto :copy :flags \"\\\\Seen \\\\Flagged\" \"Archive\"; }\n\
+                     if header :is \"Subject\" \"bad\" { fileinto \"x.lock\"; stop; }\n";
+        l.set_rules(Arc::new(Script::compile(rules).expect("rules")));
+        let msgs: &[(&str, &[u8])] = &[
+            ("1", b"Subject: list\r\n\r\nFrom me\r\n"),
+            ("2", b"Subject: drop\r\n\r\nx\r\n"),
+            ("3", b"Subject: both\r\nStatus: O\r\nX-Status: A\r\n continued\r\nTo: t\r\n\r\nbody\r\n"),
+            ("4", b"Subject: plain\r\n\r\ny\r\n"),
+            ("5", b"Subject: bad\r\n\r\nz\r\n"),
+        ];
+        deliver_all(&mut l, msgs, 5);
+        let ids = l.flush().expect("flush");
+        assert_eq!(ids, ["1", "2", "3", "4", "5"], "every message handled, the discarded one too");
+        l.committed(&ids);
+        let notices = l.take_notices();
+        assert!(notices.len() == 1 && notices[0].contains("lock file"), "{notices:?}");
+        drop(l);
+        let bodies = |p: &Path| -> Vec<String> {
+            let text = fs::read_to_string(p).expect("mbox");
+            text.split("From MAILER-DAEMON ").skip(1).map(|m| m.split_once('\n').expect("line").1.to_owned()).collect()
+        };
+        let folders = dir.path().join("inbox.folders");
+        assert_eq!(bodies(&folders.join("lists.rust")), ["Subject: list\n\n>From me\n\n"]);
+        assert_eq!(bodies(&folders.join("Archive")), ["Subject: both\nTo: t\nStatus: RO\nX-Status: F\n\nbody\n\n"]);
+        assert_eq!(
+            bodies(&mbox),
+            [
+                "Subject: both\nStatus: O\nX-Status: A\n continued\nTo: t\n\nbody\n\n",
+                "Subject: plain\n\ny\n\n",
+                "Subject: bad\n\nz\n\n"
+            ]
+        );
+        let names: Vec<String> = pillarbox_mailbox::mbox_folders(&mbox).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["Archive", "lists.rust"]);
+        let left: Vec<_> = fs::read_dir(&state).expect("state").flatten().map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]

@@ -283,25 +283,62 @@ fn dotlock_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// The recovery record of the batch being appended.
+/// One mbox file a batch is appended to (the account's mbox, or a folder Sieve rules named), and
+/// where the batch's part for it was staged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub mbox: PathBuf,
+    pub staging: PathBuf,
+    /// Where the batch starts in the mbox, and its length there.
+    pub start: u64,
+    pub len: u64,
+    /// The dotlock it was appended under.
+    pub dotlock: Option<DotlockId>,
+}
+
+/// The recovery record of the batch being appended: every mbox it goes to, and its messages'
+/// ids (all of them, whichever file they went to; a message the rules discarded included).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
     pub batch: u64,
-    pub start: u64,
-    pub len: u64,
+    pub targets: Vec<Target>,
     pub ids: Vec<String>,
-    /// The dotlock the batch was appended under.
-    pub dotlock: Option<DotlockId>,
+}
+
+const RECORD_V3: &str = "pillarbox-mbox-pending 3";
+const RECORD_V2: &str = "pillarbox-mbox-pending 2";
+
+/// A path as hex digits of its bytes: any path fits on a line of the record.
+fn path_hex(p: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    p.as_os_str().as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_path(h: &str) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    if !h.len().is_multiple_of(2) || h.is_empty() {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> =
+        (0..h.len()).step_by(2).map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok()).collect();
+    Some(PathBuf::from(std::ffi::OsString::from_vec(bytes?)))
 }
 
 impl Pending {
     pub fn write(&self, path: &Path) -> Result<(), IoError> {
-        let (dev, ino, mtime) = self.dotlock.map_or((0, 0, 0), |d| (d.dev, d.ino, d.mtime_ns));
-        let mut text =
-            format!("pillarbox-mbox-pending 2\n{} {} {} {dev} {ino} {mtime}\n", self.batch, self.start, self.len);
+        let mut text = format!("{RECORD_V3}\n{}\n", self.batch);
+        for t in &self.targets {
+            let (dev, ino, mtime) = t.dotlock.map_or((0, 0, 0), |d| (d.dev, d.ino, d.mtime_ns));
+            text.push_str(&format!(
+                "T {} {} {dev} {ino} {mtime} {} {}\n",
+                t.start,
+                t.len,
+                path_hex(&t.mbox),
+                path_hex(&t.staging)
+            ));
+        }
         for id in &self.ids {
-            text.push_str(id);
-            text.push('\n');
+            text.push_str(&format!("I {id}\n"));
         }
         text.push_str(".\n");
         let write = || -> io::Result<()> {
@@ -312,9 +349,10 @@ impl Pending {
         write().map_err(io_err(format!("writing {}", path.display())))
     }
 
-    /// `Ok(None)`: no record. A record an older version wrote (`BATCH LENGTH`, no ids) reads as
+    /// `Ok(None)`: no record. Records of older versions name one mbox, `inbox`, whose batch was
+    /// staged at `staging` (see [`staging_path`]); the oldest (`BATCH LENGTH`, no ids) reads as
     /// one with an unknown length: see [`recover`].
-    pub fn read(path: &Path) -> Result<Option<Self>, IoError> {
+    pub fn read(path: &Path, inbox: &Path, staging: &Path) -> Result<Option<Self>, IoError> {
         let text = match fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -322,49 +360,97 @@ impl Pending {
         };
         let mut lines = text.lines();
         let first = lines.next().unwrap_or_default();
-        if first != "pillarbox-mbox-pending 2" {
-            let mut f = first.split(' ');
-            let parsed = (f.next().and_then(|b| b.parse().ok()), f.next().and_then(|l| l.parse().ok()));
-            return Ok(match parsed {
-                (Some(batch), Some(start)) => {
-                    Some(Self { batch, start, len: u64::MAX, ids: Vec::new(), dotlock: None })
-                }
-                _ => None,
-            });
-        }
-        let mut f = lines.next().unwrap_or_default().split(' ').map(|n| n.parse::<i64>().ok());
-        let mut next = || f.next().flatten();
-        let numbers = [next(), next(), next(), next(), next(), next()];
-        let [Some(batch), Some(start), Some(len), Some(dev), Some(ino), Some(mtime_ns)] =
-            numbers.map(|n| n.filter(|v| *v >= 0))
-        else {
-            return Ok(None);
+        let numbers = |fields: &[&str]| -> Vec<Option<i64>> {
+            fields.iter().map(|n| n.parse::<i64>().ok().filter(|v| *v >= 0)).collect()
         };
-        let (batch, start, len) = (batch as u64, start as u64, len as u64);
-        let dotlock = (ino != 0).then_some(DotlockId { dev: dev as u64, ino: ino as u64, mtime_ns });
-        let mut ids = Vec::new();
-        for l in lines {
-            if l == "." {
-                return Ok(Some(Self { batch, start, len, ids, dotlock }));
+        let dotlock = |dev: i64, ino: i64, mtime_ns: i64| {
+            (ino != 0).then_some(DotlockId { dev: dev as u64, ino: ino as u64, mtime_ns })
+        };
+        // Torn (no final `.`): written before any append started, so nothing was appended.
+        let torn = |batch| Some(Self { batch, targets: Vec::new(), ids: Vec::new() });
+        match first {
+            RECORD_V3 => {
+                let Some(Ok(batch)) = lines.next().map(str::parse::<u64>) else { return Ok(None) };
+                let (mut targets, mut ids) = (Vec::new(), Vec::new());
+                for l in lines {
+                    if l == "." {
+                        return Ok(Some(Self { batch, targets, ids }));
+                    }
+                    if let Some(id) = l.strip_prefix("I ") {
+                        ids.push(id.to_owned());
+                        continue;
+                    }
+                    let f: Vec<&str> = l.strip_prefix("T ").unwrap_or_default().split(' ').collect();
+                    let [start, len, dev, ino, mtime, mbox, staged] = f.as_slice() else { return Ok(torn(batch)) };
+                    let n = numbers(&[*start, *len, *dev, *ino, *mtime]);
+                    let (Some(mbox), Some(staged), [Some(start), Some(len), Some(dev), Some(ino), Some(mtime)]) =
+                        (hex_path(mbox), hex_path(staged), n.as_slice())
+                    else {
+                        return Ok(torn(batch));
+                    };
+                    let (start, len) = (*start as u64, *len as u64);
+                    targets.push(Target { mbox, staging: staged, start, len, dotlock: dotlock(*dev, *ino, *mtime) });
+                }
+                Ok(torn(batch))
             }
-            ids.push(l.to_owned());
+            RECORD_V2 => {
+                let n = numbers(&lines.next().unwrap_or_default().split(' ').collect::<Vec<_>>());
+                let [Some(batch), Some(start), Some(len), Some(dev), Some(ino), Some(mtime)] = n.as_slice() else {
+                    return Ok(None);
+                };
+                let batch = *batch as u64;
+                // Versions that staged every batch in one file left an odd one in the base file.
+                let staged = match staging_path(staging, batch) {
+                    s if s.exists() => s,
+                    _ => staging.to_owned(),
+                };
+                let target = Target {
+                    mbox: inbox.to_owned(),
+                    staging: staged,
+                    start: *start as u64,
+                    len: *len as u64,
+                    dotlock: dotlock(*dev, *ino, *mtime),
+                };
+                let mut ids = Vec::new();
+                for l in lines {
+                    if l == "." {
+                        return Ok(Some(Self { batch, targets: vec![target], ids }));
+                    }
+                    ids.push(l.to_owned());
+                }
+                Ok(torn(batch))
+            }
+            _ => {
+                let mut f = first.split(' ');
+                let parsed = (f.next().and_then(|b| b.parse().ok()), f.next().and_then(|l| l.parse().ok()));
+                Ok(match parsed {
+                    (Some(batch), Some(start)) => {
+                        let target = Target {
+                            mbox: inbox.to_owned(),
+                            staging: staging.to_owned(),
+                            start,
+                            len: u64::MAX,
+                            dotlock: None,
+                        };
+                        Some(Self { batch, targets: vec![target], ids: Vec::new() })
+                    }
+                    _ => None,
+                })
+            }
         }
-        // Torn (no final `.`): written before the append started, so nothing was appended.
-        Ok(Some(Self { batch, start, len: 0, ids: Vec::new(), dotlock }))
     }
 }
 
 /// What recovery did, for the caller and the tests.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Recovered {
-    /// Nothing to do.
-    Nothing,
-    /// The whole batch is in the mbox: these ids count as stored.
-    Kept(HashSet<String>),
-    /// The mbox ended inside the batch: this many bytes of ours were cut.
-    Cut(u64),
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// The whole batch is in every mbox it went to: these ids count as stored.
+    pub kept: HashSet<String>,
+    /// Bytes of ours cut from the end of an mbox (where it ended inside the batch, or the batch
+    /// is downloaded again).
+    pub cut: Vec<(PathBuf, u64)>,
     /// Left as it was (the message says why).
-    Left(String),
+    pub left: Vec<String>,
 }
 
 /// Where a batch is staged: odd and even batches alternate between two files, since the next
@@ -379,62 +465,108 @@ pub fn staging_path(base: &Path, batch: u64) -> PathBuf {
     }
 }
 
-/// Recover from an interrupted batch (see the module documentation). `staging` is the staging
-/// base (see [`staging_path`]); `last_batch` is the journal's last committed batch.
-pub fn recover(mbox: &Path, pending: &Path, staging: &Path, last_batch: u64) -> Result<Recovered, IoError> {
-    let p = Pending::read(pending)?.filter(|p| p.batch > last_batch && mbox.exists());
+/// What one mbox holds of an interrupted batch.
+enum Found {
+    /// All of its part; `at_end`: nothing after it.
+    Whole { at_end: bool },
+    /// The mbox ends inside its part (killed while appending, or before).
+    Partial,
+    /// Something else: left alone, for this reason.
+    Other(String),
+}
+
+/// Recover from an interrupted batch (see the module documentation). `inbox` is the account's
+/// mbox, `staging` the staging base (see [`staging_path`]); `last_batch` is the journal's last
+/// committed batch.
+///
+/// A batch that went to several mbox files (Sieve rules' folders) counts as stored only when
+/// each holds its whole part; otherwise it is downloaded again, so the parts it left are cut
+/// where they are still the end of their file (and where they are not, a warning says where
+/// its messages may now appear twice).
+pub fn recover(inbox: &Path, pending: &Path, staging: &Path, last_batch: u64) -> Result<Recovered, IoError> {
+    let p = Pending::read(pending, inbox, staging)?.filter(|p| p.batch > last_batch);
     let Some(p) = p else {
-        clear_stale_dotlock(mbox);
-        return Ok(Recovered::Nothing);
+        clear_stale_dotlock(inbox);
+        return Ok(Recovered::default());
     };
-    // Versions that staged every batch in one file left an odd one in the base file.
-    let staging = match staging_path(staging, p.batch) {
-        s if s.exists() => s,
-        _ => staging.to_owned(),
-    };
-    let staging = staging.as_path();
-    let mut lock = MboxLock::for_recovery(mbox, p.dotlock)?;
-    let ctx = |what: &str| io_err(format!("{what} {}", mbox.display()));
-    let now = lock.file().metadata().map_err(ctx("reading"))?.len();
-    if p.len == u64::MAX {
-        return Ok(Recovered::Left(format!(
+    // The files that exist (one that does not holds nothing of the batch), locked in the order
+    // a batch takes them.
+    let mut targets: Vec<&Target> = p.targets.iter().filter(|t| t.mbox.exists()).collect();
+    targets.sort_by(|a, b| a.mbox.cmp(&b.mbox));
+    let mut locked = Vec::new();
+    for t in targets {
+        let mut lock = MboxLock::for_recovery(&t.mbox, t.dotlock)?;
+        let found = look(t, &mut lock)?;
+        locked.push((t, lock, found));
+    }
+    let mut done = Recovered::default();
+    let every = locked.len() == p.targets.len() && !p.targets.is_empty();
+    if every && locked.iter().all(|(_, _, f)| matches!(f, Found::Whole { .. })) {
+        done.kept = p.ids.into_iter().collect();
+        return Ok(done);
+    }
+    for (t, mut lock, found) in locked {
+        let ctx = |what: &str| io_err(format!("{what} {}", t.mbox.display()));
+        match found {
+            Found::Whole { at_end: true } | Found::Partial => {
+                let ours = lock.file().metadata().map_err(ctx("reading"))?.len() - t.start;
+                if ours > 0 {
+                    lock.file().set_len(t.start).and_then(|()| lock.file().sync_all()).map_err(ctx("truncating"))?;
+                    done.cut.push((t.mbox.clone(), ours));
+                }
+            }
+            Found::Whole { at_end: false } => done.left.push(format!(
+                "an interrupted run appended messages to {} (from offset {}) that it downloads again, and other \
+                 programs have written after them, so they were left there: some may appear twice",
+                t.mbox.display(),
+                t.start
+            )),
+            Found::Other(why) => done.left.push(why),
+        }
+    }
+    Ok(done)
+}
+
+/// What the locked mbox of `t` holds of its part of the batch.
+fn look(t: &Target, lock: &mut MboxLock) -> Result<Found, IoError> {
+    let now = lock.file().metadata().map_err(io_err(format!("reading {}", t.mbox.display())))?.len();
+    if t.len == u64::MAX {
+        return Ok(Found::Other(format!(
             "an interrupted run of an older version may have left part of a batch after offset {} of {}; \
              nothing was removed (its messages are downloaded again, so some may appear twice)",
-            p.start,
-            mbox.display()
+            t.start,
+            t.mbox.display()
         )));
     }
-    if now < p.start {
-        return Ok(Recovered::Left(format!(
+    if now < t.start {
+        return Ok(Found::Other(format!(
             "{} is shorter than when an interrupted run appended to it; it was left as it is",
-            mbox.display()
+            t.mbox.display()
         )));
     }
-    let have = (now - p.start).min(p.len);
-    let same = File::open(staging)
-        .and_then(|mut s| matching_prefix(lock.file(), p.start, &mut s, have))
-        .map_err(io_err(format!("comparing {} with {}", mbox.display(), staging.display())))?;
-    if same == p.len {
-        return Ok(Recovered::Kept(p.ids.into_iter().collect()));
+    let have = (now - t.start).min(t.len);
+    let same = File::open(&t.staging)
+        .and_then(|mut s| matching_prefix(lock.file(), t.start, &mut s, have))
+        .map_err(io_err(format!("comparing {} with {}", t.mbox.display(), t.staging.display())))?;
+    if same == t.len {
+        return Ok(Found::Whole { at_end: now == t.start + t.len });
     }
     if same == 0 && have > 0 {
-        return Ok(Recovered::Left(format!(
+        return Ok(Found::Other(format!(
             "the bytes of {} after offset {} are not those an interrupted run appended; nothing was removed",
-            mbox.display(),
-            p.start
+            t.mbox.display(),
+            t.start
         )));
     }
-    let have = same;
-    if now == p.start + have {
-        lock.file().set_len(p.start).and_then(|()| lock.file().sync_all()).map_err(ctx("truncating"))?;
-        return Ok(Recovered::Cut(have));
+    if now == t.start + same {
+        return Ok(Found::Partial);
     }
-    Ok(Recovered::Left(format!(
+    Ok(Found::Other(format!(
         "an interrupted run left an incomplete message in {} (offsets {} to {}) and other programs \
          have written after it; nothing was removed: delete those bytes with a mail reader",
-        mbox.display(),
-        p.start,
-        p.start + have
+        t.mbox.display(),
+        t.start,
+        t.start + same
     )))
 }
 
@@ -472,8 +604,14 @@ mod tests {
     const OTHERS: &[u8] = b"From someone Thu Jan  1 00:00:00 2026\nSubject: procmail\n\nx\n\n";
     const BATCH: &[u8] = b"From MAILER-DAEMON Thu Jan  1 00:00:00 2026\nSubject: ours\n\ny\n\n";
 
-    fn pending(start: u64) -> Pending {
-        Pending { batch: 3, start, len: BATCH.len() as u64, ids: vec!["u1".into()], dotlock: None }
+    fn pending(m: &Path, s: &Path, start: u64) -> Pending {
+        let target =
+            Target { mbox: m.to_owned(), staging: s.to_owned(), start, len: BATCH.len() as u64, dotlock: None };
+        Pending { batch: 3, targets: vec![target], ids: vec!["u1".into()] }
+    }
+
+    fn cut(m: &Path, n: u64) -> Recovered {
+        Recovered { cut: vec![(m.to_owned(), n)], ..Recovered::default() }
     }
 
     #[test]
@@ -483,32 +621,92 @@ mod tests {
         // Killed while appending; then procmail appended a message after the partial batch.
         let partial = &BATCH[..20];
         fs::write(&m, [OTHERS, partial, OTHERS].concat()).expect("mbox");
-        pending(OTHERS.len() as u64).write(&p).expect("pending");
+        pending(&m, &s, OTHERS.len() as u64).write(&p).expect("pending");
         let r = recover(&m, &p, &s, 2).expect("recover");
-        assert!(matches!(r, Recovered::Left(ref why) if why.contains("other programs")), "{r:?}");
+        assert!(r.kept.is_empty() && r.cut.is_empty() && r.left[0].contains("other programs"), "{r:?}");
         assert_eq!(fs::read(&m).expect("mbox"), [OTHERS, partial, OTHERS].concat(), "nothing removed");
 
         // The same, but nobody wrote after the partial batch: only our bytes go.
         fs::write(&m, [OTHERS, partial].concat()).expect("mbox");
-        assert_eq!(recover(&m, &p, &s, 2).expect("recover"), Recovered::Cut(20));
+        assert_eq!(recover(&m, &p, &s, 2).expect("recover"), cut(&m, 20));
         assert_eq!(fs::read(&m).expect("mbox"), OTHERS);
 
         // The whole batch arrived, others wrote after it: kept, its ids count as stored.
         fs::write(&m, [OTHERS, BATCH, OTHERS].concat()).expect("mbox");
-        assert_eq!(recover(&m, &p, &s, 2).expect("recover"), Recovered::Kept(["u1".to_owned()].into()));
+        let kept = Recovered { kept: ["u1".to_owned()].into(), ..Recovered::default() };
+        assert_eq!(recover(&m, &p, &s, 2).expect("recover"), kept);
         assert_eq!(fs::read(&m).expect("mbox"), [OTHERS, BATCH, OTHERS].concat());
 
         // Bytes that are not the staged ones (the file was edited): left alone.
         fs::write(&m, [OTHERS, OTHERS].concat()).expect("mbox");
-        assert!(matches!(recover(&m, &p, &s, 2).expect("recover"), Recovered::Left(_)));
+        assert_eq!(recover(&m, &p, &s, 2).expect("recover").left.len(), 1);
         assert_eq!(fs::read(&m).expect("mbox"), [OTHERS, OTHERS].concat());
 
         // A batch the journal has: nothing to do.
-        assert_eq!(recover(&m, &p, &s, 3).expect("recover"), Recovered::Nothing);
+        assert_eq!(recover(&m, &p, &s, 3).expect("recover"), Recovered::default());
         // An older version's record (`BATCH LENGTH`): never cut, whatever follows.
         fs::write(&p, format!("3 {}\n", OTHERS.len())).expect("old record");
-        assert!(matches!(recover(&m, &p, &s, 2).expect("recover"), Recovered::Left(_)));
+        assert_eq!(recover(&m, &p, &s, 2).expect("recover").left.len(), 1);
         assert_eq!(fs::read(&m).expect("mbox"), [OTHERS, OTHERS].concat());
+    }
+
+    /// A batch Sieve rules spread over the inbox and a folder: stored when both hold their whole
+    /// part; otherwise downloaded again, so what it left is cut wherever it is still the end.
+    #[test]
+    fn a_batch_over_several_mboxes_is_kept_only_when_each_holds_its_part() {
+        let (d, m, p, s) = setup();
+        let folder = d.path().join("mbox.folders/lists");
+        fs::create_dir_all(d.path().join("mbox.folders")).expect("mkdir");
+        let s2 = d.path().join("mbox-batch.1");
+        const OTHER_PART: &[u8] = b"From MAILER-DAEMON Thu Jan  1 00:00:00 2026\nSubject: list\n\nz\n\n";
+        fs::write(&s, BATCH).expect("staging");
+        fs::write(&s2, OTHER_PART).expect("staging");
+        let mut record = pending(&m, &s, OTHERS.len() as u64);
+        let len = OTHER_PART.len() as u64;
+        record.targets.push(Target { mbox: folder.clone(), staging: s2, start: 0, len, dotlock: None });
+        record.ids.push("u2".into());
+        record.write(&p).expect("pending");
+        assert_eq!(Pending::read(&p, &m, &s).expect("read"), Some(record.clone()), "the record reads back");
+
+        // Killed while appending to the folder, after the inbox: both parts go.
+        fs::write(&m, [OTHERS, BATCH].concat()).expect("mbox");
+        fs::write(&folder, &OTHER_PART[..10]).expect("folder");
+        let r = recover(&m, &p, &s, 2).expect("recover");
+        assert_eq!(
+            (r.kept.len(), r.cut, r.left.len()),
+            (0, vec![(m.clone(), BATCH.len() as u64), (folder.clone(), 10)], 0)
+        );
+        assert_eq!((fs::read(&m).expect("mbox"), fs::read(&folder).expect("folder")), (OTHERS.to_vec(), Vec::new()));
+
+        // Both whole: kept, every id of the batch stored.
+        fs::write(&m, [OTHERS, BATCH].concat()).expect("mbox");
+        fs::write(&folder, OTHER_PART).expect("folder");
+        let r = recover(&m, &p, &s, 2).expect("recover");
+        assert_eq!(r.kept, ["u1".to_owned(), "u2".to_owned()].into());
+        assert!(r.cut.is_empty() && r.left.is_empty());
+
+        // The folder's part cut short, and another program wrote after the inbox's whole part:
+        // that part stays (and may appear twice once downloaded again), and says so.
+        fs::write(&m, [OTHERS, BATCH, OTHERS].concat()).expect("mbox");
+        fs::write(&folder, &OTHER_PART[..10]).expect("folder");
+        let r = recover(&m, &p, &s, 2).expect("recover");
+        assert!(r.kept.is_empty() && r.left.len() == 1 && r.left[0].contains("appear twice"), "{r:?}");
+        assert_eq!(r.cut, vec![(folder.clone(), 10)]);
+        assert_eq!(fs::read(&m).expect("mbox"), [OTHERS, BATCH, OTHERS].concat());
+    }
+
+    /// A record of the version before folders names the account's mbox without saying so.
+    #[test]
+    fn a_record_of_the_previous_version_still_reads() {
+        let (_d, m, p, s) = setup();
+        fs::write(&p, "pillarbox-mbox-pending 2\n3 5 10 0 0 0\nu1\n.\n").expect("record");
+        let target = Target { mbox: m.clone(), staging: s.clone(), start: 5, len: 10, dotlock: None };
+        let want = Pending { batch: 3, targets: vec![target], ids: vec!["u1".into()] };
+        assert_eq!(Pending::read(&p, &m, &s).expect("read"), Some(want));
+        // Torn before its end: nothing was appended under it.
+        fs::write(&p, "pillarbox-mbox-pending 3\n3\nT 5 10 0 0 0 6d 6e\n").expect("record");
+        let torn = Pending::read(&p, &m, &s).expect("read").expect("a record");
+        assert!(torn.targets.is_empty() && torn.ids.is_empty());
     }
 
     #[test]
@@ -519,7 +717,9 @@ mod tests {
         // The killed run's dotlock, named in its recovery record.
         let dot = dotlock_path(&m);
         fs::write(&dot, format!("999999999 {}\n", pillarbox_os::host_name())).expect("dotlock");
-        Pending { dotlock: DotlockId::of(&dot), ..pending(OTHERS.len() as u64) }.write(&p).expect("pending");
+        let mut record = pending(&m, &s, OTHERS.len() as u64);
+        record.targets[0].dotlock = DotlockId::of(&dot);
+        record.write(&p).expect("pending");
         // procmail, polling for the dotlock; once it has it, flock, append, unlock.
         let writer = {
             let (m, dot) = (m.clone(), dot.clone());
@@ -536,7 +736,7 @@ mod tests {
                 fs::remove_file(&dot).expect("unlock");
             })
         };
-        assert_eq!(recover(&m, &p, &s, 2).expect("recover"), Recovered::Cut(20));
+        assert_eq!(recover(&m, &p, &s, 2).expect("recover"), cut(&m, 20));
         writer.join().expect("writer");
         assert_eq!(
             fs::read(&m).expect("mbox"),

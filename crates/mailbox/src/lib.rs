@@ -154,12 +154,49 @@ pub fn headline(header: &[u8]) -> Headline {
     mailparse::parse_headers(header).map(|(h, _)| Headline::of(&h)).unwrap_or_default()
 }
 
-/// The Maildir++ folder a message file is in: `lists.rust` for `.../.lists.rust/cur/NAME`, none
-/// for a message of the Maildir itself (or of an mbox file).
+/// The folder a message is in: `lists.rust` for a Maildir file `.../.lists.rust/cur/NAME`, or
+/// for a message of the mbox folder file `.../MBOX.folders/lists.rust` (named by [`mbox_key`]);
+/// none for a message of the Maildir or mbox file itself.
 pub fn folder_of(path: &Path) -> Option<String> {
-    let box_dir = path.parent().filter(|p| p.ends_with("new") || p.ends_with("cur"))?.parent()?;
+    let parent = path.parent()?;
+    let file = path.file_name()?.to_str()?;
+    if let Some((folder, offset)) = file.rsplit_once('#')
+        && offset.bytes().all(|b| b.is_ascii_digit())
+        && parent.file_name()?.to_str()?.ends_with(MBOX_FOLDERS)
+    {
+        return Some(folder.to_owned());
+    }
+    let box_dir = Some(parent).filter(|p| p.ends_with("new") || p.ends_with("cur"))?.parent()?;
     let name = box_dir.file_name()?.to_str()?;
     name.strip_prefix('.').filter(|n| !n.is_empty()).map(str::to_owned)
+}
+
+/// Ends the name of the folder that holds an mbox account's folders (see [`mbox_folders_dir`]).
+const MBOX_FOLDERS: &str = ".folders";
+
+/// Where the folders Sieve rules file into live for the mbox file `mbox`: one mbox file each,
+/// named as the folder (`lists.rust`), in the folder `MBOX.folders` beside it (apart from other
+/// files there, and never the name of a lock file).
+pub fn mbox_folders_dir(mbox: &Path) -> PathBuf {
+    let mut name = mbox.as_os_str().to_owned();
+    name.push(MBOX_FOLDERS);
+    PathBuf::from(name)
+}
+
+/// The folders of the mbox file `mbox` (see [`mbox_folders_dir`]): (name, file), in name order.
+/// Lock files (`NAME.lock`) and hidden files are not folders.
+pub fn mbox_folders(mbox: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(mbox_folders_dir(mbox)) else { return Vec::new() };
+    let mut out: Vec<(String, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_owned();
+            let folder = !name.starts_with('.') && !name.ends_with(".lock") && e.file_type().ok()?.is_file();
+            folder.then(|| (name, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// The Maildir++ folders of a Maildir: (name without the leading dot, path), for subfolders
@@ -650,6 +687,26 @@ pub fn mboxrd_quote(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folders_of_maildirs_and_of_mbox_files() {
+        assert_eq!(folder_of(Path::new("/m/.lists.rust/cur/1.M1:2,S")).as_deref(), Some("lists.rust"));
+        assert_eq!(folder_of(Path::new("/m/new/1.M1")), None);
+        assert_eq!(folder_of(Path::new("/h/inbox.folders/lists.rust#120")).as_deref(), Some("lists.rust"));
+        assert_eq!(folder_of(Path::new("/h/inbox#120")), None);
+        assert_eq!(folder_of(Path::new("/h/inbox.folders/x#y")), None);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mbox = dir.path().join("inbox");
+        assert!(mbox_folders(&mbox).is_empty(), "no folders yet");
+        let folders = mbox_folders_dir(&mbox);
+        std::fs::create_dir(&folders).expect("mkdir");
+        for f in ["b.c", "a", "a.lock", ".hidden"] {
+            std::fs::write(folders.join(f), "").expect("write");
+        }
+        std::fs::create_dir(folders.join("sub")).expect("mkdir");
+        let names: Vec<String> = mbox_folders(&mbox).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["a", "b.c"]);
+    }
 
     #[test]
     fn a_sender_is_shown_by_name_or_by_whole_address() {
