@@ -47,6 +47,8 @@ have pebble  || missing+=(pebble)
 # The web console's tests drive Debian's Chromium (with a font for its screenshots).
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts-dejavu-core)
+# Virus scanning is tested against ClamAV's own daemon, with signatures the tests write.
+[ -x /usr/sbin/clamd ] || missing+=(clamav-daemon)
 
 if [ "$(id -u)" -eq 0 ]; then sudo=(); elif have sudo; then sudo=(sudo); else sudo=(false); fi
 if [ ${#missing[@]} -gt 0 ]; then

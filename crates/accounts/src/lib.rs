@@ -765,10 +765,11 @@ fn account_of(text: &str, path: &Path, name: String, a: RawAccount) -> Result<Ac
             // Relative to the accounts file, like a script beside it.
             let file = expand_home(&file);
             let file = if file.is_relative() { path.parent().unwrap_or(Path::new(".")).join(file) } else { file };
-            if !matches!(deliver, Deliver::Maildir(_)) {
+            if matches!(deliver, Deliver::Mda(_)) {
                 return Err(err(
                     "sieve",
-                    "Sieve rules file into the folders of a Maildir; this account does not deliver to one".into(),
+                    "Sieve rules file into the folders of a Maildir or an mbox; this account delivers to a program"
+                        .into(),
                 ));
             }
             let text = std::fs::read_to_string(&file).map_err(|e| err("sieve", format!("{}: {e}", file.display())))?;

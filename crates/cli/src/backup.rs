@@ -248,12 +248,23 @@ fn sources(
                 kind: SourceKind::Maildir,
                 content: None,
             }),
-            Deliver::Mbox(f) => add(Source {
-                name: format!("mail/{}.mbox", a.name),
-                path: f.clone(),
-                kind: SourceKind::File,
-                content: None,
-            }),
+            Deliver::Mbox(f) => {
+                add(Source {
+                    name: format!("mail/{}.mbox", a.name),
+                    path: f.clone(),
+                    kind: SourceKind::File,
+                    content: None,
+                });
+                // The folders Sieve rules filed into, an mbox file each.
+                for (folder, path) in pillarbox_mailbox::mbox_folders(f) {
+                    add(Source {
+                        name: format!("mail/{}.folders/{folder}", a.name),
+                        path,
+                        kind: SourceKind::File,
+                        content: None,
+                    });
+                }
+            }
             Deliver::Mda(cmd) => {
                 notes.push(format!("account {} delivers to a program ({cmd}): its mail is not kept here", a.name))
             }

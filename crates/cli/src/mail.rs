@@ -114,11 +114,12 @@ fn maildirs(store: &Store, account: Option<&str>) -> Result<Vec<(String, PathBuf
     Ok(with_folders(roots(store, account)?))
 }
 
-/// Each Maildir followed by its Maildir++ folders (what Sieve rules filed), under its account.
+/// Each Maildir or mbox file followed by its folders (what Sieve rules filed: a Maildir's
+/// Maildir++ folders, an mbox file's folder files), under its account.
 fn with_folders(dirs: Vec<(String, PathBuf)>) -> Vec<(String, PathBuf)> {
     dirs.into_iter()
         .flat_map(|(name, dir)| {
-            let folders = if dir.is_dir() { mailbox::maildir_folders(&dir) } else { Vec::new() };
+            let folders = if dir.is_dir() { mailbox::maildir_folders(&dir) } else { mailbox::mbox_folders(&dir) };
             std::iter::once((name.clone(), dir)).chain(folders.into_iter().map(move |(_, f)| (name.clone(), f)))
         })
         .collect()

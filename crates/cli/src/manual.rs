@@ -572,9 +572,11 @@ pub const ACCOUNT_KEYS: [(&str, &str, &str); 17] = [
         "sieve",
         "\"rules.sieve\"",
         "Sieve rules (RFC 5228; a path relative to this file) run on each message before it is stored: fileinto a \
-         Maildir++ folder (made when first needed), discard, keep, flags (\\Seen and the other system flags become \
-         the file's Maildir flags). A script that does not compile is this account's error, with its line; one that \
-         fails on a message leaves it in the inbox and says so. Maildir accounts only. See pillarbox-sieve-check(1).",
+         Maildir++ folder (made when first needed), or for an mbox account an mbox file in MBOX.folders/, discard, \
+         keep, flags (\\Seen and the other system flags become the file's Maildir flags, or an mbox message's \
+         Status: and X-Status: lines). A script that does not compile is this account's error, with its line; one \
+         that fails on a message leaves it in the inbox and says so. Not for mda accounts. See \
+         pillarbox-sieve-check(1).",
     ),
 ];
 

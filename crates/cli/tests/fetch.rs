@@ -68,8 +68,13 @@ fn tls_account(pb: &Pillarbox, name: &str, extra: &str, maildir: &Path) -> Strin
 
 /// [`tls_account`] delivering into an mbox file.
 fn tls_mbox_account(pb: &Pillarbox, name: &str, mbox: &Path) -> String {
+    tls_mbox_account_with(pb, name, "", mbox)
+}
+
+/// [`tls_mbox_account`] with `extra` lines.
+fn tls_mbox_account_with(pb: &Pillarbox, name: &str, extra: &str, mbox: &Path) -> String {
     let placeholder = mbox.with_extension("unused");
-    let acct = tls_account(pb, name, "", &placeholder).replace(
+    let acct = tls_account(pb, name, extra, &placeholder).replace(
         &format!("{{ maildir = \"{}\" }}", placeholder.display()),
         &format!("{{ mbox = \"{}\" }}", mbox.display()),
     );
@@ -765,6 +770,131 @@ fn kill_9_with_sieve_rules_handles_every_message_exactly_once() {
     assert_eq!(odd, want(&|n| n % 2 == 1), "each odd message once in its folder ({trials} kills)");
     assert_eq!(inbox, want(&|n| n % 2 == 0 && n % 10 != 0), "each even message once in the inbox ({trials} kills)");
     assert_eq!(count("tmp") + count(".odd/tmp"), 0, "no partial files left behind");
+}
+
+/// The subjects' numbers of the messages of an mbox file (`test message N`), in order.
+fn mbox_numbers(mbox: &Path) -> Vec<usize> {
+    let text = std::fs::read_to_string(mbox).unwrap_or_default();
+    let mut v: Vec<usize> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("Subject: test message "))
+        .map(|n| n.parse().expect("number"))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// The Sieve guarantee over an mbox account, whose batches go to several files at once (the
+/// inbox and a folder): killed at random moments, every message is in the file the rules name
+/// once, or discarded because they say, or still on the server.
+#[test]
+fn kill_9_with_sieve_rules_over_mbox_files_handles_every_message_exactly_once() {
+    let mut pb = Pillarbox::new();
+    let total = 900;
+    write_crash_mail(&pb, total);
+    pb.start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    std::fs::write(
+        w.join("rules.sieve"),
+        "require \"fileinto\";\n\
+         if header :matches \"Subject\" \"*0\" { discard; }\n\
+         elsif header :matches \"Subject\" [\"*1\", \"*3\", \"*5\", \"*7\", \"*9\"] { fileinto \"odd\"; }\n",
+    )
+    .expect("rules");
+    let mbox = w.join("inbox");
+    let acct = tls_mbox_account_with(&pb, "ruled-mbox", "sieve = \"rules.sieve\"", &mbox);
+    let file = w.join("accounts.toml");
+    std::fs::write(&file, &acct).expect("accounts");
+    let state = w.join("state");
+    let staged = |name: &str| find_named(&state, name).into_iter().filter_map(|p| std::fs::metadata(p).ok());
+    // Killed while one batch was appended to both files (or held before its record) and the next staged.
+    let overlapped = |_| staged("mbox-batch").next().is_some() && staged("mbox-batch.odd").next().is_some();
+    let progress = |_| -> u64 {
+        ["mbox-batch", "mbox-batch.1", "mbox-batch.odd", "mbox-batch.odd.1", "mbox-message"]
+            .iter()
+            .flat_map(|n| staged(n))
+            .map(|m| m.len())
+            .sum()
+    };
+    let probe = Probe { progress: &progress, overlapped: &overlapped };
+    let (trials, overlaps) = kill_9_trials(&pb, &file, &state, 0x05ee_d0dd_b0c5, &probe);
+    assert!(trials >= 2, "the fetch was interrupted {trials} time(s)");
+    eprintln!("{trials} kills, {overlaps} while a batch was committed and the next staged");
+    let (out, ev) = fetch(w, &acct, &[]);
+    assert!(out.status.success(), "{ev:?}");
+    assert_eq!(pb.stored("alice"), 0, "everything was handled and deleted on the server");
+    let want = |keep: &dyn Fn(usize) -> bool| (0..total).filter(|n| keep(*n)).collect::<Vec<_>>();
+    let odd = mbox_numbers(&w.join("inbox.folders/odd"));
+    assert_eq!(odd, want(&|n| n % 2 == 1), "each odd message once in its folder ({trials} kills)");
+    let inbox = mbox_numbers(&mbox);
+    assert_eq!(inbox, want(&|n| n % 2 == 0 && n % 10 != 0), "each even message once in the inbox ({trials} kills)");
+    let left: Vec<_> =
+        std::fs::read_dir(w.join("inbox.folders")).expect("folders").flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, ["odd"], "no lock left behind");
+}
+
+/// Sieve rules over an mbox account: folders are mbox files in `inbox.folders/`, `\Seen` is a
+/// `Status: RO` line, discarded messages are deleted from the server too; `mail list` and
+/// `mail search` show each message's folder.
+#[test]
+fn sieve_rules_file_mbox_mail_into_folder_files() {
+    let mut pb = Pillarbox::new();
+    for i in 0..12 {
+        let extra = match i % 3 {
+            0 => "List-Id: The team <Team.lists.example.org>\r\n",
+            1 => "X-Spam-Flag: YES\r\n",
+            _ => "",
+        };
+        pb.deliver(
+            "alice",
+            format!("From: a@example.org\r\n{extra}Subject: note {i}\r\n\r\nbody of {i}\r\n").as_bytes(),
+        );
+    }
+    pb.start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    std::fs::write(
+        w.join("rules.sieve"),
+        r#"require ["fileinto", "variables", "imap4flags"];
+if header :is "X-Spam-Flag" "YES" { discard; stop; }
+if header :matches "List-Id" "*<*.lists.example.org>" { fileinto :flags "\\Seen" "lists/${2}"; }
+"#,
+    )
+    .expect("rules");
+    let mbox = w.join("inbox");
+    let acc = tls_mbox_account_with(&pb, "ruled", "sieve = \"rules.sieve\"", &mbox);
+    let (out, events) = fetch(w, &acc, &[]);
+    assert!(out.status.success(), "{}\n{events:?}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(count(&events, "delivered"), 12, "discarded messages are handled too");
+    assert_eq!(pb.stored("alice"), 0);
+    let folder = w.join("inbox.folders/lists.Team");
+    let text = std::fs::read_to_string(&folder).expect("folder file");
+    assert_eq!(text.matches("\nStatus: RO\n").count(), 4, "{text}");
+    assert_eq!(text.matches("Subject: note").count(), 4);
+    let inbox = std::fs::read_to_string(&mbox).expect("inbox");
+    assert_eq!(inbox.matches("Subject: note").count(), 4);
+    assert!(!inbox.contains("Status:") && !inbox.contains("X-Spam-Flag"), "{inbox}");
+    let (_, again) = fetch(w, &acc, &[]);
+    assert_eq!(count(&again, "delivered"), 0, "nothing comes twice");
+    let mail = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = Command::new(bin())
+            .arg("mail")
+            .args(args)
+            .args(["--json", "--accounts-file"])
+            .arg(w.join("accounts.toml"))
+            .arg("--index")
+            .arg(w.join("search.sqlite"))
+            .output()
+            .expect("mail");
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json")).collect()
+    };
+    let folder_of =
+        |v: &[serde_json::Value]| v.iter().map(|m| m["folder"].as_str().unwrap_or("-").to_owned()).collect::<Vec<_>>();
+    assert_eq!(mail(&["list"]).len(), 8);
+    assert_eq!(folder_of(&mail(&["list", "--folder", "lists/Team"])), ["lists.Team"; 4]);
+    assert_eq!(folder_of(&mail(&["list", "--folder", "INBOX"])), ["-"; 4]);
+    assert_eq!(folder_of(&mail(&["search", "--folder", "lists.Team", "body"])), ["lists.Team"; 4]);
 }
 
 /// Another mbox writer (what procmail or the MTA's local delivery does): every few milliseconds,
