@@ -499,3 +499,34 @@ fn a_killed_backup_leaves_nothing_half_written() {
     ));
     assert_eq!(tree(&to.join("mail/home")), tree(&store.mail));
 }
+
+/// An mbox account's folders (the files its Sieve rules filed into) are backed up and restored
+/// beside its mbox file.
+#[test]
+fn an_mbox_account_is_backed_up_with_its_folder_files() {
+    let mut pb = server_with_mail(0, 6);
+    pb.start();
+    let store = Store::new(pb.pop3s.expect("pop3s").port(), &pb.cert());
+    let mbox = store.dir.path().join("inbox");
+    let text = std::fs::read_to_string(&store.accounts).expect("accounts");
+    let text = text.replace(
+        &format!("{{ maildir = \"{}\" }}", store.mail.display()),
+        &format!("{{ mbox = \"{}\" }}", mbox.display()),
+    );
+    std::fs::write(&store.accounts, format!("{text}sieve = \"rules.sieve\"\n")).expect("accounts");
+    std::fs::write(
+        store.dir.path().join("rules.sieve"),
+        "require \"fileinto\";\nif header :contains \"Subject\" [\"1\", \"3\", \"5\"] { fileinto \"odd\"; }\n",
+    )
+    .expect("rules");
+    store.fetch();
+    let folder = store.dir.path().join("inbox.folders/odd");
+    assert!(std::fs::metadata(&folder).expect("the folder file").len() > 0);
+    let env = [("PILLARBOX_PASSPHRASE", PASSPHRASE)];
+    let made = store.create(&[], &env);
+    let to = store.dir.path().join("restored");
+    ok(&store.backup(&["restore", made["path"].as_str().expect("p"), "--to", &to.display().to_string()], &env));
+    let read = |p: &Path| std::fs::read(p).expect("read");
+    assert_eq!(read(&to.join("mail/home.mbox")), read(&mbox));
+    assert_eq!(read(&to.join("mail/home.folders/odd")), read(&folder));
+}
