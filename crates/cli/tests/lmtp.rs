@@ -518,3 +518,57 @@ fn two_domains_with_the_same_local_part_deliver_and_log_in_separately() {
     c.ok("USER alice@a.test");
     assert!(c.cmd("PASS b-test's long password").starts_with("-ERR"), "each domain's alice has her own password");
 }
+
+/// With `[antivirus]`, clamd (the real daemon, with signatures this test writes) scans every
+/// message swaks delivers: an infected one is refused with 554 5.7.1 naming what was found and
+/// nothing is stored; with clamd stopped a message is deferred (451), or, once the configuration
+/// says `on_unavailable = "accept"` (read again on SIGHUP), delivered.
+#[test]
+fn clamd_scans_lmtp_deliveries_infected_refused_unscanned_deferred_or_accepted() {
+    use pillarbox_testclamd::{EICAR, TestClamd};
+    let sample: Vec<u8> = (0u32..5000).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let mut clamd = TestClamd::start(&[("Pillarbox.Test.Sample", &sample), ("Eicar-Test", EICAR)], 64 << 20);
+    let mut pb = Pillarbox::new();
+    pb.edit_config("clamd = \"\"", &format!("clamd = \"{}\"", clamd.socket.display()));
+    pb.start();
+    let d = pb.data();
+    for (name, content) in [("eicar.com", EICAR), ("sample.bin", &sample[..]), ("report.txt", b"quarterly figures\n")] {
+        std::fs::write(d.join(name), content).expect("write");
+    }
+    let server = format!("127.0.0.1:{}", lmtp_port(&pb));
+    let send = |attachment: &str| {
+        let attach = format!("@{}", d.join(attachment).display());
+        swaks(&["--server", &server, "--to", "alice@example.org", "--attach", &attach])
+    };
+    let (ok, out) = send("report.txt");
+    assert!(ok && out.contains("250 2.0.0"), "{out}\n{}", clamd.log());
+    for (file, signature) in
+        [("eicar.com", "Eicar-Test.UNOFFICIAL"), ("sample.bin", "Pillarbox.Test.Sample.UNOFFICIAL")]
+    {
+        let (ok, out) = send(file);
+        assert!(!ok && out.contains(&format!("554 5.7.1 message refused: infected with {signature}")), "{out}");
+    }
+    assert_eq!(pb.stored("alice"), 1, "only the clean message is stored");
+    let tmp = pb.maildir("alice").join("tmp");
+    assert_eq!(std::fs::read_dir(&tmp).map_or(0, |d| d.count()), 0, "nothing left in tmp/");
+
+    // clamd goes away: deferred, never passed unscanned.
+    clamd.stop();
+    let (ok, out) = send("report.txt");
+    assert!(!ok && out.contains("451 4.3.0 virus scanner unavailable"), "{out}");
+    assert_eq!(pb.stored("alice"), 1);
+    assert!(pb.log().contains("deferred a message clamd could not scan"), "{}", pb.log());
+
+    // Unless the configuration says to accept it, with a warning.
+    pb.edit_config("on_unavailable = \"defer\"", "on_unavailable = \"accept\"");
+    pb.signal("HUP");
+    let start = std::time::Instant::now();
+    while !pb.log().contains("[antivirus]") {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "not reloaded: {}", pb.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (ok, out) = send("report.txt");
+    assert!(ok && out.contains("250 2.0.0"), "{out}");
+    assert_eq!(pb.stored("alice"), 2);
+    assert!(pb.log().contains("delivering a message clamd could not scan"), "{}", pb.log());
+}

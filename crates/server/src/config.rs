@@ -267,6 +267,16 @@ oauth2_client_id = ""
 # The scopes the console asks for.
 oauth2_scope = "openid"
 
+[antivirus]
+# Scan every message delivered over LMTP with ClamAV's clamd, at its socket
+# ("/run/clamav/clamd.ctl") or "HOST:PORT"; empty: off. An infected message is refused with
+# 554 5.7.1 naming what was found, and the MTA bounces it.
+clamd = ""
+# When clamd cannot scan a message (not running, or the message over its StreamMaxLength, which
+# should be at least [delivery] max_message_size): "defer" (451 4.3.0: the MTA keeps the message
+# and retries) or "accept" (delivered unscanned, with a warning in the log). Never a silent pass.
+on_unavailable = "defer"
+
 [metrics]
 # Prometheus metrics at http://ADDRESS/metrics, e.g. "127.0.0.1:9110"; empty: off. They carry no
 # user names or addresses; keep the address private all the same.
@@ -378,6 +388,8 @@ struct RawConfig {
     database: RawDatabase,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    antivirus: RawAntivirus,
     #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
@@ -555,6 +567,27 @@ pub struct AutoconfigSettings {
     pub smtp_port: u16,
     /// `starttls`, `implicit` or `none`.
     pub smtp_tls: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAntivirus {
+    clamd: String,
+    on_unavailable: String,
+}
+
+impl Default for RawAntivirus {
+    fn default() -> Self {
+        Self { clamd: String::new(), on_unavailable: "defer".into() }
+    }
+}
+
+/// `[antivirus]`: every message delivered over LMTP is scanned by clamd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Antivirus {
+    pub clamd: pillarbox_clamav::Clamd,
+    /// Deliver a message clamd could not scan (with a warning), instead of deferring it.
+    pub accept_unscanned: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -949,6 +982,8 @@ pub struct Config {
     pub lmtp_idle_timeout: Duration,
     /// Cluster mode: `[database]` (or `PILLARBOX_DATABASE_URL`), when a URL is set.
     pub database: Option<DatabaseConfig>,
+    /// Virus scanning of LMTP deliveries (`[antivirus]`), when a clamd is named.
+    pub antivirus: Option<Antivirus>,
     /// OAUTHBEARER and XOAUTH2 logins (`[auth.oauth2]`), when configured.
     pub oauth2: Option<pillarbox_oauth::verify::ServerSettings>,
 }
@@ -1078,6 +1113,25 @@ impl Config {
         if raw.listen.pop3.is_empty() && raw.listen.pop3s.is_empty() {
             return Err(invalid("[listen] has no pop3 or pop3s address; the server would accept nothing".into()));
         }
+        let antivirus = match raw.antivirus.clamd.trim() {
+            "" => None,
+            c => Some(Antivirus {
+                clamd: c.parse().map_err(|why| field_at(text, path, "antivirus", "clamd", why))?,
+                accept_unscanned: match raw.antivirus.on_unavailable.as_str() {
+                    "defer" => false,
+                    "accept" => true,
+                    other => {
+                        return Err(field_at(
+                            text,
+                            path,
+                            "antivirus",
+                            "on_unavailable",
+                            format!("{other:?}: use \"defer\" or \"accept\""),
+                        ));
+                    }
+                },
+            }),
+        };
         let metrics = match raw.metrics.listen.trim() {
             "" => None,
             a => Some(a.parse::<SocketAddr>().map_err(|_| {
@@ -1381,6 +1435,7 @@ impl Config {
             lmtp_idle_timeout: raw.delivery.idle_timeout.0,
             database,
             oauth2,
+            antivirus,
             data_dir,
         })
     }
@@ -1479,6 +1534,7 @@ impl Config {
             lmtp_idle_timeout: _,
             database: _,
             oauth2: _,
+            antivirus: _,
         } = self;
         let mut changes = Changes::default();
         let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
@@ -1525,6 +1581,7 @@ impl Config {
             database => "[database]",
         }
         live! {
+            antivirus => "[antivirus]",
             tls => "[tls] cert / key",
             lock => "[pop3] lock",
             idle_timeout => "[pop3] idle_timeout",
@@ -1738,6 +1795,22 @@ mod tests {
         let e =
             parse("[listen]\npop3 = [\"127.0.0.1:1\"]\n[delivery]\nover_quota = \"maybe\"\n").expect_err("bad enum");
         assert!(e.to_string().contains("line 4, field `delivery.over_quota`"), "{e}");
+    }
+
+    #[test]
+    fn antivirus_names_clamd_by_socket_or_address() {
+        let base = "[listen]\npop3 = [\"127.0.0.1:1\"]\n[antivirus]\n";
+        assert_eq!(parse(base).expect("valid").antivirus, None, "off by default");
+        let c = parse(&format!("{base}clamd = \"/run/clamav/clamd.ctl\"\n")).expect("valid");
+        let want =
+            Antivirus { clamd: pillarbox_clamav::Clamd::Unix("/run/clamav/clamd.ctl".into()), accept_unscanned: false };
+        assert_eq!(c.antivirus, Some(want));
+        let c = parse(&format!("{base}clamd = \"127.0.0.1:3310\"\non_unavailable = \"accept\"\n")).expect("valid");
+        assert!(c.antivirus.is_some_and(|a| a.accept_unscanned));
+        let e = parse(&format!("{base}clamd = \"clamd.ctl\"\n")).expect_err("relative");
+        assert!(e.to_string().contains("line 4, field `antivirus.clamd`"), "{e}");
+        let e = parse(&format!("{base}clamd = \"/c\"\non_unavailable = \"pass\"\n")).expect_err("bad");
+        assert!(e.to_string().contains("line 5, field `antivirus.on_unavailable`"), "{e}");
     }
 
     #[test]

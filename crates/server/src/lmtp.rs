@@ -3,6 +3,11 @@
 //! trace headers first, the text streamed into `tmp/` as it arrives, quota checked at RCPT and
 //! again at the end, then fsync and rename per recipient. A recipient whose write fails gets
 //! `451 4.3.0` while the others still succeed; a dropped connection leaves no file behind.
+//!
+//! With `[antivirus]`, the text also goes to clamd as it arrives (on the blocking pool, so the
+//! scan runs beside the writes) and nothing is committed before its verdict: an infected message
+//! is refused with `554 5.7.1` naming what was found, one clamd could not scan is deferred with
+//! `451 4.3.0` (or, when configured, delivered with a warning).
 
 use std::io;
 use std::sync::Arc;
@@ -15,8 +20,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::config::Antivirus;
 use crate::frontend::{Frontend, Peer};
 use crate::shutdown::{Phase, closing};
+use pillarbox_clamav::{ScanError, Scanner, Verdict};
 
 /// Octets read from the client at a time; also the most message text held in memory.
 const READ_BUFFER: usize = 64 * 1024;
@@ -43,6 +50,7 @@ where
         max_recipients: d.max_recipients,
     });
     let mut slots: Vec<Slot> = Vec::new();
+    let mut scanning: Option<Scanning> = None;
     let mut buf = vec![0u8; READ_BUFFER];
     let mut received: u64 = 0;
     let end = loop {
@@ -77,8 +85,14 @@ where
             },
             Event::BeginMessage { sender, lhlo, recipients } => {
                 slots = begin(&front, &sender, &lhlo, &peer.trace(), recipients).await;
+                scanning = front.config().antivirus.as_ref().map(Scanning::start);
             }
             Event::Body(text) => {
+                if let Some(scan) = &scanning {
+                    // Waits only when clamd has fallen behind; once the scan has failed, the
+                    // text is not sent.
+                    let _ = scan.text.send(text.clone()).await;
+                }
                 // At most one read's worth per write; each recipient's copy in turn.
                 for slot in &mut slots {
                     if let Ok(p) = &mut slot.state
@@ -89,9 +103,31 @@ where
                     }
                 }
             }
-            Event::AbortMessage => slots.clear(),
+            Event::AbortMessage => {
+                slots.clear();
+                scanning = None;
+            }
             Event::EndMessage => {
-                let replies = finish(&front, std::mem::take(&mut slots)).await;
+                let slots = std::mem::take(&mut slots);
+                let replies = match scanning.take() {
+                    None => finish(&front, slots).await,
+                    Some(scan) => match scan.verdict().await {
+                        Ok(Verdict::Clean) => finish(&front, slots).await,
+                        Ok(Verdict::Infected(name)) => {
+                            let name = printable(&name);
+                            warn!(client = %peer, signature = %name, "refused an infected message");
+                            refuse(slots, Reply::new(554, (5, 7, 1), format!("message refused: infected with {name}")))
+                        }
+                        Err((e, true)) => {
+                            warn!(client = %peer, error = %e, "delivering a message clamd could not scan");
+                            finish(&front, slots).await
+                        }
+                        Err((e, false)) => {
+                            warn!(client = %peer, error = %e, "deferred a message clamd could not scan");
+                            refuse(slots, Reply::new(451, (4, 3, 0), "virus scanner unavailable, try again later"))
+                        }
+                    },
+                };
                 session.delivered(replies);
             }
             Event::Close => {
@@ -112,6 +148,52 @@ where
         end,
         "LMTP session ended"
     );
+}
+
+/// The scan of the message being received.
+struct Scanning {
+    text: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    verdict: tokio::task::JoinHandle<Result<Verdict, ScanError>>,
+    accept_unscanned: bool,
+}
+
+/// Chunks of text waiting for clamd at most (each at most a read's worth).
+const SCAN_QUEUE: usize = 8;
+
+impl Scanning {
+    fn start(av: &Antivirus) -> Self {
+        let (text, mut queue) = tokio::sync::mpsc::channel::<bytes::Bytes>(SCAN_QUEUE);
+        let scanner = Scanner::new(av.clamd.clone());
+        let verdict = tokio::task::spawn_blocking(move || -> Result<Verdict, ScanError> {
+            let mut scan = scanner.start()?;
+            while let Some(chunk) = queue.blocking_recv() {
+                scan.write(&chunk)?;
+            }
+            scan.finish()
+        });
+        Self { text, verdict, accept_unscanned: av.accept_unscanned }
+    }
+
+    /// The message is whole: clamd's verdict, or why there is none and whether to deliver anyway.
+    async fn verdict(self) -> Result<Verdict, (String, bool)> {
+        drop(self.text);
+        match self.verdict.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err((e.to_string(), self.accept_unscanned)),
+            Err(e) => Err((format!("the scan stopped: {e}"), self.accept_unscanned)),
+        }
+    }
+}
+
+/// A signature's name as it may appear in a reply: printable ASCII, at most 200 characters.
+fn printable(name: &str) -> String {
+    name.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(200).collect()
+}
+
+/// The same reply for every recipient still open (their copies dropped: nothing stays in
+/// `tmp/`); the others keep the reply they had.
+fn refuse(slots: Vec<Slot>, reply: Reply) -> Vec<Reply> {
+    slots.into_iter().map(|s| s.state.err().unwrap_or_else(|| reply.clone())).collect()
 }
 
 async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, session: &mut Session) -> io::Result<()> {
