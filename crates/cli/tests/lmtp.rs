@@ -530,7 +530,16 @@ fn clamd_scans_lmtp_deliveries_infected_refused_unscanned_deferred_or_accepted()
     let mut clamd = TestClamd::start(&[("Pillarbox.Test.Sample", &sample), ("Eicar-Test", EICAR)], 64 << 20);
     let mut pb = Pillarbox::new();
     pb.edit_config("clamd = \"\"", &format!("clamd = \"{}\"", clamd.socket.display()));
+    pb.edit_config("[metrics]\n", "[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    pb.edit_config("listen = \"\"\n", "");
     pb.start();
+    let metrics = || {
+        let mut s = TcpStream::connect(pb.metrics.expect("metrics")).expect("connect");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read");
+        text
+    };
     let d = pb.data();
     for (name, content) in [("eicar.com", EICAR), ("sample.bin", &sample[..]), ("report.txt", b"quarterly figures\n")] {
         std::fs::write(d.join(name), content).expect("write");
@@ -558,6 +567,12 @@ fn clamd_scans_lmtp_deliveries_infected_refused_unscanned_deferred_or_accepted()
     assert!(!ok && out.contains("451 4.3.0 virus scanner unavailable"), "{out}");
     assert_eq!(pb.stored("alice"), 1);
     assert!(pb.log().contains("deferred a message clamd could not scan"), "{}", pb.log());
+    let counted = metrics();
+    assert!(
+        counted.contains("deliveries_total{result=\"infected\"} 2")
+            && counted.contains("deliveries_total{result=\"unscanned\"} 1"),
+        "{counted}"
+    );
 
     // Unless the configuration says to accept it, with a warning.
     pb.edit_config("on_unavailable = \"defer\"", "on_unavailable = \"accept\"");

@@ -116,7 +116,8 @@ where
                         Ok(Verdict::Infected(name)) => {
                             let name = printable(&name);
                             warn!(client = %peer, signature = %name, "refused an infected message");
-                            refuse(slots, Reply::new(554, (5, 7, 1), format!("message refused: infected with {name}")))
+                            let reply = Reply::new(554, (5, 7, 1), format!("message refused: infected with {name}"));
+                            refuse(&front, slots, reply, "infected")
                         }
                         Err((e, true)) => {
                             warn!(client = %peer, error = %e, "delivering a message clamd could not scan");
@@ -124,7 +125,8 @@ where
                         }
                         Err((e, false)) => {
                             warn!(client = %peer, error = %e, "deferred a message clamd could not scan");
-                            refuse(slots, Reply::new(451, (4, 3, 0), "virus scanner unavailable, try again later"))
+                            let reply = Reply::new(451, (4, 3, 0), "virus scanner unavailable, try again later");
+                            refuse(&front, slots, reply, "unscanned")
                         }
                     },
                 };
@@ -191,9 +193,18 @@ fn printable(name: &str) -> String {
 }
 
 /// The same reply for every recipient still open (their copies dropped: nothing stays in
-/// `tmp/`); the others keep the reply they had.
-fn refuse(slots: Vec<Slot>, reply: Reply) -> Vec<Reply> {
-    slots.into_iter().map(|s| s.state.err().unwrap_or_else(|| reply.clone())).collect()
+/// `tmp/`), counted as deliveries with this result; the others keep the reply they had.
+fn refuse(front: &Frontend, slots: Vec<Slot>, reply: Reply, result: &str) -> Vec<Reply> {
+    let metrics = &front.services.metrics;
+    slots
+        .into_iter()
+        .map(|s| {
+            s.state.err().unwrap_or_else(|| {
+                metrics.delivery(result);
+                reply.clone()
+            })
+        })
+        .collect()
 }
 
 async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, session: &mut Session) -> io::Result<()> {
