@@ -772,6 +772,25 @@ fn kill_9_with_sieve_rules_handles_every_message_exactly_once() {
     assert_eq!(count("tmp") + count(".odd/tmp"), 0, "no partial files left behind");
 }
 
+/// `pillarbox mail ARGS --json` over the accounts file and a search index in `w`: its objects.
+fn mail_json(w: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = Command::new(bin())
+        .arg("mail")
+        .args(args)
+        .args(["--json", "--accounts-file"])
+        .arg(w.join("accounts.toml"))
+        .arg("--index")
+        .arg(w.join("search.sqlite"))
+        .output()
+        .expect("mail");
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json")).collect()
+}
+
+/// The folder of each message `mail --json` printed (`-`: the inbox).
+fn folder_of(v: &[serde_json::Value]) -> Vec<String> {
+    v.iter().map(|m| m["folder"].as_str().unwrap_or("-").to_owned()).collect()
+}
+
 /// The subjects' numbers of the messages of an mbox file (`test message N`), in order.
 fn mbox_numbers(mbox: &Path) -> Vec<usize> {
     let text = std::fs::read_to_string(mbox).unwrap_or_default();
@@ -877,20 +896,7 @@ if header :matches "List-Id" "*<*.lists.example.org>" { fileinto :flags "\\Seen"
     assert!(!inbox.contains("Status:") && !inbox.contains("X-Spam-Flag"), "{inbox}");
     let (_, again) = fetch(w, &acc, &[]);
     assert_eq!(count(&again, "delivered"), 0, "nothing comes twice");
-    let mail = |args: &[&str]| -> Vec<serde_json::Value> {
-        let out = Command::new(bin())
-            .arg("mail")
-            .args(args)
-            .args(["--json", "--accounts-file"])
-            .arg(w.join("accounts.toml"))
-            .arg("--index")
-            .arg(w.join("search.sqlite"))
-            .output()
-            .expect("mail");
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json")).collect()
-    };
-    let folder_of =
-        |v: &[serde_json::Value]| v.iter().map(|m| m["folder"].as_str().unwrap_or("-").to_owned()).collect::<Vec<_>>();
+    let mail = |args: &[&str]| mail_json(w, args);
     assert_eq!(mail(&["list"]).len(), 8);
     assert_eq!(folder_of(&mail(&["list", "--folder", "lists/Team"])), ["lists.Team"; 4]);
     assert_eq!(folder_of(&mail(&["list", "--folder", "INBOX"])), ["-"; 4]);
@@ -1641,20 +1647,7 @@ if header :contains "Subject" "archive" { fileinto :copy "INBOX.Archive"; }
         "{shown}"
     );
     // The folders are listed and searched with the inbox, and one at a time.
-    let mail = |args: &[&str]| -> Vec<serde_json::Value> {
-        let out = Command::new(bin())
-            .arg("mail")
-            .args(args)
-            .args(["--json", "--accounts-file"])
-            .arg(w.join("accounts.toml"))
-            .arg("--index")
-            .arg(w.join("search.sqlite"))
-            .output()
-            .expect("mail");
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json")).collect()
-    };
-    let folder_of =
-        |v: &[serde_json::Value]| v.iter().map(|m| m["folder"].as_str().unwrap_or("-").to_owned()).collect::<Vec<_>>();
+    let mail = |args: &[&str]| mail_json(w, args);
     assert_eq!(mail(&["list"]).len(), 24, "4 in lists.Team, 4 in tagged.Shop, 4 in Archive, 12 in the inbox");
     assert_eq!(folder_of(&mail(&["list", "--folder", "lists.Team"])), ["lists.Team"; 4]);
     assert_eq!(folder_of(&mail(&["list", "--folder", "INBOX"])), ["-"; 12]);
