@@ -126,6 +126,11 @@ if header :matches "Subject" "Report *0" { fileinto "reports.tens"; }
 RULES
 }
 run_pillarbox_sieve() { ACCOUNT_EXTRA="sieve = \"$BASE/rules.sieve\"" run_pillarbox_at "$POP3" none; }
+# The same rules over an mbox account: folders are mbox files in $OUT.mbox.folders/.
+prepare_pillarbox_mbox_sieve() { prepare_pillarbox_sieve; rm -rf "$OUT.mbox.folders"; }
+run_pillarbox_mbox_sieve() {
+  DELIVER="mbox = \"$OUT.mbox\"" ACCOUNT_EXTRA="sieve = \"$BASE/rules.sieve\"" run_pillarbox_at "$POP3" none
+}
 # PB_BEFORE=/path/to/an/older/pillarbox: the same fetch with that build, for a before/after.
 run_pillarbox_before() { PB=$PB_BEFORE run_pillarbox_at "$POP3" none; }
 run_mpop_at() { # TLS-LINES [WRAPPER...]; DELIVERY (default: a Maildir at $OUT)
@@ -155,7 +160,7 @@ run_fetchmail() {
 CLIENTS="bare pillarbox mpop bare_tls pillarbox_tls mpop_tls"
 command -v eatmydata >/dev/null && CLIENTS="$CLIENTS pillarbox_nosync mpop_nosync"
 [ "${FETCHMAIL:-0}" = 1 ] && CLIENTS="$CLIENTS fetchmail"
-[ "${EXTRA:-0}" = 1 ] && CLIENTS="$CLIENTS pillarbox_stls mpop_stls pillarbox_mbox mpop_mbox pillarbox_mda mpop_mda pillarbox_indexed pillarbox_sieve"
+[ "${EXTRA:-0}" = 1 ] && CLIENTS="$CLIENTS pillarbox_stls mpop_stls pillarbox_mbox mpop_mbox pillarbox_mda mpop_mda pillarbox_indexed pillarbox_sieve pillarbox_mbox_sieve"
 [ -n "${PB_BEFORE:-}" ] && CLIENTS="$CLIENTS pillarbox_before"
 # ONLY="bare pillarbox ...": just these (bare and bare_tls are added as the references).
 if [ -n "${ONLY:-}" ]; then CLIENTS="bare bare_tls"; for c in $ONLY; do case " $CLIENTS " in *" $c "*) ;; *) CLIENTS="$CLIENTS $c" ;; esac; done; fi
@@ -180,12 +185,12 @@ done
 WHERE="loopback"; [ "$DELAY_MS" != 0 ] && WHERE="$((2 * DELAY_MS)) ms round trip"
 MODE="delete after download"; [ "$KEEP" = 1 ] && MODE="kept on the server"
 printf '\n%d messages, %.1f MB, %s, %s, %d alternating repetitions (medians)\n' "$COUNT" "$(echo "$BYTES/1000000" | bc -l)" "$WHERE" "$MODE" "$REPS"
-printf '%-17s %9s %11s %12s %14s %15s\n' client seconds messages/s "vs bare" "client CPU s" "CPU us/message"
+printf '%-20s %9s %11s %12s %14s %15s\n' client seconds messages/s "vs bare" "client CPU s" "CPU us/message"
 for client in $CLIENTS; do
   T=$(echo "${TIMES[$client]}" | median); C=$(echo "${CPUS[$client]}" | median)
   REF=bare; case $client in *_tls|*_stls) REF=bare_tls ;; esac
   R=$(echo "${TIMES[$REF]}" | median)
-  printf '%-17s %9.2f %11.0f %11.2fx %14.2f %15.0f\n' "$client" "$T" "$(echo "$COUNT/$T" | bc -l)" "$(echo "$T/$R" | bc -l)" "$C" "$(echo "$C*1000000/$COUNT" | bc -l)"
+  printf '%-20s %9.2f %11.0f %11.2fx %14.2f %15.0f\n' "$client" "$T" "$(echo "$COUNT/$T" | bc -l)" "$(echo "$T/$R" | bc -l)" "$C" "$(echo "$C*1000000/$COUNT" | bc -l)"
 done
 echo "(bare: bench/bare_pop3.py, one pipelined burst that stores nothing: the link's limit; *_tls against bare_tls."
 echo " *_nosync: the same client under eatmydata, fsync disabled, not durable. CPU: user + system of the client process.)"
