@@ -721,6 +721,17 @@ fn kill_9_at_random_moments_never_loses_or_duplicates_mail() {
     assert_eq!(std::fs::read_dir(w.join("m/tmp")).expect("tmp").count(), 0, "no partial files left behind");
 }
 
+/// The crash trials' rules: messages numbered ...0 discarded, odd ones filed into `odd`, the rest
+/// kept in the inbox (see [`odd_rules_want`]).
+const ODD_RULES: &str = "require \"fileinto\";\n\
+    if header :matches \"Subject\" \"*0\" { discard; }\n\
+    elsif header :matches \"Subject\" [\"*1\", \"*3\", \"*5\", \"*7\", \"*9\"] { fileinto \"odd\"; }\n";
+
+/// Where [`ODD_RULES`] put `total` messages: the numbers in `odd`, and those in the inbox.
+fn odd_rules_want(total: usize) -> (Vec<usize>, Vec<usize>) {
+    ((0..total).filter(|n| n % 2 == 1).collect(), (0..total).filter(|n| n % 2 == 0 && n % 10 != 0).collect())
+}
+
 /// The guarantee with Sieve rules: killed at random moments, every message is handled exactly
 /// once by the rules (in the inbox, or in the folder they name, or discarded because they say)
 /// or is still on the server.
@@ -730,13 +741,7 @@ fn kill_9_with_sieve_rules_handles_every_message_exactly_once() {
     let CrashSetup { pb, work, account: acct, accounts_file: file } =
         crash_setup(total, "ruled-crash", "sieve = \"rules.sieve\"");
     let w = work.path();
-    std::fs::write(
-        w.join("rules.sieve"),
-        "require \"fileinto\";\n\
-         if header :matches \"Subject\" \"*0\" { discard; }\n\
-         elsif header :matches \"Subject\" [\"*1\", \"*3\", \"*5\", \"*7\", \"*9\"] { fileinto \"odd\"; }\n",
-    )
-    .expect("rules");
+    std::fs::write(w.join("rules.sieve"), ODD_RULES).expect("rules");
     let state = w.join("state");
     let md = w.join("m");
     let count = |sub: &str| std::fs::read_dir(md.join(sub)).map_or(0, |d| d.count());
@@ -766,9 +771,9 @@ fn kill_9_with_sieve_rules_handles_every_message_exactly_once() {
     };
     let inbox = numbers(&md);
     let odd = numbers(&md.join(".odd"));
-    let want = |keep: &dyn Fn(usize) -> bool| (0..total).filter(|n| keep(*n)).collect::<Vec<_>>();
-    assert_eq!(odd, want(&|n| n % 2 == 1), "each odd message once in its folder ({trials} kills)");
-    assert_eq!(inbox, want(&|n| n % 2 == 0 && n % 10 != 0), "each even message once in the inbox ({trials} kills)");
+    let (want_odd, want_inbox) = odd_rules_want(total);
+    assert_eq!(odd, want_odd, "each odd message once in its folder ({trials} kills)");
+    assert_eq!(inbox, want_inbox, "each even message once in the inbox ({trials} kills)");
     assert_eq!(count("tmp") + count(".odd/tmp"), 0, "no partial files left behind");
 }
 
@@ -814,13 +819,7 @@ fn kill_9_with_sieve_rules_over_mbox_files_handles_every_message_exactly_once() 
     pb.start();
     let work = tempfile::tempdir().expect("tempdir");
     let w = work.path();
-    std::fs::write(
-        w.join("rules.sieve"),
-        "require \"fileinto\";\n\
-         if header :matches \"Subject\" \"*0\" { discard; }\n\
-         elsif header :matches \"Subject\" [\"*1\", \"*3\", \"*5\", \"*7\", \"*9\"] { fileinto \"odd\"; }\n",
-    )
-    .expect("rules");
+    std::fs::write(w.join("rules.sieve"), ODD_RULES).expect("rules");
     let mbox = w.join("inbox");
     let acct = tls_mbox_account_with(&pb, "ruled-mbox", "sieve = \"rules.sieve\"", &mbox);
     let file = w.join("accounts.toml");
@@ -843,11 +842,11 @@ fn kill_9_with_sieve_rules_over_mbox_files_handles_every_message_exactly_once() 
     let (out, ev) = fetch(w, &acct, &[]);
     assert!(out.status.success(), "{ev:?}");
     assert_eq!(pb.stored("alice"), 0, "everything was handled and deleted on the server");
-    let want = |keep: &dyn Fn(usize) -> bool| (0..total).filter(|n| keep(*n)).collect::<Vec<_>>();
+    let (want_odd, want_inbox) = odd_rules_want(total);
     let odd = mbox_numbers(&w.join("inbox.folders/odd"));
-    assert_eq!(odd, want(&|n| n % 2 == 1), "each odd message once in its folder ({trials} kills)");
+    assert_eq!(odd, want_odd, "each odd message once in its folder ({trials} kills)");
     let inbox = mbox_numbers(&mbox);
-    assert_eq!(inbox, want(&|n| n % 2 == 0 && n % 10 != 0), "each even message once in the inbox ({trials} kills)");
+    assert_eq!(inbox, want_inbox, "each even message once in the inbox ({trials} kills)");
     let left: Vec<_> =
         std::fs::read_dir(w.join("inbox.folders")).expect("folders").flatten().map(|e| e.file_name()).collect();
     assert_eq!(left, ["odd"], "no lock left behind");

@@ -434,7 +434,6 @@ fn copy_message(from: &mut File, len: u64, to: &mut File, headers: &str) -> io::
     let mut out = head[..first].to_vec();
     // The header ends at its first empty line; one longer than the window only gets the lines.
     let mut at = first;
-    let mut skipping = false;
     let mut end = None;
     for line in head[first..].split_inclusive(|b| *b == b'\n') {
         if line == b"\n" {
@@ -445,6 +444,7 @@ fn copy_message(from: &mut File, len: u64, to: &mut File, headers: &str) -> io::
     }
     let rest = match end {
         Some(end) => {
+            let mut skipping = false;
             for line in head[first..end].split_inclusive(|b| *b == b'\n') {
                 if !line.starts_with(b" ") && !line.starts_with(b"\t") {
                     let name = line.split(|b| *b == b':').next().unwrap_or_default();
