@@ -34,6 +34,7 @@ pub mod gate;
 mod hashpool;
 pub mod login;
 pub mod metrics;
+pub mod quarantine;
 pub mod sessions;
 
 pub use bearer::{BearerClaims, BearerRefusal, BearerVerifier, CodeRedemption, SignInEndpoint};
@@ -157,6 +158,8 @@ pub struct Services {
     pub sessions: Arc<dyn sessions::SessionRegistry>,
     /// Admin tokens and the audit log.
     pub access: Arc<dyn access::AccessStore>,
+    /// Messages the virus scanner found infected, held for an administrator.
+    pub quarantine: Arc<dyn quarantine::QuarantineStore>,
     /// Who checks bearer tokens, when OAuth2 logins are configured.
     bearer: std::sync::RwLock<Option<Arc<dyn BearerVerifier>>>,
     /// This machine's name, for trace headers and APOP timestamps.
@@ -190,6 +193,7 @@ impl Services {
             merged: std::sync::Mutex::new(None),
             sessions: Arc::new(sessions::MemorySessions::default()),
             access: Arc::new(access::MemoryAccess::default()),
+            quarantine: Arc::new(quarantine::MemoryQuarantine::default()),
             bearer: std::sync::RwLock::new(None),
             hostname: pillarbox_os::host_name(),
             hashes: hashpool::HashPool::per_core().map_err(CoreError::Threads)?,
@@ -223,6 +227,12 @@ impl Services {
     /// Keep admin tokens and the audit log in `store` (the default keeps them in memory).
     pub fn with_access(mut self, store: Arc<dyn access::AccessStore>) -> Self {
         self.access = store;
+        self
+    }
+
+    /// Hold quarantined messages in `store` (the default keeps them in memory).
+    pub fn with_quarantine(mut self, store: Arc<dyn quarantine::QuarantineStore>) -> Self {
+        self.quarantine = store;
         self
     }
 

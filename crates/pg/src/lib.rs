@@ -22,6 +22,7 @@ pub mod directory;
 pub mod domains;
 pub mod gate;
 pub mod panel;
+pub mod quarantine;
 pub mod schema;
 pub mod sessions;
 pub mod store;

@@ -25,6 +25,12 @@ async fn fresh(lease: Duration) -> (Db, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quarantine_conforms() {
+    let (db, _) = fresh(Duration::from_secs(30)).await;
+    pillarbox_core::quarantine::conformance::run(&pillarbox_pg::quarantine::PgQuarantine::new(db)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_directory_conforms() {
     let (db, _) = fresh(Duration::from_secs(30)).await;
     pillarbox_auth::directory::conformance::run(&pillarbox_pg::directory::PgDirectory::new(db)).await;
