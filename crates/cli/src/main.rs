@@ -13,6 +13,7 @@ mod mail;
 mod manual;
 mod migrate;
 mod oauth2;
+mod quarantine;
 mod sieve;
 mod table;
 mod user;
@@ -98,6 +99,10 @@ enum Command {
     /// The admin API ([admin] in the configuration): its tokens and its audit log.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// Messages the virus scanner held ([antivirus] on_infected = "quarantine"): list, show,
+    /// release, delete.
+    #[command(subcommand)]
+    Quarantine(quarantine::QuarantineCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell), e.g.
     /// `pillarbox completions bash > /etc/bash_completion.d/pillarbox`.
     Completions { shell: clap_complete::Shell },
@@ -565,6 +570,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Admin(cmd) => {
             become_service_user(data_dir.as_deref(), config.as_deref())?;
             admin::command(&server()?.0, cmd)
+        }
+        Command::Quarantine(cmd) => {
+            become_service_user(data_dir.as_deref(), config.as_deref())?;
+            quarantine::command(&server()?.0, cmd)
         }
         Command::Migrate(MigrateCommand::Verify { dovecot, pillarbox, user, password_stdin, insecure }) => {
             let config = server()?.0;

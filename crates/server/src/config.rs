@@ -269,9 +269,13 @@ oauth2_scope = "openid"
 
 [antivirus]
 # Scan every message delivered over LMTP with ClamAV's clamd, at its socket
-# ("/run/clamav/clamd.ctl") or "HOST:PORT"; empty: off. An infected message is refused with
-# 554 5.7.1 naming what was found, and the MTA bounces it.
+# ("/run/clamav/clamd.ctl") or "HOST:PORT"; empty: off.
 clamd = ""
+# An infected message: "reject" (refused with 554 5.7.1 naming what was found; the MTA bounces
+# it to its sender) or "quarantine" (accepted, delivered to nobody, and held for an
+# administrator: `pillarbox quarantine list|show|release|delete`; on one machine the held
+# messages are a Maildir, DATA/quarantine, in cluster mode a table of the database).
+on_infected = "reject"
 # When clamd cannot scan a message (not running, or the message over its StreamMaxLength, which
 # should be at least [delivery] max_message_size): "defer" (451 4.3.0: the MTA keeps the message
 # and retries) or "accept" (delivered unscanned, with a warning in the log). Never a silent pass.
@@ -573,12 +577,13 @@ pub struct AutoconfigSettings {
 #[serde(deny_unknown_fields, default)]
 struct RawAntivirus {
     clamd: String,
+    on_infected: String,
     on_unavailable: String,
 }
 
 impl Default for RawAntivirus {
     fn default() -> Self {
-        Self { clamd: String::new(), on_unavailable: "defer".into() }
+        Self { clamd: String::new(), on_infected: "reject".into(), on_unavailable: "defer".into() }
     }
 }
 
@@ -586,6 +591,8 @@ impl Default for RawAntivirus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Antivirus {
     pub clamd: pillarbox_clamav::Clamd,
+    /// Hold an infected message for an administrator instead of refusing it.
+    pub quarantine: bool,
     /// Deliver a message clamd could not scan (with a warning), instead of deferring it.
     pub accept_unscanned: bool,
 }
@@ -1117,6 +1124,19 @@ impl Config {
             "" => None,
             c => Some(Antivirus {
                 clamd: c.parse().map_err(|why| field_at(text, path, "antivirus", "clamd", why))?,
+                quarantine: match raw.antivirus.on_infected.as_str() {
+                    "reject" => false,
+                    "quarantine" => true,
+                    other => {
+                        return Err(field_at(
+                            text,
+                            path,
+                            "antivirus",
+                            "on_infected",
+                            format!("{other:?}: use \"reject\" or \"quarantine\""),
+                        ));
+                    }
+                },
                 accept_unscanned: match raw.antivirus.on_unavailable.as_str() {
                     "defer" => false,
                     "accept" => true,
@@ -1802,11 +1822,18 @@ mod tests {
         let base = "[listen]\npop3 = [\"127.0.0.1:1\"]\n[antivirus]\n";
         assert_eq!(parse(base).expect("valid").antivirus, None, "off by default");
         let c = parse(&format!("{base}clamd = \"/run/clamav/clamd.ctl\"\n")).expect("valid");
-        let want =
-            Antivirus { clamd: pillarbox_clamav::Clamd::Unix("/run/clamav/clamd.ctl".into()), accept_unscanned: false };
+        let want = Antivirus {
+            clamd: pillarbox_clamav::Clamd::Unix("/run/clamav/clamd.ctl".into()),
+            quarantine: false,
+            accept_unscanned: false,
+        };
         assert_eq!(c.antivirus, Some(want));
         let c = parse(&format!("{base}clamd = \"127.0.0.1:3310\"\non_unavailable = \"accept\"\n")).expect("valid");
-        assert!(c.antivirus.is_some_and(|a| a.accept_unscanned));
+        assert!(c.antivirus.is_some_and(|a| a.accept_unscanned && !a.quarantine));
+        let c = parse(&format!("{base}clamd = \"/c\"\non_infected = \"quarantine\"\n")).expect("valid");
+        assert!(c.antivirus.is_some_and(|a| a.quarantine));
+        let e = parse(&format!("{base}clamd = \"/c\"\non_infected = \"drop\"\n")).expect_err("bad");
+        assert!(e.to_string().contains("line 5, field `antivirus.on_infected`"), "{e}");
         let e = parse(&format!("{base}clamd = \"clamd.ctl\"\n")).expect_err("relative");
         assert!(e.to_string().contains("line 4, field `antivirus.clamd`"), "{e}");
         let e = parse(&format!("{base}clamd = \"/c\"\non_unavailable = \"pass\"\n")).expect_err("bad");

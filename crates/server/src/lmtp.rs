@@ -6,8 +6,10 @@
 //!
 //! With `[antivirus]`, the text also goes to clamd as it arrives (on the blocking pool, so the
 //! scan runs beside the writes) and nothing is committed before its verdict: an infected message
-//! is refused with `554 5.7.1` naming what was found, one clamd could not scan is deferred with
-//! `451 4.3.0` (or, when configured, delivered with a warning).
+//! is refused with `554 5.7.1` naming what was found (or, with `on_infected = "quarantine"`,
+//! accepted and held for an administrator instead of delivered: the text is kept aside while it
+//! is scanned, in memory up to a bound and in a temporary file beyond), one clamd could not scan
+//! is deferred with `451 4.3.0` (or, when configured, delivered with a warning).
 
 use std::io;
 use std::sync::Arc;
@@ -84,14 +86,18 @@ where
                 Err(refusal) => session.reject_recipient(reply(&refusal)),
             },
             Event::BeginMessage { sender, lhlo, recipients } => {
-                slots = begin(&front, &sender, &lhlo, &peer.trace(), recipients).await;
-                scanning = front.config().antivirus.as_ref().map(Scanning::start);
+                let trace = received_line(&front, &lhlo, &peer.trace());
+                scanning = front.config().antivirus.as_ref().map(|av| Scanning::start(av, &sender, &trace));
+                slots = begin(&front, &sender, &trace, recipients).await;
             }
             Event::Body(text) => {
-                if let Some(scan) = &scanning {
+                if let Some(scan) = &mut scanning {
                     // Waits only when clamd has fallen behind; once the scan has failed, the
                     // text is not sent.
                     let _ = scan.text.send(text.clone()).await;
+                    if let Some(held) = &mut scan.held {
+                        held.write(&text);
+                    }
                 }
                 // At most one read's worth per write; each recipient's copy in turn.
                 for slot in &mut slots {
@@ -111,19 +117,22 @@ where
                 let slots = std::mem::take(&mut slots);
                 let replies = match scanning.take() {
                     None => finish(&front, slots).await,
-                    Some(scan) => match scan.verdict().await {
-                        Ok(Verdict::Clean) => finish(&front, slots).await,
-                        Ok(Verdict::Infected(name)) => {
+                    Some(mut scan) => match (scan.held.take(), scan.verdict().await) {
+                        (_, Ok(Verdict::Clean)) => finish(&front, slots).await,
+                        (Some(held), Ok(Verdict::Infected(name))) => {
+                            quarantine(&front, &peer, slots, held, printable(&name)).await
+                        }
+                        (None, Ok(Verdict::Infected(name))) => {
                             let name = printable(&name);
                             warn!(client = %peer, signature = %name, "refused an infected message");
                             let reply = Reply::new(554, (5, 7, 1), format!("message refused: infected with {name}"));
                             refuse(&front, slots, reply, "infected")
                         }
-                        Err((e, true)) => {
+                        (_, Err((e, true))) => {
                             warn!(client = %peer, error = %e, "delivering a message clamd could not scan");
                             finish(&front, slots).await
                         }
-                        Err((e, false)) => {
+                        (_, Err((e, false))) => {
                             warn!(client = %peer, error = %e, "deferred a message clamd could not scan");
                             let reply = Reply::new(451, (4, 3, 0), "virus scanner unavailable, try again later");
                             refuse(&front, slots, reply, "unscanned")
@@ -157,13 +166,53 @@ struct Scanning {
     text: tokio::sync::mpsc::Sender<bytes::Bytes>,
     verdict: tokio::task::JoinHandle<Result<Verdict, ScanError>>,
     accept_unscanned: bool,
+    /// With `on_infected = "quarantine"`: the text, kept until the verdict.
+    held: Option<Spool>,
+}
+
+/// The message as received (after a `Received:` line of its own), kept aside while it is scanned.
+struct Spool {
+    sender: String,
+    text: tempfile::SpooledTempFile,
+    /// The first write that failed: such a text cannot be held, and the message is deferred.
+    failed: Option<io::Error>,
+}
+
+/// Octets of a message kept in memory while it is scanned; a larger one goes to a temporary file.
+const SPOOL_IN_MEMORY: usize = 1024 * 1024;
+
+impl Spool {
+    fn write(&mut self, data: &[u8]) {
+        if self.failed.is_none()
+            && let Err(e) = std::io::Write::write_all(&mut self.text, data)
+        {
+            self.failed = Some(e);
+        }
+    }
+
+    /// The text kept (read back on the blocking pool, the file being perhaps large).
+    async fn into_text(self) -> io::Result<Vec<u8>> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let mut file = self.text;
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Seek};
+            file.seek(io::SeekFrom::Start(0))?;
+            let mut text = Vec::new();
+            file.read_to_end(&mut text)?;
+            Ok(text)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
 }
 
 /// Chunks of text waiting for clamd at most (each at most a read's worth).
 const SCAN_QUEUE: usize = 8;
 
 impl Scanning {
-    fn start(av: &Antivirus) -> Self {
+    fn start(av: &Antivirus, sender: &str, received: &str) -> Self {
         let (text, mut queue) = tokio::sync::mpsc::channel::<bytes::Bytes>(SCAN_QUEUE);
         let scanner = Scanner::new(av.clamd.clone());
         let verdict = tokio::task::spawn_blocking(move || -> Result<Verdict, ScanError> {
@@ -173,7 +222,16 @@ impl Scanning {
             }
             scan.finish()
         });
-        Self { text, verdict, accept_unscanned: av.accept_unscanned }
+        let held = av.quarantine.then(|| {
+            let mut spool = Spool {
+                sender: sender.to_owned(),
+                text: tempfile::SpooledTempFile::new(SPOOL_IN_MEMORY),
+                failed: None,
+            };
+            spool.write(received.as_bytes());
+            spool
+        });
+        Self { text, verdict, accept_unscanned: av.accept_unscanned, held }
     }
 
     /// The message is whole: clamd's verdict, or why there is none and whether to deliver anyway.
@@ -207,6 +265,40 @@ fn refuse(front: &Frontend, slots: Vec<Slot>, reply: Reply, result: &str) -> Vec
         .collect()
 }
 
+/// Hold an infected message for an administrator instead of delivering it: the recipients still
+/// open are answered `250` once it is held (their copies dropped), `451` when it cannot be (the
+/// MTA keeps it and tries again: never lost); the others keep the reply they had.
+async fn quarantine(front: &Frontend, peer: &Peer, slots: Vec<Slot>, spool: Spool, signature: String) -> Vec<Reply> {
+    let recipients: Vec<String> = slots.iter().filter(|s| s.state.is_ok()).map(|s| s.rcpt.address.clone()).collect();
+    if recipients.is_empty() {
+        return slots.into_iter().filter_map(|s| s.state.err()).collect();
+    }
+    let envelope = pillarbox_core::quarantine::Envelope {
+        signature,
+        sender: spool.sender.clone(),
+        recipients,
+        at: pillarbox_os::unix_now(),
+    };
+    let held = match spool.into_text().await {
+        Ok(text) => front.services.quarantine.hold(&envelope, text).await.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("the text kept aside cannot be read: {e}")),
+    };
+    let (reply, result) = match held {
+        Ok(id) => {
+            warn!(client = %peer, signature = %envelope.signature, id = %id, "held an infected message in the quarantine");
+            (
+                Reply::new(250, (2, 0, 0), format!("message held in quarantine: infected with {}", envelope.signature)),
+                "quarantined",
+            )
+        }
+        Err(e) => {
+            warn!(client = %peer, signature = %envelope.signature, error = %e, "deferred an infected message the quarantine cannot take");
+            (Reply::new(451, (4, 3, 0), "local error, try again later"), "failed")
+        }
+    };
+    refuse(front, slots, reply, result)
+}
+
 async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, session: &mut Session) -> io::Result<()> {
     let out = session.take_output();
     if !out.is_empty() {
@@ -231,12 +323,23 @@ fn reply(refusal: &Refusal) -> Reply {
 }
 
 /// Open one delivery per recipient and write the trace headers (RFC 5321 section 4.4).
-async fn begin(front: &Frontend, sender: &str, lhlo: &str, peer: &str, recipients: Vec<Recipient>) -> Vec<Slot> {
-    let services = &front.services;
+/// The `Received:` line of a message (RFC 5321 section 4.4), without its `for` clause.
+fn received_line(front: &Frontend, lhlo: &str, peer: &str) -> String {
     let mut id = [0u8; 8];
     let _ = getrandom::fill(&mut id);
-    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
     let date = pillarbox_os::date::rfc5322(pillarbox_os::unix_now());
+    format!(
+        "Received: from {lhlo} ({peer})\r\n\tby {} (Pillarbox) with LMTP id {}; {date}\r\n",
+        front.services.hostname,
+        pillarbox_os::hex(&id)
+    )
+}
+
+/// Open one delivery per recipient and write the trace headers (RFC 5321 section 4.4): the
+/// `Received:` line gets the recipient's `for` clause.
+async fn begin(front: &Frontend, sender: &str, received: &str, recipients: Vec<Recipient>) -> Vec<Slot> {
+    let services = &front.services;
+    let (from_by, date) = received.rsplit_once("; ").unwrap_or((received.trim_end(), ""));
     let mut slots = Vec::with_capacity(recipients.len());
     for rcpt in recipients {
         let state = match UserName::new(&rcpt.user) {
@@ -245,8 +348,8 @@ async fn begin(front: &Frontend, sender: &str, lhlo: &str, peer: &str, recipient
                 Err(refusal) => Err(reply(&refusal)),
                 Ok(mut p) => {
                     let headers = format!(
-                        "Return-Path: <{sender}>\r\nDelivered-To: {}\r\nReceived: from {lhlo} ({peer})\r\n\tby {} (Pillarbox) with LMTP id {id}\r\n\tfor <{}>; {date}\r\n",
-                        rcpt.address, services.hostname, rcpt.address
+                        "Return-Path: <{sender}>\r\nDelivered-To: {}\r\n{from_by}\r\n\tfor <{}>; {date}",
+                        rcpt.address, rcpt.address
                     );
                     match p.write(headers.as_bytes()).await {
                         Ok(()) => Ok(p),

@@ -71,6 +71,9 @@ pub fn services(config: &Config) -> Result<Services, ServerError> {
             Services::new(policy, directory, store, gate)?
                 .with_domains(domains)
                 .with_access(Arc::new(pillarbox_core::access::FileAccess::new(&config.data_dir)))
+                .with_quarantine(Arc::new(pillarbox_core::quarantine::MaildirQuarantine::new(
+                    config.data_dir.join("quarantine"),
+                )))
         }
         Some(d) => {
             let db = database(d)?;
@@ -88,7 +91,8 @@ pub fn services(config: &Config) -> Result<Services, ServerError> {
             )?
             .with_domains(Arc::new(pillarbox_pg::domains::PgDomains::new(db.clone())))
             .with_sessions(Arc::new(pillarbox_pg::sessions::PgSessions::new(db.clone(), node_name())))
-            .with_access(Arc::new(pillarbox_pg::access::PgAccess::new(db)))
+            .with_access(Arc::new(pillarbox_pg::access::PgAccess::new(db.clone())))
+            .with_quarantine(Arc::new(pillarbox_pg::quarantine::PgQuarantine::new(db)))
         }
     };
     services.set_bearer(bearer);
