@@ -78,9 +78,9 @@ fn three_nodes_share_users_mail_and_exclusive_access() {
         text(&status)
     );
     let init = nodes[0].run(&["db", "init"], b"");
-    assert!(init.status.success() && text(&init).contains("created the schema (version 2)"), "{}", text(&init));
+    assert!(init.status.success() && text(&init).contains("created the schema (version 3)"), "{}", text(&init));
     let again = nodes[1].run(&["db", "init"], b"");
-    assert!(text(&again).contains("up to date (version 2)"), "{}", text(&again));
+    assert!(text(&again).contains("up to date (version 3)"), "{}", text(&again));
 
     // A user added through one node is known to all.
     nodes[0].add_user("alice", PASSWORD);

@@ -587,3 +587,87 @@ fn clamd_scans_lmtp_deliveries_infected_refused_unscanned_deferred_or_accepted()
     assert_eq!(pb.stored("alice"), 2);
     assert!(pb.log().contains("delivering a message clamd could not scan"), "{}", pb.log());
 }
+
+/// With `on_infected = "quarantine"`, an infected message is accepted (250), delivered to nobody
+/// and held with its envelope; `pillarbox quarantine` lists and shows it, releases it to an
+/// address of the administrator's choosing (it stays held) or to its recipients (it leaves), and
+/// deletes another. On one machine the quarantine is a Maildir any reader can open.
+#[test]
+fn clamd_quarantines_infected_lmtp_deliveries_for_release_or_deletion() {
+    use pillarbox_testclamd::{EICAR, TestClamd};
+    let clamd = TestClamd::start(&[("Eicar-Test", EICAR)], 64 << 20);
+    let mut pb = Pillarbox::new();
+    pb.add_user("bob", "bob's long password");
+    pb.add_user("postmaster", "the postmaster's long password");
+    pb.edit_config("clamd = \"\"", &format!("clamd = \"{}\"", clamd.socket.display()));
+    pb.edit_config("on_infected = \"reject\"", "on_infected = \"quarantine\"");
+    pb.start();
+    let d = pb.data();
+    std::fs::write(d.join("eicar.com"), EICAR).expect("write");
+    let server = format!("127.0.0.1:{}", lmtp_port(&pb));
+    let attach = format!("@{}", d.join("eicar.com").display());
+    let send = |to: &str| swaks(&["--server", &server, "--to", to, "--attach", &attach]);
+    let (ok, out) = send("alice@example.org,bob@example.org,nobody@example.org");
+    assert!(ok || out.contains("550 5.1.1"), "{out}");
+    assert_eq!(
+        out.matches("250 2.0.0 message held in quarantine: infected with Eicar-Test.UNOFFICIAL").count(),
+        2,
+        "{out}"
+    );
+    assert_eq!((pb.stored("alice"), pb.stored("bob")), (0, 0), "delivered to nobody");
+    assert!(pb.log().contains("held an infected message in the quarantine"), "{}", pb.log());
+
+    let quarantine = |args: &[&str]| {
+        let out = pb.run(&[&["quarantine"], args].concat(), b"");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, list, err) = quarantine(&["list", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let held: Vec<serde_json::Value> = list.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    assert_eq!(held.len(), 1, "{list}");
+    assert_eq!(held[0]["signature"], "Eicar-Test.UNOFFICIAL");
+    assert_eq!(held[0]["sender"], "sender@example.org");
+    assert_eq!(held[0]["recipients"], serde_json::json!(["alice@example.org", "bob@example.org"]));
+    let id = held[0]["id"].as_str().expect("id").to_owned();
+    let (code, text, envelope) = quarantine(&["show", &id]);
+    assert_eq!(code, Some(0), "{envelope}");
+    assert!(envelope.contains("Eicar-Test.UNOFFICIAL") && envelope.contains("from sender@example.org"), "{envelope}");
+    assert!(text.starts_with("Received: from ") && text.contains("filename=\"eicar.com\""), "{text}");
+    if !common::cluster_mode() {
+        // Any Maildir reader opens it: the envelope above the message in X-Pillarbox- lines.
+        let out = pb.run(&["mail", "list", "--maildir", &d.join("quarantine").display().to_string()], b"");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2, "a heading and the message");
+    }
+
+    // Released to the postmaster to look at: delivered there, still held.
+    let (code, out, err) = quarantine(&["release", &id, "--to", "postmaster@example.org"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(pb.stored("postmaster"), 1);
+    let (_, list, _) = quarantine(&["list"]);
+    assert!(list.contains(&id), "{list}");
+    // Released to its recipients: each has it once, and it is no longer held.
+    let (code, out, err) = quarantine(&["release", &id]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(&format!("{id} left the quarantine")), "{out}");
+    assert_eq!((pb.stored("alice"), pb.stored("bob")), (1, 1));
+    let alice = pb.stored_messages("alice").concat();
+    assert!(alice.starts_with(b"Return-Path: <sender@example.org>\r\nDelivered-To: alice@example.org\r\nReceived: "));
+    let (code, _, err) = quarantine(&["release", &id]);
+    assert!(code == Some(67) && err.contains(&format!("no message {id} in the quarantine")), "{err}");
+
+    // Another one, deleted.
+    let (ok, out) = send("bob@example.org");
+    assert!(ok, "{out}");
+    let (_, list, _) = quarantine(&["list"]);
+    let id = list.split('\t').next().expect("id").to_owned();
+    let (code, out, err) = quarantine(&["delete", &id]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, list, err) = quarantine(&["list"]);
+    assert!(code == Some(0) && list.is_empty() && err.contains("holds no messages"), "{list}{err}");
+    assert_eq!(pb.stored("bob"), 1);
+}
