@@ -167,6 +167,18 @@ pub struct Account {
     pub oversize: Oversize,
     /// `sieve = "rules.sieve"`: the rules that file each fetched message, compiled.
     pub sieve: Option<Sieve>,
+    /// The file's `[antivirus]`: every fetched message is scanned by clamd.
+    pub antivirus: Option<Antivirus>,
+}
+
+/// `[antivirus]` of the accounts file: clamd scans every message fetch downloads, beside the
+/// download; an infected one goes to the `Quarantine` folder, never the inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Antivirus {
+    pub clamd: pillarbox_clamav::Clamd,
+    /// Store a message clamd could not scan (with a warning), instead of leaving it on the
+    /// server for the next run (`on_unavailable = "accept"`; the default is `"defer"`).
+    pub accept_unscanned: bool,
 }
 
 /// An account's Sieve script: where it was read from, and compiled.
@@ -199,6 +211,34 @@ struct RawFile {
     _accounts: BTreeMap<String, serde::de::IgnoredAny>,
     #[serde(default)]
     backup: RawBackup,
+    #[serde(default)]
+    antivirus: RawAntivirus,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAntivirus {
+    clamd: Option<String>,
+    on_unavailable: Option<String>,
+}
+
+/// The `[antivirus]` table checked: a mistake names its line and key.
+fn antivirus_of(raw: RawAntivirus, text: &str, path: &Path) -> Result<Option<Antivirus>, AccountError> {
+    let err = |key: &str, message: String| AccountError::Field {
+        path: path.to_owned(),
+        line: pillarbox_config::key_line(text, "antivirus", key),
+        field: format!("antivirus.{key}"),
+        message,
+    };
+    let accept_unscanned = match raw.on_unavailable.as_deref() {
+        None | Some("defer") => false,
+        Some("accept") => true,
+        Some(other) => return Err(err("on_unavailable", format!("{other:?}: use \"defer\" or \"accept\""))),
+    };
+    match raw.clamd.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(c) => Ok(Some(Antivirus { clamd: c.parse().map_err(|why| err("clamd", why))?, accept_unscanned })),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -344,6 +384,7 @@ impl Account {
             max_size: None,
             oversize: Oversize::Skip,
             sieve: None,
+            antivirus: None,
         }
     }
 }
@@ -666,8 +707,9 @@ fn parse_accounts(text: &str, path: &Path) -> Result<Parsed, AccountError> {
         let (line, field) = pillarbox_config::toml_location(text, e.span().map_or(0, |s| s.start));
         AccountError::Field { path: path.to_owned(), line, field, message: e.message().trim().to_owned() }
     };
-    // The file as a whole (TOML, and nothing but [accounts.*] and [backup]) ...
-    let _: RawFile = toml::from_str(text).map_err(located)?;
+    // The file as a whole (TOML, and nothing but [accounts.*], [backup] and [antivirus]) ...
+    let whole: RawFile = toml::from_str(text).map_err(located)?;
+    let antivirus = antivirus_of(whole.antivirus, text, path)?;
     // ... then each account on its own, its errors still located in the file.
     let doc = toml::de::DeTable::parse(text).map_err(located)?;
     let mut out = Vec::new();
@@ -679,7 +721,8 @@ fn parse_accounts(text: &str, path: &Path) -> Result<Parsed, AccountError> {
             let name = name.get_ref().to_string();
             let account = RawAccount::deserialize(toml::de::ValueDeserializer::from(value.clone()))
                 .map_err(located)
-                .and_then(|raw| account_of(text, path, name.clone(), raw));
+                .and_then(|raw| account_of(text, path, name.clone(), raw))
+                .map(|a| Account { antivirus: antivirus.clone(), ..a });
             match account {
                 Ok(a) => out.push(a),
                 Err(e) => broken.push((name, e)),
@@ -780,6 +823,7 @@ fn account_of(text: &str, path: &Path, name: String, a: RawAccount) -> Result<Ac
     };
     Ok(Account {
         sieve,
+        antivirus: None,
         port: a.port.unwrap_or(if tls == TlsMode::Implicit { 995 } else { 110 }),
         name,
         host: a.host,
@@ -993,6 +1037,30 @@ tls_fingerprint = "sha256:00112233445566778899aabbccddeeff00112233445566778899aa
             (995, TlsMode::Implicit, Keep::Days(7), Some(20_000_000))
         );
         assert!(!format!("{:?}", work.password).contains("pass show"), "the command may contain secrets");
+    }
+
+    #[test]
+    fn antivirus_applies_to_every_account_and_its_mistakes_name_their_line() {
+        let a = parse(GOOD, Path::new("a.toml")).expect("valid");
+        assert!(a.iter().all(|a| a.antivirus.is_none()), "off unless named");
+        let on = format!("{GOOD}\n[antivirus]\nclamd = \"127.0.0.1:3310\"\n");
+        let a = parse(&on, Path::new("a.toml")).expect("valid");
+        let want = Antivirus { clamd: pillarbox_clamav::Clamd::Tcp("127.0.0.1:3310".into()), accept_unscanned: false };
+        assert!(a.iter().all(|a| a.antivirus.as_ref() == Some(&want)));
+        let accept = format!("{on}on_unavailable = \"accept\"\n");
+        assert!(
+            parse(&accept, Path::new("a.toml")).expect("valid")[0]
+                .antivirus
+                .as_ref()
+                .is_some_and(|v| v.accept_unscanned)
+        );
+        let bad = format!("{on}on_unavailable = \"pass\"\n");
+        let e = parse(&bad, Path::new("a.toml")).expect_err("bad").to_string();
+        let line = bad.lines().count();
+        assert!(e.starts_with(&format!("a.toml, line {line}, field `antivirus.on_unavailable`")), "{e}");
+        let bad = on.replace("127.0.0.1:3310", "clamd.ctl");
+        let e = parse(&bad, Path::new("a.toml")).expect_err("relative").to_string();
+        assert!(e.contains("field `antivirus.clamd`"), "{e}");
     }
 
     #[test]

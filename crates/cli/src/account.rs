@@ -147,6 +147,7 @@ impl ServerArgs {
             max_size: None,
             oversize: Oversize::Skip,
             sieve: None,
+            antivirus: None,
         })
     }
 }

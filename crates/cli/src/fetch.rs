@@ -169,16 +169,28 @@ impl Output {
                             b.set_message(format!("{} KiB", size / 1024));
                         }
                     }
+                    Event::Quarantined { account, id, signature, .. } => {
+                        if let Some(b) = bars.get(account) {
+                            b.inc(1);
+                        }
+                        let _ = multi.println(format!(
+                            "{account}: message {id} is infected with {signature}: filed in Quarantine, not the inbox"
+                        ));
+                    }
                     Event::Warning { account, message, .. } => {
                         let _ = multi.println(format!("{account}: warning: {message}"));
                     }
                     Event::Error { account, message, .. } => {
                         let _ = multi.println(format!("{account}: error: {message}"));
                     }
-                    Event::Summary { account, delivered, deleted, skipped, kept, bytes } => {
+                    Event::Summary { account, delivered, deleted, skipped, kept, bytes, quarantined } => {
                         if let Some(b) = bars.remove(account) {
+                            let quarantined = match quarantined {
+                                0 => String::new(),
+                                n => format!(", {n} quarantined"),
+                            };
                             b.finish_with_message(format!(
-                                "{delivered} new ({} KiB), {deleted} deleted, {kept} kept, {skipped} skipped",
+                                "{delivered} new ({} KiB){quarantined}, {deleted} deleted, {kept} kept, {skipped} skipped",
                                 bytes / 1024
                             ));
                         }
@@ -342,7 +354,12 @@ async fn run_once(accounts: &[Account], opts: &Options, output: &Arc<Output>) ->
         tasks.spawn(async move {
             let out = Arc::clone(&output);
             let emit = move |e: Event| {
-                if let (Some(ix), Event::Delivered { account, file: Some(file), .. }) = (&indexer, &e) {
+                if let (
+                    Some(ix),
+                    Event::Delivered { account, file: Some(file), .. }
+                    | Event::Quarantined { account, file: Some(file), .. },
+                ) = (&indexer, &e)
+                {
                     ix.stored(account, file);
                 }
                 out.emit(&e)

@@ -672,6 +672,25 @@ pub const BACKUP_KEYS: [(&str, &str, &str); 3] = [
     ("passphrase_file", "\"~/.config/pillarbox/backup-passphrase\"", "A file holding the passphrase, for timers."),
 ];
 
+/// The keys of the `[antivirus]` table.
+pub const ANTIVIRUS_KEYS: [(&str, &str, &str); 2] = [
+    (
+        "clamd",
+        "\"/run/clamav/clamd.ctl\"",
+        "Scan every fetched message with ClamAV's clamd, at its socket or \"HOST:PORT\", as it downloads. An infected \
+         message is filed in the folder Quarantine (a Maildir's .Quarantine, an mbox account's MBOX.folders/Quarantine), \
+         never the inbox and whatever the Sieve rules say, reported (a quarantined event, and in the summary) and \
+         deleted from the server as keep says. An mda account gives a program only messages found clean; an \
+         infected one stays on the server, with a warning. Every account of the file is scanned.",
+    ),
+    (
+        "on_unavailable",
+        "\"defer\"",
+        "When clamd cannot scan a message (not running, or the message over its StreamMaxLength): \"defer\" (the \
+         default) leaves it on the server for a later run, \"accept\" stores it; both with a warning.",
+    ),
+];
+
 /// `accounts.toml(5)`.
 fn accounts_page() -> String {
     let mut page = page_header("accounts.toml", "5", "the accounts of pillarbox fetch");
@@ -680,7 +699,7 @@ fn accounts_page() -> String {
         roff("~/.config/pillarbox/accounts.toml ($XDG_CONFIG_HOME/pillarbox/accounts.toml), or --accounts-file FILE"),
         roff(
             "A TOML file with one [accounts.NAME] table per account, written by `pillarbox account add` or by hand, \
-             and an optional [backup] table. A problem in one account (a missing key, two accounts that name one \
+             and optional [backup] and [antivirus] tables. A problem in one account (a missing key, two accounts that name one \
              mailbox) is reported with the file, line and field, and leaves that account out: the others are still \
              fetched. ~ at the start of a path is your home folder."
         )
@@ -689,6 +708,7 @@ fn accounts_page() -> String {
         ("ACCOUNT KEYS", &ACCOUNT_KEYS[..]),
         ("THE [accounts.NAME.oauth2] TABLE", &OAUTH2_KEYS[..]),
         ("THE [backup] TABLE", &BACKUP_KEYS[..]),
+        ("THE [antivirus] TABLE", &ANTIVIRUS_KEYS[..]),
     ] {
         page.push_str(&format!(".SH \"{title}\"\n"));
         for (key, example, text) in keys {
@@ -807,6 +827,14 @@ mod tests {
             };
             std::fs::write(&file, format!("[backup]\n{key} = {example}\n")).expect("write");
             pillarbox_accounts::backup_settings(&file).unwrap_or_else(|e| panic!("{key}: {e}"));
+        }
+        for (key, example, _) in ANTIVIRUS_KEYS {
+            let text = format!(
+                "[accounts.a]\nhost = \"h\"\nusername = \"u\"\npassword_env = \"P\"\ndeliver = {{ maildir = \"/tmp/m\" }}\n[antivirus]\nclamd = \"/c\"\n{key} = {example}\n"
+            );
+            std::fs::write(&file, text.replace("clamd = \"/c\"\nclamd", "clamd")).expect("write");
+            let a = pillarbox_accounts::load(&file).unwrap_or_else(|e| panic!("antivirus.{key}: {e}"));
+            assert!(a[0].antivirus.is_some(), "{key}");
         }
     }
 

@@ -1663,3 +1663,156 @@ if header :contains "Subject" "archive" { fileinto :copy "INBOX.Archive"; }
         "{err}"
     );
 }
+
+/// A message with `attachment` as a base64 MIME part (where clamd's mail parser finds it).
+fn with_attachment(n: usize, attachment: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(attachment);
+    format!(
+        "From: a@example.org\r\nSubject: note {n}\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nbody of {n}\r\n\
+         --b\r\nContent-Type: application/octet-stream; name=\"file.com\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{encoded}\r\n--b--\r\n"
+    )
+    .into_bytes()
+}
+
+/// With `[antivirus]`, clamd (the real daemon, with the test's signature) scans every message
+/// as it downloads: infected ones are filed in Quarantine (a Maildir++ folder, or an mbox folder
+/// file), never the inbox, reported one by one and in the summary, and deleted from the server
+/// as `keep` says. With clamd stopped, a message stays on the server (`on_unavailable =
+/// "defer"`) or is stored with a warning (`"accept"`); nothing is passed silently.
+#[test]
+fn clamd_scans_fetched_mail_into_quarantine_and_never_the_inbox() {
+    use pillarbox_testclamd::{EICAR, TestClamd};
+    for mbox in [false, true] {
+        let mut clamd = TestClamd::start(&[("Eicar-Test", EICAR)], 64 << 20);
+        let mut pb = Pillarbox::new();
+        for i in 0..8 {
+            let text = if i % 3 == 1 { with_attachment(i, EICAR) } else { with_attachment(i, b"harmless\n") };
+            pb.deliver("alice", &text);
+        }
+        pb.start();
+        let work = tempfile::tempdir().expect("tempdir");
+        let w = work.path();
+        let store = w.join("Mail");
+        let acc = if mbox { tls_mbox_account(&pb, "scanned", &store) } else { tls_account(&pb, "scanned", "", &store) };
+        let with = |socket: &Path, unavailable: &str| {
+            format!("{acc}\n[antivirus]\nclamd = \"{}\"\non_unavailable = \"{unavailable}\"\n", socket.display())
+        };
+        let (out, events) = fetch(w, &with(&clamd.socket, "defer"), &[]);
+        assert!(out.status.success(), "{}\n{events:?}", String::from_utf8_lossy(&out.stderr));
+        let quarantined: Vec<&serde_json::Value> = events.iter().filter(|e| e["event"] == "quarantined").collect();
+        assert_eq!(quarantined.len(), 3, "mbox {mbox}: {events:?}");
+        assert!(quarantined.iter().all(|e| e["signature"] == "Eicar-Test.UNOFFICIAL"), "{quarantined:?}");
+        let summary = events.iter().find(|e| e["event"] == "summary").expect("summary");
+        assert_eq!((summary["delivered"].clone(), summary["quarantined"].clone()), (5.into(), 3.into()));
+        assert_eq!(pb.stored("alice"), 0, "keep = \"delete\": the infected ones go from the server too");
+        let subjects = |folder: &str| -> Vec<String> {
+            let mut s: Vec<String> = mail_json(w, &["list", "--folder", folder])
+                .iter()
+                .map(|m| m["subject"].as_str().unwrap_or_default().to_owned())
+                .collect();
+            s.sort();
+            s
+        };
+        assert_eq!(subjects("Quarantine"), ["note 1", "note 4", "note 7"], "mbox {mbox}");
+        assert_eq!(subjects("INBOX"), ["note 0", "note 2", "note 3", "note 5", "note 6"]);
+        let quarantine = if mbox { w.join("Mail.folders/Quarantine") } else { store.join(".Quarantine") };
+        assert!(quarantine.exists(), "{}", quarantine.display());
+
+        // clamd goes away: nothing is stored unscanned unless the account file says so.
+        clamd.stop();
+        for i in 10..12 {
+            pb.deliver("alice", &with_attachment(i, b"harmless\n"));
+        }
+        let (out, events) = fetch(w, &with(&clamd.socket, "defer"), &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let unscanned = events.iter().filter(|e| e["event"] == "warning" && e["code"] == "unscanned").count();
+        assert_eq!((unscanned, count(&events, "delivered")), (2, 0), "{events:?}");
+        assert_eq!(pb.stored("alice"), 2, "left on the server for the next run");
+        assert_eq!(subjects("INBOX").len(), 5);
+        let (out, events) = fetch(w, &with(&clamd.socket, "accept"), &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let unscanned = events.iter().filter(|e| e["event"] == "warning" && e["code"] == "unscanned").count();
+        assert_eq!((unscanned, count(&events, "delivered")), (2, 2), "{events:?}");
+        assert_eq!((pb.stored("alice"), subjects("INBOX").len()), (0, 7));
+    }
+}
+
+/// clamd stopped in the middle of a fetch: every message is either stored after a verdict or
+/// still on the server (with a warning each), none is lost and none reaches the inbox unscanned.
+/// An MDA is given a message only once it is known clean: an infected one stays on the server.
+#[test]
+fn clamd_stopped_mid_run_leaves_every_unscanned_message_on_the_server() {
+    use pillarbox_testclamd::{EICAR, TestClamd};
+    use std::io::BufRead;
+    let total = 400;
+    let mut clamd = TestClamd::start(&[("Eicar-Test", EICAR)], 64 << 20);
+    let CrashSetup { pb, work, account, accounts_file } = crash_setup(total, "scanned", "");
+    let w = work.path();
+    let settings = format!("{account}\n[antivirus]\nclamd = \"{}\"\n", clamd.socket.display());
+    std::fs::write(&accounts_file, &settings).expect("accounts");
+    // Batches of at most 32 messages (a low limit on open files), each commit held 200 ms: clamd
+    // goes once the first batch is in, with most messages still to download.
+    require_tool("prlimit");
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=128:128", "--"])
+        .arg(bin())
+        .args(["fetch", "--json", "--accounts-file"])
+        .arg(&accounts_file)
+        .arg("--state-dir")
+        .arg(w.join("state"))
+        .env("PILLARBOX_TEST_COMMIT_PAUSE_MS", "200")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("fetch");
+    let mut events = Vec::new();
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    for line in lines.by_ref() {
+        let e: serde_json::Value = serde_json::from_str(&line.expect("line")).expect("json");
+        let first = e["event"] == "delivered";
+        events.push(e);
+        if first {
+            clamd.stop();
+            break;
+        }
+    }
+    events.extend(lines.map(|l| serde_json::from_str::<serde_json::Value>(&l.expect("line")).expect("json")));
+    assert!(child.wait().expect("wait").success(), "{events:?}");
+    let stored = maildir(&w.join("m")).len();
+    let left = pb.stored("alice");
+    let unscanned = events.iter().filter(|e| e["event"] == "warning" && e["code"] == "unscanned").count();
+    assert_eq!(stored, count(&events, "delivered"));
+    assert!(stored >= 8 && left >= total / 2, "stored {stored}, left {left}");
+    assert_eq!((stored + left, unscanned), (total, left), "each message stored or on the server, and said so");
+    drop(pb);
+
+    // An MDA gets the clean messages only.
+    let clamd = TestClamd::start(&[("Eicar-Test", EICAR)], 64 << 20);
+    let mut pb = Pillarbox::new();
+    for i in 0..3 {
+        pb.deliver("alice", &with_attachment(i, if i == 1 { EICAR } else { b"fine\n" }));
+    }
+    pb.start();
+    let out_dir = w.join("mda");
+    std::fs::create_dir(&out_dir).expect("mda dir");
+    let mda = tls_account(&pb, "piped", "", &w.join("unused")).replace(
+        &format!("{{ maildir = \"{}\" }}", w.join("unused").display()),
+        &format!("{{ mda = \"cat > {}/$$.eml\" }}", out_dir.display()),
+    );
+    let (out, events) =
+        fetch(&w.join("mda"), &format!("{mda}\n[antivirus]\nclamd = \"{}\"\n", clamd.socket.display()), &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let infected = events.iter().filter(|e| e["event"] == "warning" && e["code"] == "infected").count();
+    assert_eq!((count(&events, "delivered"), infected), (2, 1), "{events:?}");
+    let given: Vec<String> = std::fs::read_dir(&out_dir)
+        .expect("mda dir")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        .map(|e| std::fs::read_to_string(e.path()).expect("read"))
+        .collect();
+    assert_eq!(given.len(), 2);
+    assert!(given.iter().all(|m| !m.contains("Subject: note 1")), "the infected one is not given");
+    assert_eq!(pb.stored("alice"), 1, "it stays on the server");
+}

@@ -82,6 +82,10 @@ struct Staged {
     /// Where it goes: `new/NAME` of the Maildir, or of folders and in `cur/` with flags when Sieve
     /// rules say so (one file, a link in each); none when the rules discard it.
     targets: Vec<PathBuf>,
+    /// Its name in `new/`.
+    name: String,
+    /// Its virus scan's verdict is still to come ([`Local::verdict`]): it waits for a later batch.
+    awaiting: bool,
 }
 
 impl Staged {
@@ -190,14 +194,31 @@ struct Mbox {
     staging: PathBuf,
     /// The batch being written.
     batch: Option<MboxBatch>,
-    /// With Sieve rules, each message is written here first; once the rules have said where it
-    /// goes, it is copied into the batch's staging file for each of those mbox files.
+    /// With Sieve rules or virus scanning, each message is written here first; once the rules
+    /// (and the scan) have said where it goes, it is copied into the batch's staging file for
+    /// each of those mbox files.
     message: Option<Staging>,
+    /// Messages written whose scan's verdict is awaited, with where the rules would file them.
+    unfiled: Vec<Unfiled>,
+    /// Files of messages already filed, to write the next ones into; how many were made.
+    spare: Vec<Staging>,
+    scratches: usize,
     /// Ids of the messages staged in this batch (and of those the rules discarded).
     written: Vec<String>,
     /// Ids of messages a killed run appended whole (see [`crate::mbox::recover`]).
     kept: HashSet<String>,
 }
+
+/// A message of an mbox account waiting for its scan's verdict before it is filed.
+struct Unfiled {
+    id: String,
+    message: Staging,
+    batch: u64,
+    places: Destinations,
+}
+
+/// The name of the files messages are written into before they are filed (see `Mbox::message`).
+const SCRATCH: &str = "mbox-message";
 
 /// The batch being written: its number in the journal, and a staging file for each mbox file
 /// it goes to (the account's, and folders).
@@ -258,6 +279,9 @@ impl Mbox {
             staging: state_dir.join("mbox-batch"),
             batch: None,
             message: None,
+            unfiled: Vec::new(),
+            spare: Vec::new(),
+            scratches: 0,
             written: Vec::new(),
             kept: HashSet::new(),
         }
@@ -329,12 +353,13 @@ impl Mbox {
     fn file_message(
         &mut self,
         number: u64,
-        outcome: RulesResult,
+        places: Destinations,
         id: &str,
         notices: &mut Vec<String>,
+        message: &mut Staging,
     ) -> Result<(), DeliverError> {
         let mut targets: Vec<(PathBuf, String)> = Vec::new();
-        for (folder, flags) in destinations(outcome, id, notices) {
+        for (folder, flags) in places {
             let mbox = match folder {
                 None => self.path.clone(),
                 Some(name) => self.folder_file(&name).unwrap_or_else(|why| {
@@ -347,33 +372,69 @@ impl Mbox {
                 targets.push(target);
             }
         }
-        let Some(mut message) = self.message.take() else { return Ok(()) };
-        let result = (|| {
-            let len = message.file.stream_position().map_err(io_err(format!("reading {}", message.path.display())))?;
-            for (mbox, headers) in &targets {
-                let part = self.part(number, mbox)?;
-                let before = part.file.stream_position().map_err(io_err(format!("reading {}", part.path.display())))?;
-                let copied = copy_message(&mut message.file, len, &mut part.file, headers);
-                if let Err(e) = copied {
-                    part.cut(before);
-                    return Err(io_err(format!("writing {}", part.path.display()))(e).into());
-                }
+        let len = message.file.stream_position().map_err(io_err(format!("reading {}", message.path.display())))?;
+        for (mbox, headers) in &targets {
+            let part = self.part(number, mbox)?;
+            let before = part.file.stream_position().map_err(io_err(format!("reading {}", part.path.display())))?;
+            let copied = copy_message(&mut message.file, len, &mut part.file, headers);
+            if let Err(e) = copied {
+                part.cut(before);
+                return Err(io_err(format!("writing {}", part.path.display()))(e).into());
             }
-            Ok(())
-        })();
-        self.message = Some(message);
-        result
+        }
+        Ok(())
+    }
+
+    /// A file to write the next message into before it is filed: one left by a filed message, or
+    /// a new one (`mbox-message`, then `mbox-message.1` and on while messages await verdicts).
+    fn scratch(&mut self) -> Result<Staging, DeliverError> {
+        if let Some(mut s) = self.spare.pop() {
+            s.cut(0);
+            return Ok(s);
+        }
+        let n = self.scratches;
+        self.scratches += 1;
+        let mut path = self.pending.with_file_name(SCRATCH).into_os_string();
+        if n > 0 {
+            path.push(format!(".{n}"));
+        }
+        Staging::create(PathBuf::from(path))
     }
 }
 
 /// What Sieve rules said of a message.
 type RulesResult = Result<pillarbox_sieve::Outcome, pillarbox_sieve::RuntimeError>;
 
+/// What becomes of a message once its virus scan has a verdict ([`Local::verdict`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Filed as the rules say (or in the inbox).
+    Keep,
+    /// Filed in the [`QUARANTINE`] folder alone, whatever the rules say: never in the inbox.
+    Quarantine,
+    /// Not stored (it could not be scanned): it stays on the server for a later run.
+    Drop,
+}
+
+/// The folder infected messages are filed in.
+pub const QUARANTINE: &str = "Quarantine";
+
+/// Where a message goes, for each copy: its folder (`None`: the inbox) and flags.
+type Destinations = Vec<(Option<String>, Vec<String>)>;
+
+/// The destinations of a message: by the rules' outcome, or the inbox without rules.
+fn filing(outcome: Option<RulesResult>, id: &str, notices: &mut Vec<String>) -> Destinations {
+    match outcome {
+        None => vec![(None, Vec::new())],
+        Some(outcome) => destinations(outcome, id, notices),
+    }
+}
+
 /// Where the outcome of Sieve rules puts a message: for each copy, its folder (as
 /// [`pillarbox_mailbox::folder_name`] gives it; `None`: the inbox) and its flags; none when
 /// they discard it. Rules that failed, or name a folder that cannot be one, leave it in the
 /// inbox, and say so.
-fn destinations(outcome: RulesResult, id: &str, notices: &mut Vec<String>) -> Vec<(Option<String>, Vec<String>)> {
+fn destinations(outcome: RulesResult, id: &str, notices: &mut Vec<String>) -> Destinations {
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
@@ -626,6 +687,11 @@ enum Current {
     Mda {
         child: Child,
     },
+    /// A message for an MDA that waits for its virus scan: kept in a file without a name until
+    /// the verdict, then given to the MDA whole (a program cannot give back what it was given).
+    MdaHeld {
+        file: BufWriter<File>,
+    },
 }
 
 pub struct Local {
@@ -645,6 +711,8 @@ pub struct Local {
     /// Sieve rules that file each message (Maildir), and the message's text for them.
     rules: Option<Arc<Script>>,
     copy: Vec<u8>,
+    /// Each message waits for its virus scan's verdict ([`Self::verdict`]) before it is filed.
+    scanned: bool,
 }
 
 /// The `F` tags of the messages this client already moved into a Maildir.
@@ -666,18 +734,16 @@ fn present_tags(dir: &Path) -> Result<HashSet<String>, DeliverError> {
     Ok(present)
 }
 
-/// Where the outcome of Sieve rules puts a message of a Maildir `dir`: the files to link (none:
-/// discarded); see [`destinations`].
-fn by_rules(
-    outcome: RulesResult,
+/// Where a message of a Maildir `dir` goes: the files to link (none: discarded); see
+/// [`destinations`].
+fn maildir_targets(
+    places: Destinations,
     dir: &Path,
     folders: &mut HashSet<String>,
     name: &str,
-    id: &str,
-    notices: &mut Vec<String>,
 ) -> Result<Vec<PathBuf>, DeliverError> {
     let mut targets = Vec::new();
-    for (folder, flags) in destinations(outcome, id, notices) {
+    for (folder, flags) in places {
         let root = match folder.map(|n| format!(".{n}")) {
             None => dir.to_owned(),
             Some(sub) => {
@@ -811,6 +877,12 @@ impl Local {
             }
             Deliver::Mbox(path) => {
                 let mut mbox = Mbox::new(path, state_dir);
+                // Copies of messages a killed run had not filed: their batch is downloaded again.
+                for e in fs::read_dir(state_dir).into_iter().flatten().flatten() {
+                    if e.file_name().to_str().is_some_and(|n| n.starts_with(SCRATCH)) {
+                        let _ = fs::remove_file(e.path());
+                    }
+                }
                 let recovered = crate::mbox::recover(path, &mbox.pending, &mbox.staging, last_batch)?;
                 mbox.kept = recovered.kept;
                 for (file, bytes) in recovered.cut {
@@ -839,6 +911,13 @@ impl Local {
     /// File each message by these rules (a Maildir's folders and flags, or discarded).
     pub fn set_rules(&mut self, script: Arc<Script>) {
         self.rules = Some(script);
+    }
+
+    /// Every message is scanned for viruses: none is filed before [`Self::verdict`]. An MDA is
+    /// given a message only at [`Self::finish`], whole, which the caller calls once the verdict
+    /// says so (the message is held in a file meanwhile).
+    pub fn set_scanned(&mut self) {
+        self.scanned = true;
     }
 
     /// What the user should know: what opening the destination found (an interrupted mbox
@@ -878,7 +957,13 @@ impl Local {
             notices: Vec::new(),
             rules: None,
             copy: Vec::new(),
+            scanned: false,
         }
+    }
+
+    /// Whether messages go to a program (which cannot give one back).
+    pub fn is_mda(&self) -> bool {
+        matches!(self.kind, Kind::Mda { .. })
     }
 
     /// Whether a previous, interrupted run already stored this message (Maildir only).
@@ -936,15 +1021,15 @@ impl Local {
                 Current::Maildir { file: BufWriter::with_capacity(64 * 1024, file), tmp, named, unique, size: 0 }
             }
             Kind::Mbox(mbox) => {
-                let stream = if rules {
-                    let path = mbox.pending.with_file_name("mbox-message");
-                    match &mut mbox.message {
-                        Some(m) => {
+                let stream = if rules || self.scanned {
+                    let scratch = match mbox.message.take() {
+                        Some(mut m) => {
                             m.cut(0);
                             m
                         }
-                        None => mbox.message.insert(Staging::create(path)?),
-                    }
+                        None => mbox.scratch()?,
+                    };
+                    mbox.message.insert(scratch)
                 } else {
                     let inbox = mbox.path.clone();
                     mbox.part(next_batch, &inbox)?
@@ -955,6 +1040,11 @@ impl Local {
                 out.clear();
                 out.extend_from_slice(format!("From MAILER-DAEMON {}\n", mbox_date()).as_bytes());
                 Current::Mbox { start, at_line_start: true, line: Vec::new(), out, batch: next_batch, size: 0 }
+            }
+            Kind::Mda { command, .. } if self.scanned => {
+                let file = tempfile::tempfile()
+                    .map_err(io_err(format!("making a file to hold a message for the MDA `{command}`")))?;
+                Current::MdaHeld { file: BufWriter::with_capacity(64 * 1024, file) }
             }
             Kind::Mda { command, .. } => {
                 let child = Command::new("/bin/sh")
@@ -1003,6 +1093,9 @@ impl Local {
                 }
                 Ok(())
             }
+            (Some(Current::MdaHeld { file }), Kind::Mda { command, .. }) => {
+                Ok(file.write_all(data).map_err(io_err(format!("holding a message for the MDA `{command}`")))?)
+            }
             (Some(Current::Mda { child, .. }), Kind::Mda { command, .. }) => match child.stdin.as_mut() {
                 Some(stdin) => Ok(stdin.write_all(data).map_err(io_err(format!("writing to the MDA `{command}`")))?),
                 None => Ok(()),
@@ -1032,9 +1125,11 @@ impl Local {
                 let name = format!("{unique}.F{}.{},S={size}", fetch_tag(&account_key, &id), pillarbox_os::host_name());
                 let targets = match run_rules(self.rules.as_deref(), &self.copy, size) {
                     None => vec![dir.join("new").join(&name)],
-                    Some(outcome) => by_rules(outcome, dir, folders, &name, &id, &mut self.notices)?,
+                    Some(outcome) => {
+                        maildir_targets(destinations(outcome, &id, &mut self.notices), dir, folders, &name)?
+                    }
                 };
-                staged.push(Staged { id, file, tmp, named, targets });
+                staged.push(Staged { id, file, tmp, named, targets, name, awaiting: self.scanned });
                 Ok(())
             }
             (Some(Current::Mbox { start, at_line_start, line, mut out, batch, size }), Kind::Mbox(mbox)) => {
@@ -1054,10 +1149,40 @@ impl Local {
                     s.cut(start);
                 }
                 r?;
-                if let Some(outcome) = run_rules(self.rules.as_deref(), &self.copy, size) {
-                    mbox.file_message(batch, outcome, &id, &mut self.notices)?;
+                let outcome = run_rules(self.rules.as_deref(), &self.copy, size);
+                if self.scanned {
+                    let places = filing(outcome, &id, &mut self.notices);
+                    if let Some(message) = mbox.message.take() {
+                        mbox.unfiled.push(Unfiled { id, message, batch, places });
+                    }
+                    return Ok(());
+                }
+                if let Some(outcome) = outcome
+                    && let Some(mut message) = mbox.message.take()
+                {
+                    let places = destinations(outcome, &id, &mut self.notices);
+                    let filed = mbox.file_message(batch, places, &id, &mut self.notices, &mut message);
+                    mbox.message = Some(message);
+                    filed?;
                 }
                 mbox.written.push(id);
+                Ok(())
+            }
+            (Some(Current::MdaHeld { file }), Kind::Mda { command, done }) => {
+                let held = io_err(format!("holding a message for the MDA `{command}`"));
+                let mut file = file.into_inner().map_err(|e| held(e.into_error()))?;
+                file.seek(io::SeekFrom::Start(0)).map_err(io_err(format!("reading a message for `{command}`")))?;
+                let status = Command::new("/bin/sh")
+                    .arg("-c")
+                    .arg(&*command)
+                    .stdin(Stdio::from(file))
+                    .stdout(Stdio::null())
+                    .status()
+                    .map_err(io_err(format!("running the MDA `{command}`")))?;
+                if !status.success() {
+                    return Err(DeliverError::Mda { command: command.clone(), status: status.to_string() });
+                }
+                done.push(id);
                 Ok(())
             }
             (Some(Current::Mda { mut child }), Kind::Mda { command, done }) => {
@@ -1070,6 +1195,51 @@ impl Local {
                 Ok(())
             }
             _ => Ok(()),
+        }
+    }
+
+    /// The virus scan's verdict on the finished message `id` (see [`Self::set_scanned`]): it is
+    /// filed as the rules say, or in [`QUARANTINE`], or not at all. Returns whether it was
+    /// awaiting one.
+    pub fn verdict(&mut self, id: &str, disposition: Disposition) -> Result<bool, DeliverError> {
+        match &mut self.kind {
+            Kind::Maildir { staged, dir, folders, .. } => {
+                let Some(i) = staged.iter().position(|s| s.awaiting && s.id == id) else { return Ok(false) };
+                match disposition {
+                    Disposition::Keep => {}
+                    Disposition::Quarantine => {
+                        let places = vec![(Some(QUARANTINE.to_owned()), Vec::new())];
+                        staged[i].targets = maildir_targets(places, dir, folders, &staged[i].name)?;
+                    }
+                    Disposition::Drop => {
+                        staged.remove(i).discard();
+                        return Ok(true);
+                    }
+                }
+                staged[i].awaiting = false;
+                Ok(true)
+            }
+            Kind::Mbox(mbox) => {
+                let Some(i) = mbox.unfiled.iter().position(|u| u.id == id) else { return Ok(false) };
+                let Unfiled { id, mut message, batch, places } = mbox.unfiled.remove(i);
+                let places = match disposition {
+                    Disposition::Keep => places,
+                    Disposition::Quarantine => vec![(Some(QUARANTINE.to_owned()), Vec::new())],
+                    Disposition::Drop => Vec::new(),
+                };
+                let filed = if places.is_empty() {
+                    Ok(())
+                } else {
+                    mbox.file_message(batch, places, &id, &mut self.notices, &mut message)
+                };
+                mbox.spare.push(message);
+                filed?;
+                if disposition != Disposition::Drop {
+                    mbox.written.push(id);
+                }
+                Ok(true)
+            }
+            Kind::Mda { .. } => Ok(false),
         }
     }
 
@@ -1089,6 +1259,8 @@ impl Local {
                     s.cut(start);
                 }
             }
+            // Never given to the MDA: the file goes with its descriptor.
+            Some(Current::MdaHeld { .. }) => {}
             Some(Current::Mda { mut child, .. }) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -1102,9 +1274,11 @@ impl Local {
     pub fn seal(&mut self) -> Sealed {
         match &mut self.kind {
             Kind::Maildir { staged, .. } => {
-                let staged = std::mem::take(staged);
-                let ids = staged.iter().map(|s| s.id.clone()).collect();
-                Sealed { ids, work: Work::Maildir { staged } }
+                // A message still awaiting its verdict waits for a later batch.
+                let (awaiting, ready) = std::mem::take(staged).into_iter().partition(|s| s.awaiting);
+                *staged = awaiting;
+                let ids = ready.iter().map(|s| s.id.clone()).collect();
+                Sealed { ids, work: Work::Maildir { staged: ready } }
             }
             Kind::Mbox(mbox) => {
                 let ids = std::mem::take(&mut mbox.written);
@@ -1156,9 +1330,12 @@ impl Drop for Local {
         self.abort();
         match &mut self.kind {
             Kind::Maildir { staged, .. } => staged.drain(..).for_each(Staged::discard),
-            // A message's copy before the rules filed it: nothing to keep.
-            Kind::Mbox(Mbox { message: Some(m), .. }) => {
-                let _ = fs::remove_file(&m.path);
+            // Messages' copies before they were filed: nothing to keep.
+            Kind::Mbox(mbox) => {
+                let unfiled = mbox.unfiled.drain(..).map(|u| u.message);
+                for m in mbox.message.take().into_iter().chain(mbox.spare.drain(..)).chain(unfiled) {
+                    let _ = fs::remove_file(&m.path);
+                }
             }
             _ => {}
         }
@@ -1311,6 +1488,71 @@ mod tests {
         assert_eq!(names, ["Archive", "lists.rust"]);
         let left: Vec<_> = fs::read_dir(&state).expect("state").flatten().map(|e| e.file_name()).collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// With scanning, nothing is filed before its verdict: a message awaiting one is left out of
+    /// the batch sealed meanwhile; an infected one goes to Quarantine alone (whatever the rules
+    /// say), one that could not be scanned is not stored at all; in a Maildir and in an mbox.
+    #[test]
+    fn verdicts_file_messages_in_quarantine_or_leave_them_for_the_server() {
+        let msgs: &[(&str, &[u8])] = &[
+            ("clean", b"Subject: list\r\n\r\nhello\r\n"),
+            ("infected", b"Subject: list\r\n\r\nX5O!P%@AP\r\n"),
+            ("unscanned", b"Subject: other\r\n\r\nlater\r\n"),
+            ("late", b"Subject: other\r\n\r\nlast\r\n"),
+        ];
+        let rules = Arc::new(
+            Script::compile("require \"fileinto\";\nif header :is \"Subject\" \"list\" { fileinto \"Lists\"; }\n")
+                .expect("rules"),
+        );
+        let verdicts =
+            [("clean", Disposition::Keep), ("infected", Disposition::Quarantine), ("unscanned", Disposition::Drop)];
+        for mbox in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (store, state) = (dir.path().join("Mail"), dir.path().join("state"));
+            fs::create_dir(&state).expect("state");
+            let deliver = if mbox { Deliver::Mbox(store.clone()) } else { Deliver::Maildir(store.clone()) };
+            let mut l = Local::open(&deliver, "a", None, &state, 0).expect("open");
+            l.set_rules(Arc::clone(&rules));
+            l.set_scanned();
+            deliver_all(&mut l, msgs, 7);
+            for (id, d) in verdicts {
+                assert!(l.verdict(id, d).expect("verdict"), "{id}");
+            }
+            assert!(!l.verdict("clean", Disposition::Keep).expect("again"), "a verdict is taken once");
+            let ids = l.flush().expect("flush");
+            assert_eq!(ids, ["clean", "infected"], "mbox {mbox}: the one awaiting its verdict waits");
+            l.committed(&ids);
+            assert!(l.verdict("late", Disposition::Keep).expect("verdict"));
+            let ids = l.flush().expect("flush");
+            assert_eq!(ids, ["late"]);
+            l.committed(&ids);
+            drop(l);
+            let texts = |folder: Option<&str>| -> Vec<String> {
+                if mbox {
+                    let path = folder.map_or(store.clone(), |f| dir.path().join("Mail.folders").join(f));
+                    let text = fs::read_to_string(path).unwrap_or_default();
+                    let last = |m: &str| m.lines().rfind(|l| !l.is_empty()).unwrap_or("").to_owned();
+                    return text.split("From MAILER-DAEMON ").skip(1).map(last).collect();
+                }
+                let root = folder.map_or(store.clone(), |f| store.join(format!(".{f}")));
+                let mut v: Vec<String> = ["new", "cur"]
+                    .iter()
+                    .flat_map(|d| fs::read_dir(root.join(d)).into_iter().flatten().flatten())
+                    .map(|e| fs::read_to_string(e.path()).expect("read").lines().last().unwrap_or("").to_owned())
+                    .collect();
+                v.sort();
+                v
+            };
+            assert_eq!(texts(Some("Lists")), ["hello"], "mbox {mbox}");
+            assert_eq!(texts(Some("Quarantine")), ["X5O!P%@AP"], "mbox {mbox}: in Quarantine only, not in Lists");
+            assert_eq!(texts(None), ["last"], "mbox {mbox}");
+            if !mbox {
+                assert_eq!(fs::read_dir(store.join("tmp")).expect("tmp").count(), 0, "nothing left in tmp/");
+            }
+            let left: Vec<_> = fs::read_dir(&state).expect("state").flatten().map(|e| e.file_name()).collect();
+            assert!(left.is_empty(), "mbox {mbox}: {left:?}");
+        }
     }
 
     #[test]

@@ -23,8 +23,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::conn::{Conn, ConnError};
-use crate::deliver::{DeliverError, Local, Sealed};
+use crate::deliver::{DeliverError, Disposition, Local, Sealed};
 use crate::journal::{Journal, JournalError, Written};
+use crate::scan::{Finding, Scans};
 use pillarbox_accounts::{Account, Keep, Oversize, PasswordSource};
 use pillarbox_mailbox::Headline;
 
@@ -93,6 +94,16 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none", serialize_with = "lossy_path")]
         file: Option<PathBuf>,
     },
+    /// The virus scanner found something in a message: it was filed in the `Quarantine` folder
+    /// (never the inbox), and is deleted from the server as the account's `keep` says.
+    Quarantined {
+        account: String,
+        id: String,
+        size: u64,
+        signature: String,
+        #[serde(skip_serializing_if = "Option::is_none", serialize_with = "lossy_path")]
+        file: Option<PathBuf>,
+    },
     Deleted {
         account: String,
         id: String,
@@ -136,6 +147,8 @@ pub enum Event {
         skipped: usize,
         kept: usize,
         bytes: u64,
+        /// Messages filed in `Quarantine` (not counted in `delivered`).
+        quarantined: usize,
     },
 }
 
@@ -337,6 +350,10 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
     if let Some(sieve) = &account.sieve {
         local.set_rules(std::sync::Arc::clone(&sieve.script));
     }
+    let scans = if opts.dry_run { None } else { account.antivirus.as_ref().map(Scans::new) };
+    if scans.is_some() {
+        local.set_scanned();
+    }
     // Messages stored by an interrupted run (Maildir) but not journaled yet.
     let recovered: Vec<String> = entries
         .iter()
@@ -443,9 +460,12 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
         delivered: 0,
         bytes: 0,
         deleted_ids: Vec::new(),
+        scans,
+        infected: HashMap::new(),
+        quarantined: 0,
     };
     run.all(&mut conn, &mut local, &mut journal, &warn).await?;
-    let Download { delivered, bytes, deleted_ids, quit_sent, .. } = run;
+    let Download { delivered, bytes, deleted_ids, quit_sent, quarantined, .. } = run;
     let quit = if quit_sent { conn.status("QUIT").await } else { conn.command(ClientCommand::Quit).await };
     let deleted = if quit.is_ok() { deleted_ids.len() } else { 0 };
     // Without a QUIT the server deletes nothing: everything downloaded stays.
@@ -477,7 +497,7 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
         }
         Err(e) => warn("quit-failed", format!("QUIT failed ({e}); deletions will be retried next time")),
     }
-    emit(Event::Summary { account: name.clone(), delivered, deleted, skipped, kept, bytes });
+    emit(Event::Summary { account: name.clone(), delivered, deleted, skipped, kept, bytes, quarantined });
     Ok(login_delay)
 }
 
@@ -609,6 +629,11 @@ struct Download<'a> {
     delivered: usize,
     bytes: u64,
     deleted_ids: Vec<String>,
+    /// The virus scans, with `[antivirus]`.
+    scans: Option<Scans>,
+    /// Messages filed in `Quarantine` and not yet reported: id and what was found.
+    infected: HashMap<String, String>,
+    quarantined: usize,
 }
 
 impl Download<'_> {
@@ -643,7 +668,7 @@ impl Download<'_> {
             let downloaded = self.next_retr == self.to_fetch.len() && self.retrs_in_flight == 0;
             // Everything is downloaded: the last batch goes now, not after the DELEs in flight.
             if downloaded && !self.batch.is_empty() {
-                self.seal(local, journal).await?;
+                self.seal(local, journal, warn).await?;
                 continue;
             }
             // Top up the pipeline, in one write.
@@ -681,9 +706,11 @@ impl Download<'_> {
                     let e = self.to_fetch[i];
                     self.retrs_in_flight -= 1;
                     self.bytes_in_flight -= e.size;
-                    if let Some(f) =
-                        receive(conn, local, journal, e, self.batch_number, self.account.max_size, warn).await?
-                    {
+                    while self.scans.as_ref().is_some_and(Scans::full) {
+                        self.take_verdict(local, warn).await?;
+                    }
+                    let at = Receiving { batch: self.batch_number, max_size: self.account.max_size };
+                    if let Some(f) = receive(conn, local, journal, e, at, self.scans.as_mut(), warn).await? {
                         self.batch_bytes += f.size;
                         self.batch.push(f);
                     }
@@ -691,7 +718,7 @@ impl Download<'_> {
                     if count >= BATCH_MESSAGES.min(self.max_batch) || bytes >= BATCH_BYTES {
                         self.settle_if_done(local, journal).await?;
                         if self.commit.is_none() || count >= self.max_batch || bytes >= MAX_BATCH_BYTES {
-                            self.seal(local, journal).await?;
+                            self.seal(local, journal, warn).await?;
                         }
                     }
                 }
@@ -709,10 +736,49 @@ impl Download<'_> {
         }
     }
 
+    /// Take the oldest verdict awaited and file its message by it: as the rules say when clean,
+    /// in `Quarantine` when infected; one clamd could not scan is stored with a warning or left
+    /// on the server, as `on_unavailable` says.
+    async fn take_verdict(
+        &mut self,
+        local: &mut Local,
+        warn: &(dyn Fn(&str, String) + Sync),
+    ) -> Result<(), FetchError> {
+        let Some(scans) = self.scans.as_mut() else { return Ok(()) };
+        let accept = scans.accept_unscanned;
+        let Some((id, finding)) = scans.next().await else { return Ok(()) };
+        let disposition = match finding {
+            Finding::Clean => Disposition::Keep,
+            Finding::Infected(signature) => {
+                self.infected.insert(id.clone(), signature);
+                Disposition::Quarantine
+            }
+            Finding::Unscanned(why) if accept => {
+                warn("unscanned", format!("message {id} was stored without a virus scan: {why}"));
+                Disposition::Keep
+            }
+            Finding::Unscanned(why) => {
+                warn("unscanned", format!("message {id} stays on the server until clamd can scan it: {why}"));
+                Disposition::Drop
+            }
+        };
+        local.verdict(&id, disposition)?;
+        Ok(())
+    }
+
     /// Close the batch downloaded so far and start committing it, once the one before is done.
-    async fn seal(&mut self, local: &mut Local, journal: &mut Journal) -> Result<(), FetchError> {
+    async fn seal(
+        &mut self,
+        local: &mut Local,
+        journal: &mut Journal,
+        warn: &(dyn Fn(&str, String) + Sync),
+    ) -> Result<(), FetchError> {
         if let Some(c) = self.commit.take() {
             self.settle(c, local, journal).await?;
+        }
+        // Every message of the batch is filed by its verdict before any is made durable.
+        while self.scans.as_ref().is_some_and(Scans::waiting) {
+            self.take_verdict(local, warn).await?;
         }
         let fetched = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
@@ -766,10 +832,16 @@ impl Download<'_> {
     fn settled(&mut self, fetched: Vec<Fetched>, journal: &Journal, mut placed: HashMap<String, PathBuf>) {
         let name = &self.account.name;
         for f in fetched.iter().filter(|f| f.fresh && journal.stored_at(&f.id).is_some()) {
+            let file = placed.remove(&f.id);
+            let (account, id, size) = (name.clone(), f.id.clone(), f.size);
+            if let Some(signature) = self.infected.remove(&f.id) {
+                self.quarantined += 1;
+                (self.emit)(Event::Quarantined { account, id, size, signature, file });
+                continue;
+            }
             self.delivered += 1;
             self.bytes += f.size;
-            let file = placed.remove(&f.id);
-            (self.emit)(Event::Delivered { account: name.clone(), id: f.id.clone(), size: f.size, file });
+            (self.emit)(Event::Delivered { account, id, size, file });
         }
         if self.account.keep == Keep::Delete {
             self.deletes
@@ -788,17 +860,26 @@ fn commit_pause() {
     }
 }
 
-/// Read the answer to the RETR of `e` and deliver the message into the batch being written;
-/// `None` when the server refused it (gone meanwhile).
+/// Where a message being received goes: the batch the journal will give it, and the account's
+/// size limit.
+struct Receiving {
+    batch: u64,
+    max_size: Option<u64>,
+}
+
+/// Read the answer to the RETR of `e` and deliver the message into the batch being written,
+/// scanning it beside when `scans` are on; `None` when the server refused it (gone meanwhile),
+/// or, for an MDA, when its scan says not to give it.
 async fn receive(
     conn: &mut Conn,
     local: &mut Local,
     journal: &Journal,
     e: &Entry,
-    batch_number: u64,
-    max_size: Option<u64>,
+    at: Receiving,
+    mut scans: Option<&mut Scans>,
     warn: &(dyn Fn(&str, String) + Sync),
 ) -> Result<Option<Fetched>, FetchError> {
+    let Receiving { batch: batch_number, max_size } = at;
     if let Err(err) = conn.status("RETR").await {
         return match err {
             // The message went away meanwhile: nothing to store; go on with the others.
@@ -810,6 +891,9 @@ async fn receive(
         };
     }
     local.begin(batch_number)?;
+    if let Some(s) = scans.as_deref_mut() {
+        s.begin();
+    }
     let mut hasher = e.uid.is_none().then(Sha256::new);
     let mut failed: Option<DeliverError> = None;
     // A message cannot be much larger than LIST said (twice, for a message of lines that
@@ -832,6 +916,9 @@ async fn receive(
             }
             if let Some(h) = hasher.as_mut() {
                 h.update(chunk);
+            }
+            if let Some(s) = scans.as_deref_mut() {
+                s.write(chunk);
             }
             if failed.is_none()
                 && let Err(err) = if to_lf { local.write_lf(chunk) } else { local.write(chunk) }
@@ -866,9 +953,36 @@ async fn receive(
     if journal.stored_at(&id).is_some() || local.already_stored(&id) {
         // Identified by content and already stored by an earlier, interrupted run.
         local.abort();
+        if let Some(s) = scans {
+            s.abort();
+        }
         return Ok(Some(Fetched { number: e.number, id, size: received, fresh: false }));
     }
-    local.finish(&id)?;
+    match scans {
+        // A program cannot be asked to give a message back: it gets one only once it is known clean.
+        Some(s) if local.is_mda() => {
+            let refuse = match s.now(&id).await {
+                Finding::Clean => None,
+                Finding::Unscanned(why) if s.accept_unscanned => {
+                    warn("unscanned", format!("message {id} was delivered without a virus scan: {why}"));
+                    None
+                }
+                Finding::Unscanned(why) => Some(("unscanned", format!("clamd could not scan it: {why}"))),
+                Finding::Infected(signature) => Some(("infected", format!("infected with {signature}"))),
+            };
+            if let Some((code, why)) = refuse {
+                local.abort();
+                warn(code, format!("message {id} was not given to the MDA and stays on the server: {why}"));
+                return Ok(None);
+            }
+            local.finish(&id)?;
+        }
+        Some(s) => {
+            local.finish(&id)?;
+            s.finished(&id);
+        }
+        None => local.finish(&id)?,
+    }
     for notice in local.take_notices() {
         warn("sieve", notice);
     }

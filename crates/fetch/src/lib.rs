@@ -14,6 +14,7 @@ mod engine;
 pub mod import;
 pub mod journal;
 pub mod mbox;
+mod scan;
 pub mod state;
 pub mod tls;
 

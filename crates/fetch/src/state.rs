@@ -277,6 +277,7 @@ mod tests {
             max_size: None,
             oversize: Oversize::Skip,
             sieve: None,
+            antivirus: None,
         }
     }
 
