@@ -11,7 +11,11 @@
 # Environment: ONLY="pillarbox mpop_nosync ..." runs just those clients; PB_BEFORE=PATH adds the same fetch by another build (a before/after); KEEP=1 leaves the mail on the server (default: delete after download, the server's
 # mailbox restored before every run); FETCHMAIL=1 adds fetchmail (slow over a delay: it does not
 # pipeline); EXTRA=1 adds STLS, mbox and MDA delivery (pillarbox and mpop each) and pillarbox with
-# a search index to update and with Sieve rules to run (`*_stls` rows are set against bare_tls, the others against bare).
+# a search index to update and with Sieve rules to run (`*_stls` rows are set against bare_tls, the others against bare);
+# CLAMD=1 (or EXTRA=1) adds pillarbox with every message scanned by a private clamd (Debian's
+# clamav-daemon, with a one-signature database: what ClamAV's mail parsing costs, not a full
+# signature set's matching) and clamd_alone, the same messages streamed to that clamd with
+# nothing else done (the scanner's own time); clamd's CPU is printed after the table.
 #
 # Needs root (Dovecot), dovecot-pop3d, mpop, python3, bc, openssl, GNU time; eatmydata for the
 # fsync-free rows; fetchmail with FETCHMAIL=1. The clients run in turn within each repetition
@@ -35,11 +39,12 @@ BASE=$(mktemp -d /tmp/pillarbox-bench.XXXX)
 SRV=$(mktemp -d /dev/shm/pillarbox-bench.XXXX)
 chmod 755 "$BASE" "$SRV"
 STORE=$BASE/store; STORE_IMG=; LOOP_MOUNTED=
-NS_A=pbbench-a-$$; NS_B=pbbench-b-$$; RELAY=
+NS_A=pbbench-a-$$; NS_B=pbbench-b-$$; RELAY=; CLAMD_PID=
 cleanup() {
   kill "$(cat "$BASE/run/master.pid" 2>/dev/null)" 2>/dev/null || true
   [ -n "$RELAY" ] && kill "$RELAY" 2>/dev/null || true
   if [ "$DELAY_MS" != 0 ]; then ip netns del "$NS_A" 2>/dev/null || true; ip netns del "$NS_B" 2>/dev/null || true; fi
+  [ -n "$CLAMD_PID" ] && kill "$CLAMD_PID" 2>/dev/null || true
   [ -n "$LOOP_MOUNTED" ] && umount "$STORE" 2>/dev/null
   rm -rf "$BASE" "$SRV" ${STORE_IMG:+"$STORE_IMG"}
 }
@@ -131,6 +136,27 @@ prepare_pillarbox_mbox_sieve() { prepare_pillarbox_sieve; rm -rf "$OUT.mbox.fold
 run_pillarbox_mbox_sieve() {
   DELIVER="mbox = \"$OUT.mbox\"" ACCOUNT_EXTRA="sieve = \"$BASE/rules.sieve\"" run_pillarbox_at "$POP3" none
 }
+# Every message scanned by clamd beside the download (see start_clamd), and clamd alone.
+run_pillarbox_clamd() {
+  ACCOUNT_EXTRA=$(printf '\n[antivirus]\nclamd = "%s"' "$BASE/clamd/sock") run_pillarbox_at "$POP3" none
+}
+run_clamd_alone() { python3 "$HERE/clamd_stream.py" "$BASE/clamd/sock" "$SRV/pristine" 4 >/dev/null; }
+# A private clamd, its database one MD5 signature of nothing in the mail (clamd needs one).
+start_clamd() {
+  local d=$BASE/clamd
+  mkdir -p "$d/db" "$d/tmp"
+  printf '%s:6:Bench.Absent\n' "$(printf absent | md5sum | cut -d' ' -f1)" > "$d/db/bench.hdb"
+  printf 'Foreground yes\nLocalSocket %s\nDatabaseDirectory %s\nTemporaryDirectory %s\nLogFile %s\nStreamMaxLength 64M\nScanMail yes\nMaxThreads 8\n' \
+    "$d/sock" "$d/db" "$d/tmp" "$d/log" > "$d/clamd.conf"
+  /usr/sbin/clamd --config-file="$d/clamd.conf" </dev/null >/dev/null 2>&1 &
+  CLAMD_PID=$!
+  for _ in $(seq 300); do
+    python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"zPING\0"); sys.exit(0 if s.recv(8).startswith(b"PONG") else 1)' "$d/sock" 2>/dev/null && return
+    sleep 0.1
+  done
+  echo "clamd did not start: $(cat "$d/log" 2>/dev/null)" >&2; exit 1
+}
+clamd_cpu() { awk '{print $14 + $15}' "/proc/$CLAMD_PID/stat"; }
 # PB_BEFORE=/path/to/an/older/pillarbox: the same fetch with that build, for a before/after.
 run_pillarbox_before() { PB=$PB_BEFORE run_pillarbox_at "$POP3" none; }
 run_mpop_at() { # TLS-LINES [WRAPPER...]; DELIVERY (default: a Maildir at $OUT)
@@ -161,23 +187,27 @@ CLIENTS="bare pillarbox mpop bare_tls pillarbox_tls mpop_tls"
 command -v eatmydata >/dev/null && CLIENTS="$CLIENTS pillarbox_nosync mpop_nosync"
 [ "${FETCHMAIL:-0}" = 1 ] && CLIENTS="$CLIENTS fetchmail"
 [ "${EXTRA:-0}" = 1 ] && CLIENTS="$CLIENTS pillarbox_stls mpop_stls pillarbox_mbox mpop_mbox pillarbox_mda mpop_mda pillarbox_indexed pillarbox_sieve pillarbox_mbox_sieve"
+{ [ "${CLAMD:-0}" = 1 ] || [ "${EXTRA:-0}" = 1 ]; } && CLIENTS="$CLIENTS pillarbox_clamd clamd_alone"
 [ -n "${PB_BEFORE:-}" ] && CLIENTS="$CLIENTS pillarbox_before"
 # ONLY="bare pillarbox ...": just these (bare and bare_tls are added as the references).
 if [ -n "${ONLY:-}" ]; then CLIENTS="bare bare_tls"; for c in $ONLY; do case " $CLIENTS " in *" $c "*) ;; *) CLIENTS="$CLIENTS $c" ;; esac; done; fi
-declare -A TIMES CPUS
+case " $CLIENTS " in *" pillarbox_clamd "*|*" clamd_alone "*) start_clamd ;; esac
+declare -A TIMES CPUS SCANNER
 for rep in $(seq "$REPS"); do
   for client in $CLIENTS; do
     restore
     OUT=$STORE/$client-$rep
     if declare -F "prepare_$client" >/dev/null; then "prepare_$client"; fi
+    [ -n "$CLAMD_PID" ] && s0=$(clamd_cpu)
     t0=$(now)
     /usr/bin/time -f '%U %S' -o "$BASE/cpu" bash -c "$(declare -f "run_$client" run_pillarbox_at run_mpop_at pb_account); $(declare -p BASE SRV OUT HOST POP3 POP3S PASS PB PB_BEFORE HERE COUNT KEEP_POLICY MPOP_KEEP BARE_DELETE KEEP IN_CLIENT MDA_COMMAND); run_$client"
     t1=$(now)
+    [ -n "$CLAMD_PID" ] && SCANNER[$client]+="$(( $(clamd_cpu) - s0 )) "
     # A client under eatmydata leaves its store unwritten in the page cache; written now, outside
     # the timing, it is not charged to the next client (whose syncfs would write it otherwise).
     sync
     LEFT=$(find "$SRV/mail/alice/cur" "$SRV/mail/alice/new" -type f 2>/dev/null | wc -l)
-    if [ "$KEEP" != 1 ] && [ "$LEFT" != 0 ]; then echo "$client left $LEFT messages on the server" >&2; exit 1; fi
+    if [ "$KEEP" != 1 ] && [ "$LEFT" != 0 ] && [ "$client" != clamd_alone ]; then echo "$client left $LEFT messages on the server" >&2; exit 1; fi
     TIMES[$client]+="$(echo "$t1 - $t0" | bc -l) "
     CPUS[$client]+="$(awk '{print $1 + $2}' "$BASE/cpu") "
   done
@@ -191,6 +221,12 @@ for client in $CLIENTS; do
   REF=bare; case $client in *_tls|*_stls) REF=bare_tls ;; esac
   R=$(echo "${TIMES[$REF]}" | median)
   printf '%-20s %9.2f %11.0f %11.2fx %14.2f %15.0f\n' "$client" "$T" "$(echo "$COUNT/$T" | bc -l)" "$(echo "$T/$R" | bc -l)" "$C" "$(echo "$C*1000000/$COUNT" | bc -l)"
+done
+for client in pillarbox_clamd clamd_alone; do
+  [ -n "${SCANNER[$client]:-}" ] || continue
+  TICKS=$(echo "${SCANNER[$client]}" | median)
+  printf 'clamd CPU during %s: %.2f s, %.0f us/message\n' "$client" "$(echo "$TICKS/$(getconf CLK_TCK)" | bc -l)" \
+    "$(echo "$TICKS*1000000/$(getconf CLK_TCK)/$COUNT" | bc -l)"
 done
 echo "(bare: bench/bare_pop3.py, one pipelined burst that stores nothing: the link's limit; *_tls against bare_tls."
 echo " *_nosync: the same client under eatmydata, fsync disabled, not durable. CPU: user + system of the client process.)"
