@@ -169,6 +169,9 @@ pub struct Account {
     pub sieve: Option<Sieve>,
     /// The file's `[antivirus]`: every fetched message is scanned by clamd.
     pub antivirus: Option<Antivirus>,
+    /// `encrypt = { recipient = "age1..." }`: every message is stored encrypted to the store
+    /// key's public half (`pillarbox mail keygen`).
+    pub encrypt: Option<age::x25519::Recipient>,
 }
 
 /// `[antivirus]` of the accounts file: clamd scans every message fetch downloads, beside the
@@ -338,6 +341,13 @@ struct RawAccount {
     max_size: Option<HumanSize>,
     oversize: Option<Oversize>,
     sieve: Option<PathBuf>,
+    encrypt: Option<RawEncrypt>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEncrypt {
+    recipient: String,
 }
 
 #[derive(Deserialize)]
@@ -385,6 +395,7 @@ impl Account {
             oversize: Oversize::Skip,
             sieve: None,
             antivirus: None,
+            encrypt: None,
         }
     }
 }
@@ -821,9 +832,26 @@ fn account_of(text: &str, path: &Path, name: String, a: RawAccount) -> Result<Ac
             Some(Sieve { path: file, script: std::sync::Arc::new(script) })
         }
     };
+    let encrypt = match a.encrypt {
+        None => None,
+        Some(e) => {
+            if !matches!(deliver, Deliver::Maildir(_)) {
+                return Err(err(
+                    "encrypt",
+                    "an encrypted store is a Maildir (each message a file of its own, encrypted); \
+                     this account delivers to an mbox or a program"
+                        .into(),
+                ));
+            }
+            Some(e.recipient.trim().parse::<age::x25519::Recipient>().map_err(|why| {
+                err("encrypt", format!("{:?} is not an age public key (age1...): {why}", e.recipient))
+            })?)
+        }
+    };
     Ok(Account {
         sieve,
         antivirus: None,
+        encrypt,
         port: a.port.unwrap_or(if tls == TlsMode::Implicit { 995 } else { 110 }),
         name,
         host: a.host,

@@ -148,6 +148,7 @@ impl ServerArgs {
             oversize: Oversize::Skip,
             sieve: None,
             antivirus: None,
+            encrypt: None,
         })
     }
 }

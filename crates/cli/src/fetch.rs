@@ -350,7 +350,9 @@ async fn run_once(accounts: &[Account], opts: &Options, output: &Arc<Output>) ->
     let mut tasks = tokio::task::JoinSet::new();
     let indexer = if opts.dry_run { None } else { crate::mail::Indexer::start(opts.state.base()).map(Arc::new) };
     for account in accounts.iter().cloned() {
-        let (opts, output, indexer) = (opts.clone(), Arc::clone(output), indexer.clone());
+        // An encrypted store's words never go to the index on disk.
+        let indexer = indexer.clone().filter(|_| account.encrypt.is_none());
+        let (opts, output) = (opts.clone(), Arc::clone(output));
         tasks.spawn(async move {
             let out = Arc::clone(&output);
             let emit = move |e: Event| {

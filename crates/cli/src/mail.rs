@@ -22,10 +22,71 @@ pub struct Store {
     /// Read this Maildir (or mbox file) instead of the accounts' ones.
     #[arg(long, value_name = "DIR")]
     maildir: Option<PathBuf>,
+    #[command(flatten)]
+    key: StoreKey,
 }
+
+/// The key of an encrypted store (accounts with `encrypt = { recipient = ... }`), asked for only
+/// when a command meets an encrypted message.
+#[derive(Debug, Args, Clone)]
+pub struct StoreKey {
+    /// The store key (default: $XDG_DATA_HOME/pillarbox/store-key.age).
+    #[arg(long = "key", value_name = "FILE", env = "PILLARBOX_STORE_KEY")]
+    key: Option<PathBuf>,
+    /// Read the store key's passphrase from the first line of FILE (else it is asked for on the
+    /// terminal).
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+}
+
+impl StoreKey {
+    fn path(&self) -> PathBuf {
+        self.key.clone().unwrap_or_else(mailbox::sealed::default_key_path)
+    }
+
+    /// The passphrase: from --passphrase-file, or typed on the terminal (twice when `confirm`).
+    fn passphrase(&self, confirm: bool) -> Result<age::secrecy::SecretString> {
+        if let Some(f) = &self.passphrase_file {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading the passphrase from {}", f.display()))?;
+            let line = text.lines().next().unwrap_or("").to_owned();
+            if line.is_empty() {
+                bail!("{}: the first line is empty", f.display());
+            }
+            return Ok(line.into());
+        }
+        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            bail!("no terminal to ask for the store key's passphrase on: give --passphrase-file FILE");
+        }
+        let first =
+            crate::interrupt::prompt_password(format!("Passphrase of the store key {}: ", self.path().display()))?;
+        if confirm && crate::interrupt::prompt_password("Repeat the passphrase: ")? != first {
+            bail!("the passphrases do not match");
+        }
+        Ok(first.into())
+    }
+
+    /// Let the readers open encrypted messages: the key is unlocked at the first one.
+    fn arm(&self) {
+        let key = self.clone();
+        mailbox::sealed::set_unlocker(Box::new(move || {
+            let passphrase = key.passphrase(false).map_err(|e| e.to_string())?;
+            mailbox::sealed::open_key(&key.path(), passphrase).map_err(|e| e.to_string())
+        }));
+    }
+}
+
+/// The lowest zxcvbn score (0 to 4) accepted for a store key's passphrase.
+const MIN_PASSPHRASE_SCORE: u8 = 3;
 
 #[derive(Debug, Subcommand)]
 pub enum MailCommand {
+    /// Make the store key for encrypted accounts: its secret half is kept encrypted with a
+    /// passphrase; its public half (printed) goes in each account's encrypt = { recipient = ... }.
+    Keygen {
+        #[command(flatten)]
+        key: StoreKey,
+    },
     /// The messages, newest first: date, sender, subject, size, attachments.
     List {
         /// Only this account (default: every account that keeps mail here, in a Maildir or an
@@ -311,8 +372,76 @@ fn wanted_folder(folder: Option<&str>) -> Result<Option<Option<String>>> {
     folder.map(|f| mailbox::folder_name(f).map_err(|why| anyhow::anyhow!("--folder {f:?}: {why}"))).transpose()
 }
 
+/// What matches `q` in every account: the plaintext accounts from the index on disk (brought up
+/// to date first), the encrypted ones from an index made in memory for this command (their
+/// words never reach the disk), newest first.
+fn search_all(store: &Store, q: &pillarbox_mailbox::search::Query, limit: usize) -> Result<Vec<(String, Summary)>> {
+    use pillarbox_mailbox::search::Index;
+    let sealed = sealed_accounts(store)?;
+    let (secret, plain): (Vec<_>, Vec<_>) = maildirs(store, None)?.into_iter().partition(|(n, _)| sealed.contains(n));
+    let mut index = Index::open(&index_path(store))?;
+    // An account encrypted since it was indexed loses its rows here.
+    index.update(&plain, true)?;
+    let mut found = index.search(q, limit)?;
+    if !secret.is_empty() {
+        store.key.arm();
+        let mut memory = Index::in_memory()?;
+        memory.update(&secret, true)?;
+        found.extend(memory.search(q, limit)?);
+        found.sort_by(|(_, a), (_, b)| b.date.cmp(&a.date).then_with(|| a.id.cmp(&b.id)));
+        found.truncate(limit);
+    }
+    Ok(found)
+}
+
+/// The key an account's new messages are encrypted to, when its store is encrypted.
+fn sealed_recipient(store: &Store, name: &str) -> Result<Option<age::x25519::Recipient>> {
+    if store.maildir.is_some() {
+        return Ok(None);
+    }
+    let path = store.accounts_file.clone().unwrap_or_else(account::default_path);
+    let (accounts, _) = crate::account::load_all_required(&path)?;
+    Ok(accounts.into_iter().find(|a| a.name == name).and_then(|a| a.encrypt))
+}
+
+/// The names of the accounts whose store is encrypted (`--maildir`: "-" when its messages are).
+fn sealed_accounts(store: &Store) -> Result<std::collections::HashSet<String>> {
+    if let Some(dir) = &store.maildir {
+        let first = mailbox::message_files(dir).unwrap_or_default().into_iter().next();
+        let sealed = first.is_some_and(|f| mailbox::sealed::file_is_sealed(&f).unwrap_or(false));
+        return Ok(if sealed { std::iter::once("-".to_owned()).collect() } else { Default::default() });
+    }
+    let path = store.accounts_file.clone().unwrap_or_else(account::default_path);
+    let (accounts, _) = crate::account::load_all_required(&path)?;
+    Ok(accounts.into_iter().filter(|a| a.encrypt.is_some()).map(|a| a.name).collect())
+}
+
 pub fn command(cmd: MailCommand) -> Result<u8> {
     match cmd {
+        MailCommand::Keygen { key } => {
+            let path = key.path();
+            if path.exists() {
+                bail!(
+                    "{} exists already: a new key would leave the mail encrypted to it unreadable (move it away \
+                     first if you mean to replace it)",
+                    path.display()
+                );
+            }
+            let passphrase = key.passphrase(true)?;
+            pillarbox_auth::check_strength(
+                age::secrecy::ExposeSecret::expose_secret(&passphrase),
+                "",
+                MIN_PASSPHRASE_SCORE,
+                "passphrase",
+            )
+            .map_err(anyhow::Error::msg)?;
+            let recipient = mailbox::sealed::make_key(&path, passphrase)?;
+            eprintln!("made the store key {} (its secret half encrypted with your passphrase)", path.display());
+            eprintln!("keep a copy of that file and of the passphrase: without both, encrypted mail cannot be read");
+            eprintln!("to encrypt an account's mail, add to it in the accounts file:");
+            println!("encrypt = {{ recipient = \"{recipient}\" }}");
+            Ok(0)
+        }
         MailCommand::List { account, limit, since, from, folder, json, store } => {
             let folder = wanted_folder(folder.as_deref())?;
             let since = match since.as_deref() {
@@ -324,12 +453,9 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
             // The list comes from the search index (brought up to date first), so a large store
             // is not parsed again for every listing.
             maildirs(&store, account.as_deref())?;
-            let mut index = pillarbox_mailbox::search::Index::open(&index_path(&store))?;
-            index.update(&maildirs(&store, None)?, true)?;
             let query = pillarbox_mailbox::search::Query { after: since.map(|t| t as i64), ..Default::default() };
             let from = from.map(|f| f.to_lowercase());
-            let shown = index
-                .search(&query, usize::MAX)?
+            let shown = search_all(&store, &query, usize::MAX)?
                 .into_iter()
                 .filter(|(a, _)| account.as_ref().is_none_or(|n| a == n))
                 .filter(|(_, s)| from.as_ref().is_none_or(|f| s.from.to_lowercase().contains(f)))
@@ -342,6 +468,7 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
             Ok(0)
         }
         MailCommand::Export { account, mbox, store } => {
+            store.key.arm();
             let mut dirs = Vec::new();
             for (name, d) in maildirs(&store, account.as_deref())? {
                 if d.is_file() {
@@ -360,9 +487,7 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
         MailCommand::Search { query, limit, folder, json, store } => {
             let folder = wanted_folder(folder.as_deref())?;
             let q = pillarbox_mailbox::search::parse_query(&query.join(" "))?;
-            let mut index = pillarbox_mailbox::search::Index::open(&index_path(&store))?;
-            index.update(&maildirs(&store, None)?, true)?;
-            let found = index.search(&q, if folder.is_some() { usize::MAX } else { limit })?;
+            let found = search_all(&store, &q, if folder.is_some() { usize::MAX } else { limit })?;
             let found = found.into_iter().filter(|(_, s)| in_folder(&folder, &s.folder)).take(limit);
             // Like grep: exit 1 when nothing matches (said on a terminal's screen, not in the output).
             if print_summaries(found, json)? == 0 {
@@ -374,6 +499,7 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
             Ok(0)
         }
         MailCommand::Import { source, account, store } => {
+            store.key.arm();
             let dirs = roots(&store, account.as_deref())?;
             if let (Some(n), [(_, d)]) = (&account, dirs.as_slice())
                 && d.is_file()
@@ -385,7 +511,8 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
                 bail!("name the account to import into (there are {} with a Maildir)", dirs.len());
             };
             let messages = mailbox::read_source(&source)?;
-            let r = mailbox::import(target, messages)?;
+            let seal = sealed_recipient(&store, name)?;
+            let r = mailbox::import(target, messages, seal.as_ref())?;
             println!(
                 "{}: {} added to {name} ({}), {} already there",
                 source.display(),
@@ -396,6 +523,7 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
             Ok(0)
         }
         MailCommand::Show { id, raw, save_attachments, json, store } => {
+            store.key.arm();
             let mut found = Vec::new();
             for (_, dir) in maildirs(&store, None)? {
                 match mailbox::find(&dir, &id) {

@@ -484,3 +484,122 @@ fn mbox_accounts_are_read_too() {
         );
     }
 }
+
+/// Every file under `dir`, its bytes.
+fn all_bytes(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(all_bytes(&p));
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.push((p, b));
+        }
+    }
+    out
+}
+
+/// An encrypted store: the key made with a passphrase, its public half in the account; after a
+/// fetch no subject, sender or word of text is in any byte under the store, fetch's state or the
+/// search index; `mail list`, `search` and `show` give what they give for the same mail kept in
+/// plaintext, once the passphrase opens the key, and refuse without it.
+#[test]
+fn an_encrypted_store_holds_no_plaintext_and_reads_as_a_plaintext_one() {
+    let mut pb = common::Pillarbox::new();
+    let words = ["Quetzalcoatl", "Zanzibarian", "Xylophonist"];
+    for (i, w) in words.iter().enumerate() {
+        let text = format!(
+            "From: Sender{i} <sender{i}@{w}.example>\nSubject: About {w}\nDate: Mon, 0{} Nov 2026 10:00:00 +0000\n\n\
+             The {w} text of message {i}.\n",
+            i + 1
+        );
+        pb.deliver("alice", text.as_bytes());
+    }
+    pb.start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (key, pass) = (d.join("keys/store-key.age"), d.join("passphrase"));
+    std::fs::write(&pass, "harbour lighthouse ferry quay 2026\n").expect("passphrase");
+    let keygen = |extra: &[&str]| {
+        Command::new(bin()).args(["mail", "keygen", "--key"]).arg(&key).args(extra).output().expect("keygen")
+    };
+    let made = keygen(&["--passphrase-file", &pass.display().to_string()]);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let line = String::from_utf8(made.stdout).expect("UTF-8");
+    assert!(line.starts_with("encrypt = { recipient = \"age1"), "{line}");
+    let again = keygen(&["--passphrase-file", &pass.display().to_string()]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("exists already"));
+
+    let secret = d.join("Secret");
+    let acc = fetching_account(&pb, d, &format!("maildir = \"{}\"", secret.display()));
+    let text = std::fs::read_to_string(&acc).expect("accounts") + "keep = \"keep\"\n" + &line;
+    std::fs::write(&acc, text).expect("accounts");
+    let index = d.join("search.sqlite");
+    // An index that exists: a fetch adds nothing of an encrypted account to it.
+    assert!(search(&acc, &index, &["nothing"]).is_empty());
+    fetch(&acc, d, &index);
+    assert_eq!(std::fs::read_dir(secret.join("new")).expect("new").count(), 3);
+    let leaks = |when: &str| {
+        for (path, bytes) in all_bytes(d).into_iter().filter(|(p, _)| !p.starts_with(d.join("plain"))) {
+            let text = String::from_utf8_lossy(&bytes).to_lowercase();
+            for w in words.iter().chain(&["sender0", "about"]) {
+                assert!(!text.contains(&w.to_lowercase()), "{when}: {w} in {}", path.display());
+            }
+        }
+    };
+    leaks("after the fetch");
+
+    // The same mail kept in plaintext, for comparison.
+    let plain_dir = d.join("plain");
+    std::fs::create_dir(&plain_dir).expect("mkdir");
+    let plain = fetching_account(&pb, &plain_dir, &format!("maildir = \"{}\"", plain_dir.join("Mail").display()));
+    fetch(&plain, &plain_dir, &plain_dir.join("search.sqlite"));
+    let key_args = ["--key", &key.display().to_string(), "--passphrase-file", &pass.display().to_string()];
+    let listed = |acc: &str, extra: &[&str]| -> Vec<(String, String, String)> {
+        let mut v: Vec<_> = json_lines(&mail(acc, &[&["list", "--json"], extra].concat()))
+            .iter()
+            .map(|m| (m["from"].to_string(), m["subject"].to_string(), m["date"].to_string()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(listed(&acc, &key_args), listed(&plain, &[]));
+    assert_eq!(listed(&acc, &key_args).len(), 3);
+    let found = mail(&acc, &[&["search", "Zanzibarian"], &key_args[..]].concat());
+    assert!(found.contains("About Zanzibarian") && !found.contains("Quetzalcoatl"), "{found}");
+    leaks("after list and search");
+    let id = json_lines(&mail(&acc, &[&["list", "--json"], &key_args[..]].concat()))
+        .into_iter()
+        .find(|m| m["subject"] == "About Xylophonist")
+        .and_then(|m| m["id"].as_str().map(str::to_owned))
+        .expect("id");
+    let raw = mail(&acc, &[&["show", &id, "--raw"], &key_args[..]].concat());
+    assert!(raw.contains("The Xylophonist text of message 2."), "{raw}");
+
+    // Without the passphrase nothing is read, and the reason is said.
+    let state = d.join("xdg-state");
+    let out = Command::new(bin())
+        .args(["mail", "list", "--accounts-file", &acc, "--key"])
+        .arg(&key)
+        .env("XDG_STATE_HOME", &state)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("mail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("the store is encrypted") && err.contains("--passphrase-file"),
+        "{err}"
+    );
+    let wrong = d.join("wrong");
+    std::fs::write(&wrong, "not the passphrase\n").expect("write");
+    let out = Command::new(bin())
+        .args(["mail", "list", "--accounts-file", &acc, "--key"])
+        .arg(&key)
+        .arg("--passphrase-file")
+        .arg(&wrong)
+        .env("XDG_STATE_HOME", &state)
+        .output()
+        .expect("mail");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("does not open"));
+}

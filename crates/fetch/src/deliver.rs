@@ -662,10 +662,43 @@ impl Durable {
     }
 }
 
+/// Where a Maildir message's octets go: its file, or an age stream into it for an encrypted
+/// store.
+enum MaildirOut {
+    Plain(BufWriter<File>),
+    Sealed(age::stream::StreamWriter<BufWriter<File>>),
+}
+
+impl MaildirOut {
+    fn new(file: File, seal: Option<&age::x25519::Recipient>) -> io::Result<Self> {
+        let file = BufWriter::with_capacity(64 * 1024, file);
+        Ok(match seal {
+            None => Self::Plain(file),
+            Some(recipient) => Self::Sealed(pillarbox_mailbox::sealed::seal_to(file, recipient)?),
+        })
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Plain(w) => w.write_all(data),
+            Self::Sealed(w) => w.write_all(data),
+        }
+    }
+
+    /// Everything written (the last of the encryption too): the file.
+    fn finish(self) -> io::Result<File> {
+        let file = match self {
+            Self::Plain(w) => w,
+            Self::Sealed(w) => w.finish()?,
+        };
+        file.into_inner().map_err(io::IntoInnerError::into_error)
+    }
+}
+
 enum Current {
     /// `tmp`, `named`: as in [`Staged`]; `unique`: the start of its name in `new/`.
     Maildir {
-        file: BufWriter<File>,
+        file: MaildirOut,
         tmp: PathBuf,
         named: bool,
         unique: String,
@@ -713,6 +746,8 @@ pub struct Local {
     copy: Vec<u8>,
     /// Each message waits for its virus scan's verdict ([`Self::verdict`]) before it is filed.
     scanned: bool,
+    /// An encrypted store: each Maildir message is written encrypted to this key.
+    seal: Option<age::x25519::Recipient>,
 }
 
 /// The `F` tags of the messages this client already moved into a Maildir.
@@ -913,6 +948,11 @@ impl Local {
         self.rules = Some(script);
     }
 
+    /// Write every Maildir message encrypted to `recipient` (an encrypted store).
+    pub fn set_sealed(&mut self, recipient: age::x25519::Recipient) {
+        self.seal = Some(recipient);
+    }
+
     /// Every message is scanned for viruses: none is filed before [`Self::verdict`]. An MDA is
     /// given a message only at [`Self::finish`], whole, which the caller calls once the verdict
     /// says so (the message is held in a file meanwhile).
@@ -958,6 +998,7 @@ impl Local {
             rules: None,
             copy: Vec::new(),
             scanned: false,
+            seal: None,
         }
     }
 
@@ -1018,7 +1059,14 @@ impl Local {
                         (file, tmp, true)
                     }
                 };
-                Current::Maildir { file: BufWriter::with_capacity(64 * 1024, file), tmp, named, unique, size: 0 }
+                let file = match MaildirOut::new(file, self.seal.as_ref()) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        discard(&tmp, named);
+                        return Err(io_err(format!("encrypting {}", shown(&tmp, named)))(e).into());
+                    }
+                };
+                Current::Maildir { file, tmp, named, unique, size: 0 }
             }
             Kind::Mbox(mbox) => {
                 let stream = if rules || self.scanned {
@@ -1115,11 +1163,11 @@ impl Local {
             (Some(Current::Maildir { file, tmp, named, unique, size }), Kind::Maildir { staged, dir, folders, .. }) => {
                 // The last buffered octets are written here; on a full disk this is where it fails,
                 // and the partial file must go.
-                let file = match file.into_inner() {
+                let file = match file.finish() {
                     Ok(f) => f,
                     Err(e) => {
                         discard(&tmp, named);
-                        return Err(io_err(format!("writing {}", shown(&tmp, named)))(e.into_error()).into());
+                        return Err(io_err(format!("writing {}", shown(&tmp, named)))(e).into());
                     }
                 };
                 let name = format!("{unique}.F{}.{},S={size}", fetch_tag(&account_key, &id), pillarbox_os::host_name());
@@ -1248,7 +1296,9 @@ impl Local {
         match self.current.take() {
             Some(Current::Maildir { file, tmp, named, .. }) => {
                 // Not flushed: what is still buffered is dropped with the rest.
-                drop(file.into_parts());
+                if let MaildirOut::Plain(w) = file {
+                    drop(w.into_parts());
+                }
                 discard(&tmp, named);
             }
             // Cut the partial message off; the batch's finished messages stay.

@@ -350,6 +350,9 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
     if let Some(sieve) = &account.sieve {
         local.set_rules(std::sync::Arc::clone(&sieve.script));
     }
+    if let Some(recipient) = &account.encrypt {
+        local.set_sealed(recipient.clone());
+    }
     let scans = if opts.dry_run { None } else { account.antivirus.as_ref().map(Scans::new) };
     if scans.is_some() {
         local.set_scanned();

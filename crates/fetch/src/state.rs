@@ -278,6 +278,7 @@ mod tests {
             oversize: Oversize::Skip,
             sieve: None,
             antivirus: None,
+            encrypt: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! their decoded headers (RFC 2047 encoded words, UTF-8), the text a person reads, and the
 //! attachments. Read only: nothing here changes the store.
 
+pub mod sealed;
 pub mod search;
 
 use pillarbox_os::io_err;
@@ -20,6 +21,9 @@ pub enum MailboxError {
     NotFound(String),
     #[error("{0:?} matches more than one message: give more of the id")]
     Ambiguous(String),
+    /// An encrypted message, and the store key could not be had.
+    #[error("the store is encrypted: {0}")]
+    Locked(String),
 }
 
 /// One message in the list.
@@ -104,7 +108,7 @@ pub fn list(maildir: &Path) -> Result<Vec<Summary>, MailboxError> {
     } else {
         for path in message_files(maildir)? {
             let data = match std::fs::read(&path) {
-                Ok(d) => d,
+                Ok(d) => sealed::open(&path, d)?,
                 // Moved or removed by another program since the listing: not an error.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io_err(path.display())(e).into()),
@@ -482,7 +486,7 @@ pub fn mbox_key(mbox: &Path, offset: usize) -> PathBuf {
 /// A message's bytes: a Maildir file, or a message of an mbox file named by `mbox_key`.
 pub fn read_message(path: &Path) -> Result<Vec<u8>, MailboxError> {
     match std::fs::read(path) {
-        Ok(d) => return Ok(d),
+        Ok(d) => return sealed::open(path, d),
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(path.display())(e).into()),
         Err(_) => {}
     }
@@ -499,6 +503,7 @@ pub fn read_message(path: &Path) -> Result<Vec<u8>, MailboxError> {
 pub fn import(
     target: &Path,
     messages: impl IntoIterator<Item = Result<Vec<u8>, MailboxError>>,
+    seal: Option<&age::x25519::Recipient>,
 ) -> Result<Imported, MailboxError> {
     use std::io::Write as _;
     for sub in ["cur", "new", "tmp"] {
@@ -507,7 +512,7 @@ pub fn import(
     let mut known = std::collections::HashSet::new();
     for p in message_files(target)? {
         if let Ok(d) = std::fs::read(&p) {
-            known.insert(content_hash(&d));
+            known.insert(content_hash(&sealed::open(&p, d)?));
         }
     }
     let host = pillarbox_os::host_name();
@@ -529,7 +534,14 @@ pub fn import(
             .mode(0o600)
             .open(&tmp)
             .map_err(io_err(tmp.display()))?;
-        f.write_all(&m).and_then(|()| f.sync_all()).map_err(io_err(tmp.display()))?;
+        let written = match seal {
+            None => f.write_all(&m),
+            Some(recipient) => sealed::seal_to(&mut f, recipient).and_then(|mut w| {
+                w.write_all(&m)?;
+                w.finish().map(drop)
+            }),
+        };
+        written.and_then(|()| f.sync_all()).map_err(io_err(tmp.display()))?;
         std::fs::rename(&tmp, target.join("new").join(&name)).map_err(io_err(tmp.display()))?;
         result.added += 1;
     }
@@ -546,7 +558,7 @@ pub type Messages = Box<dyn Iterator<Item = Result<Vec<u8>, MailboxError>>>;
 pub fn read_source(source: &Path) -> Result<Messages, MailboxError> {
     if source.is_dir() {
         let files = message_files(source)?;
-        return Ok(Box::new(files.into_iter().map(|p| Ok(std::fs::read(&p).map_err(io_err(p.display()))?))));
+        return Ok(Box::new(files.into_iter().map(|p| sealed::read(&p))));
     }
     let file = std::fs::File::open(source).map_err(io_err(source.display()))?;
     let path = source.to_owned();

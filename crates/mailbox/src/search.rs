@@ -99,6 +99,18 @@ fn insert(tx: &rusqlite::Transaction<'_>, path: &Path, account: &str, data: &[u8
 pub struct Index {
     db: Connection,
     path: PathBuf,
+    /// Held in memory only ([`Index::in_memory`]): encrypted messages may go in, decrypted.
+    memory: bool,
+}
+
+/// The octets an index takes of a message file: decrypted for an index in memory, none for an
+/// encrypted message otherwise (the index on disk never holds their words).
+fn indexable(path: &Path, data: Vec<u8>, memory: bool) -> Result<Option<Vec<u8>>, SearchError> {
+    match (mailbox::sealed::is_sealed(&data), memory) {
+        (false, _) => Ok(Some(data)),
+        (true, false) => Ok(None),
+        (true, true) => Ok(Some(mailbox::sealed::open(path, data)?)),
+    }
 }
 
 /// What an update did.
@@ -238,7 +250,17 @@ impl Index {
                 open().map_err(err)??
             }
         };
-        Ok(Self { db, path: path.to_owned() })
+        Ok(Self { db, path: path.to_owned(), memory: false })
+    }
+
+    /// An index that exists only while this process runs: for an encrypted store, whose words
+    /// are never written to disk. It is built anew by each [`Index::update`].
+    pub fn in_memory() -> Result<Self, SearchError> {
+        let path = PathBuf::from(":memory:");
+        let err = |source| SearchError::Db { path: path.clone(), source };
+        let db = Connection::open_in_memory().map_err(err)?;
+        db.execute_batch(SCHEMA).map_err(err)?;
+        Ok(Self { db, path, memory: true })
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> SearchError + '_ {
@@ -346,7 +368,10 @@ impl Index {
             let data = match from_mbox.remove(&path) {
                 Some(d) => d,
                 None => match std::fs::read(&path) {
-                    Ok(d) => d,
+                    Ok(d) => match indexable(&path, d, self.memory)? {
+                        Some(d) => d,
+                        None => continue,
+                    },
                     Err(_) => continue,
                 },
             };
@@ -386,6 +411,7 @@ impl Index {
                     continue;
                 }
                 let Ok(data) = std::fs::read(path) else { continue };
+                let Some(data) = indexable(path, data, self.memory)? else { continue };
                 insert(&tx, path, account, &data).map_err(err)?;
                 added += 1;
             }
