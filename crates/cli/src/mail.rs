@@ -66,12 +66,18 @@ impl StoreKey {
         Ok(first.into())
     }
 
-    /// Let the readers open encrypted messages: the key is unlocked at the first one.
+    /// Let the readers open encrypted messages: by the agent when the store is unlocked
+    /// (`mail unlock`), else with the passphrase, asked for at the first encrypted message.
     fn arm(&self) {
         let key = self.clone();
         mailbox::sealed::set_unlocker(Box::new(move || {
-            let passphrase = key.passphrase(false).map_err(|e| e.to_string())?;
-            mailbox::sealed::open_key(&key.path(), passphrase).map_err(|e| e.to_string())
+            let socket = mailbox::agent::socket_path();
+            if mailbox::agent::status(&socket).is_some() {
+                return Ok(Box::new(mailbox::agent::AgentIdentity::new(socket)) as mailbox::sealed::StoreIdentity);
+            }
+            let passphrase = key.passphrase(false).map_err(|e| format!("{e}; or run `pillarbox mail unlock` first"))?;
+            let identity = mailbox::sealed::open_key(&key.path(), passphrase).map_err(|e| e.to_string())?;
+            Ok(Box::new(identity) as mailbox::sealed::StoreIdentity)
         }));
     }
 }
@@ -86,6 +92,24 @@ pub enum MailCommand {
     Keygen {
         #[command(flatten)]
         key: StoreKey,
+    },
+    /// Unlock the store key for a while: a process of yours (an agent, as ssh-agent) holds it,
+    /// and mail list, show, search and export ask for no passphrase meanwhile.
+    Unlock {
+        /// How long: e.g. 30m, 2h (at most 7d).
+        #[arg(long = "for", value_name = "DURATION", default_value = "30m")]
+        duration: pillarbox_config::HumanDuration,
+        #[command(flatten)]
+        key: StoreKey,
+    },
+    /// Lock the store key now: the agent forgets it and exits.
+    Lock,
+    /// The agent itself (started by `mail unlock`, which hands it the key).
+    #[command(hide = true)]
+    Agent {
+        /// Until when, in seconds since the epoch.
+        #[arg(long)]
+        until: u64,
     },
     /// The messages, newest first: date, sender, subject, size, attachments.
     List {
@@ -416,8 +440,83 @@ fn sealed_accounts(store: &Store) -> Result<std::collections::HashSet<String>> {
     Ok(accounts.into_iter().filter(|a| a.encrypt.is_some()).map(|a| a.name).collect())
 }
 
+/// Start the agent with `identity` until `until`: a process of its own (its own process group,
+/// so a Ctrl-C at this terminal does not end it), handed the key on a pipe, never on its command
+/// line or in its environment; returns once it listens.
+fn start_agent(identity: &age::x25519::Identity, until: u64) -> Result<()> {
+    use age::secrecy::ExposeSecret;
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new(std::env::current_exe().context("finding this program")?)
+        .args(["mail", "agent", "--until", &until.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        // Nothing of the caller's stays open in it (a caller reading this command's output to
+        // its end would wait for the agent).
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .context("starting the agent")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(identity.to_string().expose_secret().as_bytes()).context("handing the key to the agent")?;
+    }
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        std::io::BufReader::new(out).read_line(&mut line).context("waiting for the agent")?;
+    }
+    if line.trim() != "ready" {
+        let _ = child.wait();
+        bail!("the agent did not start");
+    }
+    Ok(())
+}
+
 pub fn command(cmd: MailCommand) -> Result<u8> {
     match cmd {
+        MailCommand::Unlock { duration, key } => {
+            let secs = duration.0.as_secs();
+            if secs == 0 || secs > 7 * 86_400 {
+                bail!("--for: give a time from 1s to 7d");
+            }
+            let socket = mailbox::agent::socket_path();
+            let passphrase = key.passphrase(false)?;
+            let identity = mailbox::sealed::open_key(&key.path(), passphrase)?;
+            // A new unlock replaces the one before (and its time).
+            mailbox::agent::lock(&socket);
+            let until = pillarbox_os::unix_now() + secs;
+            start_agent(&identity, until)?;
+            println!(
+                "the store is unlocked until {} (`pillarbox mail lock` locks it now)",
+                pillarbox_os::date::rfc3339(until)
+            );
+            Ok(0)
+        }
+        MailCommand::Lock => {
+            if mailbox::agent::lock(&mailbox::agent::socket_path()) {
+                println!("the store is locked");
+            } else {
+                println!("the store was not unlocked");
+            }
+            Ok(0)
+        }
+        MailCommand::Agent { until } => {
+            use age::secrecy::ExposeSecret;
+            let mut text: age::secrecy::SecretBox<String> = age::secrecy::SecretBox::new(Box::default());
+            std::io::Read::read_to_string(
+                &mut std::io::stdin(),
+                age::secrecy::ExposeSecretMut::expose_secret_mut(&mut text),
+            )?;
+            let identity: age::x25519::Identity =
+                text.expose_secret().trim().parse().map_err(|e: &str| anyhow::anyhow!("the key handed over: {e}"))?;
+            drop(text);
+            let socket = mailbox::agent::socket_path();
+            let listener =
+                mailbox::agent::bind(&socket).with_context(|| format!("listening on {}", socket.display()))?;
+            println!("ready");
+            std::io::stdout().flush()?;
+            mailbox::agent::serve(listener, &socket, &identity, until);
+            Ok(0)
+        }
         MailCommand::Keygen { key } => {
             let path = key.path();
             if path.exists() {

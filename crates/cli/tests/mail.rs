@@ -76,12 +76,14 @@ fn local_account(dir: &Path, md: &Path) -> String {
 
 fn mail(accounts: &str, args: &[&str]) -> String {
     // The default index lives under XDG_STATE_HOME: the test's own folder, not the home's.
-    let state = Path::new(accounts).parent().expect("folder").join("xdg-state");
+    let folder = Path::new(accounts).parent().expect("folder");
     let out = Command::new(bin())
         .arg("mail")
         .args(args)
         .args(["--accounts-file", accounts])
-        .env("XDG_STATE_HOME", &state)
+        .env("XDG_STATE_HOME", folder.join("xdg-state"))
+        .env("XDG_RUNTIME_DIR", folder.join("xdg-runtime"))
+        .stdin(std::process::Stdio::null())
         .output()
         .expect("mail");
     assert!(out.status.success(), "mail {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -578,19 +580,44 @@ fn an_encrypted_store_holds_no_plaintext_and_reads_as_a_plaintext_one() {
     assert!(raw.contains("The Xylophonist text of message 2."), "{raw}");
 
     // Without the passphrase nothing is read, and the reason is said.
-    let state = d.join("xdg-state");
-    let out = Command::new(bin())
-        .args(["mail", "list", "--accounts-file", &acc, "--key"])
-        .arg(&key)
-        .env("XDG_STATE_HOME", &state)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("mail");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("the store is encrypted") && err.contains("--passphrase-file"),
-        "{err}"
-    );
+    let (state, runtime) = (d.join("xdg-state"), d.join("xdg-runtime"));
+    let locked = || {
+        let out = Command::new(bin())
+            .args(["mail", "list", "--accounts-file", &acc, "--key"])
+            .arg(&key)
+            .env("XDG_STATE_HOME", &state)
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("mail");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        !out.status.success() && err.contains("the store is encrypted") && err.contains("mail unlock")
+    };
+    assert!(locked());
+
+    // Unlocked for a while: an agent holds the key, and no passphrase is asked for.
+    struct Agent<'a>(&'a Path);
+    impl Drop for Agent<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new(bin()).args(["mail", "lock"]).env("XDG_RUNTIME_DIR", self.0).output();
+        }
+    }
+    let agent = |args: &[&str]| {
+        let out = Command::new(bin()).arg("mail").args(args).env("XDG_RUNTIME_DIR", &runtime).output().expect("mail");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let unlocked = agent(&[&["unlock", "--for", "10m"], &key_args[..]].concat());
+    let _agent = Agent(&runtime);
+    assert!(unlocked.starts_with("the store is unlocked until "), "{unlocked}");
+    let socket = runtime.join("pillarbox/store-agent.sock");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(socket.parent().expect("dir")).expect("dir").permissions().mode() & 0o777, 0o700);
+    assert_eq!(json_lines(&mail(&acc, &["list", "--json"])).len(), 3);
+    assert!(mail(&acc, &["search", "Quetzalcoatl"]).contains("About Quetzalcoatl"));
+    assert_eq!(agent(&["lock"]).trim(), "the store is locked");
+    assert!(locked(), "locked again");
+    assert!(!socket.exists());
     let wrong = d.join("wrong");
     std::fs::write(&wrong, "not the passphrase\n").expect("write");
     let out = Command::new(bin())

@@ -2,6 +2,7 @@
 //! their decoded headers (RFC 2047 encoded words, UTF-8), the text a person reads, and the
 //! attachments. Read only: nothing here changes the store.
 
+pub mod agent;
 pub mod sealed;
 pub mod search;
 

@@ -109,19 +109,22 @@ pub fn open_key(path: &Path, passphrase: SecretString) -> Result<age::x25519::Id
     text.expose_secret().trim().parse::<age::x25519::Identity>().map_err(|e| other(&e))
 }
 
+/// The store key as a command holds it: the key itself, or the agent that holds it.
+pub type StoreIdentity = Box<dyn age::Identity + Send + Sync>;
+
 /// How a command gets the store key when it first meets an encrypted message.
-pub type Unlocker = Box<dyn Fn() -> Result<age::x25519::Identity, String> + Send + Sync>;
+pub type Unlocker = Box<dyn Fn() -> Result<StoreIdentity, String> + Send + Sync>;
 
 static UNLOCKER: OnceLock<Unlocker> = OnceLock::new();
 /// The key once had (or why it could not be): asked for once per command.
-static KEY: Mutex<Option<Result<age::x25519::Identity, String>>> = Mutex::new(None);
+static KEY: Mutex<Option<Result<StoreIdentity, String>>> = Mutex::new(None);
 
 /// Say how this process gets the store key (set once, by the command line).
 pub fn set_unlocker(unlocker: Unlocker) {
     let _ = UNLOCKER.set(unlocker);
 }
 
-fn with_key<T>(f: impl FnOnce(&age::x25519::Identity) -> Result<T, MailboxError>) -> Result<T, MailboxError> {
+fn with_key<T>(f: impl FnOnce(&dyn age::Identity) -> Result<T, MailboxError>) -> Result<T, MailboxError> {
     let mut key = KEY.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if key.is_none() {
         *key = Some(match UNLOCKER.get() {
@@ -130,7 +133,7 @@ fn with_key<T>(f: impl FnOnce(&age::x25519::Identity) -> Result<T, MailboxError>
         });
     }
     match key.as_ref() {
-        Some(Ok(identity)) => f(identity),
+        Some(Ok(identity)) => f(identity.as_ref()),
         Some(Err(why)) => Err(MailboxError::Locked(why.clone())),
         None => Err(MailboxError::Locked("the store key was not had".into())),
     }
@@ -147,7 +150,7 @@ pub fn open(path: &Path, data: Vec<u8>) -> Result<Vec<u8>, MailboxError> {
             MailboxError::Io(pillarbox_os::io_err(path.display())(io::Error::other(format!("cannot decrypt: {e}"))))
         };
         let decryptor = age::Decryptor::new_buffered(&data[..]).map_err(|e| damaged(&e))?;
-        let mut reader = decryptor.decrypt(std::iter::once(identity as &dyn age::Identity)).map_err(|e| damaged(&e))?;
+        let mut reader = decryptor.decrypt(std::iter::once(identity)).map_err(|e| damaged(&e))?;
         let mut out = Vec::with_capacity(data.len());
         reader.read_to_end(&mut out).map_err(|e| damaged(&e))?;
         Ok(out)
