@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use pillarbox_accounts::{self as account, Account, Deliver};
+use pillarbox_mailbox::sealed::Direction;
 use pillarbox_mailbox::{self as mailbox, Summary};
 
 use crate::table::{self, Table};
@@ -104,6 +105,20 @@ pub enum MailCommand {
     },
     /// Lock the store key now: the agent forgets it and exits.
     Lock,
+    /// Encrypt an account's messages already here (and take their words out of the search
+    /// index), after encrypt = { recipient = ... } was added to it; resumable: run it again
+    /// after an interruption.
+    Encrypt {
+        account: String,
+        #[command(flatten)]
+        store: Store,
+    },
+    /// Decrypt an account's messages, after encrypt was removed from it; resumable.
+    Decrypt {
+        account: String,
+        #[command(flatten)]
+        store: Store,
+    },
     /// The agent itself (started by `mail unlock`, which hands it the key).
     #[command(hide = true)]
     Agent {
@@ -471,6 +486,53 @@ fn start_agent(identity: &age::x25519::Identity, until: u64) -> Result<()> {
     Ok(())
 }
 
+/// `mail encrypt|decrypt ACCOUNT`: the account's messages and folders turned, in place.
+fn convert(name: &str, store: &Store, direction: Direction) -> Result<u8> {
+    if store.maildir.is_some() {
+        bail!("name an account of the accounts file (its encrypt setting says which key)");
+    }
+    let path = store.accounts_file.clone().unwrap_or_else(account::default_path);
+    let (accounts, _) = crate::account::load_all_required(&path)?;
+    let a = accounts
+        .iter()
+        .find(|a| a.name == name)
+        .with_context(|| format!("{}: no account named {name}", path.display()))?;
+    let Deliver::Maildir(_) = &a.deliver else {
+        bail!("account {name} does not deliver into a Maildir: only a Maildir store is encrypted");
+    };
+    match (direction, &a.encrypt) {
+        (Direction::Encrypt, None) => bail!(
+            "account {name} has no encrypt setting: add encrypt = {{ recipient = \"age1...\" }} to it first (the key \
+             `pillarbox mail keygen` printed), so that new mail is encrypted too"
+        ),
+        (Direction::Decrypt, Some(_)) => bail!(
+            "account {name} still has an encrypt setting: remove it first, so that new mail is not encrypted again"
+        ),
+        _ => {}
+    }
+    store.key.arm();
+    let dirs: Vec<PathBuf> = maildirs(store, Some(name))?.into_iter().map(|(_, d)| d).collect();
+    let mut last = std::time::Instant::now();
+    let r = mailbox::sealed::convert(&dirs, direction, a.encrypt.as_ref(), &mut |n| {
+        if last.elapsed() > std::time::Duration::from_secs(2) {
+            eprintln!("{n} messages so far");
+            last = std::time::Instant::now();
+        }
+    })?;
+    let verb = if direction == Direction::Encrypt { "encrypted" } else { "decrypted" };
+    println!("{verb} {} messages of {name} ({} were already)", r.converted, r.already);
+    if direction == Direction::Encrypt {
+        let index = index_path(store);
+        if index.exists() {
+            let n = pillarbox_mailbox::search::Index::open(&index)?.forget_account(name)?;
+            if n > 0 {
+                println!("took the words of {n} messages of {name} out of the search index {}", index.display());
+            }
+        }
+    }
+    Ok(0)
+}
+
 pub fn command(cmd: MailCommand) -> Result<u8> {
     match cmd {
         MailCommand::Unlock { duration, key } => {
@@ -491,6 +553,8 @@ pub fn command(cmd: MailCommand) -> Result<u8> {
             );
             Ok(0)
         }
+        MailCommand::Encrypt { account, store } => convert(&account, &store, Direction::Encrypt),
+        MailCommand::Decrypt { account, store } => convert(&account, &store, Direction::Decrypt),
         MailCommand::Lock => {
             if mailbox::agent::lock(&mailbox::agent::socket_path()) {
                 println!("the store is locked");

@@ -630,3 +630,112 @@ fn an_encrypted_store_holds_no_plaintext_and_reads_as_a_plaintext_one() {
         .expect("mail");
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("does not open"));
 }
+
+/// `mail encrypt` and `mail decrypt` killed at random moments: every message stays whole in one
+/// form or the other (its name unchanged), and running again finishes the work; the search
+/// index keeps no word of the encrypted account; decrypting gives back every octet.
+#[test]
+fn converting_a_store_killed_at_random_moments_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let md = d.join("Mail/home");
+    let mut originals = std::collections::BTreeMap::new();
+    for (i, folder) in (0..120).map(|i| (i, if i % 4 == 0 { ".lists" } else { "" })) {
+        let root = md.join(folder);
+        for sub in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(root.join(sub)).expect("mkdir");
+        }
+        let name = format!("17900{i:05}.M{i}P1.host,S=0");
+        let text = format!("From: a{i}@example.org\nSubject: Wombat number {i}\n\nmarsupial text {i}\n");
+        std::fs::write(root.join("new").join(&name), &text).expect("write");
+        originals.insert(name, text.into_bytes());
+    }
+    std::fs::write(md.join(".lists/maildirfolder"), "").expect("mark");
+    let acc = local_account(d, &md);
+    let (key, pass) = (d.join("store-key.age"), d.join("passphrase"));
+    std::fs::write(&pass, "numbat quokka bilby potoroo\n").expect("passphrase");
+    let key_args = ["--key", &key.display().to_string(), "--passphrase-file", &pass.display().to_string()];
+    let made = Command::new(bin()).args(["mail", "keygen"]).args(key_args).output().expect("keygen");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    // The index holds the account's words while it is in plaintext.
+    assert!(mail(&acc, &["search", "marsupial"]).contains("Wombat number"));
+    let index = d.join("xdg-state/pillarbox/search.sqlite");
+    assert!(index.exists(), "{}", index.display());
+    let plaintext_account = std::fs::read_to_string(&acc).expect("accounts");
+    std::fs::write(&acc, format!("{plaintext_account}{}", String::from_utf8_lossy(&made.stdout))).expect("accounts");
+
+    let files = || -> std::collections::BTreeMap<String, Vec<u8>> {
+        ["", ".lists"]
+            .iter()
+            .flat_map(|f| ["new", "cur"].map(|s| md.join(f).join(s)))
+            .flat_map(|p| std::fs::read_dir(p).into_iter().flatten().flatten())
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).expect("read")))
+            .collect()
+    };
+    let sealed = |b: &[u8]| b.starts_with(b"age-encryption.org/v1\n");
+    let mut seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |t| t.as_nanos() as u64);
+    // How many kills left the store part converted, part not.
+    let mut trials = |args: &[&str], done: &dyn Fn(&[u8], &[u8]) -> bool| {
+        let mut mixed = 0;
+        for _ in 0..6 {
+            let mut child = Command::new(bin())
+                .arg("mail")
+                .args(args)
+                .args(["--accounts-file", &acc])
+                .args(key_args)
+                .env("XDG_STATE_HOME", d.join("xdg-state"))
+                .env("XDG_RUNTIME_DIR", d.join("xdg-runtime"))
+                .env("PILLARBOX_TEST_CONVERT_PAUSE_MS", "3")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("mail");
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            std::thread::sleep(std::time::Duration::from_millis(30 + (seed >> 33) % 250));
+            let _ = child.kill();
+            let _ = child.wait();
+            let now = files();
+            assert_eq!(now.len(), originals.len(), "no message lost or doubled");
+            for (name, bytes) in &now {
+                let original = originals.get(name).unwrap_or_else(|| panic!("{name} was renamed"));
+                assert!(bytes == original || sealed(bytes), "{name} is whole in one form");
+            }
+            let finished = now.iter().filter(|(n, b)| done(b, &originals[*n])).count();
+            if finished == now.len() {
+                break;
+            }
+            if finished > 0 {
+                mixed += 1;
+            }
+        }
+        let out = Command::new(bin())
+            .arg("mail")
+            .args(args)
+            .args(["--accounts-file", &acc])
+            .args(key_args)
+            .env("XDG_STATE_HOME", d.join("xdg-state"))
+            .output()
+            .expect("mail");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(files().iter().all(|(n, b)| done(b, &originals[n])));
+        mixed
+    };
+    assert!(trials(&["encrypt", "home"], &|b, _| sealed(b)) > 0, "a run was cut short midway");
+    let index_bytes = String::from_utf8_lossy(&std::fs::read(&index).expect("index")).to_lowercase();
+    assert!(!index_bytes.contains("marsupial") && !index_bytes.contains("wombat"), "the index keeps no word");
+    let listed = json_lines(&mail(&acc, &[&["list", "--json"], &key_args[..]].concat()));
+    assert_eq!(listed.len(), originals.len());
+    assert!(mail(&acc, &[&["search", "--folder", "lists", "marsupial"], &key_args[..]].concat()).lines().count() >= 30);
+
+    std::fs::write(&acc, &plaintext_account).expect("accounts");
+    // Unlocked once (an agent), so that each run starts converting at once.
+    let unlock = |what: &[&str]| {
+        Command::new(bin()).arg("mail").args(what).env("XDG_RUNTIME_DIR", d.join("xdg-runtime")).output().expect("mail")
+    };
+    assert!(unlock(&[&["unlock", "--for", "5m"], &key_args[..]].concat()).status.success());
+    let decrypted = trials(&["decrypt", "home"], &|b, o| b == o);
+    unlock(&["lock"]);
+    assert!(decrypted > 0, "a run was cut short midway");
+    assert_eq!(files(), originals, "every octet back");
+}

@@ -186,3 +186,115 @@ mod tests {
         assert!(is_sealed(&sealed) && !String::from_utf8_lossy(&sealed).contains("secret"));
     }
 }
+
+/// Which way [`convert`] turns a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Encrypt,
+    Decrypt,
+}
+
+/// What [`convert`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Converted {
+    /// Messages turned now.
+    pub converted: usize,
+    /// Messages that were in the wanted form already (a run interrupted before, or new mail).
+    pub already: usize,
+}
+
+/// Ends the names of the copies being written in a Maildir's `tmp/`.
+const CONVERTING: &str = ".pillarbox-convert";
+
+/// Turn every message of these Maildirs (an account's, and its folders) into the other form, in
+/// place: each is written in its new form into `tmp/`, synced, and renamed over its old file, so
+/// that at every moment it is whole in one form or the other, never in neither; each folder is
+/// synced after. What is in the wanted form already is passed over, so a run interrupted at any
+/// moment is finished by running again (copies it left in `tmp/` go first). `recipient` is
+/// needed to encrypt; decrypting opens the store key as the readers do. `progress` is told each
+/// message done.
+pub fn convert(
+    maildirs: &[PathBuf],
+    direction: Direction,
+    recipient: Option<&age::x25519::Recipient>,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Converted, MailboxError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut out = Converted::default();
+    for dir in maildirs {
+        let tmp = dir.join("tmp");
+        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            if e.file_name().to_str().is_some_and(|n| n.ends_with(CONVERTING)) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let mut synced = Vec::new();
+        for path in crate::message_files(dir)? {
+            let err = || pillarbox_os::io_err(path.display());
+            let data = match std::fs::read(&path) {
+                Ok(d) => d,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(err()(e).into()),
+            };
+            let wanted = match direction {
+                Direction::Encrypt => is_sealed(&data),
+                Direction::Decrypt => !is_sealed(&data),
+            };
+            if wanted {
+                out.already += 1;
+                continue;
+            }
+            let before = std::fs::metadata(&path).map_err(err())?;
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("message");
+            let copy = tmp.join(format!("{}{CONVERTING}", name.replace(':', "_")));
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&copy)
+                .map_err(pillarbox_os::io_err(copy.display()))?;
+            let written = match direction {
+                Direction::Encrypt => {
+                    let recipient = recipient.ok_or_else(|| MailboxError::Locked("no key to encrypt to".into()))?;
+                    seal_to(&mut f, recipient).and_then(|mut w| {
+                        w.write_all(&data)?;
+                        w.finish().map(drop)
+                    })
+                }
+                Direction::Decrypt => f.write_all(&open(&path, data)?),
+            };
+            if let Err(e) = written.and_then(|()| f.sync_all()) {
+                let _ = std::fs::remove_file(&copy);
+                return Err(pillarbox_os::io_err(copy.display())(e).into());
+            }
+            drop(f);
+            convert_pause();
+            // Moved or removed meanwhile (a mail program at work): left for the next run.
+            if std::fs::metadata(&path).map(|m| m.ino()).ok() != Some(before.ino()) {
+                let _ = std::fs::remove_file(&copy);
+                continue;
+            }
+            std::fs::rename(&copy, &path).map_err(err())?;
+            if let Some(parent) = path.parent()
+                && !synced.iter().any(|p: &PathBuf| p == parent)
+            {
+                synced.push(parent.to_owned());
+            }
+            out.converted += 1;
+            progress(out.converted);
+        }
+        for d in synced {
+            pillarbox_os::fsync_dir(&d).map_err(pillarbox_os::io_err(d.display()))?;
+        }
+    }
+    Ok(out)
+}
+
+/// For the conversion's kill trials: `PILLARBOX_TEST_CONVERT_PAUSE_MS` holds each message
+/// between its copy's sync and its rename. Only in debug builds.
+fn convert_pause() {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var("PILLARBOX_TEST_CONVERT_PAUSE_MS").ok().and_then(|v| v.parse().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}

@@ -396,6 +396,21 @@ impl Index {
         Ok(result)
     }
 
+    /// Remove every row of `account` and rewrite the file so that nothing of them remains in
+    /// it (deleted pages zeroed, the write-ahead log emptied, the file vacuumed): for an account
+    /// whose store was just encrypted. Returns how many messages it had.
+    pub fn forget_account(&mut self, account: &str) -> Result<usize, SearchError> {
+        let err = |source| SearchError::Db { path: self.path.clone(), source };
+        self.db.execute_batch("PRAGMA secure_delete = ON;").map_err(err)?;
+        let tx = self.db.transaction().map_err(err)?;
+        tx.execute("DELETE FROM text WHERE rowid IN (SELECT rowid FROM messages WHERE account = ?1)", [account])
+            .map_err(err)?;
+        let n = tx.execute("DELETE FROM messages WHERE account = ?1", [account]).map_err(err)?;
+        tx.commit().map_err(err)?;
+        self.db.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);").map_err(err)?;
+        Ok(n)
+    }
+
     /// Add these Maildir files (account, path), just stored, without listing the folders: what
     /// fetch calls as each batch is committed, so that the update after it finds them indexed.
     /// Files already indexed, and files gone by now (moved to cur/ by a mail program: the next
