@@ -16,6 +16,8 @@
 # clamav-daemon, with a one-signature database: what ClamAV's mail parsing costs, not a full
 # signature set's matching) and clamd_alone, the same messages streamed to that clamd with
 # nothing else done (the scanner's own time); clamd's CPU is printed after the table.
+# SEALED=1 (or EXTRA=1) adds pillarbox into an encrypted store (`encrypt = { recipient }`), and,
+# with CLAMD=1 too, scanned and encrypted.
 #
 # Needs root (Dovecot), dovecot-pop3d, mpop, python3, bc, openssl, GNU time; eatmydata for the
 # fsync-free rows; fetchmail with FETCHMAIL=1. The clients run in turn within each repetition
@@ -140,6 +142,22 @@ run_pillarbox_mbox_sieve() {
 run_pillarbox_clamd() {
   ACCOUNT_EXTRA=$(printf '\n[antivirus]\nclamd = "%s"' "$BASE/clamd/sock") run_pillarbox_at "$POP3" none
 }
+# An encrypted store: the key made once, before the timing.
+prepare_sealed_key() {
+  [ -s "$BASE/recipient" ] && return
+  echo "bench store key passphrase 2026 quokka" > "$BASE/store-pass"
+  "$PB" mail keygen --key "$BASE/store-key.age" --passphrase-file "$BASE/store-pass" 2>/dev/null \
+    | sed 's/.*recipient = "\(age1[a-z0-9]*\)".*/\1/' > "$BASE/recipient"
+}
+prepare_pillarbox_sealed() { prepare_sealed_key; }
+run_pillarbox_sealed() {
+  ACCOUNT_EXTRA="encrypt = { recipient = \"$(cat "$BASE/recipient")\" }" run_pillarbox_at "$POP3" none
+}
+prepare_pillarbox_clamd_sealed() { prepare_sealed_key; }
+run_pillarbox_clamd_sealed() {
+  ACCOUNT_EXTRA=$(printf 'encrypt = { recipient = "%s" }\n[antivirus]\nclamd = "%s"' "$(cat "$BASE/recipient")" "$BASE/clamd/sock") \
+    run_pillarbox_at "$POP3" none
+}
 run_clamd_alone() { python3 "$HERE/clamd_stream.py" "$BASE/clamd/sock" "$SRV/pristine" 4 >/dev/null; }
 # A private clamd, its database one MD5 signature of nothing in the mail (clamd needs one).
 start_clamd() {
@@ -188,10 +206,12 @@ command -v eatmydata >/dev/null && CLIENTS="$CLIENTS pillarbox_nosync mpop_nosyn
 [ "${FETCHMAIL:-0}" = 1 ] && CLIENTS="$CLIENTS fetchmail"
 [ "${EXTRA:-0}" = 1 ] && CLIENTS="$CLIENTS pillarbox_stls mpop_stls pillarbox_mbox mpop_mbox pillarbox_mda mpop_mda pillarbox_indexed pillarbox_sieve pillarbox_mbox_sieve"
 { [ "${CLAMD:-0}" = 1 ] || [ "${EXTRA:-0}" = 1 ]; } && CLIENTS="$CLIENTS pillarbox_clamd clamd_alone"
+{ [ "${SEALED:-0}" = 1 ] || [ "${EXTRA:-0}" = 1 ]; } && CLIENTS="$CLIENTS pillarbox_sealed"
+{ [ "${SEALED:-0}" = 1 ] && [ "${CLAMD:-0}" = 1 ]; } || [ "${EXTRA:-0}" = 1 ] && CLIENTS="$CLIENTS pillarbox_clamd_sealed"
 [ -n "${PB_BEFORE:-}" ] && CLIENTS="$CLIENTS pillarbox_before"
 # ONLY="bare pillarbox ...": just these (bare and bare_tls are added as the references).
 if [ -n "${ONLY:-}" ]; then CLIENTS="bare bare_tls"; for c in $ONLY; do case " $CLIENTS " in *" $c "*) ;; *) CLIENTS="$CLIENTS $c" ;; esac; done; fi
-case " $CLIENTS " in *" pillarbox_clamd "*|*" clamd_alone "*) start_clamd ;; esac
+case " $CLIENTS " in *" pillarbox_clamd"*|*" clamd_alone "*) start_clamd ;; esac
 declare -A TIMES CPUS SCANNER
 for rep in $(seq "$REPS"); do
   for client in $CLIENTS; do
@@ -222,7 +242,7 @@ for client in $CLIENTS; do
   R=$(echo "${TIMES[$REF]}" | median)
   printf '%-20s %9.2f %11.0f %11.2fx %14.2f %15.0f\n' "$client" "$T" "$(echo "$COUNT/$T" | bc -l)" "$(echo "$T/$R" | bc -l)" "$C" "$(echo "$C*1000000/$COUNT" | bc -l)"
 done
-for client in pillarbox_clamd clamd_alone; do
+for client in pillarbox_clamd clamd_alone pillarbox_clamd_sealed; do
   [ -n "${SCANNER[$client]:-}" ] || continue
   TICKS=$(echo "${SCANNER[$client]}" | median)
   printf 'clamd CPU during %s: %.2f s, %.0f us/message\n' "$client" "$(echo "$TICKS/$(getconf CLK_TCK)" | bc -l)" \

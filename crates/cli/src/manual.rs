@@ -510,7 +510,7 @@ fn setting(line: &str) -> Option<(&str, &str)> {
 }
 
 /// The keys of an account in accounts.toml: (key, an example value, what it means).
-pub const ACCOUNT_KEYS: [(&str, &str, &str); 17] = [
+pub const ACCOUNT_KEYS: [(&str, &str, &str); 18] = [
     ("host", "\"pop.example.org\"", "The POP3 server's name or address. Required."),
     ("port", "995", "The port; by default 995 with tls = \"implicit\", 110 otherwise."),
     (
@@ -577,6 +577,14 @@ pub const ACCOUNT_KEYS: [(&str, &str, &str); 17] = [
          Status: and X-Status: lines). A script that does not compile is this account's error, with its line; one \
          that fails on a message leaves it in the inbox and says so. Not for mda accounts. See \
          pillarbox-sieve-check(1).",
+    ),
+    (
+        "encrypt",
+        "{ recipient = \"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\" }",
+        "Keep this account's mail encrypted: each message is written as an age file encrypted to the store key's \
+         public half (what `pillarbox mail keygen` printed), so fetch needs no secret. `pillarbox mail` reads it \
+         with the key, unlocked by its passphrase or by `pillarbox mail unlock`; the search index never keeps its \
+         words. A Maildir account only. Mail already there is encrypted by `pillarbox mail encrypt NAME`.",
     ),
 ];
 
