@@ -235,12 +235,12 @@ done
 WHERE="loopback"; [ "$DELAY_MS" != 0 ] && WHERE="$((2 * DELAY_MS)) ms round trip"
 MODE="delete after download"; [ "$KEEP" = 1 ] && MODE="kept on the server"
 printf '\n%d messages, %.1f MB, %s, %s, %d alternating repetitions (medians)\n' "$COUNT" "$(echo "$BYTES/1000000" | bc -l)" "$WHERE" "$MODE" "$REPS"
-printf '%-20s %9s %11s %12s %14s %15s\n' client seconds messages/s "vs bare" "client CPU s" "CPU us/message"
+printf '%-24s %9s %11s %12s %14s %15s\n' client seconds messages/s "vs bare" "client CPU s" "CPU us/message"
 for client in $CLIENTS; do
   T=$(echo "${TIMES[$client]}" | median); C=$(echo "${CPUS[$client]}" | median)
   REF=bare; case $client in *_tls|*_stls) REF=bare_tls ;; esac
   R=$(echo "${TIMES[$REF]}" | median)
-  printf '%-20s %9.2f %11.0f %11.2fx %14.2f %15.0f\n' "$client" "$T" "$(echo "$COUNT/$T" | bc -l)" "$(echo "$T/$R" | bc -l)" "$C" "$(echo "$C*1000000/$COUNT" | bc -l)"
+  printf '%-24s %9.2f %11.0f %11.2fx %14.2f %15.0f\n' "$client" "$T" "$(echo "$COUNT/$T" | bc -l)" "$(echo "$T/$R" | bc -l)" "$C" "$(echo "$C*1000000/$COUNT" | bc -l)"
 done
 for client in pillarbox_clamd clamd_alone pillarbox_clamd_sealed; do
   [ -n "${SCANNER[$client]:-}" ] || continue

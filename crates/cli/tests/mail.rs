@@ -551,6 +551,42 @@ fn an_encrypted_store_holds_no_plaintext_and_reads_as_a_plaintext_one() {
         }
     };
     leaks("after the fetch");
+    // A backup (even one not encrypted itself) keeps the messages as they are: encrypted.
+    let backup = |args: &[&str]| {
+        let out = Command::new(bin())
+            .arg("backup")
+            .args(args)
+            .env("PILLARBOX_ACCOUNTS", &acc)
+            .env_remove("PILLARBOX_PASSPHRASE")
+            .output()
+            .expect("backup");
+        assert!(out.status.success(), "backup {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (bk, bk_state, restored) = (d.join("bk"), d.join("bk-state"), d.join("restored"));
+    let made: serde_json::Value = serde_json::from_str(
+        backup(&[
+            "create",
+            "--json",
+            "--no-encrypt",
+            "--to",
+            &bk.display().to_string(),
+            "--state-dir",
+            &bk_state.display().to_string(),
+        ])
+        .lines()
+        .last()
+        .expect("a line"),
+    )
+    .expect("JSON");
+    backup(&["restore", made["path"].as_str().expect("path"), "--to", &restored.display().to_string()]);
+    let messages: Vec<_> = all_bytes(&restored)
+        .into_iter()
+        .filter(|(p, _)| p.parent().and_then(|d| d.file_name()).is_some_and(|n| n == "new"))
+        .collect();
+    assert_eq!(messages.len(), 3, "{:?}", all_bytes(&restored).iter().map(|(p, _)| p.clone()).collect::<Vec<_>>());
+    assert!(messages.iter().all(|(_, b)| b.starts_with(b"age-encryption.org/v1\n")));
+    leaks("after a backup and its restore");
 
     // The same mail kept in plaintext, for comparison.
     let plain_dir = d.join("plain");
