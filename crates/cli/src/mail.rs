@@ -344,9 +344,11 @@ impl Indexer {
 /// meanwhile, and the run before if it was interrupted).
 pub fn after_fetch(accounts: &[Account], state_dir: &std::path::Path) {
     let Some(path) = fetch_index(state_dir) else { return };
+    // An encrypted account's words never go to the index on disk.
     let dirs = with_folders(
         accounts
             .iter()
+            .filter(|a| a.encrypt.is_none())
             .filter_map(|a| match &a.deliver {
                 Deliver::Maildir(d) | Deliver::Mbox(d) => Some((a.name.clone(), d.clone())),
                 Deliver::Mda(_) => None,
