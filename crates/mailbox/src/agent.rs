@@ -105,7 +105,8 @@ pub fn bind(socket: &Path) -> io::Result<UnixListener> {
 }
 
 /// Serve `identity` on `listener` until `until` (seconds since the epoch) or a `LOCK`; then the
-/// socket goes. Only processes of this user are answered.
+/// socket goes. Only processes of this user are answered. At `until` the process exits even if
+/// nobody asks: this is the agent's whole process (`pillarbox mail agent`).
 pub fn serve(listener: UnixListener, socket: &Path, identity: &age::x25519::Identity, until: u64) {
     let me = nix::unistd::getuid().as_raw();
     let gone = socket.to_owned();
