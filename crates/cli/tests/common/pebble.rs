@@ -89,6 +89,12 @@ impl Pebble {
             }
         }
         assert!(seen.contains("ACME directory available"), "pebble did not start:\n{seen}");
+        // The management interface starts on its own, just after the directory says it is there.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", management)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "pebble's management port {management} never opened");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         std::thread::spawn(move || {
             let mut out = std::fs::File::create(log).expect("log");
             for l in lines.map_while(Result::ok) {
