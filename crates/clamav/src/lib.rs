@@ -61,9 +61,13 @@ impl fmt::Display for Clamd {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Clean,
-    /// The signature's name (`Eicar-Test-Signature`).
+    /// The signature's name (`Eicar-Test-Signature`): printable ASCII, at most [`MAX_NAME`]
+    /// characters, so that it can go into a reply line, a header or a log as it is.
     Infected(String),
 }
+
+/// The longest signature name kept (clamd's are well under it).
+pub const MAX_NAME: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
@@ -258,7 +262,9 @@ fn read_reply(conn: &mut Conn) -> io::Result<String> {
     if reply.is_empty() {
         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "it closed the connection without a reply"));
     }
-    Ok(String::from_utf8_lossy(&reply).trim_end_matches(['\n', '\r']).to_owned())
+    // What clamd says ends up in replies to mail servers and in logs: printable ASCII only.
+    let text = String::from_utf8_lossy(&reply);
+    Ok(text.trim_end_matches(['\n', '\r']).chars().filter(|c| c.is_ascii_graphic() || *c == ' ').collect())
 }
 
 /// `stream: OK` or `stream: NAME FOUND`; `None` for anything else (an error).
@@ -268,7 +274,7 @@ fn verdict(reply: &str) -> Option<Verdict> {
         return Some(Verdict::Clean);
     }
     let name = rest.strip_suffix(" FOUND")?;
-    (!name.is_empty()).then(|| Verdict::Infected(name.to_owned()))
+    (!name.is_empty()).then(|| Verdict::Infected(name.chars().take(MAX_NAME).collect()))
 }
 
 #[cfg(test)]
@@ -287,5 +293,7 @@ mod tests {
         assert_eq!(verdict("stream: Eicar-Signature FOUND"), Some(Verdict::Infected("Eicar-Signature".into())));
         assert_eq!(verdict("INSTREAM size limit exceeded. ERROR"), None);
         assert_eq!(verdict("stream:  FOUND"), None);
+        let long = format!("stream: {} FOUND", "x".repeat(500));
+        assert_eq!(verdict(&long), Some(Verdict::Infected("x".repeat(MAX_NAME))));
     }
 }

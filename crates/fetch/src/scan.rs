@@ -107,7 +107,7 @@ impl Scans {
         let (id, task) = self.waiting.pop_front()?;
         let finding = match task.await {
             Ok(Ok(Verdict::Clean)) => Finding::Clean,
-            Ok(Ok(Verdict::Infected(name))) => Finding::Infected(printable(&name)),
+            Ok(Ok(Verdict::Infected(name))) => Finding::Infected(name),
             Ok(Err(e)) => Finding::Unscanned(e.to_string()),
             Err(e) => Finding::Unscanned(format!("the scan stopped: {e}")),
         };
@@ -131,9 +131,4 @@ impl Drop for Scans {
             task.abort();
         }
     }
-}
-
-/// A signature's name as shown and stored: printable ASCII, at most 200 characters.
-fn printable(name: &str) -> String {
-    name.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(200).collect()
 }

@@ -119,11 +119,8 @@ where
                     None => finish(&front, slots).await,
                     Some(mut scan) => match (scan.held.take(), scan.verdict().await) {
                         (_, Ok(Verdict::Clean)) => finish(&front, slots).await,
-                        (Some(held), Ok(Verdict::Infected(name))) => {
-                            quarantine(&front, &peer, slots, held, printable(&name)).await
-                        }
+                        (Some(held), Ok(Verdict::Infected(name))) => quarantine(&front, &peer, slots, held, name).await,
                         (None, Ok(Verdict::Infected(name))) => {
-                            let name = printable(&name);
                             warn!(client = %peer, signature = %name, "refused an infected message");
                             let reply = Reply::new(554, (5, 7, 1), format!("message refused: infected with {name}"));
                             refuse(&front, slots, reply, "infected")
@@ -243,11 +240,6 @@ impl Scanning {
             Err(e) => Err((format!("the scan stopped: {e}"), self.accept_unscanned)),
         }
     }
-}
-
-/// A signature's name as it may appear in a reply: printable ASCII, at most 200 characters.
-fn printable(name: &str) -> String {
-    name.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(200).collect()
 }
 
 /// The same reply for every recipient still open (their copies dropped: nothing stays in
