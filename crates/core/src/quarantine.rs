@@ -273,7 +273,8 @@ impl QuarantineStore for MaildirQuarantine {
 /// The quarantine in memory (tests, and a server without a place for one).
 #[derive(Default)]
 pub struct MemoryQuarantine {
-    held: Mutex<Vec<(Held, Vec<u8>)>>,
+    /// The held messages, and how many were ever held (ids are never given twice).
+    held: Mutex<(Vec<(Held, Vec<u8>)>, u64)>,
 }
 
 #[async_trait]
@@ -283,23 +284,33 @@ impl QuarantineStore for MemoryQuarantine {
     }
 
     async fn hold(&self, envelope: &Envelope, text: Vec<u8>) -> Result<String, QuarantineError> {
-        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let id = format!("{}.{}", envelope.at, held.len() + 1);
+        let mut guard = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (held, made) = &mut *guard;
+        *made += 1;
+        let id = format!("{}.{made}", envelope.at);
         held.push((Held { id: id.clone(), envelope: envelope.clone(), size: text.len() as u64 }, text));
         Ok(id)
     }
 
     async fn list(&self) -> Result<Vec<Held>, QuarantineError> {
-        Ok(self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().map(|(h, _)| h.clone()).collect())
+        Ok(self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
+            .iter()
+            .map(|(h, _)| h.clone())
+            .collect())
     }
 
     async fn read(&self, id: &str) -> Result<(Held, Vec<u8>), QuarantineError> {
         let held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        held.iter().find(|(h, _)| h.id == id).cloned().ok_or_else(|| QuarantineError::NoSuch(id.to_owned()))
+        held.0.iter().find(|(h, _)| h.id == id).cloned().ok_or_else(|| QuarantineError::NoSuch(id.to_owned()))
     }
 
     async fn remove(&self, id: &str) -> Result<(), QuarantineError> {
-        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let held = &mut guard.0;
         let before = held.len();
         held.retain(|(h, _)| h.id != id);
         if held.len() == before { Err(QuarantineError::NoSuch(id.to_owned())) } else { Ok(()) }
@@ -389,6 +400,10 @@ pub mod conformance {
         assert!(matches!(q.read("../../etc/passwd").await, Err(QuarantineError::NoSuch(_))));
         assert!(matches!(q.read("42").await, Err(QuarantineError::NoSuch(_))));
         assert_eq!(q.list().await.expect("listed").len(), 1);
+        // An id is never given twice, even after a removal at the same second.
+        let third = q.hold(&envelope(1_700_000_100), b"Subject: three\r\n\r\n".to_vec()).await.expect("held");
+        assert_ne!(third, second);
+        q.remove(&third).await.expect("removed");
     }
 }
 

@@ -23,6 +23,9 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 /// How long a client waits for the agent.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The most a request may be: an X25519 stanza is about a hundred octets.
+const MAX_REQUEST: u64 = 4096;
+
 /// Where the agent of this user listens: `$XDG_RUNTIME_DIR/pillarbox/store-agent.sock`, or a
 /// folder of the user's own under /tmp when there is no runtime folder.
 pub fn socket_path() -> PathBuf {
@@ -128,7 +131,7 @@ pub fn serve(listener: UnixListener, socket: &Path, identity: &age::x25519::Iden
         }
         let _ = conn.set_read_timeout(Some(TIMEOUT));
         let mut reader = BufReader::new(match conn.try_clone() {
-            Ok(c) => c,
+            Ok(c) => std::io::Read::take(c, MAX_REQUEST),
             Err(_) => continue,
         });
         let mut first = String::new();
