@@ -273,8 +273,9 @@ impl QuarantineStore for MaildirQuarantine {
 /// The quarantine in memory (tests, and a server without a place for one).
 #[derive(Default)]
 pub struct MemoryQuarantine {
-    /// The held messages, and how many were ever held (ids are never given twice).
-    held: Mutex<(Vec<(Held, Vec<u8>)>, u64)>,
+    held: Mutex<Vec<(Held, Vec<u8>)>>,
+    /// How many were ever held: ids are never given twice.
+    made: std::sync::atomic::AtomicU64,
 }
 
 #[async_trait]
@@ -284,33 +285,24 @@ impl QuarantineStore for MemoryQuarantine {
     }
 
     async fn hold(&self, envelope: &Envelope, text: Vec<u8>) -> Result<String, QuarantineError> {
-        let mut guard = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (held, made) = &mut *guard;
-        *made += 1;
+        let made = self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let id = format!("{}.{made}", envelope.at);
+        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         held.push((Held { id: id.clone(), envelope: envelope.clone(), size: text.len() as u64 }, text));
         Ok(id)
     }
 
     async fn list(&self) -> Result<Vec<Held>, QuarantineError> {
-        Ok(self
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .0
-            .iter()
-            .map(|(h, _)| h.clone())
-            .collect())
+        Ok(self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().map(|(h, _)| h.clone()).collect())
     }
 
     async fn read(&self, id: &str) -> Result<(Held, Vec<u8>), QuarantineError> {
         let held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        held.0.iter().find(|(h, _)| h.id == id).cloned().ok_or_else(|| QuarantineError::NoSuch(id.to_owned()))
+        held.iter().find(|(h, _)| h.id == id).cloned().ok_or_else(|| QuarantineError::NoSuch(id.to_owned()))
     }
 
     async fn remove(&self, id: &str) -> Result<(), QuarantineError> {
-        let mut guard = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let held = &mut guard.0;
+        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = held.len();
         held.retain(|(h, _)| h.id != id);
         if held.len() == before { Err(QuarantineError::NoSuch(id.to_owned())) } else { Ok(()) }
