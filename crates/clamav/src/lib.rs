@@ -114,22 +114,11 @@ const MAX_REPLY: usize = 4096;
 #[derive(Clone, Debug)]
 pub struct Scanner {
     clamd: Clamd,
-    timeout: Duration,
 }
 
 impl Scanner {
     pub fn new(clamd: Clamd) -> Self {
-        Self { clamd, timeout: TIMEOUT }
-    }
-
-    /// Another timeout for each read and write (and for connecting over TCP).
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    pub fn clamd(&self) -> &Clamd {
-        &self.clamd
+        Self { clamd }
     }
 
     fn unavailable(&self, why: impl fmt::Display) -> ScanError {
@@ -139,8 +128,8 @@ impl Scanner {
     fn connect(&self) -> Result<Conn, ScanError> {
         let conn = match &self.clamd {
             Clamd::Unix(p) => UnixStream::connect(p).and_then(|s| {
-                s.set_read_timeout(Some(self.timeout))?;
-                s.set_write_timeout(Some(self.timeout))?;
+                s.set_read_timeout(Some(TIMEOUT))?;
+                s.set_write_timeout(Some(TIMEOUT))?;
                 Ok(Conn::Unix(s))
             }),
             Clamd::Tcp(a) => {
@@ -149,10 +138,10 @@ impl Scanner {
                     .and_then(|mut addrs| {
                         addrs.next().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))
                     })
-                    .and_then(|addr| TcpStream::connect_timeout(&addr, self.timeout))
+                    .and_then(|addr| TcpStream::connect_timeout(&addr, TIMEOUT))
                     .and_then(|s| {
-                        s.set_read_timeout(Some(self.timeout))?;
-                        s.set_write_timeout(Some(self.timeout))?;
+                        s.set_read_timeout(Some(TIMEOUT))?;
+                        s.set_write_timeout(Some(TIMEOUT))?;
                         s.set_nodelay(true)?;
                         Ok(Conn::Tcp(s))
                     })
