@@ -435,13 +435,19 @@ fn search_all(store: &Store, q: &pillarbox_mailbox::search::Query, limit: usize)
     Ok(found)
 }
 
+/// The accounts file and its accounts that can be used (the others are reported by [`roots`]).
+fn usable_accounts(store: &Store) -> Result<(PathBuf, Vec<Account>)> {
+    let path = store.accounts_file.clone().unwrap_or_else(account::default_path);
+    let (accounts, _) = crate::account::load_all_required(&path)?;
+    Ok((path, accounts))
+}
+
 /// The key an account's new messages are encrypted to, when its store is encrypted.
 fn sealed_recipient(store: &Store, name: &str) -> Result<Option<age::x25519::Recipient>> {
     if store.maildir.is_some() {
         return Ok(None);
     }
-    let path = store.accounts_file.clone().unwrap_or_else(account::default_path);
-    let (accounts, _) = crate::account::load_all_required(&path)?;
+    let (_, accounts) = usable_accounts(store)?;
     Ok(accounts.into_iter().find(|a| a.name == name).and_then(|a| a.encrypt))
 }
 
@@ -452,8 +458,7 @@ fn sealed_accounts(store: &Store) -> Result<std::collections::HashSet<String>> {
         let sealed = first.is_some_and(|f| mailbox::sealed::file_is_sealed(&f).unwrap_or(false));
         return Ok(if sealed { std::iter::once("-".to_owned()).collect() } else { Default::default() });
     }
-    let path = store.accounts_file.clone().unwrap_or_else(account::default_path);
-    let (accounts, _) = crate::account::load_all_required(&path)?;
+    let (_, accounts) = usable_accounts(store)?;
     Ok(accounts.into_iter().filter(|a| a.encrypt.is_some()).map(|a| a.name).collect())
 }
 
@@ -493,8 +498,7 @@ fn convert(name: &str, store: &Store, direction: Direction) -> Result<u8> {
     if store.maildir.is_some() {
         bail!("name an account of the accounts file (its encrypt setting says which key)");
     }
-    let path = store.accounts_file.clone().unwrap_or_else(account::default_path);
-    let (accounts, _) = crate::account::load_all_required(&path)?;
+    let (path, accounts) = usable_accounts(store)?;
     let a = accounts
         .iter()
         .find(|a| a.name == name)
