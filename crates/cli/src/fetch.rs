@@ -291,7 +291,10 @@ pub fn run(args: FetchArgs) -> Result<u8> {
     if let Some(spec) = &args.import_state {
         return import_state(spec, &chosen, &state, now);
     }
-    let max_batch = fetch::batch_limit(raise_open_files_limit(), chosen.len());
+    let open_files = raise_open_files_limit();
+    let max_batch = fetch::batch_limit(open_files, chosen.len());
+    // Two batches per account, open at once, and some to spare (see batch_limit).
+    fetch::reserve_descriptors((2 * max_batch * chosen.len()) as u64 + 256, open_files);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         let Some(every) = args.every else {

@@ -91,7 +91,7 @@ struct Staged {
 impl Staged {
     /// Give the message its names (see `targets`): links, which (like a rename) never show a
     /// reader anything but the whole message. A named file in `tmp/` goes once linked.
-    fn place(&self) -> io::Result<()> {
+    fn place(&self, folders: &mut OpenFolders) -> io::Result<()> {
         if let ([target], true) = (self.targets.as_slice(), self.named) {
             return fs::rename(&self.tmp, target);
         }
@@ -102,13 +102,13 @@ impl Staged {
             }
             #[cfg(target_os = "linux")]
             {
-                use std::os::fd::AsRawFd;
-                let from = format!("/proc/self/fd/{}", self.file.as_raw_fd());
-                let (here, follow) = (nix::fcntl::AT_FDCWD, nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW);
-                nix::unistd::linkat(here, from.as_str(), here, target, follow).map_err(io::Error::from)?;
+                let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+                    return Err(io::Error::other(format!("{} is not a file in a folder", target.display())));
+                };
+                link_unnamed(&self.file, folders.get(dir)?, name)?;
             }
             #[cfg(not(target_os = "linux"))]
-            unreachable!("files without a name are made on Linux only")
+            unreachable!("files without a name are made on Linux only: {folders:?}")
         }
         if self.named {
             fs::remove_file(&self.tmp)?;
@@ -120,6 +120,61 @@ impl Staged {
     fn discard(self) {
         discard(&self.tmp, self.named);
     }
+}
+
+/// The folders a batch's messages are linked into, each opened once: a name relative to an open
+/// folder spares the kernel a walk of the folder's whole path for every message.
+#[derive(Debug, Default)]
+struct OpenFolders(Vec<(PathBuf, std::os::fd::OwnedFd)>);
+
+impl OpenFolders {
+    #[cfg(target_os = "linux")]
+    fn get(&mut self, dir: &Path) -> io::Result<std::os::fd::BorrowedFd<'_>> {
+        use rustix::fs::{Mode, OFlags};
+        use std::os::fd::AsFd;
+        let i = match self.0.iter().position(|(p, _)| p == dir) {
+            Some(i) => i,
+            None => {
+                let fd = rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+                self.0.push((dir.to_owned(), fd));
+                self.0.len() - 1
+            }
+        };
+        Ok(self.0[i].1.as_fd())
+    }
+}
+
+/// Give a file without a name (`O_TMPFILE`) the name `name` in the open folder `dir`.
+/// linkat(2) takes the descriptor itself (`AT_EMPTY_PATH`) from Linux 6.10 on, for the process
+/// that opened the file; older kernels refuse it (ENOENT, or EPERM) without a privilege, and then
+/// the file is named through `/proc/self/fd` (a lookup of that path per message), from then on.
+#[cfg(target_os = "linux")]
+fn link_unnamed(file: &File, dir: std::os::fd::BorrowedFd<'_>, name: &std::ffi::OsStr) -> io::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static BY_DESCRIPTOR: AtomicBool = AtomicBool::new(true);
+    if BY_DESCRIPTOR.load(Ordering::Relaxed) {
+        match link_unnamed_by(file, dir, name, true) {
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM) => BY_DESCRIPTOR.store(false, Ordering::Relaxed),
+            other => return other.map_err(io::Error::from),
+        }
+    }
+    link_unnamed_by(file, dir, name, false).map_err(io::Error::from)
+}
+
+#[cfg(target_os = "linux")]
+fn link_unnamed_by(
+    file: &File,
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+    by_descriptor: bool,
+) -> rustix::io::Result<()> {
+    use rustix::fs::{AtFlags, linkat};
+    use std::os::fd::AsRawFd;
+    if by_descriptor {
+        return linkat(file, "", dir, name, AtFlags::EMPTY_PATH);
+    }
+    let from = format!("/proc/self/fd/{}", file.as_raw_fd());
+    linkat(rustix::fs::CWD, from.as_str(), dir, name, AtFlags::SYMLINK_FOLLOW)
 }
 
 /// Remove a message's file in `tmp/`; one without a name goes with its descriptor.
@@ -144,19 +199,22 @@ fn unnamed_files() -> bool {
 
 /// A new file without a name in the folder `tmp` (`O_TMPFILE`), or `None` where the file system
 /// or kernel has none (any other failure, such as too many open files or no space, is one).
-fn open_unnamed(tmp: &Path) -> io::Result<Option<File>> {
+/// `opened` keeps the folder open from one message to the next.
+fn open_unnamed(tmp: &Path, opened: &mut OpenFolders) -> io::Result<Option<File>> {
     #[cfg(target_os = "linux")]
     {
-        use nix::libc::{EINVAL, EISDIR, EOPNOTSUPP, O_TMPFILE};
-        match OpenOptions::new().write(true).custom_flags(O_TMPFILE).mode(0o600).open(tmp) {
-            Ok(f) => Ok(Some(f)),
-            Err(e) if matches!(e.raw_os_error(), Some(EOPNOTSUPP | EISDIR | EINVAL)) => Ok(None),
-            Err(e) => Err(e),
+        use rustix::fs::{Mode, OFlags};
+        use rustix::io::Errno;
+        let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
+        match rustix::fs::openat(opened.get(tmp)?, ".", flags, Mode::RUSR | Mode::WUSR) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = tmp;
+        let _ = (tmp, opened);
         Ok(None)
     }
 }
@@ -171,6 +229,8 @@ enum Kind {
         present: HashSet<String>,
         staged: Vec<Staged>,
         unnamed: bool,
+        /// `tmp/`, kept open for the files without a name.
+        tmp_dir: OpenFolders,
         /// Maildir++ folders known to exist (`.lists.rust`), for Sieve's fileinto.
         folders: HashSet<String>,
     },
@@ -630,8 +690,9 @@ fn durable_maildir(staged: &mut Vec<Staged>) -> Result<Vec<(String, PathBuf)>, D
         return Ok(Vec::new());
     }
     sync_staged(staged)?;
+    let mut opened = OpenFolders::default();
     for (i, s) in staged.iter().enumerate() {
-        if let Err(e) = s.place() {
+        if let Err(e) = s.place(&mut opened) {
             let at = s.targets.first().and_then(|t| t.parent()).unwrap_or(&s.tmp).display().to_string();
             // Those moved are in place (and recognised by their names); the rest stay staged.
             staged.drain(..i);
@@ -748,6 +809,10 @@ pub struct Local {
     scanned: bool,
     /// An encrypted store: each Maildir message is written encrypted to this key.
     seal: Option<age::x25519::Recipient>,
+    /// A Maildir file name's unique part (Maildir's `Q`, the messages begun here, and a
+    /// random number drawn once, `R`) beside the time and process id.
+    deliveries: u64,
+    random: u32,
 }
 
 /// The `F` tags of the messages this client already moved into a Maildir.
@@ -880,8 +945,9 @@ fn remove_stale_tmp(tmp: &Path) {
 
 /// The `F` part of a Maildir name for a message of an account.
 fn fetch_tag(account_key: &str, id: &str) -> String {
-    let h = Sha256::digest(format!("{account_key}\0{id}").as_bytes());
-    h[..10].iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let h = Sha256::new().chain_update(account_key).chain_update([0]).chain_update(id).finalize();
+    h[..10].iter().flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]).map(char::from).collect()
 }
 
 impl Local {
@@ -907,6 +973,7 @@ impl Local {
                     present: present_tags(dir)?,
                     staged: Vec::new(),
                     unnamed: unnamed_files(),
+                    tmp_dir: OpenFolders::default(),
                     folders: HashSet::new(),
                 }
             }
@@ -975,6 +1042,7 @@ impl Local {
                 present: present_tags(dir).unwrap_or_default(),
                 staged: Vec::new(),
                 unnamed: false,
+                tmp_dir: OpenFolders::default(),
                 folders: HashSet::new(),
             },
             Deliver::Mbox(path) => Kind::Mbox(Mbox::new(path, Path::new("/nonexistent"))),
@@ -999,6 +1067,12 @@ impl Local {
             copy: Vec::new(),
             scanned: false,
             seal: None,
+            deliveries: 0,
+            random: {
+                let mut r = [0u8; 4];
+                let _ = getrandom::fill(&mut r);
+                u32::from_le_bytes(r)
+            },
         }
     }
 
@@ -1026,20 +1100,20 @@ impl Local {
         self.lf = ToLf::default();
         let rules = self.rules.is_some();
         self.current = Some(match &mut self.kind {
-            Kind::Maildir { dir, unnamed, .. } => {
+            Kind::Maildir { dir, unnamed, tmp_dir: opened, .. } => {
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-                let mut r = [0u8; 4];
-                let _ = getrandom::fill(&mut r);
+                self.deliveries += 1;
                 let unique = format!(
-                    "{}.M{}P{}R{:08x}",
+                    "{}.M{}P{}Q{}R{:08x}",
                     now.as_secs(),
                     now.subsec_micros(),
                     std::process::id(),
-                    u32::from_le_bytes(r)
+                    self.deliveries,
+                    self.random
                 );
                 let tmp_dir = dir.join("tmp");
                 let without_name = if *unnamed {
-                    open_unnamed(&tmp_dir)
+                    open_unnamed(&tmp_dir, opened)
                         .map_err(io_err(format!("creating a new message in {}", tmp_dir.display())))?
                 } else {
                     None
@@ -1467,6 +1541,36 @@ mod tests {
             }
             local.finish(id).expect("finish");
         }
+    }
+
+    /// A file without a name gets its name both ways: by its descriptor (Linux 6.10 and later,
+    /// or a privileged process) and through /proc (older kernels); whole, beside what is there,
+    /// and never over a name that exists.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn files_without_a_name_are_linked_both_ways() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (tmp, new) = (dir.path().join("tmp"), dir.path().join("new"));
+        fs::create_dir_all(&tmp).expect("tmp");
+        fs::create_dir_all(&new).expect("new");
+        let mut folders = OpenFolders::default();
+        for (by_descriptor, name) in [(true, "one"), (false, "two")] {
+            let Some(mut file) = open_unnamed(&tmp, &mut folders).expect("open") else {
+                return; // a file system without O_TMPFILE: nothing to test here
+            };
+            file.write_all(format!("text of {name}\n").as_bytes()).expect("write");
+            match link_unnamed_by(&file, folders.get(&new).expect("new"), name.as_ref(), by_descriptor) {
+                Ok(()) => {}
+                // An unprivileged process on a kernel before 6.10: what link_unnamed falls back from.
+                Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM) if by_descriptor => continue,
+                Err(e) => panic!("linking {name}: {e}"),
+            }
+            assert_eq!(fs::read_to_string(new.join(name)).expect("read"), format!("text of {name}\n"));
+            let again = link_unnamed(&file, folders.get(&new).expect("new"), name.as_ref());
+            assert_eq!(again.map_err(|e| e.kind()), Err(io::ErrorKind::AlreadyExists));
+        }
+        assert_eq!(fs::read_dir(&tmp).expect("tmp").count(), 0, "nothing named in tmp/");
+        assert_eq!(folders.0.len(), 2, "each folder opened once");
     }
 
     /// The rules read at most RULES_TEXT octets of a message held in memory, whatever its size;

@@ -72,6 +72,18 @@ pub fn batch_limit(open_files: u64, accounts: usize) -> usize {
     usize::try_from(per_account).unwrap_or(usize::MAX).clamp(8, MAX_BATCH_MESSAGES)
 }
 
+/// Grow the process's table of descriptors at once to hold `count` (within the limit `limit`),
+/// while the process has a single thread. Grown later, as a fetch opens its batches' files, the
+/// table is shared by the runtime's threads, and the kernel waits for an RCU grace period each
+/// time it doubles: stalls of milliseconds in the middle of a download.
+pub fn reserve_descriptors(count: u64, limit: u64) {
+    let Ok(top) = u32::try_from(count.min(limit.saturating_sub(1)).min(1 << 16)) else { return };
+    if let Ok(root) = std::fs::File::open("/") {
+        // The copy lands at `top` or above, which makes the table that large; it goes at once.
+        let _ = rustix::io::fcntl_dupfd_cloexec(&root, top as i32);
+    }
+}
+
 /// Something that happened, for the terminal or `--json`.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
@@ -1030,5 +1042,29 @@ mod tests {
         }
         // Never below a few messages per batch, however many accounts share the limit.
         assert_eq!(batch_limit(1024, 1000), 8);
+    }
+
+    /// The table of descriptors (`FDSize` in /proc) is grown at once, within the limit, and the
+    /// descriptor that grew it is closed again.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn descriptors_are_reserved_at_once() {
+        use rustix::process::{Resource, getrlimit};
+        let table = || -> u64 {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            status.lines().find_map(|l| l.strip_prefix("FDSize:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+        };
+        let limit = getrlimit(Resource::Nofile).current.unwrap_or(1024);
+        let want = (limit / 2).min(8192);
+        assert!(table() > 0, "no FDSize in /proc/self/status");
+        reserve_descriptors(want, limit);
+        assert!(table() >= want, "FDSize {} for {want}", table());
+        // Beyond the limit: up to it only, without an error.
+        reserve_descriptors(limit * 2, limit);
+        assert!(table() >= limit.min(1 << 16) - 1, "FDSize {} for the limit {limit}", table());
+        // Nothing was left open where the table was grown: that number is free.
+        let root = std::fs::File::open("/").expect("open /");
+        let at = rustix::io::fcntl_dupfd_cloexec(&root, (want - 1) as i32).expect("dup");
+        assert_eq!(std::os::fd::AsRawFd::as_raw_fd(&at), (want - 1) as i32);
     }
 }
