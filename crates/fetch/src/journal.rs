@@ -167,18 +167,26 @@ impl Journal {
     /// Forget messages that are no longer on the server.
     pub fn gone_batch(&mut self, ids: &[String]) -> Result<(), JournalError> {
         let known: Vec<String> = ids.iter().filter(|id| self.entries.contains_key(*id)).cloned().collect();
-        self.append(&known.iter().map(|id| format!("- {id}")).collect::<Vec<_>>())?;
         for id in &known {
             self.entries.remove(id);
         }
-        self.compact_if_large()
+        // A journal that would then hold mostly what is gone is rewritten with what it still
+        // holds, instead of also being appended to (one fsync less at the end of a run that
+        // emptied a mailbox). A crash before the rewrite is on disk leaves the old journal,
+        // as a crash before the append would: ids no longer on the server, forgotten next time.
+        if Self::too_large(self.lines + known.len(), self.entries.len()) {
+            return self.compact();
+        }
+        self.append(&known.iter().map(|id| format!("- {id}")).collect::<Vec<_>>())
     }
 
-    /// Rewrite the journal when it has grown far beyond what it holds (tmp, fsync, rename).
-    fn compact_if_large(&mut self) -> Result<(), JournalError> {
-        if self.lines < 1000 || self.lines < 4 * self.entries.len() {
-            return Ok(());
-        }
+    /// Whether a journal of `lines` lines holding `entries` ids is worth rewriting.
+    fn too_large(lines: usize, entries: usize) -> bool {
+        lines >= 1000 && lines >= 4 * entries
+    }
+
+    /// Rewrite the journal with what it holds (tmp, fsync, rename).
+    fn compact(&mut self) -> Result<(), JournalError> {
         let path = self.dir.join("journal");
         let tmp = self.dir.join("journal.tmp");
         let mut text = format!("{MAGIC}\n");
@@ -304,5 +312,26 @@ mod tests {
         assert_eq!(j.last_batch(), 1200);
         let lines = fs::read_to_string(dir.path().join("journal")).expect("read").lines().count();
         assert!(lines < 1200, "compacted to {lines} lines");
+    }
+
+    /// Forgetting a whole emptied mailbox rewrites the journal with what is left (nothing but
+    /// the last batch's number) instead of appending the forgetting first.
+    #[test]
+    fn forgetting_most_of_it_rewrites_the_journal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ids: Vec<String> = (0..600).map(|i| format!("m{i}")).collect();
+        let mut j = Journal::open(dir.path()).expect("open");
+        j.stored_batch(&ids, 7).expect("stored");
+        j.stored_batch(&["keep".into()], 8).expect("stored");
+        j.gone_batch(&ids[..10]).expect("gone");
+        let text = fs::read_to_string(dir.path().join("journal")).expect("read");
+        assert!(text.contains("- m0 ."), "a small forgetting is appended");
+        j.gone_batch(&ids).expect("gone");
+        let text = fs::read_to_string(dir.path().join("journal")).expect("read");
+        assert_eq!(text, format!("{MAGIC}\n+ keep 8 .\n= 2 .\n"));
+        drop(j);
+        let j = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(j.stored().collect::<Vec<_>>(), vec![("keep", 8)]);
+        assert_eq!(j.last_batch(), 2);
     }
 }
