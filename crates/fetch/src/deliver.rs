@@ -936,8 +936,13 @@ fn remove_stale_tmp(tmp: &Path) {
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(name) = name.to_str().filter(|n| n.ends_with(TMP_MARK)) else { continue };
-        let pid = name.split('.').nth(1).and_then(|p| p.split_once('P')).and_then(|(_, r)| r.split('R').next());
-        if pid.is_some_and(|p| !Path::new("/proc").join(p).exists()) {
+        // The digits after `P` (`M<µs>P<pid>Q<n>R<random>`, or `...P<pid>R<random>` from older
+        // versions).
+        let pid = name.split('.').nth(1).and_then(|p| p.split_once('P')).map(|(_, r)| {
+            let end = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
+            &r[..end]
+        });
+        if pid.is_some_and(|p| !p.is_empty() && !Path::new("/proc").join(p).exists()) {
             let _ = fs::remove_file(e.path());
         }
     }
@@ -1734,9 +1739,13 @@ mod tests {
         // Leftovers of a killed fetch are removed; other programs' files and live fetches' stay.
         fs::write(md.join("tmp/1.M1P999999999R00000000.pillarbox-fetch"), b"x").expect("write");
         fs::write(md.join(format!("tmp/1.M1P{}R00000000.pillarbox-fetch", std::process::id())), b"x").expect("write");
+        fs::write(md.join("tmp/1.M1P999999999Q3R00000000.pillarbox-fetch"), b"x").expect("write");
+        let live = format!("tmp/1.M1P{}Q3R00000000.pillarbox-fetch", std::process::id());
+        fs::write(md.join(&live), b"x").expect("write");
         fs::write(md.join("tmp/1.M1P999999999.mta"), b"x").expect("write");
         let _l = Local::open(&Deliver::Maildir(md.clone()), "acct", None, dir.path(), 0).expect("reopen");
-        assert_eq!(fs::read_dir(md.join("tmp")).expect("tmp").count(), 2);
+        assert_eq!(fs::read_dir(md.join("tmp")).expect("tmp").count(), 3);
+        assert!(md.join(&live).exists(), "a live fetch's file stays, in the names made now");
     }
 
     #[test]
