@@ -578,7 +578,8 @@ struct Probe<'a> {
 /// a file without a name shows as `dir/#INODE (deleted)`).
 fn open_under(pid: u32, dir: &Path) -> u64 {
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten();
-    fds.filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(dir))).count() as u64
+    // Files in it: the folder itself, which the fetch keeps open, is not one.
+    fds.filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(dir) && t != dir)).count() as u64
 }
 
 /// Start `fetch` with these accounts and kill -9 it, up to 12 times (at most a minute, and only
@@ -695,9 +696,10 @@ fn crash_setup(total: usize, name: &str, extra: &str) -> CrashSetup {
 #[test]
 fn kill_9_at_random_moments_never_loses_or_duplicates_mail() {
     let total = 1500;
-    // A run the machine's load let finish before its kill takes all the mail with it: then the
-    // whole trial is made again from the start (each one's end is checked all the same).
-    let mut overlaps = 0;
+    // A run the machine's load let finish before its kill takes all the mail with it (or lets the
+    // first run finish, after a single kill): then the whole trial is made again from the start
+    // (each one's end is checked all the same).
+    let (mut overlaps, mut most_kills) = (0, 0);
     for attempt in 0..3u64 {
         let CrashSetup { pb, work, account: acct, accounts_file: file } = crash_setup(total, "crash", "");
         let w = work.path();
@@ -711,9 +713,9 @@ fn kill_9_at_random_moments_never_loses_or_duplicates_mail() {
         let progress = |pid| open_under(pid, &tmp) + count("new") as u64;
         let probe = Probe { progress: &progress, overlapped: &overlapped };
         let (trials, caught) = kill_9_trials(&pb, &file, &state, 0x5eed_1234_abcd_9876 + attempt, &probe);
-        assert!(trials >= 2, "the fetch was interrupted {trials} time(s)");
         eprintln!("{trials} kills, {caught} while a batch was committed and the next downloading");
         overlaps += caught;
+        most_kills = most_kills.max(trials);
         // Finish normally, then check: every message exactly once locally, none left on the server.
         let (out, ev) = fetch(w, &acct, &[]);
         assert!(out.status.success(), "{ev:?}");
@@ -729,10 +731,11 @@ fn kill_9_at_random_moments_never_loses_or_duplicates_mail() {
         assert_eq!(before, ids.len(), "no message stored twice ({trials} kills)");
         assert_eq!(ids.len(), total, "no message lost ({trials} kills)");
         assert_eq!(std::fs::read_dir(w.join("m/tmp")).expect("tmp").count(), 0, "no partial files left behind");
-        if overlaps >= 1 {
+        if overlaps >= 1 && most_kills >= 2 {
             break;
         }
     }
+    assert!(most_kills >= 2, "the fetch was interrupted at most {most_kills} time(s) in each of three trials");
     assert!(overlaps >= 1, "no kill came while a batch was committed and the next downloading, in three trials");
 }
 
