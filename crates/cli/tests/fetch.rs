@@ -572,6 +572,8 @@ struct Probe<'a> {
     /// Whether one batch was being committed while the next one downloaded (asked just before
     /// the kill).
     overlapped: &'a dyn Fn(u32) -> bool,
+    /// What must hold after each kill (given how many so far), checked where there is one.
+    after_kill: Option<&'a dyn Fn(usize)>,
 }
 
 /// How many files under `dir` the process has open (its messages being written, named or not:
@@ -640,6 +642,9 @@ fn kill_9_trials(pb: &Pillarbox, accounts: &Path, state: &Path, seed: u64, probe
         overlaps += usize::from((probe.overlapped)(child.id()));
         let _ = Command::new("kill").args(["-KILL", &child.id().to_string()]).status();
         let _ = child.wait();
+        if let Some(check) = probe.after_kill {
+            check(trials);
+        }
     }
     (trials, overlaps)
 }
@@ -711,7 +716,12 @@ fn kill_9_at_random_moments_never_loses_or_duplicates_mail() {
         let tmp = md.join("tmp");
         let overlapped = |pid| open_under(pid, &tmp) > 0 && count("new") > journaled(&state);
         let progress = |pid| open_under(pid, &tmp) + count("new") as u64;
-        let probe = Probe { progress: &progress, overlapped: &overlapped };
+        // A record goes to disk only after its messages' names.
+        let after_kill = |kills| {
+            let (named, recorded) = (count("new"), journaled(&state));
+            assert!(recorded <= named, "after kill {kills}: {recorded} messages journaled, {named} in new/");
+        };
+        let probe = Probe { progress: &progress, overlapped: &overlapped, after_kill: Some(&after_kill) };
         let (trials, caught) = kill_9_trials(&pb, &file, &state, 0x5eed_1234_abcd_9876 + attempt, &probe);
         eprintln!("{trials} kills, {caught} while a batch was committed and the next downloading");
         overlaps += caught;
@@ -769,7 +779,7 @@ fn kill_9_with_sieve_rules_handles_every_message_exactly_once() {
     // aimed at messages being written once some are placed (which includes the held batches).
     let overlapped = |pid| open_under(pid, &tmp) > 0 && placed() > 0;
     let progress = |pid| open_under(pid, &tmp) + placed() as u64;
-    let probe = Probe { progress: &progress, overlapped: &overlapped };
+    let probe = Probe { progress: &progress, overlapped: &overlapped, after_kill: None };
     let (trials, overlaps) = kill_9_trials(&pb, &file, &state, 0x0dd_5eed_4321, &probe);
     assert!(trials >= 2, "the fetch was interrupted {trials} time(s)");
     eprintln!("{trials} kills, {overlaps} while messages were written after others were placed");
@@ -853,7 +863,7 @@ fn kill_9_with_sieve_rules_over_mbox_files_handles_every_message_exactly_once() 
             .map(|m| m.len())
             .sum()
     };
-    let probe = Probe { progress: &progress, overlapped: &overlapped };
+    let probe = Probe { progress: &progress, overlapped: &overlapped, after_kill: None };
     let (trials, overlaps) = kill_9_trials(&pb, &file, &state, 0x05ee_d0dd_b0c5, &probe);
     assert!(trials >= 2, "the fetch was interrupted {trials} time(s)");
     eprintln!("{trials} kills, {overlaps} while a batch was committed and the next staged");
@@ -980,7 +990,7 @@ fn kill_9_next_to_another_mbox_writer_never_loses_cuts_or_duplicates_mail() {
         let size = |p: PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
         ["mbox-batch", "mbox-batch.odd"].iter().flat_map(|n| find_named(&state, n)).map(size).sum()
     };
-    let probe = Probe { progress: &progress, overlapped: &overlapped };
+    let probe = Probe { progress: &progress, overlapped: &overlapped, after_kill: None };
     let (trials, overlaps) = kill_9_trials(&pb, &file, &state, 0x0dd_ba11_5eed_f00d, &probe);
     assert!(trials >= 2, "the fetch was interrupted {trials} time(s)");
     eprintln!("{trials} kills, {overlaps} while a batch was committed and the next staged");
