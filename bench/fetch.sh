@@ -37,8 +37,9 @@ BASE=$(mktemp -d /tmp/pillarbox-bench.XXXX)
 # deletes thousands of files, and on ext4 every file created within minutes of many deletions
 # in the same place costs a scan of them (recently_deleted, in __ext4_new_inode), which made the
 # clients' times swing threefold. The clients' stores go to a new ext4 file system made for the
-# run on a loop device (on the same disk, in direct-I/O mode, flushes pass through), each run in a new folder, and
-# nothing there is deleted until the end. Without loop devices, a folder beside BASE.
+# run on a loop device (on the same disk, in direct-I/O mode, flushes pass through), each run in
+# a new folder, and nothing there is deleted until the end. Without loop devices, a folder
+# beside BASE.
 SRV=$(mktemp -d /dev/shm/pillarbox-bench.XXXX)
 chmod 755 "$BASE" "$SRV"
 STORE=$BASE/store; STORE_IMG=; LOOP_MOUNTED=; LOOPDEV=
@@ -190,13 +191,13 @@ start_clamd() {
   done
   echo "clamd did not start: $(cat "$d/log" 2>/dev/null)" >&2; exit 1
 }
-# Every CPU's busy time so far (user, nice, system, irq, softirq, steal), in clock ticks: the whole
-# machine's work during a client's run (the server's, the kernel's writeback, the client's).
-busy_ticks() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
+# Every CPU's busy time so far (user, nice, system, irq, softirq; not what the hypervisor took), in
+# clock ticks: the machine's work during a client's run (the server's, the kernel's, the client's).
+busy_ticks() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8; exit}' /proc/stat; }
 # Dovecot's CPU so far, in clock ticks: its master's (with the children it has reaped) and each
 # live child's (pop3 processes are reused, so a session's CPU is mostly in a live one); a process
-# that ends while it is read is skipped. The fields of /proc/PID/stat once the command is cut out: 1 pid, 3 ppid, 13-16 utime stime
-# cutime cstime.
+# that ends while it is read is skipped. The fields of /proc/PID/stat once the command is cut
+# out: 1 pid, 3 ppid, 13-16 utime stime cutime cstime.
 server_ticks() {
   { cat /proc/[0-9]*/stat 2>/dev/null || true; } | sed 's/^\([0-9]*\) (.*) /\1 /' |
     awk -v m="$(cat "$BASE/run/master.pid")" '$1 == m {t += $13 + $14 + $15 + $16} $3 == m {t += $13 + $14} END {print t + 0}'
