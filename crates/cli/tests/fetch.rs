@@ -436,6 +436,7 @@ fn misbehaving_servers_lose_nothing_and_are_reported() {
         "retr-err",
         "no-stls",
         "no-pipelining",
+        "pipelining",
         "endless",
         "utf8",
     ] {
@@ -463,6 +464,13 @@ fn misbehaving_servers_lose_nothing_and_are_reported() {
     assert_eq!((*code, stored.len(), *gone), (Some(0), 3, 3), "{ev:?}");
     let early = std::fs::read_to_string(w.join("no-pipelining/deleted.pipelined")).unwrap_or_default();
     assert_eq!(early, "", "commands sent before the answer to the one before");
+    // With PIPELINING, the capabilities after the login, LIST and UIDL go in one write (the
+    // CAPA before the login is sent alone: the login depends on its answer).
+    let (code, stored, gone, ev) = &results["pipelining"];
+    assert_eq!((*code, stored.len(), *gone), (Some(0), 3, 3), "{ev:?}");
+    let early = std::fs::read_to_string(w.join("pipelining/deleted.pipelined")).unwrap_or_default();
+    let early: Vec<&str> = early.lines().collect();
+    assert!(early.starts_with(&["CAPA", "LIST"]), "commands read with the next already waiting: {early:?}");
     // Wrong sizes: a warning, and the mail is still stored once and deleted.
     let (code, stored, gone, ev) = &results["size-mismatch"];
     assert_eq!((*code, stored.len(), *gone), (Some(0), 3, 3));

@@ -193,7 +193,6 @@ impl Conn {
             conn.greet().await?;
         }
         conn.login(account, password).await?;
-        conn.refresh_capa().await;
         Ok(conn)
     }
 
@@ -251,7 +250,15 @@ impl Conn {
 
     /// RFC 2449 section 5: capabilities may change after login (PIPELINING, EXPIRE...).
     pub async fn refresh_capa(&mut self) {
-        if let Ok(c) = self.read_capa().await
+        if self.send_command(ClientCommand::Capa).await.is_ok() {
+            self.take_capa().await;
+        }
+    }
+
+    /// Read the answer to a CAPA sent after the login (alone, or pipelined with the commands
+    /// that follow it) and keep it; a refusal or a failure keeps what the server said before.
+    pub async fn take_capa(&mut self) {
+        if let Ok(c) = self.capa_answer().await
             && !c.lines.is_empty()
         {
             self.capa = c;
@@ -408,6 +415,10 @@ impl Conn {
 
     async fn read_capa(&mut self) -> Result<Capa, ConnError> {
         self.send_command(ClientCommand::Capa).await?;
+        self.capa_answer().await
+    }
+
+    async fn capa_answer(&mut self) -> Result<Capa, ConnError> {
         match self.status("CAPA").await {
             Ok(_) => Ok(Capa { lines: self.listing().await? }),
             // A server without CAPA (RFC 1939 only) is not an error.

@@ -300,8 +300,20 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
     let (mut journal, state, legacy_tag) = (opened.journal, opened.dir, opened.legacy_tag);
     let mut conn = open(account).await?;
 
-    // The listing: sizes, and UIDLs when the server has them.
-    conn.command(ClientCommand::List(None)).await?;
+    // The capabilities after the login, and the listing: sizes, and UIDLs when the server has
+    // them. A server that offered PIPELINING gets the three commands in one write: one round
+    // trip instead of three, on every run, whether or not there is new mail.
+    let pipelined = conn.capa.has("PIPELINING");
+    if pipelined {
+        conn.send_commands(&[ClientCommand::Capa, ClientCommand::List(None), ClientCommand::Uidl(None)]).await?;
+    } else {
+        conn.send_command(ClientCommand::Capa).await?;
+    }
+    conn.take_capa().await;
+    if !pipelined {
+        conn.send_command(ClientCommand::List(None)).await?;
+    }
+    conn.status("LIST").await?;
     let mut entries = Vec::new();
     for l in conn.listing().await? {
         let mut w = l.split_whitespace();
@@ -310,7 +322,10 @@ pub async fn run(account: &Account, opts: &Options, emit: &(dyn Fn(Event) + Sync
             _ => warn("bad-listing", format!("ignoring a malformed LIST line {l:?}")),
         }
     }
-    let has_uidl = match conn.command(ClientCommand::Uidl(None)).await {
+    if !pipelined {
+        conn.send_command(ClientCommand::Uidl(None)).await?;
+    }
+    let has_uidl = match conn.status("UIDL").await {
         Ok(_) => {
             let mut seen: HashMap<String, usize> = HashMap::new();
             let mut uids: HashMap<u32, String> = HashMap::new();

@@ -14,6 +14,8 @@ messages to any number of connections until killed, misbehaving as MODE says:
   no-stls         STLS is not offered (CAPA lists no STLS)
   no-pipelining   CAPA lists no PIPELINING; each command that arrives before the answer to the
                   one before it is appended to STATE-FILE.pipelined
+  pipelining      correct, and each command read while the next was already waiting is appended
+                  to STATE-FILE.pipelined (which commands the client sends in one go)
   endless         message 2 is listed at its size but RETR sends 3 MB of it
   escape          the login is refused with terminal escape sequences in the text
   utf8            offers UTF8 (RFC 6856) and, as Courier's pop3d does, hands message 2 (UTF-8
@@ -65,8 +67,9 @@ def deleted():
 
 
 def serve(c):
-    # Unbuffered for no-pipelining, so that a command sent early is still in the socket.
-    f = c.makefile("rb", buffering=0) if mode == "no-pipelining" else c.makefile("rb")
+    # Unbuffered when watched, so that a command sent early is still in the socket.
+    watched = mode in ("no-pipelining", "pipelining")
+    f = c.makefile("rb", buffering=0) if watched else c.makefile("rb")
     eol = b"\n" if mode == "bare-lf" else b"\r\n"
 
     def send(line):
@@ -82,8 +85,10 @@ def serve(c):
         line = f.readline()
         if not line:
             return
-        if mode == "no-pipelining":
-            time.sleep(0.02)
+        if watched:
+            # Pipelined commands come in one write: they are in the socket already. Without
+            # pipelining, a client that sent early has had time to.
+            time.sleep(0.02 if mode == "no-pipelining" else 0)
             if select.select([c], [], [], 0)[0]:
                 with open(state + ".pipelined", "a") as p:
                     p.write(line.decode(errors="replace"))
